@@ -1,0 +1,50 @@
+//go:build ignore
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* cgroup/connect4: send TCP connects to a target into the proxy. */
+#include "sluice.h"
+
+SEC("cgroup/connect4")
+int sluice_connect4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_STREAM)
+		return VERDICT_PASS;
+
+	__u32 dst = ctx->user_ip4; /* network order */
+	__u16 port = bpf_ntohs(ctx->user_port);
+	struct config *cfg = get_config();
+
+	/* A job must not reach the proxy listener directly: it would arrive
+	 * with no origin and bypass nothing, but refusing it keeps the
+	 * listener's only clients the redirected ones. */
+	if (cfg && cfg->enabled && port == cfg->proxy_port &&
+	    (bpf_ntohl(dst) >> 24) == 127) {
+		count(STAT_DENIED_PROXY_DIRECT);
+		return VERDICT_DENY;
+	}
+
+	__u8 addr[16] = {};
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(&addr[12], &dst, 4);
+
+	struct target_val *t = lookup_target(addr, port);
+	if (!t)
+		return VERDICT_PASS;
+
+	/* Fail closed: a target with no proxy to take it is unreachable. */
+	if (!cfg || !cfg->enabled) {
+		count(STAT_DENIED_NO_CONFIG);
+		return VERDICT_DENY;
+	}
+	if (!remember(ctx, addr, port, AF_INET, t->id)) {
+		count(STAT_DENIED_MAP_WRITE);
+		return VERDICT_DENY;
+	}
+
+	ctx->user_ip4 = bpf_htonl(0x7f000001); /* 127.0.0.1 */
+	ctx->user_port = bpf_htons(cfg->proxy_port);
+	count(STAT_REDIRECTED);
+	return VERDICT_PASS;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

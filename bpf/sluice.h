@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Maps and types shared by Sluice's cgroup programs. Every map is pinned by
+ * name under the directory the loader passes as PinPath, so the connect and
+ * sockops objects share one instance and a restarted daemon re-adopts them. */
+#ifndef __SLUICE_H
+#define __SLUICE_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+
+/* Return values of cgroup sock_addr programs. */
+#define VERDICT_DENY 0 /* connect() fails with EPERM */
+#define VERDICT_PASS 1
+
+/* A target map key: the destination port (host order) and the destination
+ * address as IPv6, IPv4 as ::ffff:a.b.c.d. prefixlen counts the 32 bits of
+ * port and pad, which are always matched in full, plus the address bits. A
+ * port of 0 stands for "any port". */
+struct target_key {
+	__u32 prefixlen;
+	__u16 port;
+	__u16 pad;
+	__u8 addr[16];
+};
+
+struct target_val {
+	__u32 id; /* target id assigned by the daemon */
+	__u32 flags;
+};
+
+/* Runtime settings written by the daemon. enabled == 0 means "not
+ * configured": connects to a target are then denied, never passed. */
+struct config {
+	__u32 enabled;
+	__u16 proxy_port; /* host order */
+	__u16 pad;
+	__u32 mark; /* SO_MARK of the daemon's own sockets */
+	__u32 pad2;
+};
+
+/* Where a redirected connection was going and who opened it. */
+struct origin {
+	__u8 addr[16];   /* original destination, IPv4 as ::ffff:a.b.c.d */
+	__u16 port;      /* original destination port, host order */
+	__u16 family;    /* socket family: AF_INET or AF_INET6 */
+	__u32 target_id;
+	__u32 pid;       /* thread id */
+	__u32 tgid;      /* process id */
+	__u32 uid;
+	__u32 gid;
+	__u64 cgroup_id;
+	__u64 cookie;    /* socket cookie */
+	char comm[16];
+};
+
+/* The client end of a redirected connection, as the proxy sees its peer. */
+struct peer_key {
+	__u8 addr[16]; /* IPv4 as ::ffff:a.b.c.d */
+	__u16 port;    /* host order */
+	__u16 pad;
+	__u32 pad2;
+};
+
+enum stat {
+	STAT_REDIRECTED = 0,
+	STAT_DENIED_NO_CONFIG,
+	STAT_DENIED_MAP_WRITE,
+	STAT_DENIED_PROXY_DIRECT,
+	STAT_HANDED_OVER, /* sockops moved an origin to the peer map */
+	STAT_HANDOVER_FAILED,
+	STAT_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
+	__type(key, struct target_key);
+	__type(value, struct target_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct origin);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_by_cookie SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, struct origin);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_by_peer SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_stats SEC(".maps");
+
+static __always_inline void count(__u32 s)
+{
+	__u64 *v = bpf_map_lookup_elem(&sluice_stats, &s);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline struct config *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sluice_config, &zero);
+}
+
+/* lookup_target finds the target for a destination: exact port first, then
+ * the any-port entries. */
+static __always_inline struct target_val *lookup_target(const __u8 addr[16], __u16 port)
+{
+	struct target_key k = {};
+	k.prefixlen = 32 + 128;
+	k.port = port;
+	__builtin_memcpy(k.addr, addr, 16);
+	struct target_val *v = bpf_map_lookup_elem(&sluice_targets, &k);
+	if (v)
+		return v;
+	k.port = 0;
+	return bpf_map_lookup_elem(&sluice_targets, &k);
+}
+
+/* remember records the origin of a connect under the socket's cookie. It
+ * returns 0 when the entry could not be written. */
+static __always_inline int remember(void *ctx, const __u8 addr[16], __u16 port, __u16 family,
+				    __u32 target_id)
+{
+	struct origin o = {};
+	__builtin_memcpy(o.addr, addr, 16);
+	o.port = port;
+	o.family = family;
+	o.target_id = target_id;
+	__u64 pt = bpf_get_current_pid_tgid();
+	o.pid = (__u32)pt;
+	o.tgid = pt >> 32;
+	__u64 ug = bpf_get_current_uid_gid();
+	o.uid = (__u32)ug;
+	o.gid = ug >> 32;
+	o.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(o.comm, sizeof(o.comm));
+	o.cookie = bpf_get_socket_cookie(ctx);
+	return bpf_map_update_elem(&sluice_by_cookie, &o.cookie, &o, BPF_ANY) == 0;
+}
+
+#endif

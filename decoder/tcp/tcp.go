@@ -1,0 +1,76 @@
+// Package tcp is the opaque decoder: it relays bytes both ways without
+// looking at them, for targets whose protocol Sluice does not decode. Each
+// direction ends on its own: when one side finishes sending, the other side
+// is told with a half-close and may still answer.
+package tcp
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+// Counts are the bytes relayed in each direction.
+type Counts struct {
+	ClientToServer int64
+	ServerToClient int64
+}
+
+// closeWriter is implemented by *net.TCPConn and *net.UnixConn.
+type closeWriter interface{ CloseWrite() error }
+
+// Relay copies client to server and server to client until both directions
+// have ended or ctx is cancelled, then closes both connections. An EOF from
+// one side becomes a half-close (shutdown SHUT_WR) on the other. The error
+// is the first failure other than a normal end of stream.
+func Relay(ctx context.Context, client, server net.Conn) (Counts, error) {
+	var c Counts
+	stop := context.AfterFunc(ctx, func() {
+		// Cancellation becomes an immediate deadline on both sides.
+		past := time.Unix(1, 0)
+		client.SetDeadline(past)
+		server.SetDeadline(past)
+	})
+	defer stop()
+
+	errc := make(chan error, 2)
+	go func() {
+		n, err := pipe(server, client)
+		c.ClientToServer = n
+		errc <- err
+	}()
+	n, err := pipe(client, server)
+	c.ServerToClient = n
+	err2 := <-errc
+	client.Close()
+	server.Close()
+	if ctx.Err() != nil {
+		return c, ctx.Err()
+	}
+	return c, errors.Join(err, err2)
+}
+
+// pipe copies src to dst and then half-closes dst.
+func pipe(dst, src net.Conn) (int64, error) {
+	// Between two TCP connections io.Copy splices in the kernel.
+	n, err := io.Copy(dst, src)
+	if cw, ok := dst.(closeWriter); ok {
+		cw.CloseWrite()
+	} else {
+		dst.Close()
+	}
+	if err != nil && !isClosed(err) {
+		return n, err
+	}
+	return n, nil
+}
+
+// isClosed reports errors that only mean the other direction already tore
+// the connection down.
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.Is(err, io.EOF) || isReset(err)
+}

@@ -1,0 +1,161 @@
+package interceptor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/sluicehq/sluice/bpf"
+)
+
+// LinkStatus describes one pinned link.
+type LinkStatus struct {
+	Pin      string `json:"pin"`
+	CgroupID uint64 `json:"cgroup_id"`
+	Cgroup   string `json:"cgroup"` // relative to the cgroup2 mount; "" if not found
+}
+
+// PinStatus describes what an installation has pinned in bpffs.
+type PinStatus struct {
+	Name  string            `json:"name"`
+	Dir   string            `json:"dir"`
+	Links []LinkStatus      `json:"links"`
+	Maps  []string          `json:"maps"`
+	Stats map[string]uint64 `json:"stats,omitempty"`
+}
+
+// Installations lists the names that have a pin directory.
+func Installations() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(BPFFSRoot, "sluice"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list installations: %w", err)
+	}
+	var names []string
+	for _, e := range ents {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// ReadPins reports the pins of the named installation without changing
+// them. A missing directory returns os.ErrNotExist.
+func ReadPins(name string) (PinStatus, error) {
+	dir := PinDir(name)
+	st := PinStatus{Name: name, Dir: dir}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return st, err
+	}
+	mount, _ := Cgroup2Mount()
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		if isLinkPin(e.Name()) {
+			ls := LinkStatus{Pin: p}
+			if l, err := link.LoadPinnedLink(p, nil); err == nil {
+				if info, err := l.Info(); err == nil && info.Cgroup() != nil {
+					ls.CgroupID = info.Cgroup().CgroupId
+					if mount != "" {
+						ls.Cgroup = FindCgroupByID(mount, ls.CgroupID)
+					}
+				}
+				l.Close()
+			}
+			st.Links = append(st.Links, ls)
+			continue
+		}
+		st.Maps = append(st.Maps, p)
+	}
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "sluice_stats"), &ebpf.LoadPinOptions{ReadOnly: true}); err == nil {
+		st.Stats = map[string]uint64{}
+		for i, n := range statNames() {
+			var per []uint64
+			if m.Lookup(uint32(i), &per) == nil {
+				var sum uint64
+				for _, v := range per {
+					sum += v
+				}
+				st.Stats[n] = sum
+			}
+		}
+		m.Close()
+	}
+	return st, nil
+}
+
+func isLinkPin(name string) bool {
+	for _, h := range hooks {
+		if h.pin == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Uninstall detaches the named installation's links from their cgroup and
+// removes every pin, even while a daemon still holds the objects: this is
+// the one operation that ends interception. Removing nothing is not an
+// error; the returned list says what was removed.
+func Uninstall(name string) ([]string, error) {
+	dir := PinDir(name)
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("uninstall %s: %w", name, err)
+	}
+	var removed []string
+	var errs []error
+	// Links first, so nothing is redirected through half-removed maps.
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		if !isLinkPin(e.Name()) {
+			continue
+		}
+		l, err := link.LoadPinnedLink(p, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("load %s: %w", p, err))
+			continue
+		}
+		// Detach ends the attachment for every holder of the link, a
+		// running daemon included.
+		if err := l.Detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", p, err))
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", p, err))
+		} else {
+			removed = append(removed, p)
+		}
+		l.Close()
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		if isLinkPin(e.Name()) {
+			continue
+		}
+		if err := os.Remove(p); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", p, err))
+		} else {
+			removed = append(removed, p)
+		}
+	}
+	if len(errs) == 0 {
+		os.Remove(dir)
+		os.Remove(filepath.Dir(dir)) // only succeeds when no other installation is left
+	}
+	return removed, errors.Join(errs...)
+}
+
+func statNames() []string { return bpf.Names() }

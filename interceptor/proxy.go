@@ -1,0 +1,266 @@
+package interceptor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluicehq/sluice/bpf"
+)
+
+// Process is what the kernel saw of the process that connected. Exe is read
+// from /proc when the proxy accepts and is empty if the process is gone.
+type Process struct {
+	PID      uint32 // thread id
+	TGID     uint32 // process id
+	UID      uint32
+	GID      uint32
+	CgroupID uint64
+	Comm     string
+	Exe      string
+}
+
+// Flow is one redirected connection.
+type Flow struct {
+	ID      uint64
+	Client  netip.AddrPort // the job's end, as the proxy sees it
+	Dest    netip.AddrPort // where the job was connecting
+	Target  Target
+	Process Process
+	Start   time.Time
+}
+
+// Result is what a Handler reports when a flow ends.
+type Result struct {
+	BytesFromClient int64
+	BytesToClient   int64
+	Err             error
+}
+
+// DialFunc connects to the flow's original destination.
+type DialFunc func(ctx context.Context) (net.Conn, error)
+
+// Handler serves one flow: it owns client and must close it. dial reaches
+// the original destination, with SO_MARK set so the hooks let it through.
+type Handler func(ctx context.Context, f *Flow, client net.Conn, dial DialFunc) Result
+
+// ErrNoOrigin means an accepted connection was not redirected by the hooks
+// (or its origin entry is gone); such connections are closed unserved.
+var ErrNoOrigin = errors.New("no origin entry for this connection")
+
+// Proxy accepts redirected connections and hands each to the Handler for
+// its target's protocol. A protocol without a handler is refused.
+type Proxy struct {
+	IC          *Interceptor
+	Handlers    map[string]Handler
+	Log         hclog.Logger
+	DialTimeout time.Duration // default 10s
+
+	nextID    atomic.Uint64
+	total     atomic.Uint64
+	active    atomic.Int64
+	noOrigin  atomic.Uint64
+	refused   atomic.Uint64
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// ProxyStats are counters for status output.
+type ProxyStats struct {
+	FlowsTotal    uint64 `json:"flows_total"`
+	FlowsActive   int64  `json:"flows_active"`
+	NoOrigin      uint64 `json:"no_origin"`
+	FlowsRefused  uint64 `json:"flows_refused"`
+}
+
+// Stats returns the proxy's counters.
+func (p *Proxy) Stats() ProxyStats {
+	return ProxyStats{FlowsTotal: p.total.Load(), FlowsActive: p.active.Load(), NoOrigin: p.noOrigin.Load(), FlowsRefused: p.refused.Load()}
+}
+
+// Listen opens the proxy listeners on 127.0.0.1:port and [::1]:port. A
+// machine without IPv6 loopback gets only the IPv4 one; redirected IPv6
+// connects then fail with "connection refused".
+func Listen(port uint16, log hclog.Logger) ([]net.Listener, error) {
+	p := strconv.Itoa(int(port))
+	l4, err := net.Listen("tcp4", net.JoinHostPort("127.0.0.1", p))
+	if err != nil {
+		return nil, fmt.Errorf("listen on 127.0.0.1:%s: %w", p, err)
+	}
+	l6, err := net.Listen("tcp6", net.JoinHostPort("::1", p))
+	if err != nil {
+		log.Warn("no IPv6 loopback listener; IPv6 targets will be refused", "error", err)
+		return []net.Listener{l4}, nil
+	}
+	return []net.Listener{l4, l6}, nil
+}
+
+// Serve accepts on ln until ctx ends or ln is closed, then waits for the
+// flows it started to finish.
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			p.Log.Error("accept failed", "error", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.serveConn(ctx, c)
+		}()
+	}
+}
+
+// Wait blocks until every flow has ended.
+func (p *Proxy) Wait() { p.wg.Wait() }
+
+func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
+	peer := addrPort(c.RemoteAddr())
+	o, err := p.IC.LookupOrigin(peer)
+	if err != nil {
+		p.noOrigin.Add(1)
+		p.Log.Warn("connection without origin refused", "client", peer.String(), "error", err)
+		c.Close()
+		return
+	}
+	f := &Flow{
+		ID:     p.nextID.Add(1),
+		Client: peer,
+		Dest:   netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port),
+		Process: Process{
+			PID: o.Pid, TGID: o.Tgid, UID: o.Uid, GID: o.Gid, CgroupID: o.CgroupId,
+			Comm: cString(o.Comm[:]),
+			Exe:  readExe(o.Tgid),
+		},
+		Start: time.Now(),
+	}
+	t, ok := p.IC.TargetByID(o.TargetId)
+	log := p.Log.With("flow", f.ID)
+	if !ok {
+		p.refused.Add(1)
+		log.Warn("flow refused: its target is no longer configured", "orig_dst", f.Dest.String(), "pid", f.Process.TGID)
+		c.Close()
+		return
+	}
+	f.Target = t
+	h := p.Handlers[t.Protocol]
+	if h == nil {
+		p.refused.Add(1)
+		log.Error("flow refused: no decoder for the target's protocol", "target", t.Name, "protocol", t.Protocol)
+		c.Close()
+		return
+	}
+	p.total.Add(1)
+	p.active.Add(1)
+	defer p.active.Add(-1)
+
+	res := h(ctx, f, c, p.dialer(f))
+
+	kv := []any{
+		"target", t.Name, "protocol", t.Protocol,
+		"orig_dst", f.Dest.String(), "client", f.Client.String(),
+		"pid", f.Process.TGID, "tid", f.Process.PID, "uid", f.Process.UID, "gid", f.Process.GID,
+		"cgroup_id", f.Process.CgroupID, "comm", f.Process.Comm, "exe", f.Process.Exe,
+		"bytes_from_client", res.BytesFromClient, "bytes_to_client", res.BytesToClient,
+		"duration_ms", time.Since(f.Start).Milliseconds(),
+	}
+	if res.Err != nil {
+		log.Warn("flow", append(kv, "error", res.Err)...)
+	} else {
+		log.Info("flow", kv...)
+	}
+}
+
+func (p *Proxy) dialer(f *Flow) DialFunc {
+	mark := int(p.IC.cfg.Mark)
+	timeout := p.DialTimeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	return func(ctx context.Context) (net.Conn, error) {
+		d := net.Dialer{
+			Timeout: timeout,
+			Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				if err := rc.Control(func(fd uintptr) {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, mark)
+				}); err != nil {
+					return err
+				}
+				if serr != nil {
+					return fmt.Errorf("set SO_MARK: %w", serr)
+				}
+				return nil
+			},
+		}
+		return d.DialContext(ctx, "tcp", f.Dest.String())
+	}
+}
+
+// LookupOrigin takes (reads and deletes) the origin the sockops program
+// stored for a client address. Each origin serves exactly one accept.
+func (ic *Interceptor) LookupOrigin(peer netip.AddrPort) (bpf.Origin, error) {
+	var o bpf.Origin
+	k := bpf.PeerKey{Addr: peer.Addr().As16(), Port: peer.Port()}
+	if peer.Addr().Is4() {
+		k.Addr = netip.AddrFrom16(peer.Addr().As16()).As16() // As16 maps IPv4 to ::ffff:a.b.c.d
+	}
+	if err := ic.objs.ByPeer.LookupAndDelete(&k, &o); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return o, ErrNoOrigin
+		}
+		return o, fmt.Errorf("look up origin: %w", err)
+	}
+	return o, nil
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+func cString(b []int8) string {
+	n := 0
+	for n < len(b) && b[n] != 0 {
+		n++
+	}
+	s := make([]byte, n)
+	for i := range s {
+		s[i] = byte(b[i])
+	}
+	return string(s)
+}
+
+func readExe(pid uint32) string {
+	exe, err := os.Readlink("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/exe")
+	if err != nil {
+		return ""
+	}
+	return exe
+}

@@ -1,0 +1,123 @@
+// Package api is the daemon's local control API: JSON over HTTP on a unix
+// socket that only root can open. The same types serve the daemon and the
+// CLI.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+)
+
+// DefaultSocket is where sluiced listens unless its config says otherwise.
+const DefaultSocket = "/run/sluice/sluiced.sock"
+
+// Status is the answer to GET /v1/status.
+type Status struct {
+	Name      string            `json:"name"`
+	PID       int               `json:"pid"`
+	Cgroup    string            `json:"cgroup"`
+	ProxyPort uint16            `json:"proxy_port"`
+	PinDir    string            `json:"pin_dir"`
+	Readopted bool              `json:"readopted"`
+	Started   time.Time         `json:"started"`
+	Targets   []Target          `json:"targets"`
+	Flows     Flows             `json:"flows"`
+	Kernel    map[string]uint64 `json:"kernel_counters"`
+}
+
+// Target is a configured target as status shows it.
+type Target struct {
+	Name      string   `json:"name"`
+	Protocol  string   `json:"protocol"`
+	Addresses []string `json:"addresses"`
+}
+
+// Flows are the proxy's counters.
+type Flows struct {
+	Total    uint64 `json:"total"`
+	Active   int64  `json:"active"`
+	NoOrigin uint64 `json:"no_origin"`
+	Refused  uint64 `json:"refused"`
+}
+
+// Client talks to a daemon's socket.
+type Client struct {
+	Socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the daemon listening on socket.
+func NewClient(socket string) *Client {
+	return &Client{Socket: socket, http: &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}}
+}
+
+// Get fetches path and decodes the JSON answer into v.
+func (c *Client) Get(ctx context.Context, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://sluiced"+path, nil)
+	if err != nil {
+		return err
+	}
+	return c.do(req, v)
+}
+
+// Post sends body as JSON to path and decodes the answer into v.
+func (c *Client) Post(ctx context.Context, path string, body, v any) error {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(json.NewEncoder(pw).Encode(body)) }()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://sluiced"+path, pr)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return c.do(req, v)
+}
+
+// Error is a non-2xx answer from the daemon.
+type Error struct {
+	Status  int    `json:"-"`
+	Message string `json:"error"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("daemon answered %d: %s", e.Status, e.Message) }
+
+func (c *Client) do(req *http.Request, v any) error {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("reach sluiced at %s: %w", c.Socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		e := &Error{Status: resp.StatusCode}
+		json.NewDecoder(resp.Body).Decode(e)
+		return e
+	}
+	if v == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// WriteJSON writes v with status code; handlers use it for every answer.
+func WriteJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// WriteError answers with an Error.
+func WriteError(w http.ResponseWriter, code int, err error) {
+	WriteJSON(w, code, &Error{Message: err.Error()})
+}
