@@ -1,0 +1,633 @@
+package ruleset
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+)
+
+var rootSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{{Name: "mode"}},
+	Blocks: []hcl.BlockHeaderSchema{
+		{Type: "target", LabelNames: []string{"name"}},
+		{Type: "policy", LabelNames: []string{"name"}},
+		{Type: "default"},
+		{Type: "test", LabelNames: []string{"name"}},
+	},
+}
+
+var targetSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "protocol", Required: true},
+	{Name: "address", Required: true},
+	{Name: "upstream_tls"},
+	{Name: "resolve_every"},
+	{Name: "description"},
+}}
+
+var defaultSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "action"}, {Name: "record"}, {Name: "reason"},
+}}
+
+var policyAttrs = []string{"targets", "when", "record", "default_action", "description"}
+
+var ruleKinds = map[string]Action{"deny": Deny, "hold": Hold, "mask": Mask, "allow": Allow}
+
+func ruleSchema(kind Action) *hcl.BodySchema {
+	s := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "when"}, {Name: "reason"}, {Name: "record"}}}
+	switch kind {
+	case Hold:
+		s.Attributes = append(s.Attributes,
+			hcl.AttributeSchema{Name: "approvers", Required: true},
+			hcl.AttributeSchema{Name: "timeout"},
+			hcl.AttributeSchema{Name: "min_approvals"})
+	case Mask:
+		s.Attributes = append(s.Attributes,
+			hcl.AttributeSchema{Name: "columns"},
+			hcl.AttributeSchema{Name: "detect"},
+			hcl.AttributeSchema{Name: "using"})
+	}
+	return s
+}
+
+var (
+	protocols = []string{ProtoPostgres, ProtoMySQL, ProtoSSH, ProtoK8s, ProtoTCP}
+	tlsModes  = []string{TLSDisable, TLSPrefer, TLSRequire, TLSVerifyCA, TLSVerifyFull}
+)
+
+// pendingExpr is a when expression waiting for its type check, which
+// needs every identity attribute the ruleset uses.
+type pendingExpr struct {
+	x    *expr
+	attr hcl.Range
+}
+
+type compiler struct {
+	rs      *Ruleset
+	diags   hcl.Diagnostics
+	idAttrs map[string]bool
+	pending []pendingExpr
+	defined map[string]hcl.Range // "kind name" -> first definition
+}
+
+func compile(bodies []*hclsyntax.Body) (*Ruleset, hcl.Diagnostics) {
+	rs := &Ruleset{
+		byName:   map[string]*Target{},
+		byTarget: map[string][]*policy{},
+		rules:    map[string]*Rule{},
+		regexes:  map[string]*compiledRegex{},
+	}
+	rs.funcs = rs.makeFuncs()
+	c := &compiler{rs: rs, idAttrs: map[string]bool{}, defined: map[string]hcl.Range{}}
+
+	var targets, policies, defaults, tests []*hcl.Block
+	var mode *hcl.Attribute
+	for _, body := range bodies {
+		content, d := body.Content(rootSchema)
+		c.diags = append(c.diags, d...)
+		if a := content.Attributes["mode"]; a != nil {
+			if mode != nil {
+				c.errorf(a.NameRange, "Duplicate mode", "mode is already set at %s; set it once, in one file.", posOf(mode.NameRange))
+			} else {
+				mode = a
+			}
+		}
+		for _, b := range content.Blocks {
+			switch b.Type {
+			case "target":
+				targets = append(targets, b)
+			case "policy":
+				policies = append(policies, b)
+			case "default":
+				defaults = append(defaults, b)
+			case "test":
+				tests = append(tests, b)
+			}
+		}
+	}
+	if mode != nil {
+		if m, ok := c.keyword(mode, []string{"enforce", "monitor"}); ok && m == "monitor" {
+			rs.mode = Monitor
+		}
+	}
+	for _, b := range targets {
+		c.target(b)
+	}
+	rs.def = &Rule{ID: "default", Action: Deny, Reason: "no policy matches this connection"}
+	rs.defRec = DefaultRecord
+	for i, b := range defaults {
+		if i > 0 {
+			c.errorf(b.DefRange, "Duplicate default block", "A default block is already defined at %s; keep one.", posOf(defaults[0].DefRange))
+			continue
+		}
+		c.defaultBlock(b)
+	}
+	rs.rules[rs.def.ID] = rs.def
+	for _, b := range policies {
+		c.policy(b)
+	}
+	c.typeCheck()
+	for _, b := range tests {
+		c.test(b)
+	}
+	c.index()
+	if c.diags.HasErrors() {
+		return nil, c.diags
+	}
+	return rs, c.diags
+}
+
+// index builds the per-target policy lists.
+func (c *compiler) index() {
+	rs := c.rs
+	for _, p := range rs.policies {
+		if p.all {
+			rs.wildcard = append(rs.wildcard, p)
+		}
+	}
+	for _, t := range rs.targets {
+		var list []*policy
+		for _, p := range rs.policies {
+			if p.all || contains(p.targets, t.Name) {
+				list = append(list, p)
+			}
+		}
+		rs.byTarget[t.Name] = list
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *compiler) errorf(rng hcl.Range, summary, format string, args ...any) {
+	c.diags = append(c.diags, &hcl.Diagnostic{
+		Severity: hcl.DiagError, Summary: summary, Detail: fmt.Sprintf(format, args...), Subject: rng.Ptr(),
+	})
+}
+
+func posOf(r hcl.Range) string { return fmt.Sprintf("%s:%d", r.Filename, r.Start.Line) }
+
+// define records a named definition and reports a duplicate.
+func (c *compiler) define(kind, name string, rng hcl.Range) bool {
+	key := kind + " " + name
+	if first, ok := c.defined[key]; ok {
+		c.errorf(rng, "Duplicate "+kind+" name", "A %s named %q is already defined at %s; names must be unique across all files of a ruleset.", kind, name, posOf(first))
+		return false
+	}
+	c.defined[key] = rng
+	return true
+}
+
+// checkName validates a block label used in rule IDs.
+func (c *compiler) checkName(kind, name string, rng hcl.Range) bool {
+	if name == "" || name == "*" || strings.ContainsAny(name, "/[] \t\n") {
+		c.errorf(rng, "Invalid "+kind+" name", "A %s name must be non-empty and cannot be \"*\" or contain spaces, \"/\", \"[\" or \"]\", because rule IDs are built from it.", kind)
+		return false
+	}
+	return true
+}
+
+func (c *compiler) target(b *hcl.Block) {
+	name := b.Labels[0]
+	content, d := b.Body.Content(targetSchema)
+	c.diags = append(c.diags, d...)
+	if !c.checkName("target", name, b.LabelRanges[0]) || !c.define("target", name, b.LabelRanges[0]) {
+		return
+	}
+	t := &Target{Name: name, ResolveEvery: DefaultResolveEvery, Range: b.DefRange}
+	if a := content.Attributes["protocol"]; a != nil {
+		t.Protocol, _ = c.keyword(a, protocols)
+	}
+	if a := content.Attributes["address"]; a != nil {
+		list, ranges, ok := c.strList(a)
+		if ok && len(list) == 0 {
+			c.errorf(a.Expr.Range(), "No addresses", "A target needs at least one address, such as \"10.0.0.5:5432\" or \"*:5432\".")
+		}
+		for i, s := range list {
+			addr, err := ParseAddress(s)
+			if err != nil {
+				c.errorf(ranges[i], "Invalid address", "%s.", err)
+				continue
+			}
+			t.Addresses = append(t.Addresses, addr)
+		}
+	}
+	switch t.Protocol {
+	case ProtoPostgres, ProtoMySQL:
+		t.UpstreamTLS = TLSPrefer
+	case ProtoK8s:
+		t.UpstreamTLS = TLSVerifyFull
+	default:
+		t.UpstreamTLS = TLSDisable
+	}
+	if a := content.Attributes["upstream_tls"]; a != nil {
+		if m, ok := c.keyword(a, tlsModes); ok {
+			if (t.Protocol == ProtoSSH || t.Protocol == ProtoTCP) && m != TLSDisable {
+				c.errorf(a.Expr.Range(), "upstream_tls not supported", "%s targets are relayed with their own end-to-end encryption, so upstream_tls can only be \"disable\"; remove it.", t.Protocol)
+			}
+			t.UpstreamTLS = m
+		}
+	}
+	if a := content.Attributes["resolve_every"]; a != nil {
+		if d, ok := c.duration(a); ok {
+			if d < 5*time.Second {
+				c.errorf(a.Expr.Range(), "Interval too short", "resolve_every must be at least 5s so DNS is not hammered; got %s.", d)
+			}
+			t.ResolveEvery = d
+		}
+	}
+	c.rs.targets = append(c.rs.targets, t)
+	c.rs.byName[name] = t
+}
+
+func (c *compiler) defaultBlock(b *hcl.Block) {
+	content, d := b.Body.Content(defaultSchema)
+	c.diags = append(c.diags, d...)
+	def := c.rs.def
+	def.Range = b.DefRange
+	if a := content.Attributes["action"]; a != nil {
+		if s, ok := c.keyword(a, []string{"allow", "deny"}); ok {
+			def.Action, _ = ParseAction(s)
+		}
+	}
+	if a := content.Attributes["record"]; a != nil {
+		if l, ok := c.record(a); ok {
+			c.rs.defRec = l
+			def.Record, def.RecordSet = l, true
+		}
+	}
+	if a := content.Attributes["reason"]; a != nil {
+		def.Reason, _ = c.str(a)
+	}
+}
+
+func sortedAttrs(body *hclsyntax.Body) []*hclsyntax.Attribute {
+	attrs := make([]*hclsyntax.Attribute, 0, len(body.Attributes))
+	for _, a := range body.Attributes {
+		attrs = append(attrs, a)
+	}
+	sort.Slice(attrs, func(i, j int) bool { return attrs[i].SrcRange.Start.Byte < attrs[j].SrcRange.Start.Byte })
+	return attrs
+}
+
+func (c *compiler) policy(b *hcl.Block) {
+	name := b.Labels[0]
+	body := b.Body.(*hclsyntax.Body)
+	if !c.checkName("policy", name, b.LabelRanges[0]) || !c.define("policy", name, b.LabelRanges[0]) {
+		return
+	}
+	p := &policy{name: name, rng: b.DefRange, record: DefaultRecord, defAction: Allow}
+	attrs := map[string]*hcl.Attribute{}
+	for _, sa := range sortedAttrs(body) {
+		if !contains(policyAttrs, sa.Name) {
+			detail := fmt.Sprintf("An argument named %q is not expected in a policy.", sa.Name)
+			if s := suggest(sa.Name, policyAttrs); s != "" {
+				detail += fmt.Sprintf(" Did you mean %q?", s)
+			}
+			c.diags = append(c.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Unsupported argument", Detail: detail, Subject: sa.NameRange.Ptr()})
+			continue
+		}
+		attrs[sa.Name] = sa.AsHCLAttribute()
+	}
+	if a := attrs["targets"]; a != nil {
+		list, ranges, _ := c.strList(a)
+		for i, t := range list {
+			switch {
+			case t == "*":
+				p.all = true
+			case c.rs.byName[t] != nil:
+				p.targets = append(p.targets, t)
+			default:
+				names := make([]string, len(c.rs.targets))
+				for j, tt := range c.rs.targets {
+					names[j] = tt.Name
+				}
+				detail := fmt.Sprintf("No target named %q is defined. Define it with a target block, or use \"*\" for every target.", t)
+				if s := suggest(t, names); s != "" {
+					detail = fmt.Sprintf("No target named %q is defined. Did you mean %q?", t, s)
+				}
+				c.errorf(ranges[i], "Unknown target", "%s", detail)
+			}
+		}
+		if len(list) == 0 {
+			c.errorf(a.Expr.Range(), "No targets", "A policy must name the targets it covers, or [\"*\"] for all of them.")
+		}
+	} else {
+		c.errorf(b.DefRange, "Missing required argument", "The argument \"targets\" is required: list the target names this policy covers, or [\"*\"].")
+	}
+	if a := attrs["when"]; a != nil {
+		p.when = c.when(a, exprUse{what: "policy"})
+	}
+	if a := attrs["record"]; a != nil {
+		p.record, _ = c.record(a)
+	}
+	if a := attrs["default_action"]; a != nil {
+		if s, ok := c.keyword(a, []string{"allow", "deny"}); ok {
+			p.defAction, _ = ParseAction(s)
+		}
+	}
+	p.def = &Rule{ID: name + "/default", Policy: name, Action: p.defAction, Range: b.DefRange}
+	if p.defAction == Deny {
+		p.def.Reason = fmt.Sprintf("policy %s denies what no allow or hold block permits", name)
+	}
+	c.rs.rules[p.def.ID] = p.def
+
+	counts := map[Action]int{}
+	for _, sb := range body.Blocks {
+		kind, ok := ruleKinds[sb.Type]
+		if !ok {
+			detail := fmt.Sprintf("Blocks of type %q are not expected in a policy; use deny, hold, mask or allow.", sb.Type)
+			if s := suggest(sb.Type, []string{"deny", "hold", "mask", "allow"}); s != "" {
+				detail = fmt.Sprintf("Blocks of type %q are not expected in a policy. Did you mean %q?", sb.Type, s)
+			}
+			c.errorf(sb.TypeRange, "Unsupported block type", "%s", detail)
+			continue
+		}
+		r := c.rule(p, kind, sb, counts[kind])
+		counts[kind]++
+		if r == nil {
+			continue
+		}
+		switch kind {
+		case Deny:
+			p.deny = append(p.deny, r)
+		case Hold:
+			p.hold = append(p.hold, r)
+		case Mask:
+			p.mask = append(p.mask, r)
+		case Allow:
+			p.allow = append(p.allow, r)
+		}
+	}
+	c.rs.policies = append(c.rs.policies, p)
+}
+
+func (c *compiler) rule(p *policy, kind Action, sb *hclsyntax.Block, index int) *Rule {
+	hb := sb.AsHCLBlock()
+	r := &Rule{Policy: p.name, Action: kind, Range: hb.DefRange}
+	switch len(sb.Labels) {
+	case 0:
+		r.ID = fmt.Sprintf("%s/%s[%d]", p.name, kind, index)
+	case 1:
+		r.Label = sb.Labels[0]
+		if !c.checkName(kind.String()+" block", r.Label, sb.LabelRanges[0]) {
+			return nil
+		}
+		r.ID = fmt.Sprintf("%s/%s/%s", p.name, kind, r.Label)
+	default:
+		c.errorf(sb.LabelRanges[1], "Extraneous label", "A %s block takes at most one label, its name.", kind)
+		return nil
+	}
+	if first, ok := c.rs.rules[r.ID]; ok {
+		c.errorf(sb.LabelRanges[0], "Duplicate rule name", "Rule %s is already defined at %s; give each block in a policy its own label.", r.ID, posOf(first.Range))
+		return nil
+	}
+	c.rs.rules[r.ID] = r
+	content, d := sb.Body.Content(ruleSchema(kind))
+	c.diags = append(c.diags, d...)
+	if a := content.Attributes["when"]; a != nil {
+		r.when = c.when(a, exprUse{what: kind.String() + " block", allowStmt: true, allowAfter: kind != Allow})
+		if r.when != nil && r.when.stage == stageResult {
+			r.AfterResult = true
+		}
+	}
+	if a := content.Attributes["reason"]; a != nil {
+		r.Reason, _ = c.str(a)
+	}
+	if a := content.Attributes["record"]; a != nil {
+		r.Record, r.RecordSet = c.record(a)
+	}
+	switch kind {
+	case Hold:
+		h := &HoldSpec{Timeout: DefaultHoldTimeout, MinApprovals: 1}
+		if a := content.Attributes["approvers"]; a != nil {
+			list, _, ok := c.strList(a)
+			if ok && len(list) == 0 {
+				c.errorf(a.Expr.Range(), "No approvers", "A hold needs at least one approver, such as \"group:security\"; without one it could only time out.")
+			}
+			h.Approvers = list
+		}
+		if a := content.Attributes["timeout"]; a != nil {
+			if d, ok := c.duration(a); ok {
+				if d <= 0 {
+					c.errorf(a.Expr.Range(), "Invalid timeout", "timeout must be positive, such as \"15m\".")
+				}
+				h.Timeout = d
+			}
+		}
+		if a := content.Attributes["min_approvals"]; a != nil {
+			if n, ok := c.number(a); ok {
+				if n < 1 || n > 100 {
+					c.errorf(a.Expr.Range(), "Invalid min_approvals", "min_approvals must be between 1 and 100; got %d.", n)
+				}
+				h.MinApprovals = int(n)
+			}
+		}
+		r.Hold = h
+	case Mask:
+		m := &MaskSpec{Using: "redact"}
+		if a := content.Attributes["columns"]; a != nil {
+			m.Columns, _, _ = c.strList(a)
+		}
+		if a := content.Attributes["detect"]; a != nil {
+			list, ranges, _ := c.strList(a)
+			for i, s := range list {
+				if !contains(detectors, s) {
+					detail := fmt.Sprintf("No detector is named %q. The detectors are %s.", s, strings.Join(detectors, ", "))
+					if sg := suggest(s, detectors); sg != "" {
+						detail = fmt.Sprintf("No detector is named %q. Did you mean %q?", s, sg)
+					}
+					c.errorf(ranges[i], "Unknown detector", "%s", detail)
+				}
+			}
+			m.Detect = list
+		}
+		if a := content.Attributes["using"]; a != nil {
+			m.Using, _ = c.keyword(a, maskFuncs)
+		}
+		if len(m.Columns) == 0 && len(m.Detect) == 0 && !d.HasErrors() {
+			c.errorf(hb.DefRange, "Nothing to mask", "A mask block needs columns, detect or both; it masks nothing as written.")
+		}
+		r.Mask = m
+	}
+	return r
+}
+
+// when checks a when attribute's variables now and queues its type check.
+func (c *compiler) when(a *hcl.Attribute, use exprUse) *expr {
+	st, d := checkVars(a.Expr, use, c.idAttrs)
+	c.diags = append(c.diags, d...)
+	x := &expr{e: a.Expr, stage: st}
+	if !d.HasErrors() {
+		c.pending = append(c.pending, pendingExpr{x: x, attr: a.Range})
+	}
+	return x
+}
+
+// typeCheck runs every queued when expression against typed unknowns.
+func (c *compiler) typeCheck() {
+	names := make([]string, 0, len(c.idAttrs))
+	for n := range c.idAttrs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	c.rs.identity = names
+	ctx := &hcl.EvalContext{
+		Variables: map[string]cty.Value{
+			varIdentity:  cty.UnknownVal(c.rs.identityType()),
+			varProcess:   cty.UnknownVal(processType),
+			varTarget:    cty.UnknownVal(targetType),
+			varStatement: cty.UnknownVal(statementType),
+			varResult:    cty.UnknownVal(resultType),
+		},
+		Functions: c.rs.funcs,
+	}
+	for _, p := range c.pending {
+		c.diags = append(c.diags, c.rs.typeCheck(p.x.e, ctx, p.attr)...)
+	}
+}
+
+// identityType is the object type identity has in this ruleset.
+func (rs *Ruleset) identityType() cty.Type {
+	attrs := map[string]cty.Type{identityLevelAttr: cty.String}
+	for _, n := range rs.identity {
+		attrs[n] = cty.String
+	}
+	return cty.Object(attrs)
+}
+
+// Static attribute decoding: values may not use variables or functions.
+
+func (c *compiler) value(a *hcl.Attribute) (cty.Value, bool) {
+	v, d := a.Expr.Value(nil)
+	c.diags = append(c.diags, d...)
+	if d.HasErrors() {
+		return cty.NilVal, false
+	}
+	if v.IsNull() {
+		c.errorf(a.Expr.Range(), "Missing value", "%s cannot be null; remove it to use the default.", a.Name)
+		return cty.NilVal, false
+	}
+	return v, true
+}
+
+func (c *compiler) str(a *hcl.Attribute) (string, bool) {
+	v, ok := c.value(a)
+	if !ok {
+		return "", false
+	}
+	if v.Type() != cty.String {
+		c.errorf(a.Expr.Range(), "Incorrect attribute value type", "%s must be a string; got %s.", a.Name, v.Type().FriendlyName())
+		return "", false
+	}
+	return v.AsString(), true
+}
+
+func (c *compiler) strList(a *hcl.Attribute) ([]string, []hcl.Range, bool) {
+	v, ok := c.value(a)
+	if !ok {
+		return nil, nil, false
+	}
+	ty := v.Type()
+	if !ty.IsTupleType() && !ty.IsListType() && !ty.IsSetType() {
+		c.errorf(a.Expr.Range(), "Incorrect attribute value type", "%s must be a list of strings, such as [\"a\", \"b\"]; got %s.", a.Name, ty.FriendlyName())
+		return nil, nil, false
+	}
+	var elems []hclsyntax.Expression
+	if tup, ok := a.Expr.(*hclsyntax.TupleConsExpr); ok && len(tup.Exprs) == v.LengthInt() {
+		elems = tup.Exprs
+	}
+	var list []string
+	var ranges []hcl.Range
+	okAll := true
+	i := 0
+	for it := v.ElementIterator(); it.Next(); i++ {
+		_, e := it.Element()
+		rng := a.Expr.Range()
+		if elems != nil {
+			rng = elems[i].Range()
+		}
+		if e.IsNull() || e.Type() != cty.String {
+			c.errorf(rng, "Incorrect list element type", "Every element of %s must be a string.", a.Name)
+			okAll = false
+			continue
+		}
+		list = append(list, e.AsString())
+		ranges = append(ranges, rng)
+	}
+	return list, ranges, okAll
+}
+
+func (c *compiler) keyword(a *hcl.Attribute, allowed []string) (string, bool) {
+	s, ok := c.str(a)
+	if !ok {
+		return "", false
+	}
+	if contains(allowed, s) {
+		return s, true
+	}
+	detail := fmt.Sprintf("%s must be one of %s; got %q.", a.Name, quoteList(allowed), s)
+	if sg := suggest(s, allowed); sg != "" {
+		detail += fmt.Sprintf(" Did you mean %q?", sg)
+	}
+	c.errorf(a.Expr.Range(), "Invalid value for "+a.Name, "%s", detail)
+	return "", false
+}
+
+func quoteList(list []string) string {
+	q := make([]string, len(list))
+	for i, s := range list {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
+func (c *compiler) record(a *hcl.Attribute) (RecordLevel, bool) {
+	s, ok := c.keyword(a, recordNames[:])
+	if !ok {
+		return 0, false
+	}
+	l, _ := ParseRecordLevel(s)
+	return l, true
+}
+
+func (c *compiler) duration(a *hcl.Attribute) (time.Duration, bool) {
+	s, ok := c.str(a)
+	if !ok {
+		return 0, false
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		c.errorf(a.Expr.Range(), "Invalid duration", "%s must be a duration such as \"90s\", \"15m\" or \"1h30m\"; %q is not one.", a.Name, s)
+		return 0, false
+	}
+	return d, true
+}
+
+func (c *compiler) number(a *hcl.Attribute) (int64, bool) {
+	v, ok := c.value(a)
+	if !ok {
+		return 0, false
+	}
+	if v.Type() != cty.Number {
+		c.errorf(a.Expr.Range(), "Incorrect attribute value type", "%s must be a number; got %s.", a.Name, v.Type().FriendlyName())
+		return 0, false
+	}
+	bf := v.AsBigFloat()
+	n, acc := bf.Int64()
+	if !bf.IsInt() || acc != 0 {
+		c.errorf(a.Expr.Range(), "Invalid number", "%s must be a whole number.", a.Name)
+		return 0, false
+	}
+	return n, true
+}

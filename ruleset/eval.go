@@ -1,0 +1,495 @@
+package ruleset
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// Identity levels.
+const (
+	LevelOIDC       = "oidc"       // claims come from a verified CI token
+	LevelUnverified = "unverified" // only process facts; no claims
+	LevelNone       = "none"       // nothing is known about the job
+)
+
+// Identity is who a flow belongs to. In expressions, identity.level is
+// Level and identity.NAME is Claims[NAME], or "" when the claim is absent,
+// so a condition on a missing claim is simply false.
+type Identity struct {
+	// Level is LevelOIDC, LevelUnverified or LevelNone; empty means none.
+	Level string
+	// Claims are the verified token's claims, flattened to strings by the
+	// caller. A claim named "level" is hidden by the level.
+	Claims map[string]string
+}
+
+// Process is what the kernel told us about the connecting process:
+// process.pid, uid, gid, exe, comm, cgroup and unit in expressions.
+type Process struct {
+	PID, UID, GID     int64
+	Exe, Comm, Cgroup string
+	Unit              string // systemd unit, if any
+}
+
+// Endpoint is the destination of a flow: target.name, protocol, address
+// ("ip:port"), ip and port in expressions.
+type Endpoint struct {
+	Name     string // the ruleset target's name
+	Protocol string
+	Addr     netip.AddrPort // the original destination; may be invalid
+}
+
+// Flow is everything known about a connection before its first statement.
+type Flow struct {
+	Identity Identity
+	Process  Process
+	Target   Endpoint
+}
+
+// Statement is a classified command: statement.kind, tables, functions,
+// has_where, has_limit and text in expressions. Decoders fill it; the
+// ruleset never parses SQL. A decision about a connection itself, before
+// or without statements, uses Kind "connect".
+type Statement struct {
+	// Kind is a lower-case verb: select, insert, update, delete, merge,
+	// copy_in, copy_out, drop, truncate, alter, create, grant, revoke, set,
+	// show, transaction, explain, call, do, execute, lock, vacuum, other,
+	// or connect; other protocols add their own (for example exec for SSH).
+	Kind      string
+	Tables    []string // every table touched, schema-qualified when written so
+	Functions []string // every function called, schema-qualified when written so
+	HasWhere  bool
+	HasLimit  bool
+	Text      string
+}
+
+// KindConnect is the statement kind for decisions about a connection
+// rather than a command.
+const KindConnect = "connect"
+
+// Result is what a statement produced so far: result.rows and
+// result.bytes in expressions. Rules that use result fire only when Known.
+type Result struct {
+	Known bool
+	Rows  int64
+	Bytes int64
+}
+
+// Input is one decision's facts.
+type Input struct {
+	Flow
+	Statement Statement
+	Result    Result
+}
+
+// Decision is a verdict and everything needed to apply it. Rule, Hold and
+// the Masks' specs point into the Ruleset and must not be modified.
+type Decision struct {
+	// Action is the verdict: the strongest action among every firing rule
+	// of every matching policy.
+	Action Action
+	// Rule is the rule that decided: the first firing rule of the winning
+	// action, a policy's default, or the ruleset default.
+	Rule *Rule
+	// Reason is a sentence for the client and the record.
+	Reason string
+	// Hold is how to get the statement approved when Action is Hold.
+	Hold *HoldSpec
+	// Masks are every mask rule that fired, to apply to the result when
+	// the statement runs (Action Mask, or Hold once approved).
+	Masks []*Rule
+	// Record is how much to record: the highest of the matching policies'
+	// levels and the deciding and masking rules' own levels.
+	Record RecordLevel
+	// Monitor is set when the ruleset is in monitor mode: log and record
+	// Action, but enforce nothing. Use Enforced for the action to apply.
+	Monitor bool
+	// AwaitResult is set when the result was not known and a deny, hold or
+	// mask rule whose condition depends on result.* could still fire:
+	// evaluate again with the Result as it arrives. A rule such as
+	// statement.kind == "copy_out" || result.rows > 1000 fires before
+	// execution for a COPY and waits for the result for a SELECT.
+	AwaitResult bool
+	// Err is set when an expression failed at evaluation time; the
+	// decision is then Deny (fail closed) and Rule is the failing rule.
+	Err error
+}
+
+// Enforced is the action to apply: Allow in monitor mode, else Action.
+func (d *Decision) Enforced() Action {
+	if d.Monitor {
+		return Allow
+	}
+	return d.Action
+}
+
+// Evaluate decides one statement. It is Match followed by Decide; a
+// caller deciding many statements on one connection should call Match
+// once and keep it.
+func (rs *Ruleset) Evaluate(in *Input) Decision {
+	m := rs.match(&in.Flow, nil)
+	return m.decide(&in.Statement, in.Result, nil)
+}
+
+// Match is a flow matched against the ruleset's policies: the per
+// connection half of evaluation. It is immutable, so concurrent Decide
+// calls are safe, and it keeps its Ruleset alive: a connection keeps the
+// ruleset it started with until it asks for a new Match.
+type Match struct {
+	rs       *Ruleset
+	identity cty.Value
+	process  cty.Value
+	target   cty.Value
+	policies []*policy
+	record   RecordLevel
+	errRule  *Rule // set when a policy's when failed
+	err      error
+}
+
+// Match evaluates which policies apply to a flow.
+func (rs *Ruleset) Match(f Flow) *Match { return rs.match(&f, nil) }
+
+// Policies returns the names of the matched policies, in source order.
+func (m *Match) Policies() []string {
+	names := make([]string, len(m.policies))
+	for i, p := range m.policies {
+		names[i] = p.name
+	}
+	return names
+}
+
+// Ruleset returns the ruleset the flow was matched against.
+func (m *Match) Ruleset() *Ruleset { return m.rs }
+
+// Decide decides one statement on the matched flow.
+func (m *Match) Decide(st *Statement, res Result) Decision { return m.decide(st, res, nil) }
+
+func (rs *Ruleset) flowValues(f *Flow) (identity, process, target cty.Value) {
+	level := f.Identity.Level
+	if level == "" {
+		level = LevelNone
+	}
+	ids := make(map[string]cty.Value, len(rs.identity)+1)
+	ids[identityLevelAttr] = cty.StringVal(level)
+	for _, n := range rs.identity {
+		ids[n] = cty.StringVal(f.Identity.Claims[n])
+	}
+	identity = cty.ObjectVal(ids)
+	p := &f.Process
+	process = cty.ObjectVal(map[string]cty.Value{
+		"pid": cty.NumberIntVal(p.PID), "uid": cty.NumberIntVal(p.UID), "gid": cty.NumberIntVal(p.GID),
+		"exe": cty.StringVal(p.Exe), "comm": cty.StringVal(p.Comm), "cgroup": cty.StringVal(p.Cgroup), "unit": cty.StringVal(p.Unit),
+	})
+	t := &f.Target
+	addr, ip := "", ""
+	if t.Addr.IsValid() {
+		addr, ip = t.Addr.String(), t.Addr.Addr().Unmap().String()
+	}
+	target = cty.ObjectVal(map[string]cty.Value{
+		"name": cty.StringVal(t.Name), "protocol": cty.StringVal(t.Protocol),
+		"address": cty.StringVal(addr), "ip": cty.StringVal(ip), "port": cty.NumberIntVal(int64(t.Addr.Port())),
+	})
+	return identity, process, target
+}
+
+func (rs *Ruleset) match(f *Flow, tr *[]Step) *Match {
+	m := &Match{rs: rs}
+	m.identity, m.process, m.target = rs.flowValues(f)
+	candidates, ok := rs.byTarget[f.Target.Name]
+	if !ok {
+		candidates = rs.wildcard
+	}
+	if tr != nil {
+		for _, p := range rs.policies {
+			if !contains(candidates2names(candidates), p.name) {
+				*tr = append(*tr, Step{ID: p.name, Range: p.rng, Outcome: fmt.Sprintf("policy does not cover target %q", f.Target.Name)})
+			}
+		}
+	}
+	var ctx *hcl.EvalContext
+	for _, p := range candidates {
+		if p.when != nil {
+			if ctx == nil {
+				ctx = &hcl.EvalContext{Variables: map[string]cty.Value{
+					varIdentity: m.identity, varProcess: m.process, varTarget: m.target,
+				}, Functions: rs.funcs}
+			}
+			ok, err := evalBool(p.when, ctx)
+			if err != nil {
+				m.err, m.errRule = fmt.Errorf("evaluate policy %s: %w", p.name, err), p.def
+				if tr != nil {
+					*tr = append(*tr, Step{ID: p.name, Range: p.rng, Outcome: "error: " + err.Error()})
+				}
+				return m
+			}
+			if !ok {
+				if tr != nil {
+					*tr = append(*tr, Step{ID: p.name, Range: p.rng, Outcome: "policy when is false for this flow"})
+				}
+				continue
+			}
+		}
+		if tr != nil {
+			*tr = append(*tr, Step{ID: p.name, Range: p.rng, Outcome: "policy matches the flow", Fired: true})
+		}
+		m.policies = append(m.policies, p)
+		m.record = max(m.record, p.record)
+	}
+	return m
+}
+
+func candidates2names(ps []*policy) []string {
+	n := make([]string, len(ps))
+	for i, p := range ps {
+		n[i] = p.name
+	}
+	return n
+}
+
+var errNotBool = errors.New("condition is not a known boolean")
+
+func evalBool(x *expr, ctx *hcl.EvalContext) (bool, error) {
+	v, diags := x.e.Value(ctx)
+	if diags.HasErrors() {
+		return false, diags
+	}
+	if v.Type() != cty.Bool || !v.IsKnown() || v.IsNull() {
+		return false, errNotBool
+	}
+	return v.True(), nil
+}
+
+// evalPending is evalBool for rules that may use an unknown result: a
+// condition that is decided without the result (statement.kind ==
+// "copy_out" || result.rows > 1000 for a COPY) is true or false now, one
+// that depends on it is pending.
+func evalPending(x *expr, ctx *hcl.EvalContext) (fired, pending bool, err error) {
+	v, diags := x.e.Value(ctx)
+	if diags.HasErrors() {
+		return false, false, diags
+	}
+	if v.Type() == cty.Bool && !v.IsKnown() {
+		return false, true, nil
+	}
+	if v.Type() != cty.Bool || v.IsNull() {
+		return false, false, errNotBool
+	}
+	return v.True(), false, nil
+}
+
+func stringList(list []string) cty.Value {
+	if len(list) == 0 {
+		return cty.ListValEmpty(cty.String)
+	}
+	vals := make([]cty.Value, len(list))
+	for i, s := range list {
+		vals[i] = cty.StringVal(s)
+	}
+	return cty.ListVal(vals)
+}
+
+func (m *Match) decide(st *Statement, res Result, tr *[]Step) Decision {
+	rs := m.rs
+	d := Decision{Monitor: rs.mode == Monitor}
+	if m.err != nil {
+		return failClosed(d, m.errRule, m.err, m.record)
+	}
+	if len(m.policies) == 0 {
+		d.Action, d.Rule, d.Record = rs.def.Action, rs.def, rs.defRec
+		d.Reason = reasonFor(rs.def)
+		if tr != nil {
+			*tr = append(*tr, Step{ID: rs.def.ID, Range: rs.def.Range, Outcome: "no policy matches the flow", Fired: true})
+		}
+		return d
+	}
+	ctx := &hcl.EvalContext{
+		Variables: map[string]cty.Value{
+			varIdentity: m.identity, varProcess: m.process, varTarget: m.target,
+			varStatement: cty.ObjectVal(map[string]cty.Value{
+				"kind": cty.StringVal(st.Kind), "tables": stringList(st.Tables), "functions": stringList(st.Functions),
+				"has_where": cty.BoolVal(st.HasWhere), "has_limit": cty.BoolVal(st.HasLimit), "text": cty.StringVal(st.Text),
+			}),
+			varResult: resultValue(res),
+		},
+		Functions: rs.funcs,
+	}
+	pending := false
+	step := func(r *Rule, outcome string, fired bool) {
+		if tr != nil {
+			*tr = append(*tr, Step{ID: r.ID, Range: r.Range, Outcome: outcome, Fired: fired})
+		}
+	}
+	// fire evaluates one rule; skipped rules wait for the result.
+	fire := func(r *Rule) (bool, error) {
+		if r.when == nil {
+			step(r, "fires (no when)", true)
+			return true, nil
+		}
+		ok, wait, err := evalPending(r.when, ctx)
+		switch {
+		case err != nil:
+			step(r, "error: "+err.Error(), false)
+		case wait:
+			pending = true
+			step(r, "waits for the result", false)
+		case ok:
+			step(r, "fires", true)
+		default:
+			step(r, "when is false", false)
+		}
+		return ok, err
+	}
+
+	var deny, hold, allow *Rule
+	var masks []*Rule
+	for _, p := range m.policies {
+		for _, r := range p.deny {
+			ok, err := fire(r)
+			if err != nil {
+				return failClosed(d, r, fmt.Errorf("evaluate %s: %w", r.ID, err), m.record)
+			}
+			if ok && deny == nil {
+				deny = r
+				if tr == nil {
+					break
+				}
+			}
+		}
+		if deny != nil && tr == nil {
+			break
+		}
+		decided := false
+		for _, r := range p.hold {
+			ok, err := fire(r)
+			if err != nil {
+				return failClosed(d, r, fmt.Errorf("evaluate %s: %w", r.ID, err), m.record)
+			}
+			if ok {
+				decided = true
+				if hold == nil {
+					hold = r
+				}
+				if tr == nil {
+					break
+				}
+			}
+		}
+		for _, r := range p.allow {
+			ok, err := fire(r)
+			if err != nil {
+				return failClosed(d, r, fmt.Errorf("evaluate %s: %w", r.ID, err), m.record)
+			}
+			if ok {
+				decided = true
+				if allow == nil {
+					allow = r
+				}
+				if tr == nil {
+					break
+				}
+			}
+		}
+		if !decided && p.defAction == Deny {
+			step(p.def, "no allow or hold block fired and default_action is deny", true)
+			if deny == nil {
+				deny = p.def
+			}
+			if tr == nil {
+				break
+			}
+		}
+		for _, r := range p.mask {
+			ok, err := fire(r)
+			if err != nil {
+				return failClosed(d, r, fmt.Errorf("evaluate %s: %w", r.ID, err), m.record)
+			}
+			if ok {
+				masks = append(masks, r)
+			}
+		}
+	}
+
+	d.Record = m.record
+	switch {
+	case deny != nil:
+		d.Action, d.Rule = Deny, deny
+	case hold != nil:
+		d.Action, d.Rule, d.Hold, d.Masks = Hold, hold, hold.Hold, masks
+	case len(masks) > 0:
+		d.Action, d.Rule, d.Masks = Mask, masks[0], masks
+	case allow != nil:
+		d.Action, d.Rule = Allow, allow
+	default:
+		d.Action, d.Rule = Allow, m.policies[0].def
+	}
+	if d.Rule.RecordSet {
+		d.Record = max(d.Record, d.Rule.Record)
+	}
+	for _, r := range d.Masks {
+		if r.RecordSet {
+			d.Record = max(d.Record, r.Record)
+		}
+	}
+	d.Reason = reasonFor(d.Rule)
+	d.AwaitResult = pending && d.Action != Deny
+	return d
+}
+
+// resultValue is result in expressions: unknown until the result is.
+func resultValue(res Result) cty.Value {
+	if !res.Known {
+		return cty.UnknownVal(resultType)
+	}
+	return cty.ObjectVal(map[string]cty.Value{
+		"rows": cty.NumberIntVal(res.Rows), "bytes": cty.NumberIntVal(res.Bytes),
+	})
+}
+
+func failClosed(d Decision, r *Rule, err error, rec RecordLevel) Decision {
+	d.Action, d.Rule, d.Err, d.Record = Deny, r, err, max(rec, RecordMetadata)
+	d.Reason = "rule evaluation failed, so the statement is denied: " + err.Error()
+	return d
+}
+
+func reasonFor(r *Rule) string {
+	if r.Reason != "" {
+		return r.Reason
+	}
+	switch r.Action {
+	case Deny:
+		return "denied by " + r.ID
+	case Hold:
+		return "held for approval by " + r.ID
+	case Mask:
+		return "masked by " + r.ID
+	}
+	return "allowed by " + r.ID
+}
+
+// Step is one line of an Explanation.
+type Step struct {
+	ID      string    // policy name or rule ID
+	Range   hcl.Range // where it is defined
+	Outcome string    // what happened, in words
+	Fired   bool      // the policy matched or the rule fired
+}
+
+// Explanation is a decision with every step that led to it.
+type Explanation struct {
+	Decision Decision
+	Steps    []Step
+}
+
+// Explain decides like Evaluate, but evaluates every policy and rule and
+// says what each did. It is for people (sluice rules explain), not for
+// the data path.
+func (rs *Ruleset) Explain(in *Input) Explanation {
+	var steps []Step
+	m := rs.match(&in.Flow, &steps)
+	d := m.decide(&in.Statement, in.Result, &steps)
+	return Explanation{Decision: d, Steps: steps}
+}

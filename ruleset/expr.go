@@ -1,0 +1,411 @@
+package ruleset
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/function"
+	"github.com/zclconf/go-cty/cty/function/stdlib"
+)
+
+// stage is when an expression can first be decided.
+type stage uint8
+
+const (
+	stageFlow      stage = iota // identity, process, target: once per connection
+	stageStatement              // statement.*: once per statement
+	stageResult                 // result.*: once the result is (partly) known
+)
+
+// expr is a compiled when expression.
+type expr struct {
+	e     hcl.Expression
+	stage stage
+}
+
+// The variables expressions may use. identity is open: any attribute is
+// a string claim ("" when the token lacks it), and identity.level is the
+// identity level. The others are fixed objects.
+const (
+	varIdentity  = "identity"
+	varProcess   = "process"
+	varTarget    = "target"
+	varStatement = "statement"
+	varResult    = "result"
+)
+
+var rootNames = []string{varIdentity, varProcess, varTarget, varStatement, varResult}
+
+var (
+	processType = cty.Object(map[string]cty.Type{
+		"pid": cty.Number, "uid": cty.Number, "gid": cty.Number,
+		"exe": cty.String, "comm": cty.String, "cgroup": cty.String, "unit": cty.String,
+	})
+	targetType = cty.Object(map[string]cty.Type{
+		"name": cty.String, "protocol": cty.String, "address": cty.String, "ip": cty.String, "port": cty.Number,
+	})
+	statementType = cty.Object(map[string]cty.Type{
+		"kind": cty.String, "tables": cty.List(cty.String), "functions": cty.List(cty.String),
+		"has_where": cty.Bool, "has_limit": cty.Bool, "text": cty.String,
+	})
+	resultType = cty.Object(map[string]cty.Type{"rows": cty.Number, "bytes": cty.Number})
+)
+
+var fixedTypes = map[string]cty.Type{
+	varProcess: processType, varTarget: targetType, varStatement: statementType, varResult: resultType,
+}
+
+// identityLevelAttr is the reserved identity attribute holding the level.
+const identityLevelAttr = "level"
+
+// exprUse describes where a when expression sits, for its checks.
+type exprUse struct {
+	what       string // "policy", "deny block", ...
+	allowStmt  bool   // statement.* and result.* are allowed
+	allowAfter bool   // result.* is allowed
+}
+
+// checkVars checks the variables e refers to against the schema, records
+// identity attributes in idAttrs and returns the expression's stage.
+func checkVars(e hcl.Expression, use exprUse, idAttrs map[string]bool) (stage, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
+	st := stageFlow
+	for _, tr := range e.Variables() {
+		root := tr.RootName()
+		rootRange := tr[0].SourceRange()
+		switch root {
+		case varIdentity, varProcess, varTarget:
+		case varStatement, varResult:
+			if !use.allowStmt {
+				diags = append(diags, &hcl.Diagnostic{
+					Severity: hcl.DiagError,
+					Summary:  "Statement variables not allowed here",
+					Detail: fmt.Sprintf("A %s's when is decided once per connection, before any statement runs, so it can use identity, process and target but not %s. Move the condition into a deny, hold, mask or allow block.",
+						use.what, root),
+					Subject:    rootRange.Ptr(),
+					Expression: e,
+				})
+				continue
+			}
+			if root == varResult && !use.allowAfter {
+				diags = append(diags, &hcl.Diagnostic{
+					Severity:   hcl.DiagError,
+					Summary:    "Result variables not allowed here",
+					Detail:     fmt.Sprintf("A %s is decided before the statement runs, so it cannot use result. Use a hold, deny or mask block to act on results.", use.what),
+					Subject:    rootRange.Ptr(),
+					Expression: e,
+				})
+				continue
+			}
+			if root == varResult {
+				st = stageResult
+			} else if st < stageStatement {
+				st = stageStatement
+			}
+		default:
+			detail := fmt.Sprintf("There is no variable named %q. The variables are identity, process, target, statement and result.", root)
+			if s := suggest(root, rootNames); s != "" {
+				detail = fmt.Sprintf("There is no variable named %q. Did you mean %q?", root, s)
+			}
+			diags = append(diags, &hcl.Diagnostic{
+				Severity: hcl.DiagError, Summary: "Unknown variable", Detail: detail,
+				Subject: rootRange.Ptr(), Expression: e,
+			})
+			continue
+		}
+		if len(tr) < 2 {
+			continue
+		}
+		var name string
+		switch step := tr[1].(type) {
+		case hcl.TraverseAttr:
+			name = step.Name
+		case hcl.TraverseIndex:
+			if step.Key.Type() != cty.String || !step.Key.IsKnown() || step.Key.IsNull() {
+				diags = append(diags, &hcl.Diagnostic{
+					Severity: hcl.DiagError, Summary: "Invalid index",
+					Detail:  fmt.Sprintf("%s is an object: index it with a quoted attribute name, or write %s.name.", root, root),
+					Subject: tr[1].SourceRange().Ptr(), Expression: e,
+				})
+				continue
+			}
+			name = step.Key.AsString()
+		default:
+			continue
+		}
+		if root == varIdentity {
+			if name != identityLevelAttr {
+				idAttrs[name] = true
+			}
+			continue
+		}
+		ty := fixedTypes[root]
+		if ty.HasAttribute(name) {
+			continue
+		}
+		attrs := make([]string, 0, len(ty.AttributeTypes()))
+		for a := range ty.AttributeTypes() {
+			attrs = append(attrs, a)
+		}
+		sort.Strings(attrs)
+		detail := fmt.Sprintf("%s has no attribute %q. Its attributes are %s.", root, name, strings.Join(attrs, ", "))
+		if s := suggest(name, attrs); s != "" {
+			detail = fmt.Sprintf("%s has no attribute %q. Did you mean %q?", root, name, s)
+		}
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError, Summary: "Unsupported attribute", Detail: detail,
+			Subject: tr[1].SourceRange().Ptr(), Expression: e,
+		})
+	}
+	return st, diags
+}
+
+// typeCheck evaluates e with every variable unknown but typed, which
+// reports type errors and unknown functions, and checks the result is a
+// bool. It also checks literal regex and CIDR arguments.
+func (rs *Ruleset) typeCheck(e hcl.Expression, ctx *hcl.EvalContext, attrRange hcl.Range) hcl.Diagnostics {
+	diags := rs.checkLiterals(e)
+	if diags.HasErrors() {
+		return diags
+	}
+	v, d := e.Value(ctx)
+	diags = append(diags, d...)
+	if d.HasErrors() {
+		return diags
+	}
+	switch {
+	case v.Type() == cty.DynamicPseudoType:
+		// Decided at evaluation time; a non-bool then fails closed.
+	case v.Type() != cty.Bool:
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "Condition is not a boolean",
+			Detail: fmt.Sprintf("when must be true or false, but this expression is %s. Compare it with something, for example statement.kind == \"select\".",
+				v.Type().FriendlyName()),
+			Subject: e.Range().Ptr(), Context: attrRange.Ptr(), Expression: e,
+		})
+	case v.IsKnown() && v.IsNull():
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError, Summary: "Condition is null",
+			Detail:  "when must be true or false; remove it to make the block always apply.",
+			Subject: e.Range().Ptr(), Expression: e,
+		})
+	}
+	return diags
+}
+
+// checkLiterals compiles literal regex patterns into rs.regexes and
+// checks literal CIDRs and glob patterns.
+func (rs *Ruleset) checkLiterals(e hcl.Expression) hcl.Diagnostics {
+	node, ok := e.(hclsyntax.Node)
+	if !ok {
+		return nil
+	}
+	return hclsyntax.VisitAll(node, func(n hclsyntax.Node) hcl.Diagnostics {
+		call, ok := n.(*hclsyntax.FunctionCallExpr)
+		if !ok || len(call.Args) == 0 {
+			return nil
+		}
+		arg := call.Args[0]
+		v, d := arg.Value(nil)
+		if d.HasErrors() || !v.IsWhollyKnown() || v.IsNull() || v.Type() != cty.String {
+			return nil // not a literal string; checked when evaluated
+		}
+		s := v.AsString()
+		bad := func(summary, detail string) hcl.Diagnostics {
+			return hcl.Diagnostics{{
+				Severity: hcl.DiagError, Summary: summary, Detail: detail,
+				Subject: arg.Range().Ptr(), Context: call.Range().Ptr(), Expression: e,
+			}}
+		}
+		switch call.Name {
+		case "regex":
+			re, err := regexp.Compile(s)
+			if err != nil {
+				return bad("Invalid regular expression", fmt.Sprintf("The pattern does not compile: %s. Patterns use Go's RE2 syntax.", err))
+			}
+			rs.regexes[s] = &compiledRegex{re: re}
+		case "cidr_contains":
+			if _, err := netip.ParsePrefix(s); err != nil {
+				return bad("Invalid CIDR", fmt.Sprintf("%s. Write a prefix such as \"10.0.0.0/8\" or \"2001:db8::/32\".", err))
+			}
+		case "glob":
+			if strings.HasSuffix(s, `\`) && !strings.HasSuffix(s, `\\`) {
+				return bad("Invalid glob pattern", "The pattern ends in an unfinished escape; write \\\\ for a literal backslash.")
+			}
+		}
+		return nil
+	})
+}
+
+// compiledRegex is a literal regex compiled at load time.
+type compiledRegex struct{ re *regexp.Regexp }
+
+// makeFuncs builds the function table expressions may call. It closes
+// over rs.regexes, which must be complete before evaluation starts (it is
+// only read afterwards).
+func (rs *Ruleset) makeFuncs() map[string]function.Function {
+	str := func(name string) function.Parameter { return function.Parameter{Name: name, Type: cty.String} }
+	strList := func(name string) function.Parameter { return function.Parameter{Name: name, Type: cty.List(cty.String)} }
+	boolFunc := func(params []function.Parameter, impl func(args []cty.Value) (bool, error)) function.Function {
+		return function.New(&function.Spec{
+			Params: params,
+			Type:   function.StaticReturnType(cty.Bool),
+			Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+				ok, err := impl(args)
+				if err != nil {
+					return cty.UnknownVal(cty.Bool), err
+				}
+				return cty.BoolVal(ok), nil
+			},
+		})
+	}
+	return map[string]function.Function{
+		"glob": boolFunc([]function.Parameter{str("pattern"), str("s")}, func(a []cty.Value) (bool, error) {
+			return globMatch(a[0].AsString(), a[1].AsString()), nil
+		}),
+		"any_glob": boolFunc([]function.Parameter{strList("patterns"), strList("values")}, func(a []cty.Value) (bool, error) {
+			for it := a[1].ElementIterator(); it.Next(); {
+				_, v := it.Element()
+				if globAny(a[0], v.AsString()) {
+					return true, nil
+				}
+			}
+			return false, nil
+		}),
+		"all_glob": boolFunc([]function.Parameter{strList("patterns"), strList("values")}, func(a []cty.Value) (bool, error) {
+			for it := a[1].ElementIterator(); it.Next(); {
+				_, v := it.Element()
+				if !globAny(a[0], v.AsString()) {
+					return false, nil
+				}
+			}
+			return true, nil
+		}),
+		"regex": boolFunc([]function.Parameter{str("pattern"), str("s")}, func(a []cty.Value) (bool, error) {
+			p := a[0].AsString()
+			if c := rs.regexes[p]; c != nil {
+				return c.re.MatchString(a[1].AsString()), nil
+			}
+			re, err := regexp.Compile(p)
+			if err != nil {
+				return false, function.NewArgErrorf(0, "invalid regular expression: %s", err)
+			}
+			return re.MatchString(a[1].AsString()), nil
+		}),
+		"cidr_contains": boolFunc([]function.Parameter{str("cidr"), str("ip")}, func(a []cty.Value) (bool, error) {
+			p, err := netip.ParsePrefix(a[0].AsString())
+			if err != nil {
+				return false, function.NewArgErrorf(0, "invalid CIDR: %s", err)
+			}
+			ip, err := netip.ParseAddr(a[1].AsString())
+			if err != nil {
+				return false, nil // no address (for example an unset target.ip) is in no prefix
+			}
+			return p.Contains(ip.Unmap()), nil
+		}),
+		"contains":   stdlib.ContainsFunc,
+		"length":     stdlib.LengthFunc,
+		"strlen":     stdlib.StrlenFunc,
+		"lower":      stdlib.LowerFunc,
+		"upper":      stdlib.UpperFunc,
+		"concat":     stdlib.ConcatFunc,
+		"join":       stdlib.JoinFunc,
+		"split":      stdlib.SplitFunc,
+		"trimprefix": stdlib.TrimPrefixFunc,
+		"trimsuffix": stdlib.TrimSuffixFunc,
+	}
+}
+
+func globAny(patterns cty.Value, s string) bool {
+	for it := patterns.ElementIterator(); it.Next(); {
+		_, p := it.Element()
+		if globMatch(p.AsString(), s) {
+			return true
+		}
+	}
+	return false
+}
+
+// globMatch reports whether s matches pattern, where * matches any run of
+// characters (including "/" and "."), ? matches one character and \
+// escapes the next one. Matching is case-sensitive and allocation-free.
+func globMatch(pattern, s string) bool {
+	px, sx := 0, 0
+	nextPx, nextSx := -1, -1
+	for px < len(pattern) || sx < len(s) {
+		if px < len(pattern) {
+			switch c := pattern[px]; c {
+			case '*':
+				nextPx, nextSx = px, sx+1
+				px++
+				continue
+			case '?':
+				if sx < len(s) {
+					_, n := utf8.DecodeRuneInString(s[sx:])
+					px++
+					sx += n
+					continue
+				}
+			default:
+				if c == '\\' && px+1 < len(pattern) {
+					c = pattern[px+1]
+					if sx < len(s) && s[sx] == c {
+						px += 2
+						sx++
+						continue
+					}
+				} else if sx < len(s) && s[sx] == c {
+					px++
+					sx++
+					continue
+				}
+			}
+		}
+		if nextSx > 0 && nextSx <= len(s) {
+			px, sx = nextPx, nextSx
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// suggest returns the candidate closest to s if it is close enough to be
+// a likely typo, or "".
+func suggest(s string, candidates []string) string {
+	best, bestD := "", 3
+	for _, c := range candidates {
+		if d := editDistance(s, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

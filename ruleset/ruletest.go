@@ -1,0 +1,296 @@
+package ruleset
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+)
+
+var testSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "target", Required: true},
+	{Name: "address"},
+	{Name: "identity"},
+	{Name: "identity_level"},
+	{Name: "process"},
+	{Name: "query"},
+	{Name: "statement"},
+	{Name: "result"},
+	{Name: "expect", Required: true},
+	{Name: "expect_rule"},
+	{Name: "expect_record"},
+}}
+
+// ruleTest is one compiled test block.
+type ruleTest struct {
+	name         string
+	rng          hcl.Range
+	in           Input
+	query        string
+	hasQuery     bool
+	expect       Action
+	expectRule   string
+	expectRecord RecordLevel
+	checkRecord  bool
+}
+
+// Classifier turns a statement's text into a Statement for a protocol
+// ("postgres", "mysql", ...). The CLI passes one backed by the protocol
+// decoders' parsers, so this package stays free of SQL parsing. An error
+// fails the test that needed it.
+type Classifier func(protocol, text string) (Statement, error)
+
+// TestResult is the outcome of one test block.
+type TestResult struct {
+	Name     string
+	Range    hcl.Range // the test block's header
+	Passed   bool
+	Decision Decision // what the ruleset decided; zero if the test could not run
+	// Message says why the test failed, in one sentence; empty if it passed.
+	Message string
+}
+
+// Tests returns how many test blocks the ruleset has.
+func (rs *Ruleset) Tests() int { return len(rs.tests) }
+
+// RunTests runs every test block in source order. Tests compare the
+// computed Action, so they mean the same in monitor mode. classify may be
+// nil when no test uses query.
+func (rs *Ruleset) RunTests(classify Classifier) []TestResult {
+	results := make([]TestResult, 0, len(rs.tests))
+	for _, t := range rs.tests {
+		res := TestResult{Name: t.name, Range: t.rng}
+		in := t.in
+		if t.hasQuery {
+			if classify == nil {
+				res.Message = "the test has a query but no classifier was given"
+				results = append(results, res)
+				continue
+			}
+			st, err := classify(in.Target.Protocol, t.query)
+			if err != nil {
+				res.Message = fmt.Sprintf("classify query: %v", err)
+				results = append(results, res)
+				continue
+			}
+			in.Statement = st
+		}
+		d := rs.Evaluate(&in)
+		res.Decision = d
+		var why []string
+		if d.Action != t.expect {
+			why = append(why, fmt.Sprintf("expected %s, got %s by %s", t.expect, d.Action, d.Rule.ID))
+		}
+		if t.expectRule != "" && d.Rule.ID != t.expectRule {
+			why = append(why, fmt.Sprintf("expected rule %s, got %s", t.expectRule, d.Rule.ID))
+		}
+		if t.checkRecord && d.Record != t.expectRecord {
+			why = append(why, fmt.Sprintf("expected record %s, got %s", t.expectRecord, d.Record))
+		}
+		if d.Err != nil {
+			why = append(why, fmt.Sprintf("evaluation failed: %v", d.Err))
+		}
+		res.Passed = len(why) == 0
+		res.Message = strings.Join(why, "; ")
+		results = append(results, res)
+	}
+	return results
+}
+
+func (c *compiler) test(b *hcl.Block) {
+	name := b.Labels[0]
+	content, d := b.Body.Content(testSchema)
+	c.diags = append(c.diags, d...)
+	if !c.define("test", name, b.LabelRanges[0]) {
+		return
+	}
+	t := &ruleTest{name: name, rng: b.DefRange}
+	if a := content.Attributes["target"]; a != nil {
+		if s, ok := c.str(a); ok {
+			tg := c.rs.byName[s]
+			if tg == nil {
+				names := make([]string, len(c.rs.targets))
+				for i, x := range c.rs.targets {
+					names[i] = x.Name
+				}
+				detail := fmt.Sprintf("No target named %q is defined in this ruleset.", s)
+				if sg := suggest(s, names); sg != "" {
+					detail += fmt.Sprintf(" Did you mean %q?", sg)
+				}
+				c.errorf(a.Expr.Range(), "Unknown target", "%s", detail)
+			} else {
+				t.in.Target = Endpoint{Name: tg.Name, Protocol: tg.Protocol}
+			}
+		}
+	}
+	if a := content.Attributes["address"]; a != nil {
+		if s, ok := c.str(a); ok {
+			ap, err := netip.ParseAddrPort(s)
+			if err != nil {
+				c.errorf(a.Expr.Range(), "Invalid address", "address must be an IP and port, such as \"10.0.0.5:5432\": %s.", err)
+			}
+			t.in.Target.Addr = ap
+		}
+	}
+	if a := content.Attributes["identity"]; a != nil {
+		vals := c.object(a, nil, nil)
+		t.in.Identity.Claims = make(map[string]string, len(vals))
+		for k, v := range vals {
+			t.in.Identity.Claims[k] = v.AsString()
+		}
+		t.in.Identity.Level = LevelOIDC
+	}
+	if a := content.Attributes["identity_level"]; a != nil {
+		t.in.Identity.Level, _ = c.keyword(a, []string{LevelOIDC, LevelUnverified, LevelNone})
+	}
+	if a := content.Attributes["process"]; a != nil {
+		vals := c.object(a, processType.AttributeTypes(), nil)
+		p := &t.in.Process
+		p.PID, p.UID, p.GID = intAttr(vals, "pid"), intAttr(vals, "uid"), intAttr(vals, "gid")
+		p.Exe, p.Comm, p.Cgroup, p.Unit = strAttr(vals, "exe"), strAttr(vals, "comm"), strAttr(vals, "cgroup"), strAttr(vals, "unit")
+	}
+	q, st := content.Attributes["query"], content.Attributes["statement"]
+	switch {
+	case q != nil && st != nil:
+		c.errorf(st.NameRange, "Conflicting arguments", "Give a test either query (text for the protocol's classifier) or statement (an already classified statement), not both.")
+	case q != nil:
+		t.query, t.hasQuery = c.str(q)
+	case st != nil:
+		vals := c.object(st, statementType.AttributeTypes(), []string{"kind"})
+		s := &t.in.Statement
+		s.Kind, s.Text = strAttr(vals, "kind"), strAttr(vals, "text")
+		s.Tables, s.Functions = listAttr(vals, "tables"), listAttr(vals, "functions")
+		s.HasWhere, s.HasLimit = boolAttr(vals, "has_where"), boolAttr(vals, "has_limit")
+	default:
+		t.in.Statement.Kind = KindConnect
+	}
+	if a := content.Attributes["result"]; a != nil {
+		vals := c.object(a, resultType.AttributeTypes(), nil)
+		t.in.Result = Result{Known: true, Rows: intAttr(vals, "rows"), Bytes: intAttr(vals, "bytes")}
+	}
+	if a := content.Attributes["expect"]; a != nil {
+		if s, ok := c.keyword(a, actionNames[:]); ok {
+			t.expect, _ = ParseAction(s)
+		}
+	}
+	if a := content.Attributes["expect_rule"]; a != nil {
+		if s, ok := c.str(a); ok {
+			if c.rs.rules[s] == nil {
+				ids := make([]string, 0, len(c.rs.rules))
+				for id := range c.rs.rules {
+					ids = append(ids, id)
+				}
+				sort.Strings(ids)
+				detail := fmt.Sprintf("No rule has the ID %q. Rule IDs look like policy/deny/label, policy/hold[0], policy/default or default.", s)
+				if sg := suggest(s, ids); sg != "" {
+					detail = fmt.Sprintf("No rule has the ID %q. Did you mean %q?", s, sg)
+				}
+				c.errorf(a.Expr.Range(), "Unknown rule", "%s", detail)
+			}
+			t.expectRule = s
+		}
+	}
+	if a := content.Attributes["expect_record"]; a != nil {
+		t.expectRecord, t.checkRecord = c.record(a)
+	}
+	c.rs.tests = append(c.rs.tests, t)
+}
+
+// object decodes a static object attribute. With a schema, keys must be
+// in it and values convert to its types; without one, every value must be
+// a string.
+func (c *compiler) object(a *hcl.Attribute, schema map[string]cty.Type, required []string) map[string]cty.Value {
+	oc, ok := a.Expr.(*hclsyntax.ObjectConsExpr)
+	if !ok {
+		c.errorf(a.Expr.Range(), "Incorrect attribute value type", "%s must be an object, such as { name = \"value\" }.", a.Name)
+		return nil
+	}
+	out := map[string]cty.Value{}
+	for _, item := range oc.Items {
+		kv, d := item.KeyExpr.Value(nil)
+		c.diags = append(c.diags, d...)
+		if d.HasErrors() {
+			continue
+		}
+		if kv.IsNull() || kv.Type() != cty.String {
+			c.errorf(item.KeyExpr.Range(), "Invalid key", "Keys of %s must be names or strings.", a.Name)
+			continue
+		}
+		key := kv.AsString()
+		v, d := item.ValueExpr.Value(nil)
+		c.diags = append(c.diags, d...)
+		if d.HasErrors() {
+			continue
+		}
+		want := cty.String
+		if schema != nil {
+			ty, ok := schema[key]
+			if !ok {
+				names := make([]string, 0, len(schema))
+				for n := range schema {
+					names = append(names, n)
+				}
+				sort.Strings(names)
+				detail := fmt.Sprintf("%s has no attribute %q; its attributes are %s.", a.Name, key, strings.Join(names, ", "))
+				if sg := suggest(key, names); sg != "" {
+					detail = fmt.Sprintf("%s has no attribute %q. Did you mean %q?", a.Name, key, sg)
+				}
+				c.errorf(item.KeyExpr.Range(), "Unsupported attribute", "%s", detail)
+				continue
+			}
+			want = ty
+		}
+		cv, err := convert.Convert(v, want)
+		if err != nil || cv.IsNull() || (v.Type() != want && (want == cty.String || want == cty.Bool)) {
+			c.errorf(item.ValueExpr.Range(), "Incorrect value type", "%s.%s must be %s; got %s.", a.Name, key, want.FriendlyName(), v.Type().FriendlyName())
+			continue
+		}
+		out[key] = cv
+	}
+	for _, r := range required {
+		if _, ok := out[r]; !ok {
+			c.errorf(a.Expr.Range(), "Missing attribute", "%s needs %s.", a.Name, r)
+		}
+	}
+	return out
+}
+
+func intAttr(vals map[string]cty.Value, k string) int64 {
+	v, ok := vals[k]
+	if !ok {
+		return 0
+	}
+	n, _ := v.AsBigFloat().Int64()
+	return n
+}
+
+func strAttr(vals map[string]cty.Value, k string) string {
+	v, ok := vals[k]
+	if !ok {
+		return ""
+	}
+	return v.AsString()
+}
+
+func boolAttr(vals map[string]cty.Value, k string) bool {
+	v, ok := vals[k]
+	return ok && v.True()
+}
+
+func listAttr(vals map[string]cty.Value, k string) []string {
+	v, ok := vals[k]
+	if !ok {
+		return nil
+	}
+	var out []string
+	for it := v.ElementIterator(); it.Next(); {
+		_, e := it.Element()
+		out = append(out, e.AsString())
+	}
+	return out
+}
