@@ -253,7 +253,9 @@ type compiledRegex struct{ re *regexp.Regexp }
 // only read afterwards).
 func (rs *Ruleset) makeFuncs() map[string]function.Function {
 	str := func(name string) function.Parameter { return function.Parameter{Name: name, Type: cty.String} }
-	strList := func(name string) function.Parameter { return function.Parameter{Name: name, Type: cty.List(cty.String)} }
+	strList := func(name string) function.Parameter {
+		return function.Parameter{Name: name, Type: cty.List(cty.String)}
+	}
 	boolFunc := func(params []function.Parameter, impl func(args []cty.Value) (bool, error)) function.Function {
 		return function.New(&function.Spec{
 			Params: params,
