@@ -96,8 +96,8 @@ func within(a, b string) bool {
 func FindCgroupByID(mount string, id uint64) string {
 	var found string
 	filepath.WalkDir(mount, func(p string, d os.DirEntry, err error) error {
-		if err != nil || !d.IsDir() || found != "" {
-			return filepath.SkipDir
+		if err != nil || !d.IsDir() {
+			return nil
 		}
 		if cid, err := CgroupID(p); err == nil && cid == id {
 			rel, _ := filepath.Rel(mount, p)

@@ -79,10 +79,10 @@ type Proxy struct {
 
 // ProxyStats are counters for status output.
 type ProxyStats struct {
-	FlowsTotal    uint64 `json:"flows_total"`
-	FlowsActive   int64  `json:"flows_active"`
-	NoOrigin      uint64 `json:"no_origin"`
-	FlowsRefused  uint64 `json:"flows_refused"`
+	FlowsTotal   uint64 `json:"flows_total"`
+	FlowsActive  int64  `json:"flows_active"`
+	NoOrigin     uint64 `json:"no_origin"`
+	FlowsRefused uint64 `json:"flows_refused"`
 }
 
 // Stats returns the proxy's counters.

@@ -1,0 +1,257 @@
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/api"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// Main runs the tests of a package that uses Binaries and removes the
+// built binaries afterwards. Call it from TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// Binaries builds sluiced and sluice once per test binary and returns the
+// directory holding them.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "sluice-bin-")
+		if buildErr != nil {
+			return
+		}
+		var root []byte
+		root, buildErr = exec.Command("go", "env", "GOMOD").Output()
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir, "./cmd/sluiced", "./cmd/sluice")
+		cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build binaries: %v", buildErr)
+	}
+	return binDir
+}
+
+// Daemon is a sluiced process the test started with its own pin name,
+// data directory and API socket.
+type Daemon struct {
+	Name    string
+	Config  string // path of the config file
+	DataDir string
+	Socket  string
+	Port    int
+	LogPath string
+	bin     string
+
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// DaemonOptions say what to put in the daemon's config.
+type DaemonOptions struct {
+	Cgroup *Cgroup
+	// Body is HCL appended to the generated settings: target blocks and
+	// anything else the test needs.
+	Body string
+}
+
+// StartDaemon writes a config and starts sluiced. At cleanup the daemon
+// is stopped and `sluice uninstall` removes its pins.
+func StartDaemon(t testing.TB, o DaemonOptions) *Daemon {
+	t.Helper()
+	RequireRoot(t)
+	bin := Binaries(t)
+	dir, err := os.MkdirTemp("", "sluice-d-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Daemon{
+		Name:    RandName("t"),
+		DataDir: filepath.Join(dir, "data"),
+		Socket:  filepath.Join(dir, "api.sock"),
+		Port:    FreePort(t, "127.0.0.1"),
+		LogPath: filepath.Join(dir, "sluiced.log"),
+		Config:  filepath.Join(dir, "sluiced.hcl"),
+		bin:     bin,
+	}
+	cfg := fmt.Sprintf("name = %q\ncgroup = %q\nproxy_port = %d\ndata_dir = %q\napi_socket = %q\nlog {\n  level = \"debug\"\n  format = \"json\"\n}\n%s\n",
+		d.Name, o.Cgroup.Rel, d.Port, d.DataDir, d.Socket, o.Body)
+	if err := os.WriteFile(d.Config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Stop(t)
+		if out, err := exec.Command(filepath.Join(bin, "sluice"), "uninstall", "--name", d.Name).CombinedOutput(); err != nil {
+			t.Errorf("sluice uninstall: %v\n%s", err, out)
+		}
+		if t.Failed() {
+			log, _ := os.ReadFile(d.LogPath)
+			t.Logf("sluiced log:\n%s", log)
+		}
+		os.RemoveAll(dir)
+	})
+	d.Start(t)
+	return d
+}
+
+// Start starts (or restarts) the daemon and waits until its API answers.
+func (d *Daemon) Start(t testing.TB) {
+	t.Helper()
+	logf, err := os.OpenFile(d.LogPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(filepath.Join(d.bin, "sluiced"), "--config", d.Config)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start sluiced: %v", err)
+	}
+	d.cmd = cmd
+	d.done = make(chan struct{})
+	go func(done chan struct{}) { cmd.Wait(); close(done) }(d.done)
+
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-d.done:
+			log, _ := os.ReadFile(d.LogPath)
+			t.Fatalf("sluiced exited during start:\n%s", log)
+		default:
+		}
+		if _, err := d.Status(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(d.LogPath)
+	t.Fatalf("sluiced did not come up in 20s:\n%s", log)
+}
+
+// Status asks the daemon's API for its status.
+func (d *Daemon) Status() (api.Status, error) {
+	var st api.Status
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := api.NewClient(d.Socket).Get(ctx, "/v1/status", &st)
+	return st, err
+}
+
+// Kill9 kills the daemon with SIGKILL, as a crash would.
+func (d *Daemon) Kill9(t testing.TB) {
+	t.Helper()
+	if d.cmd == nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.done
+	d.cmd = nil
+}
+
+// Stop asks the daemon to stop with SIGTERM and waits for it.
+func (d *Daemon) Stop(t testing.TB) {
+	if d.cmd == nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		t.Errorf("sluiced did not stop within 10s of SIGTERM; killing it")
+		d.cmd.Process.Signal(syscall.SIGKILL)
+		<-d.done
+	}
+	d.cmd = nil
+}
+
+// Sluice runs the sluice CLI and returns its combined output.
+func (d *Daemon) Sluice(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(d.bin, "sluice"), args...).CombinedOutput()
+	return string(out), err
+}
+
+// LogLine is one JSON line of the daemon's log.
+type LogLine map[string]any
+
+// Message is the line's fixed message text.
+func (l LogLine) Message() string { s, _ := l["@message"].(string); return s }
+
+// String returns a field as text.
+func (l LogLine) String(k string) string {
+	switch v := l[k].(type) {
+	case string:
+		return v
+	case nil:
+		return ""
+	case float64:
+		return fmt.Sprintf("%.0f", v)
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+// Logs returns every JSON line the daemon has logged.
+func (d *Daemon) Logs(t testing.TB) []LogLine {
+	t.Helper()
+	f, err := os.Open(d.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var lines []LogLine
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var l LogLine
+		if json.Unmarshal(sc.Bytes(), &l) == nil {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// WaitLog waits up to 5s for a log line with message msg for which match
+// returns true.
+func (d *Daemon) WaitLog(t testing.TB, msg string, match func(LogLine) bool) LogLine {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, l := range d.Logs(t) {
+			if l.Message() == msg && (match == nil || match(l)) {
+				return l
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q log line matched within 5s", msg)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
