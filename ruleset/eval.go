@@ -344,6 +344,8 @@ func (m *Match) decide(st *Statement, res Result, tr *[]Step) Decision {
 		return ok, err
 	}
 
+	// Explicit deny blocks first, across every matched policy: the first
+	// that fires in source order decides, and nothing else can undo it.
 	var deny, hold, allow *Rule
 	var masks []*Rule
 	for _, p := range m.policies {
@@ -359,6 +361,13 @@ func (m *Match) decide(st *Statement, res Result, tr *[]Step) Decision {
 				}
 			}
 		}
+		if deny != nil && tr == nil {
+			break
+		}
+	}
+	// Then each policy's holds and allows, its default_action when none of
+	// them fired, and its masks.
+	for _, p := range m.policies {
 		if deny != nil && tr == nil {
 			break
 		}

@@ -313,6 +313,22 @@ func (rs *Ruleset) makeFuncs() map[string]function.Function {
 			}
 			return p.Contains(ip.Unmap()), nil
 		}),
+		"anytrue": boolFunc([]function.Parameter{{Name: "list", Type: cty.List(cty.Bool)}}, func(a []cty.Value) (bool, error) {
+			for it := a[0].ElementIterator(); it.Next(); {
+				if _, v := it.Element(); !v.IsNull() && v.True() {
+					return true, nil
+				}
+			}
+			return false, nil
+		}),
+		"alltrue": boolFunc([]function.Parameter{{Name: "list", Type: cty.List(cty.Bool)}}, func(a []cty.Value) (bool, error) {
+			for it := a[0].ElementIterator(); it.Next(); {
+				if _, v := it.Element(); v.IsNull() || !v.True() {
+					return false, nil
+				}
+			}
+			return true, nil
+		}),
 		"contains":   stdlib.ContainsFunc,
 		"length":     stdlib.LengthFunc,
 		"strlen":     stdlib.StrlenFunc,
