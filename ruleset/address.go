@@ -133,7 +133,13 @@ func checkHostname(h string) error {
 	if len(h) > 253 {
 		return errors.New("hostname longer than 253 characters")
 	}
-	for _, label := range strings.Split(strings.TrimSuffix(h, "."), ".") {
+	labels := strings.Split(strings.TrimSuffix(h, "."), ".")
+	if tld := labels[len(labels)-1]; strings.Trim(tld, "0123456789") == "" {
+		// An all-numeric last label is never a DNS name (RFC 3696 2); it is
+		// almost always a mistyped IPv4 address such as 10.0.0.300.
+		return fmt.Errorf("%q is neither an IP address nor a hostname", h)
+	}
+	for _, label := range labels {
 		if label == "" || len(label) > 63 {
 			return fmt.Errorf("invalid hostname %q", h)
 		}

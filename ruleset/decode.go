@@ -152,7 +152,7 @@ func (c *compiler) index() {
 	for _, t := range rs.targets {
 		var list []*policy
 		for _, p := range rs.policies {
-			if p.all || contains(p.targets, t.Name) {
+			if p.all || hasString(p.targets, t.Name) {
 				list = append(list, p)
 			}
 		}
@@ -160,7 +160,7 @@ func (c *compiler) index() {
 	}
 }
 
-func contains(list []string, s string) bool {
+func hasString(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
 			return true
@@ -289,7 +289,7 @@ func (c *compiler) policy(b *hcl.Block) {
 	p := &policy{name: name, rng: b.DefRange, record: DefaultRecord, defAction: Allow}
 	attrs := map[string]*hcl.Attribute{}
 	for _, sa := range sortedAttrs(body) {
-		if !contains(policyAttrs, sa.Name) {
+		if !hasString(policyAttrs, sa.Name) {
 			detail := fmt.Sprintf("An argument named %q is not expected in a policy.", sa.Name)
 			if s := suggest(sa.Name, policyAttrs); s != "" {
 				detail += fmt.Sprintf(" Did you mean %q?", s)
@@ -442,7 +442,7 @@ func (c *compiler) rule(p *policy, kind Action, sb *hclsyntax.Block, index int) 
 		if a := content.Attributes["detect"]; a != nil {
 			list, ranges, _ := c.strList(a)
 			for i, s := range list {
-				if !contains(detectors, s) {
+				if !hasString(detectors, s) {
 					detail := fmt.Sprintf("No detector is named %q. The detectors are %s.", s, strings.Join(detectors, ", "))
 					if sg := suggest(s, detectors); sg != "" {
 						detail = fmt.Sprintf("No detector is named %q. Did you mean %q?", s, sg)
@@ -573,7 +573,7 @@ func (c *compiler) keyword(a *hcl.Attribute, allowed []string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	if contains(allowed, s) {
+	if hasString(allowed, s) {
 		return s, true
 	}
 	detail := fmt.Sprintf("%s must be one of %s; got %q.", a.Name, quoteList(allowed), s)

@@ -205,7 +205,7 @@ func (rs *Ruleset) match(f *Flow, tr *[]Step) *Match {
 	}
 	if tr != nil {
 		for _, p := range rs.policies {
-			if !contains(candidates2names(candidates), p.name) {
+			if !hasString(candidates2names(candidates), p.name) {
 				*tr = append(*tr, Step{ID: p.name, Range: p.rng, Outcome: fmt.Sprintf("policy does not cover target %q", f.Target.Name)})
 			}
 		}
