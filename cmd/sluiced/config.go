@@ -31,10 +31,9 @@ type logConfig struct {
 }
 
 type targetConfig struct {
-	Name      string   `hcl:"name,label"`
-	Protocol  string   `hcl:"protocol"`
-	Addresses []string `hcl:"address"`
-	Range     hcl.Range
+	Name      string         `hcl:"name,label"`
+	Protocol  string         `hcl:"protocol"`
+	Addresses hcl.Expression `hcl:"address"` // kept as an expression for its source range
 }
 
 // config is the validated configuration.
@@ -111,18 +110,27 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	}
 	seen := map[string]bool{}
 	for _, tc := range fc.Targets {
+		rng := tc.Addresses.Range()
 		if seen[tc.Name] {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate target", Detail: fmt.Sprintf("target %q is defined twice.", tc.Name), Subject: tc.Range.Ptr()})
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate target", Detail: fmt.Sprintf("target %q is defined twice; give each target its own name.", tc.Name), Subject: rng.Ptr()})
 		}
 		seen[tc.Name] = true
 		if !protocols[tc.Protocol] {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Unsupported protocol", Detail: fmt.Sprintf("target %q: protocol %q is not served by this daemon; use \"tcp\" for an opaque, logged relay.", tc.Name, tc.Protocol), Subject: tc.Range.Ptr()})
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Unsupported protocol", Detail: fmt.Sprintf("target %q: protocol %q is not served by this daemon; use \"tcp\" for an opaque, logged relay.", tc.Name, tc.Protocol), Subject: rng.Ptr()})
+		}
+		var list []string
+		if d := gohcl.DecodeExpression(tc.Addresses, nil, &list); d.HasErrors() {
+			diags = append(diags, d...)
+			continue
+		}
+		if len(list) == 0 {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Target without addresses", Detail: fmt.Sprintf("target %q: list at least one address, such as \"10.0.0.5:5432\".", tc.Name), Subject: rng.Ptr()})
 		}
 		t := interceptor.Target{Name: tc.Name, Protocol: tc.Protocol}
-		for _, s := range tc.Addresses {
+		for _, s := range list {
 			a, err := ruleset.ParseAddress(s)
 			if err != nil {
-				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid target address", Detail: err.Error() + ".", Subject: tc.Range.Ptr()})
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid target address", Detail: err.Error() + ".", Subject: rng.Ptr()})
 				continue
 			}
 			t.Addresses = append(t.Addresses, a)

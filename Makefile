@@ -1,0 +1,48 @@
+# Sluice. Run as root for demo and test: they attach eBPF programs to a
+# cgroup they create, start a private PostgreSQL, and clean up after.
+
+# sudo resets PATH; fall back to the standard Go install location.
+GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+export PATH := $(dir $(GO)):$(PATH)
+BIN     ?= bin
+PKGS    ?= ./...
+
+.PHONY: all build deps generate check-generate lint test test-unit demo clean
+
+all: build
+
+## deps: install the Debian packages and Go modules the build, tests and demo need
+deps:
+	./scripts/install-deps.sh
+
+## build: build sluiced and sluice into ./bin (needs gcc for pg_query_go's cgo)
+build:
+	$(GO) build -o $(BIN)/ ./cmd/sluiced ./cmd/sluice
+
+## generate: rebuild the eBPF objects from bpf/*.c with clang and bpf2go
+generate:
+	$(GO) generate ./bpf/
+
+## check-generate: fail when the committed eBPF objects do not match bpf/*.c
+check-generate: generate
+	@git diff --exit-code --stat -- bpf/ || { echo "bpf/: committed objects are stale: run make generate and commit"; exit 1; }
+
+## lint: gofmt and go vet
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+## test: install what is needed, then run every test (privileged ones need root)
+test: deps
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+
+## test-unit: the tests that need neither root nor servers
+test-unit:
+	$(GO) test -count=1 -short $(PKGS)
+
+## demo: build, start a private PostgreSQL and sluiced on a private cgroup, show intercepted psql
+demo: deps build
+	./scripts/demo.sh
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,99 @@
+// Package deptest keeps the architecture's dependency direction true:
+// cmd -> interceptor -> decoder -> enforcer -> ruleset, and bpf imports
+// only cilium/ebpf.
+package deptest
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const mod = "github.com/sluicehq/sluice"
+
+// allowed lists, per package prefix, which of the module's packages it may
+// import directly. internal/testenv and test files are not checked: tests
+// may reach anything.
+var allowed = map[string][]string{
+	"ruleset":      {},
+	"enforcer":     {"ruleset"},
+	"decoder":      {"enforcer", "ruleset", "decoder"},
+	"interceptor":  {"bpf", "decoder", "enforcer", "ruleset", "internal/api"},
+	"bpf":          {},
+	"internal/api": {},
+	"cmd":          {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api"},
+}
+
+// bpfThirdParty is the only outside module bpf may import.
+const bpfThirdParty = "github.com/cilium/ebpf"
+
+type pkg struct {
+	ImportPath string
+	Imports    []string
+}
+
+func TestDependencyDirection(t *testing.T) {
+	cmd := exec.Command("go", "list", "-json", mod+"/...")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	dec := json.NewDecoder(out)
+	n := 0
+	for {
+		var p pkg
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, mod), "/")
+		rules, ok := rulesFor(rel)
+		if !ok {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if rel == "bpf" && strings.Contains(imp, ".") && !strings.HasPrefix(imp, bpfThirdParty) {
+				t.Errorf("bpf imports %s: it may import only %s and the standard library", imp, bpfThirdParty)
+			}
+			if !strings.HasPrefix(imp, mod+"/") {
+				continue
+			}
+			target := strings.TrimPrefix(imp, mod+"/")
+			if !permitted(target, rules) {
+				t.Errorf("%s imports %s: against the dependency direction (allowed: %v)", rel, target, rules)
+			}
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	if n < 5 {
+		t.Fatalf("go list found only %d packages; the check is not looking at the module", n)
+	}
+}
+
+func rulesFor(rel string) ([]string, bool) {
+	best, found := "", false
+	for prefix := range allowed {
+		if (rel == prefix || strings.HasPrefix(rel, prefix+"/")) && len(prefix) >= len(best) {
+			best, found = prefix, true
+		}
+	}
+	return allowed[best], found
+}
+
+func permitted(target string, rules []string) bool {
+	for _, r := range rules {
+		if target == r || strings.HasPrefix(target, r+"/") {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what Sluice's build, tests and demo need on Debian 12 / Ubuntu
+# 24.04: server and client packages from apt, Go modules from the module
+# proxy. Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+packages=(
+  clang llvm            # make generate: bpf2go compiles bpf/*.c
+  gcc libc6-dev         # cgo for pg_query_go
+  postgresql postgresql-client  # private test servers and psql/pgbench
+  iproute2 util-linux   # ip netns for test hosts, setpriv
+  git make ca-certificates
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing packages ${missing[*]}; run as root (sudo make deps)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  # The postgresql package's own cluster is not used; tests and the demo
+  # run private servers with initdb.
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "install-deps: Go is not on PATH; install Go 1.26 or newer (README: Requirements)" >&2
+  exit 1
+fi
+go mod download
