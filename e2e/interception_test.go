@@ -245,3 +245,21 @@ func TestStatusAndRun(t *testing.T) {
 		}
 	}
 }
+
+// TestRedirectIPv6: a target on ::1 is redirected to the [::1] listener.
+func TestRedirectIPv6(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "::1"})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Body: targetBlock("pg6", pg.Addr())})
+
+	if out, _, err := psqlIn(t, cg, 0, pg.PsqlArgs("", 0, "select 66")); err != nil || out != "66" {
+		t.Fatalf("psql to %s: %v: %q", pg.Addr(), err, out)
+	}
+	l := d.WaitLog(t, "flow", nil)
+	if got := l.String("orig_dst"); got != pg.Addr() {
+		t.Errorf("flow orig_dst = %q, want %q", got, pg.Addr())
+	}
+	if got := l.String("client"); !strings.HasPrefix(got, "[::1]:") {
+		t.Errorf("flow client = %q, want the [::1] listener's peer", got)
+	}
+}
