@@ -263,3 +263,30 @@ func TestRedirectIPv6(t *testing.T) {
 		t.Errorf("flow client = %q, want the [::1] listener's peer", got)
 	}
 }
+
+// TestProbeNamesWhatIsMissing: sluiced started without privileges says
+// which capabilities it lacks and exits non-zero.
+func TestProbeNamesWhatIsMissing(t *testing.T) {
+	testenv.RequireRoot(t) // to switch to nobody
+	bin := testenv.Binaries(t)
+	dir, err := os.MkdirTemp("", "sluice-probe-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	cfg := filepath.Join(dir, "sluiced.hcl")
+	os.WriteFile(cfg, []byte("cgroup = \"x\"\ndata_dir = \"/tmp\"\nlog {\n  format = \"text\"\n}\n"), 0o644)
+	cmd := exec.Command(filepath.Join(bin, "sluiced"), "--config", cfg)
+	uid := nobody(t)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("sluiced as nobody started: %s", out)
+	}
+	for _, want := range []string{"this machine cannot run sluiced", "not root: CAP_BPF is missing", "CAP_NET_ADMIN is missing"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("sluiced as nobody: output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -67,11 +67,11 @@ func newLogger(cfg *config) hclog.Logger {
 // daemon drops only its own handles so the pinned hooks keep refusing
 // traffic until a new daemon takes over.
 func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
-	}
 	if err := interceptor.Probe(); err != nil {
 		return err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
 	}
 
 	// 1. Listen.

@@ -42,6 +42,8 @@ func Binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
+		// Tests run the binaries as unprivileged users too.
+		os.Chmod(binDir, 0o755)
 		var root []byte
 		root, buildErr = exec.Command("go", "env", "GOMOD").Output()
 		if buildErr != nil {
