@@ -493,7 +493,16 @@ func (c *compiler) typeCheck() {
 		Functions: c.rs.funcs,
 	}
 	for _, p := range c.pending {
-		c.diags = append(c.diags, c.rs.typeCheck(p.x.e, ctx, p.attr)...)
+		d := c.rs.typeCheck(p.x.e, ctx, p.attr)
+		c.diags = append(c.diags, d...)
+		if d.HasErrors() {
+			continue
+		}
+		if f, k, ok := c.rs.compileFast(p.x.e); ok && k == kBool {
+			p.x.fast = f
+		} else {
+			c.rs.slow = true
+		}
 	}
 }
 

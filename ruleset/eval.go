@@ -138,12 +138,12 @@ func (rs *Ruleset) Evaluate(in *Input) Decision {
 // Match is a flow matched against the ruleset's policies: the per
 // connection half of evaluation. It is immutable, so concurrent Decide
 // calls are safe, and it keeps its Ruleset alive: a connection keeps the
-// ruleset it started with until it asks for a new Match.
+// ruleset it started with until it asks for a new Match. It keeps the
+// Flow's Claims map, which the caller must not modify afterwards.
 type Match struct {
 	rs       *Ruleset
-	identity cty.Value
-	process  cty.Value
-	target   cty.Value
+	flow     Flow
+	addr, ip string
 	policies []*policy
 	record   RecordLevel
 	errRule  *Rule // set when a policy's when failed
@@ -197,8 +197,10 @@ func (rs *Ruleset) flowValues(f *Flow) (identity, process, target cty.Value) {
 }
 
 func (rs *Ruleset) match(f *Flow, tr *[]Step) *Match {
-	m := &Match{rs: rs}
-	m.identity, m.process, m.target = rs.flowValues(f)
+	m := &Match{rs: rs, flow: *f}
+	if f.Target.Addr.IsValid() {
+		m.addr, m.ip = f.Target.Addr.String(), f.Target.Addr.Addr().Unmap().String()
+	}
 	candidates, ok := rs.byTarget[f.Target.Name]
 	if !ok {
 		candidates = rs.wildcard
@@ -210,15 +212,10 @@ func (rs *Ruleset) match(f *Flow, tr *[]Step) *Match {
 			}
 		}
 	}
-	var ctx *hcl.EvalContext
+	ev := evaluator{m: m, env: env{flow: &m.flow, addr: m.addr, ip: m.ip, st: &Statement{}}}
 	for _, p := range candidates {
 		if p.when != nil {
-			if ctx == nil {
-				ctx = &hcl.EvalContext{Variables: map[string]cty.Value{
-					varIdentity: m.identity, varProcess: m.process, varTarget: m.target,
-				}, Functions: rs.funcs}
-			}
-			ok, err := evalBool(p.when, ctx)
+			ok, _, err := ev.eval(p.when)
 			if err != nil {
 				m.err, m.errRule = fmt.Errorf("evaluate policy %s: %w", p.name, err), p.def
 				if tr != nil {
@@ -242,33 +239,45 @@ func (rs *Ruleset) match(f *Flow, tr *[]Step) *Match {
 	return m
 }
 
-func candidates2names(ps []*policy) []string {
-	n := make([]string, len(ps))
-	for i, p := range ps {
-		n[i] = p.name
-	}
-	return n
+// evaluator evaluates when expressions for one decision: compiled ones
+// directly, the rest with HCL, whose variables it builds on first use.
+type evaluator struct {
+	m   *Match
+	env env
+	ctx *hcl.EvalContext
 }
 
-var errNotBool = errors.New("condition is not a known boolean")
-
-func evalBool(x *expr, ctx *hcl.EvalContext) (bool, error) {
-	v, diags := x.e.Value(ctx)
-	if diags.HasErrors() {
-		return false, diags
+// eval returns whether x holds. pending is set, and fired false, when x
+// depends on a result that is not known yet: a condition that does not
+// (statement.kind == "copy_out" || result.rows > 1000 for a COPY) is
+// decided now.
+func (ev *evaluator) eval(x *expr) (fired, pending bool, err error) {
+	if x.fast != nil {
+		v, err := x.fast(&ev.env)
+		if err != nil {
+			return false, false, err
+		}
+		if v.unknown {
+			return false, true, nil
+		}
+		return v.b, false, nil
 	}
-	if v.Type() != cty.Bool || !v.IsKnown() || v.IsNull() {
-		return false, errNotBool
+	if ev.ctx == nil {
+		id, proc, tgt := ev.m.rs.flowValues(&ev.m.flow)
+		st := ev.env.st
+		ev.ctx = &hcl.EvalContext{
+			Variables: map[string]cty.Value{
+				varIdentity: id, varProcess: proc, varTarget: tgt,
+				varStatement: cty.ObjectVal(map[string]cty.Value{
+					"kind": cty.StringVal(st.Kind), "tables": stringList(st.Tables), "functions": stringList(st.Functions),
+					"has_where": cty.BoolVal(st.HasWhere), "has_limit": cty.BoolVal(st.HasLimit), "text": cty.StringVal(st.Text),
+				}),
+				varResult: resultValue(ev.env.res),
+			},
+			Functions: ev.m.rs.funcs,
+		}
 	}
-	return v.True(), nil
-}
-
-// evalPending is evalBool for rules that may use an unknown result: a
-// condition that is decided without the result (statement.kind ==
-// "copy_out" || result.rows > 1000 for a COPY) is true or false now, one
-// that depends on it is pending.
-func evalPending(x *expr, ctx *hcl.EvalContext) (fired, pending bool, err error) {
-	v, diags := x.e.Value(ctx)
+	v, diags := x.e.Value(ev.ctx)
 	if diags.HasErrors() {
 		return false, false, diags
 	}
@@ -280,6 +289,16 @@ func evalPending(x *expr, ctx *hcl.EvalContext) (fired, pending bool, err error)
 	}
 	return v.True(), false, nil
 }
+
+func candidates2names(ps []*policy) []string {
+	n := make([]string, len(ps))
+	for i, p := range ps {
+		n[i] = p.name
+	}
+	return n
+}
+
+var errNotBool = errors.New("condition is not a known boolean")
 
 func stringList(list []string) cty.Value {
 	if len(list) == 0 {
@@ -306,17 +325,7 @@ func (m *Match) decide(st *Statement, res Result, tr *[]Step) Decision {
 		}
 		return d
 	}
-	ctx := &hcl.EvalContext{
-		Variables: map[string]cty.Value{
-			varIdentity: m.identity, varProcess: m.process, varTarget: m.target,
-			varStatement: cty.ObjectVal(map[string]cty.Value{
-				"kind": cty.StringVal(st.Kind), "tables": stringList(st.Tables), "functions": stringList(st.Functions),
-				"has_where": cty.BoolVal(st.HasWhere), "has_limit": cty.BoolVal(st.HasLimit), "text": cty.StringVal(st.Text),
-			}),
-			varResult: resultValue(res),
-		},
-		Functions: rs.funcs,
-	}
+	ev := evaluator{m: m, env: env{flow: &m.flow, addr: m.addr, ip: m.ip, st: st, res: res}}
 	pending := false
 	step := func(r *Rule, outcome string, fired bool) {
 		if tr != nil {
@@ -329,7 +338,7 @@ func (m *Match) decide(st *Statement, res Result, tr *[]Step) Decision {
 			step(r, "fires (no when)", true)
 			return true, nil
 		}
-		ok, wait, err := evalPending(r.when, ctx)
+		ok, wait, err := ev.eval(r.when)
 		switch {
 		case err != nil:
 			step(r, "error: "+err.Error(), false)

@@ -28,6 +28,7 @@ const (
 type expr struct {
 	e     hcl.Expression
 	stage stage
+	fast  cfn // nil: evaluate with HCL
 }
 
 // The variables expressions may use. identity is open: any attribute is

@@ -40,6 +40,7 @@ type Ruleset struct {
 	funcs    map[string]function.Function
 	regexes  map[string]*compiledRegex
 	identity []string // identity attributes the expressions use, sorted
+	slow     bool     // some expression needs HCL's evaluator
 }
 
 // Mode says whether verdicts are enforced. The zero value is Enforce.
