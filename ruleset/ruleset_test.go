@@ -173,7 +173,7 @@ policy "p" {
 		await  bool
 	}{
 		{"copy_out", Result{}, Hold, false}, // decided without the result
-		{"select", Result{}, Allow, true},    // depends on the result
+		{"select", Result{}, Allow, true},   // depends on the result
 		{"select", Result{Known: true, Rows: 10}, Allow, false},
 		{"select", Result{Known: true, Rows: 5000}, Hold, false},
 	}
@@ -265,13 +265,13 @@ target "ssh" {
   address  = ["10.0.0.5:22", "bastion.internal:22"]
 }`})
 	tests := []struct{ addr, want string }{
-		{"10.0.0.5:5432", "db"},   // /32 beats db2's /16
-		{"10.0.7.7:5432", "db2"},  // /16 beats /8
-		{"10.9.0.1:5432", "db"},   // /8
-		{"8.8.8.8:5432", "db"},    // *
-		{"10.0.0.5:22", "ssh"},    // port decides
-		{"10.0.0.6:22", ""},       // hostnames are not resolved here
-		{"10.0.0.5:3306", ""},     // no target on that port
+		{"10.0.0.5:5432", "db"},  // /32 beats db2's /16
+		{"10.0.7.7:5432", "db2"}, // /16 beats /8
+		{"10.9.0.1:5432", "db"},  // /8
+		{"8.8.8.8:5432", "db"},   // *
+		{"10.0.0.5:22", "ssh"},   // port decides
+		{"10.0.0.6:22", ""},      // hostnames are not resolved here
+		{"10.0.0.5:3306", ""},    // no target on that port
 		{"[::ffff:10.0.0.5]:22", "ssh"},
 	}
 	for _, tt := range tests {
