@@ -1,6 +1,119 @@
 // Package ruleset owns the HCL policy language: the schema, parsing,
-// validation with source-ranged diagnostics, compilation and evaluation.
+// validation with source-ranged diagnostics, compilation and evaluation,
+// rule tests, signatures, and the Store that holds the active ruleset.
 //
 // It does no I/O beyond reading rule files: resolving hostnames, watching
 // directories and talking to the kernel belong to the callers.
+//
+// # The language
+//
+// A ruleset is every *.hcl file of one directory, in HCL native syntax:
+//
+//	mode = "enforce"                 # or "monitor"; default enforce
+//
+//	target "prod-db" {
+//	  protocol      = "postgres"     # postgres, mysql, ssh, k8s, tcp
+//	  address       = ["10.0.0.5:5432", "10.1.0.0/16:5432", "db.internal:5432-5433", "*:5432"]
+//	  upstream_tls  = "verify-full"  # disable, prefer, require, verify-ca, verify-full
+//	  resolve_every = "1m"           # how often hostnames are re-resolved
+//	}
+//
+//	policy "ci-main-readonly" {
+//	  targets        = ["prod-db"]   # or ["*"]
+//	  when           = identity.repository == "acme/api" && identity.ref == "refs/heads/main"
+//	  record         = "commands"    # none, metadata, commands, full
+//	  default_action = "deny"        # when no allow or hold block fires; default allow
+//
+//	  allow { when = contains(["select", "show"], statement.kind) }
+//	  deny "no-ddl" {
+//	    when   = contains(["drop", "truncate", "alter"], statement.kind)
+//	    reason = "schema changes go through migrations"
+//	  }
+//	  hold "bulk" {
+//	    when          = statement.kind == "copy_out" || result.rows > 1000
+//	    approvers     = ["group:security"]
+//	    min_approvals = 1
+//	    timeout       = "15m"
+//	  }
+//	  mask "pii" {
+//	    columns = ["users.email", "*.password_hash"]
+//	    detect  = ["email", "card_number", "secret"]
+//	    using   = "hash"                # redact, hash, null, partial
+//	  }
+//	}
+//
+//	default {                        # flows no policy matches
+//	  action = "deny"                  # or allow; deny without a default block
+//	}
+//
+//	test "main may not drop" {
+//	  target      = "prod-db"
+//	  identity    = { repository = "acme/api", ref = "refs/heads/main" }
+//	  query       = "DROP TABLE users"   # or statement = { kind = "drop", tables = ["users"] }
+//	  result      = { rows = 10 }        # optional
+//	  expect      = "deny"
+//	  expect_rule = "ci-main-readonly/deny/no-ddl"
+//	}
+//
+// Every when is a real HCL expression over identity.* (the verified
+// token's claims as strings, "" when absent, and identity.level: oidc,
+// unverified or none), process.* (pid, uid, gid, exe, comm, cgroup,
+// unit), target.* (name, protocol, address, ip, port), statement.*
+// (kind, tables, functions, has_where, has_limit, text) and result.*
+// (rows, bytes), with the functions glob, any_glob, all_glob, regex,
+// cidr_contains, anytrue, alltrue, contains, length, strlen, lower, upper,
+// concat, join, split, trimprefix and trimsuffix. HCL has no "in"
+// operator: write contains(list, value). Unknown variables and
+// attributes, type errors, non-boolean conditions, invalid literal
+// regexes and CIDRs are load-time diagnostics, each with the range to fix.
+// A policy's when may use only identity, process and target: it is
+// decided once per connection (Match). allow blocks may not use result.
+//
+// # Precedence
+//
+// Policies apply to a flow when they name its target (or "*") and their
+// when holds. Across every applying policy, the strongest firing rule
+// decides: deny > hold > mask > allow. No policy can undo another's
+// deny, however specific its when: an allow in policy B never lifts a
+// deny in policy A. A policy with default_action = "deny" denies what
+// none of its own allow or hold blocks permits, and that deny too stands
+// against every other policy. When nothing denies or holds, every firing
+// mask applies (their specs are all returned), else the statement is
+// allowed. When no policy applies, the default block decides (deny if
+// there is none). An explicit deny block is reported in preference to a
+// policy's default deny; otherwise the first firing rule in file order
+// (files sorted by name) is reported. Record levels combine upward: the
+// highest of the applying policies' levels and the deciding and masking
+// rules' own.
+//
+// Rule IDs name the deciding rule in decisions, records and tests:
+// "policy/deny/label" for a labelled block, "policy/deny[0]" for the
+// first unlabelled deny of a policy, "policy/default" for a policy's
+// default_action, "default" for the default block.
+//
+// # Results
+//
+// A condition that uses result.* is decided, when possible, before the
+// statement runs (statement.kind == "copy_out" || result.rows > 1000 holds
+// a COPY at once); otherwise it is pending and the Decision says
+// AwaitResult: the decoder evaluates again with the Result as rows arrive.
+//
+// # Monitor mode
+//
+// With mode = "monitor" every Decision is computed, logged and recorded as
+// usual but carries Monitor; Enforced returns Allow, so nothing is
+// blocked, masked or held. Rule tests check the computed Action.
+//
+// # Evaluation
+//
+// Expressions are compiled once per load into Go closures over the Input
+// (HCL's own evaluator remains for the constructs the compiler does not
+// cover, such as for expressions). An evaluation error fails closed: the
+// Decision is Deny and carries Err.
+//
+// # Signing
+//
+// A signed ruleset directory holds ruleset.sig, the base64 ed25519
+// signature of Digest over its *.hcl files; key files hold base64 raw
+// ed25519 keys (see SignatureFile).
 package ruleset
