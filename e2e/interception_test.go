@@ -27,8 +27,21 @@ import (
 
 func TestMain(m *testing.M) { testenv.Main(m) }
 
-func targetBlock(name, addr string) string {
-	return fmt.Sprintf("target %q {\n  protocol = \"tcp\"\n  address = [%q]\n}\n", name, addr)
+// tcpRules is a ruleset with one opaque TCP target that every flow may use.
+func tcpRules(name, addr string) string {
+	return fmt.Sprintf(`target %q {
+  protocol = "tcp"
+  address  = [%q]
+}
+
+policy "e2e" {
+  targets = [%q]
+}
+
+default {
+  action = "deny"
+}
+`, name, addr, name)
 }
 
 // psqlIn runs psql inside the cgroup as uid, returning output, pid and error.
@@ -72,7 +85,7 @@ func TestRedirectToLoopbackAlias(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
 	other := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.3"})
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Body: targetBlock("pg", pg.Addr())})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: tcpRules("pg", pg.Addr())})
 	uid := nobody(t)
 
 	out, pid, err := psqlIn(t, cg, uid, pg.PsqlArgs("", 0, "select 40 + 2"))
@@ -128,7 +141,7 @@ func TestRedirectToNetnsHost(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	h := testenv.NewHost(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: h.Addr.String(), Netns: h.Netns})
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Body: targetBlock("remote", pg.Addr())})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: tcpRules("remote", pg.Addr())})
 
 	out, _, err := psqlIn(t, cg, 0, pg.PsqlArgs("", 0, "select inet_server_addr()"))
 	if err != nil || out != h.Addr.String() {
@@ -145,7 +158,7 @@ func TestRedirectToNetnsHost(t *testing.T) {
 func TestFailClosed(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Body: targetBlock("pg", pg.Addr())})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: tcpRules("pg", pg.Addr())})
 	q := pg.PsqlArgs("", 0, "select 1")
 
 	if out, _, err := psqlIn(t, cg, 0, q); err != nil || out != "1" {
@@ -217,7 +230,7 @@ func TestFailClosed(t *testing.T) {
 func TestStatusAndRun(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Body: targetBlock("pg", pg.Addr())})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: tcpRules("pg", pg.Addr())})
 
 	args := append([]string{"run", "--cgroup", cg.Rel, "--"}, pg.PsqlArgs("", 0, "select 5")...)
 	if out, err := d.Sluice(t, args...); err != nil || strings.TrimSpace(out) != "5" {
@@ -250,7 +263,7 @@ func TestStatusAndRun(t *testing.T) {
 func TestRedirectIPv6(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "::1"})
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Body: targetBlock("pg6", pg.Addr())})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: tcpRules("pg6", pg.Addr())})
 
 	if out, _, err := psqlIn(t, cg, 0, pg.PsqlArgs("", 0, "select 66")); err != nil || out != "66" {
 		t.Fatalf("psql to %s: %v: %q", pg.Addr(), err, out)

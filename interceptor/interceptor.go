@@ -86,7 +86,7 @@ type Interceptor struct {
 // kernel knows where the proxy is. Pins left by an earlier daemon of the
 // same Name are re-adopted: their links are kept and switched to the newly
 // loaded programs, so interception never lapses.
-func Attach(cfg Config, targets []Target) (*Interceptor, error) {
+func Attach(cfg Config, targets []*Target) (*Interceptor, error) {
 	if cfg.Name == "" {
 		cfg.Name = "default"
 	}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicehq/sluice/bpf"
+	"github.com/sluicehq/sluice/ruleset"
 )
 
 // Process is what the kernel saw of the process that connected. Exe is read
@@ -37,9 +39,14 @@ type Flow struct {
 	ID      uint64
 	Client  netip.AddrPort // the job's end, as the proxy sees it
 	Dest    netip.AddrPort // where the job was connecting
-	Target  Target
+	Target  *Target
 	Process Process
 	Start   time.Time
+	// Match is the flow matched against the ruleset active when it was
+	// accepted; the flow keeps that ruleset for its whole life.
+	Match *ruleset.Match
+	// Facts are the flow's facts as the ruleset sees them.
+	Facts ruleset.Flow
 }
 
 // Result is what a Handler reports when a flow ends.
@@ -63,7 +70,9 @@ var ErrNoOrigin = errors.New("no origin entry for this connection")
 // Proxy accepts redirected connections and hands each to the Handler for
 // its target's protocol. A protocol without a handler is refused.
 type Proxy struct {
-	IC          *Interceptor
+	IC *Interceptor
+	// Rules returns the active ruleset; every flow is matched against it.
+	Rules       func() *ruleset.Ruleset
 	Handlers    map[string]Handler
 	Log         hclog.Logger
 	DialTimeout time.Duration // default 10s
@@ -73,6 +82,7 @@ type Proxy struct {
 	active    atomic.Int64
 	noOrigin  atomic.Uint64
 	refused   atomic.Uint64
+	denied    atomic.Uint64
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
@@ -83,11 +93,12 @@ type ProxyStats struct {
 	FlowsActive  int64  `json:"flows_active"`
 	NoOrigin     uint64 `json:"no_origin"`
 	FlowsRefused uint64 `json:"flows_refused"`
+	FlowsDenied  uint64 `json:"flows_denied"`
 }
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() ProxyStats {
-	return ProxyStats{FlowsTotal: p.total.Load(), FlowsActive: p.active.Load(), NoOrigin: p.noOrigin.Load(), FlowsRefused: p.refused.Load()}
+	return ProxyStats{FlowsTotal: p.total.Load(), FlowsActive: p.active.Load(), NoOrigin: p.noOrigin.Load(), FlowsRefused: p.refused.Load(), FlowsDenied: p.denied.Load()}
 }
 
 // Listen opens the proxy listeners on 127.0.0.1:port and [::1]:port. A
@@ -157,11 +168,11 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		},
 		Start: time.Now(),
 	}
-	t, ok := p.IC.TargetByID(o.TargetId)
 	log := p.Log.With("flow", f.ID)
+	t, ok := p.IC.TargetByID(o.TargetId, f.Dest)
 	if !ok {
 		p.refused.Add(1)
-		log.Warn("flow refused: its target is no longer configured", "orig_dst", f.Dest.String(), "pid", f.Process.TGID)
+		log.Warn("flow refused: its destination is no longer a target", "orig_dst", f.Dest.String(), "pid", f.Process.TGID)
 		c.Close()
 		return
 	}
@@ -169,9 +180,35 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	h := p.Handlers[t.Protocol]
 	if h == nil {
 		p.refused.Add(1)
-		log.Error("flow refused: no decoder for the target's protocol", "target", t.Name, "protocol", t.Protocol)
+		log.Error("flow refused: no decoder for the target's protocol", "target", t.Name, "protocol", t.Protocol, "orig_dst", f.Dest.String(), "pid", f.Process.TGID, "comm", f.Process.Comm)
 		c.Close()
 		return
+	}
+
+	// Match the flow against the ruleset once. A flow that no policy
+	// matches gets the ruleset's default; when that denies, the flow
+	// ends here. Per-statement decisions are the decoder's.
+	f.Facts = ruleset.Flow{
+		Identity: ruleset.Identity{Level: ruleset.LevelUnverified},
+		Process: ruleset.Process{
+			PID: int64(f.Process.TGID), UID: int64(f.Process.UID), GID: int64(f.Process.GID),
+			Exe: f.Process.Exe, Comm: f.Process.Comm, Cgroup: readCgroup(f.Process.TGID),
+		},
+		Target: ruleset.Endpoint{Name: t.Name, Protocol: t.Protocol, Addr: f.Dest},
+	}
+	f.Match = p.Rules().Match(f.Facts)
+	if len(f.Match.Policies()) == 0 {
+		d := f.Match.Decide(&ruleset.Statement{Kind: ruleset.KindConnect}, ruleset.Result{})
+		if d.Enforced() == ruleset.Deny {
+			p.denied.Add(1)
+			log.Warn("flow denied", "target", t.Name, "orig_dst", f.Dest.String(), "rule", d.Rule.ID, "reason", d.Reason,
+				"pid", f.Process.TGID, "uid", f.Process.UID, "comm", f.Process.Comm, "exe", f.Process.Exe)
+			c.Close()
+			return
+		}
+		if d.Monitor && d.Action == ruleset.Deny {
+			log.Warn("flow would be denied (monitor mode)", "target", t.Name, "rule", d.Rule.ID, "reason", d.Reason)
+		}
 	}
 	p.total.Add(1)
 	p.active.Add(1)
@@ -180,6 +217,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	res := h(ctx, f, c, p.dialer(f))
 
 	kv := []any{
+		"policies", f.Match.Policies(),
 		"target", t.Name, "protocol", t.Protocol,
 		"orig_dst", f.Dest.String(), "client", f.Client.String(),
 		"pid", f.Process.TGID, "tid", f.Process.PID, "uid", f.Process.UID, "gid", f.Process.GID,
@@ -255,6 +293,20 @@ func cString(b []int8) string {
 		s[i] = byte(b[i])
 	}
 	return string(s)
+}
+
+// readCgroup returns the cgroup2 path of a process, or "" if it is gone.
+func readCgroup(pid uint32) string {
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/cgroup")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			return rest
+		}
+	}
+	return ""
 }
 
 func readExe(pid uint32) string {

@@ -12,16 +12,13 @@ import (
 	"github.com/sluicehq/sluice/ruleset"
 )
 
-// Target is a destination the kernel sends to the proxy.
-type Target struct {
-	Name      string
-	Protocol  string // decoder name: "tcp", "postgres", ...
-	Addresses []ruleset.Address
-}
+// Target is a destination the kernel sends to the proxy: a ruleset's
+// target block. Targets are shared, read-only values.
+type Target = ruleset.Target
 
 // targetTable is the kernel map's contents as the daemon last wrote them.
 type targetTable struct {
-	byID    []Target // index = target id - 1
+	byID    []*Target // index = target id - 1
 	entries map[bpf.TargetKey]bpf.TargetVal
 	hosts   map[string][]netip.Addr // last good resolution of each hostname
 }
@@ -36,7 +33,7 @@ var Resolver interface {
 // addresses, and one never resolved is skipped with a warning. Two targets
 // claiming the same address and port is an error, and the map is then left
 // as it was.
-func (ic *Interceptor) SyncTargets(targets []Target) error {
+func (ic *Interceptor) SyncTargets(targets []*Target) error {
 	ic.mu.Lock()
 	defer ic.mu.Unlock()
 	var prevHosts map[string][]netip.Addr
@@ -76,7 +73,7 @@ func (ic *Interceptor) SyncTargets(targets []Target) error {
 	return nil
 }
 
-func compileTargets(targets []Target, prevHosts map[string][]netip.Addr, warn func(string, ...any)) (*targetTable, error) {
+func compileTargets(targets []*Target, prevHosts map[string][]netip.Addr, warn func(string, ...any)) (*targetTable, error) {
 	tt := &targetTable{entries: map[bpf.TargetKey]bpf.TargetVal{}, hosts: map[string][]netip.Addr{}}
 	owner := map[bpf.TargetKey]string{}
 	for i, t := range targets {
@@ -142,11 +139,42 @@ func targetKey(p netip.Prefix, port uint16) bpf.TargetKey {
 }
 
 // TargetByID returns the target the kernel matched, by the id it stored.
-func (ic *Interceptor) TargetByID(id uint32) (Target, bool) {
+// The id is only an index into the last synced list, so the target is
+// checked against the destination: an origin recorded just before a reload
+// must not be served under another target's rules.
+func (ic *Interceptor) TargetByID(id uint32, dst netip.AddrPort) (*Target, bool) {
 	ic.mu.Lock()
 	defer ic.mu.Unlock()
 	if ic.targets == nil || id == 0 || int(id) > len(ic.targets.byID) {
-		return Target{}, false
+		return nil, false
 	}
-	return ic.targets.byID[id-1], true
+	t := ic.targets.byID[id-1]
+	if !ic.targets.covers(t, dst) {
+		return nil, false
+	}
+	return t, true
+}
+
+// covers reports whether t, as last resolved, includes dst.
+func (tt *targetTable) covers(t *Target, dst netip.AddrPort) bool {
+	for _, a := range t.Addresses {
+		if dst.Port() < a.PortLo || dst.Port() > a.PortHi {
+			continue
+		}
+		switch {
+		case a.Any:
+			return true
+		case a.Host != "":
+			for _, ip := range tt.hosts[a.Host] {
+				if ip.Unmap() == dst.Addr().Unmap() {
+					return true
+				}
+			}
+		default:
+			if a.Prefix.Contains(dst.Addr().Unmap()) {
+				return true
+			}
+		}
+	}
+	return false
 }

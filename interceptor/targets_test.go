@@ -41,7 +41,7 @@ func TestCompileTargets(t *testing.T) {
 	Resolver = fakeResolver{"db.internal": {netip.MustParseAddr("10.9.8.7"), netip.MustParseAddr("2001:db8::7")}}
 	defer func() { Resolver = old }()
 
-	tt, err := compileTargets([]Target{
+	tt, err := compileTargets([]*Target{
 		{Name: "a", Protocol: "tcp", Addresses: addrs(t, "10.0.0.5:5432", "10.1.0.0/16:6000-6002")},
 		{Name: "b", Protocol: "tcp", Addresses: addrs(t, "[2001:db8::/32]:22", "*:6443", "db.internal:3306", "gone.example:1")},
 	}, nil, func(string, ...any) {})
@@ -74,7 +74,7 @@ func TestCompileTargets(t *testing.T) {
 }
 
 func TestCompileTargetsConflict(t *testing.T) {
-	_, err := compileTargets([]Target{
+	_, err := compileTargets([]*Target{
 		{Name: "a", Addresses: addrs(t, "10.0.0.5:5432")},
 		{Name: "b", Addresses: addrs(t, "10.0.0.5:5430-5435")},
 	}, nil, func(string, ...any) {})
@@ -89,7 +89,7 @@ func TestCompileTargetsKeepsLastResolution(t *testing.T) {
 	defer func() { Resolver = old }()
 	prev := map[string][]netip.Addr{"db.internal": {netip.MustParseAddr("10.9.8.7")}}
 	var warned bool
-	tt, err := compileTargets([]Target{{Name: "a", Addresses: addrs(t, "db.internal:5432")}}, prev,
+	tt, err := compileTargets([]*Target{{Name: "a", Addresses: addrs(t, "db.internal:5432")}}, prev,
 		func(string, ...any) { warned = true })
 	if err != nil {
 		t.Fatal(err)

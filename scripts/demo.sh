@@ -51,22 +51,54 @@ psql -X -h "$work" -p "$pg_port" -U postgres -qc "create table users(id int, ema
 echo "running; table users created"
 
 bold "2. sluiced on cgroup $cgroup, intercepting 127.0.0.2:$pg_port"
-mkdir -p "$mount/$cgroup"
+mkdir -p "$mount/$cgroup" "$work/rules"
+cat > "$work/rules/demo.hcl" <<HCL
+# The demo's ruleset: one database, relayed opaquely for now, and only
+# for jobs running as root; anything else gets the default deny.
+target "demo-db" {
+  protocol = "tcp"
+  address  = ["127.0.0.2:$pg_port"]
+}
+
+policy "root-jobs" {
+  targets = ["demo-db"]
+  when    = process.uid == 0
+}
+
+default {
+  action = "deny"
+  reason = "no policy for this job"
+}
+
+test "root may connect" {
+  target    = "demo-db"
+  process   = { uid = 0 }
+  statement = { kind = "connect" }
+  expect    = "allow"
+}
+
+test "others get the default" {
+  target      = "demo-db"
+  process     = { uid = 65534 }
+  statement   = { kind = "connect" }
+  expect      = "deny"
+  expect_rule = "default"
+}
+HCL
 cat > "$work/sluiced.hcl" <<HCL
 name       = "$name"
 cgroup     = "$cgroup"
 proxy_port = $proxy_port
 data_dir   = "$work/data"
 api_socket = "$work/sluiced.sock"
+rules_dir  = "$work/rules"
 log {
   format = "json"
 }
-target "demo-db" {
-  protocol = "tcp"
-  address  = ["127.0.0.2:$pg_port"]
-}
 HCL
 cat "$work/sluiced.hcl"
+run "$BIN/sluice" rules check "$work/rules"
+run "$BIN/sluice" rules test "$work/rules"
 "$BIN/sluiced" --config "$work/sluiced.hcl" > "$work/sluiced.log" 2>&1 &
 sluiced_pid=$!
 for _ in $(seq 100); do
@@ -83,15 +115,26 @@ bold "4. The flow log: one structured line per flow, with the original destinati
 sleep 0.2
 grep '"@message":"flow"' "$work/sluiced.log" | tail -1
 
-bold "5. The same psql outside the cgroup is not intercepted"
+bold "5. A job that no policy covers (uid nobody) gets the default deny"
+run "$BIN/sluice" run --cgroup "$cgroup" -- setpriv --reuid=65534 --regid=65534 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(denied, as the ruleset says)"
+sleep 0.2
+grep '"@message":"flow denied"' "$work/sluiced.log" | tail -1
+
+bold "6. A broken edit of the ruleset is refused; the previous rules keep enforcing"
+echo 'policy "oops" { targets = ["no-such-target"] }' > "$work/rules/oops.hcl"
+sleep 0.5
+run "$BIN/sluice" status --socket "$work/sluiced.sock" | sed -n '/^ruleset/,/^target/p'
+rm "$work/rules/oops.hcl"
+
+bold "7. The same psql outside the cgroup is not intercepted"
 run psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 'direct, not through sluice'"
 run "$BIN/sluice" status --socket "$work/sluiced.sock"
 
-bold "6. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
+bold "8. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
 kill -9 "$sluiced_pid"; wait "$sluiced_pid" 2>/dev/null || true; sluiced_pid=""
 run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(refused, as it should be)"
 
-bold "7. sluice uninstall removes the pinned hooks"
+bold "9. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
 
 bold "Not in this demo yet"

@@ -30,6 +30,7 @@ commands:
                                        show the daemon, its pins and its counters
   uninstall [--name N]                 detach and unpin interception (the only way to remove it)
   rules check|test|explain|sign|keygen work with rulesets (sluice rules -h)
+  rules push [--socket P] DIR          send a ruleset to the running daemon (root only)
 `
 
 func main() {
@@ -49,6 +50,9 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	case "uninstall":
 		return uninstallCmd(args[1:], stdout, stderr)
 	case "rules":
+		if len(args) > 1 && args[1] == "push" {
+			return pushCmd(args[2:], stdout, stderr)
+		}
 		return runRules(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
@@ -154,10 +158,26 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 		fmt.Fprintf(w, "daemon:      running (pid %d, up %s)\n", d.PID, time.Since(d.Started).Round(time.Second))
 		fmt.Fprintf(w, "cgroup:      %s\n", d.Cgroup)
 		fmt.Fprintf(w, "proxy port:  %d (127.0.0.1 and ::1)\n", d.ProxyPort)
-		fmt.Fprintf(w, "flows seen:  %d total, %d active, %d without origin refused, %d refused\n",
-			d.Flows.Total, d.Flows.Active, d.Flows.NoOrigin, d.Flows.Refused)
+		fmt.Fprintf(w, "flows seen:  %d total, %d active, %d without origin refused, %d refused, %d denied\n",
+			d.Flows.Total, d.Flows.Active, d.Flows.NoOrigin, d.Flows.Refused, d.Flows.Denied)
+		r := d.Ruleset
+		fmt.Fprintf(w, "ruleset:     generation %d from %s, mode %s, digest %.12s, loaded %s\n",
+			r.Generation, r.Source, r.Mode, r.Digest, r.Loaded.Format(time.RFC3339))
+		if r.Signed {
+			fmt.Fprintln(w, "             signatures required")
+		}
+		if e := r.LastError; e != nil {
+			fmt.Fprintf(w, "ruleset ERROR: the last attempt (%s at %s) was rejected; the ruleset above stays active:\n", e.Source, e.At.Format(time.RFC3339))
+			for _, l := range e.Errors {
+				fmt.Fprintf(w, "  %s\n", l)
+			}
+		}
 		for _, t := range d.Targets {
-			fmt.Fprintf(w, "target:      %s (%s) %s\n", t.Name, t.Protocol, strings.Join(t.Addresses, ", "))
+			note := ""
+			if !t.Decoded {
+				note = "  [no decoder in this build: connections refused]"
+			}
+			fmt.Fprintf(w, "target:      %s (%s) %s%s\n", t.Name, t.Protocol, strings.Join(t.Addresses, ", "), note)
 		}
 	} else {
 		fmt.Fprintf(w, "daemon:      not reachable (%s)\n", derr)

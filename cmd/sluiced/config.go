@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/ed25519"
 	"fmt"
 	"os"
 
@@ -8,32 +9,26 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 
-	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/internal/api"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
 // fileConfig is the HCL schema of sluiced's --config file.
 type fileConfig struct {
-	Name      string         `hcl:"name,optional"`
-	Cgroup    string         `hcl:"cgroup"`
-	ProxyPort int            `hcl:"proxy_port,optional"`
-	DataDir   string         `hcl:"data_dir,optional"`
-	APISocket string         `hcl:"api_socket,optional"`
-	Mark      int            `hcl:"mark,optional"`
-	Log       *logConfig     `hcl:"log,block"`
-	Targets   []targetConfig `hcl:"target,block"`
+	Name           string     `hcl:"name,optional"`
+	Cgroup         string     `hcl:"cgroup"`
+	ProxyPort      int        `hcl:"proxy_port,optional"`
+	DataDir        string     `hcl:"data_dir,optional"`
+	APISocket      string     `hcl:"api_socket,optional"`
+	Mark           int        `hcl:"mark,optional"`
+	RulesDir       string     `hcl:"rules_dir,optional"`
+	RulesPublicKey string     `hcl:"rules_public_key,optional"`
+	Log            *logConfig `hcl:"log,block"`
 }
 
 type logConfig struct {
 	Level  string `hcl:"level,optional"`
 	Format string `hcl:"format,optional"` // auto, json, text
-}
-
-type targetConfig struct {
-	Name      string         `hcl:"name,label"`
-	Protocol  string         `hcl:"protocol"`
-	Addresses hcl.Expression `hcl:"address"` // kept as an expression for its source range
 }
 
 // config is the validated configuration.
@@ -46,7 +41,11 @@ type config struct {
 	Mark      uint32
 	LogLevel  string
 	LogFormat string
-	Targets   []interceptor.Target
+	// RulesDir holds the ruleset; "" means the embedded default ruleset
+	// unless a pushed one was saved under DataDir.
+	RulesDir string
+	// RulesKey, when set, is the only key whose signatures are accepted.
+	RulesKey ed25519.PublicKey
 }
 
 // Defaults for settings the file leaves out.
@@ -54,10 +53,6 @@ const (
 	defaultProxyPort = 15001
 	defaultDataDir   = "/var/lib/sluice"
 )
-
-// protocols the daemon can serve today. Anything else is refused at load
-// rather than relayed unseen.
-var protocols = map[string]bool{"tcp": true}
 
 func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	p := hclparse.NewParser()
@@ -69,13 +64,21 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	if diags.HasErrors() {
 		return nil, diags, p.Files()
 	}
+	// Targets moved into rulesets; say so instead of a bare "unexpected block".
+	if content, _, _ := f.Body.PartialContent(&hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "target", LabelNames: []string{"name"}}}}); len(content.Blocks) > 0 {
+		for _, b := range content.Blocks {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Targets belong in the ruleset",
+				Detail: "Move this target block into a rule file under rules_dir; the daemon config no longer takes targets.", Subject: b.DefRange.Ptr()})
+		}
+		return nil, diags, p.Files()
+	}
 	var fc fileConfig
 	if d := gohcl.DecodeBody(f.Body, nil, &fc); d.HasErrors() {
 		return nil, append(diags, d...), p.Files()
 	}
 	c := &config{
 		Name: fc.Name, Cgroup: fc.Cgroup, DataDir: fc.DataDir, APISocket: fc.APISocket,
-		LogLevel: "info", LogFormat: "auto",
+		LogLevel: "info", LogFormat: "auto", RulesDir: fc.RulesDir,
 	}
 	if c.Name == "" {
 		c.Name = "default"
@@ -108,34 +111,15 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	default:
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid log format", Detail: fmt.Sprintf("log format %q: use auto, json or text.", c.LogFormat)})
 	}
-	seen := map[string]bool{}
-	for _, tc := range fc.Targets {
-		rng := tc.Addresses.Range()
-		if seen[tc.Name] {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate target", Detail: fmt.Sprintf("target %q is defined twice; give each target its own name.", tc.Name), Subject: rng.Ptr()})
+	if fc.RulesPublicKey != "" {
+		b, err := os.ReadFile(fc.RulesPublicKey)
+		if err == nil {
+			c.RulesKey, err = ruleset.ParsePublicKey(b)
 		}
-		seen[tc.Name] = true
-		if !protocols[tc.Protocol] {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Unsupported protocol", Detail: fmt.Sprintf("target %q: protocol %q is not served by this daemon; use \"tcp\" for an opaque, logged relay.", tc.Name, tc.Protocol), Subject: rng.Ptr()})
+		if err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid rules_public_key",
+				Detail: fmt.Sprintf("read the ruleset signing key %s: %v. Create one with `sluice rules keygen`.", fc.RulesPublicKey, err)})
 		}
-		var list []string
-		if d := gohcl.DecodeExpression(tc.Addresses, nil, &list); d.HasErrors() {
-			diags = append(diags, d...)
-			continue
-		}
-		if len(list) == 0 {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Target without addresses", Detail: fmt.Sprintf("target %q: list at least one address, such as \"10.0.0.5:5432\".", tc.Name), Subject: rng.Ptr()})
-		}
-		t := interceptor.Target{Name: tc.Name, Protocol: tc.Protocol}
-		for _, s := range list {
-			a, err := ruleset.ParseAddress(s)
-			if err != nil {
-				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid target address", Detail: err.Error() + ".", Subject: rng.Ptr()})
-				continue
-			}
-			t.Addresses = append(t.Addresses, a)
-		}
-		c.Targets = append(c.Targets, t)
 	}
 	return c, diags, p.Files()
 }

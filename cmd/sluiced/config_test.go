@@ -19,10 +19,6 @@ func writeConfig(t *testing.T, body string) string {
 func TestLoadConfigDefaults(t *testing.T) {
 	c, diags, _ := loadConfig(writeConfig(t, `
 cgroup = "runner"
-target "db" {
-  protocol = "tcp"
-  address  = ["10.0.0.5:5432", "*:6443"]
-}
 `))
 	if diags.HasErrors() {
 		t.Fatal(diags.Error())
@@ -30,8 +26,8 @@ target "db" {
 	if c.Name != "default" || c.ProxyPort != defaultProxyPort || c.DataDir != defaultDataDir || c.LogFormat != "auto" {
 		t.Errorf("defaults not applied: %+v", c)
 	}
-	if len(c.Targets) != 1 || len(c.Targets[0].Addresses) != 2 || !c.Targets[0].Addresses[1].Any {
-		t.Errorf("targets = %+v", c.Targets)
+	if c.RulesDir != "" || c.RulesKey != nil {
+		t.Errorf("rules defaults = %q %v, want the embedded default ruleset unsigned", c.RulesDir, c.RulesKey)
 	}
 }
 
@@ -42,9 +38,9 @@ func TestLoadConfigErrors(t *testing.T) {
 	}{
 		{"missing cgroup", `proxy_port = 1`, `The argument "cgroup" is required`},
 		{"bad port", "cgroup = \"r\"\nproxy_port = 70000\n", "not a TCP port"},
-		{"bad address", "cgroup = \"r\"\ntarget \"db\" {\n  protocol = \"tcp\"\n  address = [\"10.0.0.5\"]\n}\n", "sluiced.hcl:4,13-25: Invalid target address; address \"10.0.0.5\" has no port"},
-		{"unserved protocol", "cgroup = \"r\"\ntarget \"db\" {\n  protocol = \"smtp\"\n  address = [\"10.0.0.5:25\"]\n}\n", `protocol "smtp" is not served`},
-		{"duplicate", "cgroup = \"r\"\ntarget \"a\" {\n  protocol = \"tcp\"\n  address = [\"10.0.0.5:1\"]\n}\ntarget \"a\" {\n  protocol = \"tcp\"\n  address = [\"10.0.0.6:1\"]\n}\n", "sluiced.hcl:8,13-27: Duplicate target"},
+		{"target in config", "cgroup = \"r\"\ntarget \"db\" {\n  protocol = \"tcp\"\n  address = [\"10.0.0.5:1\"]\n}\n", "sluiced.hcl:2,1-12: Targets belong in the ruleset"},
+		{"unknown attribute", "cgroup = \"r\"\nproxy_prot = 1\n", `Unsupported argument`},
+		{"missing key file", "cgroup = \"r\"\nrules_public_key = \"/nonexistent/key.pub\"\n", "Invalid rules_public_key"},
 		{"bad log format", "cgroup = \"r\"\nlog {\n  format = \"xml\"\n}\n", "use auto, json or text"},
 	}
 	for _, tc := range cases {

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,11 +20,13 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/sluicehq/sluice/decoder/tcp"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/internal/api"
+	"github.com/sluicehq/sluice/ruleset"
 )
 
 func main() {
@@ -61,11 +64,12 @@ func newLogger(cfg *config) hclog.Logger {
 	})
 }
 
-// serve runs the daemon until ctx ends. The sequence matters: the proxy
-// listens before any hook exists, the hooks are attached (or re-adopted)
-// once the kernel maps know where the proxy is, and on the way out the
-// daemon drops only its own handles so the pinned hooks keep refusing
-// traffic until a new daemon takes over.
+// serve runs the daemon until ctx ends. The sequence matters: the ruleset
+// is loaded first (its targets go into the kernel map), the proxy listens
+// before any hook exists, the hooks are attached (or re-adopted) once the
+// kernel maps know where the proxy is, and on the way out the daemon drops
+// only its own handles so the pinned hooks keep refusing traffic until a
+// new daemon takes over.
 func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	if err := interceptor.Probe(); err != nil {
 		return err
@@ -74,7 +78,16 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		return fmt.Errorf("create data dir: %w", err)
 	}
 
-	// 1. Listen.
+	// 1. The ruleset.
+	rm := &rules{cfg: cfg, log: log.Named("rules")}
+	rs, source, err := rm.initial()
+	if err != nil {
+		return err
+	}
+	rm.store = ruleset.NewStore(rs, source)
+	rm.warnUndecoded(rs)
+
+	// 2. Listen.
 	lns, err := interceptor.Listen(cfg.ProxyPort, log.Named("proxy"))
 	if err != nil {
 		return err
@@ -85,26 +98,28 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		}
 	}()
 
-	// 2. Attach or re-adopt the hooks.
+	// 3. Attach or re-adopt the hooks.
 	ic, err := interceptor.Attach(interceptor.Config{
 		Name: cfg.Name, Cgroup: cfg.Cgroup, ProxyPort: cfg.ProxyPort, Mark: cfg.Mark,
 		Logger: log.Named("interceptor"),
-	}, cfg.Targets)
+	}, rs.Targets())
 	if err != nil {
 		return err
 	}
 	defer ic.Close()
+	rm.ic = ic
 
 	proxy := &interceptor.Proxy{
 		IC:       ic,
+		Rules:    rm.store.Current,
 		Log:      log.Named("proxy"),
-		Handlers: map[string]interceptor.Handler{"tcp": tcpHandler},
+		Handlers: map[string]interceptor.Handler{ruleset.ProtoTCP: tcpHandler},
 	}
 
-	// 3. Control API.
+	// 4. Control API.
 	started := time.Now()
-	apiSrv, err := startAPI(cfg, log.Named("api"), func() api.Status {
-		return statusOf(cfg, ic, proxy, started)
+	apiSrv, err := startAPI(cfg, log.Named("api"), rm, func() api.Status {
+		return statusOf(cfg, ic, proxy, rm.store, started)
 	})
 	if err != nil {
 		return err
@@ -112,9 +127,10 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	defer apiSrv.Close()
 
 	log.Info("sluiced ready", "name", cfg.Name, "cgroup", cfg.Cgroup, "proxy_port", cfg.ProxyPort,
-		"targets", len(cfg.Targets), "readopted", ic.Readopted(), "api_socket", cfg.APISocket)
+		"ruleset", source, "targets", len(rs.Targets()), "readopted", ic.Readopted(), "api_socket", cfg.APISocket)
 
-	// 4. Serve until told to stop; re-resolve hostname targets meanwhile.
+	// 5. Serve until told to stop; reload rules and re-resolve hostname
+	// targets meanwhile.
 	var wg sync.WaitGroup
 	for _, l := range lns {
 		wg.Add(1)
@@ -123,10 +139,28 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 			proxy.Serve(ctx, l)
 		}()
 	}
-	wg.Add(1)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		resolveLoop(ctx, ic, cfg, log)
+		rm.watch(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				rm.reload("sighup")
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		resolveLoop(ctx, ic, rm.store, log)
 	}()
 	<-ctx.Done()
 	log.Info("sluiced stopping; pinned hooks stay in place and refuse connections until a daemon is back")
@@ -146,54 +180,77 @@ func tcpHandler(ctx context.Context, f *interceptor.Flow, client net.Conn, dial 
 	return interceptor.Result{BytesFromClient: c.ClientToServer, BytesToClient: c.ServerToClient, Err: err}
 }
 
-// resolveInterval is how often hostname targets are looked up again.
-const resolveInterval = 30 * time.Second
-
-func resolveLoop(ctx context.Context, ic *interceptor.Interceptor, cfg *config, log hclog.Logger) {
-	hasHost := false
-	for _, t := range cfg.Targets {
-		for _, a := range t.Addresses {
-			hasHost = hasHost || a.Host != ""
-		}
-	}
-	if !hasHost {
-		return
-	}
-	tk := time.NewTicker(resolveInterval)
-	defer tk.Stop()
+// resolveLoop re-resolves hostname targets at the shortest resolve_every
+// of the active ruleset's targets that name a host.
+func resolveLoop(ctx context.Context, ic *interceptor.Interceptor, store *ruleset.Store, log hclog.Logger) {
 	for {
+		every := time.Duration(0)
+		rs := store.Current()
+		for _, t := range rs.Targets() {
+			for _, a := range t.Addresses {
+				if a.Host != "" && (every == 0 || t.ResolveEvery < every) {
+					every = t.ResolveEvery
+				}
+			}
+		}
+		if every <= 0 {
+			every = ruleset.DefaultResolveEvery
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-tk.C:
-			if err := ic.SyncTargets(cfg.Targets); err != nil {
-				log.Error("re-resolving targets failed; keeping the previous map", "error", err)
-			}
+		case <-time.After(every):
+		}
+		if every == ruleset.DefaultResolveEvery && !hasHost(store.Current()) {
+			continue
+		}
+		if err := ic.SyncTargets(store.Current().Targets()); err != nil {
+			log.Error("re-resolving targets failed; keeping the previous map", "error", err)
 		}
 	}
 }
 
-func statusOf(cfg *config, ic *interceptor.Interceptor, p *interceptor.Proxy, started time.Time) api.Status {
+func hasHost(rs *ruleset.Ruleset) bool {
+	for _, t := range rs.Targets() {
+		for _, a := range t.Addresses {
+			if a.Host != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func statusOf(cfg *config, ic *interceptor.Interceptor, p *interceptor.Proxy, store *ruleset.Store, started time.Time) api.Status {
 	st := api.Status{
 		Name: cfg.Name, PID: os.Getpid(), Cgroup: cfg.Cgroup, ProxyPort: cfg.ProxyPort,
 		PinDir: interceptor.PinDir(cfg.Name), Readopted: ic.Readopted(), Started: started,
 	}
-	for _, t := range cfg.Targets {
-		at := api.Target{Name: t.Name, Protocol: t.Protocol}
+	rs := store.Current()
+	for _, t := range rs.Targets() {
+		at := api.Target{Name: t.Name, Protocol: t.Protocol, Decoded: decoders[t.Protocol]}
 		for _, a := range t.Addresses {
 			at.Addresses = append(at.Addresses, a.String())
 		}
 		st.Targets = append(st.Targets, at)
 	}
+	rst := store.Status()
+	st.Ruleset = api.Ruleset{
+		Generation: rst.Generation, Source: rst.Source, Loaded: rst.Loaded, Digest: rst.Digest,
+		Mode: rs.Mode().String(), Signed: cfg.RulesKey != nil,
+	}
+	if le := rst.LastError; le != nil {
+		st.Ruleset.LastError = &api.RulesetError{Source: le.Source, At: le.At, Errors: loadErrorLines(le)}
+	}
 	ps := p.Stats()
-	st.Flows = api.Flows{Total: ps.FlowsTotal, Active: ps.FlowsActive, NoOrigin: ps.NoOrigin, Refused: ps.FlowsRefused}
+	st.Flows = api.Flows{Total: ps.FlowsTotal, Active: ps.FlowsActive, NoOrigin: ps.NoOrigin, Refused: ps.FlowsRefused, Denied: ps.FlowsDenied}
 	st.Kernel, _ = ic.Stats()
 	return st
 }
 
 // startAPI serves the control API on a unix socket that only root may
 // open (mode 0600 in a 0700 directory).
-func startAPI(cfg *config, log hclog.Logger, status func() api.Status) (*http.Server, error) {
+func startAPI(cfg *config, log hclog.Logger, rm *rules, status func() api.Status) (*http.Server, error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.APISocket), 0o700); err != nil {
 		return nil, fmt.Errorf("create api socket dir: %w", err)
 	}
@@ -212,11 +269,62 @@ func startAPI(cfg *config, log hclog.Logger, status func() api.Status) (*http.Se
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		api.WriteJSON(w, http.StatusOK, status())
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	mux.HandleFunc("POST /v1/rules", func(w http.ResponseWriter, r *http.Request) {
+		// The socket is root's alone (0600), and a push must also come
+		// from uid 0 by the kernel's word.
+		if uid, ok := peerUID(r.Context()); !ok || uid != 0 {
+			api.WriteError(w, http.StatusForbidden, errors.New("rules push is for root only"))
+			return
+		}
+		var req api.PushRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&req); err != nil {
+			api.WriteError(w, http.StatusBadRequest, fmt.Errorf("decode push: %w", err))
+			return
+		}
+		b := &ruleset.Bundle{Files: map[string][]byte{}, Signature: req.Signature}
+		for n, c := range req.Files {
+			b.Files[n] = []byte(c)
+		}
+		ok, msgs := rm.push(b)
+		resp := api.PushResponse{Accepted: ok, Messages: msgs, Ruleset: status().Ruleset}
+		code := http.StatusOK
+		if !ok {
+			code = http.StatusUnprocessableEntity
+		}
+		api.WriteJSON(w, code, resp)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnContext: withPeer}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("api server failed", "error", err)
 		}
 	}()
 	return srv, nil
+}
+
+type peerKey struct{}
+
+// withPeer remembers the unix socket peer's credentials for handlers.
+func withPeer(ctx context.Context, c net.Conn) context.Context {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return ctx
+	}
+	var cred *unix.Ucred
+	raw.Control(func(fd uintptr) {
+		cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if cred == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, peerKey{}, cred.Uid)
+}
+
+func peerUID(ctx context.Context) (uint32, bool) {
+	uid, ok := ctx.Value(peerKey{}).(uint32)
+	return uid, ok
 }

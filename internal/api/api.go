@@ -4,6 +4,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,6 +26,7 @@ type Status struct {
 	PinDir    string            `json:"pin_dir"`
 	Readopted bool              `json:"readopted"`
 	Started   time.Time         `json:"started"`
+	Ruleset   Ruleset           `json:"ruleset"`
 	Targets   []Target          `json:"targets"`
 	Flows     Flows             `json:"flows"`
 	Kernel    map[string]uint64 `json:"kernel_counters"`
@@ -35,6 +37,43 @@ type Target struct {
 	Name      string   `json:"name"`
 	Protocol  string   `json:"protocol"`
 	Addresses []string `json:"addresses"`
+	// Decoded is false when this build has no decoder for the protocol:
+	// the target's connections are intercepted and refused.
+	Decoded bool `json:"decoded"`
+}
+
+// Ruleset is the active ruleset and the last failed attempt to replace it.
+type Ruleset struct {
+	Generation uint64        `json:"generation"`
+	Source     string        `json:"source"`
+	Loaded     time.Time     `json:"loaded"`
+	Digest     string        `json:"digest"`
+	Mode       string        `json:"mode"`
+	Signed     bool          `json:"signatures_required"`
+	LastError  *RulesetError `json:"last_error,omitempty"`
+}
+
+// RulesetError is a rejected ruleset: where it came from, when, and its
+// errors as file:line:col: severity: message lines.
+type RulesetError struct {
+	Source string    `json:"source"`
+	At     time.Time `json:"at"`
+	Errors []string  `json:"errors"`
+}
+
+// PushRequest is the body of POST /v1/rules: a ruleset's *.hcl files by
+// base name and its detached ed25519 signature (raw bytes, base64 in
+// JSON), if signed.
+type PushRequest struct {
+	Files     map[string]string `json:"files"`
+	Signature []byte            `json:"signature,omitempty"`
+}
+
+// PushResponse says whether the pushed ruleset is now active.
+type PushResponse struct {
+	Accepted bool     `json:"accepted"`
+	Messages []string `json:"messages,omitempty"`
+	Ruleset  Ruleset  `json:"ruleset"`
 }
 
 // Flows are the proxy's counters.
@@ -43,6 +82,7 @@ type Flows struct {
 	Active   int64  `json:"active"`
 	NoOrigin uint64 `json:"no_origin"`
 	Refused  uint64 `json:"refused"`
+	Denied   uint64 `json:"denied"`
 }
 
 // Client talks to a daemon's socket.
@@ -81,6 +121,35 @@ func (c *Client) Post(ctx context.Context, path string, body, v any) error {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	return c.do(req, v)
+}
+
+// Push sends a ruleset to the daemon. A rejection is not an error: the
+// response says why.
+func (c *Client) Push(ctx context.Context, req *PushRequest) (*PushResponse, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://sluiced/v1/rules", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(hr)
+	if err != nil {
+		return nil, fmt.Errorf("reach sluiced at %s: %w", c.Socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusUnprocessableEntity {
+		e := &Error{Status: resp.StatusCode}
+		json.NewDecoder(resp.Body).Decode(e)
+		return nil, e
+	}
+	var pr PushResponse
+	if err := json.NewDecoder(resp.Body).Decode(&pr); err != nil {
+		return nil, fmt.Errorf("decode push response: %w", err)
+	}
+	return &pr, nil
 }
 
 // Error is a non-2xx answer from the daemon.

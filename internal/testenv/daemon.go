@@ -69,8 +69,10 @@ type Daemon struct {
 	DataDir string
 	Socket  string
 	Port    int
-	LogPath string
-	bin     string
+	// RulesDir is the daemon's rules_dir ("" when it runs the default).
+	RulesDir string
+	LogPath  string
+	bin      string
 
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -79,8 +81,10 @@ type Daemon struct {
 // DaemonOptions say what to put in the daemon's config.
 type DaemonOptions struct {
 	Cgroup *Cgroup
-	// Body is HCL appended to the generated settings: target blocks and
-	// anything else the test needs.
+	// Rules is the ruleset, written to RulesDir/rules.hcl. Empty means the
+	// daemon runs with the embedded default ruleset.
+	Rules string
+	// Body is HCL appended to the generated daemon settings.
 	Body string
 }
 
@@ -103,8 +107,19 @@ func StartDaemon(t testing.TB, o DaemonOptions) *Daemon {
 		Config:  filepath.Join(dir, "sluiced.hcl"),
 		bin:     bin,
 	}
+	body := o.Body
+	if o.Rules != "" {
+		d.RulesDir = filepath.Join(dir, "rules")
+		if err := os.Mkdir(d.RulesDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d.RulesDir, "rules.hcl"), []byte(o.Rules), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		body += fmt.Sprintf("\nrules_dir = %q\n", d.RulesDir)
+	}
 	cfg := fmt.Sprintf("name = %q\ncgroup = %q\nproxy_port = %d\ndata_dir = %q\napi_socket = %q\nlog {\n  level = \"debug\"\n  format = \"json\"\n}\n%s\n",
-		d.Name, o.Cgroup.Rel, d.Port, d.DataDir, d.Socket, o.Body)
+		d.Name, o.Cgroup.Rel, d.Port, d.DataDir, d.Socket, body)
 	if err := os.WriteFile(d.Config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -121,6 +136,17 @@ func StartDaemon(t testing.TB, o DaemonOptions) *Daemon {
 	})
 	d.Start(t)
 	return d
+}
+
+// Dir is the directory holding the daemon's config, data and socket.
+func (d *Daemon) Dir() string { return filepath.Dir(d.Config) }
+
+// PID returns the running daemon's process id, or 0.
+func (d *Daemon) PID() int {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return 0
+	}
+	return d.cmd.Process.Pid
 }
 
 // Start starts (or restarts) the daemon and waits until its API answers.

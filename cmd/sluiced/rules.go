@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/sluicehq/sluice/interceptor"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+// decoders lists the protocols this build serves. A target of any other
+// protocol is still intercepted, and its connections are refused.
+var decoders = map[string]bool{ruleset.ProtoTCP: true}
+
+// rules owns the daemon's ruleset: the initial load, reloads from the rules
+// directory (file changes and SIGHUP) and pushes over the API. Reloads are
+// serialised; each one either swaps in a ruleset whose targets are already
+// in the kernel map, or leaves everything as it was and records why.
+type rules struct {
+	cfg   *config
+	log   hclog.Logger
+	store *ruleset.Store
+	ic    *interceptor.Interceptor
+
+	mu         sync.Mutex
+	lastDigest [32]byte // of the bundle last applied, to skip no-op reloads
+}
+
+// dir is where the ruleset lives: rules_dir, or the directory a push
+// saved under the data dir, or "" for the embedded default.
+func (r *rules) dir() string {
+	if r.cfg.RulesDir != "" {
+		return r.cfg.RulesDir
+	}
+	pushed := filepath.Join(r.cfg.DataDir, "rules")
+	if _, err := os.Stat(pushed); err == nil {
+		return pushed
+	}
+	return ""
+}
+
+// initial loads the ruleset the daemon starts with. An invalid or unsigned
+// ruleset is fatal at start: there is nothing older to keep enforcing, and
+// silently falling back to the default would enforce rules nobody chose.
+func (r *rules) initial() (*ruleset.Ruleset, string, error) {
+	dir := r.dir()
+	if dir == "" {
+		if r.cfg.RulesKey != nil {
+			return nil, "", errors.New("rules_public_key is set but there is no rules_dir: the embedded default ruleset is unsigned")
+		}
+		return ruleset.Default(), "embedded default", nil
+	}
+	b, err := ruleset.ReadBundle(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	rs, diags, err := r.compile(b, dir)
+	if err != nil {
+		return nil, "", err
+	}
+	if diags.HasErrors() {
+		return nil, "", fmt.Errorf("ruleset %s is invalid:\n%s", dir, formatDiags(diags))
+	}
+	r.lastDigest = ruleset.Digest(b.Files)
+	return rs, dir, nil
+}
+
+// compile verifies the bundle's signature when a key is configured, then
+// parses it with file names under dir.
+func (r *rules) compile(b *ruleset.Bundle, dir string) (*ruleset.Ruleset, hcl.Diagnostics, error) {
+	if r.cfg.RulesKey != nil {
+		if err := b.Verify(r.cfg.RulesKey); err != nil {
+			return nil, nil, fmt.Errorf("ruleset signature: %w", err)
+		}
+	}
+	files := make(map[string][]byte, len(b.Files))
+	for n, c := range b.Files {
+		files[filepath.Join(dir, n)] = c
+	}
+	rs, diags := ruleset.Parse(files)
+	return rs, diags, nil
+}
+
+// apply makes rs active: targets into the kernel map first, then the swap.
+func (r *rules) apply(rs *ruleset.Ruleset, source string) error {
+	r.warnUndecoded(rs)
+	if err := r.ic.SyncTargets(rs.Targets()); err != nil {
+		return err
+	}
+	gen := r.store.Swap(rs, source)
+	r.log.Info("ruleset active", "source", source, "generation", gen, "digest", rs.Digest(), "mode", rs.Mode().String())
+	return nil
+}
+
+func (r *rules) warnUndecoded(rs *ruleset.Ruleset) {
+	for _, t := range rs.Targets() {
+		if !decoders[t.Protocol] {
+			r.log.Warn("target's protocol has no decoder in this build: its connections are intercepted and refused",
+				"target", t.Name, "protocol", t.Protocol)
+		}
+	}
+}
+
+// reload re-reads the rules directory. why is "change", "sighup" or "start".
+func (r *rules) reload(why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	dir := r.dir()
+	if dir == "" {
+		r.log.Info("reload requested but no rules_dir is configured; the embedded default stays", "trigger", why)
+		return
+	}
+	b, err := ruleset.ReadBundle(dir)
+	if err == nil && ruleset.Digest(b.Files) == r.lastDigest && r.store.Status().LastError == nil {
+		return // unchanged, for example our own push landing on disk
+	}
+	r.applyBundle(b, err, dir, why)
+}
+
+// applyBundle compiles and applies b, or records the rejection. The
+// caller holds r.mu.
+func (r *rules) applyBundle(b *ruleset.Bundle, readErr error, source, why string) (bool, []string) {
+	reject := func(le *ruleset.LoadError) (bool, []string) {
+		le.Source, le.At = source, time.Now()
+		r.store.Reject(le)
+		msgs := loadErrorLines(le)
+		r.log.Error("ruleset rejected; the previous ruleset stays active", "source", source, "trigger", why, "errors", msgs)
+		return false, msgs
+	}
+	if readErr != nil {
+		return reject(&ruleset.LoadError{Err: readErr})
+	}
+	rs, diags, err := r.compile(b, source)
+	if err != nil {
+		return reject(&ruleset.LoadError{Err: err})
+	}
+	if diags.HasErrors() {
+		return reject(&ruleset.LoadError{Diagnostics: diags})
+	}
+	if err := r.apply(rs, source); err != nil {
+		return reject(&ruleset.LoadError{Err: err})
+	}
+	r.lastDigest = ruleset.Digest(b.Files)
+	return true, nil
+}
+
+// push applies a bundle sent over the API and, once active, saves it into
+// the rules directory so a restart keeps it.
+func (r *rules) push(b *ruleset.Bundle) (bool, []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	dir := r.cfg.RulesDir
+	if dir == "" {
+		dir = filepath.Join(r.cfg.DataDir, "rules")
+	}
+	for n := range b.Files {
+		if n != filepath.Base(n) || !strings.HasSuffix(n, ".hcl") || strings.HasPrefix(n, ".") {
+			return false, []string{fmt.Sprintf("pushed file name %q: want a plain name ending in .hcl", n)}
+		}
+	}
+	if len(b.Files) == 0 {
+		return false, []string{"the pushed ruleset has no files"}
+	}
+	ok, msgs := r.applyBundle(b, nil, dir, "push")
+	if !ok {
+		return false, msgs
+	}
+	if err := saveBundle(dir, b); err != nil {
+		r.log.Error("pushed ruleset is active but could not be saved; a restart would load the old files", "dir", dir, "error", err)
+		return true, []string{"warning: active, but not saved to " + dir + ": " + err.Error()}
+	}
+	return true, nil
+}
+
+// saveBundle replaces dir's *.hcl files and signature with b's. Each file
+// is written to a temporary name and renamed into place.
+func saveBundle(dir string, b *ruleset.Bundle) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	old, _ := filepath.Glob(filepath.Join(dir, "*.hcl"))
+	for n, c := range b.Files {
+		if err := writeAtomic(filepath.Join(dir, n), c); err != nil {
+			return err
+		}
+	}
+	for _, p := range old {
+		if _, keep := b.Files[filepath.Base(p)]; !keep {
+			os.Remove(p)
+		}
+	}
+	sig := filepath.Join(dir, ruleset.SignatureFile)
+	if b.Signature == nil {
+		os.Remove(sig)
+		return nil
+	}
+	return writeAtomic(sig, []byte(base64.StdEncoding.EncodeToString(b.Signature)+"\n"))
+}
+
+func writeAtomic(path string, data []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// watch reloads when the rules directory changes. Events are coalesced
+// for 100 ms so an editor's write-rename-chmod burst is one reload.
+func (r *rules) watch(ctx context.Context) {
+	dir := r.dir()
+	if dir == "" {
+		return
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		r.log.Error("cannot watch the rules directory; use SIGHUP or rules push to reload", "error", err)
+		return
+	}
+	defer w.Close()
+	if err := w.Add(dir); err != nil {
+		r.log.Error("cannot watch the rules directory; use SIGHUP or rules push to reload", "dir", dir, "error", err)
+		return
+	}
+	var timer <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-w.Events:
+			base := filepath.Base(ev.Name)
+			if strings.HasSuffix(base, ".hcl") || base == ruleset.SignatureFile {
+				timer = time.After(100 * time.Millisecond)
+			}
+		case err := <-w.Errors:
+			r.log.Warn("rules directory watch error", "error", err)
+		case <-timer:
+			timer = nil
+			r.reload("change")
+		}
+	}
+}
+
+// loadErrorLines renders a rejection as file:line:col: severity: message.
+func loadErrorLines(le *ruleset.LoadError) []string {
+	if le.Err != nil {
+		return []string{le.Err.Error()}
+	}
+	return strings.Split(strings.TrimRight(formatDiags(le.Diagnostics), "\n"), "\n")
+}
+
+func formatDiags(diags hcl.Diagnostics) string {
+	var lines []string
+	for _, d := range diags {
+		sev := "error"
+		if d.Severity == hcl.DiagWarning {
+			sev = "warning"
+		}
+		msg := d.Summary
+		if d.Detail != "" {
+			msg += ": " + d.Detail
+		}
+		if d.Subject != nil {
+			lines = append(lines, fmt.Sprintf("%s:%d:%d: %s: %s", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column, sev, msg))
+		} else {
+			lines = append(lines, fmt.Sprintf("%s: %s", sev, msg))
+		}
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
