@@ -54,6 +54,8 @@ type Result struct {
 	BytesFromClient int64
 	BytesToClient   int64
 	Err             error
+	// Fields are extra key/value pairs for the flow log line.
+	Fields []any
 }
 
 // DialFunc connects to the flow's original destination.
@@ -225,6 +227,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		"bytes_from_client", res.BytesFromClient, "bytes_to_client", res.BytesToClient,
 		"duration_ms", time.Since(f.Start).Milliseconds(),
 	}
+	kv = append(kv, res.Fields...)
 	if res.Err != nil {
 		log.Warn("flow", append(kv, "error", res.Err)...)
 	} else {

@@ -31,6 +31,7 @@ commands:
   uninstall [--name N]                 detach and unpin interception (the only way to remove it)
   rules check|test|explain|sign|keygen work with rulesets (sluice rules -h)
   rules push [--socket P] DIR          send a ruleset to the running daemon (root only)
+  ca [--data-dir DIR]                  print the daemon's CA certificate (clients that verify TLS trust it)
 `
 
 func main() {
@@ -54,6 +55,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 			return pushCmd(args[2:], stdout, stderr)
 		}
 		return runRules(args[1:], stdout, stderr)
+	case "ca":
+		return caCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

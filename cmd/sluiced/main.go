@@ -26,6 +26,7 @@ import (
 	"github.com/sluicehq/sluice/decoder/tcp"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/internal/api"
+	"github.com/sluicehq/sluice/internal/tlsutil"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -109,11 +110,18 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	defer ic.Close()
 	rm.ic = ic
 
+	ca, err := tlsutil.LoadOrCreateCA(cfg.DataDir)
+	if err != nil {
+		return err
+	}
 	proxy := &interceptor.Proxy{
-		IC:       ic,
-		Rules:    rm.store.Current,
-		Log:      log.Named("proxy"),
-		Handlers: map[string]interceptor.Handler{ruleset.ProtoTCP: tcpHandler},
+		IC:    ic,
+		Rules: rm.store.Current,
+		Log:   log.Named("proxy"),
+		Handlers: map[string]interceptor.Handler{
+			ruleset.ProtoTCP:      tcpHandler,
+			ruleset.ProtoPostgres: postgresHandler(ca, log.Named("postgres")),
+		},
 	}
 
 	// 4. Control API.

@@ -21,7 +21,7 @@ import (
 
 // decoders lists the protocols this build serves. A target of any other
 // protocol is still intercepted, and its connections are refused.
-var decoders = map[string]bool{ruleset.ProtoTCP: true}
+var decoders = map[string]bool{ruleset.ProtoTCP: true, ruleset.ProtoPostgres: true}
 
 // rules owns the daemon's ruleset: the initial load, reloads from the rules
 // directory (file changes and SIGHUP) and pushes over the API. Reloads are

@@ -17,13 +17,14 @@ const mod = "github.com/sluicehq/sluice"
 // import directly. internal/testenv and test files are not checked: tests
 // may reach anything.
 var allowed = map[string][]string{
-	"ruleset":      {},
-	"enforcer":     {"ruleset"},
-	"decoder":      {"enforcer", "ruleset", "decoder"},
-	"interceptor":  {"bpf", "decoder", "enforcer", "ruleset", "internal/api"},
-	"bpf":          {},
-	"internal/api": {},
-	"cmd":          {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api"},
+	"ruleset":          {},
+	"enforcer":         {"ruleset"},
+	"decoder":          {"enforcer", "ruleset", "decoder"},
+	"interceptor":      {"bpf", "decoder", "enforcer", "ruleset", "internal/api"},
+	"bpf":              {},
+	"internal/api":     {},
+	"cmd":              {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil"},
+	"internal/tlsutil": {},
 }
 
 // bpfThirdParty is the only outside module bpf may import.

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/sluicehq/sluice/decoder/postgres"
+	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/interceptor"
+	"github.com/sluicehq/sluice/internal/tlsutil"
+)
+
+// postgresHandler serves flows to postgres targets with the wire decoder.
+// The classification cache and the cancel-key registry are shared by every
+// session; client TLS is terminated with leaf certificates from the
+// daemon's CA.
+func postgresHandler(ca *tlsutil.CA, log hclog.Logger) interceptor.Handler {
+	cache := postgres.NewCache(0)
+	cancels := postgres.NewCancels()
+	clientTLS := ca.ServerConfig()
+	clientTLS.NextProtos = []string{"postgresql"} // PostgreSQL 17 clients offer it
+	return func(ctx context.Context, f *interceptor.Flow, client net.Conn, dial interceptor.DialFunc) interceptor.Result {
+		flog := log.With("flow", f.ID, "target", f.Target.Name)
+		cfg, attempt, required, err := tlsutil.Upstream(f.Target.UpstreamTLS, upstreamName(f), nil)
+		if err != nil {
+			client.Close()
+			return interceptor.Result{Err: fmt.Errorf("upstream tls: %w", err)}
+		}
+		sess := enforcer.NewSession(f.Match, flog)
+		// The leaf certificate names the address the client dialed, not
+		// the proxy's loopback address.
+		client = origConn{Conn: client, local: net.TCPAddrFromAddrPort(f.Dest)}
+		st, err := postgres.Serve(ctx, postgres.Params{
+			Client:    client,
+			Dial:      dial,
+			Session:   sess,
+			Classify:  cache.Classify,
+			Upstream:  postgres.UpstreamTLS{Config: cfg, Attempt: attempt, Required: required},
+			ClientTLS: clientTLS,
+			Cancels:   cancels,
+			Log:       flog,
+		})
+		statements, denied := sess.Counts()
+		return interceptor.Result{
+			BytesFromClient: st.BytesFromClient, BytesToClient: st.BytesToClient, Err: err,
+			Fields: []any{"db_user", st.User, "database", st.Database, "statements", statements, "denied", denied,
+				"client_tls", st.ClientTLS, "upstream_tls", st.UpstreamTLS},
+		}
+	}
+}
+
+// upstreamName is the name verify-full checks the server's certificate
+// against: the target's hostname when it names exactly one, else the
+// original destination's IP.
+func upstreamName(f *interceptor.Flow) string {
+	host := ""
+	for _, a := range f.Target.Addresses {
+		if a.Host != "" {
+			if host != "" && host != a.Host {
+				host = ""
+				break
+			}
+			host = a.Host
+		}
+	}
+	if host != "" {
+		return host
+	}
+	return f.Dest.Addr().String()
+}
+
+// origConn reports the flow's original destination as its local address.
+type origConn struct {
+	net.Conn
+	local net.Addr
+}
+
+func (c origConn) LocalAddr() net.Addr { return c.local }

@@ -1,0 +1,90 @@
+package postgres
+
+import (
+	"sync"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+// Cache classifies statements once per distinct text. A lookup tries the
+// exact text first (prepared statements and repeated queries), then
+// PostgreSQL's own normalised text (literals replaced by $n: same structure,
+// same classification), and only then parses. The key is never produced by
+// a home-made lexer: one that disagreed with PostgreSQL's would be a bypass.
+//
+// The cache is bounded: each map holds at most max entries, and when the
+// current one fills it becomes the previous one (two generations, a cheap
+// approximation of LRU). It is safe for concurrent use by every session.
+type Cache struct {
+	max int
+
+	mu        sync.Mutex
+	cur, prev map[string]entry
+}
+
+type entry struct {
+	st  ruleset.Statement
+	err error
+}
+
+// NewCache returns a cache holding up to 2*max texts. max <= 0 means 4096.
+func NewCache(max int) *Cache {
+	if max <= 0 {
+		max = 4096
+	}
+	return &Cache{max: max, cur: make(map[string]entry, max)}
+}
+
+// Classify returns the classification of text, from the cache when it can.
+// The returned Statement's Text is text itself; its slices are shared and
+// must not be modified.
+func (c *Cache) Classify(text string) (ruleset.Statement, error) {
+	if e, ok := c.get(text); ok {
+		e.st.Text = text
+		return e.st, e.err
+	}
+	norm, nerr := pg_query.Normalize(text)
+	if nerr == nil && norm != text {
+		if e, ok := c.get(norm); ok {
+			c.put(text, e)
+			e.st.Text = text
+			return e.st, e.err
+		}
+	}
+	st, err := Classify(text)
+	e := entry{st: st, err: err}
+	c.put(text, e)
+	if nerr == nil && norm != text {
+		c.put(norm, e)
+	}
+	return st, err
+}
+
+func (c *Cache) get(k string) (entry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.cur[k]; ok {
+		return e, true
+	}
+	if e, ok := c.prev[k]; ok {
+		c.putLocked(k, e)
+		return e, true
+	}
+	return entry{}, false
+}
+
+func (c *Cache) put(k string, e entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.putLocked(k, e)
+}
+
+func (c *Cache) putLocked(k string, e entry) {
+	if len(c.cur) >= c.max {
+		c.prev, c.cur = c.cur, make(map[string]entry, c.max)
+	}
+	e.st.Text = ""
+	c.cur[k] = e
+}

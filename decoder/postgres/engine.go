@@ -1,0 +1,457 @@
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+// Startup-phase request codes.
+const (
+	codeSSLRequest    = 80877103
+	codeGSSENCRequest = 80877104
+	codeCancelRequest = 80877102
+)
+
+// UpstreamTLS says how to secure the proxy's own connection to the server:
+// attempt sends an SSLRequest with cfg; required ends the session when the
+// server declines.
+type UpstreamTLS struct {
+	Config   *tls.Config
+	Attempt  bool
+	Required bool
+}
+
+// Params are one session's parts, supplied by the interceptor.
+type Params struct {
+	Client net.Conn
+	// Dial reaches the original destination (a fresh connection each call;
+	// cancel requests use it too).
+	Dial func(context.Context) (net.Conn, error)
+	// Session decides statements and takes events.
+	Session *enforcer.Session
+	// Classify classifies statement text; normally a shared Cache.
+	Classify func(string) (ruleset.Statement, error)
+	// Upstream is the target's TLS mode, applied to the proxy's hop.
+	Upstream UpstreamTLS
+	// ClientTLS terminates TLS from clients that ask for it, with a
+	// certificate from the daemon's CA. Nil declines every SSLRequest.
+	ClientTLS *tls.Config
+	// Cancels is the registry shared by every session of the daemon.
+	Cancels *Cancels
+	// MaxMessage bounds every message from either side; 0 means
+	// DefaultMaxMessage.
+	MaxMessage int
+	Log        hclog.Logger
+}
+
+// Stats are a session's totals, for the flow log.
+type Stats struct {
+	BytesFromClient int64
+	BytesToClient   int64
+	User, Database  string
+	ClientTLS       bool
+	UpstreamTLS     bool
+}
+
+// Serve runs one client session: startup (TLS negotiation on both hops,
+// cancel requests), authentication relayed between client and server, then
+// the statement relay until either side ends. It owns p.Client and closes
+// it. Denials and protocol errors reach the client as PostgreSQL
+// ErrorResponses.
+func Serve(ctx context.Context, p Params) (Stats, error) {
+	if p.MaxMessage <= 0 {
+		p.MaxMessage = DefaultMaxMessage
+	}
+	if p.Log == nil {
+		p.Log = hclog.NewNullLogger()
+	}
+	s := &session{p: p, client: countConn{Conn: p.Client}}
+	defer s.close()
+	err := s.run(ctx)
+	st := Stats{
+		BytesFromClient: s.client.read, BytesToClient: s.client.written,
+		User: s.user, Database: s.database, ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS,
+	}
+	return st, err
+}
+
+// session is one client connection's state.
+type session struct {
+	p      Params
+	client countConn
+	cconn  net.Conn // the client side after TLS, if any
+	up     net.Conn
+
+	user, database         string
+	clientTLS, upstreamTLS bool
+	cancelKey              string
+	nonce                  string
+	closeOnce              sync.Once
+}
+
+func (s *session) close() {
+	s.closeOnce.Do(func() {
+		if s.cancelKey != "" && s.p.Cancels != nil {
+			s.p.Cancels.remove(s.cancelKey)
+		}
+		if s.cconn != nil {
+			s.cconn.Close()
+		}
+		s.client.Close()
+		if s.up != nil {
+			s.up.Close()
+		}
+	})
+}
+
+func (s *session) run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, s.close)
+	defer stop()
+
+	var nonce [8]byte
+	rand.Read(nonce[:])
+	s.nonce = hex.EncodeToString(nonce[:])
+	s.cconn = &s.client
+
+	// 1. Startup: SSL and GSS negotiation, cancel requests, then the
+	// StartupMessage.
+	startup, err := s.negotiate(ctx)
+	if err != nil || startup == nil {
+		return err
+	}
+
+	// 2. Connect upstream (if negotiation did not already) and send the
+	// StartupMessage as the client wrote it.
+	if err := s.connectUpstream(ctx); err != nil {
+		s.refuse(codeConnectionFailure, "sluice: cannot reach the database: "+err.Error())
+		return err
+	}
+	cw := bufio.NewWriterSize(s.cconn, bufSize)
+	sw := bufio.NewWriterSize(s.up, bufSize)
+	cr := newFrameReader(s.cconn, s.p.MaxMessage)
+	sr := newFrameReader(s.up, s.p.MaxMessage)
+	var l [4]byte
+	binary.BigEndian.PutUint32(l[:], uint32(len(startup)+4))
+	sw.Write(l[:])
+	sw.Write(startup)
+	if err := sw.Flush(); err != nil {
+		return fmt.Errorf("send startup: %w", err)
+	}
+
+	// 3. Authentication, relayed until the server is ready.
+	status, err := s.authenticate(cr, cw, sr, sw)
+	if err != nil {
+		return err
+	}
+
+	// 4. Statements until either side ends.
+	r := &relay{s: s, cr: cr, cw: cw, sr: sr, sw: sw, status: status}
+	return r.run()
+}
+
+// refuse sends a FATAL error to the client in the startup phase.
+func (s *session) refuse(code, msg string) {
+	w := bufio.NewWriter(s.cconn)
+	fatal(w, code, msg)
+}
+
+// negotiate handles the packets that may come before the StartupMessage.
+// It returns the StartupMessage body, or nil when the connection was a
+// cancel request.
+func (s *session) negotiate(ctx context.Context) ([]byte, error) {
+	for i := 0; i < 4; i++ {
+		s.cconn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		pkt, err := readStartup(s.cconn)
+		s.cconn.SetReadDeadline(time.Time{})
+		if err != nil {
+			var pe *ProtocolError
+			if errors.As(err, &pe) {
+				s.refuse(codeProtocolViolation, "sluice: "+pe.Error())
+			}
+			return nil, fmt.Errorf("read startup: %w", err)
+		}
+		code := binary.BigEndian.Uint32(pkt)
+		switch code {
+		case codeGSSENCRequest:
+			// GSSAPI encryption is not relayed; clients fall back.
+			if _, err := s.cconn.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case codeSSLRequest:
+			if err := s.negotiateTLS(ctx); err != nil {
+				return nil, err
+			}
+		case codeCancelRequest:
+			var cr pgproto3.CancelRequest
+			if err := cr.Decode(pkt); err != nil {
+				return nil, fmt.Errorf("decode cancel request: %w", err)
+			}
+			full := append(binary.BigEndian.AppendUint32(nil, uint32(len(pkt)+4)), pkt...)
+			known := s.p.Cancels != nil && s.p.Cancels.forward(ctx, cancelKey(cr.ProcessID, cr.SecretKey), full)
+			s.p.Log.Info("cancel request", "backend_pid", cr.ProcessID, "known_session", known)
+			return nil, nil
+		case pgproto3.ProtocolVersion30, pgproto3.ProtocolVersion32:
+			var sm pgproto3.StartupMessage
+			if err := sm.Decode(pkt); err != nil {
+				s.refuse(codeProtocolViolation, "sluice: invalid startup message")
+				return nil, fmt.Errorf("decode startup: %w", err)
+			}
+			s.user, s.database = sm.Parameters["user"], sm.Parameters["database"]
+			if s.database == "" {
+				s.database = s.user
+			}
+			return pkt, nil
+		default:
+			s.refuse(codeProtocolViolation, fmt.Sprintf("sluice: unsupported protocol version %d.%d", code>>16, code&0xffff))
+			return nil, fmt.Errorf("unsupported startup code %d", code)
+		}
+	}
+	s.refuse(codeProtocolViolation, "sluice: too many startup negotiation packets")
+	return nil, errors.New("too many startup negotiation packets")
+}
+
+// negotiateTLS answers a client's SSLRequest the way the server would
+// have: the upstream hop is negotiated first, and the client is offered
+// TLS (terminated here, with the daemon CA's certificate) exactly when the
+// server accepted it. A client that requires TLS therefore fails or
+// succeeds as it would have directly.
+func (s *session) negotiateTLS(ctx context.Context) error {
+	if err := s.connectUpstream(ctx); err != nil {
+		s.cconn.Write([]byte{'N'})
+		return err
+	}
+	if !s.upstreamTLS || s.p.ClientTLS == nil || s.clientTLS {
+		_, err := s.cconn.Write([]byte{'N'})
+		return err
+	}
+	if _, err := s.cconn.Write([]byte{'S'}); err != nil {
+		return err
+	}
+	tc := tls.Server(s.cconn, s.p.ClientTLS)
+	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return fmt.Errorf("client tls handshake: %w", err)
+	}
+	s.cconn = tc
+	s.clientTLS = true
+	return nil
+}
+
+// connectUpstream dials the server and negotiates TLS per the target's
+// mode, once.
+func (s *session) connectUpstream(ctx context.Context) error {
+	if s.up != nil {
+		return nil
+	}
+	up, err := s.p.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	s.up = up
+	u := s.p.Upstream
+	if !u.Attempt {
+		return nil
+	}
+	req := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 8), codeSSLRequest)
+	if _, err := up.Write(req); err != nil {
+		return fmt.Errorf("upstream ssl request: %w", err)
+	}
+	var ans [1]byte
+	if _, err := io.ReadFull(up, ans[:]); err != nil {
+		return fmt.Errorf("upstream ssl answer: %w", err)
+	}
+	switch ans[0] {
+	case 'S':
+		tc := tls.Client(up, u.Config)
+		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := tc.HandshakeContext(hctx); err != nil {
+			return fmt.Errorf("upstream tls handshake: %w", err)
+		}
+		s.up = tc
+		s.upstreamTLS = true
+	case 'N':
+		if u.Required {
+			return errors.New("the server does not support TLS, and the target requires it")
+		}
+	default:
+		return fmt.Errorf("upstream answered %q to SSLRequest", ans[0])
+	}
+	return nil
+}
+
+// Authentication request codes that expect an answer from the client.
+const (
+	authOK            = 0
+	authCleartext     = 3
+	authMD5           = 5
+	authGSS           = 7
+	authGSSContinue   = 8
+	authSSPI          = 9
+	authSASL          = 10
+	authSASLContinue  = 11
+	authSASLFinal     = 12
+	scramPlus         = "SCRAM-SHA-256-PLUS"
+	maxAuthRoundTrips = 32
+)
+
+// authenticate relays the authentication exchange: the server's requests
+// to the client and the client's answers back, until ReadyForQuery. The
+// only change is removing SCRAM-SHA-256-PLUS from the server's mechanisms:
+// channel binding ties SCRAM to one TLS connection, and client and server
+// are on two different ones. It returns the transaction status.
+func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReader, sw *bufio.Writer) (byte, error) {
+	answers := 0
+	for {
+		typ, n, err := sr.next()
+		if err != nil {
+			return 0, s.upstreamErr(cw, err)
+		}
+		switch typ {
+		case 'R':
+			b, err := sr.body(n)
+			if err != nil || len(b) < 4 {
+				return 0, s.upstreamErr(cw, fmt.Errorf("short authentication request: %v", err))
+			}
+			code := binary.BigEndian.Uint32(b)
+			if code == authSASL {
+				b = stripSCRAMPlus(b)
+			}
+			if err := writeMsg(cw, 'R', b); err != nil {
+				return 0, err
+			}
+			switch code {
+			case authOK, authSASLFinal:
+				continue
+			case authCleartext, authMD5, authGSS, authGSSContinue, authSSPI, authSASL, authSASLContinue:
+			default:
+				return 0, s.upstreamErr(cw, fmt.Errorf("unsupported authentication request %d", code))
+			}
+			if answers++; answers > maxAuthRoundTrips {
+				return 0, s.upstreamErr(cw, errors.New("too many authentication round trips"))
+			}
+			if err := cw.Flush(); err != nil {
+				return 0, err
+			}
+			ctyp, cn, err := cr.next()
+			if err != nil {
+				return 0, s.clientErr(cw, err)
+			}
+			if ctyp != 'p' {
+				return 0, s.clientErr(cw, &ProtocolError{fmt.Sprintf("expected a password message, got %q", ctyp)})
+			}
+			if err := cr.forward(sw, cn); err != nil {
+				return 0, err
+			}
+			if err := sw.Flush(); err != nil {
+				return 0, err
+			}
+		case 'K':
+			b, err := sr.body(n)
+			if err != nil {
+				return 0, err
+			}
+			if len(b) >= 8 && s.p.Cancels != nil {
+				s.cancelKey = cancelKey(binary.BigEndian.Uint32(b), b[4:])
+				s.p.Cancels.add(s.cancelKey, s.p.Dial)
+			}
+			if err := writeMsg(cw, 'K', b); err != nil {
+				return 0, err
+			}
+		case 'Z':
+			b, err := sr.body(n)
+			if err != nil || len(b) != 1 {
+				return 0, s.upstreamErr(cw, errors.New("malformed ReadyForQuery"))
+			}
+			if err := writeMsg(cw, 'Z', b); err != nil {
+				return 0, err
+			}
+			return b[0], cw.Flush()
+		case 'E':
+			if err := sr.forward(cw, n); err != nil {
+				return 0, err
+			}
+			cw.Flush()
+			return 0, errors.New("the server refused the session")
+		default:
+			// ParameterStatus, notices, NegotiateProtocolVersion.
+			if err := sr.forward(cw, n); err != nil {
+				return 0, err
+			}
+		}
+	}
+}
+
+// stripSCRAMPlus removes SCRAM-SHA-256-PLUS from an AuthenticationSASL
+// body (code, then NUL-terminated mechanism names, then a final NUL).
+func stripSCRAMPlus(b []byte) []byte {
+	out := append([]byte(nil), b[:4]...)
+	rest := b[4:]
+	for len(rest) > 0 && rest[0] != 0 {
+		name, r, err := cstring(rest)
+		if err != nil {
+			return b
+		}
+		rest = r
+		if name != scramPlus {
+			out = append(append(out, name...), 0)
+		}
+	}
+	return append(out, 0)
+}
+
+// upstreamErr tells the client the server connection failed, and returns err.
+func (s *session) upstreamErr(cw *bufio.Writer, err error) error {
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		fatal(cw, codeProtocolViolation, "sluice: the server sent an invalid message: "+pe.Msg)
+	} else if !errors.Is(err, net.ErrClosed) {
+		fatal(cw, codeConnectionFailure, "sluice: lost the connection to the server")
+	}
+	return err
+}
+
+// clientErr ends a session on a client-side failure; protocol violations
+// are told to the client first.
+func (s *session) clientErr(cw *bufio.Writer, err error) error {
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		fatal(cw, codeProtocolViolation, "sluice: "+pe.Error())
+	}
+	return err
+}
+
+// countConn counts the bytes read from and written to the client.
+type countConn struct {
+	net.Conn
+	read, written int64
+}
+
+func (c *countConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.read += int64(n)
+	return n, err
+}
+
+func (c *countConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.written += int64(n)
+	return n, err
+}

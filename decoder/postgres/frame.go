@@ -1,0 +1,135 @@
+package postgres
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// DefaultMaxMessage is the largest message either side may send unless
+// the configuration says otherwise. PostgreSQL's own limit for most
+// messages is 1 GiB; CI has no business near it.
+const DefaultMaxMessage = 64 << 20
+
+// bufSize is the buffered reader and writer size on each side.
+const bufSize = 64 << 10
+
+// ProtocolError is malformed framing or an oversized message. The session
+// ends with a protocol-violation error and nothing of the message is
+// forwarded.
+type ProtocolError struct {
+	Msg string
+}
+
+func (e *ProtocolError) Error() string { return "protocol violation: " + e.Msg }
+
+// frameReader reads typed messages (a type byte and a 4-byte length that
+// counts itself). Bodies that must be decoded are read into a buffer that
+// is reused: a body is valid until the next call. Bodies that need no
+// decoding are copied straight to a writer.
+type frameReader struct {
+	r   *bufio.Reader
+	max int
+	hdr [5]byte
+	buf []byte
+}
+
+func newFrameReader(r io.Reader, max int) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, bufSize), max: max}
+}
+
+// next reads a message header and returns its type and body length. The
+// length is checked before anything is allocated or forwarded.
+func (fr *frameReader) next() (byte, int, error) {
+	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
+		return 0, 0, err
+	}
+	n := int(int32(binary.BigEndian.Uint32(fr.hdr[1:])))
+	if n < 4 {
+		return 0, 0, &ProtocolError{fmt.Sprintf("message %q has an invalid length %d", fr.hdr[0], n)}
+	}
+	if n-4 > fr.max {
+		return 0, 0, &ProtocolError{fmt.Sprintf("message %q of %d bytes exceeds the %d-byte limit", fr.hdr[0], n-4, fr.max)}
+	}
+	return fr.hdr[0], n - 4, nil
+}
+
+// body reads the current message's body (n bytes) into the reused buffer.
+func (fr *frameReader) body(n int) ([]byte, error) {
+	if cap(fr.buf) < n {
+		fr.buf = make([]byte, n, max(n, 512))
+	}
+	b := fr.buf[:n]
+	if _, err := io.ReadFull(fr.r, b); err != nil {
+		return nil, unexpected(err)
+	}
+	// Large one-off bodies should not pin memory for the session's life.
+	if cap(fr.buf) > 1<<20 {
+		fr.buf = nil
+	}
+	return b, nil
+}
+
+// forward writes the current header and copies its n-byte body to w
+// without buffering it whole.
+func (fr *frameReader) forward(w *bufio.Writer, n int) error {
+	if _, err := w.Write(fr.hdr[:]); err != nil {
+		return err
+	}
+	if _, err := io.CopyN(w, fr.r, int64(n)); err != nil {
+		return unexpected(err)
+	}
+	return nil
+}
+
+// idle reports whether nothing more is buffered: the peer may be waiting
+// for us, so pending output must be flushed before the next read blocks.
+func (fr *frameReader) idle() bool { return fr.r.Buffered() == 0 }
+
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// writeMsg writes a message of type typ with body b.
+func writeMsg(w *bufio.Writer, typ byte, b []byte) error {
+	var hdr [5]byte
+	hdr[0] = typ
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(b)+4))
+	if _, err := w.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+// cstring splits a NUL-terminated string off the front of b.
+func cstring(b []byte) (string, []byte, error) {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i]), b[i+1:], nil
+		}
+	}
+	return "", nil, &ProtocolError{"string without terminator"}
+}
+
+// readStartup reads an untyped startup-phase packet (length, then body).
+func readStartup(r io.Reader) ([]byte, error) {
+	var l [4]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return nil, err
+	}
+	n := int(int32(binary.BigEndian.Uint32(l[:])))
+	if n < 8 || n > 10000 {
+		return nil, &ProtocolError{fmt.Sprintf("startup packet has an invalid length %d", n)}
+	}
+	b := make([]byte, n-4)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, unexpected(err)
+	}
+	return b, nil
+}

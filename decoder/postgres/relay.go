@@ -1,0 +1,520 @@
+package postgres
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+// resultCheckEvery is how many rows pass between re-evaluations of a
+// statement whose decision waits on its result (result.rows > N).
+const resultCheckEvery = 1000
+
+// relay is the statement phase: the client-to-server goroutine classifies
+// and decides, the server-to-client goroutine accounts results and turns
+// the server's error for a substituted statement into the denial.
+//
+// A denied statement never reaches the server. In its place the server
+// gets a call of a function that cannot exist (sluice_denied_<nonce>):
+// the server fails it exactly where the statement would have run, so its
+// transaction state (idle, in a block, or aborted) and the extended
+// protocol's skip-until-Sync stay the server's own, and the client sees
+// the ReadyForQuery status the server really has. The server's "function
+// does not exist" error is replaced with the 42501 denial on the way back.
+type relay struct {
+	s      *session
+	cr, sr *frameReader
+	cw, sw *bufio.Writer
+	cwMu   sync.Mutex // cw is the server goroutine's, but the client side may need to end the session
+	status byte
+
+	// Client-side state: named statements and portals, batch counter.
+	stmts    map[string]*command
+	portals  map[string]*command
+	cBatch   uint64
+	unnamedP *command
+
+	// Shared with the server goroutine.
+	mu      sync.Mutex
+	pending []*item // commands awaiting their results, in order
+	denials []denial
+}
+
+// command is one classified statement text and its verdict.
+type command struct {
+	cmd     enforcer.Command
+	verdict enforcer.Verdict
+}
+
+// item is one command in flight: a simple Query, an Execute or a function
+// call, with its batch (the ReadyForQuery that ends it).
+type item struct {
+	c      *command
+	batch  uint64
+	simple bool // a simple Query: ends at ReadyForQuery
+	start  time.Time
+	rows   int64
+	bytes  int64
+	code   string
+	denied bool
+}
+
+// denial is the ErrorResponse to send in place of the server's error for
+// a substituted statement of a batch.
+type denial struct {
+	batch uint64
+	body  []byte
+}
+
+func (r *relay) run() error {
+	r.stmts = map[string]*command{}
+	r.portals = map[string]*command{}
+	errc := make(chan error, 1)
+	go func() { errc <- r.serverLoop() }()
+	cerr := r.clientLoop()
+	if cerr != nil {
+		// Unblock the server side.
+		r.s.up.Close()
+	}
+	serr := <-errc
+	r.s.close()
+	if cerr != nil && !isEOF(cerr) {
+		return cerr
+	}
+	if serr != nil && !isEOF(serr) && cerr == nil {
+		return serr
+	}
+	return nil
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// clientLoop reads the client's messages until Terminate or EOF.
+func (r *relay) clientLoop() error {
+	for {
+		if r.cr.idle() {
+			if err := r.sw.Flush(); err != nil {
+				return err
+			}
+		}
+		typ, n, err := r.cr.next()
+		if err != nil {
+			return r.endClient(err)
+		}
+		switch typ {
+		case 'Q':
+			err = r.query(n)
+		case 'P':
+			err = r.parse(n)
+		case 'B':
+			err = r.bind(n)
+		case 'E':
+			err = r.execute(n)
+		case 'C':
+			err = r.closeMsg(n)
+		case 'S':
+			r.cBatch++
+			err = r.cr.forward(r.sw, n)
+		case 'F':
+			err = r.functionCall(n)
+		case 'X':
+			r.cr.forward(r.sw, n)
+			r.sw.Flush()
+			return nil
+		case 'D', 'H', 'd', 'c', 'f', 'p':
+			// Describe, Flush, COPY data/done/fail, GSS/SASL answers.
+			err = r.cr.forward(r.sw, n)
+		default:
+			err = &ProtocolError{fmt.Sprintf("unknown message type %q from the client", typ)}
+		}
+		if err != nil {
+			return r.endClient(err)
+		}
+	}
+}
+
+// endClient ends the session for a client-side error: a protocol
+// violation is reported to the client, and nothing of the offending
+// message has been forwarded.
+func (r *relay) endClient(err error) error {
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		r.cwMu.Lock()
+		fatal(r.cw, codeProtocolViolation, "sluice: "+pe.Error())
+		r.cwMu.Unlock()
+		r.s.p.Log.Warn("session ended: client protocol violation", "error", pe.Msg)
+	}
+	return err
+}
+
+// decide classifies text and asks the session for a verdict.
+func (r *relay) decide(text string) *command {
+	c := &command{cmd: enforcer.Command{Text: text}}
+	c.cmd.Statement, c.cmd.ClassifyErr = r.s.p.Classify(text)
+	c.verdict = r.s.p.Session.Decide(&c.cmd)
+	return c
+}
+
+// blocked reports whether a verdict keeps the statement from the server.
+// A hold is refused outright until approval holds exist: fail closed.
+func blocked(v enforcer.Verdict) bool {
+	return v.Action == ruleset.Deny || v.Action == ruleset.Hold
+}
+
+func (r *relay) noteUnapplied(c *command) {
+	if c.verdict.Action == ruleset.Mask {
+		r.s.p.Session.Unapplied(c.verdict)
+	}
+}
+
+func (r *relay) push(it *item) {
+	r.mu.Lock()
+	r.pending = append(r.pending, it)
+	r.mu.Unlock()
+}
+
+// pushDenial records the error to show when the substitute sent for c in
+// batch fails on the server.
+func (r *relay) pushDenial(c *command, batch uint64) {
+	r.mu.Lock()
+	r.denials = append(r.denials, denial{batch: batch, body: denialBody(c.verdict)})
+	r.mu.Unlock()
+}
+
+// substitute is the statement sent in place of a denied one.
+func (r *relay) substitute() string {
+	return "SELECT pg_catalog.sluice_denied_" + r.s.nonce + "()"
+}
+
+// query handles a simple Query: one message, one or more statements, one
+// implicit transaction. If any statement in it is refused, none runs.
+func (r *relay) query(n int) error {
+	b, err := r.cr.body(n)
+	if err != nil {
+		return err
+	}
+	text, _, err := cstring(b)
+	if err != nil {
+		return err
+	}
+	c := r.decide(text)
+	it := &item{c: c, batch: r.cBatch, simple: true, start: time.Now()}
+	r.cBatch++ // a Query is a batch of its own
+	if blocked(c.verdict) {
+		it.denied = true
+		r.push(it)
+		r.pushDenial(c, it.batch)
+		return writeMsg(r.sw, 'Q', append([]byte(r.substitute()), 0))
+	}
+	r.noteUnapplied(c)
+	r.push(it)
+	return writeMsg(r.sw, 'Q', b)
+}
+
+// parse handles Parse: the statement is decided here, once per prepared
+// statement, and a refused one is replaced so that it never exists on the
+// server.
+func (r *relay) parse(n int) error {
+	b, err := r.cr.body(n)
+	if err != nil {
+		return err
+	}
+	name, rest, err := cstring(b)
+	if err != nil {
+		return err
+	}
+	text, _, err := cstring(rest)
+	if err != nil {
+		return err
+	}
+	c := r.decide(text)
+	r.stmts[name] = c
+	if blocked(c.verdict) {
+		r.pushDenial(c, r.cBatch)
+		body := append(append(append([]byte(name), 0), r.substitute()...), 0, 0, 0)
+		return writeMsg(r.sw, 'P', body)
+	}
+	r.noteUnapplied(c)
+	return writeMsg(r.sw, 'P', b)
+}
+
+// bind remembers which statement a portal runs.
+func (r *relay) bind(n int) error {
+	b, err := r.cr.body(n)
+	if err != nil {
+		return err
+	}
+	portal, rest, err := cstring(b)
+	if err != nil {
+		return err
+	}
+	stmt, _, err := cstring(rest)
+	if err != nil {
+		return err
+	}
+	r.portals[portal] = r.stmts[stmt]
+	return writeMsg(r.sw, 'B', b)
+}
+
+// execute accounts the portal's statement as in flight.
+func (r *relay) execute(n int) error {
+	b, err := r.cr.body(n)
+	if err != nil {
+		return err
+	}
+	portal, _, err := cstring(b)
+	if err != nil {
+		return err
+	}
+	if c := r.portals[portal]; c != nil {
+		r.push(&item{c: c, batch: r.cBatch, start: time.Now(), denied: blocked(c.verdict)})
+	}
+	return writeMsg(r.sw, 'E', b)
+}
+
+// closeMsg forgets a closed statement or portal.
+func (r *relay) closeMsg(n int) error {
+	b, err := r.cr.body(n)
+	if err != nil {
+		return err
+	}
+	if len(b) >= 2 {
+		name, _, err := cstring(b[1:])
+		if err != nil {
+			return err
+		}
+		switch b[0] {
+		case 'S':
+			delete(r.stmts, name)
+		case 'P':
+			delete(r.portals, name)
+		}
+	}
+	return writeMsg(r.sw, 'C', b)
+}
+
+// functionCall decides a fastpath call. The function is named only by
+// its OID, so rules see statement.kind "function_call" and functions
+// ["oid:N"].
+func (r *relay) functionCall(n int) error {
+	b, err := r.cr.body(n)
+	if err != nil {
+		return err
+	}
+	if len(b) < 4 {
+		return &ProtocolError{"short function call"}
+	}
+	oid := binary.BigEndian.Uint32(b)
+	c := &command{cmd: enforcer.Command{Text: fmt.Sprintf("<fastpath function call oid %d>", oid),
+		Statement: ruleset.Statement{Kind: "function_call", Functions: []string{fmt.Sprintf("oid:%d", oid)}}}}
+	c.verdict = r.s.p.Session.Decide(&c.cmd)
+	it := &item{c: c, batch: r.cBatch, simple: true, start: time.Now()}
+	r.cBatch++
+	if blocked(c.verdict) {
+		it.denied = true
+		r.push(it)
+		r.pushDenial(c, it.batch)
+		return writeMsg(r.sw, 'Q', append([]byte(r.substitute()), 0))
+	}
+	r.push(it)
+	return writeMsg(r.sw, 'F', b)
+}
+
+// serverLoop relays the server's messages to the client.
+func (r *relay) serverLoop() error {
+	r.cwMu.Lock()
+	defer r.cwMu.Unlock()
+	var sBatch uint64
+	for {
+		if r.sr.idle() {
+			if err := r.cw.Flush(); err != nil {
+				return err
+			}
+			// Let the client side report a violation while we wait.
+			r.cwMu.Unlock()
+			_, err := r.sr.r.Peek(1)
+			r.cwMu.Lock()
+			if err != nil {
+				return r.serverErr(err)
+			}
+		}
+		typ, n, err := r.sr.next()
+		if err != nil {
+			return r.serverErr(err)
+		}
+		switch typ {
+		case 'D':
+			if err := r.dataRow(n); err != nil {
+				return err
+			}
+			continue
+		case 'C', 'I', 's':
+			r.finishExecute("", sBatch)
+		case 'E':
+			b, err := r.sr.body(n)
+			if err != nil {
+				return r.serverErr(err)
+			}
+			if repl, ok := r.replaceDenied(b, sBatch); ok {
+				b = repl
+			} else {
+				r.finishExecute(errorCode(b), sBatch)
+			}
+			if err := writeMsg(r.cw, 'E', b); err != nil {
+				return err
+			}
+			continue
+		case 'Z':
+			b, err := r.sr.body(n)
+			if err != nil || len(b) != 1 {
+				return r.serverErr(&ProtocolError{"malformed ReadyForQuery"})
+			}
+			r.status = b[0]
+			r.endBatch(sBatch)
+			sBatch++
+			if err := writeMsg(r.cw, 'Z', b); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := r.sr.forward(r.cw, n); err != nil {
+			return r.serverErr(err)
+		}
+	}
+}
+
+// dataRow forwards a row and counts it against the statement in flight,
+// re-deciding every resultCheckEvery rows when a rule waits on the result.
+func (r *relay) dataRow(n int) error {
+	r.mu.Lock()
+	var it *item
+	if len(r.pending) > 0 {
+		it = r.pending[0]
+		it.rows++
+		it.bytes += int64(n)
+	}
+	r.mu.Unlock()
+	if it != nil && it.c.verdict.Decision.AwaitResult && it.rows%resultCheckEvery == 0 {
+		v := r.s.p.Session.DecideResult(&it.c.cmd, it.rows, it.bytes)
+		if blocked(v) {
+			// Approval holds do not exist yet: a result that crosses a
+			// hold or deny threshold ends the session, and closing the
+			// server connection stops the query.
+			body := denialBody(v)
+			r.cw.Flush()
+			writeMsg(r.cw, 'E', bytes.Replace(body, []byte("ERROR"), []byte("FATAL"), 2))
+			r.cw.Flush()
+			r.s.up.Close()
+			return fmt.Errorf("result of %d rows crossed rule %s", it.rows, v.Decision.Rule.ID)
+		}
+	}
+	return r.sr.forward(r.cw, n)
+}
+
+// replaceDenied swaps the server's error for a substituted statement for
+// the denial that caused it.
+func (r *relay) replaceDenied(b []byte, batch uint64) ([]byte, bool) {
+	if !bytes.Contains(b, []byte("sluice_denied_"+r.s.nonce)) {
+		return nil, false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, d := range r.denials {
+		if d.batch == batch {
+			r.denials = append(r.denials[:i], r.denials[i+1:]...)
+			r.popExecuteLocked("42501", batch)
+			return d.body, true
+		}
+	}
+	// A substituted statement with no denial on record cannot happen;
+	// refuse generically rather than show the nonce.
+	return errorBody("ERROR", codeInsufficientPrivilege, "sluice: statement denied", "", ""), true
+}
+
+// finishExecute ends the Execute at the head of the queue, if that is what
+// is in flight.
+func (r *relay) finishExecute(code string, batch uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.popExecuteLocked(code, batch)
+}
+
+func (r *relay) popExecuteLocked(code string, batch uint64) {
+	if len(r.pending) == 0 || r.pending[0].batch != batch {
+		return
+	}
+	it := r.pending[0]
+	if it.simple {
+		if code != "" && it.code == "" {
+			it.code = code
+		}
+		return
+	}
+	it.code = code
+	r.pending = r.pending[1:]
+	r.report(it, false)
+}
+
+// endBatch ends everything of batch b at ReadyForQuery: simple queries
+// finish, Executes the server skipped after an error are reported as
+// skipped, and denials whose substitute never ran (an earlier error in the
+// batch) are dropped.
+func (r *relay) endBatch(b uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := 0
+	for ; i < len(r.pending) && r.pending[i].batch <= b; i++ {
+		it := r.pending[i]
+		r.report(it, !it.simple)
+	}
+	r.pending = r.pending[i:]
+	j := 0
+	for ; j < len(r.denials) && r.denials[j].batch <= b; j++ {
+	}
+	r.denials = r.denials[j:]
+}
+
+func (r *relay) report(it *item, skipped bool) {
+	if it.denied {
+		return // the denial was reported when it was decided
+	}
+	r.s.p.Session.Done(&it.c.cmd, it.c.verdict, enforcer.Outcome{
+		Rows: it.rows, Bytes: it.bytes, Duration: time.Since(it.start), ErrCode: it.code, Skipped: skipped,
+	})
+}
+
+// serverErr ends the session on a server-side failure.
+func (r *relay) serverErr(err error) error {
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		fatal(r.cw, codeProtocolViolation, "sluice: the server sent an invalid message: "+pe.Msg)
+	}
+	return err
+}
+
+// errorCode extracts the SQLSTATE from an ErrorResponse body.
+func errorCode(b []byte) string {
+	for len(b) > 1 {
+		f := b[0]
+		v, rest, err := cstring(b[1:])
+		if err != nil {
+			return ""
+		}
+		if f == 'C' {
+			return v
+		}
+		b = rest
+	}
+	return ""
+}
