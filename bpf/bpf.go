@@ -71,15 +71,18 @@ var ErrIncompatiblePins = errors.New("pinned maps do not match this version's la
 // Programs are not pinned; they stay loaded while an attached link holds
 // them.
 type Objects struct {
-	Connect4 *ebpf.Program
-	Connect6 *ebpf.Program
-	SockOps  *ebpf.Program
+	Connect4     *ebpf.Program
+	Connect6     *ebpf.Program
+	SockOps      *ebpf.Program
+	GetPeername4 *ebpf.Program
+	GetPeername6 *ebpf.Program
 
 	Targets  *ebpf.Map // LPM trie TargetKey -> TargetVal
 	Config   *ebpf.Map // array of one Config
 	ByCookie *ebpf.Map // socket cookie -> Origin, written by connect4/6
 	ByPeer   *ebpf.Map // PeerKey -> Origin, written by sockops
 	Stats    *ebpf.Map // per-CPU counters indexed by Stat
+	SkOrig   *ebpf.Map // socket storage: original destination, for getpeername
 }
 
 // Load loads the three programs. Their maps are pinned under pinDir, which
@@ -107,20 +110,40 @@ func Load(pinDir string) (*Objects, error) {
 		c6.Close()
 		return nil, loadError("sockops", err)
 	}
-	// The connect6 and sockops collections opened their own descriptors
-	// of the same pinned maps; keep connect4's and drop theirs.
+	var g4 getpeername4Objects
+	if err := loadGetpeername4Objects(&g4, opts); err != nil {
+		c4.Close()
+		c6.Close()
+		so.Close()
+		return nil, loadError("getpeername4", err)
+	}
+	var g6 getpeername6Objects
+	if err := loadGetpeername6Objects(&g6, opts); err != nil {
+		c4.Close()
+		c6.Close()
+		so.Close()
+		g4.Close()
+		return nil, loadError("getpeername6", err)
+	}
+	// The other collections opened their own descriptors of the same
+	// pinned maps; keep connect4's and drop theirs.
 	c6.connect6Maps.Close()
 	so.sockopsMaps.Close()
+	g4.getpeername4Maps.Close()
+	g6.getpeername6Maps.Close()
 
 	return &Objects{
-		Connect4: c4.SluiceConnect4,
-		Connect6: c6.SluiceConnect6,
-		SockOps:  so.SluiceSockops,
-		Targets:  c4.SluiceTargets,
-		Config:   c4.SluiceConfig,
-		ByCookie: c4.SluiceByCookie,
-		ByPeer:   c4.SluiceByPeer,
-		Stats:    c4.SluiceStats,
+		Connect4:     c4.SluiceConnect4,
+		Connect6:     c6.SluiceConnect6,
+		SockOps:      so.SluiceSockops,
+		GetPeername4: g4.SluiceGetpeername4,
+		GetPeername6: g6.SluiceGetpeername6,
+		Targets:      c4.SluiceTargets,
+		Config:       c4.SluiceConfig,
+		ByCookie:     c4.SluiceByCookie,
+		ByPeer:       c4.SluiceByPeer,
+		Stats:        c4.SluiceStats,
+		SkOrig:       c4.SluiceSkOrig,
 	}, nil
 }
 
@@ -139,7 +162,8 @@ func loadError(what string, err error) error {
 // not affected.
 func (o *Objects) Close() error {
 	var errs []error
-	for _, c := range []interface{ Close() error }{o.Connect4, o.Connect6, o.SockOps, o.Targets, o.Config, o.ByCookie, o.ByPeer, o.Stats} {
+	for _, c := range []interface{ Close() error }{o.Connect4, o.Connect6, o.SockOps, o.GetPeername4, o.GetPeername6,
+		o.Targets, o.Config, o.ByCookie, o.ByPeer, o.Stats, o.SkOrig} {
 		errs = append(errs, c.Close())
 	}
 	return errors.Join(errs...)
@@ -166,4 +190,4 @@ func (o *Objects) ReadStats() (map[string]uint64, error) {
 func Names() []string { return StatNames[:] }
 
 // MapNames lists the names under which Load pins maps.
-var MapNames = []string{"sluice_targets", "sluice_config", "sluice_by_cookie", "sluice_by_peer", "sluice_stats"}
+var MapNames = []string{"sluice_targets", "sluice_config", "sluice_by_cookie", "sluice_by_peer", "sluice_stats", "sluice_sk_orig"}

@@ -40,6 +40,7 @@ int sluice_connect4(struct bpf_sock_addr *ctx)
 		count(STAT_DENIED_MAP_WRITE);
 		return VERDICT_DENY;
 	}
+	keep_orig(ctx, addr, port);
 
 	ctx->user_ip4 = bpf_htonl(0x7f000001); /* 127.0.0.1 */
 	ctx->user_port = bpf_htons(cfg->proxy_port);

@@ -22,6 +22,13 @@ type connect4Config struct {
 	Pad2      uint32
 }
 
+type connect4OrigDst struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Port uint16
+	Pad  uint16
+}
+
 type connect4Origin struct {
 	_        structs.HostLayout
 	Addr     [16]uint8
@@ -66,6 +73,7 @@ const (
 	connect4MapSluiceByCookie  = "sluice_by_cookie"
 	connect4MapSluiceByPeer    = "sluice_by_peer"
 	connect4MapSluiceConfig    = "sluice_config"
+	connect4MapSluiceSkOrig    = "sluice_sk_orig"
 	connect4MapSluiceStats     = "sluice_stats"
 	connect4MapSluiceTargets   = "sluice_targets"
 	connect4ProgSluiceConnect4 = "sluice_connect4"
@@ -123,6 +131,7 @@ type connect4MapSpecs struct {
 	SluiceByCookie *ebpf.MapSpec `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.MapSpec `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.MapSpec `ebpf:"sluice_config"`
+	SluiceSkOrig   *ebpf.MapSpec `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.MapSpec `ebpf:"sluice_stats"`
 	SluiceTargets  *ebpf.MapSpec `ebpf:"sluice_targets"`
 }
@@ -156,6 +165,7 @@ type connect4Maps struct {
 	SluiceByCookie *ebpf.Map `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.Map `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.Map `ebpf:"sluice_config"`
+	SluiceSkOrig   *ebpf.Map `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.Map `ebpf:"sluice_stats"`
 	SluiceTargets  *ebpf.Map `ebpf:"sluice_targets"`
 }
@@ -165,6 +175,7 @@ func (m *connect4Maps) Close() error {
 		m.SluiceByCookie,
 		m.SluiceByPeer,
 		m.SluiceConfig,
+		m.SluiceSkOrig,
 		m.SluiceStats,
 		m.SluiceTargets,
 	)

@@ -41,6 +41,7 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 		count(STAT_DENIED_MAP_WRITE);
 		return VERDICT_DENY;
 	}
+	keep_orig(ctx, addr, port);
 
 	if (mapped) {
 		/* Stay on IPv4: ::ffff:127.0.0.1 reaches the 127.0.0.1 listener. */

@@ -22,6 +22,13 @@ type connect6Config struct {
 	Pad2      uint32
 }
 
+type connect6OrigDst struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Port uint16
+	Pad  uint16
+}
+
 type connect6Origin struct {
 	_        structs.HostLayout
 	Addr     [16]uint8
@@ -66,6 +73,7 @@ const (
 	connect6MapSluiceByCookie  = "sluice_by_cookie"
 	connect6MapSluiceByPeer    = "sluice_by_peer"
 	connect6MapSluiceConfig    = "sluice_config"
+	connect6MapSluiceSkOrig    = "sluice_sk_orig"
 	connect6MapSluiceStats     = "sluice_stats"
 	connect6MapSluiceTargets   = "sluice_targets"
 	connect6ProgSluiceConnect6 = "sluice_connect6"
@@ -123,6 +131,7 @@ type connect6MapSpecs struct {
 	SluiceByCookie *ebpf.MapSpec `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.MapSpec `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.MapSpec `ebpf:"sluice_config"`
+	SluiceSkOrig   *ebpf.MapSpec `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.MapSpec `ebpf:"sluice_stats"`
 	SluiceTargets  *ebpf.MapSpec `ebpf:"sluice_targets"`
 }
@@ -156,6 +165,7 @@ type connect6Maps struct {
 	SluiceByCookie *ebpf.Map `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.Map `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.Map `ebpf:"sluice_config"`
+	SluiceSkOrig   *ebpf.Map `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.Map `ebpf:"sluice_stats"`
 	SluiceTargets  *ebpf.Map `ebpf:"sluice_targets"`
 }
@@ -165,6 +175,7 @@ func (m *connect6Maps) Close() error {
 		m.SluiceByCookie,
 		m.SluiceByPeer,
 		m.SluiceConfig,
+		m.SluiceSkOrig,
 		m.SluiceStats,
 		m.SluiceTargets,
 	)

@@ -6,3 +6,5 @@ package bpf
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I./headers" -target bpfel -type origin -type peer_key -type target_key -type target_val -type config connect4 connect4.c
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I./headers" -target bpfel connect6 connect6.c
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I./headers" -target bpfel sockops sockops.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I./headers" -target bpfel getpeername4 getpeername4.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I./headers" -target bpfel getpeername6 getpeername6.c

@@ -66,6 +66,14 @@ struct peer_key {
 	__u32 pad2;
 };
 
+/* The original destination of a redirected socket, kept in the socket's own
+ * storage for its whole life so getpeername can report it. */
+struct orig_dst {
+	__u8 addr[16]; /* IPv4 as ::ffff:a.b.c.d */
+	__u16 port;    /* host order */
+	__u16 pad;
+};
+
 enum stat {
 	STAT_REDIRECTED = 0,
 	STAT_DENIED_NO_CONFIG,
@@ -117,6 +125,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sk_orig SEC(".maps");
+
 static __always_inline void count(__u32 s)
 {
 	__u64 *v = bpf_map_lookup_elem(&sluice_stats, &s);
@@ -165,6 +181,20 @@ static __always_inline int remember(void *ctx, const __u8 addr[16], __u16 port, 
 	bpf_get_current_comm(o.comm, sizeof(o.comm));
 	o.cookie = bpf_get_socket_cookie(ctx);
 	return bpf_map_update_elem(&sluice_by_cookie, &o.cookie, &o, BPF_ANY) == 0;
+}
+
+/* keep_orig stores the original destination in the socket's storage, for
+ * getpeername. Failing to store it only costs that transparency. */
+static __always_inline void keep_orig(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return;
+	struct orig_dst *od = bpf_sk_storage_get(&sluice_sk_orig, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!od)
+		return;
+	__builtin_memcpy(od->addr, addr, 16);
+	od->port = port;
 }
 
 #endif

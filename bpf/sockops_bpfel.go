@@ -22,6 +22,13 @@ type sockopsConfig struct {
 	Pad2      uint32
 }
 
+type sockopsOrigDst struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Port uint16
+	Pad  uint16
+}
+
 type sockopsOrigin struct {
 	_        structs.HostLayout
 	Addr     [16]uint8
@@ -66,6 +73,7 @@ const (
 	sockopsMapSluiceByCookie = "sluice_by_cookie"
 	sockopsMapSluiceByPeer   = "sluice_by_peer"
 	sockopsMapSluiceConfig   = "sluice_config"
+	sockopsMapSluiceSkOrig   = "sluice_sk_orig"
 	sockopsMapSluiceStats    = "sluice_stats"
 	sockopsMapSluiceTargets  = "sluice_targets"
 	sockopsProgSluiceSockops = "sluice_sockops"
@@ -123,6 +131,7 @@ type sockopsMapSpecs struct {
 	SluiceByCookie *ebpf.MapSpec `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.MapSpec `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.MapSpec `ebpf:"sluice_config"`
+	SluiceSkOrig   *ebpf.MapSpec `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.MapSpec `ebpf:"sluice_stats"`
 	SluiceTargets  *ebpf.MapSpec `ebpf:"sluice_targets"`
 }
@@ -156,6 +165,7 @@ type sockopsMaps struct {
 	SluiceByCookie *ebpf.Map `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.Map `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.Map `ebpf:"sluice_config"`
+	SluiceSkOrig   *ebpf.Map `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.Map `ebpf:"sluice_stats"`
 	SluiceTargets  *ebpf.Map `ebpf:"sluice_targets"`
 }
@@ -165,6 +175,7 @@ func (m *sockopsMaps) Close() error {
 		m.SluiceByCookie,
 		m.SluiceByPeer,
 		m.SluiceConfig,
+		m.SluiceSkOrig,
 		m.SluiceStats,
 		m.SluiceTargets,
 	)

@@ -2,9 +2,14 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/testenv"
 )
@@ -106,5 +111,112 @@ func TestPostgresDenySimple(t *testing.T) {
 	fl := d.WaitLog(t, "flow", func(l testenv.LogLine) bool { return l.String("protocol") == "postgres" })
 	if fl.String("denied") != "1" || fl.String("db_user") != "postgres" {
 		t.Errorf("postgres flow line = %v, want denied=1 db_user=postgres", fl)
+	}
+}
+
+// pgxclient builds the pgx test client once.
+func pgxclient(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(testenv.Binaries(t), "pgxclient")
+	if _, err := os.Stat(bin); err == nil {
+		return bin
+	}
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/sluicehq/sluice/e2e/pgxclient").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build pgxclient: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func runPgx(t *testing.T, cg *testenv.Cgroup, dsn, scenario string) map[string]string {
+	t.Helper()
+	out, err := cg.Run(t, pgxclient(t), dsn, scenario)
+	if err != nil {
+		t.Fatalf("pgxclient %s: %v\n%s", scenario, err, out)
+	}
+	steps := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		name, rest, _ := strings.Cut(line, " ")
+		steps[name] = rest
+	}
+	t.Logf("pgxclient %s:\n%s", scenario, out)
+	return steps
+}
+
+// TestPostgresDenyExtended: a Go program using pgx gets 42501 for DROP in
+// every query mode, inside a transaction block and in a pipelined batch,
+// and its connection stays usable.
+func TestPostgresDenyExtended(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: pgRules(pg.Addr())})
+	admin(t, pg, "create table t(id int); insert into t values (1), (2)")
+
+	dsn := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", pg.Addr())
+	steps := runPgx(t, cg, dsn, "deny")
+	want := map[string]string{
+		"drop-prepared":           "err 42501",
+		"count-after-drop":        "ok 2",
+		"drop-exec-mode":          "err 42501",
+		"drop-simple-protocol":    "err 42501",
+		"insert-in-tx":            "ok",
+		"drop-in-tx":              "err 42501",
+		"select-after-deny-in-tx": "err 25P02",
+		"rollback":                "ok",
+		"count-after-rollback":    "ok 2",
+		"batch-1":                 "err 42501",
+		"count-final":             "ok 2",
+	}
+	for step, prefix := range want {
+		if !strings.HasPrefix(steps[step], prefix) {
+			t.Errorf("step %s = %q, want %q...", step, steps[step], prefix)
+		}
+	}
+	if !strings.Contains(steps["drop-prepared"], `ci/deny/no-drop`) {
+		t.Errorf("the denial does not name the rule: %q", steps["drop-prepared"])
+	}
+	if n := admin(t, pg, "select count(*) from t"); n != "2" {
+		t.Errorf("t has %s rows, want 2", n)
+	}
+}
+
+// TestPostgresCancel: a CancelRequest from inside the cgroup (itself an
+// intercepted connection) reaches the backend running the query, and
+// psql's Ctrl-C (SIGINT) does too.
+func TestPostgresCancel(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: pgRules(pg.Addr())})
+
+	dsn := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", pg.Addr())
+	steps := runPgx(t, cg, dsn, "cancel")
+	if !strings.HasPrefix(steps["sleep"], "err 57014") {
+		t.Errorf("pg_sleep after a cancel request: %q, want 57014 (query_canceled)", steps["sleep"])
+	}
+	if ms, _ := strconv.Atoi(strings.TrimPrefix(steps["elapsed-ms"], "ok ")); ms > 5000 {
+		t.Errorf("the cancel took %d ms to land", ms)
+	}
+	if steps["after-cancel"] != "ok 1" {
+		t.Errorf("connection after the cancel: %q", steps["after-cancel"])
+	}
+	l := d.WaitLog(t, "cancel request", nil)
+	if l.String("known_session") != "true" {
+		t.Errorf("cancel request line %v, want a known session", l)
+	}
+
+	// psql: SIGINT while a query runs sends a CancelRequest.
+	cmd, done := cg.Command(t.Context(), "psql", pg.PsqlArgs("", 0, "select pg_sleep(20)")[1:]...)
+	defer done()
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	if !strings.Contains(out.String(), "canceling statement due to user request") || time.Since(start) > 5*time.Second {
+		t.Errorf("psql after SIGINT (%s):\n%s", time.Since(start), out.String())
 	}
 }

@@ -62,6 +62,8 @@ var hooks = []struct {
 	{"link_sockops", ebpf.AttachCGroupSockOps, func(o *bpf.Objects) *ebpf.Program { return o.SockOps }},
 	{"link_connect4", ebpf.AttachCGroupInet4Connect, func(o *bpf.Objects) *ebpf.Program { return o.Connect4 }},
 	{"link_connect6", ebpf.AttachCGroupInet6Connect, func(o *bpf.Objects) *ebpf.Program { return o.Connect6 }},
+	{"link_getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *bpf.Objects) *ebpf.Program { return o.GetPeername4 }},
+	{"link_getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *bpf.Objects) *ebpf.Program { return o.GetPeername6 }},
 }
 
 // Interceptor is an attached installation. It is safe for concurrent use.

@@ -79,6 +79,7 @@ func Probe() error {
 		{ebpf.CGroupSockAddr, asm.FnGetCurrentComm},
 		{ebpf.CGroupSockAddr, asm.FnGetCurrentCgroupId},
 		{ebpf.CGroupSockAddr, asm.FnGetSocketCookie},
+		{ebpf.CGroupSockAddr, asm.FnSkStorageGet},
 		{ebpf.SockOps, asm.FnGetSocketCookie},
 	}
 	for _, h := range helpers {

@@ -1,0 +1,118 @@
+// Command pgxclient is a real pgx client for the end-to-end tests: it runs
+// a named scenario against a DSN and prints one line per step, "name ok
+// VALUE" or "name err SQLSTATE MESSAGE", so tests assert what a Go program
+// using pgx would see. It is built and run by e2e tests inside the test
+// cgroup.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+func main() {
+	if len(os.Args) != 3 {
+		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel")
+		os.Exit(2)
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, os.Args[1])
+	if err != nil {
+		fmt.Println("connect err", code(err), err)
+		os.Exit(1)
+	}
+	defer conn.Close(ctx)
+	switch os.Args[2] {
+	case "deny":
+		deny(ctx, conn)
+	case "cancel":
+		cancel(ctx, conn)
+	default:
+		fmt.Fprintln(os.Stderr, "unknown scenario")
+		os.Exit(2)
+	}
+}
+
+func code(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return "-"
+}
+
+func report(step string, v any, err error) {
+	if err != nil {
+		fmt.Printf("%s err %s %v\n", step, code(err), err)
+		return
+	}
+	fmt.Printf("%s ok %v\n", step, v)
+}
+
+func count(ctx context.Context, conn *pgx.Conn, step string) {
+	var n int
+	err := conn.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n)
+	report(step, n, err)
+}
+
+func deny(ctx context.Context, conn *pgx.Conn) {
+	// Extended protocol with a prepared, cached statement.
+	_, err := conn.Exec(ctx, "DROP TABLE t")
+	report("drop-prepared", nil, err)
+	count(ctx, conn, "count-after-drop")
+
+	// Unnamed statement: Parse, Bind, Describe, Execute, Sync at once.
+	_, err = conn.Exec(ctx, "DROP TABLE t", pgx.QueryExecModeExec)
+	report("drop-exec-mode", nil, err)
+	_, err = conn.Exec(ctx, "DROP TABLE t", pgx.QueryExecModeSimpleProtocol)
+	report("drop-simple-protocol", nil, err)
+
+	// Inside a transaction block.
+	tx, err := conn.Begin(ctx)
+	report("begin", nil, err)
+	_, err = tx.Exec(ctx, "INSERT INTO t VALUES (3)")
+	report("insert-in-tx", nil, err)
+	_, err = tx.Exec(ctx, "DROP TABLE t")
+	report("drop-in-tx", nil, err)
+	var one int
+	err = tx.QueryRow(ctx, "SELECT 1").Scan(&one)
+	report("select-after-deny-in-tx", one, err)
+	report("rollback", nil, tx.Rollback(ctx))
+	count(ctx, conn, "count-after-rollback")
+
+	// A pipelined batch: one round trip, the denied statement in the middle.
+	b := &pgx.Batch{}
+	b.Queue("SELECT 10")
+	b.Queue("DELETE FROM t")
+	b.Queue("SELECT 30")
+	br := conn.SendBatch(ctx, b)
+	for i := 0; i < 3; i++ {
+		var v int
+		err := br.QueryRow().Scan(&v)
+		report(fmt.Sprintf("batch-%d", i), v, err)
+	}
+	report("batch-close", nil, br.Close())
+	count(ctx, conn, "count-final")
+}
+
+// cancel sends a CancelRequest (on a new connection, as libpq and pgx do)
+// while a query runs.
+func cancel(ctx context.Context, conn *pgx.Conn) {
+	start := time.Now()
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		report("cancel-request", nil, conn.PgConn().CancelRequest(ctx))
+	}()
+	_, err := conn.Exec(ctx, "SELECT pg_sleep(20)")
+	report("sleep", nil, err)
+	fmt.Printf("elapsed-ms ok %d\n", time.Since(start).Milliseconds())
+	var one int
+	err = conn.QueryRow(ctx, "SELECT 1").Scan(&one)
+	report("after-cancel", one, err)
+}
