@@ -220,3 +220,74 @@ func TestPostgresCancel(t *testing.T) {
 		t.Errorf("psql after SIGINT (%s):\n%s", time.Since(start), out.String())
 	}
 }
+
+// TestPostgresAuthAndTLS: psql with sslmode disable, prefer and require,
+// with md5 and scram-sha-256 passwords, works unchanged through Sluice
+// against a server whose pg_hba requires passwords and that offers TLS.
+// A client that verifies the server with the daemon's CA (verify-full)
+// connects too. The proxy's own hop uses TLS (target mode prefer), except
+// for a TLS client authenticating with SCRAM: channel binding cannot cross
+// a TLS-terminating proxy, so that hop goes without TLS, with a warning.
+func TestPostgresAuthAndTLS(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	md5 := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2", Auth: "md5", Password: "md5-secret", TLS: true})
+	scram := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.3", Auth: "scram-sha-256", Password: "scram-secret", TLS: true})
+	rules := pgRules(md5.Addr()) + strings.Replace(strings.Replace(pgRules(scram.Addr()), `"pg"`, `"pg2"`, -1), `policy "ci"`, `policy "ci2"`, 1)
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: rules})
+
+	if got := md5.Admin(t, "select left(rolpassword, 3) from pg_authid where rolname = 'postgres'"); got != "md5" {
+		t.Fatalf("md5 server stores %q, want an md5 hash", got)
+	}
+	caPath := filepath.Join(d.Dir(), "ca.crt")
+	if out, err := d.Sluice(t, "ca", "--data-dir", d.DataDir); err != nil {
+		t.Fatalf("sluice ca: %v\n%s", err, out)
+	} else if err := os.WriteFile(caPath, []byte(out[strings.Index(out, "-----BEGIN"):]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	servers := []struct {
+		name, password string
+		pg             *testenv.Postgres
+	}{{"md5", "md5-secret", md5}, {"scram-sha-256", "scram-secret", scram}}
+	for _, srv := range servers {
+		for _, mode := range []string{"disable", "prefer", "require", "verify-full"} {
+			dsn := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres password=%s sslmode=%s", srv.pg.Host, srv.pg.Port, srv.password, mode)
+			if mode == "verify-full" {
+				dsn += " sslrootcert=" + caPath
+			}
+			out, err := cg.Run(t, "psql", "-X", "-w", "-At", "-c",
+				"select coalesce((select ssl from pg_stat_ssl where pid = pg_backend_pid()), false)", dsn)
+			out = strings.TrimSpace(out)
+			want := "t"
+			if srv.name == "scram-sha-256" && mode != "disable" {
+				want = "f"
+			}
+			if err != nil || out != want {
+				t.Errorf("%s sslmode=%s: %v: %q; want a session whose server hop has ssl=%s", srv.name, mode, err, out, want)
+			}
+		}
+		// A wrong password is refused by the server, through the proxy.
+		out, err := cg.Run(t, "psql", "-X", "-w", "-Atc", "select 1",
+			fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres password=wrong sslmode=disable", srv.pg.Host, srv.pg.Port))
+		if err == nil || !strings.Contains(out, "password authentication failed") {
+			t.Errorf("%s wrong password: %v: %s", srv.name, err, out)
+		}
+	}
+	var clientTLS, plain, downgraded int
+	for _, l := range d.Logs(t) {
+		if l.Message() == "flow" && l.String("protocol") == "postgres" && l.String("error") == "" {
+			if l.String("client_tls") == "true" {
+				clientTLS++
+			} else {
+				plain++
+			}
+			if l.String("upstream_tls") != "true" {
+				downgraded++
+			}
+		}
+	}
+	if clientTLS != 6 || plain != 2 || downgraded != 3 {
+		t.Errorf("flows with client TLS = %d, plain = %d, server hop without TLS = %d; want 6 (prefer, require, verify-full x2), 2 (disable x2) and 3 (SCRAM with a TLS client)", clientTLS, plain, downgraded)
+	}
+	d.WaitLog(t, "server hop continues without TLS: the client uses TLS and SCRAM, whose channel binding cannot cross a TLS-terminating proxy; set the target's upstream_tls to require to refuse this instead", nil)
+}

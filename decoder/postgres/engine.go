@@ -143,21 +143,37 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	cw := bufio.NewWriterSize(s.cconn, bufSize)
-	sw := bufio.NewWriterSize(s.up, bufSize)
 	cr := newFrameReader(s.cconn, s.p.MaxMessage)
-	sr := newFrameReader(s.up, s.p.MaxMessage)
-	var l [4]byte
-	binary.BigEndian.PutUint32(l[:], uint32(len(startup)+4))
-	sw.Write(l[:])
-	sw.Write(startup)
-	if err := sw.Flush(); err != nil {
-		return fmt.Errorf("send startup: %w", err)
-	}
+	var sw *bufio.Writer
+	var sr *frameReader
+	var status byte
+	for attempt := 0; ; attempt++ {
+		sw = bufio.NewWriterSize(s.up, bufSize)
+		sr = newFrameReader(s.up, s.p.MaxMessage)
+		var l [4]byte
+		binary.BigEndian.PutUint32(l[:], uint32(len(startup)+4))
+		sw.Write(l[:])
+		sw.Write(startup)
+		if err := sw.Flush(); err != nil {
+			return fmt.Errorf("send startup: %w", err)
+		}
 
-	// 3. Authentication, relayed until the server is ready.
-	status, err := s.authenticate(cr, cw, sr, sw)
-	if err != nil {
-		return err
+		// 3. Authentication, relayed until the server is ready.
+		status, err = s.authenticate(cr, cw, sr, sw)
+		if errors.Is(err, errRetryPlain) && attempt == 0 {
+			s.p.Log.Warn("server hop continues without TLS: the client uses TLS and SCRAM, whose channel binding cannot cross a TLS-terminating proxy; set the target's upstream_tls to require to refuse this instead")
+			s.up.Close()
+			s.up = nil
+			if err := s.connectUpstreamPlain(ctx); err != nil {
+				s.refuse(codeConnectionFailure, "sluice: cannot reach the database: "+err.Error())
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		break
 	}
 
 	// 4. Statements until either side ends.
@@ -254,6 +270,17 @@ func (s *session) negotiateTLS(ctx context.Context) error {
 	return nil
 }
 
+// connectUpstreamPlain dials the server without TLS.
+func (s *session) connectUpstreamPlain(ctx context.Context) error {
+	up, err := s.p.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	s.up = up
+	s.upstreamTLS = false
+	return nil
+}
+
 // connectUpstream dials the server and negotiates TLS per the target's
 // mode, once.
 func (s *session) connectUpstream(ctx context.Context) error {
@@ -332,6 +359,18 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			}
 			code := binary.BigEndian.Uint32(b)
 			if code == authSASL {
+				if s.clientTLS && s.upstreamTLS && answers == 0 {
+					// The client, on TLS with us, will announce that it
+					// supports channel binding; a server on TLS refuses
+					// that once PLUS is hidden, and PLUS cannot work
+					// across two TLS sessions. Only a plaintext server
+					// hop can carry this SCRAM exchange.
+					if !s.p.Upstream.Required {
+						return 0, errRetryPlain
+					}
+					fatal(cw, codeInvalidAuthorization, "sluice: SCRAM channel binding cannot pass through the proxy while both hops use TLS and the target requires TLS to the server")
+					return 0, errors.New("scram over two TLS hops with upstream TLS required")
+				}
 				b = stripSCRAMPlus(b)
 			}
 			if err := writeMsg(cw, 'R', b); err != nil {
@@ -398,6 +437,9 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 		}
 	}
 }
+
+// errRetryPlain asks run to redo the server hop without TLS.
+var errRetryPlain = errors.New("retry the server hop without tls")
 
 // stripSCRAMPlus removes SCRAM-SHA-256-PLUS from an AuthenticationSASL
 // body (code, then NUL-terminated mechanism names, then a final NUL).

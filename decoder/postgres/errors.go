@@ -15,6 +15,7 @@ const (
 	codeInsufficientPrivilege = "42501"
 	codeProtocolViolation     = "08P01"
 	codeConnectionFailure     = "08006"
+	codeInvalidAuthorization  = "28000"
 )
 
 // errorBody encodes an ErrorResponse body (without type and length).

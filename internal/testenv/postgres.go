@@ -39,6 +39,9 @@ type PostgresOptions struct {
 	// or scram-sha-256. Password is then set for User.
 	Auth     string
 	Password string
+	// TLS turns on ssl with a self-signed certificate, so clients may
+	// negotiate TLS (sslmode=prefer and require).
+	TLS bool
 }
 
 // PostgresBin finds the directory of the server binaries (initdb,
@@ -119,6 +122,16 @@ func StartPostgres(t testing.TB, o PostgresOptions) *Postgres {
 		t.Fatal(err)
 	}
 	os.Chown(filepath.Join(data, "pg_hba.conf"), uid, gid)
+	var tlsArgs []string
+	if o.TLS {
+		crt, key := filepath.Join(data, "server.crt"), filepath.Join(data, "server.key")
+		if err := writeSelfSigned(crt, key, o.Host); err != nil {
+			t.Fatal(err)
+		}
+		os.Chown(crt, uid, gid)
+		os.Chown(key, uid, gid)
+		tlsArgs = []string{"-c", "ssl=on", "-c", "ssl_cert_file=" + crt, "-c", "ssl_key_file=" + key}
+	}
 
 	for attempt := 0; attempt < 5; attempt++ {
 		if o.Netns == "" {
@@ -129,6 +142,7 @@ func StartPostgres(t testing.TB, o PostgresOptions) *Postgres {
 		argv := []string{filepath.Join(bindir, "postgres"), "-D", data, "-p", strconv.Itoa(pg.Port),
 			"-c", "listen_addresses=" + o.Host, "-c", "unix_socket_directories=" + dir,
 			"-c", "fsync=off", "-c", "max_connections=200", "-c", "shared_buffers=32MB"}
+		argv = append(argv, tlsArgs...)
 		attr := &syscall.SysProcAttr{Setpgid: true}
 		if o.Netns == "" {
 			attr.Credential = cred.Credential
@@ -154,6 +168,11 @@ func StartPostgres(t testing.TB, o PostgresOptions) *Postgres {
 		pg.done = make(chan struct{})
 		go func(done chan struct{}) { cmd.Wait(); close(done) }(pg.done)
 		if pg.waitReady(15 * time.Second) {
+			if o.Auth == "md5" && o.Password != "" {
+				// Store the password as an md5 hash so md5 authentication
+				// is really md5, not SCRAM behind an md5 pg_hba line.
+				pg.Admin(t, fmt.Sprintf("SET password_encryption = 'md5'; ALTER ROLE postgres PASSWORD '%s'", o.Password))
+			}
 			return pg
 		}
 		pg.stop(t)
@@ -198,6 +217,17 @@ func (pg *Postgres) stop(t testing.TB) {
 		<-pg.done
 	}
 	pg.process = nil
+}
+
+// Admin runs SQL as the superuser over the unix socket, which is never
+// intercepted, and returns the unaligned output.
+func (pg *Postgres) Admin(t testing.TB, sql string) string {
+	t.Helper()
+	out, err := exec.Command("psql", "-X", "-w", "-h", pg.Dir, "-p", strconv.Itoa(pg.Port), "-U", "postgres", "-d", "postgres", "-Atc", sql).CombinedOutput()
+	if err != nil {
+		t.Fatalf("admin %q: %v\n%s", sql, err, out)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // Addr is host:port for clients.
