@@ -240,6 +240,8 @@ func compileVar(tr hcl.Traversal) (cfn, vkind, bool) {
 		return list(func(en *env) []string { return en.st.Tables })
 	case "statement.functions":
 		return list(func(en *env) []string { return en.st.Functions })
+	case "statement.flags":
+		return list(func(en *env) []string { return en.st.Flags })
 	case "statement.has_where":
 		return boolean(func(en *env) bool { return en.st.HasWhere })
 	case "statement.has_limit":

@@ -34,6 +34,8 @@ policy "ops" {
   deny "f" { when = regex(identity.pattern, statement.text) }
   deny "g" { when = cidr_contains(identity.net, target.ip) && target.address != "" && target.port > 0 }
   deny "h" { when = contains(statement.functions, "pg_sleep") || target.name == "db2" && target.protocol == "postgres" }
+  deny "i" { when = contains(statement.flags, "search_path") || any_glob(["copy_*"], statement.flags) }
+  deny "j" { when = length(statement.flags) > 1 && statement.kind != "select" }
 }`}))
 
 	var inputs []*Input
@@ -46,7 +48,9 @@ policy "ops" {
 		{Kind: "select", Tables: []string{"public.users", "events"}, Text: "SELECT * FROM users"},
 		{Kind: "select", Tables: []string{"public.users"}, HasWhere: true, HasLimit: true},
 		{Kind: "drop", Tables: []string{"users"}},
-		{Kind: "copy_out", Tables: []string{"sales.customers"}},
+		{Kind: "copy_out", Tables: []string{"sales.customers"}, Flags: []string{"copy_file"}},
+		{Kind: "set", Flags: []string{"search_path"}},
+		{Kind: "select", Functions: []string{"dblink"}, Flags: []string{"dangerous_function", "search_path"}},
 		{Kind: "delete", Tables: []string{"billing.invoices"}},
 		{Kind: "update", HasWhere: true, Functions: []string{"pg_sleep", "pg_catalog.pg_read_file"}},
 		{Kind: "show"},
@@ -59,7 +63,7 @@ policy "ops" {
 				in := &Input{Statement: st, Result: res}
 				in.Identity = Identity{Level: []string{LevelOIDC, LevelUnverified, ""}[i], Claims: c}
 				in.Process = Process{PID: int64(j), UID: int64(k * 1000), GID: int64(i * 3), Comm: []string{"psql", "migrate", "flyway"}[k]}
-				in.Target = Endpoint{Name: []string{"db", "db2", "prod-db", "replica", "app-db", "warehouse", "orders-mysql", "cluster"}[j], Protocol: []string{"postgres", "mysql", "k8s"}[k]}
+				in.Target = Endpoint{Name: []string{"db", "db2", "prod-db", "replica", "app-db", "warehouse", "orders-mysql", "cluster"}[j%8], Protocol: []string{"postgres", "mysql", "k8s"}[k]}
 				if j%2 == 0 {
 					in.Target.Addr = netip.MustParseAddrPort("10.30.0.9:5432")
 				}

@@ -1,7 +1,9 @@
 # Sluice's built-in ruleset. The daemon uses it when its configuration
 # names no rules_dir. It intercepts the usual ports on every address,
-# refuses destructive SQL, holds bulk exports for a human, masks secrets
-# and personal data in results, and records everything.
+# refuses destructive SQL and PostgreSQL's escapes to server files,
+# programs, other servers (dblink) and search_path, holds bulk exports
+# for a human, masks secrets and personal data in results, and records
+# everything.
 
 mode = "enforce"
 
@@ -35,6 +37,16 @@ policy "baseline" {
       (contains(["delete", "update"], statement.kind) && !statement.has_where)
     )
     reason = "destructive statements (DROP, TRUNCATE, DELETE or UPDATE without WHERE) are not allowed from CI"
+  }
+
+  deny "dangerous-functions" {
+    when = target.protocol == "postgres" && (
+      contains(statement.flags, "dangerous_function") ||
+      contains(statement.flags, "copy_program") ||
+      contains(statement.flags, "copy_file") ||
+      contains(statement.flags, "search_path")
+    )
+    reason = "reading server files, running server programs, reaching other servers (dblink) and changing search_path are not allowed from CI"
   }
 
   hold "bulk-export" {
@@ -92,5 +104,40 @@ test "default masks an ordinary SELECT" {
   target      = "postgres"
   statement   = { kind = "select", tables = ["users"], has_where = true }
   expect      = "mask"
+  expect_rule = "baseline/mask/secrets-and-personal-data"
+}
+
+test "default denies pg_read_file" {
+  target      = "postgres"
+  statement   = { kind = "select", functions = ["pg_catalog.pg_read_file"], flags = ["dangerous_function"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/dangerous-functions"
+}
+
+test "default denies COPY TO PROGRAM" {
+  target      = "postgres"
+  statement   = { kind = "copy_out", tables = ["users"], flags = ["copy_program"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/dangerous-functions"
+}
+
+test "default denies COPY FROM a server file" {
+  target      = "postgres"
+  statement   = { kind = "copy_in", tables = ["users"], flags = ["copy_file"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/dangerous-functions"
+}
+
+test "default denies changing search_path" {
+  target      = "postgres"
+  statement   = { kind = "set", flags = ["search_path"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/dangerous-functions"
+}
+
+test "default lets other settings through" {
+  target      = "postgres"
+  statement   = { kind = "set", flags = [] }
+  expect      = "mask" # the baseline mask applies to everything allowed
   expect_rule = "baseline/mask/secrets-and-personal-data"
 }

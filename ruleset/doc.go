@@ -49,7 +49,7 @@
 //	test "main may not drop" {
 //	  target      = "prod-db"
 //	  identity    = { repository = "acme/api", ref = "refs/heads/main" }
-//	  query       = "DROP TABLE users"   # or statement = { kind = "drop", tables = ["users"] }
+//	  query       = "DROP TABLE users"   # or statement = { kind = "drop", tables = ["users"], flags = [] }
 //	  result      = { rows = 10 }        # optional
 //	  expect      = "deny"
 //	  expect_rule = "ci-main-readonly/deny/no-ddl"
@@ -59,7 +59,8 @@
 // token's claims as strings, "" when absent, and identity.level: oidc,
 // unverified or none), process.* (pid, uid, gid, exe, comm, cgroup,
 // unit), target.* (name, protocol, address, ip, port), statement.*
-// (kind, tables, functions, has_where, has_limit, text) and result.*
+// (kind, tables, functions, flags, has_where, has_limit, text; see
+// Statements below) and result.*
 // (rows, bytes), with the functions glob, any_glob, all_glob, regex,
 // cidr_contains, anytrue, alltrue, contains, length, strlen, lower, upper,
 // concat, join, split, trimprefix and trimsuffix. HCL has no "in"
@@ -68,6 +69,34 @@
 // regexes and CIDRs are load-time diagnostics, each with the range to fix.
 // A policy's when may use only identity, process and target: it is
 // decided once per connection (Match). allow blocks may not use result.
+//
+// # Statements
+//
+// statement.kind is the verb of the most dangerous statement in the text
+// (see Statement.Kind); tables and functions list every table touched and
+// function called, in CTEs and subqueries too, schema-qualified when
+// written so. has_where and has_limit describe that statement; LIMIT ALL
+// and LIMIT NULL are no limit. statement.flags (a sorted list, empty for
+// most statements) marks what a rule will want to refuse whatever the
+// kind. The PostgreSQL classifier sets:
+//
+//   - dangerous_function: a call of a function that reaches the server's
+//     files, programs or other servers: pg_read_file, pg_read_binary_file,
+//     pg_ls_dir and the other pg_ls_* directory listings, pg_stat_file,
+//     the adminpack pg_file_* and pg_logdir_ls, lo_import, lo_export, and
+//     dblink and every dblink_* function, in any schema.
+//   - copy_program: COPY ... TO or FROM PROGRAM.
+//   - copy_file: COPY ... TO or FROM a file on the server (not STDIN or
+//     STDOUT).
+//   - search_path: a change of search_path, which changes what
+//     unqualified table names (and so statement.tables) mean: SET [LOCAL]
+//     search_path or SET SCHEMA, set_config('search_path', ...) or any
+//     set_config whose setting name is not a literal, ALTER ROLE,
+//     DATABASE, SYSTEM or FUNCTION ... SET search_path, and UPDATE of
+//     pg_settings. RESET search_path and SET search_path TO DEFAULT return
+//     to the configured value and are not flagged.
+//
+// For example: deny { when = length(statement.flags) > 0 }.
 //
 // # Precedence
 //

@@ -51,9 +51,10 @@ type Flow struct {
 }
 
 // Statement is a classified command: statement.kind, tables, functions,
-// has_where, has_limit and text in expressions. Decoders fill it; the
-// ruleset never parses SQL. A decision about a connection itself, before
-// or without statements, uses Kind "connect".
+// flags, has_where, has_limit and text in expressions. Decoders fill it;
+// the ruleset never parses SQL. A decision about a connection itself,
+// before or without statements, uses Kind "connect". Its slices may be
+// shared with a decoder's cache and must not be modified.
 type Statement struct {
 	// Kind is a lower-case verb: select, insert, update, delete, merge,
 	// copy_in, copy_out, drop, truncate, alter, create, grant, revoke, set,
@@ -62,9 +63,14 @@ type Statement struct {
 	Kind      string
 	Tables    []string // every table touched, schema-qualified when written so
 	Functions []string // every function called, schema-qualified when written so
-	HasWhere  bool
-	HasLimit  bool
-	Text      string
+	// Flags are facts a rule will want to deny whatever the kind, sorted
+	// and without duplicates. The PostgreSQL classifier sets
+	// dangerous_function, copy_program, copy_file and search_path (see
+	// the package doc); other decoders may add their own.
+	Flags    []string
+	HasWhere bool
+	HasLimit bool
+	Text     string
 }
 
 // KindConnect is the statement kind for decisions about a connection
@@ -270,7 +276,7 @@ func (ev *evaluator) eval(x *expr) (fired, pending bool, err error) {
 				varIdentity: id, varProcess: proc, varTarget: tgt,
 				varStatement: cty.ObjectVal(map[string]cty.Value{
 					"kind": cty.StringVal(st.Kind), "tables": stringList(st.Tables), "functions": stringList(st.Functions),
-					"has_where": cty.BoolVal(st.HasWhere), "has_limit": cty.BoolVal(st.HasLimit), "text": cty.StringVal(st.Text),
+					"flags": stringList(st.Flags), "has_where": cty.BoolVal(st.HasWhere), "has_limit": cty.BoolVal(st.HasLimit), "text": cty.StringVal(st.Text),
 				}),
 				varResult: resultValue(ev.env.res),
 			},

@@ -54,7 +54,7 @@ var (
 	})
 	statementType = cty.Object(map[string]cty.Type{
 		"kind": cty.String, "tables": cty.List(cty.String), "functions": cty.List(cty.String),
-		"has_where": cty.Bool, "has_limit": cty.Bool, "text": cty.String,
+		"flags": cty.List(cty.String), "has_where": cty.Bool, "has_limit": cty.Bool, "text": cty.String,
 	})
 	resultType = cty.Object(map[string]cty.Type{"rows": cty.Number, "bytes": cty.Number})
 )
@@ -176,6 +176,9 @@ func (rs *Ruleset) typeCheck(e hcl.Expression, ctx *hcl.EvalContext, attrRange h
 	if diags.HasErrors() {
 		return diags
 	}
+	if diags = append(diags, checkComparisons(e, ctx)...); diags.HasErrors() {
+		return diags
+	}
 	v, d := e.Value(ctx)
 	diags = append(diags, d...)
 	if d.HasErrors() {
@@ -200,6 +203,38 @@ func (rs *Ruleset) typeCheck(e hcl.Expression, ctx *hcl.EvalContext, attrRange h
 		})
 	}
 	return diags
+}
+
+// checkComparisons reports == and != between a list and a string, number
+// or bool, which HCL accepts and which is always false (or always true):
+// statement.flags == "search_path" is a mistake for contains(...).
+func checkComparisons(e hcl.Expression, ctx *hcl.EvalContext) hcl.Diagnostics {
+	node, ok := e.(hclsyntax.Node)
+	if !ok {
+		return nil
+	}
+	return hclsyntax.VisitAll(node, func(n hclsyntax.Node) hcl.Diagnostics {
+		b, ok := n.(*hclsyntax.BinaryOpExpr)
+		if !ok || (b.Op != hclsyntax.OpEqual && b.Op != hclsyntax.OpNotEqual) {
+			return nil
+		}
+		l, dl := b.LHS.Value(ctx)
+		r, dr := b.RHS.Value(ctx)
+		if dl.HasErrors() || dr.HasErrors() {
+			return nil // reported by the full evaluation
+		}
+		isList := func(t cty.Type) bool { return t.IsListType() || t.IsTupleType() || t.IsSetType() }
+		if !(isList(l.Type()) && r.Type().IsPrimitiveType()) && !(isList(r.Type()) && l.Type().IsPrimitiveType()) {
+			return nil
+		}
+		return hcl.Diagnostics{{
+			Severity: hcl.DiagError,
+			Summary:  "List compared with a single value",
+			Detail: fmt.Sprintf("This compares a list with %s, which is never equal. To test whether a list holds a value, write contains(list, value), for example contains(statement.flags, \"search_path\").",
+				map[bool]string{true: l.Type().FriendlyName(), false: r.Type().FriendlyName()}[isList(r.Type())]),
+			Subject: b.Range().Ptr(), Expression: e,
+		}}
+	})
 }
 
 // checkLiterals compiles literal regex patterns into rs.regexes and

@@ -345,6 +345,24 @@ func TestLoadDiagnostics(t *testing.T) {
   statement = { kind = "select", table = ["x"] }
   expect    = "allow"
 }`, "Unsupported attribute", 3, 34},
+		{"flags not a list", `test "t" {
+  target    = "db"
+  statement = { kind = "set", flags = "search_path" }
+  expect    = "allow"
+}`, "Incorrect value type", 3, 39},
+		{"flags of numbers", `test "t" {
+  target    = "db"
+  statement = { kind = "set", flags = [1, true] }
+  expect    = "allow"
+}`, "Incorrect value type", 3, 39},
+		{"unknown statement attribute in when", `policy "p" {
+  targets = ["db"]
+  deny { when = contains(statement.flag, "search_path") }
+}`, "Unsupported attribute", 3, 35},
+		{"flags compared with a string", `policy "p" {
+  targets = ["db"]
+  deny { when = statement.flags == "search_path" }
+}`, "List compared with a single value", 3, 17},
 		{"bad expect", `test "t" {
   target = "db"
   expect = "block"

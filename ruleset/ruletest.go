@@ -3,6 +3,7 @@ package ruleset
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -165,6 +166,7 @@ func (c *compiler) test(b *hcl.Block) {
 		s := &t.in.Statement
 		s.Kind, s.Text = strAttr(vals, "kind"), strAttr(vals, "text")
 		s.Tables, s.Functions = listAttr(vals, "tables"), listAttr(vals, "functions")
+		s.Flags = sortedSet(listAttr(vals, "flags"))
 		s.HasWhere, s.HasLimit = boolAttr(vals, "has_where"), boolAttr(vals, "has_limit")
 	default:
 		t.in.Statement.Kind = KindConnect
@@ -246,7 +248,7 @@ func (c *compiler) object(a *hcl.Attribute, schema map[string]cty.Type, required
 			want = ty
 		}
 		cv, err := convert.Convert(v, want)
-		if err != nil || cv.IsNull() || (v.Type() != want && (want == cty.String || want == cty.Bool)) {
+		if err != nil || cv.IsNull() || (v.Type() != want && (want == cty.String || want == cty.Bool)) || !elementsAre(v, want) {
 			c.errorf(item.ValueExpr.Range(), "Incorrect value type", "%s.%s must be %s; got %s.", a.Name, key, want.FriendlyName(), v.Type().FriendlyName())
 			continue
 		}
@@ -258,6 +260,21 @@ func (c *compiler) object(a *hcl.Attribute, schema map[string]cty.Type, required
 		}
 	}
 	return out
+}
+
+// elementsAre reports whether every element of a list or tuple value has
+// want's element type, so that statement = { flags = [1] } is an error
+// rather than the string "1". Other values pass.
+func elementsAre(v cty.Value, want cty.Type) bool {
+	if !want.IsListType() || !v.CanIterateElements() {
+		return true
+	}
+	for it := v.ElementIterator(); it.Next(); {
+		if _, e := it.Element(); e.Type() != want.ElementType() {
+			return false
+		}
+	}
+	return true
 }
 
 func intAttr(vals map[string]cty.Value, k string) int64 {
@@ -293,4 +310,11 @@ func listAttr(vals map[string]cty.Value, k string) []string {
 		out = append(out, e.AsString())
 	}
 	return out
+}
+
+// sortedSet sorts list and drops duplicates, the form decoders give
+// Statement.Flags.
+func sortedSet(list []string) []string {
+	sort.Strings(list)
+	return slices.Compact(list)
 }
