@@ -13,6 +13,9 @@ import (
 // PostgreSQL's own normalised text (literals replaced by $n: same structure,
 // same classification), and only then parses. The key is never produced by
 // a home-made lexer: one that disagreed with PostgreSQL's would be a bypass.
+// A classification that looked at a literal's value (set_config's first
+// argument, say) is stored under its exact text only, so it is never
+// reused for a statement that differs in that value.
 //
 // The cache is bounded: each map holds at most max entries, and when the
 // current one fills it becomes the previous one (two generations, a cheap
@@ -53,10 +56,10 @@ func (c *Cache) Classify(text string) (ruleset.Statement, error) {
 			return e.st, e.err
 		}
 	}
-	st, err := Classify(text)
+	st, literalFree, err := ClassifyForCache(text)
 	e := entry{st: st, err: err}
 	c.put(text, e)
-	if nerr == nil && norm != text {
+	if literalFree && nerr == nil && norm != text {
 		c.put(norm, e)
 	}
 	return st, err

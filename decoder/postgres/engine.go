@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -232,6 +233,9 @@ func (s *session) negotiate(ctx context.Context) ([]byte, error) {
 			if s.database == "" {
 				s.database = s.user
 			}
+			if err := s.checkStartupParams(sm.Parameters); err != nil {
+				return nil, err
+			}
 			return pkt, nil
 		default:
 			s.refuse(codeProtocolViolation, fmt.Sprintf("sluice: unsupported protocol version %d.%d", code>>16, code&0xffff))
@@ -240,6 +244,31 @@ func (s *session) negotiate(ctx context.Context) ([]byte, error) {
 	}
 	s.refuse(codeProtocolViolation, "sluice: too many startup negotiation packets")
 	return nil, errors.New("too many startup negotiation packets")
+}
+
+// checkStartupParams decides settings a client makes in its startup
+// packet, where no statement is ever seen: a search_path given there (as
+// a parameter or in options) is decided like SET search_path.
+func (s *session) checkStartupParams(params map[string]string) error {
+	text := ""
+	if v, ok := params["search_path"]; ok {
+		text = "search_path=" + v
+	} else if o := params["options"]; strings.Contains(strings.ToLower(o), "search_path") {
+		text = "options=" + o
+	}
+	if text == "" {
+		return nil
+	}
+	c := &enforcer.Command{Text: "<startup parameter " + text + ">",
+		Statement: ruleset.Statement{Kind: "set", Flags: []string{FlagSearchPath}}}
+	v := s.p.Session.Decide(c)
+	if v.Action == ruleset.Deny || v.Action == ruleset.Hold {
+		w := bufio.NewWriter(s.cconn)
+		writeMsg(w, 'E', denialWith(v, "FATAL"))
+		w.Flush()
+		return fmt.Errorf("startup parameter denied by rule %s", v.Decision.Rule.ID)
+	}
+	return nil
 }
 
 // negotiateTLS answers a client's SSLRequest the way the server would

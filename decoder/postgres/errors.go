@@ -31,14 +31,17 @@ func errorBody(severity, code, msg, detail, hint string) []byte {
 
 // denialBody is the ErrorResponse a client gets for a refused statement:
 // SQLSTATE 42501 naming the rule and its reason.
-func denialBody(v enforcer.Verdict) []byte {
+func denialBody(v enforcer.Verdict) []byte { return denialWith(v, "ERROR") }
+
+// denialWith is denialBody with a severity: FATAL when the session ends.
+func denialWith(v enforcer.Verdict, severity string) []byte {
 	d := v.Decision
 	msg := fmt.Sprintf("sluice: statement denied by rule %q", d.Rule.ID)
 	hint := "The runner's security ruleset refused this statement; the server never saw it. `sluice rules explain` shows why."
 	if v.Action == ruleset.Hold {
 		msg = fmt.Sprintf("sluice: statement needs approval under rule %q, and this build has no approval holds: denied", d.Rule.ID)
 	}
-	return errorBody("ERROR", codeInsufficientPrivilege, msg, d.Reason, hint)
+	return errorBody(severity, codeInsufficientPrivilege, msg, d.Reason, hint)
 }
 
 // fatal writes a FATAL ErrorResponse and flushes.

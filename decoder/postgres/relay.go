@@ -411,9 +411,8 @@ func (r *relay) dataRow(n int) error {
 			// Approval holds do not exist yet: a result that crosses a
 			// hold or deny threshold ends the session, and closing the
 			// server connection stops the query.
-			body := denialBody(v)
 			r.cw.Flush()
-			writeMsg(r.cw, 'E', bytes.Replace(body, []byte("ERROR"), []byte("FATAL"), 2))
+			writeMsg(r.cw, 'E', denialWith(v, "FATAL"))
 			r.cw.Flush()
 			r.s.up.Close()
 			return fmt.Errorf("result of %d rows crossed rule %s", it.rows, v.Decision.Rule.ID)

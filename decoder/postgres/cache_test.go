@@ -1,0 +1,71 @@
+package postgres
+
+import (
+	"slices"
+	"testing"
+)
+
+// TestCacheNeverSharesLiteralDependentResults: a classification that
+// depends on a literal's value is not reused through the normalised key.
+func TestCacheNeverSharesLiteralDependentResults(t *testing.T) {
+	c := NewCache(16)
+	first, err := c.Classify("SELECT set_config('work_mem', '1MB', false)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(first.Flags, FlagSearchPath) {
+		t.Fatalf("work_mem flagged as search_path: %v", first.Flags)
+	}
+	second, err := c.Classify("SELECT set_config('search_path', 'evil', false)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(second.Flags, FlagSearchPath) {
+		t.Fatalf("set_config of search_path after a cached set_config of work_mem: flags %v, want search_path", second.Flags)
+	}
+}
+
+// TestCacheNormalizedHit: texts differing only in literals share one
+// classification, and each keeps its own text.
+func TestCacheNormalizedHit(t *testing.T) {
+	c := NewCache(16)
+	a, _ := c.Classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+	b, _ := c.Classify("SELECT abalance FROM pgbench_accounts WHERE aid = 2")
+	if a.Kind != "select" || b.Kind != "select" || b.Text != "SELECT abalance FROM pgbench_accounts WHERE aid = 2" || !b.HasWhere {
+		t.Errorf("a = %+v, b = %+v", a, b)
+	}
+	if len(c.cur) != 3 {
+		t.Errorf("cache holds %d keys, want 3 (two texts and one normalised form)", len(c.cur))
+	}
+	if _, err := c.Classify("SELEC 1"); err == nil {
+		t.Error("a parse error was not returned")
+	}
+	if _, err := c.Classify("SELEC 1"); err == nil {
+		t.Error("a cached parse error was not returned")
+	}
+}
+
+// BenchmarkCacheHit measures the per-statement cost on the hot path: a
+// repeated pgbench -S query with a new literal each time (normalised hit)
+// and the exact same text (exact hit).
+func BenchmarkCacheHit(b *testing.B) {
+	c := NewCache(0)
+	c.Classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1;")
+	b.Run("exact", func(b *testing.B) {
+		for b.Loop() {
+			c.Classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1;")
+		}
+	})
+	b.Run("normalized", func(b *testing.B) {
+		texts := []string{"SELECT abalance FROM pgbench_accounts WHERE aid = 7;", "SELECT abalance FROM pgbench_accounts WHERE aid = 8;"}
+		i := 0
+		for b.Loop() {
+			c.mu.Lock()
+			delete(c.cur, texts[i%2])
+			delete(c.prev, texts[i%2])
+			c.mu.Unlock()
+			c.Classify(texts[i%2])
+			i++
+		}
+	})
+}
