@@ -129,9 +129,10 @@ func (r *relay) clientLoop() error {
 		case 'F':
 			err = r.functionCall(n)
 		case 'X':
-			r.cr.forward(r.sw, n)
-			r.sw.Flush()
-			return nil
+			if err := r.cr.forward(r.sw, n); err != nil {
+				return err
+			}
+			return r.sw.Flush()
 		case 'D', 'H', 'd', 'c', 'f', 'p':
 			// Describe, Flush, COPY data/done/fail, GSS/SASL answers.
 			err = r.cr.forward(r.sw, n)
