@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/testenv"
+	"github.com/sluicehq/sluice/ruleset"
 )
 
 // pgRules is a ruleset with one postgres target whose policy denies DROP
@@ -290,4 +291,76 @@ func TestPostgresAuthAndTLS(t *testing.T) {
 		t.Errorf("flows with client TLS = %d, plain = %d, server hop without TLS = %d; want 6 (prefer, require, verify-full x2), 2 (disable x2) and 3 (SCRAM with a TLS client)", clientTLS, plain, downgraded)
 	}
 	d.WaitLog(t, "server hop continues without TLS: the client uses TLS and SCRAM, whose channel binding cannot cross a TLS-terminating proxy; set the target's upstream_tls to require to refuse this instead", nil)
+}
+
+// TestPostgresPgbench: pgbench through Sluice. With the embedded default
+// ruleset (its postgres target pointed at the test server), pgbench -i is
+// refused at its first DROP TABLE, as that ruleset says, and a 10-second
+// TPC-B-like run completes without failures. With a ruleset that allows
+// schema changes, pgbench -i completes through Sluice too.
+func TestPostgresPgbench(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10-second pgbench run")
+	}
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	def := strings.Replace(string(ruleset.DefaultSource()), `address  = ["*:5432"]`, fmt.Sprintf("address  = [%q]", pg.Addr()), 1)
+	if !strings.Contains(def, pg.Addr()) {
+		t.Fatal("could not point the default ruleset's postgres target at the test server")
+	}
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: def})
+	conn := []string{"-h", pg.Host, "-p", strconv.Itoa(pg.Port), "-U", "postgres"}
+
+	out, err := cg.Run(t, "pgbench", append([]string{"-i", "-s", "1"}, append(conn, "postgres")...)...)
+	if err == nil || !strings.Contains(out, "baseline/deny/destructive-sql") {
+		t.Fatalf("pgbench -i under the default ruleset: %v\n%s\nwant it refused at DROP TABLE", err, out)
+	}
+	t.Logf("pgbench -i under the default ruleset:\n%s", out)
+
+	// Initialise directly, then run through Sluice.
+	if out, err := exec.Command("pgbench", "-i", "-s", "1", "-q", "-h", pg.Socket(), "-p", strconv.Itoa(pg.Port), "-U", "postgres", "postgres").CombinedOutput(); err != nil {
+		t.Fatalf("pgbench -i directly: %v\n%s", err, out)
+	}
+	out, err = cg.Run(t, "pgbench", append([]string{"-T", "10", "-c", "2", "-j", "2"}, append(conn, "postgres")...)...)
+	if err != nil || !strings.Contains(out, "number of failed transactions: 0") {
+		t.Fatalf("pgbench -T 10 through Sluice: %v\n%s", err, out)
+	}
+	t.Logf("pgbench through Sluice, default ruleset:\n%s", out)
+
+	// A migration-style ruleset lets pgbench -i through.
+	allow := fmt.Sprintf("target \"pg\" {\n  protocol = \"postgres\"\n  address  = [%q]\n}\npolicy \"migrations\" {\n  targets = [\"pg\"]\n}\n", pg.Addr())
+	if err := os.WriteFile(filepath.Join(d.RulesDir, "rules.hcl"), []byte(allow), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitGeneration(t, d, 2, 2*time.Second)
+	out, err = cg.Run(t, "pgbench", append([]string{"-i", "-s", "1", "-q"}, append(conn, "postgres")...)...)
+	if err != nil || !strings.Contains(out, "done in") {
+		t.Fatalf("pgbench -i through Sluice with schema changes allowed: %v\n%s", err, out)
+	}
+}
+
+// TestPostgresProtocolViolation: an oversized message and one with an
+// invalid length end the session with 08P01, and nothing of either reaches
+// the server.
+func TestPostgresProtocolViolation(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: pgRules(pg.Addr()), Body: "max_message_bytes = 1048576\n"})
+	admin(t, pg, "create table t(id int)")
+	dsn := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", pg.Addr())
+
+	steps := runPgx(t, cg, dsn, "oversize")
+	if !strings.HasPrefix(steps["oversize"], "err 08P01") || !strings.Contains(steps["oversize"], "exceeds the 1048576-byte limit") {
+		t.Errorf("oversized statement: %q, want 08P01 naming the limit", steps["oversize"])
+	}
+	if steps["closed"] != "ok true" {
+		t.Errorf("connection after the violation: %q, want closed", steps["closed"])
+	}
+	steps = runPgx(t, cg, dsn, "malformed")
+	if !strings.HasPrefix(steps["malformed"], "err 08P01") {
+		t.Errorf("invalid length: %q, want 08P01", steps["malformed"])
+	}
+	if n := admin(t, pg, "select count(*) from t"); n != "0" {
+		t.Errorf("t has %s rows: part of a refused message reached the server", n)
+	}
 }

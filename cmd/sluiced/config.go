@@ -23,6 +23,7 @@ type fileConfig struct {
 	Mark           int        `hcl:"mark,optional"`
 	RulesDir       string     `hcl:"rules_dir,optional"`
 	RulesPublicKey string     `hcl:"rules_public_key,optional"`
+	MaxMessage     int        `hcl:"max_message_bytes,optional"`
 	Log            *logConfig `hcl:"log,block"`
 }
 
@@ -46,6 +47,8 @@ type config struct {
 	RulesDir string
 	// RulesKey, when set, is the only key whose signatures are accepted.
 	RulesKey ed25519.PublicKey
+	// MaxMessage bounds every protocol message either side may send.
+	MaxMessage int
 }
 
 // Defaults for settings the file leaves out.
@@ -98,6 +101,14 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 		c.ProxyPort = uint16(fc.ProxyPort)
 	}
 	c.Mark = uint32(fc.Mark)
+	switch {
+	case fc.MaxMessage == 0:
+		c.MaxMessage = 64 << 20
+	case fc.MaxMessage < 1024 || fc.MaxMessage > 1<<30:
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_message_bytes", Detail: fmt.Sprintf("max_message_bytes %d: use a value from 1024 to 1073741824 (the default is 67108864, 64 MiB).", fc.MaxMessage)})
+	default:
+		c.MaxMessage = fc.MaxMessage
+	}
 	if fc.Log != nil {
 		if fc.Log.Level != "" {
 			c.LogLevel = fc.Log.Level

@@ -120,7 +120,7 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		Log:   log.Named("proxy"),
 		Handlers: map[string]interceptor.Handler{
 			ruleset.ProtoTCP:      tcpHandler,
-			ruleset.ProtoPostgres: postgresHandler(ca, log.Named("postgres")),
+			ruleset.ProtoPostgres: postgresHandler(ca, cfg.MaxMessage, log.Named("postgres")),
 		},
 	}
 

@@ -17,7 +17,7 @@ import (
 // The classification cache and the cancel-key registry are shared by every
 // session; client TLS is terminated with leaf certificates from the
 // daemon's CA.
-func postgresHandler(ca *tlsutil.CA, log hclog.Logger) interceptor.Handler {
+func postgresHandler(ca *tlsutil.CA, maxMessage int, log hclog.Logger) interceptor.Handler {
 	cache := postgres.NewCache(0)
 	cancels := postgres.NewCancels()
 	clientTLS := ca.ServerConfig()
@@ -34,14 +34,15 @@ func postgresHandler(ca *tlsutil.CA, log hclog.Logger) interceptor.Handler {
 		// the proxy's loopback address.
 		client = origConn{Conn: client, local: net.TCPAddrFromAddrPort(f.Dest)}
 		st, err := postgres.Serve(ctx, postgres.Params{
-			Client:    client,
-			Dial:      dial,
-			Session:   sess,
-			Classify:  cache.Classify,
-			Upstream:  postgres.UpstreamTLS{Config: cfg, Attempt: attempt, Required: required},
-			ClientTLS: clientTLS,
-			Cancels:   cancels,
-			Log:       flog,
+			Client:     client,
+			Dial:       dial,
+			Session:    sess,
+			Classify:   cache.Classify,
+			Upstream:   postgres.UpstreamTLS{Config: cfg, Attempt: attempt, Required: required},
+			ClientTLS:  clientTLS,
+			Cancels:    cancels,
+			MaxMessage: maxMessage,
+			Log:        flog,
 		})
 		statements, denied := sess.Counts()
 		return interceptor.Result{

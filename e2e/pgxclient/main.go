@@ -6,10 +6,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -33,6 +36,10 @@ func main() {
 		deny(ctx, conn)
 	case "cancel":
 		cancel(ctx, conn)
+	case "oversize":
+		oversize(ctx, conn)
+	case "malformed":
+		malformed(ctx, conn)
 	default:
 		fmt.Fprintln(os.Stderr, "unknown scenario")
 		os.Exit(2)
@@ -115,4 +122,32 @@ func cancel(ctx context.Context, conn *pgx.Conn) {
 	var one int
 	err = conn.QueryRow(ctx, "SELECT 1").Scan(&one)
 	report("after-cancel", one, err)
+}
+
+// oversize sends a 2 MB statement (the test daemon's limit is 1 MiB).
+func oversize(ctx context.Context, conn *pgx.Conn) {
+	q := "INSERT INTO t VALUES (42) /* " + strings.Repeat("x", 2<<20) + " */"
+	_, err := conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol)
+	report("oversize", nil, err)
+	report("closed", conn.IsClosed(), nil)
+}
+
+// malformed writes a Query message whose length field is invalid.
+func malformed(ctx context.Context, conn *pgx.Conn) {
+	raw := conn.PgConn().Conn()
+	raw.Write([]byte{'Q', 0, 0, 0, 2})
+	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(raw)
+	if err != nil {
+		report("malformed", nil, err)
+		return
+	}
+	// The answer is an ErrorResponse; pull out its SQLSTATE.
+	i := bytes.Index(b, []byte("\x00C"))
+	if len(b) == 0 || b[0] != 'E' || i < 0 {
+		fmt.Printf("malformed ok unexpected %q\n", b)
+		return
+	}
+	code := b[i+2 : i+7]
+	fmt.Printf("malformed err %s %q\n", code, b)
 }
