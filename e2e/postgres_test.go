@@ -364,3 +364,17 @@ func TestPostgresProtocolViolation(t *testing.T) {
 		t.Errorf("t has %s rows: part of a refused message reached the server", n)
 	}
 }
+
+// TestPostgresFlowDenied: a connection no policy covers is refused with a
+// PostgreSQL FATAL error naming the rule, not a dropped connection.
+func TestPostgresFlowDenied(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	rules := strings.Replace(pgRules(pg.Addr()), `targets = ["pg"]`, "targets = [\"pg\"]\n  when    = process.uid == 0", 1) +
+		"default {\n  action = \"deny\"\n  reason = \"no policy for this job\"\n}\n"
+	testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: rules})
+	out, _, err := psqlIn(t, cg, nobody(t), pg.PsqlArgs("", 0, "select 1"))
+	if err == nil || !strings.Contains(out, `FATAL:  sluice: connection denied by rule "default"`) || !strings.Contains(out, "no policy for this job") {
+		t.Errorf("psql as nobody: %v:\n%s\nwant a FATAL naming the default rule", err, out)
+	}
+}

@@ -65,6 +65,11 @@ type DialFunc func(ctx context.Context) (net.Conn, error)
 // the original destination, with SO_MARK set so the hooks let it through.
 type Handler func(ctx context.Context, f *Flow, client net.Conn, dial DialFunc) Result
 
+// Refuser tells a client, in its protocol's terms, that the ruleset denies
+// its connection, and closes c. Protocols without one get a closed
+// connection.
+type Refuser func(c net.Conn, rule, reason string)
+
 // ErrNoOrigin means an accepted connection was not redirected by the hooks
 // (or its origin entry is gone); such connections are closed unserved.
 var ErrNoOrigin = errors.New("no origin entry for this connection")
@@ -76,6 +81,7 @@ type Proxy struct {
 	// Rules returns the active ruleset; every flow is matched against it.
 	Rules       func() *ruleset.Ruleset
 	Handlers    map[string]Handler
+	Refusers    map[string]Refuser
 	Log         hclog.Logger
 	DialTimeout time.Duration // default 10s
 
@@ -205,7 +211,11 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			p.denied.Add(1)
 			log.Warn("flow denied", "target", t.Name, "orig_dst", f.Dest.String(), "rule", d.Rule.ID, "reason", d.Reason,
 				"pid", f.Process.TGID, "uid", f.Process.UID, "comm", f.Process.Comm, "exe", f.Process.Exe)
-			c.Close()
+			if refuse := p.Refusers[t.Protocol]; refuse != nil {
+				refuse(c, d.Rule.ID, d.Reason)
+			} else {
+				c.Close()
+			}
 			return
 		}
 		if d.Monitor && d.Action == ruleset.Deny {

@@ -53,21 +53,39 @@ echo "running; table users created"
 bold "2. sluiced on cgroup $cgroup, intercepting 127.0.0.2:$pg_port"
 mkdir -p "$mount/$cgroup" "$work/rules"
 cat > "$work/rules/demo.hcl" <<HCL
-# The demo's ruleset: one database, relayed opaquely for now, and only
-# for jobs running as root; anything else gets the default deny.
+# The demo's ruleset: one PostgreSQL database that jobs running as root may
+# read and write but never drop from; anything else gets the default deny.
 target "demo-db" {
-  protocol = "tcp"
+  protocol = "postgres"
   address  = ["127.0.0.2:$pg_port"]
 }
 
 policy "root-jobs" {
   targets = ["demo-db"]
   when    = process.uid == 0
+
+  deny "no-ddl" {
+    when   = contains(["drop", "truncate", "alter"], statement.kind)
+    reason = "schema changes go through migrations"
+  }
+
+  deny "no-bulk-delete" {
+    when   = statement.kind == "delete" && !statement.has_where
+    reason = "CI never empties a table"
+  }
 }
 
 default {
   action = "deny"
   reason = "no policy for this job"
+}
+
+test "DROP is refused" {
+  target      = "demo-db"
+  process     = { uid = 0 }
+  query       = "DROP TABLE users"
+  expect      = "deny"
+  expect_rule = "root-jobs/deny/no-ddl"
 }
 
 test "root may connect" {
@@ -111,32 +129,43 @@ run "$BIN/sluice" status --socket "$work/sluiced.sock"
 bold "3. psql inside the cgroup, pointed at the real address, unchanged"
 run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "select id, email from users order by id"
 
-bold "4. The flow log: one structured line per flow, with the original destination and the process"
+bold "4. A blocked statement: DROP TABLE fails with a normal PostgreSQL error naming the rule; the server never sees it"
+run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -v VERBOSITY=verbose -c "DROP TABLE users" || true
+echo "-- the same with a data-modifying CTE, inside a transaction block, then the session goes on:"
+"$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres <<'SQL' || true
+BEGIN;
+WITH gone AS (DELETE FROM users RETURNING *) SELECT count(*) FROM gone;
+ROLLBACK;
+SELECT count(*) AS users_still_there FROM users;
+SQL
 sleep 0.2
+grep '"@message":"statement denied"' "$work/sluiced.log" | tail -1
+
+bold "5. The flow log: one structured line per flow, with the original destination, the process, and its statements"
 grep '"@message":"flow"' "$work/sluiced.log" | tail -1
 
-bold "5. A job that no policy covers (uid nobody) gets the default deny"
+bold "6. A job that no policy covers (uid nobody) gets the default deny"
 run "$BIN/sluice" run --cgroup "$cgroup" -- setpriv --reuid=65534 --regid=65534 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(denied, as the ruleset says)"
 sleep 0.2
 grep '"@message":"flow denied"' "$work/sluiced.log" | tail -1
 
-bold "6. A broken edit of the ruleset is refused; the previous rules keep enforcing"
+bold "7. A broken edit of the ruleset is refused; the previous rules keep enforcing"
 echo 'policy "oops" { targets = ["no-such-target"] }' > "$work/rules/oops.hcl"
 sleep 0.5
 run "$BIN/sluice" status --socket "$work/sluiced.sock" | sed -n '/^ruleset/,/^target/p'
 rm "$work/rules/oops.hcl"
 
-bold "7. The same psql outside the cgroup is not intercepted"
+bold "8. The same psql outside the cgroup is not intercepted"
 run psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 'direct, not through sluice'"
 run "$BIN/sluice" status --socket "$work/sluiced.sock"
 
-bold "8. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
+bold "9. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
 kill -9 "$sluiced_pid"; wait "$sluiced_pid" 2>/dev/null || true; sluiced_pid=""
 run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(refused, as it should be)"
 
-bold "9. sluice uninstall removes the pinned hooks"
+bold "10. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
 
 bold "Not in this demo yet"
-echo "Statement blocking, masking, approval holds and recordings arrive with the PostgreSQL,"
-echo "masking, approvals and recording issues; each extends this demo."
+echo "Masking, approval holds and recordings arrive with their issues; each extends this demo."
+echo "Until then a mask verdict is logged but not applied, and a hold verdict is refused (fail closed)."

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
+	"github.com/sluicehq/sluice/decoder/postgres"
 	"github.com/sluicehq/sluice/decoder/tcp"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/internal/api"
@@ -122,6 +123,7 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 			ruleset.ProtoTCP:      tcpHandler,
 			ruleset.ProtoPostgres: postgresHandler(ca, cfg.MaxMessage, log.Named("postgres")),
 		},
+		Refusers: map[string]interceptor.Refuser{ruleset.ProtoPostgres: postgres.Refuse},
 	}
 
 	// 4. Control API.

@@ -526,3 +526,34 @@ func (c *countConn) Write(b []byte) (int, error) {
 	c.written += int64(n)
 	return n, err
 }
+
+// Refuse answers a client whose connection the ruleset denies before any
+// statement: it reads the startup packets (declining TLS and GSS
+// encryption) and sends a FATAL ErrorResponse naming the rule, so the
+// client reports a PostgreSQL error rather than a dropped connection.
+// It closes c.
+func Refuse(c net.Conn, rule, reason string) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	for i := 0; i < 4; i++ {
+		pkt, err := readStartup(c)
+		if err != nil {
+			return
+		}
+		switch binary.BigEndian.Uint32(pkt) {
+		case codeSSLRequest, codeGSSENCRequest:
+			if _, err := c.Write([]byte{'N'}); err != nil {
+				return
+			}
+		case pgproto3.ProtocolVersion30, pgproto3.ProtocolVersion32:
+			w := bufio.NewWriter(c)
+			writeMsg(w, 'E', errorBody("FATAL", codeInsufficientPrivilege,
+				fmt.Sprintf("sluice: connection denied by rule %q", rule), reason,
+				"The runner's security ruleset has no policy that lets this job reach this database."))
+			w.Flush()
+			return
+		default:
+			return
+		}
+	}
+}
