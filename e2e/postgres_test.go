@@ -378,3 +378,35 @@ func TestPostgresFlowDenied(t *testing.T) {
 		t.Errorf("psql as nobody: %v:\n%s\nwant a FATAL naming the default rule", err, out)
 	}
 }
+
+// TestPostgresCopyNoticesNotifications: COPY in both directions, notices
+// and notifications pass through the decoder intact.
+func TestPostgresCopyNoticesNotifications(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: pgRules(pg.Addr())})
+	admin(t, pg, "create table t(id int, note text)")
+
+	script := "\\copy t from stdin\n1\tone\n2\ttwo\n\\.\n" +
+		"COPY t TO STDOUT;\n" +
+		"DO $$BEGIN RAISE NOTICE 'hello from the server'; END$$;\n" +
+		"LISTEN ch;\nNOTIFY ch, 'payload';\n"
+	args := pg.PsqlArgs("", 0, "")
+	args = args[:len(args)-2] // drop -Atc ""
+	cmd, done := cg.Command(t.Context(), args[0], append(args[1:], "-At")...)
+	defer done()
+	cmd.Stdin = strings.NewReader(script)
+	b, err := cmd.CombinedOutput()
+	out := string(b)
+	for _, want := range []string{"1\tone\n2\ttwo", "NOTICE:  hello from the server", `Asynchronous notification "ch" with payload "payload" received`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if err != nil {
+		t.Errorf("psql: %v\n%s", err, out)
+	}
+	if n := admin(t, pg, "select count(*) from t"); n != "2" {
+		t.Errorf("COPY FROM STDIN stored %s rows, want 2", n)
+	}
+}
