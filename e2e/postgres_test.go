@@ -410,3 +410,22 @@ func TestPostgresCopyNoticesNotifications(t *testing.T) {
 		t.Errorf("COPY FROM STDIN stored %s rows, want 2", n)
 	}
 }
+
+// TestPostgresMonitorMode: in monitor mode a denied statement runs, and
+// the verdict it would have had is logged.
+func TestPostgresMonitorMode(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: "mode = \"monitor\"\n" + pgRules(pg.Addr())})
+	admin(t, pg, "create table t(id int)")
+	if out, _, err := psqlIn(t, cg, 0, pg.PsqlArgs("", 0, "DROP TABLE t")); err != nil {
+		t.Fatalf("DROP in monitor mode: %v: %s", err, out)
+	}
+	if n := admin(t, pg, "select count(*) from pg_tables where tablename = 't'"); n != "0" {
+		t.Errorf("monitor mode: the table is still there")
+	}
+	l := d.WaitLog(t, "statement would be deny (monitor mode)", nil)
+	if l.String("rule") != "ci/deny/no-drop" {
+		t.Errorf("monitor line %v", l)
+	}
+}
