@@ -54,6 +54,8 @@ if [ "${PROTOCOL:-postgres}" = tcp ]; then
 else
   sed "s|\"\\*:5432\"|\"127.0.0.2:$pg_port\"|" ruleset/default.hcl > "$work/rules/default.hcl"
 fi
+pprof_line=""
+[ -n "${PPROF:-}" ] && pprof_line='pprof_addr = "127.0.0.1:6060"'
 cat > "$work/sluiced.hcl" <<HCL
 name = "$name"
 cgroup = "$cgroup"
@@ -61,6 +63,7 @@ proxy_port = $proxy_port
 data_dir = "$work/data"
 api_socket = "$work/sluiced.sock"
 rules_dir = "$work/rules"
+$pprof_line
 log {
   level = "warn"
   format = "json"

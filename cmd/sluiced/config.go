@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/ed25519"
 	"fmt"
+	"net/netip"
 	"os"
 
 	"github.com/hashicorp/hcl/v2"
@@ -24,6 +25,7 @@ type fileConfig struct {
 	RulesDir       string     `hcl:"rules_dir,optional"`
 	RulesPublicKey string     `hcl:"rules_public_key,optional"`
 	MaxMessage     int        `hcl:"max_message_bytes,optional"`
+	PprofAddr      string     `hcl:"pprof_addr,optional"`
 	Log            *logConfig `hcl:"log,block"`
 }
 
@@ -49,6 +51,8 @@ type config struct {
 	RulesKey ed25519.PublicKey
 	// MaxMessage bounds every protocol message either side may send.
 	MaxMessage int
+	// PprofAddr, when set, serves net/http/pprof there (loopback only).
+	PprofAddr string
 }
 
 // Defaults for settings the file leaves out.
@@ -121,6 +125,13 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	case "auto", "json", "text":
 	default:
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid log format", Detail: fmt.Sprintf("log format %q: use auto, json or text.", c.LogFormat)})
+	}
+	if fc.PprofAddr != "" {
+		ap, err := netip.ParseAddrPort(fc.PprofAddr)
+		if err != nil || !ap.Addr().IsLoopback() {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid pprof_addr", Detail: fmt.Sprintf("pprof_addr %q: give a loopback address and port, such as 127.0.0.1:6060.", fc.PprofAddr)})
+		}
+		c.PprofAddr = fc.PprofAddr
 	}
 	if fc.RulesPublicKey != "" {
 		b, err := os.ReadFile(fc.RulesPublicKey)

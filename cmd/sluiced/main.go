@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -124,6 +125,21 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 			ruleset.ProtoPostgres: postgresHandler(ca, cfg.MaxMessage, log.Named("postgres")),
 		},
 		Refusers: map[string]interceptor.Refuser{ruleset.ProtoPostgres: postgres.Refuse},
+	}
+
+	if cfg.PprofAddr != "" {
+		go func() {
+			mux := http.NewServeMux()
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+			srv := &http.Server{Addr: cfg.PprofAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+			log.Warn("serving pprof; do not leave this on in production", "addr", cfg.PprofAddr)
+			if err := srv.ListenAndServe(); err != nil {
+				log.Error("pprof server failed", "error", err)
+			}
+		}()
 	}
 
 	// 4. Control API.
