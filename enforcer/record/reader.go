@@ -136,8 +136,8 @@ func (rd *Reader) next1() (Event, error) {
 		return Event{}, rd.frameErr(start, ErrMalformed, fmt.Sprintf("payload of %d bytes is shorter than a chain hash", len(p)))
 	}
 	if !bytes.Equal(p[:hashSize], rd.res.Head[:]) {
-		return Event{}, rd.frameErr(start, ErrChain, fmt.Sprintf("it follows a frame hashing to %s, the frame before it hashes to %s (a frame before it was altered, removed or reordered)",
-			short(p[:hashSize]), short(rd.res.Head[:])))
+		return Event{}, rd.frameErr(start, ErrChain, fmt.Sprintf("it records previous hash %s but frame %d hashes to %s (a frame up to this one was altered, removed, inserted or reordered)",
+			short(p[:hashSize]), rd.next-1, short(rd.res.Head[:])))
 	}
 	var e Event
 	if err := json.Unmarshal(p[hashSize:], &e); err != nil {
