@@ -289,7 +289,7 @@ func (c *Config) setDefaults() error {
 		c.GitHubAudience = DefaultGitHubAudience
 	}
 	if len(c.TokenHostAllowlist) == 0 {
-		c.TokenHostAllowlist = DefaultTokenHostAllowlist
+		c.TokenHostAllowlist = slices.Clone(DefaultTokenHostAllowlist)
 	}
 	for _, h := range c.TokenHostAllowlist {
 		name := strings.TrimPrefix(h, "*.")
@@ -301,7 +301,7 @@ func (c *Config) setDefaults() error {
 		c.TokenVariable = DefaultTokenVariable
 	}
 	if len(c.JobParents) == 0 {
-		c.JobParents = DefaultJobParents
+		c.JobParents = slices.Clone(DefaultJobParents)
 	}
 	switch {
 	case c.ClockSkew == 0:
@@ -347,7 +347,7 @@ func (c *Config) setDefaults() error {
 			ic.Audience = c.GitHubAudience
 		}
 		if len(ic.Algorithms) == 0 {
-			ic.Algorithms = DefaultAlgorithms
+			ic.Algorithms = slices.Clone(DefaultAlgorithms)
 		}
 		for _, a := range ic.Algorithms {
 			if !slices.Contains(knownAlgorithms, a) {
@@ -389,19 +389,19 @@ func (r *Resolver) Close() {
 // why.
 func (r *Resolver) Resolve(ctx context.Context, pid uint32) Result {
 	if r.ctx.Err() != nil {
-		return none(JobKey{}, "identity resolver closed")
+		return none("identity resolver closed")
 	}
-	chain, err := ancestry(r.cfg.ProcRoot, pid)
+	chain, kind, err := findJob(r.cfg.ProcRoot, pid, r.anchor)
 	if errors.Is(err, errGone) {
-		return none(JobKey{}, "connecting process has exited")
+		return none("connecting process has exited")
 	}
 	if err != nil {
-		return none(JobKey{}, fmt.Sprintf("cannot read the connecting process: %v", err))
+		return none(fmt.Sprintf("cannot read the connecting process: %v", err))
 	}
-	i, kind := r.anchor(chain)
-	if i < 0 {
-		return none(JobKey{}, "no CI job ancestor")
+	if chain == nil {
+		return none("no CI job ancestor")
 	}
+	i := len(chain) - 1
 	key := JobKey{PID: chain[i].pid, Start: chain[i].start, Kind: kind}
 
 	now := r.now()
@@ -414,7 +414,7 @@ func (r *Resolver) Resolve(ctx context.Context, pid uint32) Result {
 		e = &entry{done: make(chan struct{})}
 		r.jobs[key] = e
 		r.wg.Add(1)
-		go r.fill(key, slices.Clone(chain[:i+1]), e)
+		go r.fill(key, chain, e)
 	}
 	if now.Sub(r.lastSweep) >= sweepEvery {
 		r.lastSweep = now
@@ -464,22 +464,24 @@ func isDone(e *entry) bool {
 	}
 }
 
-// anchor returns the index in chain (nearest first) of the job's anchor
-// and the job's kind, or -1: the nearest Runner.Worker, or the nearest
-// process whose parent is a JobParents runner and which is not one itself.
-func (r *Resolver) anchor(chain []proc) (int, string) {
-	for i, p := range chain {
-		if p.comm == runnerWorker {
-			return i, KindGitHub
-		}
-		if i+1 < len(chain) && slices.Contains(r.cfg.JobParents, chain[i+1].comm) && !slices.Contains(r.cfg.JobParents, p.comm) {
-			if chain[i+1].comm == "gitlab-runner" {
-				return i, KindGitLab
-			}
-			return i, KindGeneric
-		}
+// anchor returns the job kind when p is a job's anchor, else "": p is
+// named Runner.Worker (GitHub Actions' per-job process), or p's parent is
+// a JobParents runner and p is not one itself (the shell executor's job
+// shell; with GitLab's shell executor that is the shell, or the su/sudo
+// that starts it, one per job). Nearest wins: a job process named
+// Runner.Worker only anchors its own subtree, and still needs the job's
+// real token to be verified.
+func (r *Resolver) anchor(p, parent proc, hasParent bool) string {
+	if p.comm == runnerWorker {
+		return KindGitHub
 	}
-	return -1, ""
+	if hasParent && slices.Contains(r.cfg.JobParents, parent.comm) && !slices.Contains(r.cfg.JobParents, p.comm) {
+		if parent.comm == "gitlab-runner" {
+			return KindGitLab
+		}
+		return KindGeneric
+	}
+	return ""
 }
 
 // fill looks up one job's identity and publishes it in e.
@@ -578,6 +580,6 @@ func (r *Resolver) lookup(ctx context.Context, key JobKey, path []proc) (Result,
 }
 
 // none is a Result at LevelNone.
-func none(key JobKey, reason string) Result {
-	return Result{Identity: ruleset.Identity{Level: ruleset.LevelNone}, Job: key, Reason: reason}
+func none(reason string) Result {
+	return Result{Identity: ruleset.Identity{Level: ruleset.LevelNone}, Reason: reason}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 )
@@ -25,16 +24,28 @@ const maxDepth = 512
 // errGone reports that a process no longer exists.
 var errGone = errors.New("process gone")
 
-// readStat reads /proc/<pid>/stat under root.
+// readStat reads /proc/<pid>/stat under root. It is on every
+// connection's path, so it reads into a stack buffer with plain system
+// calls; a stat line is a few hundred bytes.
 func readStat(root string, pid uint32) (proc, error) {
-	b, err := os.ReadFile(filepath.Join(root, strconv.FormatUint(uint64(pid), 10), "stat"))
-	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+	path := root + "/" + strconv.FormatUint(uint64(pid), 10) + "/stat"
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESRCH) {
 		return proc{}, errGone
 	}
 	if err != nil {
 		return proc{}, fmt.Errorf("read stat of pid %d: %w", pid, err)
 	}
-	return parseStat(pid, b)
+	var buf [1024]byte
+	n, err := syscall.Read(fd, buf[:])
+	syscall.Close(fd)
+	if errors.Is(err, syscall.ESRCH) {
+		return proc{}, errGone
+	}
+	if err != nil {
+		return proc{}, fmt.Errorf("read stat of pid %d: %w", pid, err)
+	}
+	return parseStat(pid, buf[:n])
 }
 
 // parseStat parses the text of /proc/<pid>/stat. comm is in parentheses and
@@ -62,33 +73,51 @@ func parseStat(pid uint32, b []byte) (proc, error) {
 	return proc{pid: pid, ppid: uint32(ppid), comm: string(b[open+1 : end]), start: start}, nil
 }
 
-// ancestry returns pid and its ancestors, nearest first, up to the process
-// whose parent is 0 (init, kthreadd) or maxDepth. Walking is not atomic: a
-// parent can exit and its pid be reused between two reads. A parent must
-// therefore have started no later than its child; a chain where that fails
-// is cut at the break, as if the child had been reparented, so a process
-// can never borrow an unrelated process's ancestry.
-func ancestry(root string, pid uint32) ([]proc, error) {
+// findJob walks from pid up its live ancestry to the job's anchor. It
+// returns the processes from pid to the anchor, nearest first, with the
+// anchor last, and the job's kind; or a nil chain when no ancestor up to
+// the process whose parent is 0 (init, kthreadd) is an anchor. See
+// Resolver.anchor for what an anchor is.
+//
+// Walking is not atomic: a parent can exit and its pid be reused between
+// two reads. A parent must therefore have started no later than its child;
+// a chain where that fails is cut at the break, as if the child had been
+// reparented, so a process can never borrow an unrelated process's
+// ancestry.
+func findJob(root string, pid uint32, isAnchor func(p, parent proc, hasParent bool) string) ([]proc, string, error) {
 	p, err := readStat(root, pid)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	chain := []proc{p}
-	for len(chain) < maxDepth && p.ppid != 0 {
-		parent, err := readStat(root, p.ppid)
-		if errors.Is(err, errGone) {
-			break
+	for len(chain) < maxDepth {
+		// Asked first without the parent, saving a read for an anchor
+		// known by its own name.
+		if kind := isAnchor(p, proc{}, false); kind != "" {
+			return chain, kind, nil
 		}
-		if err != nil {
-			return nil, err
+		var parent proc
+		hasParent := false
+		if p.ppid != 0 {
+			parent, err = readStat(root, p.ppid)
+			switch {
+			case errors.Is(err, errGone):
+			case err != nil:
+				return nil, "", err
+			case parent.start <= p.start:
+				hasParent = true
+			}
 		}
-		if parent.start > p.start {
+		if kind := isAnchor(p, parent, hasParent); hasParent && kind != "" {
+			return chain, kind, nil
+		}
+		if !hasParent {
 			break
 		}
 		chain = append(chain, parent)
 		p = parent
 	}
-	return chain, nil
+	return nil, "", nil
 }
 
 // alive reports whether pid still is the process that started at start.
@@ -105,7 +134,7 @@ const maxEnviron = 1 << 20
 // trusted beyond where to fetch a token from). Reading another user's
 // process needs root or CAP_SYS_PTRACE.
 func readEnviron(root string, pid uint32) (map[string]string, error) {
-	f, err := os.Open(filepath.Join(root, strconv.FormatUint(uint64(pid), 10), "environ"))
+	f, err := os.Open(root + "/" + strconv.FormatUint(uint64(pid), 10) + "/environ")
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, errGone
