@@ -283,7 +283,7 @@ func (s Status) String() string {
 }
 
 var (
-	// ErrClosed is returned by Append and Flush after Close.
+	// ErrClosed is returned by Append, Flush and Sync after Close.
 	ErrClosed = errors.New("recording is closed")
 	// ErrFrameTooLarge means an event encoded to more than MaxFrame bytes.
 	ErrFrameTooLarge = errors.New("event exceeds the maximum frame size")

@@ -32,12 +32,13 @@ type Options struct {
 	QueueLen int
 	// FsyncEvery is how often written events are made durable: the writer
 	// appends a signed checkpoint frame and fsyncs the file, when anything
-	// was written since the last time. Default 1s; negative means only
-	// Close fsyncs (and no checkpoints are written).
+	// was written since the last time. Default 1s; negative turns the
+	// timer off, leaving checkpoints and fsyncs to Sync and Close.
 	FsyncEvery time.Duration
 	// OnError, if set, is called once, from the writer goroutine, when
-	// writing fails; Append and Flush return the same error from then on.
-	// It must not call the Writer's methods.
+	// writing fails; Append, Flush and Sync return the same error from
+	// then on. It must not call the Writer's methods. Without it, the
+	// failure is seen at the next Append or at Close.
 	OnError func(error)
 }
 
