@@ -38,8 +38,9 @@
 // The writer appends two kinds of integrity frames, whose events have only
 // seq, time, type and sig set:
 //
-//   - "checkpoint", before every periodic fsync when anything was written
-//     since the last one;
+//   - "checkpoint", before every fsync (every Options.FsyncEvery, and on
+//     Writer.Sync) when anything was written since the last one, so what
+//     is durable is also signed;
 //   - "seal", the last frame, written by Close.
 //
 // Their sig is the ed25519 signature, by the key whose SHA-256 is the
@@ -59,7 +60,9 @@
 //
 // An unsealed recording (the daemon was killed, the machine lost power, or
 // the file was cut) is reported as StatusInterrupted when every complete
-// frame checks and the rest of the file is an unfinished frame or zeros.
+// frame checks and the rest of the file is an unfinished frame (fewer bytes
+// than a frame header, or a frame header that passes its check followed by
+// fewer payload bytes than it declares) or only zeros.
 // For such a recording Verify proves less, and says how much in
 // Result.SignedThrough:
 //

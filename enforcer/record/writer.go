@@ -167,8 +167,9 @@ func (w *Writer) Session() string { return w.session }
 // Append queues e for recording and returns once it is queued, not
 // written. It never drops an event: when the queue is full it blocks until
 // there is room (backpressure), ctx is done, or writing has failed. A
-// non-nil error means e was not recorded and, unless it is ctx's error,
-// the recording has failed for good (fail closed: end the session).
+// non-nil error means e was not recorded (a split TypeWire event: not
+// entirely) and, unless it is ctx's error, the recording has failed for
+// good. Either way the caller must end the session: fail closed.
 //
 // Append copies e.Data, so the caller may reuse its buffer; it keeps
 // e.Fields, which must not be modified afterwards. It sets a zero Time to
