@@ -1,19 +1,23 @@
 // Package enforcer turns ruleset decisions into what a session does. It
 // holds the protocol-neutral vocabulary decoders speak (a command, a
-// verdict, an event) and the Session that answers Decide for each command
-// and takes the events. It never sees a wire format and never imports a
-// decoder.
+// verdict, an outcome) and the Session that answers Decide for each command
+// and records what happened. It never sees a wire format and never imports
+// a decoder.
 //
-// Masking, approval holds and recording are added here by their issues;
-// today a Session decides and reports events to a logger.
+// Recording is fail-closed: once the session's recording cannot be written,
+// every further command is denied and the decoder ends the session.
 package enforcer
 
 import (
+	"context"
+	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -48,45 +52,119 @@ type Outcome struct {
 	Skipped bool
 }
 
+// ErrRecording is returned (wrapped) once the session's recording failed.
+var ErrRecording = errors.New("session recording failed")
+
 // Session is one flow's enforcement state. Decide may be called from the
-// decoder's client-side goroutine while Done is called from its
+// decoder's client-side goroutine while Done and Wire are called from its
 // server-side goroutine.
 type Session struct {
 	match *ruleset.Match
 	log   hclog.Logger
 
+	// Recording: rec is nil when the session is not recorded; level is
+	// the session's level (wire bytes follow it), while statement events
+	// follow their own decision's level.
+	rec   *record.Writer
+	level record.Level
+	ctx   context.Context
+
 	statements atomic.Int64
 	denied     atomic.Int64
 	unapplied  atomic.Bool
+	recErr     atomic.Pointer[error]
+
+	mu       sync.Mutex
+	verdicts map[string]bool
 }
 
-// NewSession starts a session for a flow matched against the ruleset.
-func NewSession(m *ruleset.Match, log hclog.Logger) *Session {
-	return &Session{match: m, log: log}
+// NewSession starts a session for a flow matched against the ruleset. rec
+// may be nil (not recorded); level is the session's record level.
+func NewSession(ctx context.Context, m *ruleset.Match, rec *record.Writer, level record.Level, log hclog.Logger) *Session {
+	if rec == nil {
+		level = record.None
+	}
+	return &Session{match: m, log: log, rec: rec, level: level, ctx: ctx, verdicts: map[string]bool{}}
 }
 
-// Decide returns the verdict for a command. A command that could not be
-// classified is denied in enforce mode: an unparsable statement is never
-// passed through unseen.
+// Record appends e if level allows it. A failure makes the session's
+// recording failed for good: every later Decide denies.
+func (s *Session) Record(level record.Level, e record.Event) error {
+	if s.rec == nil {
+		return nil
+	}
+	if p := s.recErr.Load(); p != nil {
+		return *p
+	}
+	e, ok := level.Filter(e)
+	if !ok {
+		return nil
+	}
+	if err := s.rec.Append(s.ctx, e); err != nil {
+		err = errors.Join(ErrRecording, err)
+		s.recErr.Store(&err)
+		s.log.Error("session recording failed; denying every further command", "error", err)
+		return err
+	}
+	return nil
+}
+
+// RecordingFailed returns the recording error, if any.
+func (s *Session) RecordingFailed() error {
+	if p := s.recErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// WantsWire reports whether the session records wire bytes (level full),
+// so decoders copy bytes only when they will be kept.
+func (s *Session) WantsWire() bool { return s.rec != nil && s.level >= record.Full }
+
+// Wire records bytes the client sent (dir record.DirClientToServer) or
+// received (record.DirServerToClient), as they crossed the client's
+// connection: after masking.
+func (s *Session) Wire(dir string, b []byte) error {
+	if !s.WantsWire() || len(b) == 0 {
+		return nil
+	}
+	return s.Record(s.level, record.Event{Type: record.TypeWire, Dir: dir, Data: b})
+}
+
+// Decide returns the verdict for a command and records it. A command that
+// could not be classified is denied in enforce mode: an unparsable
+// statement is never passed through unseen. Once recording has failed,
+// every command is denied.
 func (s *Session) Decide(c *Command) Verdict {
 	s.statements.Add(1)
-	if c.ClassifyErr != nil {
-		d := ruleset.Decision{Action: ruleset.Deny, Reason: "the statement could not be parsed: " + c.ClassifyErr.Error(),
+	var d ruleset.Decision
+	switch {
+	case s.RecordingFailed() != nil:
+		d = ruleset.Decision{Action: ruleset.Deny, Reason: "the session can no longer be recorded",
+			Rule: &ruleset.Rule{ID: "sluice/recording-failed", Action: ruleset.Deny}}
+	case c.ClassifyErr != nil:
+		d = ruleset.Decision{Action: ruleset.Deny, Reason: "the statement could not be parsed: " + c.ClassifyErr.Error(),
 			Rule: &ruleset.Rule{ID: "sluice/unparsable", Action: ruleset.Deny}}
 		d.Monitor = s.match.Ruleset().Mode() == ruleset.Monitor
-		return s.verdict(c, d)
+		d.Record = ruleset.RecordCommands
+	default:
+		d = s.match.Decide(&c.Statement, ruleset.Result{})
 	}
-	return s.verdict(c, s.match.Decide(&c.Statement, ruleset.Result{}))
+	return s.verdict(c, d)
 }
 
 // DecideResult re-evaluates a command whose decision awaited its result,
 // with the rows and bytes seen so far.
 func (s *Session) DecideResult(c *Command, rows, bytes int64) Verdict {
-	return s.verdict(c, s.match.Decide(&c.Statement, ruleset.Result{Known: true, Rows: rows, Bytes: bytes}))
+	v := s.verdict(c, s.match.Decide(&c.Statement, ruleset.Result{Known: true, Rows: rows, Bytes: bytes}))
+	return v
 }
 
 func (s *Session) verdict(c *Command, d ruleset.Decision) Verdict {
 	v := Verdict{Action: d.Enforced(), Decision: d}
+	s.mu.Lock()
+	s.verdicts[d.Action.String()] = true
+	s.mu.Unlock()
 	switch {
 	case v.Action == ruleset.Deny:
 		s.denied.Add(1)
@@ -94,11 +172,25 @@ func (s *Session) verdict(c *Command, d ruleset.Decision) Verdict {
 	case d.Monitor && d.Action != ruleset.Allow:
 		s.log.Warn("statement would be "+d.Action.String()+" (monitor mode)", "rule", d.Rule.ID, "kind", c.Statement.Kind, "statement", clip(c.Text))
 	}
+	s.Record(s.levelFor(d), record.Event{Type: record.TypeStatement, Kind: c.Statement.Kind, Text: c.Text,
+		Verdict: d.Action.String(), Rule: d.Rule.ID, Reason: d.Reason})
 	return v
 }
 
-// Done reports how an allowed command ended.
+// levelFor is the level a statement's events are recorded at: its own
+// decision's, but never below the session's.
+func (s *Session) levelFor(d ruleset.Decision) record.Level {
+	l := record.LevelOf(d.Record)
+	if l < s.level {
+		l = s.level
+	}
+	return l
+}
+
+// Done reports how an allowed command ended, and records it.
 func (s *Session) Done(c *Command, v Verdict, o Outcome) {
+	s.Record(s.levelFor(v.Decision), record.Event{Type: record.TypeResult, Kind: c.Statement.Kind,
+		Rows: o.Rows, Bytes: o.Bytes, DurationUS: o.Duration.Microseconds(), ErrCode: o.ErrCode})
 	if !s.log.IsDebug() {
 		return
 	}
@@ -107,19 +199,33 @@ func (s *Session) Done(c *Command, v Verdict, o Outcome) {
 		"statement", clip(c.Text))
 }
 
-// Unapplied records that a verdict this build cannot apply yet (mask, or a
-// hold before approvals exist) was let through, and says so once per
-// session.
+// Unapplied records that a verdict this build cannot apply yet (mask) was
+// let through, and says so once per session.
 func (s *Session) Unapplied(v Verdict) {
 	if s.unapplied.CompareAndSwap(false, true) {
 		s.log.Warn("verdict not applied: this build has no "+v.Decision.Action.String()+" support yet; the statement ran unchanged",
 			"rule", v.Decision.Rule.ID)
+		s.Record(s.level, record.Event{Type: record.TypeNote, Rule: v.Decision.Rule.ID,
+			Reason: "verdict " + v.Decision.Action.String() + " not applied: not supported by this build"})
 	}
 }
 
 // Counts returns the statements decided and denied so far.
 func (s *Session) Counts() (statements, denied int64) {
 	return s.statements.Load(), s.denied.Load()
+}
+
+// Verdicts returns the distinct actions decided so far.
+func (s *Session) Verdicts() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.verdicts))
+	for _, a := range []string{"allow", "mask", "hold", "deny"} {
+		if s.verdicts[a] {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func clip(s string) string {

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicehq/sluice/bpf"
+	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -47,6 +48,10 @@ type Flow struct {
 	Match *ruleset.Match
 	// Facts are the flow's facts as the ruleset sees them.
 	Facts ruleset.Flow
+	// Identity is the flow's workload identity (also in Facts.Identity).
+	Identity Identity
+	// Session decides the flow's commands and records it.
+	Session *enforcer.Session
 }
 
 // Result is what a Handler reports when a flow ends.
@@ -70,6 +75,17 @@ type Handler func(ctx context.Context, f *Flow, client net.Conn, dial DialFunc) 
 // connection.
 type Refuser func(c net.Conn, rule, reason string)
 
+// Identity is a flow's workload identity as the proxy records it.
+type Identity struct {
+	ruleset.Identity
+	// Job names the CI job ("github:PID@START"), empty when none was found.
+	Job string
+	// Reason says why the level is not oidc.
+	Reason string
+	// Hints are environment values the job claims but nothing verified.
+	Hints map[string]string
+}
+
 // ErrNoOrigin means an accepted connection was not redirected by the hooks
 // (or its origin entry is gone); such connections are closed unserved.
 var ErrNoOrigin = errors.New("no origin entry for this connection")
@@ -79,7 +95,15 @@ var ErrNoOrigin = errors.New("no origin entry for this connection")
 type Proxy struct {
 	IC *Interceptor
 	// Rules returns the active ruleset; every flow is matched against it.
-	Rules       func() *ruleset.Ruleset
+	Rules func() *ruleset.Ruleset
+	// Sessions opens a flow's session and its recording once the flow is
+	// matched; end finishes both with the flow's result. An error (the
+	// recording cannot be written) refuses the flow: fail closed. Nil
+	// gives unrecorded sessions.
+	Sessions func(ctx context.Context, f *Flow, connect ruleset.Decision) (s *enforcer.Session, end func(Result), err error)
+	// Identify returns the workload identity of the connecting process.
+	// Nil gives every flow the unverified level with process facts only.
+	Identify    func(ctx context.Context, pid uint32) Identity
 	Handlers    map[string]Handler
 	Refusers    map[string]Refuser
 	Log         hclog.Logger
@@ -196,8 +220,12 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	// Match the flow against the ruleset once. A flow that no policy
 	// matches gets the ruleset's default; when that denies, the flow
 	// ends here. Per-statement decisions are the decoder's.
+	f.Identity = Identity{Identity: ruleset.Identity{Level: ruleset.LevelUnverified}, Reason: "workload identity is not configured"}
+	if p.Identify != nil {
+		f.Identity = p.Identify(ctx, f.Process.TGID)
+	}
 	f.Facts = ruleset.Flow{
-		Identity: ruleset.Identity{Level: ruleset.LevelUnverified},
+		Identity: f.Identity.Identity,
 		Process: ruleset.Process{
 			PID: int64(f.Process.TGID), UID: int64(f.Process.UID), GID: int64(f.Process.GID),
 			Exe: f.Process.Exe, Comm: f.Process.Comm, Cgroup: readCgroup(f.Process.TGID),
@@ -205,17 +233,39 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		Target: ruleset.Endpoint{Name: t.Name, Protocol: t.Protocol, Addr: f.Dest},
 	}
 	f.Match = p.Rules().Match(f.Facts)
+	d := f.Match.Decide(&ruleset.Statement{Kind: ruleset.KindConnect}, ruleset.Result{})
+	end := func(Result) {}
+	if p.Sessions != nil {
+		sess, e, err := p.Sessions(ctx, f, d)
+		if err != nil {
+			p.refused.Add(1)
+			log.Error("flow refused: its session cannot be recorded", "target", t.Name, "orig_dst", f.Dest.String(), "error", err)
+			if refuse := p.Refusers[t.Protocol]; refuse != nil {
+				refuse(c, "sluice/recording-failed", "the session cannot be recorded")
+			} else {
+				c.Close()
+			}
+			return
+		}
+		f.Session, end = sess, e
+	} else {
+		f.Session = enforcer.NewSession(ctx, f.Match, nil, 0, log)
+	}
+	// A flow no policy matches gets the ruleset's default; when that
+	// denies, the flow ends here. Per-statement decisions are the
+	// decoder's.
 	if len(f.Match.Policies()) == 0 {
-		d := f.Match.Decide(&ruleset.Statement{Kind: ruleset.KindConnect}, ruleset.Result{})
 		if d.Enforced() == ruleset.Deny {
 			p.denied.Add(1)
 			log.Warn("flow denied", "target", t.Name, "orig_dst", f.Dest.String(), "rule", d.Rule.ID, "reason", d.Reason,
-				"pid", f.Process.TGID, "uid", f.Process.UID, "comm", f.Process.Comm, "exe", f.Process.Exe)
+				"pid", f.Process.TGID, "uid", f.Process.UID, "comm", f.Process.Comm, "exe", f.Process.Exe,
+				"identity", f.Identity.Level, "job", f.Identity.Job, "identity_reason", f.Identity.Reason)
 			if refuse := p.Refusers[t.Protocol]; refuse != nil {
 				refuse(c, d.Rule.ID, d.Reason)
 			} else {
 				c.Close()
 			}
+			end(Result{Err: fmt.Errorf("flow denied by rule %s", d.Rule.ID)})
 			return
 		}
 		if d.Monitor && d.Action == ruleset.Deny {
@@ -227,8 +277,10 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	defer p.active.Add(-1)
 
 	res := h(ctx, f, c, p.dialer(f))
+	end(res)
 
 	kv := []any{
+		"identity", f.Identity.Level, "job", f.Identity.Job,
 		"policies", f.Match.Policies(),
 		"target", t.Name, "protocol", t.Protocol,
 		"orig_dst", f.Dest.String(), "client", f.Client.String(),
@@ -238,6 +290,15 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		"duration_ms", time.Since(f.Start).Milliseconds(),
 	}
 	kv = append(kv, res.Fields...)
+	if f.Identity.Level != ruleset.LevelOIDC {
+		kv = append(kv, "identity_reason", f.Identity.Reason)
+	} else {
+		for _, c := range []string{"repository", "ref", "run_id", "actor"} {
+			if v := f.Identity.Claims[c]; v != "" {
+				kv = append(kv, c, v)
+			}
+		}
+	}
 	if res.Err != nil {
 		log.Warn("flow", append(kv, "error", res.Err)...)
 	} else {

@@ -32,6 +32,11 @@ commands:
   rules check|test|explain|sign|keygen work with rulesets (sluice rules -h)
   rules push [--socket P] DIR          send a ruleset to the running daemon (root only)
   ca [--data-dir DIR]                  print the daemon's CA certificate (clients that verify TLS trust it)
+  sessions list [--since D] [--repo R] [--run-id N] [--target T] [--verdict V] [--json]
+  sessions show [--json] ID            a session's transcript: who, where, statements, verdicts, rows
+  replay [--speed X] ID                the transcript paced by the recorded timing
+  verify ID | --all                    check recordings' checksums, hash chain and signatures; exit 1 if altered
+  recordings pubkey [--data-dir DIR]   print the recording signature public key
 `
 
 func main() {
@@ -55,6 +60,14 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 			return pushCmd(args[2:], stdout, stderr)
 		}
 		return runRules(args[1:], stdout, stderr)
+	case "sessions":
+		return sessionsCmd(args[1:], stdout, stderr)
+	case "verify":
+		return verifyCmd(args[1:], stdout, stderr)
+	case "replay":
+		return replayCmd(args[1:], stdout, stderr)
+	case "recordings":
+		return recordingsCmd(args[1:], stdout, stderr)
 	case "ca":
 		return caCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":

@@ -2,31 +2,67 @@ package main
 
 import (
 	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 
+	"github.com/sluicehq/sluice/interceptor/identity"
 	"github.com/sluicehq/sluice/internal/api"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
 // fileConfig is the HCL schema of sluiced's --config file.
 type fileConfig struct {
-	Name           string     `hcl:"name,optional"`
-	Cgroup         string     `hcl:"cgroup"`
-	ProxyPort      int        `hcl:"proxy_port,optional"`
-	DataDir        string     `hcl:"data_dir,optional"`
-	APISocket      string     `hcl:"api_socket,optional"`
-	Mark           int        `hcl:"mark,optional"`
-	RulesDir       string     `hcl:"rules_dir,optional"`
-	RulesPublicKey string     `hcl:"rules_public_key,optional"`
-	MaxMessage     int        `hcl:"max_message_bytes,optional"`
-	PprofAddr      string     `hcl:"pprof_addr,optional"`
-	Log            *logConfig `hcl:"log,block"`
+	Name           string           `hcl:"name,optional"`
+	Cgroup         string           `hcl:"cgroup"`
+	ProxyPort      int              `hcl:"proxy_port,optional"`
+	DataDir        string           `hcl:"data_dir,optional"`
+	APISocket      string           `hcl:"api_socket,optional"`
+	Mark           int              `hcl:"mark,optional"`
+	RulesDir       string           `hcl:"rules_dir,optional"`
+	RulesPublicKey string           `hcl:"rules_public_key,optional"`
+	MaxMessage     int              `hcl:"max_message_bytes,optional"`
+	PprofAddr      string           `hcl:"pprof_addr,optional"`
+	Log            *logConfig       `hcl:"log,block"`
+	Identity       *identityConfig  `hcl:"identity,block"`
+	Recording      *recordingConfig `hcl:"recording,block"`
+}
+
+// recordingConfig is the recording block.
+type recordingConfig struct {
+	FsyncEvery string `hcl:"fsync_every,optional"`
+	MaxAge     string `hcl:"max_age,optional"`
+	MaxBytes   int64  `hcl:"max_bytes,optional"`
+}
+
+// identityConfig is the identity block: which CI token issuers to trust.
+type identityConfig struct {
+	Issuers            []issuerConfig `hcl:"issuer,block"`
+	GitHubAudience     string         `hcl:"github_audience,optional"`
+	TokenHostAllowlist []string       `hcl:"token_host_allowlist,optional"`
+	TokenVariable      string         `hcl:"token_variable,optional"`
+	JobParents         []string       `hcl:"job_parents,optional"`
+	ClockSkew          string         `hcl:"clock_skew,optional"`
+	// CAFile adds roots for issuers and token services with a private CA
+	// (GitHub Enterprise Server behind a corporate CA).
+	CAFile string `hcl:"ca_file,optional"`
+}
+
+type issuerConfig struct {
+	URL         string            `hcl:"url,label"`
+	Audience    string            `hcl:"audience,optional"`
+	BoundClaims map[string]string `hcl:"bound_claims,optional"`
+	Algorithms  []string          `hcl:"algorithms,optional"`
 }
 
 type logConfig struct {
@@ -53,6 +89,18 @@ type config struct {
 	MaxMessage int
 	// PprofAddr, when set, serves net/http/pprof there (loopback only).
 	PprofAddr string
+	// Identity configures workload identity.
+	Identity identity.Config
+	// Recording tunes session recordings.
+	Recording recordingSettings
+}
+
+// recordingSettings: how often recordings are made durable (default 1s),
+// and how long and how much is kept (default 30 days, 10 GiB).
+type recordingSettings struct {
+	FsyncEvery time.Duration
+	MaxAge     time.Duration
+	MaxBytes   int64
 }
 
 // Defaults for settings the file leaves out.
@@ -126,6 +174,54 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	default:
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid log format", Detail: fmt.Sprintf("log format %q: use auto, json or text.", c.LogFormat)})
 	}
+	if ic := fc.Identity; ic != nil {
+		id := identity.Config{GitHubAudience: ic.GitHubAudience, TokenHostAllowlist: ic.TokenHostAllowlist,
+			TokenVariable: ic.TokenVariable, JobParents: ic.JobParents}
+		for _, is := range ic.Issuers {
+			id.Issuers = append(id.Issuers, identity.IssuerConfig{URL: is.URL, Audience: is.Audience, BoundClaims: is.BoundClaims, Algorithms: is.Algorithms})
+		}
+		if ic.ClockSkew != "" {
+			d, err := time.ParseDuration(ic.ClockSkew)
+			if err != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid clock_skew", Detail: fmt.Sprintf("clock_skew %q: give a duration such as 60s.", ic.ClockSkew)})
+			}
+			id.ClockSkew = d
+		}
+		if ic.CAFile != "" {
+			pem, err := os.ReadFile(ic.CAFile)
+			pool, perr := x509.SystemCertPool()
+			if perr != nil {
+				pool = x509.NewCertPool()
+			}
+			if err != nil || !pool.AppendCertsFromPEM(pem) {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid identity ca_file", Detail: fmt.Sprintf("read PEM certificates from %s: %v.", ic.CAFile, err)})
+			}
+			id.HTTPClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+		}
+		c.Identity = id
+	}
+	c.Recording = recordingSettings{FsyncEvery: time.Second, MaxAge: 30 * 24 * time.Hour, MaxBytes: 10 << 30}
+	if rc := fc.Recording; rc != nil {
+		for _, d := range []struct {
+			name, val string
+			dst       *time.Duration
+		}{{"fsync_every", rc.FsyncEvery, &c.Recording.FsyncEvery}, {"max_age", rc.MaxAge, &c.Recording.MaxAge}} {
+			if d.val == "" {
+				continue
+			}
+			v, err := parseDays(d.val)
+			if err != nil || v <= 0 {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid recording " + d.name, Detail: fmt.Sprintf("%s %q: give a positive duration such as 1s, 12h or 30d.", d.name, d.val)})
+			}
+			*d.dst = v
+		}
+		if rc.MaxBytes < 0 {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid recording max_bytes", Detail: "max_bytes must not be negative; 0 means no size limit."})
+		}
+		if rc.MaxBytes != 0 {
+			c.Recording.MaxBytes = rc.MaxBytes
+		}
+	}
 	if fc.PprofAddr != "" {
 		ap, err := netip.ParseAddrPort(fc.PprofAddr)
 		if err != nil || !ap.Addr().IsLoopback() {
@@ -144,4 +240,12 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 		}
 	}
 	return c, diags, p.Files()
+}
+
+// parseDays parses a Go duration, also accepting whole days ("30d").
+func parseDays(s string) (time.Duration, error) {
+	if n, err := strconv.Atoi(strings.TrimSuffix(s, "d")); err == nil && strings.HasSuffix(s, "d") {
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
 }

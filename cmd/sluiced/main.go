@@ -27,6 +27,7 @@ import (
 	"github.com/sluicehq/sluice/decoder/postgres"
 	"github.com/sluicehq/sluice/decoder/tcp"
 	"github.com/sluicehq/sluice/interceptor"
+	"github.com/sluicehq/sluice/interceptor/identity"
 	"github.com/sluicehq/sluice/internal/api"
 	"github.com/sluicehq/sluice/internal/tlsutil"
 	"github.com/sluicehq/sluice/ruleset"
@@ -116,10 +117,29 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	if err != nil {
 		return err
 	}
+	rec, err := newRecorder(cfg, log.Named("recorder"))
+	if err != nil {
+		return err
+	}
+	defer rec.Close()
+	idr, err := identity.New(ctx, cfg.Identity, log.Named("identity"))
+	if err != nil {
+		return fmt.Errorf("workload identity: %w", err)
+	}
+	defer idr.Close()
 	proxy := &interceptor.Proxy{
-		IC:    ic,
-		Rules: rm.store.Current,
-		Log:   log.Named("proxy"),
+		IC:       ic,
+		Rules:    rm.store.Current,
+		Sessions: rec.open,
+		Identify: func(ctx context.Context, pid uint32) interceptor.Identity {
+			r := idr.Resolve(ctx, pid)
+			id := interceptor.Identity{Identity: r.Identity, Reason: r.Reason, Hints: r.Hints}
+			if r.Job.Kind != "" {
+				id.Job = r.Job.String()
+			}
+			return id
+		},
+		Log: log.Named("proxy"),
 		Handlers: map[string]interceptor.Handler{
 			ruleset.ProtoTCP:      tcpHandler,
 			ruleset.ProtoPostgres: postgresHandler(ca, cfg.MaxMessage, log.Named("postgres")),
@@ -144,7 +164,7 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 
 	// 4. Control API.
 	started := time.Now()
-	apiSrv, err := startAPI(cfg, log.Named("api"), rm, func() api.Status {
+	apiSrv, err := startAPI(cfg, log.Named("api"), rm, rec, func() api.Status {
 		return statusOf(cfg, ic, proxy, rm.store, started)
 	})
 	if err != nil {
@@ -165,7 +185,11 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 			proxy.Serve(ctx, l)
 		}()
 	}
-	wg.Add(3)
+	wg.Add(4)
+	go func() {
+		defer wg.Done()
+		retainLoop(ctx, rec, cfg, log)
+	}()
 	go func() {
 		defer wg.Done()
 		rm.watch(ctx)
@@ -202,7 +226,12 @@ func tcpHandler(ctx context.Context, f *interceptor.Flow, client net.Conn, dial 
 		client.Close()
 		return interceptor.Result{Err: fmt.Errorf("dial upstream %s: %w", f.Dest, err)}
 	}
-	c, err := tcp.Relay(ctx, client, up)
+	var c tcp.Counts
+	if f.Session.WantsWire() {
+		c, err = tcp.RelayTapped(ctx, client, up, f.Session.Wire)
+	} else {
+		c, err = tcp.Relay(ctx, client, up)
+	}
 	return interceptor.Result{BytesFromClient: c.ClientToServer, BytesToClient: c.ServerToClient, Err: err}
 }
 
@@ -232,6 +261,23 @@ func resolveLoop(ctx context.Context, ic *interceptor.Interceptor, store *rulese
 		}
 		if err := ic.SyncTargets(store.Current().Targets()); err != nil {
 			log.Error("re-resolving targets failed; keeping the previous map", "error", err)
+		}
+	}
+}
+
+// retainLoop applies the recording retention limits hourly.
+func retainLoop(ctx context.Context, rec *recorder, cfg *config, log hclog.Logger) {
+	for {
+		removed, err := rec.index.Retain(cfg.Recording.MaxAge, cfg.Recording.MaxBytes)
+		if err != nil {
+			log.Error("recording retention failed", "error", err)
+		} else if len(removed) > 0 {
+			log.Info("recordings removed by retention", "sessions", len(removed))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Hour):
 		}
 	}
 }
@@ -276,7 +322,7 @@ func statusOf(cfg *config, ic *interceptor.Interceptor, p *interceptor.Proxy, st
 
 // startAPI serves the control API on a unix socket that only root may
 // open (mode 0600 in a 0700 directory).
-func startAPI(cfg *config, log hclog.Logger, rm *rules, status func() api.Status) (*http.Server, error) {
+func startAPI(cfg *config, log hclog.Logger, rm *rules, rec *recorder, status func() api.Status) (*http.Server, error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.APISocket), 0o700); err != nil {
 		return nil, fmt.Errorf("create api socket dir: %w", err)
 	}
@@ -295,6 +341,7 @@ func startAPI(cfg *config, log hclog.Logger, rm *rules, status func() api.Status
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		api.WriteJSON(w, http.StatusOK, status())
 	})
+	rec.routes(mux)
 	mux.HandleFunc("POST /v1/rules", func(w http.ResponseWriter, r *http.Request) {
 		// The socket is root's alone (0600), and a push must also come
 		// from uid 0 by the kernel's word.

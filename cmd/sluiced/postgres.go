@@ -8,7 +8,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/sluicehq/sluice/decoder/postgres"
-	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/internal/tlsutil"
 )
@@ -29,7 +28,7 @@ func postgresHandler(ca *tlsutil.CA, maxMessage int, log hclog.Logger) intercept
 			client.Close()
 			return interceptor.Result{Err: fmt.Errorf("upstream tls: %w", err)}
 		}
-		sess := enforcer.NewSession(f.Match, flog)
+		sess := f.Session
 		// The leaf certificate names the address the client dialed, not
 		// the proxy's loopback address.
 		client = origConn{Conn: client, local: net.TCPAddrFromAddrPort(f.Dest)}

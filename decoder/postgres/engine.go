@@ -136,6 +136,16 @@ func (s *session) run(ctx context.Context) error {
 	if err != nil || startup == nil {
 		return err
 	}
+	if s.p.Session.WantsWire() {
+		// From here on the client's protocol bytes are recorded, starting
+		// with the StartupMessage, so an export decodes from the start.
+		pkt := binary.BigEndian.AppendUint32(nil, uint32(len(startup)+4))
+		if err := s.p.Session.Wire("c2s", append(pkt, startup...)); err != nil {
+			s.refuse(codeConnectionFailure, "sluice: the session cannot be recorded")
+			return err
+		}
+		s.cconn = wireConn{Conn: s.cconn, wire: s.p.Session.Wire}
+	}
 
 	// 2. Connect upstream (if negotiation did not already) and send the
 	// StartupMessage as the client wrote it.
@@ -509,7 +519,8 @@ func (s *session) clientErr(cw *bufio.Writer, err error) error {
 	return err
 }
 
-// countConn counts the bytes read from and written to the client.
+// countConn counts the bytes read from and written to the client, as
+// they cross the network (with TLS, the encrypted bytes).
 type countConn struct {
 	net.Conn
 	read, written int64
@@ -525,6 +536,32 @@ func (c *countConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	c.written += int64(n)
 	return n, err
+}
+
+// wireConn hands the client's plaintext protocol bytes, both ways, to the
+// session's recording: what the client sent, and what it received after
+// any masking. A recording failure fails the read or write, which ends
+// the session (fail closed).
+type wireConn struct {
+	net.Conn
+	wire func(dir string, b []byte) error
+}
+
+func (c wireConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		if werr := c.wire("c2s", b[:n]); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return n, err
+}
+
+func (c wireConn) Write(b []byte) (int, error) {
+	if err := c.wire("s2c", b); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
 }
 
 // Refuse answers a client whose connection the ruleset denies before any

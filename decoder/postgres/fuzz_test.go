@@ -3,6 +3,7 @@ package postgres
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"net/netip"
 	"testing"
@@ -25,7 +26,7 @@ func msg(typ byte, body string) []byte {
 func fuzzRelay(in []byte) (*relay, *bytes.Buffer, *bytes.Buffer) {
 	rs := ruleset.Default()
 	m := rs.Match(ruleset.Flow{Target: ruleset.Endpoint{Name: "postgres", Protocol: "postgres", Addr: netip.MustParseAddrPort("10.0.0.5:5432")}})
-	s := &session{p: Params{Session: enforcer.NewSession(m, hclog.NewNullLogger()), Classify: NewCache(64).Classify, Log: hclog.NewNullLogger()}, nonce: "fuzz"}
+	s := &session{p: Params{Session: enforcer.NewSession(context.Background(), m, nil, 0, hclog.NewNullLogger()), Classify: NewCache(64).Classify, Log: hclog.NewNullLogger()}, nonce: "fuzz"}
 	var toServer, toClient bytes.Buffer
 	r := &relay{s: s, stmts: map[string]*command{}, portals: map[string]*command{},
 		cr: newFrameReader(bytes.NewReader(in), fuzzMax), sr: newFrameReader(bytes.NewReader(in), fuzzMax),

@@ -74,3 +74,43 @@ func isClosed(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) ||
 		errors.Is(err, io.EOF) || isReset(err)
 }
+
+// Tap is told every chunk the client sent ("c2s") or received ("s2c"). An
+// error from it ends the relay.
+type Tap func(dir string, b []byte) error
+
+// tapConn reports the client's traffic to a Tap.
+type tapConn struct {
+	net.Conn
+	tap Tap
+}
+
+func (c tapConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		if terr := c.tap("c2s", b[:n]); terr != nil && err == nil {
+			err = terr
+		}
+	}
+	return n, err
+}
+
+func (c tapConn) Write(b []byte) (int, error) {
+	if err := c.tap("s2c", b); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}
+
+func (c tapConn) CloseWrite() error {
+	if cw, ok := c.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// RelayTapped is Relay with the client's traffic reported to tap (no
+// splice: every byte passes through user space).
+func RelayTapped(ctx context.Context, client, server net.Conn, tap Tap) (Counts, error) {
+	return Relay(ctx, tapConn{Conn: client, tap: tap}, server)
+}

@@ -11,6 +11,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -152,6 +154,29 @@ func (c *Client) Push(ctx context.Context, req *PushRequest) (*PushResponse, err
 	return &pr, nil
 }
 
+// SessionDetail is the answer to GET /v1/sessions/{id}: the index entry
+// and the recording's events.
+type SessionDetail struct {
+	Session         json.RawMessage `json:"session"`
+	Header          json.RawMessage `json:"header"`
+	RecordingStatus string          `json:"recording_status"`
+	Events          json.RawMessage `json:"events"`
+	ReadError       string          `json:"read_error,omitempty"`
+}
+
+// VerifyResult is one recording's verification.
+type VerifyResult struct {
+	ID            string `json:"id"`
+	Path          string `json:"path"`
+	Status        string `json:"status"`
+	IndexStatus   string `json:"index_status"`
+	Frames        uint64 `json:"frames"`
+	Events        uint64 `json:"events"`
+	SignedThrough uint64 `json:"signed_through"`
+	TornBytes     int64  `json:"torn_bytes"`
+	Error         string `json:"error,omitempty"`
+}
+
 // Error is a non-2xx answer from the daemon.
 type Error struct {
 	Status  int    `json:"-"`
@@ -189,4 +214,25 @@ func WriteJSON(w http.ResponseWriter, code int, v any) {
 // WriteError answers with an Error.
 func WriteError(w http.ResponseWriter, code int, err error) {
 	WriteJSON(w, code, &Error{Message: err.Error()})
+}
+
+// ParseSince accepts a duration back from now ("2h", "7d") or an RFC 3339
+// time, for --since flags and the ?since= parameter.
+func ParseSince(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if strings.HasSuffix(s, "d") {
+		if n, err := strconv.Atoi(strings.TrimSuffix(s, "d")); err == nil {
+			return time.Now().Add(-time.Duration(n) * 24 * time.Hour), nil
+		}
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return time.Now().Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("since %q: give a duration such as 2h or 7d, or an RFC 3339 time", s)
+	}
+	return t, nil
 }

@@ -18,7 +18,7 @@ const mod = "github.com/sluicehq/sluice"
 // may reach anything.
 var allowed = map[string][]string{
 	"ruleset":          {},
-	"enforcer":         {"ruleset"},
+	"enforcer":         {"ruleset", "enforcer"},
 	"decoder":          {"enforcer", "ruleset", "decoder"},
 	"interceptor":      {"bpf", "decoder", "enforcer", "ruleset", "internal/api"},
 	"bpf":              {},

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/enforcer/record"
+	"github.com/sluicehq/sluice/enforcer/store"
+	"github.com/sluicehq/sluice/interceptor"
+	"github.com/sluicehq/sluice/internal/api"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+// recorder opens each flow's recording and index entry and finishes them.
+type recorder struct {
+	dir   string // data_dir/recordings
+	keys  *record.Keys
+	index *store.Store
+	opts  record.Options
+	log   hclog.Logger
+}
+
+func newRecorder(cfg *config, log hclog.Logger) (*recorder, error) {
+	keys, err := record.LoadOrCreateKeys(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("recording keys: %w", err)
+	}
+	dir := filepath.Join(cfg.DataDir, "recordings")
+	idx, err := store.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if n, err := idx.MarkInterrupted(); err != nil {
+		idx.Close()
+		return nil, err
+	} else if n > 0 {
+		log.Warn("sessions of the previous daemon were not sealed; marked interrupted", "sessions", n)
+	}
+	return &recorder{dir: dir, keys: keys, index: idx, opts: record.Options{FsyncEvery: cfg.Recording.FsyncEvery}, log: log}, nil
+}
+
+// newSessionID returns an ID that sorts by start time.
+func newSessionID(t time.Time) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return t.UTC().Format("20060102T150405.000Z") + "-" + hex.EncodeToString(b[:])
+}
+
+// open implements interceptor.Proxy.Sessions.
+func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect ruleset.Decision) (*enforcer.Session, func(interceptor.Result), error) {
+	log := r.log.With("flow", f.ID, "target", f.Target.Name)
+	level := record.LevelOf(connect.Record)
+	if level == record.None {
+		return enforcer.NewSession(ctx, f.Match, nil, level, log), func(interceptor.Result) {}, nil
+	}
+	id := newSessionID(f.Start)
+	w, err := record.Create(r.dir, id, r.keys, r.opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	sess := enforcer.NewSession(ctx, f.Match, w, level, log.With("session", id))
+	idx := &store.Session{
+		ID: id, Path: w.Path(), Start: f.Start, Status: store.StatusActive,
+		Target: f.Target.Name, Protocol: f.Target.Protocol, OrigDst: f.Dest.String(),
+		PID: f.Process.TGID, UID: f.Process.UID, Comm: f.Process.Comm, Exe: f.Process.Exe,
+		IdentityLevel: f.Identity.Level, Level: level.String(),
+		Repository: f.Identity.Claims["repository"], Ref: f.Identity.Claims["ref"],
+		RunID: f.Identity.Claims["run_id"], Actor: f.Identity.Claims["actor"],
+	}
+	fields := map[string]string{
+		"flow": strconv.FormatUint(f.ID, 10), "target": f.Target.Name, "protocol": f.Target.Protocol,
+		"orig_dst": f.Dest.String(), "client": f.Client.String(),
+		"pid": strconv.FormatUint(uint64(f.Process.TGID), 10), "tid": strconv.FormatUint(uint64(f.Process.PID), 10),
+		"uid": strconv.FormatUint(uint64(f.Process.UID), 10), "gid": strconv.FormatUint(uint64(f.Process.GID), 10),
+		"cgroup_id": strconv.FormatUint(f.Process.CgroupID, 10), "cgroup": f.Facts.Process.Cgroup,
+		"comm": f.Process.Comm, "exe": f.Process.Exe,
+		"identity.level": f.Identity.Level, "identity.job": f.Identity.Job, "identity.reason": f.Identity.Reason,
+		"ruleset": f.Match.Ruleset().Digest(), "record_level": level.String(),
+	}
+	for k, v := range f.Identity.Claims {
+		fields["claim."+k] = v
+	}
+	for k, v := range f.Identity.Hints {
+		fields["hint."+k] = v
+	}
+	if err := sess.Record(level, record.Event{Type: record.TypeSessionStart, Time: f.Start, Fields: fields,
+		Verdict: connect.Action.String(), Rule: connect.Rule.ID, Reason: connect.Reason}); err != nil {
+		w.Close()
+		return nil, nil, err
+	}
+	if err := r.index.Put(idx); err != nil {
+		w.Close()
+		return nil, nil, fmt.Errorf("index session: %w", err)
+	}
+	end := func(res interceptor.Result) {
+		reason := ""
+		if res.Err != nil {
+			reason = res.Err.Error()
+		}
+		sess.Record(level, record.Event{Type: record.TypeSessionEnd, Reason: reason,
+			Bytes: res.BytesFromClient + res.BytesToClient, DurationUS: time.Since(f.Start).Microseconds(),
+			Fields: map[string]string{"bytes_from_client": strconv.FormatInt(res.BytesFromClient, 10), "bytes_to_client": strconv.FormatInt(res.BytesToClient, 10)}})
+		idx.Status = store.StatusSealed
+		if err := w.Close(); err != nil {
+			log.Error("sealing the recording failed", "session", id, "error", err)
+			idx.Status = store.StatusInterrupted
+		}
+		idx.End = time.Now()
+		idx.Statements, idx.Denied = sess.Counts()
+		idx.Verdicts = sess.Verdicts()
+		idx.Bytes = res.BytesFromClient + res.BytesToClient
+		if err := r.index.Put(idx); err != nil {
+			log.Error("updating the recording index failed", "session", id, "error", err)
+		}
+	}
+	return sess, end, nil
+}
+
+// routes adds the recording endpoints to the API.
+func (r *recorder) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/sessions", func(w http.ResponseWriter, req *http.Request) {
+		q := req.URL.Query()
+		f := store.Filter{Repo: q.Get("repo"), RunID: q.Get("run_id"), Target: q.Get("target"), Verdict: q.Get("verdict")}
+		if s := q.Get("since"); s != "" {
+			t, err := api.ParseSince(s)
+			if err != nil {
+				api.WriteError(w, http.StatusBadRequest, err)
+				return
+			}
+			f.Since = t
+		}
+		f.Limit, _ = strconv.Atoi(q.Get("limit"))
+		list, err := r.index.List(f)
+		if err != nil {
+			api.WriteError(w, http.StatusInternalServerError, err)
+			return
+		}
+		if list == nil {
+			list = []*store.Session{}
+		}
+		api.WriteJSON(w, http.StatusOK, list)
+	})
+	mux.HandleFunc("GET /v1/sessions/{id}", func(w http.ResponseWriter, req *http.Request) {
+		sess, err := r.index.Get(req.PathValue("id"))
+		if err != nil {
+			api.WriteError(w, http.StatusNotFound, err)
+			return
+		}
+		rec, err := record.Open(sess.Path)
+		resp := api.SessionDetail{}
+		resp.Session, _ = json.Marshal(sess)
+		if err != nil {
+			resp.ReadError = err.Error()
+		}
+		if rec != nil {
+			resp.Header, _ = json.Marshal(rec.Header())
+			resp.Events, _ = json.Marshal(rec.Events())
+			resp.RecordingStatus = rec.Status().String()
+		}
+		api.WriteJSON(w, http.StatusOK, resp)
+	})
+	mux.HandleFunc("GET /v1/sessions/{id}/verify", func(w http.ResponseWriter, req *http.Request) {
+		sess, err := r.index.Get(req.PathValue("id"))
+		if err != nil {
+			api.WriteError(w, http.StatusNotFound, err)
+			return
+		}
+		api.WriteJSON(w, http.StatusOK, r.verify(sess))
+	})
+	mux.HandleFunc("GET /v1/verify", func(w http.ResponseWriter, req *http.Request) {
+		list, err := r.index.List(store.Filter{})
+		if err != nil {
+			api.WriteError(w, http.StatusInternalServerError, err)
+			return
+		}
+		out := []api.VerifyResult{}
+		for _, s := range list {
+			out = append(out, r.verify(s))
+		}
+		api.WriteJSON(w, http.StatusOK, out)
+	})
+}
+
+func (r *recorder) verify(s *store.Session) api.VerifyResult {
+	res, err := record.Verify(s.Path, r.keys.PublicKey())
+	v := api.VerifyResult{ID: s.ID, Path: s.Path, Status: res.Status.String(), Frames: res.Frames, Events: res.Events,
+		SignedThrough: res.SignedThrough, TornBytes: res.TornBytes, IndexStatus: s.Status}
+	if err != nil {
+		v.Error = err.Error()
+	}
+	// The index remembers which sessions were sealed: a sealed session
+	// whose file now reads as interrupted lost its end.
+	if err == nil && s.Status == store.StatusSealed && res.Status != record.StatusSealed {
+		v.Error = "the index records this session as sealed, but the recording has no seal: its end was cut off"
+	}
+	return v
+}
+
+func (r *recorder) Close() error { return r.index.Close() }
