@@ -26,7 +26,7 @@ func TestStoreListFilterRetain(t *testing.T) {
 		if i == 1 {
 			verdicts = append(verdicts, "deny")
 		}
-		if err := s.Put(&Session{ID: base.Add(time.Duration(i) * time.Hour).Format("20060102T150405Z") + "-x", Path: p,
+		if err := s.Put(&Session{ID: base.Add(time.Duration(i)*time.Hour).Format("20060102T150405Z") + "-x", Path: p,
 			Start: base.Add(time.Duration(i) * time.Hour), Status: status, Repository: repo, Target: "db", Verdicts: verdicts}); err != nil {
 			t.Fatal(err)
 		}
