@@ -4,10 +4,13 @@
 # Starts a private PostgreSQL on 127.0.0.2 and sluiced on a private cgroup
 # with the embedded default ruleset (its postgres target pointed at that
 # server), then runs pgbench -S for each protocol mode and client count,
-# direct and through Sluice, interleaved for ROUNDS rounds, and prints the
-# median TPS of each, its min-max spread and the ratio. Run as root.
+# direct and through Sluice at each record level in RECORDS (the ruleset is
+# hot-swapped between runs), interleaved for ROUNDS rounds, and prints the
+# median TPS of each, its min-max spread and the ratio to direct. Run as
+# root.
 #
-#   sudo bench/pgbench.sh            # ROUNDS=3 SECONDS_EACH=10 CLIENTS="1 8"
+#   sudo bench/pgbench.sh   # ROUNDS=3 SECONDS_EACH=10 CLIENTS="1 8" MODES="simple prepared" RECORDS="full"
+#   RECORDS="none full" ... # recording cost: the same ruleset recording nothing, then everything
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench: run as root" >&2; exit 1; }
@@ -15,6 +18,7 @@ ROUNDS=${ROUNDS:-3}
 SECONDS_EACH=${SECONDS_EACH:-10}
 CLIENTS=${CLIENTS:-"1 8"}
 MODES=${MODES:-"simple prepared"}
+RECORDS=${RECORDS:-"full"}
 BIN=${BIN:-bin}
 [ -x "$BIN/sluiced" ] || make build >/dev/null
 
@@ -52,8 +56,24 @@ if [ "${PROTOCOL:-postgres}" = tcp ]; then
   # The opaque relay: the floor any proxy on this path pays.
   printf 'target "pg" {\n  protocol = "tcp"\n  address = ["127.0.0.2:%s"]\n}\npolicy "all" {\n  targets = ["pg"]\n}\n' "$pg_port" > "$work/rules/default.hcl"
 else
-  sed "s|\"\\*:5432\"|\"127.0.0.2:$pg_port\"|" ruleset/default.hcl > "$work/rules/default.hcl"
+  sed "s|\"\\*:5432\"|\"127.0.0.2:$pg_port\"|" ruleset/default.hcl > "$work/default.hcl"
+  cp "$work/default.hcl" "$work/rules/default.hcl"
 fi
+# set_record LEVEL: swap in the default ruleset recording at LEVEL and wait
+# until the daemon runs it.
+set_record() {
+  [ "${PROTOCOL:-postgres}" = tcp ] && return
+  local gen
+  gen=$("$BIN/sluice" status --json --socket "$work/sluiced.sock" | awk -F': ' '/"generation"/ { gsub(/,/, "", $2); print $2; exit }')
+  sed "s|record *= *\"full\"|record = \"$1\"|" "$work/default.hcl" > "$work/rules/default.hcl.new"
+  cmp -s "$work/rules/default.hcl.new" "$work/rules/default.hcl" && { rm "$work/rules/default.hcl.new"; return; }
+  mv "$work/rules/default.hcl.new" "$work/rules/default.hcl"
+  for _ in $(seq 100); do
+    "$BIN/sluice" status --json --socket "$work/sluiced.sock" | grep -q "\"generation\": $((gen + 1))" && return
+    sleep 0.05
+  done
+  echo "bench: the daemon did not pick up record = $1" >&2; exit 1
+}
 pprof_line=""
 [ -n "${PPROF:-}" ] && pprof_line='pprof_addr = "127.0.0.1:6060"'
 cat > "$work/sluiced.hcl" <<HCL
@@ -85,13 +105,17 @@ run_pgbench() { # where mode clients
 }
 
 declare -A results
+variants="direct"
+for rec in $RECORDS; do variants+=" sluice:$rec"; done
 for r in $(seq "$ROUNDS"); do
   for mode in $MODES; do
     for c in $CLIENTS; do
-      for where in direct sluice; do
+      for v in $variants; do
+        where=${v%%:*}
+        [ "$where" = sluice ] && set_record "${v#*:}"
         tps=$(run_pgbench "$where" "$mode" "$c")
-        results["$mode $c $where"]+="$tps "
-        echo "round $r: -M $mode -c $c $where: $tps tps" >&2
+        results["$mode $c $v"]+="$tps "
+        echo "round $r: -M $mode -c $c $v: $tps tps" >&2
       done
     done
   done
@@ -101,15 +125,18 @@ stats() { # values -> "median min max"
   printf '%s\n' $1 | sort -g | awk '{ v[NR] = $1 } END { printf "%.0f %.0f %.0f", v[int((NR + 1) / 2)], v[1], v[NR] }'
 }
 echo
-echo "pgbench -S, ${SECONDS_EACH}s each, $ROUNDS interleaved rounds, median (min-max) TPS; Sluice with the default ruleset"
-printf '| %-9s | %-7s | %-22s | %-22s | %-12s |\n' mode clients direct sluice "sluice/direct"
-printf '|%s|%s|%s|%s|%s|\n' ----------- --------- ------------------------ ------------------------ --------------
+echo "pgbench -S, ${SECONDS_EACH}s each, $ROUNDS interleaved rounds, median (min-max) TPS; Sluice with the default ruleset (${PROTOCOL:-postgres})"
+printf '| %-9s | %-7s | %-14s | %-22s | %-22s | %-6s |\n' mode clients variant direct sluice ratio
+printf '|%s|%s|%s|%s|%s|%s|\n' ----------- --------- ---------------- ------------------------ ------------------------ --------
 for mode in $MODES; do
   for c in $CLIENTS; do
     read -r dm dmin dmax <<<"$(stats "${results["$mode $c direct"]}")"
-    read -r sm smin smax <<<"$(stats "${results["$mode $c sluice"]}")"
-    ratio=$(awk -v a="$sm" -v b="$dm" 'BEGIN { printf "%.2f", a / b }')
-    printf '| %-9s | %-7s | %-22s | %-22s | %-12s |\n' "$mode" "$c" "$dm ($dmin-$dmax)" "$sm ($smin-$smax)" "$ratio"
+    for v in $variants; do
+      [ "$v" = direct ] && continue
+      read -r sm smin smax <<<"$(stats "${results["$mode $c $v"]}")"
+      ratio=$(awk -v a="$sm" -v b="$dm" 'BEGIN { printf "%.2f", a / b }')
+      printf '| %-9s | %-7s | %-14s | %-22s | %-22s | %-6s |\n' "$mode" "$c" "record=${v#*:}" "$dm ($dmin-$dmax)" "$sm ($smin-$smax)" "$ratio"
+    done
   done
 done
 grep -c '"@level":"error"' "$work/sluiced.log" | xargs -I{} echo "sluiced errors logged: {}"

@@ -60,7 +60,7 @@ type sink interface {
 // may be called from any number of goroutines (typically the client and
 // server sides of a proxied session); events are recorded in the order
 // their Appends were accepted. One background goroutine per Writer
-// encodes, writes, flushes when the queue runs empty and fsyncs every
+// encodes, writes, flushes at least every 50 ms and fsyncs every
 // FsyncEvery; Close stops it. The caller must call Close.
 type Writer struct {
 	path    string
@@ -284,6 +284,10 @@ func (w *Writer) Close() error {
 	return w.closeErr
 }
 
+// flushEvery bounds how long a written event may sit in the writer's
+// buffer before it reaches the OS (and so survives a daemon crash).
+const flushEvery = 50 * time.Millisecond
+
 func (w *Writer) run() {
 	defer close(w.done)
 	var tick <-chan time.Time
@@ -292,6 +296,12 @@ func (w *Writer) run() {
 		defer t.Stop()
 		tick = t.C
 	}
+	// Written events reach the OS at least every flushEvery (and when
+	// the buffer fills), not after every event: one write syscall per
+	// event would cost the proxied session more than the encoding.
+	flush := time.NewTicker(flushEvery)
+	defer flush.Stop()
+	dirty := false
 	for {
 		var err error
 		select {
@@ -301,11 +311,15 @@ func (w *Writer) run() {
 				return
 			}
 			err = w.handle(e)
-			if err == nil && len(w.q) == 0 {
+			dirty = true
+		case <-flush.C:
+			if dirty {
 				err = w.bw.Flush()
+				dirty = false
 			}
 		case <-tick:
 			err = w.sync()
+			dirty = false
 		}
 		if err != nil {
 			w.err = fmt.Errorf("record session %s: %w", w.session, err)
