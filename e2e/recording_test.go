@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -68,8 +71,8 @@ func TestRecordingListShowVerify(t *testing.T) {
 	for _, want := range []string{
 		"target    pg (postgres) " + pg.Addr(),
 		"process   psql pid ",
-		"DENY      SELECT id FROM t ORDER BY id; DROP TABLE t;",
-		"rule ci/deny/no-drop: schema changes go through migrations",
+		"=> SELECT id FROM t ORDER BY id; DROP TABLE t;",
+		"[deny] rule ci/deny/no-drop: schema changes go through migrations",
 		"identity  none (no CI job ancestor)",
 	} {
 		if !strings.Contains(show, want) {
@@ -77,7 +80,7 @@ func TestRecordingListShowVerify(t *testing.T) {
 		}
 	}
 	second, _ := d.Sluice(t, "sessions", "show", "--socket", d.Socket, sessions[0].ID)
-	if !strings.Contains(second, "ALLOW     SELECT count(*) FROM t") || !strings.Contains(second, "-> 1 rows") {
+	if !strings.Contains(second, "=> SELECT count(*) FROM t") || !strings.Contains(second, "(1 row") {
 		t.Errorf("second session transcript:\n%s", second)
 	}
 
@@ -140,11 +143,169 @@ func TestRecordingSurvivesKill9(t *testing.T) {
 		t.Fatalf("verify of the interrupted recording: %v\n%s", err, out2)
 	}
 	show, _ := d.Sluice(t, "sessions", "show", "--socket", d.Socket, sessions[0].ID)
-	if !strings.Contains(show, "SELECT 'before the crash'") || !strings.Contains(show, "(interrupted") {
+	if !strings.Contains(show, "SELECT 'before the crash'") || !strings.Contains(show, "recording interrupted") {
 		t.Errorf("show of the interrupted session:\n%s", show)
 	}
 	if _, err := os.Stat(path); err != nil {
 		t.Fatal(err)
 	}
 	_ = filepath.Base(path)
+}
+
+// TestLiveExport: recorded events stream as JSON lines to a file and as
+// RFC 5424 messages to a syslog collector over TCP.
+func TestLiveExport(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var all []byte
+		buf := make([]byte, 4096)
+		for !strings.Contains(string(all), "statement") {
+			n, err := c.Read(buf)
+			all = append(all, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		got <- string(all)
+	}()
+	file := filepath.Join(t.TempDir(), "events.jsonl")
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: pgRules(pg.Addr()),
+		Body: fmt.Sprintf("live_export {\n  file = %q\n  syslog = %q\n}\n", file, ln.Addr().String())})
+	if out, _, err := psqlIn(t, cg, 0, pg.PsqlArgs("", 0, "DROP TABLE nothing")); err == nil {
+		t.Fatalf("DROP went through: %s", out)
+	}
+	select {
+	case s := <-got:
+		if !strings.Contains(s, "<132>1 ") || !strings.Contains(s, `"verdict":"deny"`) || !strings.Contains(s, "sluiced") {
+			t.Errorf("syslog stream:\n%s", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no syslog message within 10s")
+	}
+	var lines []string
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		b, _ := os.ReadFile(file)
+		lines = strings.Split(strings.TrimSpace(string(b)), "\n")
+		if strings.Contains(string(b), "session_end") {
+			break
+		}
+	}
+	var types []string
+	for _, l := range lines {
+		var ev struct {
+			Session, Type, Rule string
+		}
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("not JSON: %q", l)
+		}
+		types = append(types, ev.Type)
+	}
+	if strings.Join(types, ",") != "session_start,statement,session_end" {
+		t.Errorf("live file event types = %v", types)
+	}
+	_ = d
+}
+
+// TestRecordingExport: a session recorded at level full exports as a pcap
+// that tshark decodes as PostgreSQL, as JSON lines, and as asciicast.
+func TestRecordingExport(t *testing.T) {
+	_, err := exec.LookPath("tshark")
+	testenv.Need(t, err == nil, "tshark is not installed (Debian package tshark)")
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: strings.Replace(pgRules(pg.Addr()), `targets = ["pg"]`, "targets = [\"pg\"]\n  record  = \"full\"", 1)})
+	if out, _, err := psqlIn(t, cg, 0, pg.PsqlArgs("", 0, "SELECT 'exported' AS marker")); err != nil {
+		t.Fatalf("psql: %v %s", err, out)
+	}
+	var id string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if l := listSessions(t, d); len(l) == 1 && l[0].Status == store.StatusSealed {
+			id = l[0].ID
+			break
+		}
+	}
+	if id == "" {
+		t.Fatal("no sealed session")
+	}
+	dir := t.TempDir()
+	pcap := filepath.Join(dir, "s.pcap")
+	if out, err := d.Sluice(t, "export", id, "--socket", d.Socket, "--format", "pcap", "-o", pcap); err != nil {
+		t.Fatalf("export pcap: %v\n%s", err, out)
+	}
+	q, err := exec.Command("tshark", "-n", "-r", pcap, "-d", fmt.Sprintf("tcp.port==%d,pgsql", pg.Port), "-Y", "pgsql",
+		"-T", "fields", "-e", "pgsql.query").CombinedOutput()
+	if err != nil || !strings.Contains(string(q), "SELECT 'exported' AS marker") {
+		t.Errorf("tshark -Y pgsql on the export: %v\n%s", err, q)
+	}
+	out, err := d.Sluice(t, "export", id, "--socket", d.Socket, "--format", "jsonl")
+	if err != nil || !strings.Contains(out, `"type":"statement"`) || !strings.Contains(out, `"session":"`+id+`"`) {
+		t.Errorf("export jsonl: %v\n%s", err, out)
+	}
+	out, err = d.Sluice(t, "export", id, "--socket", d.Socket, "--format", "asciicast")
+	if err != nil || !strings.HasPrefix(out, `{"version":2`) || !strings.Contains(out, "exported") {
+		t.Errorf("export asciicast: %v\n%s", err, out)
+	}
+	if out, err := d.Sluice(t, "replay", "--socket", d.Socket, "--speed", "1000", id); err != nil || !strings.Contains(out, "=> SELECT 'exported' AS marker") {
+		t.Errorf("replay: %v\n%s", err, out)
+	}
+}
+
+// TestRemoteResponderAPI: a responder reads recordings over HTTPS with a
+// bearer token from the configured issuer; a token without the required
+// claim, or none, is refused.
+func TestRemoteResponderAPI(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	is := testenv.NewIssuer(t)
+	port := testenv.FreePort(t, "127.0.0.1")
+	server := fmt.Sprintf("https://127.0.0.1:%d", port)
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: pgRules(pg.Addr()),
+		Body: fmt.Sprintf("remote_api {\n  listen = \"127.0.0.1:%d\"\n  issuer = %q\n  audience = \"sluice-responders\"\n  allow_claims = { groups = \"security\" }\n  ca_file = %q\n}\n", port, is.URL, is.CAFile)})
+	psqlIn(t, cg, 0, pg.PsqlArgs("", 0, "select 1"))
+
+	dir := t.TempDir()
+	caPEM, err := d.Sluice(t, "ca", "--data-dir", d.DataDir)
+	if err != nil {
+		t.Fatalf("sluice ca: %v", err)
+	}
+	ca := filepath.Join(dir, "ca.pem")
+	os.WriteFile(ca, []byte(caPEM[strings.Index(caPEM, "-----BEGIN"):]), 0o600)
+	token := func(name string, claims map[string]any) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(is.Sign(t, claims)), 0o600)
+		return p
+	}
+	good := token("good", map[string]any{"sub": "alice", "aud": "sluice-responders", "groups": []string{"dev", "security"}})
+	outsider := token("outsider", map[string]any{"sub": "bob", "aud": "sluice-responders", "groups": []string{"dev"}})
+	wrongAud := token("wrongaud", map[string]any{"sub": "carol", "aud": "something-else", "groups": []string{"security"}})
+
+	out, err := d.Sluice(t, "sessions", "list", "--server", server, "--ca", ca, "--token-file", good)
+	if err != nil || !strings.Contains(out, "psql") {
+		t.Fatalf("remote sessions list with a security token: %v\n%s", err, out)
+	}
+	id := strings.Fields(strings.Split(out, "\n")[1])[0]
+	if out, err := d.Sluice(t, "sessions", "show", "--server", server, "--ca", ca, "--token-file", good, id); err != nil || !strings.Contains(out, "=> select 1") {
+		t.Errorf("remote sessions show: %v\n%s", err, out)
+	}
+	for name, tok := range map[string]string{"outsider": outsider, "wrong audience": wrongAud} {
+		if out, err := d.Sluice(t, "sessions", "list", "--server", server, "--ca", ca, "--token-file", tok); err == nil {
+			t.Errorf("remote list with the %s token was served:\n%s", name, out)
+		}
+	}
+	if out, err := d.Sluice(t, "sessions", "list", "--server", server, "--ca", ca); err == nil || !strings.Contains(out, "bearer token") {
+		t.Errorf("remote list without a token: %v\n%s", err, out)
+	}
 }

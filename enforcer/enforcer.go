@@ -76,6 +76,11 @@ type Session struct {
 
 	mu       sync.Mutex
 	verdicts map[string]bool
+
+	// Tee, when set before the session is used, also receives every
+	// recorded event (after level filtering), for live export. It must
+	// not block and must not keep e.Data beyond the call.
+	Tee func(e record.Event)
 }
 
 // NewSession starts a session for a flow matched against the ruleset. rec
@@ -105,6 +110,9 @@ func (s *Session) Record(level record.Level, e record.Event) error {
 		s.recErr.Store(&err)
 		s.log.Error("session recording failed; denying every further command", "error", err)
 		return err
+	}
+	if s.Tee != nil {
+		s.Tee(e)
 	}
 	return nil
 }

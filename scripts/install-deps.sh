@@ -9,6 +9,7 @@ packages=(
   gcc libc6-dev         # cgo for pg_query_go
   postgresql postgresql-client  # private test servers and psql/pgbench
   iproute2 util-linux   # ip netns for test hosts, setpriv
+  tshark                # e2e: exported recordings decode as PostgreSQL
   git make ca-certificates
 )
 
@@ -23,6 +24,8 @@ if ((${#missing[@]})); then
   fi
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # tshark asks whether non-root users may capture; they may not.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -q
   # The postgresql package's own cluster is not used; tests and the demo
   # run private servers with initdb.

@@ -35,6 +35,8 @@ commands:
   sessions list [--since D] [--repo R] [--run-id N] [--target T] [--verdict V] [--json]
   sessions show [--json] ID            a session's transcript: who, where, statements, verdicts, rows
   replay [--speed X] ID                the transcript paced by the recorded timing
+  export ID --format jsonl|pcap|asciicast [-o FILE]
+                                       for SIEMs, Wireshark/tshark (level full), asciinema
   verify ID | --all                    check recordings' checksums, hash chain and signatures; exit 1 if altered
   recordings pubkey [--data-dir DIR]   print the recording signature public key
 `
@@ -64,6 +66,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return sessionsCmd(args[1:], stdout, stderr)
 	case "verify":
 		return verifyCmd(args[1:], stdout, stderr)
+	case "export":
+		return exportCmd(args[1:], stdout, stderr)
 	case "replay":
 		return replayCmd(args[1:], stdout, stderr)
 	case "recordings":

@@ -2,20 +2,66 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"net/url"
+	"os"
+	"os/signal"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/sluicehq/sluice/enforcer/export"
 	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/enforcer/store"
 	"github.com/sluicehq/sluice/internal/api"
 )
+
+// daemonFlags adds the flags that pick a daemon: the local socket, or a
+// remote API with --server, a bearer token and the CA to trust.
+func daemonFlags(fs *flag.FlagSet) func() (*api.Client, error) {
+	socket := fs.String("socket", api.DefaultSocket, "daemon API socket")
+	server := fs.String("server", "", "remote daemon API, https://host:port (instead of the local socket)")
+	tokenFile := fs.String("token-file", "", "file holding the OIDC bearer token for --server (default: $SLUICE_TOKEN)")
+	caFile := fs.String("ca", "", "PEM file of the daemon's CA (`sluice ca` on the runner) for --server")
+	return func() (*api.Client, error) {
+		if *server == "" {
+			return api.NewClient(*socket), nil
+		}
+		if !strings.HasPrefix(*server, "https://") {
+			return nil, fmt.Errorf("--server %q: the remote API is https only", *server)
+		}
+		tok := os.Getenv("SLUICE_TOKEN")
+		if *tokenFile != "" {
+			b, err := os.ReadFile(*tokenFile)
+			if err != nil {
+				return nil, fmt.Errorf("read token: %w", err)
+			}
+			tok = strings.TrimSpace(string(b))
+		}
+		if tok == "" {
+			return nil, errors.New("--server needs a bearer token: --token-file FILE or $SLUICE_TOKEN")
+		}
+		var roots *x509.CertPool
+		if *caFile != "" {
+			pem, err := os.ReadFile(*caFile)
+			if err != nil {
+				return nil, fmt.Errorf("read --ca: %w", err)
+			}
+			roots = x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("--ca %s holds no PEM certificate", *caFile)
+			}
+		}
+		return api.NewRemoteClient(*server, tok, roots), nil
+	}
+}
 
 // sessionsCmd: `sluice sessions list|show`.
 func sessionsCmd(args []string, stdout, stderr io.Writer) int {
@@ -36,7 +82,7 @@ func sessionsCmd(args []string, stdout, stderr io.Writer) int {
 func sessionsList(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessions list", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	socket := fs.String("socket", api.DefaultSocket, "daemon API socket")
+	client := daemonFlags(fs)
 	since := fs.String("since", "", "only sessions that started after this: a duration (2h, 7d) or an RFC 3339 time")
 	repo := fs.String("repo", "", "repository (verified identity claim)")
 	runID := fs.String("run-id", "", "CI run id (verified identity claim)")
@@ -60,7 +106,12 @@ func sessionsList(args []string, stdout, stderr io.Writer) int {
 	var sessions []*store.Session
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := api.NewClient(*socket).Get(ctx, "/v1/sessions?"+q.Encode(), &sessions); err != nil {
+	c, err := client()
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice sessions list:", err)
+		return 2
+	}
+	if err := c.Get(ctx, "/v1/sessions?"+q.Encode(), &sessions); err != nil {
 		fmt.Fprintln(stderr, "sluice sessions list:", err)
 		return 1
 	}
@@ -91,11 +142,15 @@ func sessionsList(args []string, stdout, stderr io.Writer) int {
 }
 
 // detail fetches a session and its events from the daemon.
-func detail(socket, id string) (*store.Session, []record.Event, *api.SessionDetail, error) {
+func detail(client func() (*api.Client, error), id string) (*store.Session, []record.Event, *api.SessionDetail, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	c, err := client()
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	var d api.SessionDetail
-	if err := api.NewClient(socket).Get(ctx, "/v1/sessions/"+url.PathEscape(id), &d); err != nil {
+	if err := c.Get(ctx, "/v1/sessions/"+url.PathEscape(id), &d); err != nil {
 		return nil, nil, nil, err
 	}
 	var sess store.Session
@@ -114,7 +169,7 @@ func detail(socket, id string) (*store.Session, []record.Event, *api.SessionDeta
 func sessionsShow(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessions show", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	socket := fs.String("socket", api.DefaultSocket, "daemon API socket")
+	client := daemonFlags(fs)
 	asJSON := fs.Bool("json", false, "print the session and its events as JSON")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -123,7 +178,7 @@ func sessionsShow(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: sluice sessions show [--json] ID")
 		return 2
 	}
-	sess, events, d, err := detail(*socket, fs.Arg(0))
+	sess, events, d, err := detail(client, fs.Arg(0))
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice sessions show:", err)
 		return 1
@@ -142,72 +197,39 @@ func sessionsShow(args []string, stdout, stderr io.Writer) int {
 	if !sess.End.IsZero() {
 		fmt.Fprintf(stdout, "ended     %s (%s)\n", sess.End.Local().Format(time.RFC3339), sess.End.Sub(sess.Start).Round(time.Millisecond))
 	}
-	writeTranscript(stdout, events)
-	return 0
-}
-
-// writeTranscript renders events as a readable transcript.
-func writeTranscript(w io.Writer, events []record.Event) {
-	var start time.Time
+	fmt.Fprintf(stdout, "target    %s (%s) %s\n", sess.Target, sess.Protocol, sess.OrigDst)
+	fmt.Fprintf(stdout, "process   %s pid %d uid %d exe %s\n", sess.Comm, sess.PID, sess.UID, sess.Exe)
+	var start map[string]string
 	for _, e := range events {
-		if start.IsZero() {
-			start = e.Time
-		}
-		at := fmt.Sprintf("+%8.3fs", e.Time.Sub(start).Seconds())
-		switch e.Type {
-		case record.TypeSessionStart:
-			f := e.Fields
-			fmt.Fprintf(w, "%s target    %s (%s) %s\n", at, f["target"], f["protocol"], f["orig_dst"])
-			fmt.Fprintf(w, "%s process   %s pid %s uid %s exe %s cgroup %s\n", at, f["comm"], f["pid"], f["uid"], f["exe"], f["cgroup"])
-			id := "identity  " + f["identity.level"]
-			if j := f["identity.job"]; j != "" {
-				id += " job " + j
-			}
-			if r := f["identity.reason"]; r != "" {
-				id += " (" + r + ")"
-			}
-			fmt.Fprintf(w, "%s %s\n", at, id)
-			for _, k := range sortedKeys(f) {
-				if strings.HasPrefix(k, "claim.") || strings.HasPrefix(k, "hint.") {
-					fmt.Fprintf(w, "%s           %s = %s\n", at, k, f[k])
-				}
-			}
-			fmt.Fprintf(w, "%s connect   %s (rule %s)\n", at, e.Verdict, e.Rule)
-		case record.TypeStatement:
-			text := e.Text
-			if text == "" {
-				text = "<" + e.Kind + ", text not recorded at this level>"
-			}
-			fmt.Fprintf(w, "%s %-9s %s\n", at, strings.ToUpper(e.Verdict), oneLine(text))
-			if e.Verdict != "allow" {
-				fmt.Fprintf(w, "%s           rule %s: %s\n", at, e.Rule, e.Reason)
-			}
-		case record.TypeResult:
-			line := fmt.Sprintf("%d rows, %d bytes, %.3f ms", e.Rows, e.Bytes, float64(e.DurationUS)/1000)
-			if e.ErrCode != "" {
-				line += ", error " + e.ErrCode
-			}
-			fmt.Fprintf(w, "%s           -> %s\n", at, line)
-		case record.TypeError:
-			fmt.Fprintf(w, "%s ERROR     %s %s %s\n", at, e.ErrCode, e.Reason, oneLine(e.Text))
-		case record.TypeNote:
-			fmt.Fprintf(w, "%s note      %s (rule %s)\n", at, e.Reason, e.Rule)
-		case record.TypeSessionEnd:
-			end := "closed"
-			if e.Reason != "" {
-				end = e.Reason
-			}
-			fmt.Fprintf(w, "%s end       %s; %d bytes\n", at, end, e.Bytes)
+		if e.Type == record.TypeSessionStart {
+			start = e.Fields
+			break
 		}
 	}
-}
-
-func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 200 {
-		s = s[:200] + "..."
+	id := "identity  " + sess.IdentityLevel
+	if j := start["identity.job"]; j != "" {
+		id += " job " + j
 	}
-	return s
+	if r := start["identity.reason"]; r != "" {
+		id += " (" + r + ")"
+	}
+	fmt.Fprintln(stdout, id)
+	for _, k := range sortedKeys(start) {
+		if strings.HasPrefix(k, "claim.") {
+			fmt.Fprintf(stdout, "          %s = %s\n", strings.TrimPrefix(k, "claim."), start[k])
+		}
+	}
+	for _, k := range sortedKeys(start) {
+		if strings.HasPrefix(k, "hint.") {
+			fmt.Fprintf(stdout, "          unverified hint %s = %s\n", strings.TrimPrefix(k, "hint."), start[k])
+		}
+	}
+	fmt.Fprintf(stdout, "statements %d, denied %d\n\n", sess.Statements, sess.Denied)
+	if err := export.Transcript(stdout, events); err != nil {
+		fmt.Fprintln(stderr, "sluice sessions show:", err)
+		return 1
+	}
+	return 0
 }
 
 func sortedKeys(m map[string]string) []string {
@@ -223,7 +245,7 @@ func sortedKeys(m map[string]string) []string {
 func verifyCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	socket := fs.String("socket", api.DefaultSocket, "daemon API socket")
+	client := daemonFlags(fs)
 	all := fs.Bool("all", false, "verify every recording")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -235,7 +257,11 @@ func verifyCmd(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	var results []api.VerifyResult
-	c := api.NewClient(*socket)
+	c, err := client()
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice verify:", err)
+		return 2
+	}
 	if *all {
 		if err := c.Get(ctx, "/v1/verify", &results); err != nil {
 			fmt.Fprintln(stderr, "sluice verify:", err)
@@ -295,7 +321,7 @@ func recordingsCmd(args []string, stdout, stderr io.Writer) int {
 func replayCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	socket := fs.String("socket", api.DefaultSocket, "daemon API socket")
+	client := daemonFlags(fs)
 	speed := fs.Float64("speed", 1, "playback speed: 2 is twice as fast")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -304,22 +330,74 @@ func replayCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: sluice replay [--speed X] ID   (X > 0)")
 		return 2
 	}
-	_, events, _, err := detail(*socket, fs.Arg(0))
+	_, events, _, err := detail(client, fs.Arg(0))
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice replay:", err)
 		return 1
 	}
-	var prev time.Time
-	for _, e := range events {
-		if !prev.IsZero() {
-			gap := time.Duration(float64(e.Time.Sub(prev)) / *speed)
-			if limit := time.Duration(float64(2*time.Second) / *speed); gap > limit {
-				gap = limit // long idle gaps are shortened
-			}
-			time.Sleep(gap)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := export.Replay(ctx, stdout, events, *speed); err != nil {
+		fmt.Fprintln(stderr, "sluice replay:", err)
+		return 1
+	}
+	return 0
+}
+
+// exportCmd: sluice export ID --format jsonl|pcap|asciicast -o FILE.
+func exportCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("export", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	client := daemonFlags(fs)
+	format := fs.String("format", "jsonl", "jsonl (SIEMs), pcap (Wireshark, tshark; needs record level full) or asciicast (asciinema)")
+	out := fs.String("o", "", "output file (default: standard output)")
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		args = append(args[1:], args[0]) // allow the ID first
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "usage: sluice export ID --format jsonl|pcap|asciicast [-o FILE]")
+		return 2
+	}
+	_, events, d, err := detail(client, fs.Arg(0))
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice export:", err)
+		return 1
+	}
+	var hdr record.Header
+	json.Unmarshal(d.Header, &hdr)
+	var w io.Writer = stdout
+	if *out != "" {
+		f, err := os.OpenFile(*out, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+		if err != nil {
+			fmt.Fprintln(stderr, "sluice export:", err)
+			return 1
 		}
-		prev = e.Time
-		writeTranscript(stdout, []record.Event{e})
+		defer f.Close()
+		w = f
+	}
+	switch *format {
+	case "jsonl":
+		err = export.WriteJSONL(w, hdr, events)
+	case "asciicast":
+		err = export.WriteAsciicast(w, hdr, events, 0, 0)
+	case "pcap":
+		var client, server netip.AddrPort
+		if client, server, err = export.Endpoints(events); err == nil {
+			err = export.WritePCAP(w, events, client, server)
+			if err == nil && server.Port() != 5432 {
+				fmt.Fprintf(stderr, "the server port is %d: decode with tshark -d tcp.port==%d,pgsql\n", server.Port(), server.Port())
+			}
+		}
+	default:
+		fmt.Fprintf(stderr, "sluice export: unknown format %q: use jsonl, pcap or asciicast\n", *format)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice export:", err)
+		return 1
 	}
 	return 0
 }

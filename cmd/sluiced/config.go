@@ -36,6 +36,15 @@ type fileConfig struct {
 	Log            *logConfig       `hcl:"log,block"`
 	Identity       *identityConfig  `hcl:"identity,block"`
 	Recording      *recordingConfig `hcl:"recording,block"`
+	LiveExport     *liveConfig      `hcl:"live_export,block"`
+	Remote         *remoteConfig    `hcl:"remote_api,block"`
+}
+
+// liveConfig is the live_export block: recorded events as JSON lines to a
+// file ("-" is stdout) and/or RFC 5424 syslog over TCP.
+type liveConfig struct {
+	File   string `hcl:"file,optional"`
+	Syslog string `hcl:"syslog,optional"`
 }
 
 // recordingConfig is the recording block.
@@ -93,6 +102,10 @@ type config struct {
 	Identity identity.Config
 	// Recording tunes session recordings.
 	Recording recordingSettings
+	// Live is where recorded events are streamed, if anywhere.
+	Live liveConfig
+	// Remote, when set, serves the recording API to responders over HTTPS.
+	Remote *remoteConfig
 }
 
 // recordingSettings: how often recordings are made durable (default 1s),
@@ -221,6 +234,31 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 		if rc.MaxBytes != 0 {
 			c.Recording.MaxBytes = rc.MaxBytes
 		}
+	}
+	if rc := fc.Remote; rc != nil {
+		if _, err := netip.ParseAddrPort(rc.Listen); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid remote_api listen", Detail: fmt.Sprintf("listen %q: give an address and port, such as 10.0.0.7:7443.", rc.Listen)})
+		}
+		if !strings.HasPrefix(rc.Issuer, "https://") {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid remote_api issuer", Detail: "issuer must be an https URL."})
+		}
+		if len(rc.AllowClaims) == 0 {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "remote_api without allow_claims",
+				Detail: "Name at least one claim a responder's token must carry (for example allow_claims = { groups = \"security\" }): any valid token of the issuer would otherwise read every recording."})
+		}
+		if rc.Audience == "" {
+			rc.Audience = "sluice"
+		}
+		c.Remote = rc
+	}
+	if lc := fc.LiveExport; lc != nil {
+		if lc.Syslog != "" {
+			ap, err := netip.ParseAddrPort(lc.Syslog)
+			if err != nil || !(ap.Addr().IsLoopback() || ap.Addr().IsPrivate()) {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid live_export syslog", Detail: fmt.Sprintf("syslog %q: give a loopback or LAN address and port, such as 127.0.0.1:6514.", lc.Syslog)})
+			}
+		}
+		c.Live = *lc
 	}
 	if fc.PprofAddr != "" {
 		ap, err := netip.ParseAddrPort(fc.PprofAddr)

@@ -171,6 +171,13 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		return err
 	}
 	defer apiSrv.Close()
+	if cfg.Remote != nil {
+		rsrv, err := startRemote(cfg, ca, rec, func() api.Status { return statusOf(cfg, ic, proxy, rm.store, started) }, log.Named("remote"))
+		if err != nil {
+			return err
+		}
+		defer rsrv.Close()
+	}
 
 	log.Info("sluiced ready", "name", cfg.Name, "cgroup", cfg.Cgroup, "proxy_port", cfg.ProxyPort,
 		"ruleset", source, "targets", len(rs.Targets()), "readopted", ic.Readopted(), "api_socket", cfg.APISocket)

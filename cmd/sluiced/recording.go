@@ -28,6 +28,7 @@ type recorder struct {
 	index *store.Store
 	opts  record.Options
 	log   hclog.Logger
+	live  *live // nil: no live export
 }
 
 func newRecorder(cfg *config, log hclog.Logger) (*recorder, error) {
@@ -46,7 +47,12 @@ func newRecorder(cfg *config, log hclog.Logger) (*recorder, error) {
 	} else if n > 0 {
 		log.Warn("sessions of the previous daemon were not sealed; marked interrupted", "sessions", n)
 	}
-	return &recorder{dir: dir, keys: keys, index: idx, opts: record.Options{FsyncEvery: cfg.Recording.FsyncEvery}, log: log}, nil
+	lv, err := newLive(cfg.Live, log.Named("live"))
+	if err != nil {
+		idx.Close()
+		return nil, err
+	}
+	return &recorder{dir: dir, keys: keys, index: idx, opts: record.Options{FsyncEvery: cfg.Recording.FsyncEvery}, log: log, live: lv}, nil
 }
 
 // newSessionID returns an ID that sorts by start time.
@@ -69,6 +75,9 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		return nil, nil, err
 	}
 	sess := enforcer.NewSession(ctx, f.Match, w, level, log.With("session", id))
+	if r.live != nil {
+		sess.Tee = r.live.tee(id)
+	}
 	idx := &store.Session{
 		ID: id, Path: w.Path(), Start: f.Start, Status: store.StatusActive,
 		Target: f.Target.Name, Protocol: f.Target.Protocol, OrigDst: f.Dest.String(),

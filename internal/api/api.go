@@ -6,6 +6,8 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -87,15 +89,28 @@ type Flows struct {
 	Denied   uint64 `json:"denied"`
 }
 
-// Client talks to a daemon's socket.
+// Client talks to a daemon: over its local socket, or over HTTPS to its
+// remote API with a bearer token.
 type Client struct {
 	Socket string
+	base   string
+	token  string
 	http   *http.Client
+}
+
+// NewRemoteClient returns a client for a daemon's remote API at base
+// (https://host:port), trusting roots (nil: the system's) and sending
+// token as a bearer token.
+func NewRemoteClient(base, token string, roots *x509.CertPool) *Client {
+	return &Client{Socket: base, base: strings.TrimSuffix(base, "/"), token: token, http: &http.Client{
+		Timeout:   60 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}},
+	}}
 }
 
 // NewClient returns a client for the daemon listening on socket.
 func NewClient(socket string) *Client {
-	return &Client{Socket: socket, http: &http.Client{
+	return &Client{Socket: socket, base: "http://sluiced", http: &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -106,7 +121,7 @@ func NewClient(socket string) *Client {
 
 // Get fetches path and decodes the JSON answer into v.
 func (c *Client) Get(ctx context.Context, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://sluiced"+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
 	if err != nil {
 		return err
 	}
@@ -117,7 +132,7 @@ func (c *Client) Get(ctx context.Context, path string, v any) error {
 func (c *Client) Post(ctx context.Context, path string, body, v any) error {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(json.NewEncoder(pw).Encode(body)) }()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://sluiced"+path, pr)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, pr)
 	if err != nil {
 		return err
 	}
@@ -132,7 +147,7 @@ func (c *Client) Push(ctx context.Context, req *PushRequest) (*PushResponse, err
 	if err != nil {
 		return nil, err
 	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://sluiced/v1/rules", bytes.NewReader(body))
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/v1/rules", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -186,6 +201,9 @@ type Error struct {
 func (e *Error) Error() string { return fmt.Sprintf("daemon answered %d: %s", e.Status, e.Message) }
 
 func (c *Client) do(req *http.Request, v any) error {
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("reach sluiced at %s: %w", c.Socket, err)
