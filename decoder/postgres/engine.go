@@ -433,7 +433,7 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 				return 0, s.clientErr(cw, err)
 			}
 			if ctyp != 'p' {
-				return 0, s.clientErr(cw, &ProtocolError{fmt.Sprintf("expected a password message, got %q", ctyp)})
+				return 0, s.clientErr(cw, &ProtocolError{Msg: fmt.Sprintf("expected a password message, got %q", ctyp)})
 			}
 			if err := cr.forward(sw, cn); err != nil {
 				return 0, err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // DefaultMaxMessage is the largest message either side may send unless
@@ -21,6 +22,10 @@ const bufSize = 64 << 10
 // forwarded.
 type ProtocolError struct {
 	Msg string
+	// Pending is how many bytes of the refused message the peer is still
+	// sending; they are read and discarded (never forwarded) so the peer
+	// finishes its write and reads the error instead of a reset.
+	Pending int64
 }
 
 func (e *ProtocolError) Error() string { return "protocol violation: " + e.Msg }
@@ -48,10 +53,10 @@ func (fr *frameReader) next() (byte, int, error) {
 	}
 	n := int(int32(binary.BigEndian.Uint32(fr.hdr[1:])))
 	if n < 4 {
-		return 0, 0, &ProtocolError{fmt.Sprintf("message %q has an invalid length %d", fr.hdr[0], n)}
+		return 0, 0, &ProtocolError{Msg: fmt.Sprintf("message %q has an invalid length %d", fr.hdr[0], n)}
 	}
 	if n-4 > fr.max {
-		return 0, 0, &ProtocolError{fmt.Sprintf("message %q of %d bytes exceeds the %d-byte limit", fr.hdr[0], n-4, fr.max)}
+		return 0, 0, &ProtocolError{Msg: fmt.Sprintf("message %q of %d bytes exceeds the %d-byte limit", fr.hdr[0], n-4, fr.max), Pending: int64(n - 4)}
 	}
 	return fr.hdr[0], n - 4, nil
 }
@@ -84,6 +89,17 @@ func (fr *frameReader) forward(w *bufio.Writer, n int) error {
 	return nil
 }
 
+// discard reads and drops up to n bytes within d, so a peer blocked
+// writing a refused message can finish and read our answer.
+func (fr *frameReader) discard(conn interface{ SetReadDeadline(time.Time) error }, n int64, d time.Duration) {
+	const maxDiscard = 256 << 20
+	if n > maxDiscard {
+		n = maxDiscard
+	}
+	conn.SetReadDeadline(time.Now().Add(d))
+	io.CopyN(io.Discard, fr.r, n)
+}
+
 // idle reports whether nothing more is buffered: the peer may be waiting
 // for us, so pending output must be flushed before the next read blocks.
 func (fr *frameReader) idle() bool { return fr.r.Buffered() == 0 }
@@ -114,7 +130,7 @@ func cstring(b []byte) (string, []byte, error) {
 			return string(b[:i]), b[i+1:], nil
 		}
 	}
-	return "", nil, &ProtocolError{"string without terminator"}
+	return "", nil, &ProtocolError{Msg: "string without terminator"}
 }
 
 // readStartup reads an untyped startup-phase packet (length, then body).
@@ -125,7 +141,7 @@ func readStartup(r io.Reader) ([]byte, error) {
 	}
 	n := int(int32(binary.BigEndian.Uint32(l[:])))
 	if n < 8 || n > 10000 {
-		return nil, &ProtocolError{fmt.Sprintf("startup packet has an invalid length %d", n)}
+		return nil, &ProtocolError{Msg: fmt.Sprintf("startup packet has an invalid length %d", n)}
 	}
 	b := make([]byte, n-4)
 	if _, err := io.ReadFull(r, b); err != nil {

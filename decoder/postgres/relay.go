@@ -137,7 +137,7 @@ func (r *relay) clientLoop() error {
 			// Describe, Flush, COPY data/done/fail, GSS/SASL answers.
 			err = r.cr.forward(r.sw, n)
 		default:
-			err = &ProtocolError{fmt.Sprintf("unknown message type %q from the client", typ)}
+			err = &ProtocolError{Msg: fmt.Sprintf("unknown message type %q from the client", typ)}
 		}
 		if err != nil {
 			return r.endClient(err)
@@ -155,6 +155,9 @@ func (r *relay) endClient(err error) error {
 		fatal(r.cw, codeProtocolViolation, "sluice: "+pe.Error())
 		r.cwMu.Unlock()
 		r.s.p.Log.Warn("session ended: client protocol violation", "error", pe.Msg)
+		if pe.Pending > 0 && r.s.cconn != nil {
+			r.cr.discard(r.s.cconn, pe.Pending, 2*time.Second)
+		}
 	}
 	return err
 }
@@ -314,7 +317,7 @@ func (r *relay) functionCall(n int) error {
 		return err
 	}
 	if len(b) < 4 {
-		return &ProtocolError{"short function call"}
+		return &ProtocolError{Msg: "short function call"}
 	}
 	oid := binary.BigEndian.Uint32(b)
 	c := &command{cmd: enforcer.Command{Text: fmt.Sprintf("<fastpath function call oid %d>", oid),
@@ -379,7 +382,7 @@ func (r *relay) serverLoop() error {
 		case 'Z':
 			b, err := r.sr.body(n)
 			if err != nil || len(b) != 1 {
-				return r.serverErr(&ProtocolError{"malformed ReadyForQuery"})
+				return r.serverErr(&ProtocolError{Msg: "malformed ReadyForQuery"})
 			}
 			r.status = b[0]
 			r.endBatch(sBatch)
