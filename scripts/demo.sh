@@ -144,6 +144,12 @@ grep '"@message":"statement denied"' "$work/sluiced.log" | tail -1
 bold "5. The flow log: one structured line per flow, with the original destination, the process, and its statements"
 grep '"@message":"flow"' "$work/sluiced.log" | tail -1
 
+bold "5b. Recorded: every session is in a signed, hash-chained recording responders can search, read, verify and export"
+run "$BIN/sluice" sessions list --socket "$work/sluiced.sock"
+last=$("$BIN/sluice" sessions list --socket "$work/sluiced.sock" --verdict deny --json | awk -F'"' '/"id":/ { print $4; exit }')
+run "$BIN/sluice" sessions show --socket "$work/sluiced.sock" "$last"
+run "$BIN/sluice" verify --socket "$work/sluiced.sock" --all
+
 bold "6. A job that no policy covers (uid nobody) gets the default deny"
 run "$BIN/sluice" run --cgroup "$cgroup" -- setpriv --reuid=65534 --regid=65534 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(denied, as the ruleset says)"
 sleep 0.2
@@ -167,5 +173,5 @@ bold "10. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
 
 bold "Not in this demo yet"
-echo "Masking, approval holds and recordings arrive with their issues; each extends this demo."
+echo "Masking and approval holds arrive with their issues; each extends this demo."
 echo "Until then a mask verdict is logged but not applied, and a hold verdict is refused (fail closed)."
