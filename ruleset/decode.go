@@ -2,6 +2,7 @@ package ruleset
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -18,8 +19,14 @@ var rootSchema = &hcl.BodySchema{
 		{Type: "policy", LabelNames: []string{"name"}},
 		{Type: "default"},
 		{Type: "test", LabelNames: []string{"name"}},
+		{Type: "detector", LabelNames: []string{"name"}},
 	},
 }
+
+var detectorSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "pattern", Required: true},
+	{Name: "description"},
+}}
 
 var targetSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "protocol", Required: true},
@@ -49,7 +56,9 @@ func ruleSchema(kind Action) *hcl.BodySchema {
 		s.Attributes = append(s.Attributes,
 			hcl.AttributeSchema{Name: "columns"},
 			hcl.AttributeSchema{Name: "detect"},
-			hcl.AttributeSchema{Name: "using"})
+			hcl.AttributeSchema{Name: "using"},
+			hcl.AttributeSchema{Name: "keep"},
+			hcl.AttributeSchema{Name: "replacement"})
 	}
 	return s
 }
@@ -80,11 +89,12 @@ func compile(bodies []*hclsyntax.Body) (*Ruleset, hcl.Diagnostics) {
 		byTarget: map[string][]*policy{},
 		rules:    map[string]*Rule{},
 		regexes:  map[string]*compiledRegex{},
+		custom:   map[string]*regexp.Regexp{},
 	}
 	rs.funcs = rs.makeFuncs()
 	c := &compiler{rs: rs, idAttrs: map[string]bool{}, defined: map[string]hcl.Range{}}
 
-	var targets, policies, defaults, tests []*hcl.Block
+	var targets, policies, defaults, tests, detectors []*hcl.Block
 	var mode *hcl.Attribute
 	for _, body := range bodies {
 		content, d := body.Content(rootSchema)
@@ -106,6 +116,8 @@ func compile(bodies []*hclsyntax.Body) (*Ruleset, hcl.Diagnostics) {
 				defaults = append(defaults, b)
 			case "test":
 				tests = append(tests, b)
+			case "detector":
+				detectors = append(detectors, b)
 			}
 		}
 	}
@@ -116,6 +128,9 @@ func compile(bodies []*hclsyntax.Body) (*Ruleset, hcl.Diagnostics) {
 	}
 	for _, b := range targets {
 		c.target(b)
+	}
+	for _, b := range detectors {
+		c.detector(b)
 	}
 	rs.def = &Rule{ID: "default", Action: Deny, Reason: "no policy matches this connection"}
 	rs.defRec = DefaultRecord
@@ -435,30 +450,7 @@ func (c *compiler) rule(p *policy, kind Action, sb *hclsyntax.Block, index int) 
 		}
 		r.Hold = h
 	case Mask:
-		m := &MaskSpec{Using: "redact"}
-		if a := content.Attributes["columns"]; a != nil {
-			m.Columns, _, _ = c.strList(a)
-		}
-		if a := content.Attributes["detect"]; a != nil {
-			list, ranges, _ := c.strList(a)
-			for i, s := range list {
-				if !hasString(detectors, s) {
-					detail := fmt.Sprintf("No detector is named %q. The detectors are %s.", s, strings.Join(detectors, ", "))
-					if sg := suggest(s, detectors); sg != "" {
-						detail = fmt.Sprintf("No detector is named %q. Did you mean %q?", s, sg)
-					}
-					c.errorf(ranges[i], "Unknown detector", "%s", detail)
-				}
-			}
-			m.Detect = list
-		}
-		if a := content.Attributes["using"]; a != nil {
-			m.Using, _ = c.keyword(a, maskFuncs)
-		}
-		if len(m.Columns) == 0 && len(m.Detect) == 0 && !d.HasErrors() {
-			c.errorf(hb.DefRange, "Nothing to mask", "A mask block needs columns, detect or both; it masks nothing as written.")
-		}
-		r.Mask = m
+		r.Mask = c.mask(hb, content, d.HasErrors())
 	}
 	return r
 }

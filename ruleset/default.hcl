@@ -59,7 +59,7 @@ policy "baseline" {
   }
 
   mask "secrets-and-personal-data" {
-    detect = ["secret", "jwt", "card_number", "iban", "ssn", "email", "phone"]
+    detect = ["secret", "jwt", "aws_access_key", "private_key", "card_number", "iban", "ssn", "email", "phone"]
     using  = "redact"
   }
 }

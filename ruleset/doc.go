@@ -37,9 +37,13 @@
 //	  }
 //	  mask "pii" {
 //	    columns = ["users.email", "*.password_hash"]
-//	    detect  = ["email", "card_number", "secret"]
-//	    using   = "hash"                # redact, hash, null, partial
+//	    detect  = ["email", "card_number", "secret", "employee_id"]
+//	    using   = "hash"                # redact, partial, hash, email, null, digits
 //	  }
+//	}
+//
+//	detector "employee_id" {         # a custom value detector for detect lists
+//	  pattern = "EMP-[0-9]{6}"         # RE2 syntax
 //	}
 //
 //	default {                        # flows no policy matches
@@ -126,6 +130,39 @@
 // statement runs (statement.kind == "copy_out" || result.rows > 1000 holds
 // a COPY at once); otherwise it is pending and the Decision says
 // AwaitResult: the decoder evaluates again with the Result as rows arrive.
+//
+// # Masking
+//
+// A mask block says what to mask in the results of the statements it
+// fires for, and how. columns lists column patterns: "column",
+// "table.column" or "schema.table.column", each part a glob (* and ?, \
+// escapes), so "*.password_hash" and "public.users.*_token" work; a part
+// left out matches anything. detect lists value detectors, which look
+// for sensitive values wherever they appear: in every column no column
+// pattern masks (including expressions such as lower(email), whose origin
+// is lost), in COPY exports, and in the message, detail and hint of
+// errors and notices. The built-in detectors are email, card_number
+// (Luhn-checked), ssn (US), iban (mod-97 checked), phone, jwt,
+// aws_access_key, private_key (PEM blocks), secret (high-entropy tokens)
+// and ip_address; a top-level detector "name" { pattern = "RE2" } block
+// adds one. Its pattern is compiled at load, must not match empty text,
+// and its name must not be a built-in one.
+//
+// using names the function applied to a masked value or a detected span:
+//
+//   - redact (default): replacement, default "[REDACTED]".
+//   - partial: keep the last keep characters (default 4), star the rest.
+//   - hash: a keyed HMAC of the value, stable across sessions so joins
+//     still line up; the key lives in the daemon's data directory.
+//   - email: keep the domain, replace the local part with a keyed hash.
+//   - null: send SQL NULL (a detected span in a message is redacted).
+//   - digits: replace each digit and letter with a keyed pseudo-random one
+//     of the same kind, keeping length and format.
+//
+// keep may only be set with partial and replacement only with redact. When
+// several column patterns of the firing masks match one column, the most
+// specific wins (see enforcer/mask for the exact order). In monitor mode
+// nothing is masked; what would have been is reported.
 //
 // # Monitor mode
 //

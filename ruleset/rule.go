@@ -2,6 +2,7 @@ package ruleset
 
 import (
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -135,25 +136,54 @@ type HoldSpec struct {
 	MinApprovals int           // at least 1
 }
 
-// MaskSpec is what a mask rule masks in a result and how.
+// MaskSpec is what a mask rule masks in a result and how. See the package
+// documentation's Masking section for the semantics the enforcer gives it.
 type MaskSpec struct {
-	// Columns are "table.column" patterns (glob syntax, "*.password_hash",
-	// "public.users.email"); a bare "column" matches that column in any
-	// table.
+	// Columns are column patterns: "column", "table.column" or
+	// "schema.table.column", each part a glob ("*.password_hash",
+	// "public.users.email", "users.*_token"). A part left out matches
+	// anything.
 	Columns []string
-	// Detect names value detectors (see Detectors) run over every value.
+	// Detect names value detectors (see Detectors, and the ruleset's own
+	// detector blocks) run over every value no column pattern masks, and
+	// over error and notice messages.
 	Detect []string
-	// Using is the masking function: redact, hash, null or partial.
+	// Using is the masking function: redact, partial, hash, email, null or
+	// digits; redact unless set.
 	Using string
+	// Keep is how many trailing characters partial keeps; DefaultKeep
+	// unless set.
+	Keep int
+	// Replacement is the text redact puts in place of a value;
+	// DefaultReplacement unless set.
+	Replacement string
+	// Custom holds the compiled patterns of the custom detectors (detector
+	// blocks) that Detect names, keyed by name; nil when Detect names only
+	// built-in detectors. The patterns are shared and safe for concurrent
+	// use.
+	Custom map[string]*regexp.Regexp
 }
 
+// Defaults of a mask block.
+const (
+	// DefaultKeep is how many trailing characters partial keeps.
+	DefaultKeep = 4
+	// DefaultReplacement is what redact puts in place of a value.
+	DefaultReplacement = "[REDACTED]"
+)
+
 // Masking functions a mask block's using may name.
-var maskFuncs = []string{"redact", "hash", "null", "partial"}
+var maskFuncs = []string{"redact", "partial", "hash", "email", "null", "digits"}
 
-var detectors = []string{"email", "card_number", "ssn", "phone", "iban", "secret", "jwt", "ip_address"}
+// MaskFuncs returns the masking function names a mask block's using may
+// name; the enforcer implements them.
+func MaskFuncs() []string { return append([]string(nil), maskFuncs...) }
 
-// Detectors returns the value detector names a mask block's detect list
-// may use; the enforcer implements them.
+var detectors = []string{"email", "card_number", "ssn", "phone", "iban", "secret", "jwt", "ip_address", "aws_access_key", "private_key"}
+
+// Detectors returns the built-in value detector names a mask block's
+// detect list may use; the enforcer implements them. A ruleset may add
+// its own with detector blocks (see Ruleset.Detector).
 func Detectors() []string { return append([]string(nil), detectors...) }
 
 // policy is one compiled policy block.

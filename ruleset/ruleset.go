@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -39,8 +40,9 @@ type Ruleset struct {
 
 	funcs    map[string]function.Function
 	regexes  map[string]*compiledRegex
-	identity []string // identity attributes the expressions use, sorted
-	slow     bool     // some expression needs HCL's evaluator
+	custom   map[string]*regexp.Regexp // detector blocks by name
+	identity []string                  // identity attributes the expressions use, sorted
+	slow     bool                      // some expression needs HCL's evaluator
 }
 
 // Mode says whether verdicts are enforced. The zero value is Enforce.
