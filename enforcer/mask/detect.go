@@ -1,0 +1,701 @@
+package mask
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"math"
+	"net/netip"
+	"regexp"
+)
+
+// span is a detected range [lo, hi) of a text and the index of the
+// detector that found it.
+type span struct{ lo, hi, det int }
+
+// finder appends every span of b it detects to out, with det set to d.
+// Spans it appends are sorted and do not overlap.
+type finder func(b []byte, d int, out []span) []span
+
+// builtins are the value detectors ruleset.Detectors names.
+var builtins = map[string]finder{
+	"email":          findEmail,
+	"card_number":    findCard,
+	"ssn":            findSSN,
+	"iban":           findIBAN,
+	"phone":          findPhone,
+	"jwt":            findJWT,
+	"aws_access_key": findAWSKey,
+	"private_key":    findPrivateKey,
+	"secret":         findSecret,
+	"ip_address":     findIP,
+}
+
+func regexFinder(re *regexp.Regexp) finder {
+	return func(b []byte, d int, out []span) []span {
+		for _, m := range re.FindAllIndex(b, -1) {
+			if m[1] > m[0] {
+				out = append(out, span{m[0], m[1], d})
+			}
+		}
+		return out
+	}
+}
+
+// Byte classes, looked up in one table: the detectors test every byte
+// of every scanned value several times.
+const (
+	cDigit = 1 << iota
+	cUpper
+	cLower
+	cHex
+	cToken // letters, digits and + / _ -, the secret detector's tokens
+)
+
+var classes = func() (t [256]uint8) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] |= cDigit | cHex | cToken
+	}
+	for c := 'A'; c <= 'Z'; c++ {
+		t[c] |= cUpper | cToken
+		t[c+'a'-'A'] |= cLower | cToken
+	}
+	for c := 'a'; c <= 'f'; c++ {
+		t[c] |= cHex
+		t[c+'A'-'a'] |= cHex
+	}
+	for _, c := range "+/_-" {
+		t[c] |= cToken
+	}
+	return t
+}()
+
+func isDigit(c byte) bool { return classes[c]&cDigit != 0 }
+func isUpper(c byte) bool { return classes[c]&cUpper != 0 }
+func isLower(c byte) bool { return classes[c]&cLower != 0 }
+func isAlnum(c byte) bool { return classes[c]&(cDigit|cUpper|cLower) != 0 }
+
+// wordAt reports whether b[i] exists and is a letter, digit or '_', so a
+// match next to it would be part of a longer word.
+func wordAt(b []byte, i int) bool {
+	return i >= 0 && i < len(b) && (isAlnum(b[i]) || b[i] == '_')
+}
+
+// email: local@domain.tld, where the local part is letters, digits and
+// ._%+-, the domain letters, digits, '-' and '.', and the last label
+// (the TLD) at least two letters.
+func findEmail(b []byte, d int, out []span) []span {
+	isLocal := func(c byte) bool {
+		return isAlnum(c) || c == '.' || c == '_' || c == '%' || c == '+' || c == '-'
+	}
+	isDomain := func(c byte) bool { return isAlnum(c) || c == '-' || c == '.' }
+	for i := 0; i < len(b); {
+		at := bytes.IndexByte(b[i:], '@')
+		if at < 0 {
+			break
+		}
+		at += i
+		lo := at
+		for lo > i && isLocal(b[lo-1]) {
+			lo--
+		}
+		for lo < at && b[lo] == '.' {
+			lo++
+		}
+		hi := at + 1
+		for hi < len(b) && isDomain(b[hi]) {
+			hi++
+		}
+		for hi > at+1 && (b[hi-1] == '.' || b[hi-1] == '-') {
+			hi--
+		}
+		dot := bytes.LastIndexByte(b[at+1:hi], '.')
+		ok := lo < at && dot > 0
+		if ok {
+			tld := b[at+1+dot+1 : hi]
+			ok = len(tld) >= 2
+			for _, c := range tld {
+				if !isUpper(c) && !isLower(c) {
+					ok = false
+				}
+			}
+		}
+		if ok {
+			out = append(out, span{lo, hi, d})
+			i = hi
+		} else {
+			i = at + 1
+		}
+	}
+	return out
+}
+
+// card_number: 13 to 19 digits, optionally grouped by single spaces or
+// dashes, starting with 2 to 6 (the major networks' ranges; this skips
+// 13-digit millisecond timestamps, which start with 1), not part of a
+// longer word or number, passing the Luhn check. Within a longer grouped
+// run, the first run of whole groups that qualifies is taken.
+func findCard(b []byte, d int, out []span) []span {
+	var groups [24][2]int // start and end of each digit group
+	for i := 0; i < len(b); {
+		if !isDigit(b[i]) || wordAt(b, i-1) {
+			i++
+			continue
+		}
+		n := 0
+		j := i
+		for {
+			s := j
+			for j < len(b) && isDigit(b[j]) {
+				j++
+			}
+			if n < len(groups) {
+				groups[n] = [2]int{s, j}
+			}
+			n++
+			if j+1 < len(b) && (b[j] == ' ' || b[j] == '-') && isDigit(b[j+1]) {
+				j++
+				continue
+			}
+			break
+		}
+		end := j
+		if wordAt(b, end) || n > len(groups) {
+			i = end
+			continue
+		}
+		found := false
+		for s := 0; s < n && !found; s++ {
+			digits := 0
+			for e := s; e < n; e++ {
+				digits += groups[e][1] - groups[e][0]
+				if digits > 19 {
+					break
+				}
+				// Whole-word boundaries only: a window must end at the
+				// run's end or before a separator, and start at a group.
+				if digits >= 13 && b[groups[s][0]] >= '2' && b[groups[s][0]] <= '6' && luhn(b[groups[s][0]:groups[e][1]]) {
+					out = append(out, span{groups[s][0], groups[e][1], d})
+					found = true
+					break
+				}
+			}
+		}
+		i = end
+	}
+	return out
+}
+
+// luhn checks the Luhn digit of the digits in b, ignoring separators.
+func luhn(b []byte) bool {
+	sum, double := 0, false
+	for i := len(b) - 1; i >= 0; i-- {
+		c := b[i]
+		if !isDigit(c) {
+			continue
+		}
+		v := int(c - '0')
+		if double {
+			v *= 2
+			if v > 9 {
+				v -= 9
+			}
+		}
+		sum += v
+		double = !double
+	}
+	return sum%10 == 0
+}
+
+// ssn: US social security numbers written ddd-dd-dddd, excluding area
+// numbers 000, 666 and 900-999, group 00 and serial 0000, which are never
+// issued.
+func findSSN(b []byte, d int, out []span) []span {
+	for i := 0; i+11 <= len(b); i++ {
+		if !isDigit(b[i]) {
+			continue
+		}
+		if wordAt(b, i-1) || (i > 0 && b[i-1] == '-') {
+			continue
+		}
+		s := b[i : i+11]
+		if !(isDigit(s[1]) && isDigit(s[2]) && s[3] == '-' && isDigit(s[4]) && isDigit(s[5]) && s[6] == '-' &&
+			isDigit(s[7]) && isDigit(s[8]) && isDigit(s[9]) && isDigit(s[10])) {
+			continue
+		}
+		if wordAt(b, i+11) || (i+11 < len(b) && b[i+11] == '-' && i+12 < len(b) && isDigit(b[i+12])) {
+			continue
+		}
+		area := string(s[0:3])
+		if area == "000" || area == "666" || s[0] == '9' || string(s[4:6]) == "00" || string(s[7:11]) == "0000" {
+			continue
+		}
+		out = append(out, span{i, i + 11, d})
+		i += 10
+	}
+	return out
+}
+
+// iban: two capital letters, two check digits and 11 to 30 capital
+// letters or digits (15 to 34 in all), optionally in groups separated by
+// single spaces, passing the ISO 7064 mod-97 check. Lower-case IBANs are
+// not detected.
+func findIBAN(b []byte, d int, out []span) []span {
+	var compact [34]byte
+	var ends [34]int // ends[k]: offset in b just past compact char k
+	for i := 0; i+15 <= len(b); i++ {
+		if !isUpper(b[i]) || wordAt(b, i-1) || !isUpper(b[i+1]) || !isDigit(b[i+2]) || !isDigit(b[i+3]) {
+			continue
+		}
+		n := 0
+		j := i
+		for j < len(b) && n < len(compact)+1 {
+			c := b[j]
+			if isUpper(c) || isDigit(c) {
+				if n == len(compact) {
+					n++ // too long
+					break
+				}
+				compact[n] = c
+				ends[n] = j + 1
+				n++
+				j++
+				continue
+			}
+			if c == ' ' && j+1 < len(b) && (isUpper(b[j+1]) || isDigit(b[j+1])) && n >= 4 {
+				j++
+				continue
+			}
+			break
+		}
+		if n > len(compact) {
+			i = j
+			continue
+		}
+		// Longest candidate first, ending at a word boundary.
+		for k := n; k >= 15; k-- {
+			e := ends[k-1]
+			if wordAt(b, e) {
+				continue
+			}
+			if mod97(compact[:k]) == 1 {
+				out = append(out, span{i, e, d})
+				i = e - 1
+				break
+			}
+		}
+	}
+	return out
+}
+
+func mod97(s []byte) int {
+	r := 0
+	add := func(c byte) {
+		if isDigit(c) {
+			r = (r*10 + int(c-'0')) % 97
+		} else {
+			r = (r*100 + int(c-'A'+10)) % 97
+		}
+	}
+	for _, c := range s[4:] {
+		add(c)
+	}
+	for _, c := range s[:4] {
+		add(c)
+	}
+	return r
+}
+
+// phone: international numbers written E.164-style, '+' then 8 to 15
+// digits optionally separated by single spaces, dashes or dots or with
+// a parenthesised group (+1 212-555-0134, +44 20 7946 0958,
+// +4915112345678); and North American numbers with separators,
+// (212) 555-0134, 212-555-0134, 212.555.0134, 212 555 0134 or
+// 1-212-555-0134, whose area code and exchange start with 2 to 9. Plain
+// digit runs are never phone numbers here: they are too often ids,
+// amounts or timestamps.
+func findPhone(b []byte, d int, out []span) []span {
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c != '+' && c != '(' && !isDigit(c) {
+			continue
+		}
+		if wordAt(b, i-1) || (i > 0 && (b[i-1] == '+' || b[i-1] == '-' || b[i-1] == '.' || b[i-1] == '/')) {
+			continue
+		}
+		var e int
+		if c == '+' {
+			e = matchE164(b, i)
+		} else {
+			e = matchNANP(b, i)
+		}
+		if e > 0 {
+			out = append(out, span{i, e, d})
+			i = e - 1
+		}
+	}
+	return out
+}
+
+func matchE164(b []byte, i int) int {
+	j := i + 1
+	if j >= len(b) || b[j] < '1' || b[j] > '9' {
+		return 0
+	}
+	digits, end := 0, 0
+	for j < len(b) {
+		c := b[j]
+		switch {
+		case isDigit(c):
+			digits++
+			j++
+			end = j
+			continue
+		case c == '(' && j+1 < len(b) && isDigit(b[j+1]):
+			k := j + 1
+			for k < len(b) && isDigit(b[k]) {
+				k++
+			}
+			if k < len(b) && b[k] == ')' && k-j-1 <= 4 {
+				digits += k - j - 1
+				j = k + 1
+				end = j
+				if j < len(b) && b[j] == ' ' && j+1 < len(b) && isDigit(b[j+1]) {
+					j++
+				}
+				continue
+			}
+		case (c == ' ' || c == '-' || c == '.') && j+1 < len(b) && (isDigit(b[j+1]) || b[j+1] == '('):
+			j++
+			continue
+		}
+		break
+	}
+	if digits < 8 || digits > 15 || wordAt(b, end) || (end < len(b) && (b[end] == '-' || b[end] == '.') && end+1 < len(b) && isDigit(b[end+1])) {
+		return 0
+	}
+	return end
+}
+
+func matchNANP(b []byte, i int) int {
+	j := i
+	digitsAt := func(j, n int) bool {
+		if j+n > len(b) {
+			return false
+		}
+		for k := j; k < j+n; k++ {
+			if !isDigit(b[k]) {
+				return false
+			}
+		}
+		return true
+	}
+	isSep := func(c byte) bool { return c == '-' || c == '.' || c == ' ' }
+	// Optional country code 1 and a separator.
+	if b[j] == '1' && j+1 < len(b) && isSep(b[j+1]) && j+2 < len(b) && (isDigit(b[j+2]) || b[j+2] == '(') {
+		j += 2
+	}
+	var sep byte
+	switch {
+	case b[j] == '(':
+		if !digitsAt(j+1, 3) || j+4 >= len(b) || b[j+4] != ')' {
+			return 0
+		}
+		if b[j+1] < '2' {
+			return 0
+		}
+		j += 5
+		if j < len(b) && b[j] == ' ' {
+			j++
+		}
+		sep = '-'
+	case digitsAt(j, 3) && j+3 < len(b) && isSep(b[j+3]):
+		if b[j] < '2' {
+			return 0
+		}
+		sep = b[j+3]
+		j += 4
+	default:
+		return 0
+	}
+	if !digitsAt(j, 3) || b[j] < '2' || j+3 >= len(b) {
+		return 0
+	}
+	j += 3
+	if b[j] != sep && !(sep == '-' && b[j] == ' ') {
+		return 0
+	}
+	j++
+	if !digitsAt(j, 4) {
+		return 0
+	}
+	j += 4
+	if wordAt(b, j) || (j+1 < len(b) && isSep(b[j]) && isDigit(b[j+1])) {
+		return 0
+	}
+	return j
+}
+
+func isB64URL(c byte) bool { return isAlnum(c) || c == '-' || c == '_' }
+
+// jwt: three base64url segments joined by dots (the signature may be
+// empty, as in unsecured tokens), whose first decodes to a JSON object
+// with an "alg" member.
+func findJWT(b []byte, d int, out []span) []span {
+	for i := 0; i < len(b); {
+		k := bytes.Index(b[i:], []byte("eyJ"))
+		if k < 0 {
+			break
+		}
+		k += i
+		i = k + 1
+		if k > 0 && (isB64URL(b[k-1]) || b[k-1] == '.') {
+			continue
+		}
+		seg := func(j int) int {
+			for j < len(b) && isB64URL(b[j]) {
+				j++
+			}
+			return j
+		}
+		h := seg(k)
+		if h >= len(b) || b[h] != '.' {
+			continue
+		}
+		p := seg(h + 1)
+		if p == h+1 || p >= len(b) || b[p] != '.' {
+			continue
+		}
+		s := seg(p + 1)
+		if !jwtHeader(b[k:h]) {
+			continue
+		}
+		out = append(out, span{k, s, d})
+		i = s
+	}
+	return out
+}
+
+func jwtHeader(seg []byte) bool {
+	if len(seg) > 2048 {
+		return false
+	}
+	var buf [1536]byte
+	n, err := base64.RawURLEncoding.Decode(buf[:], seg)
+	if err != nil {
+		return false
+	}
+	var h struct {
+		Alg *string `json:"alg"`
+	}
+	return json.Unmarshal(buf[:n], &h) == nil && h.Alg != nil
+}
+
+// aws_access_key: AKIA (long-term) or ASIA (temporary) and 16 capital
+// letters or digits, as a whole word.
+func findAWSKey(b []byte, d int, out []span) []span {
+	for i := 0; i+20 <= len(b); i++ {
+		k := bytes.IndexByte(b[i:], 'A')
+		if k < 0 {
+			break
+		}
+		i += k
+		if i+20 > len(b) {
+			break
+		}
+		if !(b[i+1] == 'K' || b[i+1] == 'S') || b[i+2] != 'I' || b[i+3] != 'A' || wordAt(b, i-1) || wordAt(b, i+20) {
+			continue
+		}
+		ok := true
+		for _, c := range b[i+4 : i+20] {
+			if !isUpper(c) && !isDigit(c) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			out = append(out, span{i, i + 20, d})
+			i += 19
+		}
+	}
+	return out
+}
+
+// private_key: a PEM block whose label ends in PRIVATE KEY (RSA, EC, DSA,
+// OPENSSH, ENCRYPTED, PKCS#8), from its BEGIN line through its END line;
+// to the end of the text when the END line is missing (a truncated key
+// is still a secret).
+func findPrivateKey(b []byte, d int, out []span) []span {
+	begin := []byte("-----BEGIN ")
+	for i := 0; i < len(b); {
+		k := bytes.Index(b[i:], begin)
+		if k < 0 {
+			break
+		}
+		k += i
+		i = k + len(begin)
+		l := bytes.Index(b[i:], []byte("-----"))
+		if l < 0 {
+			break
+		}
+		label := b[i : i+l]
+		if !bytes.HasSuffix(label, []byte("PRIVATE KEY")) || bytes.IndexByte(label, '\n') >= 0 {
+			continue
+		}
+		end := append(append([]byte("-----END "), label...), "-----"...)
+		e := bytes.Index(b[i+l:], end)
+		if e < 0 {
+			out = append(out, span{k, len(b), d})
+			break
+		}
+		e += i + l + len(end)
+		out = append(out, span{k, e, d})
+		i = e
+	}
+	return out
+}
+
+// secretMinLen and secretMinEntropy are the secret detector's thresholds.
+const (
+	secretMinLen     = 20
+	secretMinEntropy = 3.5 // bits per character
+)
+
+func isTokenByte(c byte) bool { return classes[c]&cToken != 0 }
+
+// secret: generic high-entropy tokens, the shape of API keys, passwords
+// and base64 key material. A token is a maximal run of letters, digits
+// and + / _ - (with base64's trailing = padding); it is a secret when it is at least 20 characters long,
+// holds an upper-case letter, a lower-case letter and a digit, has a
+// Shannon entropy of at least 3.5 bits per character, and is not a UUID.
+// Hex strings (hashes, ids) have no upper and lower case mix and are
+// never secrets here, nor are words, dates and snake_case names;
+// long camelCase identifiers with digits can be, which over-masks.
+func findSecret(b []byte, d int, out []span) []span {
+	for i := 0; i < len(b); {
+		if !isTokenByte(b[i]) {
+			i++
+			continue
+		}
+		j := i
+		var seen uint8
+		for j < len(b) && isTokenByte(b[j]) {
+			seen |= classes[b[j]]
+			j++
+		}
+		upper, lower, digit := seen&cUpper != 0, seen&cLower != 0, seen&cDigit != 0
+		for j < len(b) && b[j] == '=' && j-i < 1<<20 {
+			j++
+		}
+		if j-i >= secretMinLen && upper && lower && digit && !isUUID(b[i:j]) && entropy(b[i:j]) >= secretMinEntropy {
+			out = append(out, span{i, j, d})
+		}
+		i = j
+	}
+	return out
+}
+
+func isUUID(b []byte) bool {
+	if len(b) != 36 {
+		return false
+	}
+	for k, c := range b {
+		switch k {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !isDigit(c) && !(c >= 'a' && c <= 'f') && !(c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// entropy is the Shannon entropy of b's bytes, in bits per byte.
+func entropy(b []byte) float64 {
+	var counts [256]int
+	for _, c := range b {
+		counts[c]++
+	}
+	n := float64(len(b))
+	h := 0.0
+	for _, k := range counts {
+		if k > 0 {
+			p := float64(k) / n
+			h -= p * math.Log2(p)
+		}
+	}
+	return h
+}
+
+// ip_address: dotted-quad IPv4 addresses (each part 0-255) and IPv6
+// addresses (hex groups and colons, at least two colons, as
+// net/netip parses them), as whole words. Version numbers with four
+// parts look like IPv4 addresses and are masked too.
+func findIP(b []byte, d int, out []span) []span {
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if !isHex(c) && c != ':' {
+			continue
+		}
+		if i > 0 && (isAlnum(b[i-1]) || b[i-1] == '.' || b[i-1] == ':' || b[i-1] == '_') {
+			continue
+		}
+		if e := matchIPv4(b, i); e > 0 {
+			out = append(out, span{i, e, d})
+			i = e - 1
+			continue
+		}
+		j, colons := i, 0
+		for j < len(b) && (isHex(b[j]) || b[j] == ':' || b[j] == '.') {
+			if b[j] == ':' {
+				colons++
+			}
+			j++
+		}
+		for j > i && b[j-1] == '.' {
+			j--
+		}
+		// Without "::" an IPv6 address has 8 groups (7 colons), or 6
+		// and an IPv4 tail: times (10:30:00) and MAC addresses never
+		// reach the parser.
+		if colons < 2 || j-i > 45 || wordAt(b, j) || (colons < 6 && !bytes.Contains(b[i:j], []byte("::"))) {
+			continue
+		}
+		if a, err := netip.ParseAddr(string(b[i:j])); err == nil && a.Is6() {
+			out = append(out, span{i, j, d})
+			i = j - 1
+		}
+	}
+	return out
+}
+
+func isHex(c byte) bool { return classes[c]&cHex != 0 }
+
+func matchIPv4(b []byte, i int) int {
+	j := i
+	for part := 0; part < 4; part++ {
+		if part > 0 {
+			if j >= len(b) || b[j] != '.' {
+				return 0
+			}
+			j++
+		}
+		v, n := 0, 0
+		for j < len(b) && isDigit(b[j]) && n < 4 {
+			v = v*10 + int(b[j]-'0')
+			j++
+			n++
+		}
+		if n == 0 || n > 3 || v > 255 {
+			return 0
+		}
+	}
+	if wordAt(b, j) || (j+1 < len(b) && b[j] == '.' && isDigit(b[j+1])) {
+		return 0
+	}
+	return j
+}

@@ -1,0 +1,360 @@
+// Package mask redacts sensitive values on their way from a database to
+// a CI job: in result rows, in COPY exports and in error and notice
+// messages. It implements what a ruleset's mask blocks describe
+// (ruleset.MaskSpec): column patterns, value detectors and the masking
+// functions, and knows no wire protocol; the decoders hand it column
+// descriptions, value bytes, COPY data and message text.
+//
+// # Use
+//
+// A decision's mask rules (ruleset.Decision.Masks) compile into a Masker
+// with New, or through a Cache that keeps one per distinct rule list. For
+// each result, Masker.Plan takes the result's columns and says, per
+// column, what to do; when Plan.NeedsDecode is false no value of the
+// result needs looking at and rows are relayed as they are. Otherwise
+// Plan.Apply masks a text-format value, Plan.ApplyBinary a binary one,
+// and Plan.CopyText, Plan.CopyCSV and Plan.CopyBinary mask COPY ... TO
+// STDOUT data. Masker.Text masks an error or notice field.
+//
+// # Columns
+//
+// A column pattern is "column", "table.column" or "schema.table.column",
+// each part a glob (* matches any run of characters, ? one character, \
+// escapes the next); a part left out matches anything, so "email" and
+// "*.email" mean the same. Names compare case-insensitively. A column with
+// no origin (an expression such as lower(email), so Column.Table is
+// empty) matches a pattern whose table and schema parts match anything,
+// by its output name.
+//
+// When several patterns of the decision's mask rules match a column, the
+// most specific wins: the pattern with the most parts written without
+// glob characters; then the one with the most glob parts that are not a
+// bare "*"; then the earlier rule (decision order, which is file order)
+// and the earlier pattern in the rule. So "public.users.email" beats
+// "users.email", which beats "users_*.email", which beats "*.email" and
+// "email".
+//
+// # Detectors
+//
+// The detectors of every rule apply to every value of a column that no
+// column pattern masks, in text-format values of any type and
+// binary-format values of text types (see ApplyBinary), to every COPY
+// field likewise, and to messages. Each detected span is replaced by the
+// function of the first rule (in decision order) that lists the
+// detector; a span found by a null rule makes the whole value NULL (in a
+// message it is redacted). Overlapping spans merge, keeping the earlier
+// span's function. The heuristics are documented on each detector in
+// detect.go; in short: email, card_number (13-19 digits starting 2-6,
+// Luhn), ssn (ddd-dd-dddd, unissued ranges excluded), iban (mod 97),
+// phone (+ international, or North American with separators), jwt
+// (header decodes to JSON with "alg"), aws_access_key (AKIA/ASIA + 16),
+// private_key (PEM PRIVATE KEY blocks), secret (20+ characters mixing
+// upper, lower and digits at 3.5+ bits of entropy per character, not a
+// UUID), ip_address, and each custom detector's regular expression.
+//
+// Columns of types that cannot hold such text in text format (booleans,
+// int2 and int4, floats, dates and times, UUIDs, oids) are not scanned
+// when Column.Type says so.
+//
+// # Monitor mode
+//
+// A Plan with DryRun set masks nothing: it returns every value, row and
+// COPY chunk unchanged, still reports changed where it would have masked,
+// and counts what it would have masked per rule (Plan.Counts). For
+// messages, Masker.Text's changed result says the same.
+//
+// # Concurrency
+//
+// A Masker is immutable and safe for concurrent use; a Plan belongs to
+// one result on one goroutine.
+package mask
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+var (
+	// ErrUnknown means a mask spec names a function or detector this
+	// package does not implement.
+	ErrUnknown = errors.New("not implemented by the masker")
+	// ErrPartialRow means COPY data ended inside a row. The proxy hands
+	// whole CopyData messages, which PostgreSQL fills with whole rows; a
+	// caller seeing this cannot mask the data and must fail closed.
+	ErrPartialRow = errors.New("copy data ends inside a row")
+	// ErrMalformed means COPY data does not parse in its format, or its
+	// rows do not have the plan's number of columns. Fail closed.
+	ErrMalformed = errors.New("malformed copy data")
+)
+
+// Masker is a compiled list of mask rules: the column patterns to match
+// result columns against and the detectors to run over values. Build it
+// with New or a Cache. It is immutable and safe for concurrent use.
+type Masker struct {
+	rules   []*ruleset.Rule
+	columns []colPattern // in precedence order
+	dets    []activeDet
+	hasCol  bool
+}
+
+// colPattern is one column pattern of one rule.
+type colPattern struct {
+	parts  [3]string // schema, table, column, lower-cased; "" for a part left out
+	rule   int
+	fn     Func
+	anyTab bool // the schema and table parts match anything
+	// Precedence: more literal parts, then more partial globs, then
+	// earlier rule, then earlier pattern (the stable sort keeps order).
+	literal, partial int
+}
+
+// activeDet is one detector of the masker, with the function of the
+// first rule that lists it.
+type activeDet struct {
+	name string
+	find finder
+	fn   Func
+	rule int
+	null bool
+}
+
+// New compiles the mask rules of a decision (rules with a Mask spec;
+// others are ignored) with the hash key (see LoadOrCreateKey). It fails
+// with ErrUnknown for a function or detector it does not implement,
+// which a ruleset that loaded never names.
+func New(rules []*ruleset.Rule, key []byte) (*Masker, error) {
+	m := &Masker{rules: rules}
+	k := sync.OnceValue(func() *keyed { return newKeyed(key) })
+	seen := map[string]bool{}
+	for ri, r := range rules {
+		if r == nil || r.Mask == nil {
+			continue
+		}
+		spec := r.Mask
+		fn, err := funcFor(spec, k)
+		if err != nil {
+			return nil, fmt.Errorf("mask rule %s: %w", r.ID, err)
+		}
+		for _, p := range spec.Columns {
+			cp, err := compilePattern(p)
+			if err != nil {
+				return nil, fmt.Errorf("mask rule %s: %w", r.ID, err)
+			}
+			cp.rule, cp.fn = ri, fn
+			m.columns = append(m.columns, cp)
+		}
+		for _, name := range spec.Detect {
+			if seen[name] {
+				continue
+			}
+			f := builtins[name]
+			if re := spec.Custom[name]; re != nil {
+				f = regexFinder(re)
+			}
+			if f == nil {
+				return nil, fmt.Errorf("mask rule %s: detector %q: %w", r.ID, name, ErrUnknown)
+			}
+			seen[name] = true
+			m.dets = append(m.dets, activeDet{name: name, find: f, fn: fn, rule: ri, null: spec.Using == "null"})
+		}
+	}
+	slices.SortStableFunc(m.columns, func(a, b colPattern) int {
+		if a.literal != b.literal {
+			return b.literal - a.literal
+		}
+		return b.partial - a.partial
+	})
+	m.hasCol = len(m.columns) > 0
+	return m, nil
+}
+
+// Rules returns the rules the masker was built from; Plan.Counts indexes
+// them.
+func (m *Masker) Rules() []*ruleset.Rule { return m.rules }
+
+// Detectors returns the names of the detectors the masker runs, in the
+// order they were first listed.
+func (m *Masker) Detectors() []string {
+	names := make([]string, len(m.dets))
+	for i, d := range m.dets {
+		names[i] = d.name
+	}
+	return names
+}
+
+func compilePattern(p string) (colPattern, error) {
+	parts := splitPattern(p)
+	if len(parts) == 0 || len(parts) > 3 {
+		return colPattern{}, fmt.Errorf("column pattern %q: want column, table.column or schema.table.column", p)
+	}
+	var cp colPattern
+	// Right-align: the last part is the column.
+	off := 3 - len(parts)
+	for i, s := range parts {
+		cp.parts[off+i] = strings.ToLower(s)
+	}
+	for _, s := range cp.parts {
+		switch {
+		case s == "" || s == "*":
+		case !strings.ContainsAny(s, `*?\`):
+			cp.literal++
+		default:
+			cp.partial++
+		}
+	}
+	cp.anyTab = matchesAnything(cp.parts[0]) && matchesAnything(cp.parts[1])
+	return cp, nil
+}
+
+func matchesAnything(s string) bool { return strings.Trim(s, "*") == "" }
+
+func splitPattern(s string) []string {
+	var parts []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			i++
+		case '.':
+			parts = append(parts, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(parts, s[start:])
+}
+
+// match reports whether the pattern covers c.
+func (p *colPattern) match(c *Column) bool {
+	if c.Table == "" && !p.anyTab {
+		return false
+	}
+	return globFold(p.parts[2], c.Name) && globFold(p.parts[1], c.Table) && globFold(p.parts[0], c.Schema)
+}
+
+// globFold matches s against a lower-case glob pattern ("" matches
+// anything), comparing case-insensitively: * matches any run of
+// characters, ? one character, \ escapes the next.
+func globFold(pattern, s string) bool {
+	if pattern == "" {
+		return true
+	}
+	px, sx := 0, 0
+	nextPx, nextSx := -1, -1
+	for px < len(pattern) || sx < len(s) {
+		if px < len(pattern) {
+			switch c := pattern[px]; c {
+			case '*':
+				nextPx, nextSx = px, sx+1
+				px++
+				continue
+			case '?':
+				if sx < len(s) {
+					_, n := utf8.DecodeRuneInString(s[sx:])
+					px++
+					sx += n
+					continue
+				}
+			default:
+				if c == '\\' && px+1 < len(pattern) {
+					px++
+					c = pattern[px]
+				}
+				if sx < len(s) && lower(s[sx]) == c {
+					px++
+					sx++
+					continue
+				}
+			}
+		}
+		if nextSx > 0 && nextSx <= len(s) {
+			px, sx = nextPx, nextSx
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if c >= 'A' && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// scan appends the merged, sorted spans every detector finds in b.
+func (m *Masker) scan(b []byte, out []span) []span {
+	out = out[:0]
+	for i := range m.dets {
+		out = m.dets[i].find(b, i, out)
+	}
+	if len(out) < 2 {
+		return out
+	}
+	slices.SortStableFunc(out, func(a, b span) int { return a.lo - b.lo })
+	w := 0
+	for _, s := range out[1:] {
+		if s.lo < out[w].hi {
+			out[w].hi = max(out[w].hi, s.hi)
+			continue
+		}
+		w++
+		out[w] = s
+	}
+	return out[:w+1]
+}
+
+// Cache keeps one Masker per distinct list of mask rules, so a proxy can
+// ask for the masker of every statement's decision without compiling it
+// again. Rules are compared by identity: a reloaded ruleset's rules are
+// new pointers and get new maskers. The cache holds at most a few
+// thousand maskers and starts over when full. It is safe for concurrent
+// use.
+type Cache struct {
+	key []byte
+	mu  sync.Mutex
+	m   map[*ruleset.Rule][]*Masker // by first rule
+	n   int
+}
+
+// maxCached bounds the maskers a Cache holds.
+const maxCached = 4096
+
+// NewCache returns an empty cache whose maskers use key.
+func NewCache(key []byte) *Cache {
+	return &Cache{key: append([]byte(nil), key...), m: map[*ruleset.Rule][]*Masker{}}
+}
+
+// Masker returns the masker for rules, building it on first use.
+func (c *Cache) Masker(rules []*ruleset.Rule) (*Masker, error) {
+	if len(rules) == 0 {
+		return New(nil, c.key)
+	}
+	c.mu.Lock()
+	for _, m := range c.m[rules[0]] {
+		if slices.Equal(m.rules, rules) {
+			c.mu.Unlock()
+			return m, nil
+		}
+	}
+	c.mu.Unlock()
+	m, err := New(slices.Clone(rules), c.key)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n >= maxCached {
+		clear(c.m)
+		c.n = 0
+	}
+	c.m[rules[0]] = append(c.m[rules[0]], m)
+	c.n++
+	return m, nil
+}
