@@ -71,7 +71,6 @@ type Session struct {
 
 	statements atomic.Int64
 	denied     atomic.Int64
-	unapplied  atomic.Bool
 	recErr     atomic.Pointer[error]
 
 	mu       sync.Mutex
@@ -205,17 +204,6 @@ func (s *Session) Done(c *Command, v Verdict, o Outcome) {
 	s.log.Debug("statement", "kind", c.Statement.Kind, "verdict", v.Decision.Action.String(), "rule", v.Decision.Rule.ID,
 		"rows", o.Rows, "duration_us", o.Duration.Microseconds(), "error_code", o.ErrCode, "skipped", o.Skipped,
 		"statement", clip(c.Text))
-}
-
-// Unapplied records that a verdict this build cannot apply yet (mask) was
-// let through, and says so once per session.
-func (s *Session) Unapplied(v Verdict) {
-	if s.unapplied.CompareAndSwap(false, true) {
-		s.log.Warn("verdict not applied: this build has no "+v.Decision.Action.String()+" support yet; the statement ran unchanged",
-			"rule", v.Decision.Rule.ID)
-		s.Record(s.level, record.Event{Type: record.TypeNote, Rule: v.Decision.Rule.ID,
-			Reason: "verdict " + v.Decision.Action.String() + " not applied: not supported by this build"})
-	}
 }
 
 // Counts returns the statements decided and denied so far.

@@ -26,6 +26,7 @@ import (
 
 	"github.com/sluicehq/sluice/decoder/postgres"
 	"github.com/sluicehq/sluice/decoder/tcp"
+	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/interceptor/identity"
 	"github.com/sluicehq/sluice/internal/api"
@@ -117,6 +118,10 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	if err != nil {
 		return err
 	}
+	maskKey, err := mask.LoadOrCreateKey(cfg.DataDir)
+	if err != nil {
+		return err
+	}
 	rec, err := newRecorder(cfg, log.Named("recorder"))
 	if err != nil {
 		return err
@@ -142,7 +147,7 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		Log: log.Named("proxy"),
 		Handlers: map[string]interceptor.Handler{
 			ruleset.ProtoTCP:      tcpHandler,
-			ruleset.ProtoPostgres: postgresHandler(ca, cfg.MaxMessage, log.Named("postgres")),
+			ruleset.ProtoPostgres: postgresHandler(ca, maskKey, cfg.MaxMessage, log.Named("postgres")),
 		},
 		Refusers: map[string]interceptor.Refuser{ruleset.ProtoPostgres: postgres.Refuse},
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/sluicehq/sluice/decoder/postgres"
+	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/internal/tlsutil"
 )
@@ -16,9 +17,11 @@ import (
 // The classification cache and the cancel-key registry are shared by every
 // session; client TLS is terminated with leaf certificates from the
 // daemon's CA.
-func postgresHandler(ca *tlsutil.CA, maxMessage int, log hclog.Logger) interceptor.Handler {
+func postgresHandler(ca *tlsutil.CA, maskKey []byte, maxMessage int, log hclog.Logger) interceptor.Handler {
 	cache := postgres.NewCache(0)
 	cancels := postgres.NewCancels()
+	masks := mask.NewCache(maskKey)
+	catalogs := postgres.NewCatalogs()
 	clientTLS := ca.ServerConfig()
 	clientTLS.NextProtos = []string{"postgresql"} // PostgreSQL 17 clients offer it
 	return func(ctx context.Context, f *interceptor.Flow, client net.Conn, dial interceptor.DialFunc) interceptor.Result {
@@ -40,6 +43,9 @@ func postgresHandler(ca *tlsutil.CA, maxMessage int, log hclog.Logger) intercept
 			Upstream:   postgres.UpstreamTLS{Config: cfg, Attempt: attempt, Required: required},
 			ClientTLS:  clientTLS,
 			Cancels:    cancels,
+			Masks:      masks,
+			Catalogs:   catalogs,
+			Server:     f.Dest.String(),
 			MaxMessage: maxMessage,
 			Log:        flog,
 		})

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -55,6 +56,13 @@ type Params struct {
 	ClientTLS *tls.Config
 	// Cancels is the registry shared by every session of the daemon.
 	Cancels *Cancels
+	// Masks builds maskers for the mask rules a statement's verdict
+	// carries; Catalogs name the columns of results, one catalog per
+	// database of Server (the original destination). A statement whose
+	// verdict masks is denied when Masks is nil.
+	Masks    *mask.Cache
+	Catalogs *Catalogs
+	Server   string
 	// MaxMessage bounds every message from either side; 0 means
 	// DefaultMaxMessage.
 	MaxMessage int
@@ -102,6 +110,7 @@ type session struct {
 	user, database         string
 	clientTLS, upstreamTLS bool
 	cancelKey              string
+	catalog                *Catalog
 	nonce                  string
 	closeOnce              sync.Once
 }
@@ -245,6 +254,9 @@ func (s *session) negotiate(ctx context.Context) ([]byte, error) {
 			}
 			if err := s.checkStartupParams(sm.Parameters); err != nil {
 				return nil, err
+			}
+			if s.p.Catalogs != nil {
+				s.catalog = s.p.Catalogs.For(s.p.Server, s.database)
 			}
 			return pkt, nil
 		default:

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -26,9 +27,10 @@ func msg(typ byte, body string) []byte {
 func fuzzRelay(in []byte) (*relay, *bytes.Buffer, *bytes.Buffer) {
 	rs := ruleset.Default()
 	m := rs.Match(ruleset.Flow{Target: ruleset.Endpoint{Name: "postgres", Protocol: "postgres", Addr: netip.MustParseAddrPort("10.0.0.5:5432")}})
-	s := &session{p: Params{Session: enforcer.NewSession(context.Background(), m, nil, 0, hclog.NewNullLogger()), Classify: NewCache(64).Classify, Log: hclog.NewNullLogger()}, nonce: "fuzz"}
+	s := &session{p: Params{Session: enforcer.NewSession(context.Background(), m, nil, 0, hclog.NewNullLogger()), Classify: NewCache(64).Classify,
+		Masks: mask.NewCache(make([]byte, 32)), Log: hclog.NewNullLogger()}, nonce: "fuzz", catalog: NewCatalogs().For("fuzz", "fuzz")}
 	var toServer, toClient bytes.Buffer
-	r := &relay{s: s, stmts: map[string]*command{}, portals: map[string]*command{},
+	r := &relay{s: s, stmts: map[string]*command{}, portals: map[string]*portal{}, descs: map[string][]colDesc{},
 		cr: newFrameReader(bytes.NewReader(in), fuzzMax), sr: newFrameReader(bytes.NewReader(in), fuzzMax),
 		sw: bufio.NewWriter(&toServer), cw: bufio.NewWriter(&toClient)}
 	return r, &toServer, &toClient

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -38,21 +39,37 @@ type relay struct {
 	status byte
 
 	// Client-side state: named statements and portals, batch counter.
-	stmts    map[string]*command
-	portals  map[string]*command
-	cBatch   uint64
-	unnamedP *command
+	stmts     map[string]*command
+	portals   map[string]*portal
+	cBatch    uint64
+	openBatch bool // extended-protocol messages sent since the last Sync
 
 	// Shared with the server goroutine.
-	mu      sync.Mutex
-	pending []*item // commands awaiting their results, in order
-	denials []denial
+	mu        sync.Mutex
+	pending   []*item // commands awaiting their results, in order
+	denials   []denial
+	describes []describeReq        // Describe messages awaiting their answer
+	descs     map[string][]colDesc // "S:name" / "P:name" -> row description
+	inject    *injection           // a catalog query in flight on this connection
+
+	// lastMasker masks error and notice texts that arrive with no
+	// masked statement in flight (server side only).
+	lastMasker *mask.Masker
 }
 
 // command is one classified statement text and its verdict.
 type command struct {
 	cmd     enforcer.Command
 	verdict enforcer.Verdict
+	// masker is set when the verdict's mask rules apply to the results.
+	masker *mask.Masker
+}
+
+// portal is a bound portal: its statement and result formats.
+type portal struct {
+	c       *command
+	stmt    string
+	formats []int16
 }
 
 // item is one command in flight: a simple Query, an Execute or a function
@@ -66,6 +83,14 @@ type item struct {
 	bytes  int64
 	code   string
 	denied bool
+
+	// Masking (server side): the statement and portal an Execute runs,
+	// the columns of the result in flight and the plan built for them.
+	stmt, portal string
+	formats      []int16
+	cols         []colDesc
+	plan         *mask.Plan
+	copyOut      *copyState
 }
 
 // denial is the ErrorResponse to send in place of the server's error for
@@ -77,7 +102,8 @@ type denial struct {
 
 func (r *relay) run() error {
 	r.stmts = map[string]*command{}
-	r.portals = map[string]*command{}
+	r.portals = map[string]*portal{}
+	r.descs = map[string][]colDesc{}
 	errc := make(chan error, 1)
 	go func() { errc <- r.serverLoop() }()
 	cerr := r.clientLoop()
@@ -125,6 +151,7 @@ func (r *relay) clientLoop() error {
 			err = r.closeMsg(n)
 		case 'S':
 			r.cBatch++
+			r.openBatch = false
 			err = r.cr.forward(r.sw, n)
 		case 'F':
 			err = r.functionCall(n)
@@ -133,8 +160,10 @@ func (r *relay) clientLoop() error {
 				return err
 			}
 			return r.sw.Flush()
-		case 'D', 'H', 'd', 'c', 'f', 'p':
-			// Describe, Flush, COPY data/done/fail, GSS/SASL answers.
+		case 'D':
+			err = r.describe(n)
+		case 'H', 'd', 'c', 'f', 'p':
+			// Flush, COPY data/done/fail, GSS/SASL answers.
 			err = r.cr.forward(r.sw, n)
 		default:
 			err = &ProtocolError{Msg: fmt.Sprintf("unknown message type %q from the client", typ)}
@@ -167,6 +196,20 @@ func (r *relay) decide(text string) *command {
 	c := &command{cmd: enforcer.Command{Text: text}}
 	c.cmd.Statement, c.cmd.ClassifyErr = r.s.p.Classify(text)
 	c.verdict = r.s.p.Session.Decide(&c.cmd)
+	if len(c.verdict.Decision.Masks) > 0 && !blocked(c.verdict) {
+		var m *mask.Masker
+		err := errors.New("no masking configured")
+		if r.s.p.Masks != nil {
+			m, err = r.s.p.Masks.Masker(c.verdict.Decision.Masks)
+		}
+		if err != nil {
+			// A mask that cannot be built must not let data through.
+			c.verdict.Action = ruleset.Deny
+			c.verdict.Decision.Reason = "the mask rules cannot be applied: " + err.Error()
+			return c
+		}
+		c.masker = m
+	}
 	return c
 }
 
@@ -174,12 +217,6 @@ func (r *relay) decide(text string) *command {
 // A hold is refused outright until approval holds exist: fail closed.
 func blocked(v enforcer.Verdict) bool {
 	return v.Action == ruleset.Deny || v.Action == ruleset.Hold
-}
-
-func (r *relay) noteUnapplied(c *command) {
-	if c.verdict.Action == ruleset.Mask {
-		r.s.p.Session.Unapplied(c.verdict)
-	}
 }
 
 func (r *relay) push(it *item) {
@@ -221,7 +258,9 @@ func (r *relay) query(n int) error {
 		r.pushDenial(c, it.batch)
 		return writeMsg(r.sw, 'Q', append([]byte(r.substitute()), 0))
 	}
-	r.noteUnapplied(c)
+	if err := r.resolveTables(c); err != nil {
+		return err
+	}
 	r.push(it)
 	return writeMsg(r.sw, 'Q', b)
 }
@@ -246,10 +285,14 @@ func (r *relay) parse(n int) error {
 	r.stmts[name] = c
 	if blocked(c.verdict) {
 		r.pushDenial(c, r.cBatch)
+		r.openBatch = true
 		body := append(append(append([]byte(name), 0), r.substitute()...), 0, 0, 0)
 		return writeMsg(r.sw, 'P', body)
 	}
-	r.noteUnapplied(c)
+	if err := r.resolveTables(c); err != nil {
+		return err
+	}
+	r.openBatch = true
 	return writeMsg(r.sw, 'P', b)
 }
 
@@ -259,15 +302,28 @@ func (r *relay) bind(n int) error {
 	if err != nil {
 		return err
 	}
-	portal, rest, err := cstring(b)
+	portalName, rest, err := cstring(b)
 	if err != nil {
 		return err
 	}
-	stmt, _, err := cstring(rest)
+	stmt, rest, err := cstring(rest)
 	if err != nil {
 		return err
 	}
-	r.portals[portal] = r.stmts[stmt]
+	pt := &portal{c: r.stmts[stmt], stmt: stmt}
+	pt.formats, err = bindResultFormats(rest)
+	if err != nil {
+		return err
+	}
+	r.portals[portalName] = pt
+	// The start of a batch is a safe point to learn the tables of a
+	// statement prepared in an earlier, pipelined batch.
+	if pt.c != nil && !r.openBatch {
+		if err := r.resolveTables(pt.c); err != nil {
+			return err
+		}
+	}
+	r.openBatch = true
 	return writeMsg(r.sw, 'B', b)
 }
 
@@ -281,9 +337,11 @@ func (r *relay) execute(n int) error {
 	if err != nil {
 		return err
 	}
-	if c := r.portals[portal]; c != nil {
-		r.push(&item{c: c, batch: r.cBatch, start: time.Now(), denied: blocked(c.verdict)})
+	if pt := r.portals[portal]; pt != nil && pt.c != nil {
+		r.push(&item{c: pt.c, batch: r.cBatch, start: time.Now(), denied: blocked(pt.c.verdict),
+			stmt: pt.stmt, portal: portal, formats: pt.formats})
 	}
+	r.openBatch = true
 	return writeMsg(r.sw, 'E', b)
 }
 
@@ -305,6 +363,7 @@ func (r *relay) closeMsg(n int) error {
 			delete(r.portals, name)
 		}
 	}
+	r.openBatch = true
 	return writeMsg(r.sw, 'C', b)
 }
 
@@ -357,13 +416,43 @@ func (r *relay) serverLoop() error {
 		if err != nil {
 			return r.serverErr(err)
 		}
+		if inj := r.injecting(); inj != nil {
+			if handled, err := r.injected(inj, typ, n); err != nil {
+				return err
+			} else if handled {
+				continue
+			}
+		}
 		switch typ {
 		case 'D':
-			if err := r.dataRow(n); err != nil {
+			if err := r.dataRow(n, sBatch); err != nil {
+				return err
+			}
+			continue
+		case 'T':
+			if err := r.rowDescription(n, sBatch); err != nil {
+				return err
+			}
+			continue
+		case 'n':
+			r.noData(sBatch)
+		case 'H':
+			if err := r.copyOutResponse(n, sBatch); err != nil {
+				return err
+			}
+			continue
+		case 'd':
+			if err := r.copyData(n); err != nil {
+				return err
+			}
+			continue
+		case 'N':
+			if err := r.notice(n); err != nil {
 				return err
 			}
 			continue
 		case 'C', 'I', 's':
+			r.endResult()
 			r.finishExecute("", sBatch)
 		case 'E':
 			b, err := r.sr.body(n)
@@ -373,7 +462,9 @@ func (r *relay) serverLoop() error {
 			if repl, ok := r.replaceDenied(b, sBatch); ok {
 				b = repl
 			} else {
+				r.endResult()
 				r.finishExecute(errorCode(b), sBatch)
+				b = r.maskMessage(b)
 			}
 			if err := writeMsg(r.cw, 'E', b); err != nil {
 				return err
@@ -384,7 +475,9 @@ func (r *relay) serverLoop() error {
 			if err != nil || len(b) != 1 {
 				return r.serverErr(&ProtocolError{Msg: "malformed ReadyForQuery"})
 			}
+			r.mu.Lock()
 			r.status = b[0]
+			r.mu.Unlock()
 			r.endBatch(sBatch)
 			sBatch++
 			if err := writeMsg(r.cw, 'Z', b); err != nil {
@@ -400,7 +493,7 @@ func (r *relay) serverLoop() error {
 
 // dataRow forwards a row and counts it against the statement in flight,
 // re-deciding every resultCheckEvery rows when a rule waits on the result.
-func (r *relay) dataRow(n int) error {
+func (r *relay) dataRow(n int, batch uint64) error {
 	r.mu.Lock()
 	var it *item
 	if len(r.pending) > 0 {
@@ -409,6 +502,20 @@ func (r *relay) dataRow(n int) error {
 		it.bytes += int64(n)
 	}
 	r.mu.Unlock()
+	if it != nil && it.c.masker != nil {
+		if err := r.maskRow(it, n); err != nil {
+			return err
+		}
+		return r.checkResult(it)
+	}
+	if err := r.checkResult(it); err != nil {
+		return err
+	}
+	return r.sr.forward(r.cw, n)
+}
+
+// checkResult re-decides a statement whose rules wait on its result.
+func (r *relay) checkResult(it *item) error {
 	if it != nil && it.c.verdict.Decision.AwaitResult && it.rows%resultCheckEvery == 0 {
 		v := r.s.p.Session.DecideResult(&it.c.cmd, it.rows, it.bytes)
 		if blocked(v) {
@@ -422,7 +529,7 @@ func (r *relay) dataRow(n int) error {
 			return fmt.Errorf("result of %d rows crossed rule %s", it.rows, v.Decision.Rule.ID)
 		}
 	}
-	return r.sr.forward(r.cw, n)
+	return nil
 }
 
 // replaceDenied swaps the server's error for a substituted statement for
@@ -462,6 +569,7 @@ func (r *relay) popExecuteLocked(code string, batch uint64) {
 		if code != "" && it.code == "" {
 			it.code = code
 		}
+		it.cols, it.plan, it.copyOut = nil, nil, nil // the next statement of the query has its own
 		return
 	}
 	it.code = code
