@@ -40,6 +40,8 @@ func main() {
 		oversize(ctx, conn)
 	case "malformed":
 		malformed(ctx, conn)
+	case "mask":
+		maskScenario(ctx, conn)
 	default:
 		fmt.Fprintln(os.Stderr, "unknown scenario")
 		os.Exit(2)
@@ -150,4 +152,15 @@ func malformed(ctx context.Context, conn *pgx.Conn) {
 	}
 	code := b[i+2 : i+7]
 	fmt.Printf("malformed err %s %q\n", code, b)
+}
+
+// maskScenario reads masked columns through the extended protocol, in
+// binary and text formats.
+func maskScenario(ctx context.Context, conn *pgx.Conn) {
+	var email, name, ssn string
+	err := conn.QueryRow(ctx, "SELECT email, name, ssn FROM users WHERE id = $1", 1).Scan(&email, &name, &ssn)
+	report("row", email+"|"+name+"|"+ssn, err)
+	var e2 string
+	err = conn.QueryRow(ctx, "SELECT u.email FROM users u JOIN orders o ON o.user_id = u.id WHERE o.id = 1").Scan(&e2)
+	report("join", e2, err)
 }
