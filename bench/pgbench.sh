@@ -11,6 +11,8 @@
 #
 #   sudo bench/pgbench.sh   # ROUNDS=3 SECONDS_EACH=10 CLIENTS="1 8" MODES="simple prepared" RECORDS="full"
 #   RECORDS="none full" ... # recording cost: the same ruleset recording nothing, then everything
+#   WORKLOAD=bulk ...       # masked bulk read: SELECT * of a 20,000-row table with e-mail
+#                           # addresses, in MB/s; RECORDS here names mask variants: nomask, mask
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench: run as root" >&2; exit 1; }
@@ -50,6 +52,12 @@ su postgres -s /bin/sh -c "$pgbin/initdb -D $work/pg -U postgres -A trust --no-s
 printf 'local all all trust\nhost all all 0.0.0.0/0 trust\n' > "$work/pg/pg_hba.conf"
 su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -l $work/pg.log -w -o '-p $pg_port -k $work -c listen_addresses=127.0.0.2 -c max_connections=100 -c fsync=off' start >/dev/null"
 pgbench -i -s 10 -q -h "$work" -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+WORKLOAD=${WORKLOAD:-select}
+if [ "$WORKLOAD" = bulk ]; then
+  psql -X -q -h "$work" -p "$pg_port" -U postgres -c "create table people as select i as id, 'person'||i||'@example.com' as email, md5(i::text) as token, repeat('x', 120) as payload from generate_series(1, 20000) i" postgres
+  echo 'SELECT * FROM people;' > "$work/bulk.sql"
+  row_bytes=$(psql -X -At -h "$work" -p "$pg_port" -U postgres -c "select sum(length(id::text)+length(email)+length(token)+length(payload)) from people" postgres)
+fi
 
 mkdir -p "$mount/$cgroup" "$work/rules"
 if [ "${PROTOCOL:-postgres}" = tcp ]; then
@@ -57,6 +65,10 @@ if [ "${PROTOCOL:-postgres}" = tcp ]; then
   printf 'target "pg" {\n  protocol = "tcp"\n  address = ["127.0.0.2:%s"]\n}\npolicy "all" {\n  targets = ["pg"]\n}\n' "$pg_port" > "$work/rules/default.hcl"
 else
   sed "s|\"\\*:5432\"|\"127.0.0.2:$pg_port\"|" ruleset/default.hcl > "$work/default.hcl"
+  if [ "$WORKLOAD" = bulk ]; then
+    # A plain ruleset, with and without a column mask on people.email.
+    printf 'target "pg" {\n  protocol = "postgres"\n  address = ["127.0.0.2:%s"]\n}\npolicy "bench" {\n  targets = ["pg"]\n  record = "commands"\n  mask "email" {\n    columns = ["people.email"]\n    using = "hash"\n  }\n}\n' "$pg_port" > "$work/default.hcl"
+  fi
   cp "$work/default.hcl" "$work/rules/default.hcl"
 fi
 # set_record LEVEL: swap in the default ruleset recording at LEVEL and wait
@@ -65,7 +77,11 @@ set_record() {
   [ "${PROTOCOL:-postgres}" = tcp ] && return
   local gen
   gen=$("$BIN/sluice" status --json --socket "$work/sluiced.sock" | awk -F': ' '/"generation"/ { gsub(/,/, "", $2); print $2; exit }')
-  sed "s|record *= *\"full\"|record = \"$1\"|" "$work/default.hcl" > "$work/rules/default.hcl.new"
+  case "$1" in
+    nomask) sed '/mask "email"/,/^  }/d' "$work/default.hcl" > "$work/rules/default.hcl.new" ;;
+    mask) cp "$work/default.hcl" "$work/rules/default.hcl.new" ;;
+    *) sed "s|record *= *\"full\"|record = \"$1\"|" "$work/default.hcl" > "$work/rules/default.hcl.new" ;;
+  esac
   cmp -s "$work/rules/default.hcl.new" "$work/rules/default.hcl" && { rm "$work/rules/default.hcl.new"; return; }
   mv "$work/rules/default.hcl.new" "$work/rules/default.hcl"
   for _ in $(seq 100); do
@@ -96,12 +112,13 @@ for _ in $(seq 100); do "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev
 run_pgbench() { # where mode clients
   local where=$1 mode=$2 c=$3 out
   local args=(-S -M "$mode" -c "$c" -j "$c" -T "$SECONDS_EACH" -n -h 127.0.0.2 -p "$pg_port" -U postgres postgres)
+  [ "$WORKLOAD" = bulk ] && args=(-f "$work/bulk.sql" -M "$mode" -c "$c" -j "$c" -T "$SECONDS_EACH" -n -h 127.0.0.2 -p "$pg_port" -U postgres postgres)
   if [ "$where" = sluice ]; then
     out=$(PGSSLMODE=disable "$BIN/sluice" run --cgroup "$cgroup" -- pgbench "${args[@]}" 2>&1)
   else
     out=$(PGSSLMODE=disable pgbench "${args[@]}" 2>&1)
   fi
-  echo "$out" | awk '/^tps = / { print $3; exit }'
+  echo "$out" | awk -v rb="${row_bytes:-0}" -v bulk="$WORKLOAD" '/^tps = / { if (bulk == "bulk") printf "%.1f\n", $3 * rb / 1e6; else print $3; exit }'
 }
 
 declare -A results
@@ -125,7 +142,11 @@ stats() { # values -> "median min max"
   printf '%s\n' $1 | sort -g | awk '{ v[NR] = $1 } END { printf "%.0f %.0f %.0f", v[int((NR + 1) / 2)], v[1], v[NR] }'
 }
 echo
-echo "pgbench -S, ${SECONDS_EACH}s each, $ROUNDS interleaved rounds, median (min-max) TPS; Sluice with the default ruleset (${PROTOCOL:-postgres})"
+if [ "$WORKLOAD" = bulk ]; then
+  echo "SELECT * FROM people (20,000 rows, ${row_bytes} bytes of values), ${SECONDS_EACH}s each, $ROUNDS interleaved rounds, median (min-max) MB/s of values"
+else
+  echo "pgbench -S, ${SECONDS_EACH}s each, $ROUNDS interleaved rounds, median (min-max) TPS; Sluice with the default ruleset (${PROTOCOL:-postgres})"
+fi
 printf '| %-9s | %-7s | %-14s | %-22s | %-22s | %-6s |\n' mode clients variant direct sluice ratio
 printf '|%s|%s|%s|%s|%s|%s|\n' ----------- --------- ---------------- ------------------------ ------------------------ --------
 for mode in $MODES; do
@@ -135,7 +156,7 @@ for mode in $MODES; do
       [ "$v" = direct ] && continue
       read -r sm smin smax <<<"$(stats "${results["$mode $c $v"]}")"
       ratio=$(awk -v a="$sm" -v b="$dm" 'BEGIN { printf "%.2f", a / b }')
-      printf '| %-9s | %-7s | %-14s | %-22s | %-22s | %-6s |\n' "$mode" "$c" "record=${v#*:}" "$dm ($dmin-$dmax)" "$sm ($smin-$smax)" "$ratio"
+      printf '| %-9s | %-7s | %-14s | %-22s | %-22s | %-6s |\n' "$mode" "$c" "${v#*:}" "$dm ($dmin-$dmax)" "$sm ($smin-$smax)" "$ratio"
     done
   done
 done
