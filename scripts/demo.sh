@@ -73,6 +73,12 @@ policy "root-jobs" {
     when   = statement.kind == "delete" && !statement.has_where
     reason = "CI never empties a table"
   }
+
+  mask "contact-details" {
+    columns = ["users.email"]
+    detect  = ["email"] # where the column's origin is lost, as in upper(email)
+    using   = "email"
+  }
 }
 
 default {
@@ -141,6 +147,11 @@ SQL
 sleep 0.2
 grep '"@message":"statement denied"' "$work/sluiced.log" | tail -1
 
+bold "4b. A masked column: users.email reaches the job with its local part replaced (same person, same mask)"
+run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "SELECT id, email, email AS alias, upper(email) AS expression FROM users ORDER BY id"
+run psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "SELECT id, email FROM users ORDER BY id"
+echo "(the second query ran outside the cgroup: the real values)"
+
 bold "5. The flow log: one structured line per flow, with the original destination, the process, and its statements"
 grep '"@message":"flow"' "$work/sluiced.log" | tail -1
 
@@ -173,5 +184,4 @@ bold "10. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
 
 bold "Not in this demo yet"
-echo "Masking and approval holds arrive with their issues; each extends this demo."
-echo "Until then a mask verdict is logged but not applied, and a hold verdict is refused (fail closed)."
+echo "Approval holds arrive with their issue; until then a hold verdict is refused (fail closed)."

@@ -243,10 +243,11 @@ func (r *relay) maskRow(it *item, n int) error {
 		return r.serverErr(&ProtocolError{Msg: "short DataRow"})
 	}
 	ncol := int(binary.BigEndian.Uint16(b))
-	out := make([]byte, 2, len(b)+64)
-	copy(out, b[:2])
+	// The row is rebuilt in a buffer reused across rows: writeMsg copies
+	// it into the client's writer at once.
+	out := append(r.rowBuf[:0], b[:2]...)
 	rest := b[2:]
-	var scratch []byte
+	scratch := r.valBuf[:0]
 	for i := 0; i < ncol; i++ {
 		if len(rest) < 4 {
 			return r.serverErr(&ProtocolError{Msg: "malformed DataRow"})
@@ -279,6 +280,7 @@ func (r *relay) maskRow(it *item, n int) error {
 		out = binary.BigEndian.AppendUint32(out, uint32(len(mv)))
 		out = append(out, mv...)
 	}
+	r.rowBuf, r.valBuf = out, scratch
 	return writeMsg(r.cw, 'D', out)
 }
 

@@ -55,6 +55,8 @@ type relay struct {
 	// lastMasker masks error and notice texts that arrive with no
 	// masked statement in flight (server side only).
 	lastMasker *mask.Masker
+	// rowBuf and valBuf are the server goroutine's scratch for masked rows.
+	rowBuf, valBuf []byte
 }
 
 // command is one classified statement text and its verdict.
