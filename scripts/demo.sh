@@ -94,11 +94,12 @@ test "DROP is refused" {
   expect_rule = "root-jobs/deny/no-ddl"
 }
 
-test "root may connect" {
-  target    = "demo-db"
-  process   = { uid = 0 }
-  statement = { kind = "connect" }
-  expect    = "allow"
+test "root may read, with contact details masked" {
+  target      = "demo-db"
+  process     = { uid = 0 }
+  query       = "SELECT email FROM users"
+  expect      = "mask"
+  expect_rule = "root-jobs/mask/contact-details"
 }
 
 test "others get the default" {
