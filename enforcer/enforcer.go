@@ -52,6 +52,51 @@ type Outcome struct {
 	Skipped bool
 }
 
+// HoldRequest is a statement waiting for approval.
+type HoldRequest struct {
+	Command *Command
+	Verdict Verdict
+	// Stage is "before" (the statement has not run) or "result" (its
+	// result is paused after Rows rows).
+	Stage string
+	Rows  int64
+	// Notify is called once the request exists, with its ID and a
+	// message for the client (how to approve), before the wait begins.
+	Notify func(id, message string)
+}
+
+// HoldOutcome is the decision on a held statement.
+type HoldOutcome struct {
+	Approved bool
+	// Reason says who decided, or that it timed out.
+	Reason string
+}
+
+// CanHold reports whether hold verdicts can wait for approval.
+func (s *Session) CanHold() bool { return s.Holder != nil }
+
+// Hold waits for the decision on a held command and records the request
+// and the outcome.
+func (s *Session) Hold(ctx context.Context, h HoldRequest) HoldOutcome {
+	if s.Holder == nil {
+		return HoldOutcome{Reason: "approval holds are not configured"}
+	}
+	o := s.Holder(ctx, h)
+	verdict := "deny"
+	if o.Approved {
+		verdict = "allow"
+	}
+	s.Record(s.levelFor(h.Verdict.Decision), record.Event{Type: record.TypeNote, Kind: h.Command.Statement.Kind,
+		Verdict: verdict, Rule: h.Verdict.Decision.Rule.ID, Reason: "hold (" + h.Stage + "): " + o.Reason})
+	if o.Approved {
+		s.log.Info("held statement approved", "rule", h.Verdict.Decision.Rule.ID, "stage", h.Stage, "reason", o.Reason)
+	} else {
+		s.denied.Add(1)
+		s.log.Warn("held statement refused", "rule", h.Verdict.Decision.Rule.ID, "stage", h.Stage, "reason", o.Reason)
+	}
+	return o
+}
+
 // ErrRecording is returned (wrapped) once the session's recording failed.
 var ErrRecording = errors.New("session recording failed")
 
@@ -75,6 +120,11 @@ type Session struct {
 
 	mu       sync.Mutex
 	verdicts map[string]bool
+
+	// Holder, when set before the session is used, makes hold verdicts
+	// wait for a human decision. Without it a hold is refused (fail
+	// closed).
+	Holder func(ctx context.Context, h HoldRequest) HoldOutcome
 
 	// Tee, when set before the session is used, also receives every
 	// recorded event (after level filtering), for live export. It must
@@ -162,9 +212,14 @@ func (s *Session) Decide(c *Command) Verdict {
 
 // DecideResult re-evaluates a command whose decision awaited its result,
 // with the rows and bytes seen so far.
+// It is called for every row of such a result, so only a verdict that
+// stops the result (hold or deny) is logged and recorded.
 func (s *Session) DecideResult(c *Command, rows, bytes int64) Verdict {
-	v := s.verdict(c, s.match.Decide(&c.Statement, ruleset.Result{Known: true, Rows: rows, Bytes: bytes}))
-	return v
+	d := s.match.Decide(&c.Statement, ruleset.Result{Known: true, Rows: rows, Bytes: bytes})
+	if a := d.Enforced(); a != ruleset.Hold && a != ruleset.Deny {
+		return Verdict{Action: a, Decision: d}
+	}
+	return s.verdict(c, d)
 }
 
 func (s *Session) verdict(c *Command, d ruleset.Decision) Verdict {

@@ -39,6 +39,9 @@ commands:
                                        for SIEMs, Wireshark/tshark (level full), asciinema
   verify ID | --all                    check recordings' checksums, hash chain and signatures; exit 1 if altered
   recordings pubkey [--data-dir DIR]   print the recording signature public key
+  approvals list [--json]              held statements waiting for a decision, and recent decisions
+  approve ID [--comment TEXT]          let a held statement run (root, the admin group, or --server with a token)
+  deny ID [--comment TEXT]             refuse it
 `
 
 func main() {
@@ -66,6 +69,12 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return sessionsCmd(args[1:], stdout, stderr)
 	case "verify":
 		return verifyCmd(args[1:], stdout, stderr)
+	case "approvals":
+		return approvalsCmd(args[1:], stdout, stderr)
+	case "approve":
+		return decideCmd("approve", args[1:], stdout, stderr)
+	case "deny":
+		return decideCmd("deny", args[1:], stdout, stderr)
 	case "export":
 		return exportCmd(args[1:], stdout, stderr)
 	case "replay":
@@ -191,6 +200,10 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 			for _, l := range e.Errors {
 				fmt.Fprintf(w, "  %s\n", l)
 			}
+		}
+		fmt.Fprintf(w, "holds:       %d pending\n", len(d.Holds))
+		for _, h := range d.Holds {
+			fmt.Fprintf(w, "  hold       %s %s on %s (%s), expires %s: %.60s\n", h.ID, h.Rule, h.Target, h.Stage, h.Deadline.Format(time.RFC3339), h.Statement)
 		}
 		for _, t := range d.Targets {
 			note := ""

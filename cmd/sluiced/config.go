@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 
+	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/interceptor/identity"
 	"github.com/sluicehq/sluice/internal/api"
 	"github.com/sluicehq/sluice/ruleset"
@@ -38,6 +39,7 @@ type fileConfig struct {
 	Recording      *recordingConfig `hcl:"recording,block"`
 	LiveExport     *liveConfig      `hcl:"live_export,block"`
 	Remote         *remoteConfig    `hcl:"remote_api,block"`
+	Approvals      *approvalsConfig `hcl:"approvals,block"`
 }
 
 // liveConfig is the live_export block: recorded events as JSON lines to a
@@ -106,6 +108,8 @@ type config struct {
 	Live liveConfig
 	// Remote, when set, serves the recording API to responders over HTTPS.
 	Remote *remoteConfig
+	// Approvals configures approval holds.
+	Approvals approvalsConfig
 }
 
 // recordingSettings: how often recordings are made durable (default 1s),
@@ -250,6 +254,14 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 			rc.Audience = "sluice"
 		}
 		c.Remote = rc
+	}
+	if ac := fc.Approvals; ac != nil {
+		if ac.WebhookFormat != "" {
+			if err := approve.CheckFormat(ac.WebhookFormat); err != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid webhook_format", Detail: err.Error() + ": use json or slack."})
+			}
+		}
+		c.Approvals = *ac
 	}
 	if lc := fc.LiveExport; lc != nil {
 		if lc.Syslog != "" {

@@ -14,7 +14,9 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/sluicehq/sluice/decoder/postgres"
 	"github.com/sluicehq/sluice/decoder/tcp"
+	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/interceptor/identity"
@@ -127,6 +130,9 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		return err
 	}
 	defer rec.Close()
+	broker := newBroker(cfg, log.Named("approvals"))
+	defer broker.Close(context.Background())
+	rec.broker = broker
 	idr, err := identity.New(ctx, cfg.Identity, log.Named("identity"))
 	if err != nil {
 		return fmt.Errorf("workload identity: %w", err)
@@ -170,7 +176,13 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	// 4. Control API.
 	started := time.Now()
 	apiSrv, err := startAPI(cfg, log.Named("api"), rm, rec, func() api.Status {
-		return statusOf(cfg, ic, proxy, rm.store, started)
+		st := statusOf(cfg, ic, proxy, rm.store, started)
+		for _, r := range broker.List() {
+			if r.State == approve.StatePending {
+				st.Holds = append(st.Holds, api.Hold{ID: r.ID, Rule: r.Rule, Target: r.Target, Stage: r.Stage, Statement: r.Statement, Deadline: r.Deadline})
+			}
+		}
+		return st
 	})
 	if err != nil {
 		return err
@@ -345,7 +357,24 @@ func startAPI(cfg *config, log hclog.Logger, rm *rules, rec *recorder, status fu
 	if err != nil {
 		return nil, fmt.Errorf("listen on api socket: %w", err)
 	}
-	if err := os.Chmod(cfg.APISocket, 0o600); err != nil {
+	mode := os.FileMode(0o600)
+	if g := cfg.Approvals.AdminGroup; g != "" {
+		// The admin group may connect; each endpoint still checks who.
+		grp, err := user.LookupGroup(g)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("admin_group %q: %w", g, err)
+		}
+		gid, _ := strconv.Atoi(grp.Gid)
+		if err := os.Chown(cfg.APISocket, 0, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("api socket group: %w", err)
+		}
+		os.Chmod(filepath.Dir(cfg.APISocket), 0o750)
+		os.Chown(filepath.Dir(cfg.APISocket), 0, gid)
+		mode = 0o660
+	}
+	if err := os.Chmod(cfg.APISocket, mode); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("restrict api socket: %w", err)
 	}
@@ -354,6 +383,9 @@ func startAPI(cfg *config, log hclog.Logger, rm *rules, rec *recorder, status fu
 		api.WriteJSON(w, http.StatusOK, status())
 	})
 	rec.routes(mux)
+	approvalRoutes(mux, rec.broker, func(r *http.Request) (approve.Approver, error) {
+		return localApprover(r.Context(), cfg.Approvals.AdminGroup)
+	})
 	mux.HandleFunc("POST /v1/rules", func(w http.ResponseWriter, r *http.Request) {
 		// The socket is root's alone (0600), and a push must also come
 		// from uid 0 by the kernel's word.

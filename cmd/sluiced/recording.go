@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/enforcer/store"
 	"github.com/sluicehq/sluice/interceptor"
@@ -29,6 +30,8 @@ type recorder struct {
 	opts  record.Options
 	log   hclog.Logger
 	live  *live // nil: no live export
+	// broker takes the session's approval holds.
+	broker *approve.Broker
 }
 
 func newRecorder(cfg *config, log hclog.Logger) (*recorder, error) {
@@ -67,7 +70,9 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 	log := r.log.With("flow", f.ID, "target", f.Target.Name)
 	level := record.LevelOf(connect.Record)
 	if level == record.None {
-		return enforcer.NewSession(ctx, f.Match, nil, level, log), func(interceptor.Result) {}, nil
+		sess := enforcer.NewSession(ctx, f.Match, nil, level, log)
+		sess.Holder = holder(r.broker, "", f)
+		return sess, func(interceptor.Result) {}, nil
 	}
 	id := newSessionID(f.Start)
 	w, err := record.Create(r.dir, id, r.keys, r.opts)
@@ -78,6 +83,7 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 	if r.live != nil {
 		sess.Tee = r.live.tee(id)
 	}
+	sess.Holder = holder(r.broker, id, f)
 	idx := &store.Session{
 		ID: id, Path: w.Path(), Start: f.Start, Status: store.StatusActive,
 		Target: f.Target.Name, Protocol: f.Target.Protocol, OrigDst: f.Dest.String(),

@@ -16,6 +16,7 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/internal/api"
 	"github.com/sluicehq/sluice/internal/tlsutil"
 )
@@ -63,31 +64,48 @@ func (a *remoteAuth) verifierFor(ctx context.Context) (*oidc.IDTokenVerifier, er
 	return a.verifier, nil
 }
 
-// check returns the token's subject when the request may proceed.
-func (a *remoteAuth) check(r *http.Request) (string, int, error) {
+// check returns the token's approver identity when the request may
+// proceed.
+func (a *remoteAuth) check(r *http.Request) (approve.Approver, int, error) {
+	var who approve.Approver
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || tok == "" {
-		return "", http.StatusUnauthorized, errors.New("a bearer token is required")
+		return who, http.StatusUnauthorized, errors.New("a bearer token is required")
 	}
 	v, err := a.verifierFor(r.Context())
 	if err != nil {
-		return "", http.StatusServiceUnavailable, err
+		return who, http.StatusServiceUnavailable, err
 	}
 	idt, err := v.Verify(r.Context(), tok)
 	if err != nil {
-		return "", http.StatusUnauthorized, fmt.Errorf("invalid token: %w", err)
+		return who, http.StatusUnauthorized, fmt.Errorf("invalid token: %w", err)
 	}
 	var claims map[string]any
 	if err := idt.Claims(&claims); err != nil {
-		return "", http.StatusUnauthorized, err
+		return who, http.StatusUnauthorized, err
+	}
+	who = approve.Approver{Kind: approve.KindOIDC, Subject: idt.Subject}
+	if e, ok := claims["email"].(string); ok {
+		if v, ok := claims["email_verified"].(bool); !ok || v {
+			who.Email = e
+		}
+	}
+	if gs, ok := claims["groups"].([]any); ok {
+		for _, g := range gs {
+			if s, ok := g.(string); ok {
+				who.Groups = append(who.Groups, s)
+			}
+		}
 	}
 	for k, want := range a.cfg.AllowClaims {
 		if !claimHas(claims[k], want) {
-			return idt.Subject, http.StatusForbidden, fmt.Errorf("token claim %q does not include %q", k, want)
+			return who, http.StatusForbidden, fmt.Errorf("token claim %q does not include %q", k, want)
 		}
 	}
-	return idt.Subject, 0, nil
+	return who, 0, nil
 }
+
+type approverKey struct{}
 
 func claimHas(v any, want string) bool {
 	switch x := v.(type) {
@@ -106,6 +124,7 @@ func claimHas(v any, want string) bool {
 // startRemote serves the read-only recording API over HTTPS with the
 // daemon CA's certificate. Rules pushes and approvals stay local.
 func startRemote(cfg *config, ca *tlsutil.CA, rec *recorder, status func() api.Status, log hclog.Logger) (*http.Server, error) {
+	// Read-only endpoints, plus approval decisions by the token's holder.
 	rc := cfg.Remote
 	client := &http.Client{Timeout: 10 * time.Second}
 	if rc.CAFile != "" {
@@ -123,19 +142,23 @@ func startRemote(cfg *config, ca *tlsutil.CA, rec *recorder, status func() api.S
 	inner := http.NewServeMux()
 	rec.routes(inner)
 	inner.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { api.WriteJSON(w, http.StatusOK, status()) })
+	approvalRoutes(inner, rec.broker, func(r *http.Request) (approve.Approver, error) {
+		who, _ := r.Context().Value(approverKey{}).(approve.Approver)
+		return who, nil
+	})
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sub, code, err := auth.check(r)
+		who, code, err := auth.check(r)
 		if err != nil {
-			log.Warn("remote request refused", "path", r.URL.Path, "subject", sub, "remote", r.RemoteAddr, "error", err)
+			log.Warn("remote request refused", "path", r.URL.Path, "subject", who.Subject, "remote", r.RemoteAddr, "error", err)
 			api.WriteError(w, code, err)
 			return
 		}
-		if r.Method != http.MethodGet {
-			api.WriteError(w, http.StatusMethodNotAllowed, errors.New("the remote API is read-only"))
+		if r.Method != http.MethodGet && !strings.HasPrefix(r.URL.Path, "/v1/approvals/") {
+			api.WriteError(w, http.StatusMethodNotAllowed, errors.New("the remote API only reads, and decides approvals"))
 			return
 		}
-		log.Info("remote request", "path", r.URL.Path, "subject", sub, "remote", r.RemoteAddr)
-		inner.ServeHTTP(w, r)
+		log.Info("remote request", "method", r.Method, "path", r.URL.Path, "subject", who.Subject, "remote", r.RemoteAddr)
+		inner.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), approverKey{}, who)))
 	})
 	ln, err := net.Listen("tcp", rc.Listen)
 	if err != nil {

@@ -110,7 +110,9 @@ type session struct {
 	user, database         string
 	clientTLS, upstreamTLS bool
 	cancelKey              string
+	cancelPacket           []byte // a CancelRequest for this session's backend
 	catalog                *Catalog
+	ctx                    context.Context
 	nonce                  string
 	closeOnce              sync.Once
 }
@@ -131,6 +133,7 @@ func (s *session) close() {
 }
 
 func (s *session) run(ctx context.Context) error {
+	s.ctx = ctx
 	stop := context.AfterFunc(ctx, s.close)
 	defer stop()
 
@@ -458,9 +461,13 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			if err != nil {
 				return 0, err
 			}
-			if len(b) >= 8 && s.p.Cancels != nil {
-				s.cancelKey = cancelKey(binary.BigEndian.Uint32(b), b[4:])
-				s.p.Cancels.add(s.cancelKey, s.p.Dial)
+			if len(b) >= 8 {
+				cr := pgproto3.CancelRequest{ProcessID: binary.BigEndian.Uint32(b), SecretKey: append([]byte(nil), b[4:]...)}
+				s.cancelPacket, _ = cr.Encode(nil)
+				if s.p.Cancels != nil {
+					s.cancelKey = cancelKey(cr.ProcessID, cr.SecretKey)
+					s.p.Cancels.add(s.cancelKey, s.p.Dial)
+				}
 			}
 			if err := writeMsg(cw, 'K', b); err != nil {
 				return 0, err

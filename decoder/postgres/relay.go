@@ -3,6 +3,7 @@ package postgres
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,14 +12,17 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
 // resultCheckEvery is how many rows pass between re-evaluations of a
-// statement whose decision waits on its result (result.rows > N).
-const resultCheckEvery = 1000
+// statement whose decision waits on its result (result.rows > N): every
+// row, so a threshold of N pauses after exactly N rows.
+const resultCheckEvery = 1
 
 // relay is the statement phase: the client-to-server goroutine classifies
 // and decides, the server-to-client goroutine accounts results and turns
@@ -93,6 +97,12 @@ type item struct {
 	cols         []colDesc
 	plan         *mask.Plan
 	copyOut      *copyState
+
+	// Result-stage holds: held once approved; refused means the server
+	// was asked to cancel, further rows are dropped and the statement's
+	// end is replaced by refusal.
+	heldOK  bool
+	refusal []byte
 }
 
 // denial is the ErrorResponse to send in place of the server's error for
@@ -198,7 +208,7 @@ func (r *relay) decide(text string) *command {
 	c := &command{cmd: enforcer.Command{Text: text}}
 	c.cmd.Statement, c.cmd.ClassifyErr = r.s.p.Classify(text)
 	c.verdict = r.s.p.Session.Decide(&c.cmd)
-	if len(c.verdict.Decision.Masks) > 0 && !blocked(c.verdict) {
+	if len(c.verdict.Decision.Masks) > 0 && c.verdict.Action != ruleset.Deny {
 		var m *mask.Masker
 		err := errors.New("no masking configured")
 		if r.s.p.Masks != nil {
@@ -252,6 +262,7 @@ func (r *relay) query(n int) error {
 		return err
 	}
 	c := r.decide(text)
+	r.awaitHold(c)
 	it := &item{c: c, batch: r.cBatch, simple: true, start: time.Now()}
 	r.cBatch++ // a Query is a batch of its own
 	if blocked(c.verdict) {
@@ -284,6 +295,7 @@ func (r *relay) parse(n int) error {
 		return err
 	}
 	c := r.decide(text)
+	r.awaitHold(c)
 	r.stmts[name] = c
 	if blocked(c.verdict) {
 		r.pushDenial(c, r.cBatch)
@@ -454,6 +466,17 @@ func (r *relay) serverLoop() error {
 			}
 			continue
 		case 'C', 'I', 's':
+			if body := r.takeRefusal(); body != nil {
+				if _, err := r.sr.body(n); err != nil {
+					return r.serverErr(err)
+				}
+				r.endResult()
+				r.finishExecute(codeInsufficientPrivilege, sBatch)
+				if err := writeMsg(r.cw, 'E', body); err != nil {
+					return err
+				}
+				continue
+			}
 			r.endResult()
 			r.finishExecute("", sBatch)
 		case 'E':
@@ -463,6 +486,10 @@ func (r *relay) serverLoop() error {
 			}
 			if repl, ok := r.replaceDenied(b, sBatch); ok {
 				b = repl
+			} else if body := r.takeRefusal(); body != nil {
+				r.endResult()
+				r.finishExecute(codeInsufficientPrivilege, sBatch)
+				b = body
 			} else {
 				r.endResult()
 				r.finishExecute(errorCode(b), sBatch)
@@ -504,34 +531,125 @@ func (r *relay) dataRow(n int, batch uint64) error {
 		it.bytes += int64(n)
 	}
 	r.mu.Unlock()
-	if it != nil && it.c.masker != nil {
-		if err := r.maskRow(it, n); err != nil {
-			return err
-		}
-		return r.checkResult(it)
-	}
 	if err := r.checkResult(it); err != nil {
 		return err
+	}
+	if it != nil && it.refusal != nil {
+		// Refused: the server is cancelling; drop what it still sends.
+		_, err := r.sr.body(n)
+		return err
+	}
+	if it != nil && it.c.masker != nil {
+		return r.maskRow(it, n)
 	}
 	return r.sr.forward(r.cw, n)
 }
 
-// checkResult re-decides a statement whose rules wait on its result.
+// checkResult re-decides a statement whose rules wait on its result,
+// every resultCheckEvery rows. A hold pauses the result (nothing more is
+// read from the server, so it waits too) until a human decides; a deny,
+// or a refused hold, cancels the statement on the server and ends it for
+// the client with an error, after exactly the rows already sent.
 func (r *relay) checkResult(it *item) error {
-	if it != nil && it.c.verdict.Decision.AwaitResult && it.rows%resultCheckEvery == 0 {
-		v := r.s.p.Session.DecideResult(&it.c.cmd, it.rows, it.bytes)
-		if blocked(v) {
-			// Approval holds do not exist yet: a result that crosses a
-			// hold or deny threshold ends the session, and closing the
-			// server connection stops the query.
-			r.cw.Flush()
-			writeMsg(r.cw, 'E', denialWith(v, "FATAL"))
-			r.cw.Flush()
-			r.s.up.Close()
-			return fmt.Errorf("result of %d rows crossed rule %s", it.rows, v.Decision.Rule.ID)
-		}
+	if it == nil || !it.c.verdict.Decision.AwaitResult || it.heldOK || it.refusal != nil || it.rows%resultCheckEvery != 0 {
+		return nil
 	}
+	// it.rows counts the row about to be sent: decide as if it had been.
+	v := r.s.p.Session.DecideResult(&it.c.cmd, it.rows, it.bytes)
+	switch v.Action {
+	case ruleset.Hold:
+		if r.s.p.Session.CanHold() {
+			o := r.s.p.Session.Hold(r.s.ctx, enforcer.HoldRequest{Command: &it.c.cmd, Verdict: v, Stage: "result", Rows: it.rows - 1,
+				Notify: func(id, msg string) {
+					writeMsg(r.cw, 'N', noticeBody(msg))
+					r.cw.Flush()
+				}})
+			if o.Approved {
+				it.heldOK = true
+				return nil
+			}
+			v.Action = ruleset.Deny
+			v.Decision.Reason = o.Reason
+		}
+	case ruleset.Deny:
+	default:
+		return nil
+	}
+	it.refusal = denialBody(v)
+	r.cancelBackend()
 	return nil
+}
+
+// cancelBackend asks the server to cancel the running statement, as a
+// client's CancelRequest would, on a new connection.
+func (r *relay) cancelBackend() {
+	if r.s.cancelPacket == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := r.s.p.Dial(ctx)
+		if err != nil {
+			r.s.p.Log.Error("cancel request for a refused result failed", "error", err)
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write(r.s.cancelPacket)
+		var b [1]byte
+		c.Read(b[:])
+	}()
+}
+
+// awaitHold waits for the decision on a statement held before it runs. An
+// approved statement goes on (its masks still apply); a refused or
+// expired one becomes a denial with the decider's reason.
+func (r *relay) awaitHold(c *command) {
+	if c.verdict.Action != ruleset.Hold || !r.s.p.Session.CanHold() {
+		return
+	}
+	o := r.s.p.Session.Hold(r.s.ctx, enforcer.HoldRequest{Command: &c.cmd, Verdict: c.verdict, Stage: "before",
+		Notify: func(id, msg string) {
+			r.cwMu.Lock()
+			writeMsg(r.cw, 'N', noticeBody(msg))
+			r.cw.Flush()
+			r.cwMu.Unlock()
+		}})
+	if o.Approved {
+		c.verdict.Action = ruleset.Allow
+		if c.masker != nil {
+			c.verdict.Action = ruleset.Mask
+		}
+		return
+	}
+	c.verdict.Action = ruleset.Deny
+	c.verdict.Decision.Reason = o.Reason
+}
+
+// noticeBody is a NoticeResponse body telling the client about a hold.
+func noticeBody(msg string) []byte {
+	e := &pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "01000", Message: msg}
+	b, err := e.Encode(nil)
+	if err != nil {
+		panic(err)
+	}
+	return b[5:]
+}
+
+// takeRefusal returns the refusal of the result in flight, once.
+func (r *relay) takeRefusal() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pending) == 0 || r.pending[0].refusal == nil {
+		return nil
+	}
+	b := r.pending[0].refusal
+	r.pending[0].refusal = []byte{} // ends the dropping, not the item
+	if len(b) == 0 {
+		return nil
+	}
+	return b
 }
 
 // replaceDenied swaps the server's error for a substituted statement for

@@ -34,6 +34,17 @@ type Status struct {
 	Targets   []Target          `json:"targets"`
 	Flows     Flows             `json:"flows"`
 	Kernel    map[string]uint64 `json:"kernel_counters"`
+	Holds     []Hold            `json:"pending_holds"`
+}
+
+// Hold is a pending approval request as status shows it.
+type Hold struct {
+	ID        string    `json:"id"`
+	Rule      string    `json:"rule"`
+	Target    string    `json:"target"`
+	Stage     string    `json:"stage"`
+	Statement string    `json:"statement"`
+	Deadline  time.Time `json:"deadline"`
 }
 
 // Target is a configured target as status shows it.
