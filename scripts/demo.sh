@@ -60,9 +60,9 @@ target "demo-db" {
   address  = ["127.0.0.2:$pg_port"]
 }
 
-policy "root-jobs" {
+policy "ci-jobs" {
   targets = ["demo-db"]
-  when    = process.uid == 0
+  when    = contains([0, 65534], process.uid) # root and nobody run the demo's jobs
 
   deny "no-ddl" {
     when   = contains(["drop", "truncate", "alter"], statement.kind)
@@ -72,6 +72,13 @@ policy "root-jobs" {
   deny "no-bulk-delete" {
     when   = statement.kind == "delete" && !statement.has_where
     reason = "CI never empties a table"
+  }
+
+  hold "exports" {
+    when      = statement.kind == "copy_out"
+    approvers = ["local-admin"]
+    timeout   = "2m"
+    reason    = "exports of production data need a human"
   }
 
   mask "contact-details" {
@@ -91,7 +98,7 @@ test "DROP is refused" {
   process     = { uid = 0 }
   query       = "DROP TABLE users"
   expect      = "deny"
-  expect_rule = "root-jobs/deny/no-ddl"
+  expect_rule = "ci-jobs/deny/no-ddl"
 }
 
 test "root may read, with contact details masked" {
@@ -99,12 +106,12 @@ test "root may read, with contact details masked" {
   process     = { uid = 0 }
   query       = "SELECT email FROM users"
   expect      = "mask"
-  expect_rule = "root-jobs/mask/contact-details"
+  expect_rule = "ci-jobs/mask/contact-details"
 }
 
 test "others get the default" {
   target      = "demo-db"
-  process     = { uid = 65534 }
+  process     = { uid = 12345 }
   statement   = { kind = "connect" }
   expect      = "deny"
   expect_rule = "default"
@@ -162,8 +169,24 @@ last=$("$BIN/sluice" sessions list --socket "$work/sluiced.sock" --verdict deny 
 run "$BIN/sluice" sessions show --socket "$work/sluiced.sock" "$last"
 run "$BIN/sluice" verify --socket "$work/sluiced.sock" --all
 
-bold "6. A job that no policy covers (uid nobody) gets the default deny"
-run "$BIN/sluice" run --cgroup "$cgroup" -- setpriv --reuid=65534 --regid=65534 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(denied, as the ruleset says)"
+bold "5c. A held statement: a COPY export waits for a human; the job's log says how to approve"
+PGSSLMODE=disable "$BIN/sluice" run --cgroup "$cgroup" -- setpriv --reuid=65534 --regid=65534 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "COPY users TO STDOUT" > "$work/held.out" 2>&1 &
+held=$!
+for _ in $(seq 100); do
+  id=$("$BIN/sluice" approvals list --socket "$work/sluiced.sock" --json | awk -F'"' '/"ID"|"id"/ { print $4; exit }')
+  [ -n "$id" ] && break
+  sleep 0.1
+done
+run "$BIN/sluice" approvals list --socket "$work/sluiced.sock"
+echo "-- the job so far (it is waiting):"
+cat "$work/held.out"
+run "$BIN/sluice" approve "$id" --socket "$work/sluiced.sock" --comment "one-off export for the migration test"
+wait "$held" || true
+echo "-- the job after approval:"
+cat "$work/held.out"
+
+bold "6. A job that no policy covers (uid 12345) gets the default deny"
+run "$BIN/sluice" run --cgroup "$cgroup" -- setpriv --reuid=12345 --regid=12345 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(denied, as the ruleset says)"
 sleep 0.2
 grep '"@message":"flow denied"' "$work/sluiced.log" | tail -1
 
@@ -185,4 +208,4 @@ bold "10. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
 
 bold "Not in this demo yet"
-echo "Approval holds arrive with their issue; until then a hold verdict is refused (fail closed)."
+echo "Workload identity needs a CI job (see the e2e tests: a Runner.Worker with a token); the demo's jobs are plain processes."
