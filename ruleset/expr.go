@@ -388,9 +388,13 @@ func globAny(patterns cty.Value, s string) bool {
 	return false
 }
 
-// globMatch reports whether s matches pattern, where * matches any run of
+// MatchGlob reports whether s matches pattern, where * matches any run of
 // characters (including "/" and "."), ? matches one character and \
-// escapes the next one. Matching is case-sensitive and allocation-free.
+// escapes the next one. Matching is case-sensitive and allocation-free;
+// it is the glob() of rule expressions.
+func MatchGlob(pattern, s string) bool { return globMatch(pattern, s) }
+
+// globMatch is MatchGlob.
 func globMatch(pattern, s string) bool {
 	px, sx := 0, 0
 	nextPx, nextSx := -1, -1

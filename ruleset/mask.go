@@ -143,7 +143,7 @@ func (c *compiler) mask(hb *hcl.Block, content *hcl.BodyContent, headerErr bool)
 
 // checkColumnPattern returns why s is not a column pattern, or "".
 func checkColumnPattern(s string) string {
-	parts := splitColumnPattern(s)
+	parts := SplitColumnPattern(s)
 	if len(parts) > 3 {
 		return fmt.Sprintf("%q has %d dot-separated parts; at most 3 are allowed.", s, len(parts))
 	}
@@ -158,9 +158,9 @@ func checkColumnPattern(s string) string {
 	return ""
 }
 
-// splitColumnPattern splits a column pattern at dots not escaped with a
-// backslash.
-func splitColumnPattern(s string) []string {
+// SplitColumnPattern splits a column pattern ("schema.table.column",
+// "table.column", "column") at dots not escaped with a backslash.
+func SplitColumnPattern(s string) []string {
 	var parts []string
 	start := 0
 	for i := 0; i < len(s); i++ {

@@ -75,7 +75,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/sluicehq/sluice/ruleset"
 )
@@ -189,7 +188,7 @@ func (m *Masker) Detectors() []string {
 }
 
 func compilePattern(p string) (colPattern, error) {
-	parts := splitPattern(p)
+	parts := ruleset.SplitColumnPattern(p)
 	if len(parts) == 0 || len(parts) > 3 {
 		return colPattern{}, fmt.Errorf("column pattern %q: want column, table.column or schema.table.column", p)
 	}
@@ -214,21 +213,6 @@ func compilePattern(p string) (colPattern, error) {
 
 func matchesAnything(s string) bool { return strings.Trim(s, "*") == "" }
 
-func splitPattern(s string) []string {
-	var parts []string
-	start := 0
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '\\':
-			i++
-		case '.':
-			parts = append(parts, s[start:i])
-			start = i + 1
-		}
-	}
-	return append(parts, s[start:])
-}
-
 // match reports whether the pattern covers c.
 func (p *colPattern) match(c *Column) bool {
 	if c.Table == "" && !p.anyTab {
@@ -238,55 +222,11 @@ func (p *colPattern) match(c *Column) bool {
 }
 
 // globFold matches s against a lower-case glob pattern ("" matches
-// anything), comparing case-insensitively: * matches any run of
-// characters, ? one character, \ escapes the next.
+// anything), comparing case-insensitively.
 func globFold(pattern, s string) bool {
-	if pattern == "" {
-		return true
-	}
-	px, sx := 0, 0
-	nextPx, nextSx := -1, -1
-	for px < len(pattern) || sx < len(s) {
-		if px < len(pattern) {
-			switch c := pattern[px]; c {
-			case '*':
-				nextPx, nextSx = px, sx+1
-				px++
-				continue
-			case '?':
-				if sx < len(s) {
-					_, n := utf8.DecodeRuneInString(s[sx:])
-					px++
-					sx += n
-					continue
-				}
-			default:
-				if c == '\\' && px+1 < len(pattern) {
-					px++
-					c = pattern[px]
-				}
-				if sx < len(s) && lower(s[sx]) == c {
-					px++
-					sx++
-					continue
-				}
-			}
-		}
-		if nextSx > 0 && nextSx <= len(s) {
-			px, sx = nextPx, nextSx
-			continue
-		}
-		return false
-	}
-	return true
+	return pattern == "" || ruleset.MatchGlob(pattern, strings.ToLower(s))
 }
 
-func lower(c byte) byte {
-	if c >= 'A' && c <= 'Z' {
-		return c + 'a' - 'A'
-	}
-	return c
-}
 
 // scan appends the merged, sorted spans every detector finds in b.
 func (m *Masker) scan(b []byte, out []span) []span {
