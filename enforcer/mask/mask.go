@@ -227,7 +227,6 @@ func globFold(pattern, s string) bool {
 	return pattern == "" || ruleset.MatchGlob(pattern, strings.ToLower(s))
 }
 
-
 // scan appends the merged, sorted spans every detector finds in b.
 func (m *Masker) scan(b []byte, out []span) []span {
 	out = out[:0]
