@@ -353,3 +353,24 @@ func Digest(files map[string][]byte) [32]byte {
 	h.Sum(sum[:0])
 	return sum
 }
+
+// DiagnosticLine renders d the way every Sluice tool reports ruleset
+// problems: "file:line:col: severity: summary: detail", with fallback in
+// place of the position when d has no source range.
+func DiagnosticLine(d *hcl.Diagnostic, fallback string) string {
+	sev := "error"
+	if d.Severity == hcl.DiagWarning {
+		sev = "warning"
+	}
+	msg := d.Summary
+	if d.Detail != "" {
+		msg += ": " + d.Detail
+	}
+	if s := d.Subject; s != nil {
+		return fmt.Sprintf("%s:%d:%d: %s: %s", s.Filename, s.Start.Line, s.Start.Column, sev, msg)
+	}
+	if fallback == "" {
+		return sev + ": " + msg
+	}
+	return fallback + ": " + sev + ": " + msg
+}

@@ -83,22 +83,11 @@ func classifyStatement(protocol, text string) (ruleset.Statement, error) {
 // detail" followed by the source line and a marker under the range.
 func writeDiags(w io.Writer, fallback string, diags hcl.Diagnostics, files map[string]*hcl.File) {
 	for _, d := range diags {
-		sev := "error"
-		if d.Severity == hcl.DiagWarning {
-			sev = "warning"
-		}
-		msg := d.Summary
-		if d.Detail != "" {
-			msg += ": " + d.Detail
-		}
-		if d.Subject == nil {
-			fmt.Fprintf(w, "%s: %s: %s\n", fallback, sev, msg)
-			continue
-		}
-		s := d.Subject
-		fmt.Fprintf(w, "%s:%d:%d: %s: %s\n", s.Filename, s.Start.Line, s.Start.Column, sev, msg)
-		if f := files[s.Filename]; f != nil {
-			writeSnippet(w, f.Bytes, s)
+		fmt.Fprintln(w, ruleset.DiagnosticLine(d, fallback))
+		if s := d.Subject; s != nil {
+			if f := files[s.Filename]; f != nil {
+				writeSnippet(w, f.Bytes, s)
+			}
 		}
 	}
 }

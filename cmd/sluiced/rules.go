@@ -263,19 +263,7 @@ func loadErrorLines(le *ruleset.LoadError) []string {
 func formatDiags(diags hcl.Diagnostics) string {
 	var lines []string
 	for _, d := range diags {
-		sev := "error"
-		if d.Severity == hcl.DiagWarning {
-			sev = "warning"
-		}
-		msg := d.Summary
-		if d.Detail != "" {
-			msg += ": " + d.Detail
-		}
-		if d.Subject != nil {
-			lines = append(lines, fmt.Sprintf("%s:%d:%d: %s: %s", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column, sev, msg))
-		} else {
-			lines = append(lines, fmt.Sprintf("%s: %s", sev, msg))
-		}
+		lines = append(lines, ruleset.DiagnosticLine(d, ""))
 	}
 	return strings.Join(lines, "\n") + "\n"
 }
