@@ -7,7 +7,7 @@ export PATH := $(dir $(GO)):$(PATH)
 BIN     ?= bin
 PKGS    ?= ./...
 
-.PHONY: all build deps generate check-generate lint test test-unit demo clean
+.PHONY: all build deps generate check-generate lint test test-unit demo bench clean
 
 all: build
 
@@ -43,6 +43,10 @@ test-unit:
 ## demo: build, start a private PostgreSQL and sluiced on a private cgroup, show intercepted psql
 demo: deps build
 	./scripts/demo.sh
+
+## bench: Sluice vs direct vs PgBouncer, every mode, as ratios from one run (about 12 minutes)
+bench: deps build
+	./bench/suite.sh
 
 clean:
 	rm -rf $(BIN)

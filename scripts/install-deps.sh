@@ -10,6 +10,7 @@ packages=(
   postgresql postgresql-client  # private test servers and psql/pgbench
   iproute2 util-linux   # ip netns for test hosts, setpriv
   tshark                # e2e: exported recordings decode as PostgreSQL
+  pgbouncer             # make bench: the proxy users already run
   git make ca-certificates
 )
 

@@ -20,11 +20,19 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel")
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|idle N")
 		os.Exit(2)
 	}
 	ctx := context.Background()
+	if os.Args[2] == "idle" {
+		n := 1000
+		if len(os.Args) > 3 {
+			fmt.Sscan(os.Args[3], &n)
+		}
+		idle(ctx, os.Args[1], n)
+		return
+	}
 	conn, err := pgx.Connect(ctx, os.Args[1])
 	if err != nil {
 		fmt.Println("connect err", code(err), err)
@@ -163,4 +171,23 @@ func maskScenario(ctx context.Context, conn *pgx.Conn) {
 	var e2 string
 	err = conn.QueryRow(ctx, "SELECT u.email FROM users u JOIN orders o ON o.user_id = u.id WHERE o.id = 1").Scan(&e2)
 	report("join", e2, err)
+}
+
+// idle opens n connections (os.Args[3]) and holds them until stdin closes,
+// printing "ready" once all are open.
+func idle(ctx context.Context, dsn string, n int) {
+	conns := make([]*pgx.Conn, 0, n)
+	for i := 0; i < n; i++ {
+		c, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			fmt.Println("idle err", code(err), err)
+			os.Exit(1)
+		}
+		conns = append(conns, c)
+	}
+	fmt.Println("ready", len(conns))
+	io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		c.Close(ctx)
+	}
 }
