@@ -12,14 +12,13 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/sluicehq/sluice/enforcer/export"
 	"github.com/sluicehq/sluice/enforcer/record"
 )
 
-// liveEvent is one line of the live export: the session and its event.
-type liveEvent struct {
-	Session string `json:"session"`
-	record.Event
-}
+// liveEvent is one line of the live export, in the same schema as
+// `sluice export --format jsonl`.
+type liveEvent = export.Line
 
 // live streams recorded events as JSON lines to a file (or stdout) and/or
 // a syslog collector (RFC 5424 messages over TCP, octet-counted as RFC 6587

@@ -5,32 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/sluicehq/sluice/enforcer/record"
 )
 
-// line is one JSON lines record; its names are the schema in the package
-// documentation and must not change.
-type line struct {
-	Session    string            `json:"session"`
-	Seq        uint64            `json:"seq"`
-	Time       string            `json:"time"`
-	Type       string            `json:"type"`
-	Text       string            `json:"text,omitempty"`
-	TextBytes  int64             `json:"text_bytes,omitempty"`
-	Kind       string            `json:"kind,omitempty"`
-	Verdict    string            `json:"verdict,omitempty"`
-	Rule       string            `json:"rule,omitempty"`
-	Reason     string            `json:"reason,omitempty"`
-	Rows       int64             `json:"rows,omitempty"`
-	Bytes      int64             `json:"bytes,omitempty"`
-	DurationUS int64             `json:"duration_us,omitempty"`
-	ErrCode    string            `json:"err_code,omitempty"`
-	Dir        string            `json:"dir,omitempty"`
-	Data       []byte            `json:"data,omitempty"`
-	Fields     map[string]string `json:"fields,omitempty"`
-	Sig        []byte            `json:"sig,omitempty"`
+// Line is one JSON lines record: the event's own JSON names (the schema
+// in the package documentation, which must not change) plus the session
+// it belongs to. The daemon's live export writes the same records.
+type Line struct {
+	Session string `json:"session"`
+	record.Event
 }
 
 // WriteJSONL writes every event as one JSON object on its own line, in the
@@ -42,15 +26,10 @@ func WriteJSONL(w io.Writer, hdr record.Header, events []record.Event) error {
 	enc := json.NewEncoder(bw)
 	enc.SetEscapeHTML(false)
 	for i := range events {
-		e := &events[i]
-		l := line{
-			Session: hdr.Session, Seq: e.Seq, Time: e.Time.UTC().Format(time.RFC3339Nano), Type: e.Type,
-			Text: e.Text, TextBytes: e.TextBytes, Kind: e.Kind, Verdict: e.Verdict, Rule: e.Rule, Reason: e.Reason,
-			Rows: e.Rows, Bytes: e.Bytes, DurationUS: e.DurationUS, ErrCode: e.ErrCode,
-			Dir: e.Dir, Data: e.Data, Fields: e.Fields, Sig: e.Sig,
-		}
+		l := Line{Session: hdr.Session, Event: events[i]}
+		l.Time = l.Time.UTC() // RFC 3339 with nanoseconds, in UTC
 		if err := enc.Encode(&l); err != nil {
-			return fmt.Errorf("write jsonl event %d: %w", e.Seq, err)
+			return fmt.Errorf("write jsonl event %d: %w", l.Seq, err)
 		}
 	}
 	if err := bw.Flush(); err != nil {
