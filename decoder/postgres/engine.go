@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/sluicehq/sluice/decoder/tcp"
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/ruleset"
@@ -156,7 +157,8 @@ func (s *session) run(ctx context.Context) error {
 			s.refuse(codeConnectionFailure, "sluice: the session cannot be recorded")
 			return err
 		}
-		s.cconn = wireConn{Conn: s.cconn, wire: s.p.Session.Wire}
+		// What the client sent, and what it received after masking.
+		s.cconn = tcp.Tapped(s.cconn, s.p.Session.Wire)
 	}
 
 	// 2. Connect upstream (if negotiation did not already) and send the
@@ -555,32 +557,6 @@ func (c *countConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	c.written += int64(n)
 	return n, err
-}
-
-// wireConn hands the client's plaintext protocol bytes, both ways, to the
-// session's recording: what the client sent, and what it received after
-// any masking. A recording failure fails the read or write, which ends
-// the session (fail closed).
-type wireConn struct {
-	net.Conn
-	wire func(dir string, b []byte) error
-}
-
-func (c wireConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	if n > 0 {
-		if werr := c.wire("c2s", b[:n]); werr != nil && err == nil {
-			err = werr
-		}
-	}
-	return n, err
-}
-
-func (c wireConn) Write(b []byte) (int, error) {
-	if err := c.wire("s2c", b); err != nil {
-		return 0, err
-	}
-	return c.Conn.Write(b)
 }
 
 // Refuse answers a client whose connection the ruleset denies before any

@@ -109,8 +109,13 @@ func (c tapConn) CloseWrite() error {
 	return c.Conn.Close()
 }
 
+// Tapped returns c with its traffic reported to tap: what is read from it
+// as "c2s", what is written to it as "s2c". A tap error fails the read or
+// write, so a session whose traffic cannot be recorded ends.
+func Tapped(c net.Conn, tap Tap) net.Conn { return tapConn{Conn: c, tap: tap} }
+
 // RelayTapped is Relay with the client's traffic reported to tap (no
 // splice: every byte passes through user space).
 func RelayTapped(ctx context.Context, client, server net.Conn, tap Tap) (Counts, error) {
-	return Relay(ctx, tapConn{Conn: client, tap: tap}, server)
+	return Relay(ctx, Tapped(client, tap), server)
 }
