@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/sluicehq/sluice/enforcer/credential"
 	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/ruleset"
 )
@@ -125,6 +126,10 @@ type Session struct {
 	// wait for a human decision. Without it a hold is refused (fail
 	// closed).
 	Holder func(ctx context.Context, h HoldRequest) HoldOutcome
+
+	// Secrets, when set before the session is used, reads the credentials
+	// the ruleset injects. Without it a flow granted one is refused.
+	Secrets *credential.Store
 
 	// Tee, when set before the session is used, also receives every
 	// recorded event (after level filtering), for live export. It must

@@ -28,13 +28,16 @@ var detectorSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "description"},
 }}
 
-var targetSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-	{Name: "protocol", Required: true},
-	{Name: "address", Required: true},
-	{Name: "upstream_tls"},
-	{Name: "resolve_every"},
-	{Name: "description"},
-}}
+var targetSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{
+		{Name: "protocol", Required: true},
+		{Name: "address", Required: true},
+		{Name: "upstream_tls"},
+		{Name: "resolve_every"},
+		{Name: "description"},
+	},
+	Blocks: []hcl.BlockHeaderSchema{{Type: "credential", LabelNames: []string{"name"}}},
+}
 
 var defaultSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "action"}, {Name: "record"}, {Name: "reason"},
@@ -81,6 +84,8 @@ type compiler struct {
 	idAttrs map[string]bool
 	pending []pendingExpr
 	defined map[string]hcl.Range // "kind name" -> first definition
+	// credPolicies are checked once every policy is known.
+	credPolicies []credPolicyRefs
 }
 
 func compile(bodies []*hclsyntax.Body) (*Ruleset, hcl.Diagnostics) {
@@ -145,6 +150,7 @@ func compile(bodies []*hclsyntax.Body) (*Ruleset, hcl.Diagnostics) {
 	for _, b := range policies {
 		c.policy(b)
 	}
+	c.checkCredentialPolicies()
 	c.typeCheck()
 	for _, b := range tests {
 		c.test(b)
@@ -261,6 +267,9 @@ func (c *compiler) target(b *hcl.Block) {
 			t.ResolveEvery = d
 		}
 	}
+	for _, cb := range content.Blocks {
+		c.credential(t, cb)
+	}
 	c.rs.targets = append(c.rs.targets, t)
 	c.rs.byName[name] = t
 }
@@ -359,10 +368,14 @@ func (c *compiler) policy(b *hcl.Block) {
 
 	counts := map[Action]int{}
 	for _, sb := range body.Blocks {
+		if sb.Type == "credential" {
+			c.grant(p, sb)
+			continue
+		}
 		kind, ok := ruleKinds[sb.Type]
 		if !ok {
-			detail := fmt.Sprintf("Blocks of type %q are not expected in a policy; use deny, hold, mask or allow.", sb.Type)
-			if s := suggest(sb.Type, []string{"deny", "hold", "mask", "allow"}); s != "" {
+			detail := fmt.Sprintf("Blocks of type %q are not expected in a policy; use deny, hold, mask, allow or credential.", sb.Type)
+			if s := suggest(sb.Type, []string{"deny", "hold", "mask", "allow", "credential"}); s != "" {
 				detail = fmt.Sprintf("Blocks of type %q are not expected in a policy. Did you mean %q?", sb.Type, s)
 			}
 			c.errorf(sb.TypeRange, "Unsupported block type", "%s", detail)

@@ -200,4 +200,5 @@ type policy struct {
 	hold      []*Rule
 	allow     []*Rule
 	mask      []*Rule
+	grants    []*grant // credential blocks, in source order
 }

@@ -100,6 +100,9 @@ type Target struct {
 	// ResolveEvery is how often hostnames in Addresses are re-resolved into
 	// the kernel's target map; DefaultResolveEvery unless set.
 	ResolveEvery time.Duration
+	// Credentials are injected in place of the client's own; a target
+	// with any accepts only sessions granted one (see Match.Grant).
+	Credentials []*Credential
 	// Range is where the target block is defined.
 	Range hcl.Range
 }

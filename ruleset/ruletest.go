@@ -25,6 +25,7 @@ var testSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "expect", Required: true},
 	{Name: "expect_rule"},
 	{Name: "expect_record"},
+	{Name: "expect_credential"},
 }}
 
 // ruleTest is one compiled test block.
@@ -38,6 +39,9 @@ type ruleTest struct {
 	expectRule   string
 	expectRecord RecordLevel
 	checkRecord  bool
+	// expectCred is the credential the flow must be granted, "none" for
+	// a refusal, or "" when the test does not check.
+	expectCred string
 }
 
 // Classifier turns a statement's text into a Statement for a protocol
@@ -95,6 +99,20 @@ func (rs *Ruleset) RunTests(classify Classifier) []TestResult {
 		}
 		if d.Err != nil {
 			why = append(why, fmt.Sprintf("evaluation failed: %v", d.Err))
+		}
+		if t.expectCred != "" {
+			got := "none"
+			g, err := rs.match(&in.Flow, nil).Grant()
+			if g != nil {
+				got = g.Credential.Name
+			}
+			if got != t.expectCred {
+				msg := fmt.Sprintf("expected credential %s, got %s", t.expectCred, got)
+				if err != nil {
+					msg += " (" + err.Error() + ")"
+				}
+				why = append(why, msg)
+			}
 		}
 		res.Passed = len(why) == 0
 		res.Message = strings.Join(why, "; ")
@@ -199,6 +217,14 @@ func (c *compiler) test(b *hcl.Block) {
 	}
 	if a := content.Attributes["expect_record"]; a != nil {
 		t.expectRecord, t.checkRecord = c.record(a)
+	}
+	if a := content.Attributes["expect_credential"]; a != nil {
+		if s, ok := c.str(a); ok {
+			if tg := c.rs.byName[t.in.Target.Name]; s != "none" && tg != nil && tg.Credential(s) == nil {
+				c.errorf(a.Expr.Range(), "Unknown credential", "Target %s has no credential named %q; expect a credential it defines, or \"none\" for a refused flow.", tg.Name, s)
+			}
+			t.expectCred = s
+		}
 	}
 	c.rs.tests = append(c.rs.tests, t)
 }

@@ -45,6 +45,14 @@ func run() int {
 	configPath := flag.String("config", "/etc/sluice/sluiced.hcl", "path to the daemon's HCL config")
 	flag.Parse()
 
+	// The daemon holds injected database credentials in memory: no core
+	// dump of it is written, and no other process may ptrace it or read
+	// its memory through /proc.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "sluiced: disable core dumps: %v\n", err)
+		return 1
+	}
+
 	cfg, diags, files := loadConfig(*configPath)
 	if diags.HasErrors() || cfg == nil {
 		wr := hcl.NewDiagnosticTextWriter(os.Stderr, files, 100, term.IsTerminal(int(os.Stderr.Fd())))

@@ -50,11 +50,12 @@ func postgresHandler(ca *tlsutil.CA, maskKey []byte, maxMessage int, log hclog.L
 			Log:        flog,
 		})
 		statements, denied := sess.Counts()
-		return interceptor.Result{
-			BytesFromClient: st.BytesFromClient, BytesToClient: st.BytesToClient, Err: err,
-			Fields: []any{"db_user", st.User, "database", st.Database, "statements", statements, "denied", denied,
-				"client_tls", st.ClientTLS, "upstream_tls", st.UpstreamTLS},
+		fields := []any{"db_user", st.User, "database", st.Database, "statements", statements, "denied", denied,
+			"client_tls", st.ClientTLS, "upstream_tls", st.UpstreamTLS}
+		if st.Credential != "" {
+			fields = append(fields, "credential", st.Credential, "client_user", st.ClientUser)
 		}
+		return interceptor.Result{BytesFromClient: st.BytesFromClient, BytesToClient: st.BytesToClient, Err: err, Fields: fields}
 	}
 }
 

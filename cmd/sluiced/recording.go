@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/approve"
+	"github.com/sluicehq/sluice/enforcer/credential"
 	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/enforcer/store"
 	"github.com/sluicehq/sluice/interceptor"
@@ -32,6 +33,8 @@ type recorder struct {
 	live  *live // nil: no live export
 	// broker takes the session's approval holds.
 	broker *approve.Broker
+	// secrets reads the credentials the ruleset injects.
+	secrets *credential.Store
 }
 
 func newRecorder(cfg *config, log hclog.Logger) (*recorder, error) {
@@ -55,7 +58,7 @@ func newRecorder(cfg *config, log hclog.Logger) (*recorder, error) {
 		idx.Close()
 		return nil, err
 	}
-	return &recorder{dir: dir, keys: keys, index: idx, opts: record.Options{FsyncEvery: cfg.Recording.FsyncEvery}, log: log, live: lv}, nil
+	return &recorder{dir: dir, keys: keys, index: idx, opts: record.Options{FsyncEvery: cfg.Recording.FsyncEvery}, log: log, live: lv, secrets: credential.NewStore()}, nil
 }
 
 // newSessionID returns an ID that sorts by start time.
@@ -72,6 +75,7 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 	if level == record.None {
 		sess := enforcer.NewSession(ctx, f.Match, nil, level, log)
 		sess.Holder = holder(r.broker, "", f)
+		sess.Secrets = r.secrets
 		return sess, func(interceptor.Result) {}, nil
 	}
 	id := newSessionID(f.Start)
@@ -84,6 +88,7 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		sess.Tee = r.live.tee(id)
 	}
 	sess.Holder = holder(r.broker, id, f)
+	sess.Secrets = r.secrets
 	idx := &store.Session{
 		ID: id, Path: w.Path(), Start: f.Start, Status: store.StatusActive,
 		Target: f.Target.Name, Protocol: f.Target.Protocol, OrigDst: f.Dest.String(),

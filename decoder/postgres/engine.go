@@ -75,8 +75,12 @@ type Stats struct {
 	BytesFromClient int64
 	BytesToClient   int64
 	User, Database  string
-	ClientTLS       bool
-	UpstreamTLS     bool
+	// ClientUser is the user the client named when a credential was
+	// injected in its place (then User is the credential's), and
+	// Credential that credential's name.
+	ClientUser, Credential string
+	ClientTLS              bool
+	UpstreamTLS            bool
 }
 
 // Serve runs one client session: startup (TLS negotiation on both hops,
@@ -97,6 +101,7 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	st := Stats{
 		BytesFromClient: s.client.read, BytesToClient: s.client.written,
 		User: s.user, Database: s.database, ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS,
+		ClientUser: s.clientUser, Credential: s.credential,
 	}
 	return st, err
 }
@@ -109,6 +114,7 @@ type session struct {
 	up     net.Conn
 
 	user, database         string
+	clientUser, credential string // the user the client asked for and the credential injected in its place
 	clientTLS, upstreamTLS bool
 	cancelKey              string
 	cancelPacket           []byte // a CancelRequest for this session's backend
@@ -161,8 +167,30 @@ func (s *session) run(ctx context.Context) error {
 		s.cconn = tcp.Tapped(s.cconn, s.p.Session.Wire)
 	}
 
-	// 2. Connect upstream (if negotiation did not already) and send the
-	// StartupMessage as the client wrote it.
+	// 2. How the session authenticates: with the client's own credentials,
+	// or with one the ruleset grants this job (see inject.go).
+	inj, err := s.injection()
+	if err != nil {
+		return err
+	}
+	var secret []byte
+	if inj != nil {
+		if startup, err = rewriteStartup(startup, inj.User); err != nil {
+			return err
+		}
+		s.clientUser, s.user, s.credential = s.user, inj.User, inj.Name
+		if s.p.Catalogs != nil {
+			s.catalog = s.p.Catalogs.For(s.p.Server, s.database)
+		}
+		var wipe func()
+		if secret, wipe, err = s.fetchSecret(ctx, inj); err != nil {
+			return err
+		}
+		defer wipe()
+	}
+
+	// 3. Connect upstream (if negotiation did not already) and send the
+	// StartupMessage: as the client wrote it, or with the injected user.
 	if err := s.connectUpstream(ctx); err != nil {
 		s.refuse(codeConnectionFailure, "sluice: cannot reach the database: "+err.Error())
 		return err
@@ -183,8 +211,13 @@ func (s *session) run(ctx context.Context) error {
 			return fmt.Errorf("send startup: %w", err)
 		}
 
-		// 3. Authentication, relayed until the server is ready.
-		status, err = s.authenticate(cr, cw, sr, sw)
+		// 4. Authentication, relayed until the server is ready, or
+		// answered by the proxy with the injected credential.
+		if inj != nil {
+			status, err = s.injectAuth(inj, secret, cw, sr, sw)
+		} else {
+			status, err = s.authenticate(cr, cw, sr, sw)
+		}
 		if errors.Is(err, errRetryPlain) && attempt == 0 {
 			s.p.Log.Warn("server hop continues without TLS: the client uses TLS and SCRAM, whose channel binding cannot cross a TLS-terminating proxy; set the target's upstream_tls to require to refuse this instead")
 			s.up.Close()
@@ -201,7 +234,7 @@ func (s *session) run(ctx context.Context) error {
 		break
 	}
 
-	// 4. Statements until either side ends.
+	// 5. Statements until either side ends.
 	r := &relay{s: s, cr: cr, cw: cw, sr: sr, sw: sw, status: status}
 	return r.run()
 }
@@ -463,14 +496,7 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			if err != nil {
 				return 0, err
 			}
-			if len(b) >= 8 {
-				cr := pgproto3.CancelRequest{ProcessID: binary.BigEndian.Uint32(b), SecretKey: append([]byte(nil), b[4:]...)}
-				s.cancelPacket, _ = cr.Encode(nil)
-				if s.p.Cancels != nil {
-					s.cancelKey = cancelKey(cr.ProcessID, cr.SecretKey)
-					s.p.Cancels.add(s.cancelKey, s.p.Dial)
-				}
-			}
+			s.backendKey(b)
 			if err := writeMsg(cw, 'K', b); err != nil {
 				return 0, err
 			}

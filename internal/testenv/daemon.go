@@ -73,6 +73,7 @@ type Daemon struct {
 	RulesDir string
 	LogPath  string
 	bin      string
+	env      []string
 
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -86,6 +87,8 @@ type DaemonOptions struct {
 	Rules string
 	// Body is HCL appended to the generated daemon settings.
 	Body string
+	// Env is added to the daemon's environment (KEY=value).
+	Env []string
 }
 
 // StartDaemon writes a config and starts sluiced. At cleanup the daemon
@@ -106,6 +109,7 @@ func StartDaemon(t testing.TB, o DaemonOptions) *Daemon {
 		LogPath: filepath.Join(dir, "sluiced.log"),
 		Config:  filepath.Join(dir, "sluiced.hcl"),
 		bin:     bin,
+		env:     o.Env,
 	}
 	body := o.Body
 	if o.Rules != "" {
@@ -158,6 +162,7 @@ func (d *Daemon) Start(t testing.TB) {
 	}
 	defer logf.Close()
 	cmd := exec.Command(filepath.Join(d.bin, "sluiced"), "--config", d.Config)
+	cmd.Env = append(os.Environ(), d.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start sluiced: %v", err)

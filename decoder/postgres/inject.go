@@ -1,0 +1,265 @@
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"crypto/md5"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+// codeInvalidPassword is the SQLSTATE for a refused credential.
+const codeInvalidPassword = "28P01"
+
+// Credential injection, in the session's sequence: after the client's
+// StartupMessage, the session asks the enforcer how it authenticates. A
+// target without credentials relays the client's own authentication. A
+// granted flow has its user rewritten to the credential's, the server's
+// challenge answered by the proxy with the credential's secret (cleartext,
+// MD5, SCRAM-SHA-256 or SCRAM-SHA-256-PLUS on a TLS hop), and the client
+// told only the outcome: AuthenticationOk, then the server's own
+// ParameterStatus, BackendKeyData and ReadyForQuery, so cancel requests
+// and everything after work as usual. The client is never asked for a
+// password; whatever it holds is never used. A flow the ruleset grants no
+// credential gets a FATAL 28000 naming why.
+
+// injection decides how the session authenticates. It returns nil when
+// the client authenticates itself, and refuses the client (returning the
+// error) when the target injects credentials and this flow has none.
+func (s *session) injection() (*enforcer.Injection, error) {
+	inj, err := s.p.Session.Injection()
+	if err == nil {
+		return inj, nil
+	}
+	var ge *ruleset.GrantError
+	w := bufio.NewWriter(s.cconn)
+	if errors.As(err, &ge) {
+		writeMsg(w, 'E', errorBody("FATAL", codeInvalidAuthorization,
+			fmt.Sprintf("sluice: no database credential for this job on target %q", ge.Target), ge.Reason,
+			"This database's credentials are held by Sluice and injected only for jobs the runner's security ruleset grants them to; `sluice rules explain` shows the grants."))
+	} else {
+		writeMsg(w, 'E', errorBody("FATAL", codeInvalidAuthorization, "sluice: credential injection failed", err.Error(), ""))
+	}
+	w.Flush()
+	return nil, err
+}
+
+// rewriteStartup returns the StartupMessage body with user replaced. When
+// the client named no database, PostgreSQL would use the user name; the
+// database is then set to the client's user name, so the session goes to
+// the database the client meant.
+func rewriteStartup(pkt []byte, user string) ([]byte, error) {
+	var sm pgproto3.StartupMessage
+	if err := sm.Decode(pkt); err != nil {
+		return nil, fmt.Errorf("decode startup: %w", err)
+	}
+	params := make(map[string]string, len(sm.Parameters)+1)
+	for k, v := range sm.Parameters {
+		params[k] = v
+	}
+	if params["database"] == "" {
+		params["database"] = params["user"]
+	}
+	params["user"] = user
+	sm.Parameters = params
+	b, err := sm.Encode(nil)
+	if err != nil {
+		return nil, fmt.Errorf("encode startup: %w", err)
+	}
+	return b[4:], nil
+}
+
+// injectAuth authenticates to the server with the injected credential and
+// then passes the server's session parameters, key data and first
+// ReadyForQuery to the client. secret is the credential's password; the
+// caller wipes it. It returns the transaction status.
+func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cw *bufio.Writer, sr *frameReader, sw *bufio.Writer) (byte, error) {
+	var sc *scramClient
+	rounds, method := 0, "trust"
+	refused := func(reason string) error {
+		fatalDetail(cw, codeInvalidPassword, fmt.Sprintf("sluice: the database refused the injected credential %q (user %s)", inj.Name, inj.User), reason)
+		return fmt.Errorf("injected credential %s refused: %s", inj.Name, reason)
+	}
+	for {
+		typ, n, err := sr.next()
+		if err != nil {
+			return 0, s.upstreamErr(cw, err)
+		}
+		switch typ {
+		case 'R':
+			b, err := sr.body(n)
+			if err != nil || len(b) < 4 {
+				return 0, s.upstreamErr(cw, fmt.Errorf("short authentication request: %v", err))
+			}
+			if rounds++; rounds > maxAuthRoundTrips {
+				return 0, s.upstreamErr(cw, errors.New("too many authentication round trips"))
+			}
+			code := binary.BigEndian.Uint32(b)
+			var answer []byte
+			switch code {
+			case authOK:
+				if sc != nil && !sc.done {
+					return 0, refused("the server skipped SCRAM's final message, so it never proved it knows the credential")
+				}
+				if err := writeMsg(cw, 'R', b); err != nil {
+					return 0, err
+				}
+				s.p.Log.Info("authenticated with an injected credential", "credential", inj.Name, "db_user", inj.User, "rule", inj.Rule, "method", method, "upstream_tls", s.upstreamTLS)
+				continue
+			case authCleartext:
+				method = "password"
+				if !s.upstreamTLS {
+					s.p.Log.Warn("the server asks for a cleartext password on a hop without TLS; set the target's upstream_tls to require", "credential", inj.Name)
+				}
+				answer = append(append([]byte(nil), secret...), 0)
+			case authMD5:
+				if len(b) < 8 {
+					return 0, s.upstreamErr(cw, &ProtocolError{Msg: "short MD5 authentication request"})
+				}
+				answer, method = md5Password(secret, inj.User, b[4:8]), "md5"
+			case authSASL:
+				sc, answer, method, err = s.scramStart(secret, b[4:])
+				if err != nil {
+					return 0, refused(err.Error())
+				}
+			case authSASLContinue:
+				if sc == nil {
+					return 0, s.upstreamErr(cw, &ProtocolError{Msg: "SASL continue without SASL"})
+				}
+				if answer, err = sc.final(b[4:]); err != nil {
+					return 0, refused(err.Error())
+				}
+			case authSASLFinal:
+				if sc == nil {
+					return 0, s.upstreamErr(cw, &ProtocolError{Msg: "SASL final without SASL"})
+				}
+				if err := sc.verify(b[4:]); err != nil {
+					return 0, refused(err.Error())
+				}
+				continue
+			default:
+				return 0, refused(fmt.Sprintf("the server asks for authentication method %d, which credential injection does not support (use scram-sha-256 or md5 in pg_hba.conf)", code))
+			}
+			err = writeMsg(sw, 'p', answer)
+			clear(answer)
+			if err != nil {
+				return 0, err
+			}
+			if err := sw.Flush(); err != nil {
+				return 0, err
+			}
+		case 'K':
+			b, err := sr.body(n)
+			if err != nil {
+				return 0, err
+			}
+			s.backendKey(b)
+			if err := writeMsg(cw, 'K', b); err != nil {
+				return 0, err
+			}
+		case 'Z':
+			b, err := sr.body(n)
+			if err != nil || len(b) != 1 {
+				return 0, s.upstreamErr(cw, errors.New("malformed ReadyForQuery"))
+			}
+			if err := writeMsg(cw, 'Z', b); err != nil {
+				return 0, err
+			}
+			return b[0], cw.Flush()
+		case 'E':
+			b, err := sr.body(n)
+			if err != nil {
+				return 0, err
+			}
+			var e pgproto3.ErrorResponse
+			if err := e.Decode(b); err != nil {
+				return 0, s.upstreamErr(cw, &ProtocolError{Msg: "invalid ErrorResponse"})
+			}
+			if e.Code == codeInvalidPassword || e.Code == codeInvalidAuthorization {
+				return 0, refused(e.Message)
+			}
+			// Anything else (no such database, too many connections) is
+			// the server's own answer, as the client would have seen it.
+			writeMsg(cw, 'E', b)
+			cw.Flush()
+			return 0, errors.New("the server refused the session")
+		default:
+			// ParameterStatus, notices, NegotiateProtocolVersion.
+			if err := sr.forward(cw, n); err != nil {
+				return 0, err
+			}
+		}
+	}
+}
+
+// scramStart picks the SCRAM mechanism and returns the SASLInitialResponse
+// body.
+func (s *session) scramStart(secret, mechList []byte) (*scramClient, []byte, string, error) {
+	var cert *x509.Certificate
+	if tc, ok := s.up.(*tls.Conn); ok {
+		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+			cert = certs[0]
+		}
+	}
+	sc, mech, err := chooseSCRAM(saslMechanisms(mechList), secret, s.upstreamTLS, cert)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	first := sc.first()
+	body := append([]byte(mech), 0)
+	body = binary.BigEndian.AppendUint32(body, uint32(len(first)))
+	return sc, append(body, first...), mech, nil
+}
+
+// md5Password is PostgreSQL's MD5 answer: "md5" followed by
+// hex(md5(hex(md5(password || user)) || salt)), NUL-terminated.
+func md5Password(password []byte, user string, salt []byte) []byte {
+	inner := md5.Sum(append(append([]byte(nil), password...), user...))
+	h := hex.EncodeToString(inner[:])
+	outer := md5.Sum(append([]byte(h), salt...))
+	return append([]byte("md5"+hex.EncodeToString(outer[:])), 0)
+}
+
+// backendKey registers the session's BackendKeyData for cancel requests.
+func (s *session) backendKey(b []byte) {
+	if len(b) < 8 {
+		return
+	}
+	cr := pgproto3.CancelRequest{ProcessID: binary.BigEndian.Uint32(b), SecretKey: append([]byte(nil), b[4:]...)}
+	s.cancelPacket, _ = cr.Encode(nil)
+	if s.p.Cancels != nil {
+		s.cancelKey = cancelKey(cr.ProcessID, cr.SecretKey)
+		s.p.Cancels.add(s.cancelKey, s.p.Dial)
+	}
+}
+
+// fatalDetail writes a FATAL ErrorResponse with a detail and flushes.
+func fatalDetail(w *bufio.Writer, code, msg, detail string) error {
+	if err := writeMsg(w, 'E', errorBody("FATAL", code, msg, detail, "")); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// fetchSecret reads the injected credential's secret; a failure refuses
+// the client without the details, which go to the daemon's log.
+func (s *session) fetchSecret(ctx context.Context, inj *enforcer.Injection) ([]byte, func(), error) {
+	sec, err := inj.Secret(ctx)
+	if err != nil {
+		s.p.Log.Error("cannot read the injected credential", "credential", inj.Name, "error", err)
+		w := bufio.NewWriter(s.cconn)
+		fatalDetail(w, codeInvalidAuthorization, fmt.Sprintf("sluice: the credential %q for this database cannot be read", inj.Name),
+			"The runner's Sluice daemon could not read the secret; its log says why.")
+		return nil, nil, err
+	}
+	return sec.Bytes(), sec.Wipe, nil
+}

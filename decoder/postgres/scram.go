@@ -1,0 +1,196 @@
+package postgres
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"hash"
+	"strconv"
+	"strings"
+)
+
+// scramClient is the client side of SCRAM-SHA-256 (RFC 5802, RFC 7677)
+// as PostgreSQL speaks it, with tls-server-end-point channel binding
+// (RFC 5929) for SCRAM-SHA-256-PLUS. The proxy uses it to authenticate
+// with an injected credential; client sessions' own SCRAM exchanges are
+// relayed, never terminated.
+//
+// pgx implements the same exchange but does not export it, and the
+// maintained SCRAM libraries do not speak PostgreSQL's variant (an empty
+// user name, the server's own framing), so it is written here against the
+// RFCs.
+type scramClient struct {
+	password []byte
+	// gs2 is the GS2 header: "n,," (no channel binding), "y,," (the
+	// client could bind but the server did not offer PLUS) or
+	// "p=tls-server-end-point,,".
+	gs2         string
+	cbind       []byte // channel binding data for PLUS
+	clientNonce string
+	firstBare   string
+	serverSig   []byte
+	done        bool
+}
+
+const (
+	scramSHA256     = "SCRAM-SHA-256"
+	minSCRAMRounds  = 4096     // PostgreSQL's default and RFC 7677's minimum
+	maxSCRAMRounds  = 10000000 // a server asking for more is refused
+	scramNonceBytes = 18
+)
+
+// chooseSCRAM picks the mechanism from the server's list: PLUS when the
+// server offers it and the server hop's certificate gives binding data,
+// else plain SCRAM-SHA-256 (announcing "y" when the hop is TLS, so a
+// server that did support binding detects a downgrade).
+func chooseSCRAM(mechs []string, password []byte, tlsHop bool, cert *x509.Certificate) (*scramClient, string, error) {
+	has := func(m string) bool {
+		for _, x := range mechs {
+			if x == m {
+				return true
+			}
+		}
+		return false
+	}
+	sc := &scramClient{password: password, gs2: "n,,"}
+	mech := scramSHA256
+	switch {
+	case has(scramPlus) && cert != nil:
+		cb, err := serverEndPoint(cert)
+		if err == nil {
+			sc.gs2, sc.cbind, mech = "p=tls-server-end-point,,", cb, scramPlus
+		} else if !has(scramSHA256) {
+			return nil, "", err
+		}
+	case !has(scramSHA256):
+		return nil, "", fmt.Errorf("the server offers no SCRAM mechanism the proxy speaks (%s)", strings.Join(mechs, ", "))
+	case tlsHop:
+		sc.gs2 = "y,,"
+	}
+	var nonce [scramNonceBytes]byte
+	rand.Read(nonce[:])
+	sc.clientNonce = base64.StdEncoding.EncodeToString(nonce[:])
+	return sc, mech, nil
+}
+
+// serverEndPoint is the tls-server-end-point binding: the hash of the
+// server's certificate, with the certificate's signature hash (SHA-256
+// for MD5 and SHA-1).
+func serverEndPoint(cert *x509.Certificate) ([]byte, error) {
+	var h hash.Hash
+	switch cert.SignatureAlgorithm {
+	case x509.MD5WithRSA, x509.SHA1WithRSA, x509.ECDSAWithSHA1, x509.SHA256WithRSA, x509.SHA256WithRSAPSS, x509.ECDSAWithSHA256:
+		h = sha256.New()
+	case x509.SHA384WithRSA, x509.SHA384WithRSAPSS, x509.ECDSAWithSHA384:
+		h = sha512.New384()
+	case x509.SHA512WithRSA, x509.SHA512WithRSAPSS, x509.ECDSAWithSHA512:
+		h = sha512.New()
+	default:
+		return nil, fmt.Errorf("no tls-server-end-point hash for a certificate signed with %s", cert.SignatureAlgorithm)
+	}
+	h.Write(cert.Raw)
+	return h.Sum(nil), nil
+}
+
+// first returns the client-first-message. PostgreSQL takes the user from
+// the startup packet, so the SCRAM user name is empty.
+func (sc *scramClient) first() []byte {
+	sc.firstBare = "n=,r=" + sc.clientNonce
+	return []byte(sc.gs2 + sc.firstBare)
+}
+
+// final answers the server-first-message with the client-final-message.
+func (sc *scramClient) final(serverFirst []byte) ([]byte, error) {
+	var nonce, salt string
+	rounds := 0
+	for _, f := range strings.Split(string(serverFirst), ",") {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "r":
+			nonce = v
+		case "s":
+			salt = v
+		case "i":
+			rounds, _ = strconv.Atoi(v)
+		case "m":
+			return nil, errors.New("scram: the server requires an extension")
+		}
+	}
+	if !strings.HasPrefix(nonce, sc.clientNonce) || len(nonce) == len(sc.clientNonce) {
+		return nil, errors.New("scram: the server's nonce does not extend the client's")
+	}
+	if rounds < minSCRAMRounds || rounds > maxSCRAMRounds {
+		return nil, fmt.Errorf("scram: iteration count %d outside %d..%d", rounds, minSCRAMRounds, maxSCRAMRounds)
+	}
+	saltBytes, err := base64.StdEncoding.DecodeString(salt)
+	if err != nil || len(saltBytes) == 0 {
+		return nil, errors.New("scram: invalid salt")
+	}
+	salted, err := pbkdf2.Key(sha256.New, string(sc.password), saltBytes, rounds, sha256.Size)
+	if err != nil {
+		return nil, fmt.Errorf("scram: %w", err)
+	}
+	defer clear(salted)
+	clientKey := hmacSHA256(salted, []byte("Client Key"))
+	storedKey := sha256.Sum256(clientKey)
+	withoutProof := "c=" + base64.StdEncoding.EncodeToString(append([]byte(sc.gs2), sc.cbind...)) + ",r=" + nonce
+	authMessage := []byte(sc.firstBare + "," + string(serverFirst) + "," + withoutProof)
+	proof := hmacSHA256(storedKey[:], authMessage)
+	for i := range proof {
+		proof[i] ^= clientKey[i]
+	}
+	sc.serverSig = hmacSHA256(hmacSHA256(salted, []byte("Server Key")), authMessage)
+	return []byte(withoutProof + ",p=" + base64.StdEncoding.EncodeToString(proof)), nil
+}
+
+// verify checks the server-final-message: the server proves it knew the
+// password too, so a server that merely accepts anything is caught.
+func (sc *scramClient) verify(serverFinal []byte) error {
+	s := string(serverFinal)
+	if e, ok := strings.CutPrefix(s, "e="); ok {
+		return fmt.Errorf("scram: the server rejected the exchange: %s", e)
+	}
+	v, ok := strings.CutPrefix(s, "v=")
+	if !ok {
+		return errors.New("scram: invalid server-final-message")
+	}
+	if i := strings.IndexByte(v, ','); i >= 0 {
+		v = v[:i]
+	}
+	sig, err := base64.StdEncoding.DecodeString(v)
+	if err != nil || sc.serverSig == nil || !hmac.Equal(sig, sc.serverSig) {
+		return errors.New("scram: the server's signature does not match; it does not know the credential")
+	}
+	sc.done = true
+	return nil
+}
+
+func hmacSHA256(key, msg []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(msg)
+	return m.Sum(nil)
+}
+
+// saslMechanisms parses an AuthenticationSASL body after its code.
+func saslMechanisms(b []byte) []string {
+	var out []string
+	for len(b) > 0 && b[0] != 0 {
+		i := bytes.IndexByte(b, 0)
+		if i < 0 {
+			break
+		}
+		out = append(out, string(b[:i]))
+		b = b[i+1:]
+	}
+	return out
+}

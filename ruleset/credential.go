@@ -1,0 +1,359 @@
+package ruleset
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+)
+
+// Credential injection: a target may hold credentials that the proxy
+// authenticates to the real server with, so that jobs never hold the
+// database password. A credential names where its secret lives (a
+// root-only file, an environment variable of the daemon, or a command the
+// daemon runs) and which policies may use it; a policy grants credentials
+// with credential blocks, in order, each with an optional when:
+//
+//	target "prod" {
+//	  protocol = "postgres"
+//	  address  = ["10.0.0.5:5432"]
+//	  credential "deployer" {
+//	    user          = "deployer"
+//	    password_file = "/etc/sluice/secrets/prod-deployer"
+//	    policies      = ["acme-api"]
+//	  }
+//	  credential "ci_readonly" {
+//	    user             = "ci_readonly"
+//	    password_command = ["/usr/local/bin/db-token", "ci_readonly"]
+//	    cache_for        = "5m"
+//	    policies         = ["*"]
+//	  }
+//	}
+//
+//	policy "acme-api" {
+//	  targets = ["prod"]
+//	  when    = identity.repository == "acme/api"
+//	  credential "deployer" { when = identity.ref == "refs/heads/main" }
+//	  credential "ci_readonly" {}
+//	}
+//
+// A target with at least one credential accepts only injected sessions:
+// a flow to it is refused unless its job has a verified (oidc) identity
+// and a matched policy grants it one of the target's credentials. The
+// first grant that applies wins, in policy order and then block order.
+// Credentials are never written in the ruleset itself.
+
+// Credential is one credential a target offers for injection. The secret
+// itself is not part of the ruleset: Source says where the daemon reads it
+// when a session needs it.
+type Credential struct {
+	// Name is the block label, unique within its target.
+	Name string
+	// Target is the name of the target that defines it.
+	Target string
+	// User is the user name the proxy authenticates as.
+	User string
+	// Source is where the secret comes from.
+	Source SecretSource
+	// Policies may grant this credential; "*" means any policy.
+	Policies []string
+	Range    hcl.Range
+}
+
+// SecretSource says where a credential's secret is read. Exactly one of
+// File, Env and Command is set.
+type SecretSource struct {
+	// File is an absolute path to a file holding the secret (trailing
+	// newlines are trimmed). The daemon refuses files that group or others
+	// can read or write, or that root does not own.
+	File string
+	// Env is the name of an environment variable of the daemon.
+	Env string
+	// Command is run by the daemon (no shell); its standard output, less
+	// trailing newlines, is the secret.
+	Command []string
+	// CacheFor is how long a secret from Command may be reused; zero runs
+	// the command for every session.
+	CacheFor time.Duration
+}
+
+// Kind returns "file", "env" or "command".
+func (s SecretSource) Kind() string {
+	switch {
+	case s.File != "":
+		return "file"
+	case s.Env != "":
+		return "env"
+	default:
+		return "command"
+	}
+}
+
+// String describes the source without any secret: the file's path, the
+// variable's name or the command's program.
+func (s SecretSource) String() string {
+	switch {
+	case s.File != "":
+		return "file " + s.File
+	case s.Env != "":
+		return "env " + s.Env
+	case len(s.Command) > 0:
+		return "command " + s.Command[0]
+	}
+	return "none"
+}
+
+// allows reports whether policy may grant c.
+func (c *Credential) allows(policy string) bool {
+	return hasString(c.Policies, "*") || hasString(c.Policies, policy)
+}
+
+// Credential returns the target's credential of that name, or nil.
+func (t *Target) Credential(name string) *Credential {
+	for _, c := range t.Credentials {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// grant is one credential block of a policy.
+type grant struct {
+	name string
+	id   string // policy/credential/name
+	when *expr  // nil: always
+	rng  hcl.Range
+}
+
+// Grant is a credential granted to a flow.
+type Grant struct {
+	Credential *Credential
+	// Rule is the granting block's ID, "policy/credential/name".
+	Rule string
+}
+
+// GrantError says why a flow to a target that injects credentials gets
+// none. The flow must be refused.
+type GrantError struct {
+	Target string
+	Reason string
+}
+
+func (e *GrantError) Error() string {
+	return fmt.Sprintf("no credential for target %q: %s", e.Target, e.Reason)
+}
+
+var credentialSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "user", Required: true},
+	{Name: "password_file"},
+	{Name: "password_env"},
+	{Name: "password_command"},
+	{Name: "cache_for"},
+	{Name: "policies", Required: true},
+	{Name: "description"},
+	// A secret written into the ruleset is refused with its own message.
+	{Name: "password"},
+}}
+
+var grantSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "when"}}}
+
+// credential compiles a target's credential block.
+func (c *compiler) credential(t *Target, b *hcl.Block) {
+	name := b.Labels[0]
+	if !c.checkName("credential", name, b.LabelRanges[0]) {
+		return
+	}
+	if first := t.Credential(name); first != nil {
+		c.errorf(b.LabelRanges[0], "Duplicate credential name", "Target %s already has a credential named %q at %s.", t.Name, name, posOf(first.Range))
+		return
+	}
+	content, d := b.Body.Content(credentialSchema)
+	c.diags = append(c.diags, d...)
+	cr := &Credential{Name: name, Target: t.Name, Range: b.DefRange}
+	if a := content.Attributes["password"]; a != nil {
+		c.errorf(a.NameRange, "Secret in the ruleset", "Rulesets are pushed, reviewed and stored in version control, so they never hold secrets: read the password with password_file (a root-only file), password_env (a variable of the daemon) or password_command.")
+	}
+	if a := content.Attributes["user"]; a != nil {
+		if s, ok := c.str(a); ok {
+			if s == "" {
+				c.errorf(a.Expr.Range(), "Empty user", "A credential needs the database user name it authenticates as.")
+			}
+			cr.User = s
+		}
+	}
+	sources := 0
+	if a := content.Attributes["password_file"]; a != nil {
+		sources++
+		if s, ok := c.str(a); ok {
+			if !filepath.IsAbs(s) {
+				c.errorf(a.Expr.Range(), "Relative path", "password_file must be an absolute path, such as \"/etc/sluice/secrets/%s\".", name)
+			}
+			cr.Source.File = filepath.Clean(s)
+		}
+	}
+	if a := content.Attributes["password_env"]; a != nil {
+		sources++
+		if s, ok := c.str(a); ok {
+			if s == "" || strings.ContainsAny(s, "= \t") {
+				c.errorf(a.Expr.Range(), "Invalid variable name", "password_env must name an environment variable of the daemon, such as \"PROD_DEPLOYER_PASSWORD\".")
+			}
+			cr.Source.Env = s
+		}
+	}
+	if a := content.Attributes["password_command"]; a != nil {
+		sources++
+		if list, _, ok := c.strList(a); ok {
+			if len(list) == 0 || !filepath.IsAbs(list[0]) {
+				c.errorf(a.Expr.Range(), "Invalid command", "password_command is a program and its arguments, run without a shell; the program must be an absolute path, such as [\"/usr/local/bin/db-token\", \"%s\"].", name)
+			}
+			cr.Source.Command = list
+		}
+	}
+	if sources != 1 && content.Attributes["password"] == nil {
+		c.errorf(b.DefRange, "One password source", "A credential reads its password from exactly one of password_file, password_env or password_command; this one has %d.", sources)
+	}
+	if a := content.Attributes["cache_for"]; a != nil {
+		if d, ok := c.duration(a); ok {
+			if cr.Source.Command == nil {
+				c.errorf(a.NameRange, "cache_for needs a command", "cache_for applies to password_command only: files and variables are read for every session, so replacing them rotates the secret at once.")
+			}
+			if d < 0 || d > 24*time.Hour {
+				c.errorf(a.Expr.Range(), "Invalid cache_for", "cache_for must be between 0s and 24h; got %s.", d)
+			}
+			cr.Source.CacheFor = d
+		}
+	}
+	if a := content.Attributes["policies"]; a != nil {
+		list, ranges, ok := c.strList(a)
+		if ok && len(list) == 0 {
+			c.errorf(a.Expr.Range(), "No policies", "List the policies that may grant this credential, or [\"*\"] for any policy.")
+		}
+		cr.Policies = list
+		c.credPolicies = append(c.credPolicies, credPolicyRefs{cr: cr, names: list, ranges: ranges})
+	}
+	if t.Protocol != ProtoPostgres {
+		c.errorf(b.DefRange, "Credential injection not supported", "Credential injection is implemented for postgres targets; %s targets authenticate with the client's own credentials.", t.Protocol)
+	}
+	t.Credentials = append(t.Credentials, cr)
+}
+
+// credPolicyRefs are a credential's policies list, checked once every
+// policy is known.
+type credPolicyRefs struct {
+	cr     *Credential
+	names  []string
+	ranges []hcl.Range
+}
+
+// grant compiles a policy's credential block.
+func (c *compiler) grant(p *policy, sb *hclsyntax.Block) {
+	if len(sb.Labels) != 1 {
+		c.errorf(sb.TypeRange, "Missing credential name", "A policy's credential block names the target credential it grants, such as credential \"ci_readonly\" {}.")
+		return
+	}
+	name := sb.Labels[0]
+	g := &grant{name: name, id: p.name + "/credential/" + name, rng: sb.AsHCLBlock().DefRange}
+	for _, other := range p.grants {
+		if other.name == name {
+			c.errorf(sb.LabelRanges[0], "Duplicate credential grant", "Policy %s already grants credential %q at %s; combine the conditions with ||.", p.name, name, posOf(other.rng))
+			return
+		}
+	}
+	content, d := sb.Body.Content(grantSchema)
+	c.diags = append(c.diags, d...)
+	if a := content.Attributes["when"]; a != nil {
+		g.when = c.when(a, exprUse{what: "credential block"})
+	}
+	// The granted credential must exist on a target the policy covers,
+	// and list the policy.
+	found, allowed := false, false
+	for _, t := range c.rs.targets {
+		if !p.all && !hasString(p.targets, t.Name) {
+			continue
+		}
+		if cr := t.Credential(name); cr != nil {
+			found = true
+			if cr.allows(p.name) {
+				allowed = true
+			}
+		}
+	}
+	switch {
+	case !found:
+		c.errorf(sb.LabelRanges[0], "Unknown credential", "No target of policy %s defines a credential named %q; define it in a credential block of the target.", p.name, name)
+	case !allowed:
+		c.errorf(sb.LabelRanges[0], "Credential not granted to this policy", "Credential %q does not list policy %s in its policies; add it there, so both the target's owner and the policy agree.", name, p.name)
+	}
+	p.grants = append(p.grants, g)
+}
+
+// checkCredentialPolicies checks that credentials name existing policies.
+func (c *compiler) checkCredentialPolicies() {
+	for _, ref := range c.credPolicies {
+		for i, n := range ref.names {
+			if n == "*" {
+				continue
+			}
+			known := false
+			for _, p := range c.rs.policies {
+				if p.name == n {
+					known = true
+					break
+				}
+			}
+			if !known {
+				c.errorf(ref.ranges[i], "Unknown policy", "Credential %q of target %s lists policy %q, which is not defined.", ref.cr.Name, ref.cr.Target, n)
+			}
+		}
+	}
+}
+
+// Grant returns the credential the flow's session must authenticate with.
+// It returns nil, nil when the flow's target injects no credentials (the
+// client authenticates itself), and a *GrantError when the target injects
+// credentials but this flow gets none: the flow must then be refused.
+func (m *Match) Grant() (*Grant, error) {
+	t := m.rs.byName[m.flow.Target.Name]
+	if t == nil || len(t.Credentials) == 0 {
+		return nil, nil
+	}
+	refuse := func(format string, args ...any) (*Grant, error) {
+		return nil, &GrantError{Target: t.Name, Reason: fmt.Sprintf(format, args...)}
+	}
+	if m.err != nil {
+		return refuse("evaluating the policies failed: %v", m.err)
+	}
+	if lvl := m.flow.Identity.Level; lvl != LevelOIDC {
+		if lvl == "" {
+			lvl = LevelNone
+		}
+		return refuse("credentials are injected only for jobs with a verified CI identity, and this job's identity is %q", lvl)
+	}
+	if len(m.policies) == 0 {
+		return refuse("no policy matches this job")
+	}
+	ev := evaluator{m: m, env: env{flow: &m.flow, addr: m.addr, ip: m.ip, st: &Statement{}}}
+	for _, p := range m.policies {
+		for _, g := range p.grants {
+			cr := t.Credential(g.name)
+			if cr == nil || !cr.allows(p.name) {
+				continue
+			}
+			if g.when != nil {
+				ok, _, err := ev.eval(g.when)
+				if err != nil {
+					return refuse("evaluate %s: %v", g.id, err)
+				}
+				if !ok {
+					continue
+				}
+			}
+			return &Grant{Credential: cr, Rule: g.id}, nil
+		}
+	}
+	return refuse("no matched policy (%s) grants one of its credentials to this job", strings.Join(m.Policies(), ", "))
+}

@@ -1,0 +1,16 @@
+# want 14:12 "Statement variables not allowed here"
+target "db" {
+  protocol = "postgres"
+  address  = ["10.0.0.5:5432"]
+  credential "app" {
+    user          = "app"
+    password_file = "/etc/sluice/secrets/app"
+    policies      = ["*"]
+  }
+}
+policy "p" {
+  targets = ["db"]
+  credential "app" {
+    when = statement.kind == "select"
+  }
+}
