@@ -31,10 +31,12 @@ pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 pg_port=$(free_port)
 proxy_port=$(free_port)
 sluiced_pid=""
+issuer_pid=""
 
 cleanup() {
   set +e
   [ -n "$sluiced_pid" ] && kill "$sluiced_pid" 2>/dev/null && wait "$sluiced_pid" 2>/dev/null
+  [ -n "$issuer_pid" ] && kill "$issuer_pid" 2>/dev/null && wait "$issuer_pid" 2>/dev/null
   "$BIN/sluice" uninstall --name "$name" >/dev/null
   [ -f "$work/pg/postmaster.pid" ] && su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1
   [ -d "$mount/$cgroup" ] && rmdir "$mount/$cgroup"
@@ -42,15 +44,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bold "1. A private PostgreSQL on 127.0.0.2:$pg_port"
+bold "1. A private PostgreSQL on 127.0.0.2:$pg_port (and 127.0.0.3, where role app needs a SCRAM password)"
 chown postgres "$work"
 su postgres -s /bin/sh -c "$pgbin/initdb -D $work/pg -U postgres -A trust --no-sync >/dev/null"
-printf 'local all all trust\nhost all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n' > "$work/pg/pg_hba.conf"
-su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -l $work/pg.log -w -o '-p $pg_port -k $work -c listen_addresses=127.0.0.2' start >/dev/null"
+printf 'local all all trust\nhost all app 0.0.0.0/0 scram-sha-256\nhost all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n' > "$work/pg/pg_hba.conf"
+su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -l $work/pg.log -w -o '-p $pg_port -k $work -c listen_addresses=127.0.0.2,127.0.0.3' start >/dev/null"
 psql -X -h "$work" -p "$pg_port" -U postgres -qc "create table users(id int, email text); insert into users values (1, 'ada@example.com'), (2, 'alan@example.com');"
-echo "running; table users created"
+# The app role's password exists only in a root-only file on this host.
+mkdir -m 700 "$work/secrets"
+app_secret="demo-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+(umask 077; printf '%s\n' "$app_secret" > "$work/secrets/app")
+psql -X -h "$work" -p "$pg_port" -U postgres -qc "create role app login password '$app_secret'; grant select on users to app;"
+echo "running; table users and role app created"
 
-bold "2. sluiced on cgroup $cgroup, intercepting 127.0.0.2:$pg_port"
+bold "2. sluiced on cgroup $cgroup, intercepting 127.0.0.2:$pg_port and 127.0.0.3:$pg_port"
+# A local OIDC issuer stands in for GitHub's (outside this machine): its
+# tokens say repository acme/api, ref refs/heads/main.
+${GO:-go} build -o "$work/demoissuer" ./e2e/demoissuer
+"$work/demoissuer" -dir "$work" -claims '{"sub":"repo:acme/api:ref:refs/heads/main","repository":"acme/api","ref":"refs/heads/main","run_id":"1001","actor":"octocat"}' > "$work/issuer.env" 2>&1 &
+issuer_pid=$!
+for _ in $(seq 100); do [ -s "$work/issuer.env" ] && break; sleep 0.1; done
+eval "$(head -1 "$work/issuer.env")"
 mkdir -p "$mount/$cgroup" "$work/rules"
 cat > "$work/rules/demo.hcl" <<HCL
 # The demo's ruleset: one PostgreSQL database that jobs running as root may
@@ -88,9 +102,37 @@ policy "ci-jobs" {
   }
 }
 
+# The same server on 127.0.0.3 holds its credentials itself: jobs of
+# acme/api on main authenticate as app without knowing its password.
+target "vault-db" {
+  protocol = "postgres"
+  address  = ["127.0.0.3:$pg_port"]
+
+  credential "app" {
+    user          = "app"
+    password_file = "$work/secrets/app"
+    policies      = ["acme-api-main"]
+  }
+}
+
+policy "acme-api-main" {
+  targets = ["vault-db"]
+  when    = identity.repository == "acme/api"
+  credential "app" {
+    when = identity.ref == "refs/heads/main"
+  }
+}
+
 default {
   action = "deny"
   reason = "no policy for this job"
+}
+
+test "main of acme/api gets the app credential" {
+  target            = "vault-db"
+  identity          = { repository = "acme/api", ref = "refs/heads/main" }
+  expect            = "allow"
+  expect_credential = "app"
 }
 
 test "DROP is refused" {
@@ -126,6 +168,13 @@ api_socket = "$work/sluiced.sock"
 rules_dir  = "$work/rules"
 log {
   format = "json"
+}
+identity {
+  issuer "$ISSUER_URL" {
+    audience = "sluice"
+  }
+  token_host_allowlist = ["127.0.0.1"]
+  ca_file              = "$ISSUER_CA"
 }
 HCL
 cat "$work/sluiced.hcl"
@@ -185,6 +234,23 @@ wait "$held" || true
 echo "-- the job after approval:"
 cat "$work/held.out"
 
+bold "5d. Credential injection: a CI job connects as app with a wrong password; Sluice authenticates with the secret only root can read"
+# A GitHub job: its process tree hangs below a Runner.Worker and can ask
+# the issuer for a token, as GitHub's runner lets a job do.
+cp /bin/sh "$work/Runner.Worker"
+job() {
+  ACTIONS_ID_TOKEN_REQUEST_URL="$TOKEN_URL" ACTIONS_ID_TOKEN_REQUEST_TOKEN="$REQUEST_TOKEN" PGPASSWORD=not-the-password \
+    "$BIN/sluice" run --cgroup "$cgroup" -- "$work/Runner.Worker" -c "$1"
+}
+printf '$ PGPASSWORD=not-the-password psql -h 127.0.0.3 -U whoever -c "select current_user, count(*) from users"   (as a job of acme/api on main)\n'
+job "psql -X -h 127.0.0.3 -p $pg_port -U whoever -d postgres -c 'select current_user, count(*) from users'"
+echo "-- the same psql outside a CI job (no verified identity):"
+run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.3 -p "$pg_port" -U app -d postgres -Atc "select 1" || echo "(refused: without a verified CI identity no policy covers this connection)"
+sleep 0.2
+grep '"@message":"authenticated with an injected credential"' "$work/sluiced.log" | tail -1
+if grep -rqF "$app_secret" "$work/sluiced.log" "$work/data"; then echo "demo: the secret leaked into the log or the recordings" >&2; exit 1; fi
+echo "the app password appears in no log line and no recording"
+
 bold "6. A job that no policy covers (uid 12345) gets the default deny"
 run "$BIN/sluice" run --cgroup "$cgroup" -- setpriv --reuid=12345 --regid=12345 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(denied, as the ruleset says)"
 sleep 0.2
@@ -208,4 +274,4 @@ bold "10. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
 
 bold "Not in this demo yet"
-echo "Workload identity needs a CI job (see the e2e tests: a Runner.Worker with a token); the demo's jobs are plain processes."
+echo "Jobs inside containers (Docker or Kubernetes executors); MySQL, SSH and Kubernetes decoders."

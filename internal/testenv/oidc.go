@@ -37,15 +37,26 @@ type Issuer struct {
 // NewIssuer starts an issuer and stops it at cleanup.
 func NewIssuer(t testing.TB) *Issuer {
 	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	is, err := StartIssuer(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(is.Close)
+	return is
+}
+
+// StartIssuer starts an issuer whose CA file is written into dir. Close
+// stops it. Programs use it (the demo's stand-in for a CI provider);
+// tests use NewIssuer.
+func StartIssuer(dir string) (*Issuer, error) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
 	}
 	is := &Issuer{key: key, RequestToken: RandName("req-")}
 	mux := http.NewServeMux()
 	is.srv = httptest.NewUnstartedServer(mux)
 	is.srv.StartTLS()
-	t.Cleanup(is.srv.Close)
 	is.URL = is.srv.URL
 	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]any{
@@ -70,18 +81,28 @@ func NewIssuer(t testing.TB) *Issuer {
 		}
 		is.mu.Unlock()
 		claims["aud"] = r.URL.Query().Get("audience")
-		json.NewEncoder(w).Encode(map[string]string{"value": is.Sign(t, claims)})
+		tok, err := is.sign(claims)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]string{"value": tok})
 	})
 	der := is.srv.Certificate().Raw
-	is.CAFile = filepath.Join(t.TempDir(), "issuer-ca.pem")
+	is.CAFile = filepath.Join(dir, "issuer-ca.pem")
 	if err := os.WriteFile(is.CAFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
+		is.Close()
+		return nil, err
 	}
 	if _, err := x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
+		is.Close()
+		return nil, err
 	}
-	return is
+	return is, nil
 }
+
+// Close stops the issuer's server.
+func (is *Issuer) Close() { is.srv.Close() }
 
 // SetClaims sets the claims the token endpoint puts in the tokens it
 // issues (iss, iat and exp are added).
@@ -95,24 +116,28 @@ func (is *Issuer) SetClaims(c map[string]any) {
 // unless set.
 func (is *Issuer) Sign(t testing.TB, claims map[string]any) string {
 	t.Helper()
+	s, err := is.sign(claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (is *Issuer) sign(claims map[string]any) (string, error) {
 	c := map[string]any{"iss": is.URL, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Hour).Unix()}
 	for k, v := range claims {
 		c[k] = v
 	}
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: is.key, KeyID: "k1"}}, nil)
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	payload, _ := json.Marshal(c)
 	jws, err := signer.Sign(payload)
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	s, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return jws.CompactSerialize()
 }
 
 // TokenURL is the ACTIONS_ID_TOKEN_REQUEST_URL a job would be given.
