@@ -506,6 +506,10 @@ type Step struct {
 type Explanation struct {
 	Decision Decision
 	Steps    []Step
+	// Grant and GrantErr are Match.Grant's answer for the flow: both nil
+	// when the target injects no credentials.
+	Grant    *Grant
+	GrantErr error
 }
 
 // Explain decides like Evaluate, but evaluates every policy and rule and
@@ -515,5 +519,6 @@ func (rs *Ruleset) Explain(in *Input) Explanation {
 	var steps []Step
 	m := rs.match(&in.Flow, &steps)
 	d := m.decide(&in.Statement, in.Result, &steps)
-	return Explanation{Decision: d, Steps: steps}
+	g, gerr := m.Grant()
+	return Explanation{Decision: d, Steps: steps, Grant: g, GrantErr: gerr}
 }

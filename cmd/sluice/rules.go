@@ -343,6 +343,13 @@ func rulesExplain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "mask: %s columns=[%s] detect=[%s] using=%s\n", m.ID, strings.Join(m.Mask.Columns, " "), strings.Join(m.Mask.Detect, " "), m.Mask.Using)
 	}
 	fmt.Fprintf(stdout, "record: %s\n", d.Record)
+	switch {
+	case ex.Grant != nil:
+		c := ex.Grant.Credential
+		fmt.Fprintf(stdout, "credential: %s (user %s, secret from %s) granted by %s\n", c.Name, c.User, c.Source, ex.Grant.Rule)
+	case ex.GrantErr != nil:
+		fmt.Fprintf(stdout, "credential: none, the connection is refused: %v\n", ex.GrantErr)
+	}
 	if d.Monitor {
 		fmt.Fprintf(stdout, "mode: monitor (the verdict is logged and recorded, nothing is enforced)\n")
 	}

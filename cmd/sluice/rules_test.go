@@ -192,3 +192,25 @@ func TestRulesSignVerify(t *testing.T) {
 		t.Error("signed a broken ruleset")
 	}
 }
+
+// TestRulesExplainCredential: explain names the credential a flow would be
+// injected with, or why it gets none, and never a secret.
+func TestRulesExplainCredential(t *testing.T) {
+	dir := filepath.Join(rulesets, "injection")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--identity", "repository=acme/api", "--identity", "ref=refs/heads/main", "--identity", "workflow=deploy"},
+			"credential: deployer (user deployer, secret from file /etc/sluice/secrets/prod-deployer) granted by acme-api/credential/deployer"},
+		{[]string{"--identity", "repository=acme/api", "--identity", "ref=refs/heads/dev"},
+			"credential: ci_readonly (user ci_readonly, secret from command /usr/local/bin/db-token) granted by acme-api/credential/ci_readonly"},
+		{[]string{"--identity-level", "unverified"},
+			`credential: none, the connection is refused: no credential for target "prod": credentials are injected only for jobs with a verified CI identity`},
+	} {
+		code, out, errOut := rules(t, append([]string{"explain", dir, "--target", "prod"}, tc.args...)...)
+		if code != 0 || !strings.Contains(out, tc.want) {
+			t.Errorf("explain %v: exit %d\n%s%s\nwant %q", tc.args, code, out, errOut, tc.want)
+		}
+	}
+}
