@@ -108,3 +108,16 @@ func FindCgroupByID(mount string, id uint64) string {
 	})
 	return found
 }
+
+// fdCgroupID returns the id of the cgroup directory open as f.
+func fdCgroupID(f *os.File) (uint64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("stat cgroup: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, fmt.Errorf("stat %s: no inode", f.Name())
+	}
+	return st.Ino, nil
+}

@@ -14,12 +14,10 @@ package interceptor
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/sluicehq/sluice/bpf"
@@ -42,9 +40,12 @@ type Config struct {
 	// Name picks the pin directory, so several installations (a test's and
 	// a real one) never share kernel objects. Default "default".
 	Name string
-	// Cgroup is the hooked cgroup, relative to the cgroup2 mount. The root
-	// and any cgroup holding the daemon itself are refused.
-	Cgroup string
+	// Cgroups are the cgroups to hook at Attach, relative to the cgroup2
+	// mount. The root, any cgroup holding the daemon itself, and a cgroup
+	// nested in (or containing) another hooked one are refused. A cgroup
+	// that does not exist yet is not an error: Attach reports it in
+	// Missing, and AddCgroup hooks it once it appears.
+	Cgroups []string
 	// ProxyPort is the listener port on 127.0.0.1 and ::1.
 	ProxyPort uint16
 	// Mark is set with SO_MARK on upstream sockets. Default DefaultMark.
@@ -66,28 +67,33 @@ var hooks = []struct {
 	{"link_getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *bpf.Objects) *ebpf.Program { return o.GetPeername6 }},
 }
 
+
 // Interceptor is an attached installation. It is safe for concurrent use.
 // Close releases the daemon's handles only: the pinned links keep
 // redirecting, and the pinned maps keep their contents.
 type Interceptor struct {
-	cfg        Config
-	log        hclog.Logger
-	cgroupPath string
-	cgroupID   uint64
-	objs       *bpf.Objects
-	links      []link.Link
-	readopted  bool
+	cfg   Config
+	log   hclog.Logger
+	mount string
+	objs  *bpf.Objects
+
+	hookMu    sync.Mutex
+	hooked    map[uint64]*hookedCgroup // by cgroup id
+	readopted bool
+	missing   []string
 
 	mu      sync.Mutex
 	targets *targetTable
 }
 
 // Attach probes the kernel, loads the programs, writes targets and
-// configuration into the maps, and then attaches the programs to the
-// cgroup, in that order, so that no connect is ever hooked before the
-// kernel knows where the proxy is. Pins left by an earlier daemon of the
-// same Name are re-adopted: their links are kept and switched to the newly
-// loaded programs, so interception never lapses.
+// configuration into the maps, and then hooks the cgroups, in that order,
+// so that no connect is ever hooked before the kernel knows where the
+// proxy is. Links pinned by an earlier daemon of the same Name are
+// re-adopted, whichever cgroup they hook: each is kept and switched to the
+// newly loaded program, so interception never lapses. Pins whose cgroup no
+// longer exists are removed. A configured cgroup that does not exist yet
+// is listed by Missing rather than failing the attach.
 func Attach(cfg Config, targets []*Target) (*Interceptor, error) {
 	if cfg.Name == "" {
 		cfg.Name = "default"
@@ -108,16 +114,11 @@ func Attach(cfg Config, targets []*Target) (*Interceptor, error) {
 	if err != nil {
 		return nil, err
 	}
-	cgPath, err := CgroupPath(mount, cfg.Cgroup)
-	if err != nil {
-		return nil, err
-	}
-	if self, err := SelfCgroup(); err == nil && within(self, cfg.Cgroup) {
-		return nil, fmt.Errorf("attach: the daemon itself runs in %s, inside the cgroup to hook (%s); run it outside the runner's cgroup", self, cfg.Cgroup)
-	}
-	cgID, err := CgroupID(cgPath)
-	if err != nil {
-		return nil, fmt.Errorf("attach: cgroup %s: %w", cfg.Cgroup, err)
+	// Refuse a bad configuration before touching any kernel object.
+	for _, rel := range cfg.Cgroups {
+		if _, err := checkCgroup(mount, rel); err != nil {
+			return nil, fmt.Errorf("attach: %w", err)
+		}
 	}
 	if err := ensureBPFFS(); err != nil {
 		return nil, err
@@ -127,7 +128,7 @@ func Attach(cfg Config, targets []*Target) (*Interceptor, error) {
 	if err != nil {
 		return nil, err
 	}
-	ic := &Interceptor{cfg: cfg, log: cfg.Logger, cgroupPath: cgPath, cgroupID: cgID, objs: objs}
+	ic := &Interceptor{cfg: cfg, log: cfg.Logger, mount: mount, objs: objs, hooked: map[uint64]*hookedCgroup{}}
 	if err := ic.SyncTargets(targets); err != nil {
 		objs.Close()
 		return nil, err
@@ -136,9 +137,20 @@ func Attach(cfg Config, targets []*Target) (*Interceptor, error) {
 		objs.Close()
 		return nil, err
 	}
-	if err := ic.attach(); err != nil {
+	if err := ic.adopt(); err != nil {
 		ic.Close()
 		return nil, err
+	}
+	for _, rel := range cfg.Cgroups {
+		if _, err := ic.AddCgroup(rel, SourceConfig); err != nil {
+			if errors.Is(err, ErrCgroupMissing) {
+				ic.missing = append(ic.missing, rel)
+				ic.log.Warn("configured cgroup does not exist yet; it is hooked when it appears", "cgroup", rel)
+				continue
+			}
+			ic.Close()
+			return nil, err
+		}
 	}
 	return ic, nil
 }
@@ -154,68 +166,19 @@ func (ic *Interceptor) writeConfig(enabled bool) error {
 	return nil
 }
 
-// attach makes or re-adopts the three links. A pinned link that belongs to
-// another cgroup is an error: the operator moved the runner, and only
-// `sluice uninstall` may take interception away from the old one.
-func (ic *Interceptor) attach() error {
-	dir := PinDir(ic.cfg.Name)
-	cg, err := os.Open(ic.cgroupPath)
-	if err != nil {
-		return fmt.Errorf("open cgroup: %w", err)
-	}
-	defer cg.Close()
-	for _, h := range hooks {
-		pin := filepath.Join(dir, h.pin)
-		prog := h.prog(ic.objs)
-		l, err := link.LoadPinnedLink(pin, nil)
-		switch {
-		case err == nil:
-			info, ierr := l.Info()
-			if ierr != nil {
-				l.Close()
-				return fmt.Errorf("read pinned link %s: %w", pin, ierr)
-			}
-			if c := info.Cgroup(); c == nil || c.CgroupId != ic.cgroupID {
-				l.Close()
-				return fmt.Errorf("pinned link %s is attached to another cgroup; run `sluice uninstall --name %s` first", pin, ic.cfg.Name)
-			}
-			// Swap in this daemon's program atomically: the hook never
-			// goes empty.
-			if err := l.Update(prog); err != nil {
-				l.Close()
-				return fmt.Errorf("update pinned link %s: %w", pin, err)
-			}
-			ic.readopted = true
-			ic.log.Info("re-adopted pinned link", "pin", pin)
-		case errors.Is(err, os.ErrNotExist):
-			// The link is pinned below so that it outlives this process:
-			// the hook stays in place across daemon crashes and restarts.
-			l, err = link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: prog, Attach: h.attach})
-			if err != nil {
-				if errors.Is(err, ebpf.ErrNotSupported) {
-					return fmt.Errorf("attach %s: no BPF link support in this kernel: %w", h.pin, err)
-				}
-				return fmt.Errorf("attach %s to %s: %w", h.pin, ic.cgroupPath, err)
-			}
-			if err := l.Pin(pin); err != nil {
-				l.Close()
-				return fmt.Errorf("pin %s: %w", pin, err)
-			}
-			ic.log.Info("attached", "hook", h.pin, "cgroup", ic.cfg.Cgroup, "pin", pin)
-		default:
-			return fmt.Errorf("load pinned link %s: %w", pin, err)
-		}
-		ic.links = append(ic.links, l)
-	}
-	return nil
-}
-
 // Readopted reports whether Attach found and kept links pinned by an
 // earlier daemon.
-func (ic *Interceptor) Readopted() bool { return ic.readopted }
+func (ic *Interceptor) Readopted() bool {
+	ic.hookMu.Lock()
+	defer ic.hookMu.Unlock()
+	return ic.readopted
+}
 
-// Cgroup returns the hooked cgroup, relative to the cgroup2 mount.
-func (ic *Interceptor) Cgroup() string { return ic.cfg.Cgroup }
+// Missing lists the configured cgroups that did not exist at Attach.
+func (ic *Interceptor) Missing() []string { return ic.missing }
+
+// Mount returns the cgroup2 mount the installation works under.
+func (ic *Interceptor) Mount() string { return ic.mount }
 
 // Stats returns the programs' counters.
 func (ic *Interceptor) Stats() (map[string]uint64, error) { return ic.objs.ReadStats() }
@@ -225,10 +188,14 @@ func (ic *Interceptor) Stats() (map[string]uint64, error) { return ic.objs.ReadS
 // find no listener and are refused, which is the fail-closed state.
 func (ic *Interceptor) Close() error {
 	var errs []error
-	for _, l := range ic.links {
-		errs = append(errs, l.Close())
+	ic.hookMu.Lock()
+	for _, h := range ic.hooked {
+		for _, l := range h.links {
+			errs = append(errs, l.Close())
+		}
+		h.links = nil
 	}
-	ic.links = nil
+	ic.hookMu.Unlock()
 	errs = append(errs, ic.objs.Close())
 	return errors.Join(errs...)
 }

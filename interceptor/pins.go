@@ -49,7 +49,9 @@ func Installations() ([]string, error) {
 }
 
 // ReadPins reports the pins of the named installation without changing
-// them. A missing directory returns os.ErrNotExist.
+// them: the links of every hooked cgroup (PinDir/cgroups/<id>/link_*, and
+// PinDir/link_* of the older single-cgroup layout) and the maps. A missing
+// directory returns os.ErrNotExist.
 func ReadPins(name string) (PinStatus, error) {
 	dir := PinDir(name)
 	st := PinStatus{Name: name, Dir: dir}
@@ -58,23 +60,26 @@ func ReadPins(name string) (PinStatus, error) {
 		return st, err
 	}
 	mount, _ := Cgroup2Mount()
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		if isLinkPin(e.Name()) {
-			ls := LinkStatus{Pin: p}
-			if l, err := link.LoadPinnedLink(p, nil); err == nil {
-				if info, err := l.Info(); err == nil && info.Cgroup() != nil {
-					ls.CgroupID = info.Cgroup().CgroupId
-					if mount != "" {
-						ls.Cgroup = FindCgroupByID(mount, ls.CgroupID)
-					}
-				}
-				l.Close()
+	paths := map[uint64]string{}
+	for _, p := range linkPins(dir) {
+		ls := LinkStatus{Pin: p}
+		if l, err := link.LoadPinnedLink(p, nil); err == nil {
+			ls.CgroupID = linkCgroupID(l)
+			l.Close()
+		}
+		if ls.CgroupID != 0 && mount != "" {
+			if _, ok := paths[ls.CgroupID]; !ok {
+				paths[ls.CgroupID] = FindCgroupByID(mount, ls.CgroupID)
 			}
-			st.Links = append(st.Links, ls)
+			ls.Cgroup = paths[ls.CgroupID]
+		}
+		st.Links = append(st.Links, ls)
+	}
+	for _, e := range ents {
+		if e.IsDir() || isLinkPin(e.Name()) {
 			continue
 		}
-		st.Maps = append(st.Maps, p)
+		st.Maps = append(st.Maps, filepath.Join(dir, e.Name()))
 	}
 	if m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "sluice_stats"), &ebpf.LoadPinOptions{ReadOnly: true}); err == nil {
 		st.Stats = map[string]uint64{}
@@ -91,6 +96,29 @@ func ReadPins(name string) (PinStatus, error) {
 		m.Close()
 	}
 	return st, nil
+}
+
+// linkPins lists the link pins under an installation's directory, in both
+// layouts, sorted.
+func linkPins(dir string) []string {
+	var pins []string
+	add := func(d string) {
+		ents, _ := os.ReadDir(d)
+		for _, e := range ents {
+			if !e.IsDir() && isLinkPin(e.Name()) {
+				pins = append(pins, filepath.Join(d, e.Name()))
+			}
+		}
+	}
+	add(dir)
+	cgs, _ := os.ReadDir(filepath.Join(dir, "cgroups"))
+	for _, e := range cgs {
+		if e.IsDir() {
+			add(filepath.Join(dir, "cgroups", e.Name()))
+		}
+	}
+	sort.Strings(pins)
+	return pins
 }
 
 func isLinkPin(name string) bool {
@@ -118,11 +146,7 @@ func Uninstall(name string) ([]string, error) {
 	var removed []string
 	var errs []error
 	// Links first, so nothing is redirected through half-removed maps.
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		if !isLinkPin(e.Name()) {
-			continue
-		}
+	for _, p := range linkPins(dir) {
 		l, err := link.LoadPinnedLink(p, nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("load %s: %w", p, err))
@@ -140,9 +164,14 @@ func Uninstall(name string) ([]string, error) {
 		}
 		l.Close()
 	}
+	cgs, _ := os.ReadDir(filepath.Join(dir, "cgroups"))
+	for _, e := range cgs {
+		os.Remove(filepath.Join(dir, "cgroups", e.Name()))
+	}
+	os.Remove(filepath.Join(dir, "cgroups"))
 	for _, e := range ents {
 		p := filepath.Join(dir, e.Name())
-		if isLinkPin(e.Name()) {
+		if e.IsDir() || isLinkPin(e.Name()) {
 			continue
 		}
 		if err := os.Remove(p); err != nil {

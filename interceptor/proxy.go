@@ -108,6 +108,11 @@ type Proxy struct {
 	Refusers    map[string]Refuser
 	Log         hclog.Logger
 	DialTimeout time.Duration // default 10s
+	// FlowContext, when set, is the context flows run under instead of the
+	// one given to Serve, so that accepting can stop while the flows
+	// already accepted drain (a daemon being replaced). Cancelling it ends
+	// the flows.
+	FlowContext context.Context
 
 	nextID    atomic.Uint64
 	total     atomic.Uint64
@@ -133,25 +138,8 @@ func (p *Proxy) Stats() ProxyStats {
 	return ProxyStats{FlowsTotal: p.total.Load(), FlowsActive: p.active.Load(), NoOrigin: p.noOrigin.Load(), FlowsRefused: p.refused.Load(), FlowsDenied: p.denied.Load()}
 }
 
-// Listen opens the proxy listeners on 127.0.0.1:port and [::1]:port. A
-// machine without IPv6 loopback gets only the IPv4 one; redirected IPv6
-// connects then fail with "connection refused".
-func Listen(port uint16, log hclog.Logger) ([]net.Listener, error) {
-	p := strconv.Itoa(int(port))
-	l4, err := net.Listen("tcp4", net.JoinHostPort("127.0.0.1", p))
-	if err != nil {
-		return nil, fmt.Errorf("listen on 127.0.0.1:%s: %w", p, err)
-	}
-	l6, err := net.Listen("tcp6", net.JoinHostPort("::1", p))
-	if err != nil {
-		log.Warn("no IPv6 loopback listener; IPv6 targets will be refused", "error", err)
-		return []net.Listener{l4}, nil
-	}
-	return []net.Listener{l4, l6}, nil
-}
-
-// Serve accepts on ln until ctx ends or ln is closed, then waits for the
-// flows it started to finish.
+// Serve accepts on ln until ctx ends or ln is closed; ln is closed then.
+// Flows it accepted keep running (see FlowContext); Wait waits for them.
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
@@ -169,10 +157,14 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
+		fctx := ctx
+		if p.FlowContext != nil {
+			fctx = p.FlowContext
+		}
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.serveConn(ctx, c)
+			p.serveConn(fctx, c)
 		}()
 	}
 }

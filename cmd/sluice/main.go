@@ -28,6 +28,8 @@ commands:
   run --cgroup PATH -- CMD [ARGS...]   run CMD inside a cgroup (created if missing)
   status [--name N] [--socket P] [--json]
                                        show the daemon, its pins and its counters
+  install [--root DIR] [--config FILE] [--dry-run]
+                                       find the runner services, write sluiced's config, say what is protected
   uninstall [--name N]                 detach and unpin interception (the only way to remove it)
   rules check|test|explain|sign|keygen work with rulesets (sluice rules -h)
   rules push [--socket P] DIR          send a ruleset to the running daemon (root only)
@@ -58,6 +60,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return runCmd(args[1:], stderr)
 	case "status":
 		return statusCmd(args[1:], stdout, stderr)
+	case "install":
+		return installCmd(args[1:], stdout, stderr)
 	case "uninstall":
 		return uninstallCmd(args[1:], stdout, stderr)
 	case "rules":
@@ -185,7 +189,12 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinStatus, name string) {
 	if d != nil {
 		fmt.Fprintf(w, "daemon:      running (pid %d, up %s)\n", d.PID, time.Since(d.Started).Round(time.Second))
-		fmt.Fprintf(w, "cgroup:      %s\n", d.Cgroup)
+		if len(d.Cgroups) == 0 {
+			fmt.Fprintln(w, "cgroup:      none hooked yet (waiting for a configured or discovered runner cgroup)")
+		}
+		for _, c := range d.Cgroups {
+			fmt.Fprintf(w, "cgroup:      %s (id %d, %s)\n", c.Path, c.ID, c.Source)
+		}
 		fmt.Fprintf(w, "proxy port:  %d (127.0.0.1 and ::1)\n", d.ProxyPort)
 		fmt.Fprintf(w, "flows seen:  %d total, %d active, %d without origin refused, %d refused, %d denied\n",
 			d.Flows.Total, d.Flows.Active, d.Flows.NoOrigin, d.Flows.Refused, d.Flows.Denied)

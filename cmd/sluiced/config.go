@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -25,7 +26,9 @@ import (
 // fileConfig is the HCL schema of sluiced's --config file.
 type fileConfig struct {
 	Name           string           `hcl:"name,optional"`
-	Cgroup         string           `hcl:"cgroup"`
+	Cgroup         string           `hcl:"cgroup,optional"`
+	Cgroups        []string         `hcl:"cgroups,optional"`
+	Discover       *discoverConfig  `hcl:"discover,block"`
 	ProxyPort      int              `hcl:"proxy_port,optional"`
 	DataDir        string           `hcl:"data_dir,optional"`
 	APISocket      string           `hcl:"api_socket,optional"`
@@ -40,6 +43,13 @@ type fileConfig struct {
 	LiveExport     *liveConfig      `hcl:"live_export,block"`
 	Remote         *remoteConfig    `hcl:"remote_api,block"`
 	Approvals      *approvalsConfig `hcl:"approvals,block"`
+}
+
+// discoverConfig is the discover block: where to look for runner services
+// and how often.
+type discoverConfig struct {
+	Root  string `hcl:"root,optional"`
+	Every string `hcl:"every,optional"`
 }
 
 // liveConfig is the live_export block: recorded events as JSON lines to a
@@ -83,8 +93,12 @@ type logConfig struct {
 
 // config is the validated configuration.
 type config struct {
-	Name      string
-	Cgroup    string
+	Name string
+	// Cgroups are the cgroups to hook (cgroup and cgroups of the file),
+	// relative to the cgroup2 mount.
+	Cgroups []string
+	// Discover, when set, finds runner services and hooks their cgroups.
+	Discover  *discovery
 	ProxyPort uint16
 	DataDir   string
 	APISocket string
@@ -110,6 +124,16 @@ type config struct {
 	Remote *remoteConfig
 	// Approvals configures approval holds.
 	Approvals approvalsConfig
+}
+
+// discovery is the validated discover block.
+type discovery struct {
+	// Root is searched for runner services, relative to the cgroup2 mount
+	// (default system.slice).
+	Root string
+	// Every is the rescan interval (default 30s); the cgroup root is also
+	// watched with inotify, so a new service is usually hooked at once.
+	Every time.Duration
 }
 
 // recordingSettings: how often recordings are made durable (default 1s),
@@ -149,9 +173,10 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 		return nil, append(diags, d...), p.Files()
 	}
 	c := &config{
-		Name: fc.Name, Cgroup: fc.Cgroup, DataDir: fc.DataDir, APISocket: fc.APISocket,
+		Name: fc.Name, DataDir: fc.DataDir, APISocket: fc.APISocket,
 		LogLevel: "info", LogFormat: "auto", RulesDir: fc.RulesDir,
 	}
+	diags = append(diags, c.setCgroups(&fc)...)
 	if c.Name == "" {
 		c.Name = "default"
 	}
@@ -290,6 +315,49 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 		}
 	}
 	return c, diags, p.Files()
+}
+
+// setCgroups validates cgroup, cgroups and the discover block: at least one
+// of them must say what to hook, and no cgroup may be listed twice.
+func (c *config) setCgroups(fc *fileConfig) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	all := fc.Cgroups
+	if fc.Cgroup != "" {
+		all = append([]string{fc.Cgroup}, all...)
+	}
+	seen := map[string]bool{}
+	for _, cg := range all {
+		clean := strings.TrimPrefix(filepath.Clean("/"+cg), "/")
+		if clean == "" {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid cgroup",
+				Detail: fmt.Sprintf("cgroup %q is the root of the hierarchy: hooking it would catch every process, the daemon's included. Name the runner's own cgroup.", cg)})
+			continue
+		}
+		if seen[clean] {
+			continue
+		}
+		seen[clean] = true
+		c.Cgroups = append(c.Cgroups, clean)
+	}
+	if d := fc.Discover; d != nil {
+		c.Discover = &discovery{Root: d.Root, Every: 30 * time.Second}
+		if c.Discover.Root == "" {
+			c.Discover.Root = "system.slice"
+		}
+		if d.Every != "" {
+			v, err := time.ParseDuration(d.Every)
+			if err != nil || v < 100*time.Millisecond {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid discover every",
+					Detail: fmt.Sprintf("every %q: give a duration of at least 100ms, such as 30s.", d.Every)})
+			}
+			c.Discover.Every = v
+		}
+	}
+	if len(c.Cgroups) == 0 && c.Discover == nil && !diags.HasErrors() {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Nothing to hook",
+			Detail: "Name the runner's cgroup (cgroup = \"...\" or cgroups = [...]), or add a discover block to find runner services; `sluice install` writes both."})
+	}
+	return diags
 }
 
 // parseDays parses a Go duration, also accepting whole days ("30d").

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -36,7 +37,9 @@ func TestLoadConfigErrors(t *testing.T) {
 	cases := []struct {
 		name, body, want string
 	}{
-		{"missing cgroup", `proxy_port = 1`, `The argument "cgroup" is required`},
+		{"missing cgroup", `proxy_port = 1`, `Nothing to hook`},
+		{"root cgroup", "cgroups = [\"/\"]\n", "Invalid cgroup"},
+		{"bad discover interval", "discover {\n  every = \"soon\"\n}\n", "Invalid discover every"},
 		{"bad port", "cgroup = \"r\"\nproxy_port = 70000\n", "not a TCP port"},
 		{"target in config", "cgroup = \"r\"\ntarget \"db\" {\n  protocol = \"tcp\"\n  address = [\"10.0.0.5:1\"]\n}\n", "sluiced.hcl:2,1-12: Targets belong in the ruleset"},
 		{"unknown attribute", "cgroup = \"r\"\nproxy_prot = 1\n", `Unsupported argument`},
@@ -50,5 +53,27 @@ func TestLoadConfigErrors(t *testing.T) {
 				t.Errorf("diagnostics %q, want one containing %q", diags.Error(), tc.want)
 			}
 		})
+	}
+}
+
+// TestLoadConfigCgroups: cgroup and cgroups combine without duplicates, and
+// a discover block alone is enough.
+func TestLoadConfigCgroups(t *testing.T) {
+	c, diags, _ := loadConfig(writeConfig(t, `
+cgroup  = "/system.slice/a.service"
+cgroups = ["system.slice/b.service", "system.slice/a.service"]
+`))
+	if diags.HasErrors() {
+		t.Fatal(diags.Error())
+	}
+	if got := strings.Join(c.Cgroups, ","); got != "system.slice/a.service,system.slice/b.service" || c.Discover != nil {
+		t.Errorf("cgroups = %q, discover %+v; want a then b and no discovery", got, c.Discover)
+	}
+	c, diags, _ = loadConfig(writeConfig(t, "discover {}\n"))
+	if diags.HasErrors() {
+		t.Fatal(diags.Error())
+	}
+	if c.Discover == nil || c.Discover.Root != "system.slice" || c.Discover.Every != 30*time.Second {
+		t.Errorf("discover defaults = %+v, want system.slice every 30s", c.Discover)
 	}
 }

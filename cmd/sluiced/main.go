@@ -116,7 +116,7 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 
 	// 3. Attach or re-adopt the hooks.
 	ic, err := interceptor.Attach(interceptor.Config{
-		Name: cfg.Name, Cgroup: cfg.Cgroup, ProxyPort: cfg.ProxyPort, Mark: cfg.Mark,
+		Name: cfg.Name, Cgroups: cfg.Cgroups, ProxyPort: cfg.ProxyPort, Mark: cfg.Mark,
 		Logger: log.Named("interceptor"),
 	}, rs.Targets())
 	if err != nil {
@@ -124,6 +124,10 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	}
 	defer ic.Close()
 	rm.ic = ic
+	// Runner services running now are hooked before the daemon reports
+	// ready; the loop below hooks those that appear later.
+	disc := newDiscoverer(cfg, ic, log.Named("discover"))
+	disc.scan()
 
 	ca, err := tlsutil.LoadOrCreateCA(cfg.DataDir)
 	if err != nil {
@@ -146,8 +150,13 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		return fmt.Errorf("workload identity: %w", err)
 	}
 	defer idr.Close()
+	// Flows outlive the signal to stop by up to drainTimeout: accepting
+	// stops at once, the flows already accepted get to finish.
+	flowCtx, cancelFlows := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelFlows()
 	proxy := &interceptor.Proxy{
-		IC:       ic,
+		FlowContext: flowCtx,
+		IC:          ic,
 		Rules:    rm.store.Current,
 		Sessions: rec.open,
 		Identify: func(ctx context.Context, pid uint32) interceptor.Identity {
@@ -204,7 +213,11 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		defer rsrv.Close()
 	}
 
-	log.Info("sluiced ready", "name", cfg.Name, "cgroup", cfg.Cgroup, "proxy_port", cfg.ProxyPort,
+	var hooked []string
+	for _, h := range ic.Cgroups() {
+		hooked = append(hooked, h.Path)
+	}
+	log.Info("sluiced ready", "name", cfg.Name, "cgroups", hooked, "missing", ic.Missing(), "proxy_port", cfg.ProxyPort,
 		"ruleset", source, "targets", len(rs.Targets()), "readopted", ic.Readopted(), "api_socket", cfg.APISocket)
 
 	// 5. Serve until told to stop; reload rules and re-resolve hostname
@@ -217,7 +230,11 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 			proxy.Serve(ctx, l)
 		}()
 	}
-	wg.Add(4)
+	wg.Add(5)
+	go func() {
+		defer wg.Done()
+		disc.run(ctx)
+	}()
 	go func() {
 		defer wg.Done()
 		retainLoop(ctx, rec, cfg, log)
@@ -247,9 +264,24 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	<-ctx.Done()
 	log.Info("sluiced stopping; pinned hooks stay in place and refuse connections until a daemon is back")
 	wg.Wait()
-	proxy.Wait()
+	drained := make(chan struct{})
+	go func() {
+		proxy.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(drainTimeout):
+		log.Warn("flows still open after the drain timeout; ending them", "active", proxy.Stats().FlowsActive, "drain_timeout", drainTimeout)
+		cancelFlows()
+		<-drained
+	}
 	return nil
 }
+
+// drainTimeout is how long a stopping daemon lets the flows it accepted
+// finish before it ends them.
+const drainTimeout = 10 * time.Second
 
 // tcpHandler relays a flow opaquely.
 func tcpHandler(ctx context.Context, f *interceptor.Flow, client net.Conn, dial interceptor.DialFunc) interceptor.Result {
@@ -327,8 +359,14 @@ func hasHost(rs *ruleset.Ruleset) bool {
 
 func statusOf(cfg *config, ic *interceptor.Interceptor, p *interceptor.Proxy, store *ruleset.Store, started time.Time) api.Status {
 	st := api.Status{
-		Name: cfg.Name, PID: os.Getpid(), Cgroup: cfg.Cgroup, ProxyPort: cfg.ProxyPort,
+		Name: cfg.Name, PID: os.Getpid(), ProxyPort: cfg.ProxyPort,
 		PinDir: interceptor.PinDir(cfg.Name), Readopted: ic.Readopted(), Started: started,
+	}
+	for _, h := range ic.Cgroups() {
+		st.Cgroups = append(st.Cgroups, api.Cgroup{Path: h.Path, ID: h.ID, Source: h.Source})
+	}
+	if len(st.Cgroups) > 0 {
+		st.Cgroup = st.Cgroups[0].Path
 	}
 	rs := store.Current()
 	for _, t := range rs.Targets() {

@@ -23,9 +23,11 @@ const DefaultSocket = "/run/sluice/sluiced.sock"
 
 // Status is the answer to GET /v1/status.
 type Status struct {
-	Name      string            `json:"name"`
-	PID       int               `json:"pid"`
+	Name string `json:"name"`
+	PID  int    `json:"pid"`
+	// Cgroup is the first of Cgroups, for clients of older versions.
 	Cgroup    string            `json:"cgroup"`
+	Cgroups   []Cgroup          `json:"cgroups"`
 	ProxyPort uint16            `json:"proxy_port"`
 	PinDir    string            `json:"pin_dir"`
 	Readopted bool              `json:"readopted"`
@@ -35,6 +37,15 @@ type Status struct {
 	Flows     Flows             `json:"flows"`
 	Kernel    map[string]uint64 `json:"kernel_counters"`
 	Holds     []Hold            `json:"pending_holds"`
+}
+
+// Cgroup is a hooked cgroup as status shows it: its path relative to the
+// cgroup2 mount, its kernel id, and where it came from (config,
+// discovered, or pinned by an earlier daemon).
+type Cgroup struct {
+	Path   string `json:"path"`
+	ID     uint64 `json:"id"`
+	Source string `json:"source"`
 }
 
 // Hold is a pending approval request as status shows it.
