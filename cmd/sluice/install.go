@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/hashicorp/hcl/v2/hclwrite"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/sluicehq/sluice/interceptor"
+	"github.com/sluicehq/sluice/interceptor/runners"
+	"github.com/sluicehq/sluice/internal/api"
+)
+
+// Defaults written into a new config; they are sluiced's own defaults,
+// spelled out so the file says where things are.
+const (
+	installDataDir = "/var/lib/sluice"
+	installEvery   = "30s"
+)
+
+// installCmd finds the runner services of the host and writes sluiced's
+// config so that their cgroups are hooked. It starts nothing.
+func installCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("install", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	root := fs.String("root", runners.DefaultRoot, "where runner services' cgroups are, relative to the cgroup2 mount")
+	path := fs.String("config", "/etc/sluice/sluiced.hcl", "sluiced's config file to write")
+	dryRun := fs.Bool("dry-run", false, "print what would be written, write nothing")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	rootSet := false
+	fs.Visit(func(f *flag.Flag) { rootSet = rootSet || f.Name == "root" })
+
+	mount, err := interceptor.Cgroup2Mount()
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice install:", err)
+		return 1
+	}
+	found, err := runners.Find(mount, *root)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice install:", err)
+		return 1
+	}
+	if len(found) == 0 {
+		fmt.Fprintf(stderr, "sluice install: no CI runner service found under %s (looked for %s).\n"+
+			"Install and start the runner first, or point --root at where its service's cgroup is. Nothing was written.\n",
+			filepath.Join(mount, *root), strings.Join(runners.Patterns(), ", "))
+		return 1
+	}
+	fmt.Fprintf(stdout, "found %d runner service(s) under %s:\n", len(found), filepath.Join(mount, *root))
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  KIND\tUNIT\tCGROUP")
+	for _, r := range found {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", r.Kind, r.Unit, r.Cgroup)
+	}
+	tw.Flush()
+
+	old, err := os.ReadFile(*path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintln(stderr, "sluice install:", err)
+		return 1
+	}
+	exists := err == nil
+	next, err := mergeInstallConfig(old, *path, found, *root, rootSet || !exists)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice install:", err)
+		return 1
+	}
+	switch {
+	case exists && bytes.Equal(old, next):
+		fmt.Fprintf(stdout, "config %s unchanged\n", *path)
+	case *dryRun:
+		fmt.Fprintf(stdout, "would write %s (--dry-run):\n%s", *path, next)
+		return 0
+	default:
+		if err := writeFileAtomic(*path, next); err != nil {
+			fmt.Fprintln(stderr, "sluice install:", err)
+			return 1
+		}
+		verb := "wrote"
+		if exists {
+			verb = "updated"
+		}
+		fmt.Fprintf(stdout, "%s %s\n", verb, *path)
+	}
+	fmt.Fprintf(stdout, "protected: connects from these runners' jobs go through Sluice once sluiced runs; runner services started later under %s are found and hooked by the daemon.\n", *root)
+	fmt.Fprintln(stdout, "next: systemctl enable --now sluiced   (systemctl restart sluiced if it already runs)")
+	return 0
+}
+
+// mergeInstallConfig returns the config to write: a new file from the
+// template when old is empty, otherwise old with the runners' cgroups
+// added to `cgroups` and a discover block added if it has none. Everything
+// else in old, comments and hand edits included, is kept byte for byte,
+// and old comes back unchanged when it already says all that (so running
+// install twice writes nothing the second time). A cgroup an operator
+// listed stays listed; install only adds. setRoot also sets the discover
+// block's root.
+func mergeInstallConfig(old []byte, name string, found []runners.Runner, root string, setRoot bool) ([]byte, error) {
+	if len(bytes.TrimSpace(old)) == 0 {
+		old = []byte(installTemplate)
+	}
+	// Read the current values with the real parser: hclwrite keeps tokens
+	// but does not evaluate them.
+	parsed, diags := hclsyntax.ParseConfig(old, name, hcl.InitialPos)
+	if diags.HasErrors() {
+		return nil, fmt.Errorf("%s is not valid HCL (%s); fix it or move it away, then run install again", name, diags.Error())
+	}
+	var have []string
+	body := parsed.Body.(*hclsyntax.Body)
+	if a, ok := body.Attributes["cgroup"]; ok {
+		if v, d := a.Expr.Value(nil); !d.HasErrors() && v.Type() == cty.String {
+			have = append(have, v.AsString())
+		}
+	}
+	var listed []string
+	if a, ok := body.Attributes["cgroups"]; ok {
+		v, d := a.Expr.Value(nil)
+		if d.HasErrors() || !(v.Type().IsListType() || v.Type().IsTupleType()) {
+			return nil, fmt.Errorf("%s: cgroups must be a list of strings", name)
+		}
+		for it := v.ElementIterator(); it.Next(); {
+			_, ev := it.Element()
+			if ev.Type() != cty.String {
+				return nil, fmt.Errorf("%s: cgroups must be a list of strings", name)
+			}
+			listed = append(listed, ev.AsString())
+		}
+	}
+	have = append(have, listed...)
+	seen := map[string]bool{}
+	for _, c := range have {
+		seen[strings.Trim(filepath.Clean("/"+c), "/")] = true
+	}
+	var added []string
+	for _, r := range found {
+		if !seen[r.Cgroup] {
+			seen[r.Cgroup] = true
+			added = append(added, r.Cgroup)
+		}
+	}
+
+	f, wd := hclwrite.ParseConfig(old, name, hcl.InitialPos)
+	if wd.HasErrors() {
+		return nil, fmt.Errorf("%s is not valid HCL (%s)", name, wd.Error())
+	}
+	changed := false
+	if len(added) > 0 {
+		f.Body().SetAttributeRaw("cgroups", listTokens(append(listed, added...)))
+		changed = true
+	}
+	var disc *hclsyntax.Block
+	for _, b := range body.Blocks {
+		if b.Type == "discover" {
+			disc = b
+		}
+	}
+	if disc == nil {
+		f.Body().AppendNewline()
+		b := f.Body().AppendNewBlock("discover", nil)
+		b.Body().SetAttributeValue("root", cty.StringVal(root))
+		b.Body().SetAttributeValue("every", cty.StringVal(installEvery))
+		changed = true
+	} else if setRoot {
+		cur := ""
+		if a, ok := disc.Body.Attributes["root"]; ok {
+			if v, d := a.Expr.Value(nil); !d.HasErrors() && v.Type() == cty.String {
+				cur = v.AsString()
+			}
+		}
+		if cur != root && !(cur == "" && root == runners.DefaultRoot) {
+			for _, b := range f.Body().Blocks() {
+				if b.Type() == "discover" {
+					b.Body().SetAttributeValue("root", cty.StringVal(root))
+				}
+			}
+			changed = true
+		}
+	}
+	if !changed {
+		return old, nil
+	}
+	return hclwrite.Format(f.Bytes()), nil
+}
+
+// listTokens renders a list of strings one per line, so a diff of the
+// file shows each runner added.
+func listTokens(items []string) hclwrite.Tokens {
+	toks := hclwrite.Tokens{{Type: hclsyntax.TokenOBrack, Bytes: []byte("[")}, {Type: hclsyntax.TokenNewline, Bytes: []byte("\n")}}
+	for _, it := range items {
+		toks = append(toks, hclwrite.TokensForValue(cty.StringVal(it))...)
+		toks = append(toks, &hclwrite.Token{Type: hclsyntax.TokenComma, Bytes: []byte(",")}, &hclwrite.Token{Type: hclsyntax.TokenNewline, Bytes: []byte("\n")})
+	}
+	return append(toks, &hclwrite.Token{Type: hclsyntax.TokenCBrack, Bytes: []byte("]")})
+}
+
+// installTemplate is the start of a config install writes from scratch.
+var installTemplate = `# sluiced configuration, written by ` + "`sluice install`" + `.
+# Running it again adds the runner cgroups it finds to cgroups and the
+# discover block if missing; everything else here stays as you edit it.
+
+data_dir   = "` + installDataDir + `"
+api_socket = "` + api.DefaultSocket + `"
+
+# Without rules_dir the embedded default ruleset protects every pipeline.
+# rules_dir = "/etc/sluice/rules.d"
+
+# The runner services' cgroups, relative to the cgroup2 mount; runner
+# services started later are found under discover.root by the daemon.
+`
+
+// writeFileAtomic replaces path with data through a temporary file in the
+// same directory, keeping the old file's mode (0644 for a new one).
+func writeFileAtomic(path string, data []byte) error {
+	mode := os.FileMode(0o644)
+	if fi, err := os.Stat(path); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create config directory: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write config: %w", err)
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write config: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write config: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}

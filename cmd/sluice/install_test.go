@@ -1,0 +1,64 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/sluicehq/sluice/interceptor/runners"
+)
+
+// TestMergeInstallConfig: a new file lists the runners and a discover
+// block; a second run changes nothing; a new runner is added without
+// touching an operator's edits; a templated unit's escaped name survives.
+func TestMergeInstallConfig(t *testing.T) {
+	gh := runners.Runner{Kind: runners.GitHub, Unit: "actions.runner.acme-api.r1.service", Cgroup: "system.slice/actions.runner.acme-api.r1.service"}
+	bk := runners.Runner{Kind: runners.Buildkite, Unit: "buildkite-agent@1.service", Cgroup: `system.slice/system-buildkite\x2dagent.slice/buildkite-agent@1.service`}
+
+	first, err := mergeInstallConfig(nil, "sluiced.hcl", []runners.Runner{gh}, "system.slice", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"cgroups = [\n  \"system.slice/actions.runner.acme-api.r1.service\",\n]",
+		"discover {\n  root  = \"system.slice\"\n  every = \"30s\"\n}",
+		`data_dir   = "/var/lib/sluice"`,
+		`api_socket = "/run/sluice/sluiced.sock"`,
+	} {
+		if !strings.Contains(string(first), want) {
+			t.Errorf("new config lacks %q:\n%s", want, first)
+		}
+	}
+	again, err := mergeInstallConfig(first, "sluiced.hcl", []runners.Runner{gh}, "system.slice", false)
+	if err != nil || string(again) != string(first) {
+		t.Errorf("second run changed the file (err %v):\n%s", err, again)
+	}
+
+	edited := strings.Replace(string(first), `data_dir   = "/var/lib/sluice"`, "data_dir = \"/srv/sluice\" # ours\nlog {\n  level = \"debug\"\n}", 1)
+	edited = strings.Replace(edited, `  "system.slice/actions.runner.acme-api.r1.service",`, "  \"system.slice/actions.runner.acme-api.r1.service\",\n  \"custom.slice/ci.scope\",", 1)
+	merged, err := mergeInstallConfig([]byte(edited), "sluiced.hcl", []runners.Runner{gh, bk}, "system.slice", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`data_dir = "/srv/sluice" # ours`, `level = "debug"`, `"custom.slice/ci.scope",`, `"system.slice/system-buildkite\\x2dagent.slice/buildkite-agent@1.service",`} {
+		if !strings.Contains(string(merged), want) {
+			t.Errorf("merged config lacks %q:\n%s", want, merged)
+		}
+	}
+	// The file stays valid HCL and the escaped name reads back unchanged.
+	f, diags := hclsyntax.ParseConfig(merged, "sluiced.hcl", hcl.InitialPos)
+	if diags.HasErrors() {
+		t.Fatalf("merged config does not parse: %v\n%s", diags, merged)
+	}
+	v, _ := f.Body.(*hclsyntax.Body).Attributes["cgroups"].Expr.Value(nil)
+	if n := v.LengthInt(); n != 3 || v.Index(cty.NumberIntVal(2)).AsString() != bk.Cgroup {
+		t.Errorf("cgroups read back as %#v, want gh, custom, buildkite", v)
+	}
+
+	if _, err := mergeInstallConfig([]byte("cgroups = [\n"), "sluiced.hcl", []runners.Runner{gh}, "system.slice", false); err == nil || !strings.Contains(err.Error(), "not valid HCL") {
+		t.Errorf("broken file: err %v, want it refused", err)
+	}
+}
