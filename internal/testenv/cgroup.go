@@ -93,3 +93,31 @@ func RunOutside(t testing.TB, argv ...string) (string, error) {
 	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
 	return string(out), err
 }
+
+// Child creates the cgroup rel below cg, with every missing level between,
+// and removes what it created at cleanup (before cg itself). It is how
+// tests build a tree shaped like a host's, e.g.
+// "system.slice/actions.runner.acme-api.r1.service".
+func (cg *Cgroup) Child(t testing.TB, rel string) *Cgroup {
+	t.Helper()
+	cur := cg
+	for _, part := range strings.Split(filepath.Clean(rel), "/") {
+		next := &Cgroup{Rel: cur.Rel + "/" + part, Path: filepath.Join(cur.Path, part)}
+		err := os.Mkdir(next.Path, 0o755)
+		switch {
+		case err == nil:
+			t.Cleanup(func() { next.remove(t) })
+		case !os.IsExist(err):
+			t.Fatalf("create cgroup: %v", err)
+		}
+		cur = next
+	}
+	return cur
+}
+
+// Remove kills what runs in the cgroup and removes it now, as systemd does
+// when a service stops.
+func (cg *Cgroup) Remove(t testing.TB) {
+	t.Helper()
+	cg.remove(t)
+}

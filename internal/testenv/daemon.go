@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,6 +75,11 @@ type Daemon struct {
 	LogPath  string
 	bin      string
 	env      []string
+	// sluiced is the daemon binary Start runs (default bin/sluiced).
+	sluiced string
+	// held are the proxy's listening sockets when the test holds them for
+	// the daemon, as a systemd socket unit does.
+	held []*os.File
 
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -81,7 +87,13 @@ type Daemon struct {
 
 // DaemonOptions say what to put in the daemon's config.
 type DaemonOptions struct {
+	// Cgroup is written as the config's cgroup; nil writes none (Body then
+	// has cgroups or a discover block).
 	Cgroup *Cgroup
+	// HoldListeners makes the test create the proxy's listening sockets
+	// and pass them to every daemon it starts (sd_listen_fds(3), as a
+	// systemd socket unit does), so they outlive a daemon restart.
+	HoldListeners bool
 	// Rules is the ruleset, written to RulesDir/rules.hcl. Empty means the
 	// daemon runs with the embedded default ruleset.
 	Rules string
@@ -89,6 +101,9 @@ type DaemonOptions struct {
 	Body string
 	// Env is added to the daemon's environment (KEY=value).
 	Env []string
+	// BeforeStart, when set, runs after the config is written and before
+	// the daemon first starts (a test runs `sluice install` on it there).
+	BeforeStart func(d *Daemon)
 }
 
 // StartDaemon writes a config and starts sluiced. At cleanup the daemon
@@ -122,8 +137,15 @@ func StartDaemon(t testing.TB, o DaemonOptions) *Daemon {
 		}
 		body += fmt.Sprintf("\nrules_dir = %q\n", d.RulesDir)
 	}
-	cfg := fmt.Sprintf("name = %q\ncgroup = %q\nproxy_port = %d\ndata_dir = %q\napi_socket = %q\nlog {\n  level = \"debug\"\n  format = \"json\"\n}\n%s\n",
-		d.Name, o.Cgroup.Rel, d.Port, d.DataDir, d.Socket, body)
+	cgLine := ""
+	if o.Cgroup != nil {
+		cgLine = fmt.Sprintf("cgroup = %q\n", o.Cgroup.Rel)
+	}
+	cfg := fmt.Sprintf("name = %q\n%sproxy_port = %d\ndata_dir = %q\napi_socket = %q\nlog {\n  level = \"debug\"\n  format = \"json\"\n}\n%s\n",
+		d.Name, cgLine, d.Port, d.DataDir, d.Socket, body)
+	if o.HoldListeners {
+		d.holdListeners(t)
+	}
 	if err := os.WriteFile(d.Config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +160,9 @@ func StartDaemon(t testing.TB, o DaemonOptions) *Daemon {
 		}
 		os.RemoveAll(dir)
 	})
+	if o.BeforeStart != nil {
+		o.BeforeStart(d)
+	}
 	d.Start(t)
 	return d
 }
@@ -161,8 +186,19 @@ func (d *Daemon) Start(t testing.TB) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(filepath.Join(d.bin, "sluiced"), "--config", d.Config)
+	bin := d.sluiced
+	if bin == "" {
+		bin = filepath.Join(d.bin, "sluiced")
+	}
+	cmd := exec.Command(bin, "--config", d.Config)
 	cmd.Env = append(os.Environ(), d.env...)
+	if len(d.held) > 0 {
+		// LISTEN_PID must be the daemon's own pid: the shell sets it and
+		// execs the daemon in its place, keeping pid and descriptors.
+		cmd = exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin, "--config", d.Config)
+		cmd.Env = append(cmd.Env, fmt.Sprintf("LISTEN_FDS=%d", len(d.held)))
+		cmd.ExtraFiles = d.held
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start sluiced: %v", err)
@@ -186,6 +222,29 @@ func (d *Daemon) Start(t testing.TB) {
 	}
 	log, _ := os.ReadFile(d.LogPath)
 	t.Fatalf("sluiced did not come up in 20s:\n%s", log)
+}
+
+// UseSluiced makes the next Start run the daemon binary at path, as a
+// package upgrade replaces it.
+func (d *Daemon) UseSluiced(path string) { d.sluiced = path }
+
+// holdListeners binds the proxy's sockets on 127.0.0.1 and ::1 in the test
+// process and keeps them until cleanup.
+func (d *Daemon) holdListeners(t testing.TB) {
+	t.Helper()
+	for _, addr := range []string{fmt.Sprintf("127.0.0.1:%d", d.Port), fmt.Sprintf("[::1]:%d", d.Port)} {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("hold listener %s: %v", addr, err)
+		}
+		f, err := l.(*net.TCPListener).File()
+		l.Close() // f is a duplicate that keeps the socket listening
+		if err != nil {
+			t.Fatalf("hold listener %s: %v", addr, err)
+		}
+		d.held = append(d.held, f)
+		t.Cleanup(func() { f.Close() })
+	}
 }
 
 // Status asks the daemon's API for its status.
