@@ -67,7 +67,6 @@ var hooks = []struct {
 	{"link_getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *bpf.Objects) *ebpf.Program { return o.GetPeername6 }},
 }
 
-
 // Interceptor is an attached installation. It is safe for concurrent use.
 // Close releases the daemon's handles only: the pinned links keep
 // redirecting, and the pinned maps keep their contents.

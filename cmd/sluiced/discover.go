@@ -91,7 +91,7 @@ func (d *discoverer) report(key, msg string, err error) {
 }
 
 // run rescans every d.every, and at once when a directory is created where
-// runner cgroups appear (inotify on the discovery root and its slices, and
+// runner cgroups appear or go (inotify on the discovery root and its slices, and
 // on the parents of the configured cgroups), until ctx ends.
 func (d *discoverer) run(ctx context.Context) {
 	wake := make(chan struct{}, 1)
@@ -137,7 +137,7 @@ func (d *discoverer) watch(wake chan<- struct{}) (stop func()) {
 		}
 	}
 	for dir := range dirs {
-		if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO|unix.IN_ONLYDIR); err != nil {
+		if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_DELETE|unix.IN_MOVED_TO|unix.IN_ONLYDIR); err != nil {
 			d.log.Debug("cannot watch cgroup directory; the timer rescans it", "dir", dir, "error", err)
 		}
 	}

@@ -157,8 +157,8 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	proxy := &interceptor.Proxy{
 		FlowContext: flowCtx,
 		IC:          ic,
-		Rules:    rm.store.Current,
-		Sessions: rec.open,
+		Rules:       rm.store.Current,
+		Sessions:    rec.open,
 		Identify: func(ctx context.Context, pid uint32) interceptor.Identity {
 			r := idr.Resolve(ctx, pid)
 			id := interceptor.Identity{Identity: r.Identity, Reason: r.Reason, Hints: r.Hints}
