@@ -160,6 +160,15 @@ func TestInstallThenDiscover(t *testing.T) {
 	if n := flows(t, d); n != 1 {
 		t.Fatalf("after psql in the runner cgroup the daemon counted %d flows, want 1", n)
 	}
+	hooks := 0
+	for _, l := range d.Logs(t) {
+		if l.Message() == "hooked cgroup" && l.String("cgroup") == gh.Rel {
+			hooks++
+		}
+	}
+	if hooks != 1 {
+		t.Errorf("the runner cgroup was hooked %d times, want once (nothing may unhook and rehook it)", hooks)
+	}
 
 	// A GitLab runner registered after the daemon started.
 	start := time.Now()

@@ -53,7 +53,13 @@ type HookedCgroup struct {
 // Closing them leaves the pins, and with them the attachments, in place.
 type hookedCgroup struct {
 	HookedCgroup
-	links []link.Link
+	links []hookLink
+}
+
+// hookLink is one pinned link and the hook (pin name) it implements.
+type hookLink struct {
+	pin string
+	link.Link
 }
 
 // cgroupPinDir is where the links hooking cgroup id are pinned.
@@ -163,9 +169,9 @@ func (ic *Interceptor) attachLocked(h *hookedCgroup, cg *os.File) error {
 	}
 	have := map[string]bool{}
 	for _, l := range h.links {
-		have[linkPinName(l)] = true
+		have[l.pin] = true
 	}
-	var made []link.Link
+	var made []hookLink
 	undo := func() {
 		for _, l := range made {
 			l.Detach()
@@ -196,26 +202,11 @@ func (ic *Interceptor) attachLocked(h *hookedCgroup, cg *os.File) error {
 			undo()
 			return fmt.Errorf("pin %s: %w", pin, err)
 		}
-		made = append(made, l)
+		made = append(made, hookLink{hk.pin, l})
 	}
 	h.links = append(h.links, made...)
 	ic.log.Info("hooked cgroup", "cgroup", h.Path, "cgroup_id", h.ID, "source", h.Source, "pins", dir)
 	return nil
-}
-
-// linkPinName returns the base name of the pin a link was loaded from or
-// pinned at, which names its hook.
-func linkPinName(l link.Link) string {
-	info, err := l.Info()
-	if err != nil {
-		return ""
-	}
-	for _, hk := range hooks {
-		if c := info.Cgroup(); c != nil && hk.attach == ebpf.AttachType(c.AttachType) {
-			return hk.pin
-		}
-	}
-	return ""
 }
 
 // adopt takes over what an earlier daemon pinned. Links of the
@@ -234,7 +225,11 @@ func (ic *Interceptor) adopt() error {
 		if err != nil {
 			return fmt.Errorf("load pinned link %s: %w", old, err)
 		}
-		id := linkCgroupID(l)
+		id, ok := linkCgroupID(l)
+		if !ok {
+			l.Close()
+			return fmt.Errorf("read pinned link %s: no cgroup information", old)
+		}
 		if id == 0 {
 			l.Unpin()
 			l.Close()
@@ -289,9 +284,9 @@ func (ic *Interceptor) adoptCgroupLocked(id uint64) error {
 			closeLinks(h.links)
 			return fmt.Errorf("load pinned link %s: %w", pin, err)
 		}
-		h.links = append(h.links, l)
+		h.links = append(h.links, hookLink{hk.pin, l})
 	}
-	h.Path = FindCgroupByID(ic.mount, id)
+	h.Path = strings.TrimPrefix(FindCgroupByID(ic.mount, id), "/")
 	if !ic.aliveLocked(h) {
 		ic.dropLocked(id, h)
 		return nil
@@ -299,14 +294,13 @@ func (ic *Interceptor) adoptCgroupLocked(id uint64) error {
 	for _, l := range h.links {
 		// Swap in this daemon's program atomically: the hook never goes
 		// empty.
-		name := linkPinName(l)
 		for _, hk := range hooks {
-			if hk.pin != name {
+			if hk.pin != l.pin {
 				continue
 			}
 			if err := l.Update(hk.prog(ic.objs)); err != nil {
 				closeLinks(h.links)
-				return fmt.Errorf("update pinned link %s: %w", filepath.Join(dir, name), err)
+				return fmt.Errorf("update pinned link %s: %w", filepath.Join(dir, l.pin), err)
 			}
 		}
 	}
@@ -350,7 +344,10 @@ func (ic *Interceptor) Prune() []HookedCgroup {
 // aliveLocked reports whether h's cgroup still exists, updating its path
 // when the cgroup was renamed.
 func (ic *Interceptor) aliveLocked(h *hookedCgroup) bool {
-	if len(h.links) == 0 || linkCgroupID(h.links[0]) != h.ID {
+	if len(h.links) == 0 {
+		return false
+	}
+	if id, ok := linkCgroupID(h.links[0]); ok && id != h.ID {
 		// The kernel detaches a dead cgroup's links (cgroup id 0).
 		return false
 	}
@@ -388,15 +385,19 @@ func (ic *Interceptor) dropLocked(id uint64, h *hookedCgroup) {
 	ic.log.Info("removed the pins of a cgroup that no longer exists", "cgroup", h.Path, "cgroup_id", id)
 }
 
-func linkCgroupID(l link.Link) uint64 {
+// linkCgroupID returns the id of the cgroup a link is attached to, 0 once
+// the kernel detached it. ok is false when the link's handle cannot say
+// (a link made by AttachRawLink carries no cgroup info; one loaded from
+// its pin does).
+func linkCgroupID(l link.Link) (id uint64, ok bool) {
 	info, err := l.Info()
 	if err != nil || info.Cgroup() == nil {
-		return 0
+		return 0, false
 	}
-	return info.Cgroup().CgroupId
+	return info.Cgroup().CgroupId, true
 }
 
-func closeLinks(ls []link.Link) {
+func closeLinks(ls []hookLink) {
 	for _, l := range ls {
 		l.Close()
 	}

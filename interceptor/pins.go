@@ -64,7 +64,7 @@ func ReadPins(name string) (PinStatus, error) {
 	for _, p := range linkPins(dir) {
 		ls := LinkStatus{Pin: p}
 		if l, err := link.LoadPinnedLink(p, nil); err == nil {
-			ls.CgroupID = linkCgroupID(l)
+			ls.CgroupID, _ = linkCgroupID(l)
 			l.Close()
 		}
 		if ls.CgroupID != 0 && mount != "" {
