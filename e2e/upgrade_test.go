@@ -164,7 +164,6 @@ func testUpgrade(t *testing.T, held bool) {
 	}
 }
 
-
 // TestUpgradeFromSingleCgroupLayout: links pinned by a version that hooked
 // one cgroup (PinDir/link_*) are moved to PinDir/cgroups/<id>/ by the new
 // daemon and re-adopted, and the cgroup stays intercepted throughout: with
