@@ -6,8 +6,12 @@ GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 export PATH := $(dir $(GO)):$(PATH)
 BIN     ?= bin
 PKGS    ?= ./...
+DIST    ?= dist
+# The package version: the nearest tag, commits since and the commit
+# (packaging.DebVersion turns it into a Debian version).
+DESCRIBE ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 
-.PHONY: all build deps generate check-generate lint test test-unit demo bench clean
+.PHONY: all build deps generate check-generate lint test test-unit demo bench package clean
 
 all: build
 
@@ -48,5 +52,9 @@ demo: deps build
 bench: deps build
 	./bench/suite.sh
 
+## package: build dist/sluice_<version>_<arch>.deb (binaries, systemd unit and slice, default config)
+package: build
+	$(GO) run ./packaging/mkdeb --describe "$(DESCRIBE)" --arch "$$($(GO) env GOARCH)" --bin $(BIN) --out $(DIST)
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)

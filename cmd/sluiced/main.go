@@ -59,6 +59,11 @@ func run() int {
 		wr.WriteDiagnostics(diags)
 		return 2
 	}
+	if cfg.Cgroup == "" {
+		// The packaged config ships this way: fail closed, and say what to do.
+		fmt.Fprintf(os.Stderr, "sluiced: %s names no runner cgroup (cgroup = \"\"): run `sluice install` to find the runner and write its cgroup there, then start sluiced again\n", *configPath)
+		return 2
+	}
 	log := newLogger(cfg)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

@@ -25,6 +25,7 @@ var allowed = map[string][]string{
 	"internal/api":     {},
 	"cmd":              {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil"},
 	"internal/tlsutil": {},
+	"packaging":        {"packaging"},
 }
 
 // bpfThirdParty is the only outside module bpf may import.
