@@ -135,6 +135,33 @@ type Session struct {
 	// recorded event (after level filtering), for live export. It must
 	// not block and must not keep e.Data beyond the call.
 	Tee func(e record.Event)
+
+	// Observer, when set before the session is used, is told of verdicts
+	// and outcomes, for metrics.
+	Observer *Observer
+}
+
+// Observer receives a session's verdicts and outcomes for the daemon's
+// metrics. Its functions are called on the session's goroutines, may be
+// nil, and must be cheap and not block.
+type Observer struct {
+	// Verdict is called for every verdict the session logs and records:
+	// each Decide, and each DecideResult that stops a result. action is
+	// the ruleset's decision; in monitor mode that is what the rule would
+	// have done, not what was enforced.
+	Verdict func(rule string, action ruleset.Action)
+	// Done is called when an allowed command has ended.
+	Done func(o Outcome)
+}
+
+// RecordingStats returns how many events wait in the session's recording
+// queue and how many bytes its recording has written; zeros when the
+// session is not recorded.
+func (s *Session) RecordingStats() (queued int, written int64) {
+	if s.rec == nil {
+		return 0, 0
+	}
+	return s.rec.Queued(), s.rec.Written()
 }
 
 // NewSession starts a session for a flow matched against the ruleset. rec
@@ -232,6 +259,9 @@ func (s *Session) verdict(c *Command, d ruleset.Decision) Verdict {
 	s.mu.Lock()
 	s.verdicts[d.Action.String()] = true
 	s.mu.Unlock()
+	if s.Observer != nil && s.Observer.Verdict != nil {
+		s.Observer.Verdict(d.Rule.ID, d.Action)
+	}
 	switch {
 	case v.Action == ruleset.Deny:
 		s.denied.Add(1)
@@ -258,6 +288,9 @@ func (s *Session) levelFor(d ruleset.Decision) record.Level {
 func (s *Session) Done(c *Command, v Verdict, o Outcome) {
 	s.Record(s.levelFor(v.Decision), record.Event{Type: record.TypeResult, Kind: c.Statement.Kind,
 		Rows: o.Rows, Bytes: o.Bytes, DurationUS: o.Duration.Microseconds(), ErrCode: o.ErrCode})
+	if s.Observer != nil && s.Observer.Done != nil {
+		s.Observer.Done(o)
+	}
 	if !s.log.IsDebug() {
 		return
 	}

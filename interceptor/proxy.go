@@ -86,6 +86,34 @@ type Identity struct {
 	Hints map[string]string
 }
 
+// Flow outcomes, as FlowEnd reports them.
+const (
+	// OutcomeNoOrigin: the connection had no origin entry (not
+	// redirected by the hooks) and was closed unserved.
+	OutcomeNoOrigin = "no_origin"
+	// OutcomeRefused: the flow was refused before its handler ran (its
+	// destination is no longer a target, no decoder for the protocol, or
+	// its session cannot be recorded).
+	OutcomeRefused = "refused"
+	// OutcomeDenied: the ruleset's default denied the flow.
+	OutcomeDenied = "denied"
+	// OutcomeServed: the handler served the flow and it ended cleanly.
+	OutcomeServed = "served"
+	// OutcomeError: the handler served the flow and it ended with an
+	// error.
+	OutcomeError = "error"
+)
+
+// FlowEnd is how one accepted connection ended, for metrics.
+type FlowEnd struct {
+	// Target and Protocol are empty when no target was found.
+	Target, Protocol string
+	// Outcome is one of the Outcome constants.
+	Outcome string
+	// Rule is the rule that denied the flow (OutcomeDenied).
+	Rule string
+}
+
 // ErrNoOrigin means an accepted connection was not redirected by the hooks
 // (or its origin entry is gone); such connections are closed unserved.
 var ErrNoOrigin = errors.New("no origin entry for this connection")
@@ -113,6 +141,10 @@ type Proxy struct {
 	// already accepted drain (a daemon being replaced). Cancelling it ends
 	// the flows.
 	FlowContext context.Context
+	// OnFlowEnd, when set, is called once for every accepted connection
+	// when it ends or is refused, on the connection's goroutine. It must
+	// not block.
+	OnFlowEnd func(FlowEnd)
 
 	nextID    atomic.Uint64
 	total     atomic.Uint64
@@ -179,6 +211,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		p.noOrigin.Add(1)
 		p.Log.Warn("connection without origin refused", "client", peer.String(), "error", err)
 		c.Close()
+		p.flowEnd(FlowEnd{Outcome: OutcomeNoOrigin})
 		return
 	}
 	f := &Flow{
@@ -198,6 +231,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		p.refused.Add(1)
 		log.Warn("flow refused: its destination is no longer a target", "orig_dst", f.Dest.String(), "pid", f.Process.TGID)
 		c.Close()
+		p.flowEnd(FlowEnd{Outcome: OutcomeRefused})
 		return
 	}
 	f.Target = t
@@ -206,6 +240,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		p.refused.Add(1)
 		log.Error("flow refused: no decoder for the target's protocol", "target", t.Name, "protocol", t.Protocol, "orig_dst", f.Dest.String(), "pid", f.Process.TGID, "comm", f.Process.Comm)
 		c.Close()
+		p.flowEnd(FlowEnd{Target: t.Name, Protocol: t.Protocol, Outcome: OutcomeRefused})
 		return
 	}
 
@@ -237,6 +272,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			} else {
 				c.Close()
 			}
+			p.flowEnd(FlowEnd{Target: t.Name, Protocol: t.Protocol, Outcome: OutcomeRefused})
 			return
 		}
 		f.Session, end = sess, e
@@ -258,6 +294,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 				c.Close()
 			}
 			end(Result{Err: fmt.Errorf("flow denied by rule %s", d.Rule.ID)})
+			p.flowEnd(FlowEnd{Target: t.Name, Protocol: t.Protocol, Outcome: OutcomeDenied, Rule: d.Rule.ID})
 			return
 		}
 		if d.Monitor && d.Action == ruleset.Deny {
@@ -293,8 +330,16 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	}
 	if res.Err != nil {
 		log.Warn("flow", append(kv, "error", res.Err)...)
+		p.flowEnd(FlowEnd{Target: t.Name, Protocol: t.Protocol, Outcome: OutcomeError})
 	} else {
 		log.Info("flow", kv...)
+		p.flowEnd(FlowEnd{Target: t.Name, Protocol: t.Protocol, Outcome: OutcomeServed})
+	}
+}
+
+func (p *Proxy) flowEnd(e FlowEnd) {
+	if p.OnFlowEnd != nil {
+		p.OnFlowEnd(e)
 	}
 }
 

@@ -1,9 +1,11 @@
 # Settings of the Sluice daemon (README: "Configuration"). This file is a
 # conffile: package upgrades keep your edits.
 
-# The runner's cgroup, relative to the cgroup2 mount. It stays empty until
-# `sluice install` has found the runner and written it here; until then
-# sluiced refuses to start and says so, so nothing runs half-configured.
+# The runners' cgroups, relative to the cgroup2 mount. None is named until
+# `sluice install` has found the runner services and written them here
+# (cgroups = [...] and a discover block that picks up runners registered
+# later); until then sluiced refuses to start and says so, so nothing runs
+# half-configured.
 cgroup = ""
 
 name       = "default"                   # pin directory /sys/fs/bpf/sluice/<name>

@@ -31,6 +31,7 @@ commands:
   install [--root DIR] [--config FILE] [--dry-run]
                                        find the runner services, write sluiced's config, say what is protected
   uninstall [--name N]                 detach and unpin interception (the only way to remove it)
+  doctor [--config F] [--name N]       check kernel, cgroup2, pins, daemon, proxy, ruleset, clock, disk; say what to fix
   rules check|test|explain|sign|keygen work with rulesets (sluice rules -h)
   rules push [--socket P] DIR          send a ruleset to the running daemon (root only)
   ca [--data-dir DIR]                  print the daemon's CA certificate (clients that verify TLS trust it)
@@ -64,6 +65,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return installCmd(args[1:], stdout, stderr)
 	case "uninstall":
 		return uninstallCmd(args[1:], stdout, stderr)
+	case "doctor":
+		return doctorCmd(args[1:], stdout, stderr)
 	case "rules":
 		if len(args) > 1 && args[1] == "push" {
 			return pushCmd(args[2:], stdout, stderr)

@@ -37,6 +37,7 @@ type fileConfig struct {
 	RulesPublicKey string           `hcl:"rules_public_key,optional"`
 	MaxMessage     int              `hcl:"max_message_bytes,optional"`
 	PprofAddr      string           `hcl:"pprof_addr,optional"`
+	MetricsAddr    string           `hcl:"metrics_addr,optional"`
 	Log            *logConfig       `hcl:"log,block"`
 	Identity       *identityConfig  `hcl:"identity,block"`
 	Recording      *recordingConfig `hcl:"recording,block"`
@@ -114,6 +115,9 @@ type config struct {
 	MaxMessage int
 	// PprofAddr, when set, serves net/http/pprof there (loopback only).
 	PprofAddr string
+	// MetricsAddr, when set, serves Prometheus metrics at /metrics there
+	// (loopback only); "" serves none.
+	MetricsAddr string
 	// Identity configures workload identity.
 	Identity identity.Config
 	// Recording tunes session recordings.
@@ -304,6 +308,14 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 		}
 		c.PprofAddr = fc.PprofAddr
 	}
+	if fc.MetricsAddr != "" {
+		ap, err := netip.ParseAddrPort(fc.MetricsAddr)
+		if err != nil || !ap.Addr().IsLoopback() {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid metrics_addr",
+				Detail: fmt.Sprintf("metrics_addr %q: give a loopback address and port, such as 127.0.0.1:9464; metrics are served only on loopback (put a scraper or an authenticating proxy on the runner to export them).", fc.MetricsAddr)})
+		}
+		c.MetricsAddr = fc.MetricsAddr
+	}
 	if fc.RulesPublicKey != "" {
 		b, err := os.ReadFile(fc.RulesPublicKey)
 		if err == nil {
@@ -355,7 +367,7 @@ func (c *config) setCgroups(fc *fileConfig) hcl.Diagnostics {
 	}
 	if len(c.Cgroups) == 0 && c.Discover == nil && !diags.HasErrors() {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Nothing to hook",
-			Detail: "Name the runner's cgroup (cgroup = \"...\" or cgroups = [...]), or add a discover block to find runner services; `sluice install` writes both."})
+			Detail: "Name the runner's cgroup (cgroup = \"...\" or cgroups = [...]), or add a discover block to find runner services; run `sluice install` to write both."})
 	}
 	return diags
 }

@@ -59,11 +59,6 @@ func run() int {
 		wr.WriteDiagnostics(diags)
 		return 2
 	}
-	if cfg.Cgroup == "" {
-		// The packaged config ships this way: fail closed, and say what to do.
-		fmt.Fprintf(os.Stderr, "sluiced: %s names no runner cgroup (cgroup = \"\"): run `sluice install` to find the runner and write its cgroup there, then start sluiced again\n", *configPath)
-		return 2
-	}
 	log := newLogger(cfg)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -159,13 +154,22 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	// stops at once, the flows already accepted get to finish.
 	flowCtx, cancelFlows := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFlows()
+	var met *metrics
+	sessions := rec.open
+	if cfg.MetricsAddr != "" {
+		met = newMetrics(broker)
+		sessions = met.wrapSessions(rec.open)
+	}
 	proxy := &interceptor.Proxy{
 		FlowContext: flowCtx,
 		IC:          ic,
 		Rules:       rm.store.Current,
-		Sessions:    rec.open,
+		Sessions:    sessions,
 		Identify: func(ctx context.Context, pid uint32) interceptor.Identity {
 			r := idr.Resolve(ctx, pid)
+			if met != nil {
+				met.identity(r)
+			}
 			id := interceptor.Identity{Identity: r.Identity, Reason: r.Reason, Hints: r.Hints}
 			if r.Job.Kind != "" {
 				id.Job = r.Job.String()
@@ -178,6 +182,12 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 			ruleset.ProtoPostgres: postgresHandler(ca, maskKey, cfg.MaxMessage, log.Named("postgres")),
 		},
 		Refusers: map[string]interceptor.Refuser{ruleset.ProtoPostgres: postgres.Refuse},
+	}
+	if met != nil {
+		proxy.OnFlowEnd = met.flowEnd
+		if err := met.serve(ctx, cfg.MetricsAddr, log.Named("metrics")); err != nil {
+			return err
+		}
 	}
 
 	if cfg.PprofAddr != "" {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -75,6 +76,7 @@ type Writer struct {
 	err      error
 	done     chan struct{} // closed when the goroutine has ended
 	closeErr error
+	written  atomic.Int64 // bytes of frames written, for Written
 
 	// Owned by the writer goroutine.
 	f        sink
@@ -157,6 +159,14 @@ func newWriter(f sink, path, sessionID string, keys *Keys, opts Options, start t
 	go w.run()
 	return w, nil
 }
+
+// Queued returns how many events wait for the writer goroutine: the
+// recording queue's depth (Append blocks once it is full).
+func (w *Writer) Queued() int { return len(w.q) }
+
+// Written returns how many bytes of frames the writer has written
+// (buffered or on disk), header excluded. Safe to call at any time.
+func (w *Writer) Written() int64 { return w.written.Load() }
 
 // Path returns the recording's file path.
 func (w *Writer) Path() string { return w.path }
@@ -367,6 +377,7 @@ func (w *Writer) writeFrame(e *Event) error {
 	if _, err := w.bw.Write(b); err != nil {
 		return fmt.Errorf("write event %d: %w", e.Seq, err)
 	}
+	w.written.Add(int64(len(b)))
 	if cap(b) <= keepBuf {
 		w.buf = b
 	} else {

@@ -190,7 +190,24 @@ type Result struct {
 	// CI_PROJECT_PATH, ...), keyed by variable name. They are unverified,
 	// whatever the level, and are never identity.
 	Hints map[string]string
+	// Outcome names, in one word, how the resolution ended (one of the
+	// Outcome constants), for metrics; Reason says it in full.
+	Outcome string
 }
+
+// Resolution outcomes (Result.Outcome).
+const (
+	OutcomeVerified     = "verified"      // a token was verified: LevelOIDC
+	OutcomeNoJob        = "no_job"        // no CI job ancestor
+	OutcomeGone         = "process_gone"  // the connecting process exited first
+	OutcomeProcError    = "proc_error"    // its /proc entries could not be read
+	OutcomeEnvError     = "env_error"     // the job's environment could not be read
+	OutcomeNoToken      = "no_token"      // the job carries no token (request) variables
+	OutcomeTokenError   = "token_error"   // the token request failed
+	OutcomeVerifyFailed = "verify_failed" // the token did not verify
+	OutcomeAbandoned    = "abandoned"     // the caller's context ended first
+	OutcomeClosed       = "closed"        // the resolver was closed
+)
 
 // hintVars are the environment variables copied into Result.Hints.
 var hintVars = []string{
@@ -389,17 +406,17 @@ func (r *Resolver) Close() {
 // why.
 func (r *Resolver) Resolve(ctx context.Context, pid uint32) Result {
 	if r.ctx.Err() != nil {
-		return none("identity resolver closed")
+		return none(OutcomeClosed, "identity resolver closed")
 	}
 	chain, kind, err := findJob(r.cfg.ProcRoot, pid, r.anchor)
 	if errors.Is(err, errGone) {
-		return none("connecting process has exited")
+		return none(OutcomeGone, "connecting process has exited")
 	}
 	if err != nil {
-		return none(fmt.Sprintf("cannot read the connecting process: %v", err))
+		return none(OutcomeProcError, fmt.Sprintf("cannot read the connecting process: %v", err))
 	}
 	if chain == nil {
-		return none("no CI job ancestor")
+		return none(OutcomeNoJob, "no CI job ancestor")
 	}
 	i := len(chain) - 1
 	key := JobKey{PID: chain[i].pid, Start: chain[i].start, Kind: kind}
@@ -430,6 +447,7 @@ func (r *Resolver) Resolve(ctx context.Context, pid uint32) Result {
 			Identity: ruleset.Identity{Level: ruleset.LevelUnverified},
 			Job:      key,
 			Reason:   fmt.Sprintf("identity lookup abandoned: %v", ctx.Err()),
+			Outcome:  OutcomeAbandoned,
 		}
 	}
 }
@@ -545,8 +563,10 @@ func (r *Resolver) lookup(ctx context.Context, key JobKey, path []proc) (Result,
 		}
 	}
 	if tokenEnv == nil {
+		res.Outcome = OutcomeNoToken
 		switch {
 		case envErr != nil:
+			res.Outcome = OutcomeEnvError
 			res.Reason = fmt.Sprintf("cannot read the job's environment (the daemon needs root or CAP_SYS_PTRACE): %v", envErr)
 		case key.Kind == KindGitHub:
 			res.Reason = "job lacks " + envRequestURL + ": the workflow needs permissions: id-token: write"
@@ -561,25 +581,26 @@ func (r *Resolver) lookup(ctx context.Context, key JobKey, path []proc) (Result,
 	if key.Kind == KindGitHub {
 		bearer := tokenEnv[envRequestToken]
 		if bearer == "" {
-			res.Reason = "job lacks " + envRequestToken + ": the workflow needs permissions: id-token: write"
+			res.Reason, res.Outcome = "job lacks "+envRequestToken+": the workflow needs permissions: id-token: write", OutcomeNoToken
 			return res, retry
 		}
 		var err error
 		if raw, err = r.requestGitHubToken(ctx, raw, bearer); err != nil {
-			res.Reason = fmt.Sprintf("cannot get the job's ID token: %v", err)
+			res.Reason, res.Outcome = fmt.Sprintf("cannot get the job's ID token: %v", err), OutcomeTokenError
 			return res, retry
 		}
 	}
 	v, err := r.verify(ctx, raw)
 	if err != nil {
-		res.Reason = err.Error()
+		res.Reason, res.Outcome = err.Error(), OutcomeVerifyFailed
 		return res, retry
 	}
 	res.Identity = ruleset.Identity{Level: ruleset.LevelOIDC, Claims: v.claims}
+	res.Outcome = OutcomeVerified
 	return res, v.expiry
 }
 
 // none is a Result at LevelNone.
-func none(reason string) Result {
-	return Result{Identity: ruleset.Identity{Level: ruleset.LevelNone}, Reason: reason}
+func none(outcome, reason string) Result {
+	return Result{Identity: ruleset.Identity{Level: ruleset.LevelNone}, Reason: reason, Outcome: outcome}
 }

@@ -1,0 +1,406 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluicehq/sluice/interceptor"
+	"github.com/sluicehq/sluice/internal/api"
+)
+
+// Check levels, as doctor prints them.
+const (
+	levelOK   = "ok"
+	levelWarn = "warn"
+	levelFail = "FAIL"
+)
+
+// finding is one check's result.
+type finding struct {
+	level, check, detail string
+	fix                  string // what to do; required unless ok
+}
+
+// doctorConfig is what doctor reads from the daemon's config file: the
+// settings that say where to look. Everything else is left to sluiced.
+type doctorConfig struct {
+	Name        string   `hcl:"name,optional"`
+	Cgroup      *string  `hcl:"cgroup,optional"`
+	ProxyPort   int      `hcl:"proxy_port,optional"`
+	DataDir     string   `hcl:"data_dir,optional"`
+	APISocket   string   `hcl:"api_socket,optional"`
+	MetricsAddr string   `hcl:"metrics_addr,optional"`
+	Remain      hcl.Body `hcl:",remain"`
+}
+
+// Disk space thresholds for data_dir, where recordings are written: below
+// the warn level recordings may soon fail; below the fail level they will,
+// and a session whose recording cannot be written is denied.
+const (
+	diskWarnBytes   = 2 << 30
+	diskWarnPercent = 10
+	diskFailBytes   = 512 << 20
+	diskFailPercent = 2
+)
+
+func doctorCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "/etc/sluice/sluiced.hcl", "the daemon's config file")
+	name := fs.String("name", "", "installation name (default: the config's, else \"default\")")
+	socket := fs.String("socket", "", "daemon API socket (default: the config's)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var out []finding
+	add := func(f finding) { out = append(out, f) }
+
+	// Where to look: flags, then the config, then the defaults.
+	cfg, cf := readDoctorConfig(*configPath)
+	add(cf)
+	if *name == "" {
+		*name = cfg.Name
+	}
+	if *socket == "" {
+		*socket = cfg.APISocket
+	}
+
+	add(checkKernel())
+	add(checkCgroup2(cfg))
+	pins, pf := checkPins(*name, cfg)
+	add(pf)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var st *api.Status
+	var s api.Status
+	if err := api.NewClient(*socket).Get(ctx, "/v1/status", &s); err != nil {
+		f := finding{level: levelFail, check: "daemon", detail: fmt.Sprintf("daemon not reachable: %v", err),
+			fix: "start it: systemctl start sluiced; see why it stopped: journalctl -u sluiced -e"}
+		if pins != nil && len(pins.Links) > 0 {
+			f.detail += "; its hooks are still pinned, so intercepted connections are refused until it is back (fail closed)"
+		}
+		add(f)
+	} else {
+		st = &s
+		add(finding{level: levelOK, check: "daemon", detail: fmt.Sprintf("running, pid %d, up %s, %d flows served, %d active",
+			s.PID, time.Since(s.Started).Round(time.Second), s.Flows.Total, s.Flows.Active)})
+	}
+	port := cfg.ProxyPort
+	if st != nil {
+		port = int(st.ProxyPort)
+	}
+	add(checkProxy(port, pins))
+	add(checkRuleset(st))
+	add(checkClock())
+	add(checkDisk(cfg.DataDir))
+	if cfg.MetricsAddr != "" {
+		add(checkMetrics(ctx, cfg.MetricsAddr))
+	}
+
+	failed := false
+	for _, f := range out {
+		fmt.Fprintf(stdout, "%-4s  %-8s  %s\n", f.level, f.check, f.detail)
+		if f.level != levelOK && f.fix != "" {
+			fmt.Fprintf(stdout, "%-4s  %-8s  fix: %s\n", "", "", f.fix)
+		}
+		failed = failed || f.level == levelFail
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+// readDoctorConfig reads the settings doctor needs, with sluiced's
+// defaults for what the file leaves out.
+func readDoctorConfig(path string) (doctorConfig, finding) {
+	c := doctorConfig{}
+	f := finding{check: "config"}
+	src, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		f.level, f.detail = levelWarn, fmt.Sprintf("%s does not exist; checking with the default settings", path)
+		f.fix = "install the package (it ships the config) or pass --config FILE"
+	case err != nil:
+		f.level, f.detail, f.fix = levelFail, fmt.Sprintf("read %s: %v", path, err), "run sluice doctor as root"
+	default:
+		file, diags := hclparse.NewParser().ParseHCL(src, path)
+		if !diags.HasErrors() {
+			diags = gohcl.DecodeBody(file.Body, nil, &c)
+		}
+		switch {
+		case diags.HasErrors():
+			f.level, f.detail = levelFail, fmt.Sprintf("%s is invalid: %s", path, diags.Error())
+			f.fix = "correct the file; sluiced prints the same error with the source line when it starts"
+		case c.Cgroup != nil && *c.Cgroup == "":
+			f.level, f.detail = levelFail, fmt.Sprintf("%s names no runner cgroup: sluiced will not start", path)
+			f.fix = "run sluice install: it finds the runner and writes its cgroup into the config"
+		default:
+			f.level, f.detail = levelOK, path
+		}
+	}
+	if c.Name == "" {
+		c.Name = "default"
+	}
+	if c.APISocket == "" {
+		c.APISocket = api.DefaultSocket
+	}
+	if c.DataDir == "" {
+		c.DataDir = "/var/lib/sluice"
+	}
+	if c.ProxyPort == 0 {
+		c.ProxyPort = 15001
+	}
+	return c, f
+}
+
+func checkKernel() finding {
+	f := finding{check: "kernel"}
+	var pe *interceptor.ProbeError
+	switch err := interceptor.Probe(); {
+	case err == nil:
+		var u unix.Utsname
+		unix.Uname(&u)
+		f.level, f.detail = levelOK, fmt.Sprintf("Linux %s: eBPF program types, helpers and capabilities present", unix.ByteSliceToString(u.Release[:]))
+	case errors.As(err, &pe):
+		f.level, f.detail = levelFail, strings.Join(pe.Missing, "; ")
+		f.fix = "run sluice doctor as root on a Linux 5.15+ kernel with cgroup2; README: Requirements"
+	default:
+		f.level, f.detail, f.fix = levelFail, err.Error(), "README: Requirements"
+	}
+	return f
+}
+
+func checkCgroup2(cfg doctorConfig) finding {
+	mount, err := interceptor.Cgroup2Mount()
+	if err != nil {
+		return finding{level: levelFail, check: "cgroup2", detail: err.Error(),
+			fix: "mount the unified hierarchy (cgroup2) at /sys/fs/cgroup: systemd.unified_cgroup_hierarchy=1 on the kernel command line"}
+	}
+	f := finding{level: levelOK, check: "cgroup2", detail: "mounted at " + mount}
+	if cfg.Cgroup != nil && *cfg.Cgroup != "" {
+		dir, err := interceptor.CgroupPath(mount, *cfg.Cgroup)
+		if err == nil {
+			_, err = os.Stat(dir)
+		}
+		if err != nil {
+			f.level, f.detail = levelFail, fmt.Sprintf("mounted at %s, but the configured runner cgroup %s is missing: %v", mount, *cfg.Cgroup, err)
+			f.fix = "start the runner's service (its cgroup appears when it runs), or run sluice install again if the runner moved"
+		} else {
+			f.detail += ", runner cgroup " + *cfg.Cgroup + " present"
+		}
+	}
+	return f
+}
+
+func checkPins(name string, cfg doctorConfig) (*interceptor.PinStatus, finding) {
+	f := finding{check: "pins"}
+	ps, err := interceptor.ReadPins(name)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		f.level, f.detail = levelFail, fmt.Sprintf("none for %q under %s: nothing is intercepted", name, interceptor.PinDir(name))
+		f.fix = "start sluiced (systemctl start sluiced); it attaches and pins the hooks"
+		return nil, f
+	case err != nil:
+		f.level, f.detail, f.fix = levelFail, fmt.Sprintf("read %s: %v", interceptor.PinDir(name), err), "run sluice doctor as root"
+		return nil, f
+	}
+	if len(ps.Links) == 0 {
+		f.level, f.detail = levelFail, fmt.Sprintf("%s holds maps but no links: nothing is intercepted", ps.Dir)
+		f.fix = "restart sluiced (systemctl restart sluiced); it re-attaches the hooks"
+		return &ps, f
+	}
+	var on []string
+	lost := false
+	for _, l := range ps.Links {
+		cg := l.Cgroup
+		if cg == "" {
+			cg = fmt.Sprintf("cgroup id %d (gone)", l.CgroupID)
+			lost = true
+		}
+		on = append(on, filepath.Base(l.Pin)+" on "+cg)
+	}
+	f.level, f.detail = levelOK, fmt.Sprintf("%d links in %s: %s", len(ps.Links), ps.Dir, strings.Join(on, ", "))
+	if lost {
+		f.level = levelWarn
+		f.fix = "the hooked cgroup no longer exists (the runner's service restarted?): restart sluiced so it hooks the runner's current cgroup"
+	} else if cfg.Cgroup != nil && *cfg.Cgroup != "" {
+		want := "/" + strings.TrimPrefix(*cfg.Cgroup, "/")
+		for _, l := range ps.Links {
+			if l.Cgroup != want {
+				f.level = levelWarn
+				f.fix = fmt.Sprintf("the config names %s but a hook is on %s: restart sluiced to hook the configured cgroup", want, l.Cgroup)
+				break
+			}
+		}
+	}
+	return &ps, f
+}
+
+// checkProxy connects to the proxy listener on loopback. It must run
+// outside the hooked cgroups: from inside, the hooks refuse a connect to
+// the proxy port by design. The proxy closes such a connection unserved
+// (it has no origin) and counts it under no_origin.
+func checkProxy(port int, pins *interceptor.PinStatus) finding {
+	f := finding{check: "proxy"}
+	if self, err := interceptor.SelfCgroup(); err == nil && pins != nil {
+		for _, l := range pins.Links {
+			if l.Cgroup != "" && (self == l.Cgroup || strings.HasPrefix(self, strings.TrimSuffix(l.Cgroup, "/")+"/")) {
+				f.level, f.detail = levelWarn, fmt.Sprintf("not checked: sluice doctor runs inside the hooked cgroup %s, where connects to the proxy are refused by design", l.Cgroup)
+				f.fix = "run sluice doctor from outside the runner's cgroup (an admin shell, not a CI job)"
+				return f
+			}
+		}
+	}
+	addr4 := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	c, err := net.DialTimeout("tcp", addr4, 2*time.Second)
+	if err != nil {
+		f.level, f.detail = levelFail, fmt.Sprintf("nothing accepts on %s: %v", addr4, err)
+		f.fix = "the proxy runs inside sluiced: start it (systemctl start sluiced), and check proxy_port is not taken by another program"
+		return f
+	}
+	c.Close()
+	f.level, f.detail = levelOK, "listening on "+addr4
+	addr6 := net.JoinHostPort("::1", strconv.Itoa(port))
+	if c, err := net.DialTimeout("tcp", addr6, 2*time.Second); err != nil {
+		f.level, f.detail = levelWarn, fmt.Sprintf("listening on %s, but not on %s (%v): redirected IPv6 connections are refused", addr4, addr6, err)
+		f.fix = "enable IPv6 on the loopback interface, then restart sluiced"
+	} else {
+		c.Close()
+		f.detail += " and " + addr6
+	}
+	return f
+}
+
+func checkRuleset(st *api.Status) finding {
+	f := finding{check: "ruleset"}
+	if st == nil {
+		f.level, f.detail = levelWarn, "cannot tell: the daemon is not reachable"
+		f.fix = "start sluiced, then run sluice doctor again"
+		return f
+	}
+	r := st.Ruleset
+	f.level, f.detail = levelOK, fmt.Sprintf("generation %d from %s, mode %s, %d targets, loaded %s",
+		r.Generation, r.Source, r.Mode, len(st.Targets), r.Loaded.Format(time.RFC3339))
+	var undecoded []string
+	for _, t := range st.Targets {
+		if !t.Decoded {
+			undecoded = append(undecoded, t.Name+" ("+t.Protocol+")")
+		}
+	}
+	switch {
+	case r.LastError != nil:
+		f.level = levelWarn
+		f.detail += fmt.Sprintf("; the last reload (%s at %s) was rejected and the ruleset above stays active: %s",
+			r.LastError.Source, r.LastError.At.Format(time.RFC3339), strings.Join(r.LastError.Errors, "; "))
+		f.fix = "correct the errors (sluice rules check DIR shows them with the source) and save or push again"
+	case r.Mode == "monitor":
+		f.level = levelWarn
+		f.detail += "; monitor mode: verdicts are logged, nothing is enforced"
+		f.fix = `set mode = "enforce" in the ruleset once the logged verdicts look right`
+	case len(undecoded) > 0:
+		f.level = levelWarn
+		f.detail += "; no decoder in this build for " + strings.Join(undecoded, ", ") + ": their connections are refused"
+		f.fix = "expected until those decoders land; remove the targets from the ruleset if the refusals get in the way"
+	}
+	return f
+}
+
+// checkClock reads the kernel's NTP state without changing it: token
+// verification (expiry, clock skew) and recording times depend on it.
+func checkClock() finding {
+	f := finding{check: "clock"}
+	var tx unix.Timex // Modes 0: read only
+	state, err := unix.Adjtimex(&tx)
+	if err != nil {
+		f.level, f.detail, f.fix = levelWarn, fmt.Sprintf("cannot read the clock's sync state: %v", err), "check that NTP is running (timedatectl)"
+		return f
+	}
+	if state == unix.TIME_ERROR || tx.Status&unix.STA_UNSYNC != 0 {
+		f.level, f.detail = levelWarn, "not synchronised: the kernel reports no NTP sync; CI tokens may be judged expired or not yet valid, and recording times may be off"
+		f.fix = "enable time sync: timedatectl set-ntp true (systemd-timesyncd) or install chrony"
+		return f
+	}
+	est := time.Duration(tx.Esterror) * time.Microsecond
+	f.level, f.detail = levelOK, fmt.Sprintf("synchronised, estimated error %s", est)
+	return f
+}
+
+// checkDisk reports the free space where recordings are written.
+func checkDisk(dataDir string) finding {
+	f := finding{check: "disk"}
+	dir := dataDir
+	for {
+		if _, err := os.Stat(dir); err == nil || dir == filepath.Dir(dir) {
+			break
+		}
+		dir = filepath.Dir(dir) // data_dir is created at the daemon's first start
+	}
+	var sf unix.Statfs_t
+	if err := unix.Statfs(dir, &sf); err != nil {
+		f.level, f.detail, f.fix = levelFail, fmt.Sprintf("statfs %s: %v", dir, err), "check that "+dataDir+" is on a mounted file system"
+		return f
+	}
+	avail := sf.Bavail * uint64(sf.Bsize)
+	total := sf.Blocks * uint64(sf.Bsize)
+	pct := 0.0
+	if total > 0 {
+		pct = float64(avail) * 100 / float64(total)
+	}
+	f.detail = fmt.Sprintf("%s free of %s (%.0f%%) for recordings in %s", bytesText(avail), bytesText(total), pct, dataDir)
+	switch {
+	case avail < diskFailBytes || pct < diskFailPercent:
+		f.level = levelFail
+		f.fix = "free space now: sessions whose recording cannot be written are denied; lower recording.max_bytes or max_age, or give data_dir a larger disk"
+	case avail < diskWarnBytes || pct < diskWarnPercent:
+		f.level = levelWarn
+		f.fix = "free space soon, lower recording.max_bytes or max_age, or give data_dir a larger disk"
+	default:
+		f.level = levelOK
+	}
+	return f
+}
+
+func checkMetrics(ctx context.Context, addr string) finding {
+	f := finding{check: "metrics"}
+	url := "http://" + addr + "/metrics"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err == nil {
+		var resp *http.Response
+		if resp, err = http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+		}
+	}
+	if err != nil {
+		f.level, f.detail, f.fix = levelWarn, fmt.Sprintf("%s: %v", url, err), "start sluiced; check that metrics_addr is not taken by another program"
+		return f
+	}
+	f.level, f.detail = levelOK, "serving "+url
+	return f
+}
+
+func bytesText(n uint64) string {
+	const gib, mib = 1 << 30, 1 << 20
+	if n >= gib {
+		return fmt.Sprintf("%.1f GiB", float64(n)/gib)
+	}
+	return fmt.Sprintf("%.0f MiB", float64(n)/mib)
+}
