@@ -198,4 +198,3 @@ func effectiveCaps(t *testing.T, pid int) uint64 {
 	t.Fatal("no CapEff line")
 	return 0
 }
-
