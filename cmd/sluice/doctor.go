@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -225,7 +226,7 @@ func checkPins(name string, cfg doctorConfig) (*interceptor.PinStatus, finding) 
 		f.fix = "restart sluiced (systemctl restart sluiced); it re-attaches the hooks"
 		return &ps, f
 	}
-	var on []string
+	var on []string // the hooked cgroups, each once
 	lost := false
 	for _, l := range ps.Links {
 		cg := l.Cgroup
@@ -233,9 +234,11 @@ func checkPins(name string, cfg doctorConfig) (*interceptor.PinStatus, finding) 
 			cg = fmt.Sprintf("cgroup id %d (gone)", l.CgroupID)
 			lost = true
 		}
-		on = append(on, filepath.Base(l.Pin)+" on "+cg)
+		if !slices.Contains(on, cg) {
+			on = append(on, cg)
+		}
 	}
-	f.level, f.detail = levelOK, fmt.Sprintf("%d links in %s: %s", len(ps.Links), ps.Dir, strings.Join(on, ", "))
+	f.level, f.detail = levelOK, fmt.Sprintf("%d links in %s on %s", len(ps.Links), ps.Dir, strings.Join(on, ", "))
 	if lost {
 		f.level = levelWarn
 		f.fix = "the hooked cgroup no longer exists (the runner's service restarted?): restart sluiced so it hooks the runner's current cgroup"

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestDoctorConfig: doctor reads where to look from the daemon's config,
+// and the packaged config (no cgroup until `sluice install`) is a FAIL
+// whose fix says to run sluice install.
+func TestDoctorConfig(t *testing.T) {
+	cfg, f := readDoctorConfig("../../packaging/sluiced.hcl")
+	if f.level != levelFail || !strings.Contains(f.fix, "sluice install") {
+		t.Errorf("packaged config: %+v, want FAIL with a fix naming sluice install", f)
+	}
+	if cfg.Name != "default" || cfg.APISocket != "/run/sluice/sluiced.sock" || cfg.ProxyPort != 15001 || cfg.MetricsAddr != "127.0.0.1:9464" {
+		t.Errorf("packaged config read as %+v", cfg)
+	}
+
+	p := filepath.Join(t.TempDir(), "sluiced.hcl")
+	os.WriteFile(p, []byte("name = \"ci\"\ncgroup = \"runner.slice\"\nproxy_port = 16000\nlog {\n  level = \"debug\"\n}\nidentity {\n}\n"), 0o600)
+	cfg, f = readDoctorConfig(p)
+	if f.level != levelOK || cfg.Name != "ci" || cfg.ProxyPort != 16000 || *cfg.Cgroup != "runner.slice" || cfg.DataDir != "/var/lib/sluice" {
+		t.Errorf("config with blocks doctor does not read: %+v %+v", f, cfg)
+	}
+
+	_, f = readDoctorConfig(filepath.Join(t.TempDir(), "missing.hcl"))
+	if f.level != levelWarn || f.fix == "" {
+		t.Errorf("missing config: %+v, want warn with a fix", f)
+	}
+}
+
+// TestDoctorDisk: the data dir need not exist yet (the daemon creates it);
+// the file system holding its nearest parent is measured.
+func TestDoctorDisk(t *testing.T) {
+	f := checkDisk(filepath.Join(t.TempDir(), "not", "yet"))
+	if f.level == "" || !strings.Contains(f.detail, "free of") {
+		t.Errorf("disk check: %+v", f)
+	}
+}
