@@ -25,6 +25,7 @@ const (
 	CLIPath    = "/usr/bin/sluice"
 	UnitPath   = "/usr/lib/systemd/system/sluiced.service"
 	SlicePath  = "/usr/lib/systemd/system/sluice.slice"
+	SocketPath = "/usr/lib/systemd/system/sluiced.socket"
 	ConfigPath = "/etc/sluice/sluiced.hcl"
 	RulesDir   = "/etc/sluice/rules.d"
 	DocPath    = "/usr/share/doc/sluice/README.md"
@@ -72,6 +73,7 @@ func Build(o Options) (string, error) {
 		{Source: filepath.Join(o.BinDir, "sluice"), Destination: CLIPath, FileInfo: info(0o755)},
 		{Source: src("sluiced.service"), Destination: UnitPath, FileInfo: info(0o644)},
 		{Source: src("sluice.slice"), Destination: SlicePath, FileInfo: info(0o644)},
+		{Source: src("sluiced.socket"), Destination: SocketPath, FileInfo: info(0o644)},
 		// The config may come to hold webhook URLs and tokens' paths:
 		// root only. noreplace: an upgrade never overwrites local edits.
 		{Source: src("sluiced.hcl"), Destination: ConfigPath, Type: files.TypeConfigNoReplace, FileInfo: info(0o600)},

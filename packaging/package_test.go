@@ -143,6 +143,7 @@ func TestPackage(t *testing.T) {
 			CLIPath:    "-rwxr-xr-x",
 			UnitPath:   "-rw-r--r--",
 			SlicePath:  "-rw-r--r--",
+			SocketPath: "-rw-r--r--",
 			ConfigPath: "-rw-------",
 			RulesDir:   "drwxr-xr-x",
 			DocPath:    "-rw-r--r--",
@@ -226,6 +227,19 @@ func TestPackage(t *testing.T) {
 			}
 		}
 
+		// The socket unit holds the proxy port of the shipped config on
+		// both loopback addresses, and the service takes it.
+		sock := parseUnit(t, filepath.Join(b.root, SocketPath))
+		if got := sock["Socket"]["ListenStream"]; !slices.Equal(got, []string{"127.0.0.1:15001", "[::1]:15001"}) {
+			t.Errorf("sluiced.socket ListenStream = %q, want the proxy_port on 127.0.0.1 and ::1", got)
+		}
+		if !strings.Contains(string(conf), "proxy_port = 15001") {
+			t.Errorf("default config's proxy_port is not the socket unit's 15001")
+		}
+		if got := unit["Unit"]["Requires"]; !slices.Contains(got, "sluiced.socket") {
+			t.Errorf("[Unit] Requires = %q, want sluiced.socket", got)
+		}
+
 		slice := parseUnit(t, filepath.Join(b.root, SlicePath))
 		if _, ok := slice["Slice"]; !ok {
 			t.Errorf("sluice.slice has no [Slice] section")
@@ -287,7 +301,7 @@ func TestPackage(t *testing.T) {
 				break
 			}
 		}
-		out, err := exec.Command("systemd-analyze", "verify", "--root="+root, UnitPath, SlicePath).CombinedOutput()
+		out, err := exec.Command("systemd-analyze", "verify", "--root="+root, UnitPath, SlicePath, SocketPath).CombinedOutput()
 		if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -28,14 +29,17 @@ const (
 	installEvery   = "30s"
 )
 
-// installCmd finds the runner services of the host and writes sluiced's
-// config so that their cgroups are hooked. It starts nothing.
+// installCmd finds the runner services of the host, writes sluiced's
+// config so that their cgroups are hooked and, on a host run by systemd
+// whose packaged unit reads that config, enables and (re)starts
+// sluiced.socket and sluiced.service: one command after the package.
 func installCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("install", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	root := fs.String("root", runners.DefaultRoot, "where runner services' cgroups are, relative to the cgroup2 mount")
-	path := fs.String("config", "/etc/sluice/sluiced.hcl", "sluiced's config file to write")
+	path := fs.String("config", packagedConfig, "sluiced's config file to write")
 	dryRun := fs.Bool("dry-run", false, "print what would be written, write nothing")
+	noStart := fs.Bool("no-start", false, "write the config but do not enable or restart sluiced")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -77,8 +81,9 @@ func installCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sluice install:", err)
 		return 1
 	}
+	changed := !exists || !bytes.Equal(old, next)
 	switch {
-	case exists && bytes.Equal(old, next):
+	case !changed:
 		fmt.Fprintf(stdout, "config %s unchanged\n", *path)
 	case *dryRun:
 		fmt.Fprintf(stdout, "would write %s (--dry-run):\n%s", *path, next)
@@ -95,8 +100,41 @@ func installCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s %s\n", verb, *path)
 	}
 	fmt.Fprintf(stdout, "protected: connects from these runners' jobs go through Sluice once sluiced runs; runner services started later under %s are found and hooked by the daemon.\n", *root)
-	fmt.Fprintln(stdout, "next: systemctl enable --now sluiced   (systemctl restart sluiced if it already runs)")
+	// The packaged unit reads the default path only; a config written
+	// elsewhere (a test's, a staging copy) never touches the service.
+	if *noStart || *path != packagedConfig || !systemdRunning() {
+		fmt.Fprintln(stdout, "next: systemctl enable --now sluiced.socket sluiced.service   (systemctl restart sluiced if it already runs), then sluice doctor")
+		return 0
+	}
+	steps := [][]string{{"systemctl", "enable", "sluiced.socket", "sluiced.service"}, {"systemctl", "start", "sluiced.socket"}}
+	if changed {
+		// A running daemon takes the new cgroups on restart; the socket
+		// unit holds the listener meanwhile, so no connect is refused.
+		steps = append(steps, []string{"systemctl", "restart", "sluiced.service"})
+	} else {
+		steps = append(steps, []string{"systemctl", "start", "sluiced.service"})
+	}
+	for _, argv := range steps {
+		fmt.Fprintf(stdout, "$ %s\n", strings.Join(argv, " "))
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Stdout, cmd.Stderr = stdout, stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(stderr, "sluice install: %s: %v; see journalctl -u sluiced, and sluice doctor\n", strings.Join(argv, " "), err)
+			return 1
+		}
+	}
+	fmt.Fprintln(stdout, "sluiced is running; check it with: sluice doctor")
 	return 0
+}
+
+// packagedConfig is the config the packaged unit starts sluiced with.
+const packagedConfig = "/etc/sluice/sluiced.hcl"
+
+// systemdRunning reports whether systemd manages this host, as
+// sd_booted(3) decides it.
+func systemdRunning() bool {
+	fi, err := os.Stat("/run/systemd/system")
+	return err == nil && fi.IsDir()
 }
 
 // mergeInstallConfig returns the config to write: a new file from the
