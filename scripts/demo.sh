@@ -30,6 +30,7 @@ mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 pg_port=$(free_port)
 proxy_port=$(free_port)
+metrics_port=$(free_port)
 sluiced_pid=""
 issuer_pid=""
 
@@ -166,6 +167,7 @@ proxy_port = $proxy_port
 data_dir   = "$work/data"
 api_socket = "$work/sluiced.sock"
 rules_dir  = "$work/rules"
+metrics_addr = "127.0.0.1:$metrics_port"
 log {
   format = "json"
 }
@@ -188,6 +190,8 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 run "$BIN/sluice" status --socket "$work/sluiced.sock"
+
+run "$BIN/sluice" doctor --config "$work/sluiced.hcl" || true
 
 bold "3. psql inside the cgroup, pointed at the real address, unchanged"
 run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "select id, email from users order by id"
@@ -250,6 +254,9 @@ sleep 0.2
 grep '"@message":"authenticated with an injected credential"' "$work/sluiced.log" | tail -1
 if grep -rqF "$app_secret" "$work/sluiced.log" "$work/data"; then echo "demo: the secret leaked into the log or the recordings" >&2; exit 1; fi
 echo "the app password appears in no log line and no recording"
+
+bold "5e. Prometheus metrics on loopback: flows, verdicts by rule, statement latency"
+curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -E '^sluice_(flows_total|verdicts_total|holds_pending|statement_latency_seconds_count)' | head -12
 
 bold "6. A job that no policy covers (uid 12345) gets the default deny"
 run "$BIN/sluice" run --cgroup "$cgroup" -- setpriv --reuid=12345 --regid=12345 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(denied, as the ruleset says)"

@@ -11,6 +11,8 @@ packages=(
   iproute2 util-linux   # ip netns for test hosts, setpriv
   tshark                # e2e: exported recordings decode as PostgreSQL
   pgbouncer             # make bench: the proxy users already run
+  curl                  # the demo scrapes sluiced's /metrics
+  systemd               # packaging test: systemd-analyze verify on the units (nothing is started)
   git make ca-certificates
 )
 
