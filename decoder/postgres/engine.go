@@ -491,24 +491,6 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			if err := sw.Flush(); err != nil {
 				return 0, err
 			}
-		case 'K':
-			b, err := sr.body(n)
-			if err != nil {
-				return 0, err
-			}
-			s.backendKey(b)
-			if err := writeMsg(cw, 'K', b); err != nil {
-				return 0, err
-			}
-		case 'Z':
-			b, err := sr.body(n)
-			if err != nil || len(b) != 1 {
-				return 0, s.upstreamErr(cw, errors.New("malformed ReadyForQuery"))
-			}
-			if err := writeMsg(cw, 'Z', b); err != nil {
-				return 0, err
-			}
-			return b[0], cw.Flush()
 		case 'E':
 			if err := sr.forward(cw, n); err != nil {
 				return 0, err
@@ -516,11 +498,38 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			cw.Flush()
 			return 0, errors.New("the server refused the session")
 		default:
-			// ParameterStatus, notices, NegotiateProtocolVersion.
-			if err := sr.forward(cw, n); err != nil {
-				return 0, err
+			if status, ready, err := s.passStartup(typ, n, cw, sr); err != nil || ready {
+				return status, err
 			}
 		}
+	}
+}
+
+// passStartup passes on a server message of the startup phase that is not
+// about authentication itself, the same for relayed and injected
+// sessions: BackendKeyData (registered for cancel requests),
+// ReadyForQuery (ready is then set, with the transaction status), and
+// ParameterStatus, notices or NegotiateProtocolVersion as they are.
+func (s *session) passStartup(typ byte, n int, cw *bufio.Writer, sr *frameReader) (status byte, ready bool, err error) {
+	switch typ {
+	case 'K':
+		b, err := sr.body(n)
+		if err != nil {
+			return 0, false, err
+		}
+		s.backendKey(b)
+		return 0, false, writeMsg(cw, 'K', b)
+	case 'Z':
+		b, err := sr.body(n)
+		if err != nil || len(b) != 1 {
+			return 0, false, s.upstreamErr(cw, errors.New("malformed ReadyForQuery"))
+		}
+		if err := writeMsg(cw, 'Z', b); err != nil {
+			return 0, false, err
+		}
+		return b[0], true, cw.Flush()
+	default:
+		return 0, false, sr.forward(cw, n)
 	}
 }
 

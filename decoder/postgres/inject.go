@@ -157,24 +157,6 @@ func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cw *bufio.W
 			if err := sw.Flush(); err != nil {
 				return 0, err
 			}
-		case 'K':
-			b, err := sr.body(n)
-			if err != nil {
-				return 0, err
-			}
-			s.backendKey(b)
-			if err := writeMsg(cw, 'K', b); err != nil {
-				return 0, err
-			}
-		case 'Z':
-			b, err := sr.body(n)
-			if err != nil || len(b) != 1 {
-				return 0, s.upstreamErr(cw, errors.New("malformed ReadyForQuery"))
-			}
-			if err := writeMsg(cw, 'Z', b); err != nil {
-				return 0, err
-			}
-			return b[0], cw.Flush()
 		case 'E':
 			b, err := sr.body(n)
 			if err != nil {
@@ -193,9 +175,8 @@ func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cw *bufio.W
 			cw.Flush()
 			return 0, errors.New("the server refused the session")
 		default:
-			// ParameterStatus, notices, NegotiateProtocolVersion.
-			if err := sr.forward(cw, n); err != nil {
-				return 0, err
+			if status, ready, err := s.passStartup(typ, n, cw, sr); err != nil || ready {
+				return status, err
 			}
 		}
 	}
