@@ -152,8 +152,25 @@ func TestCredentialInjection(t *testing.T) {
 	}
 	d.WaitLog(t, "cannot read the injected credential", func(l testenv.LogLine) bool { return strings.Contains(l.String("error"), "chmod 600") })
 
+	// The recordings say which credential each session got, and why a
+	// refused one got none.
+	var shows strings.Builder
+	for _, sess := range listSessions(t, d, "--repo", "acme/api") {
+		out, _ := d.Sluice(t, "sessions", "show", "--socket", d.Socket, sess.ID)
+		shows.WriteString(out)
+	}
+	for _, want := range []string{"credential deployer injected", "credential ci_readonly injected"} {
+		if !strings.Contains(shows.String(), want) {
+			t.Errorf("no recorded session shows %q", want)
+		}
+	}
+	web, _ := d.Sluice(t, "sessions", "list", "--socket", d.Socket, "--repo", "acme/web")
+	if !strings.Contains(web, "acme/web") {
+		t.Errorf("the refused job's session is not recorded:\n%s", web)
+	}
+
 	status, _ := d.Sluice(t, "status", "--socket", d.Socket)
-	assertNoSecret(t, d, status, deployerSecret, readonlySecret)
+	assertNoSecret(t, d, status+shows.String(), deployerSecret, readonlySecret)
 }
 
 // TestCredentialInjectionMD5: a server that stores an MD5 password gets
