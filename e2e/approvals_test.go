@@ -43,6 +43,13 @@ policy "ci" {
     timeout   = "20s"
     reason    = "large reads need a human"
   }
+
+  hold "big-bytes" {
+    when      = result.bytes > 1000000
+    approvers = ["local-admin"]
+    timeout   = "20s"
+    reason    = "large reads need a human"
+  }
 }
 `, addr)
 }
@@ -98,8 +105,10 @@ func pendingHold(t *testing.T, d *testenv.Daemon) approve.Request {
 
 // TestApprovalHolds: a held COPY waits for sluice approve, or ends with an
 // error on deny or timeout; a SELECT over the row threshold pauses after
-// exactly N rows and, refused, is cancelled on the server; the job's own
-// identity cannot approve; a webhook hears of every request and decision.
+// exactly N rows and, refused, is cancelled on the server; one over the
+// byte threshold pauses at the row that crosses it and, approved, goes on;
+// the job's own identity cannot approve; a webhook hears of every request
+// and decision.
 func TestApprovalHolds(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
@@ -193,6 +202,23 @@ func TestApprovalHolds(t *testing.T) {
 	}
 	if rows != 1000 {
 		t.Errorf("the recording holds %d DataRows, want exactly the 1000 sent", rows)
+	}
+
+	// A result over 1,000,000 bytes pauses at the row that crosses it:
+	// each DataRow of blobs is 100,006 bytes, so after 9 rows. Approved,
+	// the client gets every row.
+	admin(t, pg, "create table blobs(id int, payload text); insert into blobs select i, repeat('x', 100000) from generate_series(1, 50) i")
+	wait = background(t, cg, uid, pg.PsqlArgs("", 0, "SELECT payload FROM blobs ORDER BY id"))
+	req = pendingHold(t, d)
+	if req.Rule != "ci/hold/big-bytes" || req.Stage != approve.StageResult || req.Rows != 9 {
+		t.Errorf("paused request = rule %s stage %s rows %d, want ci/hold/big-bytes at the result after 9 rows", req.Rule, req.Stage, req.Rows)
+	}
+	if out, err := d.Sluice(t, "approve", req.ID, "--socket", d.Socket); err != nil {
+		t.Fatalf("sluice approve: %v\n%s", err, out)
+	}
+	out, err = wait()
+	if n := strings.Count(out, strings.Repeat("x", 100000)); err != nil || n != 50 {
+		t.Errorf("approved big read: %v, %d of 50 rows", err, n)
 	}
 
 	// The webhook heard requests and decisions.

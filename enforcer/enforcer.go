@@ -243,8 +243,9 @@ func (s *Session) Decide(c *Command) Verdict {
 }
 
 // DecideResult re-evaluates a command whose decision awaited its result,
-// with the rows and bytes seen so far.
-// It is called for every row of such a result, so only a verdict that
+// with the rows and bytes seen so far. It is called at the first row of
+// such a result and again whenever NextResultCheck says the verdict may
+// have changed (for some rules on every row), so only a verdict that
 // stops the result (hold or deny) is logged and recorded.
 func (s *Session) DecideResult(c *Command, rows, bytes int64) Verdict {
 	d := s.match.Decide(&c.Statement, ruleset.Result{Known: true, Rows: rows, Bytes: bytes})
@@ -252,6 +253,14 @@ func (s *Session) DecideResult(c *Command, rows, bytes int64) Verdict {
 		return Verdict{Action: a, Decision: d}
 	}
 	return s.verdict(c, d)
+}
+
+// NextResultCheck returns when a result decided by DecideResult with
+// rows and bytes must be decided again: once it has nextRows rows or
+// nextBytes bytes. Before that the verdict is the same (see
+// ruleset.Match.NextResultCheck).
+func (s *Session) NextResultCheck(rows, bytes int64) (nextRows, nextBytes int64) {
+	return s.match.NextResultCheck(rows, bytes)
 }
 
 func (s *Session) verdict(c *Command, d ruleset.Decision) Verdict {

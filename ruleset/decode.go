@@ -508,6 +508,9 @@ func (c *compiler) typeCheck() {
 		} else {
 			c.rs.slow = true
 		}
+		if p.x.stage == stageResult {
+			p.x.result = analyseResult(p.x.e, &hcl.EvalContext{Functions: c.rs.funcs})
+		}
 	}
 }
 

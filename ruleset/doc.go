@@ -130,6 +130,12 @@
 // statement runs (statement.kind == "copy_out" || result.rows > 1000 holds
 // a COPY at once); otherwise it is pending and the Decision says
 // AwaitResult: the decoder evaluates again with the Result as rows arrive.
+// It need not do so on every row: when every use of result.rows and
+// result.bytes in the matched rules is a comparison with a constant number,
+// the decision can only change where a counter crosses one of those
+// constants, and Match.NextResultCheck says at which counts to decide
+// again (result.rows > 10000: at row 10001). Any other use of result
+// makes every row count.
 //
 // # Masking
 //

@@ -29,6 +29,9 @@ type expr struct {
 	e     hcl.Expression
 	stage stage
 	fast  cfn // nil: evaluate with HCL
+	// result is where a result-stage expression may change its truth as
+	// rows arrive (see NextResultCheck).
+	result resultPoints
 }
 
 // The variables expressions may use. identity is open: any attribute is

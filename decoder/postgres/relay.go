@@ -19,11 +19,6 @@ import (
 	"github.com/sluicehq/sluice/ruleset"
 )
 
-// resultCheckEvery is how many rows pass between re-evaluations of a
-// statement whose decision waits on its result (result.rows > N): every
-// row, so a threshold of N pauses after exactly N rows.
-const resultCheckEvery = 1
-
 // relay is the statement phase: the client-to-server goroutine classifies
 // and decides, the server-to-client goroutine accounts results and turns
 // the server's error for a substituted statement into the denial.
@@ -89,6 +84,10 @@ type item struct {
 	bytes  int64
 	code   string
 	denied bool
+
+	// checkRows and checkBytes are the counts at which a result that
+	// awaits its verdict is decided again (zero: at its first row).
+	checkRows, checkBytes int64
 
 	// Masking (server side): the statement and portal an Execute runs,
 	// the columns of the result in flight and the plan built for them.
@@ -521,7 +520,8 @@ func (r *relay) serverLoop() error {
 }
 
 // dataRow forwards a row and counts it against the statement in flight,
-// re-deciding every resultCheckEvery rows when a rule waits on the result.
+// re-deciding it when a rule waits on the result and the counts reach the
+// next point where the verdict can change.
 func (r *relay) dataRow(n int, batch uint64) error {
 	r.mu.Lock()
 	var it *item
@@ -545,17 +545,22 @@ func (r *relay) dataRow(n int, batch uint64) error {
 	return r.sr.forward(r.cw, n)
 }
 
-// checkResult re-decides a statement whose rules wait on its result,
-// every resultCheckEvery rows. A hold pauses the result (nothing more is
-// read from the server, so it waits too) until a human decides; a deny,
-// or a refused hold, cancels the statement on the server and ends it for
-// the client with an error, after exactly the rows already sent.
+// checkResult re-decides a statement whose rules wait on its result: at
+// its first row, then whenever the rows or bytes reach the next count at
+// which the ruleset says the verdict can change (for result.rows > N, row
+// N+1), so the verdict is the one every row would get. A hold pauses the
+// result (nothing more is read from the server, so it waits too) until a
+// human decides; a deny, or a refused hold, cancels the statement on the
+// server and ends it for the client with an error, after exactly the rows
+// already sent.
 func (r *relay) checkResult(it *item) error {
-	if it == nil || !it.c.verdict.Decision.AwaitResult || it.heldOK || it.refusal != nil || it.rows%resultCheckEvery != 0 {
+	if it == nil || !it.c.verdict.Decision.AwaitResult || it.heldOK || it.refusal != nil ||
+		(it.rows < it.checkRows && it.bytes < it.checkBytes) {
 		return nil
 	}
 	// it.rows counts the row about to be sent: decide as if it had been.
 	v := r.s.p.Session.DecideResult(&it.c.cmd, it.rows, it.bytes)
+	it.checkRows, it.checkBytes = r.s.p.Session.NextResultCheck(it.rows, it.bytes)
 	switch v.Action {
 	case ruleset.Hold:
 		if r.s.p.Session.CanHold() {
