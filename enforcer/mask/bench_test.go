@@ -108,3 +108,44 @@ func BenchmarkDetect(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDefaultDetect runs the default ruleset's detectors over the
+// values of bench/pgbench.sh's bulk table (an int4 id, an e-mail
+// address, an md5 token and a 120-byte payload; 4 values a row) and over
+// typical short values: numbers, names, timestamps, hex ids.
+func BenchmarkDefaultDetect(b *testing.B) {
+	r := ruleset.Default().Rule("baseline/mask/secrets-and-personal-data")
+	if r == nil || r.Mask == nil {
+		b.Fatal("the default ruleset has no baseline mask rule")
+	}
+	m := mustNew(b, r)
+	for _, tt := range []struct {
+		name string
+		cols []Column
+		row  []string
+	}{
+		{"bulk-row", []Column{{Name: "id", Type: OIDInt4}, {Name: "email", Type: OIDText}, {Name: "token", Type: OIDText}, {Name: "payload", Type: OIDText}},
+			[]string{"12345", "person12345@example.com", "827ccb0eea8a706c4c34a16891f84e7b", strings.Repeat("x", 120)}},
+		{"short-values", []Column{{Name: "n", Type: OIDInt8}, {Name: "name", Type: OIDText}, {Name: "ts", Type: OIDText}, {Name: "hex", Type: OIDText}},
+			[]string{"1700000000123", "Alice Smith", "2024-01-15 10:30:00.123+00", "5d41402abc4b2a76b9719d911017c592"}},
+	} {
+		b.Run(tt.name, func(b *testing.B) {
+			p := m.Plan(tt.cols)
+			row := make([][]byte, len(tt.row))
+			n := 0
+			for i, v := range tt.row {
+				row[i] = []byte(v)
+				n += len(v)
+			}
+			dst := make([]byte, 0, 256)
+			b.SetBytes(int64(n))
+			b.ReportAllocs()
+			for b.Loop() {
+				for i, v := range row {
+					p.Apply(i, v, dst[:0])
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(row)), "ns/value")
+		})
+	}
+}

@@ -17,6 +17,135 @@ type span struct{ lo, hi, det int }
 // Spans it appends are sorted and do not overlap.
 type finder func(b []byte, d int, out []span) []span
 
+// profile is what one pass over a value learns about it: enough to rule
+// out, without running them, the detectors that cannot find anything in
+// it. Each detector's needs (below) are necessary conditions of its
+// match, read off its definition.
+type profile struct {
+	n, digits, upper, lower int
+	has                     uint8 // pAt, pDash, pDot, pColon present
+	// cardRun is the most digits in one run of digits joined by single
+	// spaces or dashes (a card number's and an SSN's shape); phoneRun the
+	// most in one run joined by up to three of " -.()" (a phone number's).
+	cardRun, phoneRun int
+}
+
+// Byte kinds of a profile pass.
+const (
+	pAt = 1 << iota
+	pDash
+	pDot
+	pColon
+)
+
+// profileTable packs, per byte, a count for digits (bits 0-15), upper-case
+// (16-31) and lower-case letters (32-47), and the byte's p* flag (48-55),
+// so one addition and one or per byte make the counts and the flags.
+var profileTable = func() (t [256]uint64) {
+	for c := range 256 {
+		switch k := classes[c]; {
+		case k&cDigit != 0:
+			t[c] = 1
+		case k&cUpper != 0:
+			t[c] = 1 << 16
+		case k&cLower != 0:
+			t[c] = 1 << 32
+		}
+	}
+	t['@'] = pAt << 48
+	t['-'] = pDash << 48
+	t['.'] = pDot << 48
+	t[':'] = pColon << 48
+	return t
+}()
+
+// minRunDigits is the fewest digits a run-based need asks for: below
+// it the runs are not measured (the digit count bounds them).
+const minRunDigits = 8
+
+// profileOf makes b's profile: one pass for the counts and flags, and one
+// more for the digit runs when b has enough digits to need them.
+func profileOf(b []byte) profile {
+	p := profile{n: len(b)}
+	for rest := b; len(rest) > 0; {
+		chunk := rest[:min(len(rest), 0xffff)] // the 16-bit counts cannot overflow
+		rest = rest[len(chunk):]
+		var sum, flags uint64
+		for _, c := range chunk {
+			v := profileTable[c]
+			sum += v
+			flags |= v
+		}
+		p.digits += int(sum & 0xffff)
+		p.upper += int(sum >> 16 & 0xffff)
+		p.lower += int(sum >> 32 & 0xffff)
+		p.has |= uint8(flags >> 48)
+	}
+	if p.digits < minRunDigits {
+		p.cardRun, p.phoneRun = p.digits, p.digits // upper bounds, enough to rule out
+		return p
+	}
+	const far = 1 << 20 // a gap no run continues across
+	card, phone := 0, 0
+	cardGap, phoneGap := far, far // separators since the last digit
+	for _, c := range b {
+		switch c {
+		case '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+			if cardGap <= 1 {
+				card++
+			} else {
+				card = 1
+			}
+			if phoneGap <= 3 {
+				phone++
+			} else {
+				phone = 1
+			}
+			cardGap, phoneGap = 0, 0
+			p.cardRun, p.phoneRun = max(p.cardRun, card), max(p.phoneRun, phone)
+		case ' ', '-':
+			cardGap++
+			phoneGap++
+		case '.', '(', ')':
+			cardGap = far
+			phoneGap++
+		default:
+			cardGap, phoneGap = far, far
+		}
+	}
+	return p
+}
+
+// need is what a value must have for a detector to find anything in it.
+type need struct {
+	n, digits, upper, lower int
+	has                     uint8 // every one of these
+	hasAny                  uint8 // at least one of these, if set
+	cardRun, phoneRun       int
+}
+
+// met reports whether p can hold a match.
+func (nd *need) met(p *profile) bool {
+	return p.n >= nd.n && p.digits >= nd.digits && p.upper >= nd.upper && p.lower >= nd.lower &&
+		p.has&nd.has == nd.has && (nd.hasAny == 0 || p.has&nd.hasAny != 0) &&
+		p.cardRun >= nd.cardRun && p.phoneRun >= nd.phoneRun
+}
+
+// needs are the built-in detectors' necessary conditions; see each
+// detector for its definition. A detector missing here always runs.
+var needs = map[string]need{
+	"email":          {n: 3, has: pAt},                           // local@domain
+	"card_number":    {n: 13, digits: 13, cardRun: 13},           // 13+ digits in single-separated groups
+	"ssn":            {n: 11, digits: 9, has: pDash, cardRun: 9}, // ddd-dd-dddd
+	"iban":           {n: 15, digits: 2, upper: 2},               // CCdd + 11..30 more
+	"phone":          {n: 8, digits: 8, phoneRun: 8},             // 8+ digits (E.164) or 10 (NANP)
+	"jwt":            {n: 6, upper: 1, lower: 2, has: pDot},      // eyJ..., three dotted segments
+	"aws_access_key": {n: 20, upper: 4},                          // AKIA/ASIA + 16
+	"private_key":    {n: 27, upper: 15, has: pDash},             // -----BEGIN ...PRIVATE KEY-----
+	"secret":         {n: 20, digits: 1, upper: 1, lower: 1},     // 20+ mixing upper, lower, digits
+	"ip_address":     {n: 2, hasAny: pDot | pColon},              // a.b.c.d or with colons
+}
+
 // builtins are the value detectors ruleset.Detectors names.
 var builtins = map[string]finder{
 	"email":          findEmail,

@@ -54,7 +54,10 @@
 //
 // Columns of types that cannot hold such text in text format (booleans,
 // int2 and int4, floats, dates and times, UUIDs, oids) are not scanned
-// when Column.Type says so.
+// when Column.Type says so. Other values are profiled in one pass first
+// (counts of digits and letters, digit runs, a few landmark bytes), and a
+// built-in detector whose necessary conditions the profile rules out is
+// not run: that changes what runs, never what is found.
 //
 // # Monitor mode
 //
@@ -100,6 +103,7 @@ type Masker struct {
 	columns []colPattern // in precedence order
 	dets    []activeDet
 	hasCol  bool
+	profile bool // some detector has a need: profile values before scanning
 }
 
 // colPattern is one column pattern of one rule.
@@ -121,6 +125,9 @@ type activeDet struct {
 	fn   Func
 	rule int
 	null bool
+	// need, when set, is what a value must have for find to find
+	// anything (a built-in detector's); custom detectors always run.
+	need *need
 }
 
 // New compiles the mask rules of a decision (rules with a Mask spec;
@@ -160,7 +167,12 @@ func New(rules []*ruleset.Rule, key []byte) (*Masker, error) {
 				return nil, fmt.Errorf("mask rule %s: detector %q: %w", r.ID, name, ErrUnknown)
 			}
 			seen[name] = true
-			m.dets = append(m.dets, activeDet{name: name, find: f, fn: fn, rule: ri, null: spec.Using == "null"})
+			d := activeDet{name: name, find: f, fn: fn, rule: ri, null: spec.Using == "null"}
+			if nd, ok := needs[name]; ok && spec.Custom[name] == nil {
+				d.need = &nd
+				m.profile = true
+			}
+			m.dets = append(m.dets, d)
 		}
 	}
 	slices.SortStableFunc(m.columns, func(a, b colPattern) int {
@@ -227,12 +239,29 @@ func globFold(pattern, s string) bool {
 	return pattern == "" || ruleset.MatchGlob(pattern, strings.ToLower(s))
 }
 
-// scan appends the merged, sorted spans every detector finds in b.
+// scan returns, in out's storage, the merged, sorted spans every
+// detector finds in b. One pass over b first rules out the built-in
+// detectors that cannot find anything in it (see need), which is most of
+// them for most values.
 func (m *Masker) scan(b []byte, out []span) []span {
 	out = out[:0]
-	for i := range m.dets {
-		out = m.dets[i].find(b, i, out)
+	var p profile
+	if m.profile {
+		p = profileOf(b)
 	}
+	for i := range m.dets {
+		d := &m.dets[i]
+		if d.need != nil && !d.need.met(&p) {
+			continue
+		}
+		out = d.find(b, i, out)
+	}
+	return mergeSpans(out)
+}
+
+// mergeSpans sorts spans by start and merges overlapping ones, keeping
+// the earlier span's detector.
+func mergeSpans(out []span) []span {
 	if len(out) < 2 {
 		return out
 	}
