@@ -24,9 +24,9 @@ type finder func(b []byte, d int, out []span) []span
 type profile struct {
 	n, digits, upper, lower int
 	has                     uint8 // pAt, pDash, pDot, pColon present
-	// cardRun is the most digits in one run of digits joined by single
-	// spaces or dashes (a card number's and an SSN's shape); phoneRun the
-	// most in one run joined by up to three of " -.()" (a phone number's).
+	// cardRun is the most digits in one stretch of digits, spaces and
+	// dashes (where card numbers and SSNs lie); phoneRun the most in one
+	// stretch of digits and " -.()" (where phone numbers lie).
 	cardRun, phoneRun int
 }
 
@@ -59,6 +59,18 @@ var profileTable = func() (t [256]uint64) {
 	return t
 }()
 
+// runKinds says, per byte, whether it is a digit (bit 0), continues a
+// card stretch (bit 1: digits, ' ', '-') and a phone stretch (bit 2:
+// digits, " -.()").
+var runKinds = func() (t [256]uint8) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = 7
+	}
+	t[' '], t['-'] = 6, 6
+	t['.'], t['('], t[')'] = 4, 4, 4
+	return t
+}()
+
 // minRunDigits is the fewest digits a run-based need asks for: below
 // it the runs are not measured (the digit count bounds them).
 const minRunDigits = 8
@@ -85,33 +97,17 @@ func profileOf(b []byte) profile {
 		p.cardRun, p.phoneRun = p.digits, p.digits // upper bounds, enough to rule out
 		return p
 	}
-	const far = 1 << 20 // a gap no run continues across
+	// Runs: the digits of each stretch of digits and separators. A card
+	// number or SSN lies within one stretch of digits, ' ' and '-', a phone
+	// number within one of digits and " -.()", so these bound their digits
+	// (loosely: the detectors allow only single or short separators).
 	card, phone := 0, 0
-	cardGap, phoneGap := far, far // separators since the last digit
 	for _, c := range b {
-		switch c {
-		case '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
-			if cardGap <= 1 {
-				card++
-			} else {
-				card = 1
-			}
-			if phoneGap <= 3 {
-				phone++
-			} else {
-				phone = 1
-			}
-			cardGap, phoneGap = 0, 0
-			p.cardRun, p.phoneRun = max(p.cardRun, card), max(p.phoneRun, phone)
-		case ' ', '-':
-			cardGap++
-			phoneGap++
-		case '.', '(', ')':
-			cardGap = far
-			phoneGap++
-		default:
-			cardGap, phoneGap = far, far
-		}
+		k := runKinds[c]
+		d := int(k & 1)
+		card = (card + d) * int(k>>1&1)
+		phone = (phone + d) * int(k>>2&1)
+		p.cardRun, p.phoneRun = max(p.cardRun, card), max(p.phoneRun, phone)
 	}
 	return p
 }
