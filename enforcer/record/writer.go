@@ -61,17 +61,30 @@ type sink interface {
 // may be called from any number of goroutines (typically the client and
 // server sides of a proxied session); events are recorded in the order
 // their Appends were accepted. One background goroutine per Writer
-// encodes, writes, flushes at least every 50 ms and fsyncs every
-// FsyncEvery; Close stops it. The caller must call Close.
+// encodes, writes and flushes the queued events in batches, at least
+// every 50 ms (sooner when the queue is half full, and at once for Flush,
+// Sync and Close), and fsyncs every FsyncEvery; Close stops it. Append
+// itself only queues: it wakes the goroutine only when the queue fills,
+// so a proxied statement does not pay a goroutine wake-up per event. The
+// caller must call Close.
 type Writer struct {
 	path    string
 	session string
 	keys    *Keys
 	opts    Options
 
-	mu       sync.RWMutex // write-held by Close to close q; read-held by senders
-	closed   bool
-	q        chan *Event
+	mu sync.RWMutex // write-held by Close to set closed; read-held by senders
+
+	// The queue: events appended and not yet taken by the writer
+	// goroutine, in order. kick wakes the goroutine; drained, when a
+	// sender waits for room, is closed by the goroutine when it takes
+	// the queue.
+	qmu     sync.Mutex
+	closed  bool
+	pending []*Event
+	drained chan struct{}
+	kick    chan struct{} // capacity 1
+
 	failed   chan struct{} // closed when err is set
 	err      error
 	done     chan struct{} // closed when the goroutine has ended
@@ -139,7 +152,7 @@ func newWriter(f sink, path, sessionID string, keys *Keys, opts Options, start t
 		session:  sessionID,
 		keys:     keys,
 		opts:     opts,
-		q:        make(chan *Event, opts.QueueLen),
+		kick:     make(chan struct{}, 1),
 		failed:   make(chan struct{}),
 		done:     make(chan struct{}),
 		f:        f,
@@ -260,22 +273,56 @@ func (w *Writer) send(ctx context.Context, p *Event) error {
 	}
 	w.mu.RLock()
 	defer w.mu.RUnlock()
+	w.qmu.Lock()
 	if w.closed {
+		w.qmu.Unlock()
 		return ErrClosed
 	}
+	for len(w.pending) >= w.opts.QueueLen { // full: wait for the writer
+		if w.drained == nil {
+			w.drained = make(chan struct{})
+		}
+		drained := w.drained
+		w.qmu.Unlock()
+		w.wake()
+		select {
+		case <-drained:
+		case <-w.failed:
+			return w.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		w.qmu.Lock()
+	}
+	w.pending = append(w.pending, p)
+	n := len(w.pending)
+	w.qmu.Unlock()
+	if p.ctl != ctlNone || n == max(w.opts.QueueLen/2, 1) {
+		w.wake()
+	}
+	return nil
+}
+
+// wake makes the writer goroutine take the queue now.
+func (w *Writer) wake() {
 	select {
-	case w.q <- p:
-		return nil
+	case w.kick <- struct{}{}:
 	default:
 	}
-	select { // the queue is full: wait for the writer
-	case w.q <- p:
-		return nil
-	case <-w.failed:
-		return w.err
-	case <-ctx.Done():
-		return ctx.Err()
+}
+
+// take returns the queued events, leaving the queue empty (its storage is
+// spare, which the caller is done with), and whether the writer is closed.
+func (w *Writer) take(spare []*Event) ([]*Event, bool) {
+	w.qmu.Lock()
+	defer w.qmu.Unlock()
+	batch := w.pending
+	w.pending = spare[:0]
+	if w.drained != nil {
+		close(w.drained)
+		w.drained = nil
 	}
+	return batch, w.closed
 }
 
 // Close records the events already queued, seals the recording, fsyncs and
@@ -285,11 +332,11 @@ func (w *Writer) send(ctx context.Context, p *Event) error {
 // more than once.
 func (w *Writer) Close() error {
 	w.mu.Lock()
-	if !w.closed {
-		w.closed = true
-		close(w.q)
-	}
+	w.qmu.Lock()
+	w.closed = true
+	w.qmu.Unlock()
 	w.mu.Unlock()
+	w.wake()
 	<-w.done
 	return w.closeErr
 }
@@ -311,25 +358,28 @@ func (w *Writer) run() {
 	// event would cost the proxied session more than the encoding.
 	flush := time.NewTicker(flushEvery)
 	defer flush.Stop()
-	dirty := false
+	var batch []*Event
 	for {
-		var err error
+		due := false // a sync
 		select {
-		case e, ok := <-w.q:
-			if !ok {
-				w.closeErr = w.finish()
-				return
-			}
-			err = w.handle(e)
-			dirty = true
+		case <-w.kick:
 		case <-flush.C:
-			if dirty {
-				err = w.bw.Flush()
-				dirty = false
-			}
 		case <-tick:
+			due = true
+		}
+		var closed bool
+		batch, closed = w.take(batch)
+		err := w.handleAll(batch, tick)
+		clear(batch)
+		switch {
+		case err != nil:
+		case closed:
+			w.closeErr = w.finish()
+			return
+		case due:
 			err = w.sync()
-			dirty = false
+		case len(batch) > 0:
+			err = w.bw.Flush()
 		}
 		if err != nil {
 			w.err = fmt.Errorf("record session %s: %w", w.session, err)
@@ -342,6 +392,26 @@ func (w *Writer) run() {
 			return
 		}
 	}
+}
+
+// handleAll writes a batch of queued events, stopping at the first
+// failure. A batch can be large (a queue of wire events), so a sync that
+// falls due on tick meanwhile is made between two events, as it would be
+// between two batches.
+func (w *Writer) handleAll(batch []*Event, tick <-chan time.Time) error {
+	for _, e := range batch {
+		if err := w.handle(e); err != nil {
+			return err
+		}
+		select {
+		case <-tick:
+			if err := w.sync(); err != nil {
+				return err
+			}
+		default:
+		}
+	}
+	return nil
 }
 
 // handle writes one queued event, or acknowledges a Flush marker.

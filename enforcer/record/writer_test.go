@@ -1,6 +1,7 @@
 package record
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -77,6 +78,30 @@ func TestBackpressure(t *testing.T) {
 		if e.Reason != strconv.Itoa(i) {
 			t.Errorf("event %d is %q", i, e.Reason)
 		}
+	}
+}
+
+// TestAppendReachesTheOS: events appended without Flush reach the sink
+// within flushEvery (batched, not at once), and in order.
+func TestAppendReachesTheOS(t *testing.T) {
+	s := &memSink{}
+	w := newMemWriter(t, s, testKeys(1), Options{FsyncEvery: -1})
+	defer w.Close()
+	start := time.Now()
+	for i := range 3 {
+		if err := w.Append(context.Background(), Event{Type: TypeNote, Reason: "note-" + strconv.Itoa(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for !bytes.Contains(s.bytes(), []byte("note-2")) {
+		if time.Since(start) > 10*flushEvery {
+			t.Fatalf("the events did not reach the sink within %v", 10*flushEvery)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b := s.bytes()
+	if i0, i1, i2 := bytes.Index(b, []byte("note-0")), bytes.Index(b, []byte("note-1")), bytes.Index(b, []byte("note-2")); i0 < 0 || i0 > i1 || i1 > i2 {
+		t.Errorf("events out of order or missing: %d %d %d", i0, i1, i2)
 	}
 }
 
