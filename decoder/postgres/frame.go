@@ -78,13 +78,28 @@ func (fr *frameReader) body(n int) ([]byte, error) {
 }
 
 // forward writes the current header and copies its n-byte body to w
-// without buffering it whole.
+// without buffering it whole: straight from the reader's buffer, in as
+// many pieces as the body arrives in. (io.CopyN would allocate a reader
+// per message and take the connection's ReadFrom path.)
 func (fr *frameReader) forward(w *bufio.Writer, n int) error {
 	if _, err := w.Write(fr.hdr[:]); err != nil {
 		return err
 	}
-	if _, err := io.CopyN(w, fr.r, int64(n)); err != nil {
-		return unexpected(err)
+	for n > 0 {
+		k := fr.r.Buffered()
+		if k == 0 {
+			// Wait for more of the body.
+			if _, err := fr.r.Peek(1); err != nil {
+				return unexpected(err)
+			}
+			k = fr.r.Buffered()
+		}
+		b, _ := fr.r.Peek(min(k, n))
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		fr.r.Discard(len(b))
+		n -= len(b)
 	}
 	return nil
 }
@@ -111,12 +126,17 @@ func unexpected(err error) error {
 	return err
 }
 
-// writeMsg writes a message of type typ with body b.
+// writeMsg writes a message of type typ with body b. The header is
+// built in w's own free space, so writing allocates nothing.
 func writeMsg(w *bufio.Writer, typ byte, b []byte) error {
-	var hdr [5]byte
-	hdr[0] = typ
-	binary.BigEndian.PutUint32(hdr[1:], uint32(len(b)+4))
-	if _, err := w.Write(hdr[:]); err != nil {
+	if w.Available() < 5 {
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	hdr := append(w.AvailableBuffer(), typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(hdr[len(hdr)-4:], uint32(len(b)+4))
+	if _, err := w.Write(hdr); err != nil {
 		return err
 	}
 	_, err := w.Write(b)

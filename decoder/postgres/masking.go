@@ -243,19 +243,24 @@ func (r *relay) maskRow(it *item, n int) error {
 		return r.serverErr(&ProtocolError{Msg: "short DataRow"})
 	}
 	ncol := int(binary.BigEndian.Uint16(b))
-	// The row is rebuilt in a buffer reused across rows: writeMsg copies
-	// it into the client's writer at once.
-	out := append(r.rowBuf[:0], b[:2]...)
+	// A row nothing in which is masked goes out as it came. Otherwise it
+	// is rebuilt, from the first changed value on, in a buffer reused
+	// across rows: writeMsg copies it into the client's writer at once.
+	var out []byte
+	rebuilt := false
 	rest := b[2:]
 	scratch := r.valBuf[:0]
 	for i := 0; i < ncol; i++ {
 		if len(rest) < 4 {
 			return r.serverErr(&ProtocolError{Msg: "malformed DataRow"})
 		}
+		field := len(b) - len(rest) // where this value's length starts in b
 		l := int(int32(binary.BigEndian.Uint32(rest)))
 		rest = rest[4:]
 		if l < 0 {
-			out = binary.BigEndian.AppendUint32(out, 0xffffffff)
+			if rebuilt {
+				out = binary.BigEndian.AppendUint32(out, 0xffffffff)
+			}
 			continue
 		}
 		if len(rest) < l {
@@ -272,6 +277,12 @@ func (r *relay) maskRow(it *item, n int) error {
 		}
 		if changed {
 			scratch = mv
+			if !rebuilt {
+				out, rebuilt = append(r.rowBuf[:0], b[:field]...), true
+			}
+		}
+		if !rebuilt {
+			continue
 		}
 		if null {
 			out = binary.BigEndian.AppendUint32(out, 0xffffffff)
@@ -280,7 +291,11 @@ func (r *relay) maskRow(it *item, n int) error {
 		out = binary.BigEndian.AppendUint32(out, uint32(len(mv)))
 		out = append(out, mv...)
 	}
-	r.rowBuf, r.valBuf = out, scratch
+	r.valBuf = scratch
+	if !rebuilt {
+		return writeMsg(r.cw, 'D', b)
+	}
+	r.rowBuf = out
 	return writeMsg(r.cw, 'D', out)
 }
 
