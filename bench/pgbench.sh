@@ -6,8 +6,8 @@
 # server), then runs pgbench -S for each protocol mode and client count,
 # direct and through Sluice at each record level in RECORDS (the ruleset is
 # hot-swapped between runs), interleaved for ROUNDS rounds, and prints the
-# median TPS of each, its min-max spread and the ratio to direct. Run as
-# root.
+# median TPS of each, its min-max spread, the ratio to direct and
+# sluiced's CPU time per transaction. Run as root.
 #
 #   sudo bench/pgbench.sh   # ROUNDS=3 SECONDS_EACH=10 CLIENTS="1 8" MODES="simple prepared" RECORDS="full"
 #   RECORDS="none full" ... # recording cost: the same ruleset recording nothing, then everything
@@ -114,19 +114,25 @@ HCL
 sluiced_pid=$!
 for _ in $(seq 100); do "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 && break; sleep 0.1; done
 
+hz=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$sluiced_pid/stat"; }
+# run_pgbench prints the TPS (MB/s for bulk) and, through Sluice, appends
+# sluiced's CPU ticks and the transactions to $work/cpu.
 run_pgbench() { # where mode clients
-  local where=$1 mode=$2 c=$3 out
+  local where=$1 mode=$2 c=$3 out before
   local args=(-S -M "$mode" -c "$c" -j "$c" -T "$SECONDS_EACH" -n -h 127.0.0.2 -p "$pg_port" -U postgres postgres)
   [ "$WORKLOAD" = bulk ] && args=(-f "$work/bulk.sql" -M "$mode" -c "$c" -j "$c" -T "$SECONDS_EACH" -n -h 127.0.0.2 -p "$pg_port" -U postgres postgres)
   if [ "$where" = sluice ]; then
+    before=$(cpu_ticks)
     out=$(PGSSLMODE=disable "$BIN/sluice" run --cgroup "$cgroup" -- pgbench "${args[@]}" 2>&1)
+    echo "$mode $c $(($(cpu_ticks) - before)) $(echo "$out" | awk '/number of transactions actually processed/ { print $NF }')" >> "$work/cpu"
   else
     out=$(PGSSLMODE=disable pgbench "${args[@]}" 2>&1)
   fi
   echo "$out" | awk -v rb="${row_bytes:-0}" -v bulk="$WORKLOAD" '/^tps = / { if (bulk == "bulk") printf "%.1f\n", $3 * rb / 1e6; else print $3; exit }'
 }
 
-declare -A results
+declare -A results cpu
 variants="direct"
 for rec in $RECORDS; do variants+=" sluice:$rec"; done
 for r in $(seq "$ROUNDS"); do
@@ -136,6 +142,7 @@ for r in $(seq "$ROUNDS"); do
         where=${v%%:*}
         [ "$where" = sluice ] && set_record "${v#*:}"
         tps=$(run_pgbench "$where" "$mode" "$c")
+        [ "$where" = sluice ] && cpu["$mode $c $v"]+="$(tail -1 "$work/cpu" | cut -d' ' -f3-4) "
         results["$mode $c $v"]+="$tps "
         echo "round $r: -M $mode -c $c $v: $tps tps" >&2
       done
@@ -152,8 +159,8 @@ if [ "$WORKLOAD" = bulk ]; then
 else
   echo "pgbench -S, ${SECONDS_EACH}s each, $ROUNDS interleaved rounds, median (min-max) TPS; Sluice with the default ruleset (${PROTOCOL:-postgres})"
 fi
-printf '| %-9s | %-7s | %-14s | %-22s | %-22s | %-6s |\n' mode clients variant direct sluice ratio
-printf '|%s|%s|%s|%s|%s|%s|\n' ----------- --------- ---------------- ------------------------ ------------------------ --------
+printf '| %-9s | %-7s | %-14s | %-22s | %-22s | %-6s | %-12s |\n' mode clients variant direct sluice ratio "proxy CPU/tx"
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' ----------- --------- ---------------- ------------------------ ------------------------ -------- --------------
 for mode in $MODES; do
   for c in $CLIENTS; do
     read -r dm dmin dmax <<<"$(stats "${results["$mode $c direct"]}")"
@@ -161,7 +168,9 @@ for mode in $MODES; do
       [ "$v" = direct ] && continue
       read -r sm smin smax <<<"$(stats "${results["$mode $c $v"]}")"
       ratio=$(awk -v a="$sm" -v b="$dm" 'BEGIN { printf "%.2f", a / b }')
-      printf '| %-9s | %-7s | %-14s | %-22s | %-22s | %-6s |\n' "$mode" "$c" "${v#*:}" "$dm ($dmin-$dmax)" "$sm ($smin-$smax)" "$ratio"
+      # shellcheck disable=SC2086
+      cpt=$(printf '%s %s\n' ${cpu["$mode $c $v"]} | awk -v hz="$hz" '{ t += $1; n += $2 } END { if (n > 0) printf "%.1f us", t / hz * 1e6 / n; else print "-" }')
+      printf '| %-9s | %-7s | %-14s | %-22s | %-22s | %-6s | %-12s |\n' "$mode" "$c" "${v#*:}" "$dm ($dmin-$dmax)" "$sm ($smin-$smax)" "$ratio" "$cpt"
     done
   done
 done
