@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -86,3 +88,14 @@ type origConn struct {
 }
 
 func (c origConn) LocalAddr() net.Addr { return c.local }
+
+// SyscallConn exposes the socket underneath, so the PostgreSQL decoder can
+// do its own reads and writes on it (the bytes are the socket's either
+// way).
+func (c origConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("get raw connection: not a socket")
+	}
+	return sc.SyscallConn()
+}

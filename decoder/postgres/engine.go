@@ -95,7 +95,7 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	if p.Log == nil {
 		p.Log = hclog.NewNullLogger()
 	}
-	s := &session{p: p, client: countConn{Conn: p.Client}}
+	s := &session{p: p, client: countConn{Conn: fastConn(p.Client)}}
 	defer s.close()
 	err := s.run(ctx)
 	st := Stats{
@@ -365,6 +365,7 @@ func (s *session) connectUpstreamPlain(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	up = fastConn(up)
 	s.up = up
 	s.upstreamTLS = false
 	return nil
@@ -380,6 +381,7 @@ func (s *session) connectUpstream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	up = fastConn(up)
 	s.up = up
 	u := s.p.Upstream
 	if !u.Attempt {
