@@ -174,8 +174,14 @@ func newWriter(f sink, path, sessionID string, keys *Keys, opts Options, start t
 }
 
 // Queued returns how many events wait for the writer goroutine: the
-// recording queue's depth (Append blocks once it is full).
-func (w *Writer) Queued() int { return len(w.q) }
+// recording queue's depth (Append blocks once it is full). The writer
+// takes the queue in batches, so up to about 50 ms of a session's events
+// wait there normally.
+func (w *Writer) Queued() int {
+	w.qmu.Lock()
+	defer w.qmu.Unlock()
+	return len(w.pending)
+}
 
 // Written returns how many bytes of frames the writer has written
 // (buffered or on disk), header excluded. Safe to call at any time.
