@@ -54,10 +54,11 @@
 //
 // Columns of types that cannot hold such text in text format (booleans,
 // int2 and int4, floats, dates and times, UUIDs, oids) are not scanned
-// when Column.Type says so. Other values are profiled in one pass first
-// (counts of digits and letters, digit runs, a few landmark bytes), and a
-// built-in detector whose necessary conditions the profile rules out is
-// not run: that changes what runs, never what is found.
+// when Column.Type says so. Other values of up to 512 bytes are profiled
+// in one pass first (counts of digits and letters, digit runs, a few
+// landmark bytes), and a built-in detector whose necessary conditions the
+// profile rules out is not run: that changes what runs, never what is
+// found.
 //
 // # Monitor mode
 //
@@ -239,19 +240,25 @@ func globFold(pattern, s string) bool {
 	return pattern == "" || ruleset.MatchGlob(pattern, strings.ToLower(s))
 }
 
+// maxProfiled is the longest value scan profiles: a long text (a message,
+// a document) almost always meets most detectors' needs, so profiling it
+// costs a pass and saves little.
+const maxProfiled = 512
+
 // scan returns, in out's storage, the merged, sorted spans every
-// detector finds in b. One pass over b first rules out the built-in
-// detectors that cannot find anything in it (see need), which is most of
-// them for most values.
+// detector finds in b. For a value of up to maxProfiled bytes, one pass
+// over it first rules out the built-in detectors that cannot find
+// anything in it (see need), which is most of them for most values.
 func (m *Masker) scan(b []byte, out []span) []span {
 	out = out[:0]
 	var p profile
-	if m.profile {
+	gated := m.profile && len(b) <= maxProfiled
+	if gated {
 		p = profileOf(b)
 	}
 	for i := range m.dets {
 		d := &m.dets[i]
-		if d.need != nil && !d.need.met(&p) {
+		if gated && d.need != nil && !d.need.met(&p) {
 			continue
 		}
 		out = d.find(b, i, out)
