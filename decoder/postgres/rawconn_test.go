@@ -1,0 +1,109 @@
+package postgres
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = <-acc
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// TestRawConn: raw-syscall I/O moves more than a socket buffer's worth
+// both ways intact, reports the peer's close as io.EOF, honours read
+// deadlines and is unblocked by Close, as net.Conn is.
+func TestRawConn(t *testing.T) {
+	a, b := tcpPair(t)
+	ra, rb := fastConn(a), fastConn(b)
+	if _, ok := ra.(*rawConn); !ok {
+		t.Fatalf("fastConn(%T) = %T, want *rawConn", a, ra)
+	}
+
+	// 8 MiB each way at once: writes must wait for room, reads for data.
+	want := bytes.Repeat([]byte("0123456789abcdef"), 512<<10)
+	errc := make(chan error, 2)
+	for _, c := range []net.Conn{ra, rb} {
+		go func() {
+			n, err := c.Write(want)
+			if err == nil && n != len(want) {
+				err = io.ErrShortWrite
+			}
+			errc <- err
+		}()
+	}
+	for _, c := range []net.Conn{ra, rb} {
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatal("bytes changed in transit")
+		}
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A read deadline ends a read that has nothing to read.
+	rb.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if _, err := rb.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v, want deadline exceeded", err)
+	}
+	rb.SetReadDeadline(time.Time{})
+
+	// Close unblocks a waiting read with net.ErrClosed.
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := rb.Read(make([]byte, 1))
+		readErr <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	rb.Close()
+	if err := <-readErr; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read on a closed conn: %v, want net.ErrClosed", err)
+	}
+
+	// The peer's close is io.EOF.
+	if _, err := ra.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read after the peer closed: %v, want io.EOF", err)
+	}
+}
+
+// TestFastConnKeepsOthers: a conn that does not expose its socket is
+// returned unchanged.
+func TestFastConnKeepsOthers(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if c := fastConn(a); c != a {
+		t.Errorf("fastConn(net.Pipe) = %T, want the pipe itself", c)
+	}
+}
