@@ -444,11 +444,10 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 		}
 		switch typ {
 		case 'R':
-			b, err := sr.body(n)
-			if err != nil || len(b) < 4 {
-				return 0, s.upstreamErr(cw, fmt.Errorf("short authentication request: %v", err))
+			b, code, err := s.authRequest(sr, cw, n)
+			if err != nil {
+				return 0, err
 			}
-			code := binary.BigEndian.Uint32(b)
 			if code == authSASL {
 				if s.clientTLS && s.upstreamTLS && answers == 0 {
 					// The client, on TLS with us, will announce that it
@@ -533,6 +532,16 @@ func (s *session) passStartup(typ byte, n int, cw *bufio.Writer, sr *frameReader
 	default:
 		return 0, false, sr.forward(cw, n)
 	}
+}
+
+// authRequest reads the body of an Authentication message from the server
+// and its request code; a short one ends the session.
+func (s *session) authRequest(sr *frameReader, cw *bufio.Writer, n int) ([]byte, uint32, error) {
+	b, err := sr.body(n)
+	if err != nil || len(b) < 4 {
+		return nil, 0, s.upstreamErr(cw, fmt.Errorf("short authentication request: %v", err))
+	}
+	return b, binary.BigEndian.Uint32(b), nil
 }
 
 // errRetryPlain asks run to redo the server hop without TLS.

@@ -96,14 +96,13 @@ func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cw *bufio.W
 		}
 		switch typ {
 		case 'R':
-			b, err := sr.body(n)
-			if err != nil || len(b) < 4 {
-				return 0, s.upstreamErr(cw, fmt.Errorf("short authentication request: %v", err))
+			b, code, err := s.authRequest(sr, cw, n)
+			if err != nil {
+				return 0, err
 			}
 			if rounds++; rounds > maxAuthRoundTrips {
 				return 0, s.upstreamErr(cw, errors.New("too many authentication round trips"))
 			}
-			code := binary.BigEndian.Uint32(b)
 			var answer []byte
 			switch code {
 			case authOK:
