@@ -16,6 +16,13 @@
 # tables show medians, min-max and the ratio to direct. Run as root.
 #
 #   sudo make bench        # ROUNDS=3 SECONDS_EACH=4 IDLE=1000
+#   ONLY="S-simple-8 C" MODES="direct pgbouncer opaque" bench/suite.sh
+#                          # a subset: workload keys (S-<mode>-<clients>, C,
+#                          # people, wide; IDLE=0 skips the idle sessions) and modes
+#   PERF=/tmp/prof ...     # also record a perf profile of the proxy in each
+#                          # proxied run: /tmp/prof/<workload>-<mode>-<round>.data
+#   PERF_STAT=1 ...        # print the proxy's context switches, CPU migrations
+#                          # and system calls per transaction after each proxied run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench: run as root" >&2; exit 1; }
@@ -147,20 +154,36 @@ run() {
     opaque) host=127.0.0.3; wrap=("$BIN/sluice" run --cgroup "$cgroup" --); pid=$sluiced_pid ;;
     commands|masks|full) wrap=("$BIN/sluice" run --cgroup "$cgroup" --); pid=$sluiced_pid ;;
   esac
-  local before=0 after=0 out
+  local before=0 after=0 out perf_pid=""
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  if [ -n "${PERF:-}" ] && [ -n "$pid" ]; then
+    perf record -q -F 4999 -g -p "$pid" -o "$PERF/$perf_name.data" -- sleep "$SECONDS_EACH" >/dev/null 2>&1 &
+    perf_pid=$!
+  elif [ -n "${PERF_STAT:-}" ] && [ -n "$pid" ]; then
+    perf stat -x, -e context-switches,cpu-migrations,raw_syscalls:sys_enter -p "$pid" -o "$work/perf.stat" -- sleep "$SECONDS_EACH" &
+    perf_pid=$!
+  fi
   out=$(PGSSLMODE=disable "${wrap[@]}" pgbench -n -h "$host" -p "$port" -U postgres -T "$SECONDS_EACH" "$@" postgres 2>&1)
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid"
+    [ -n "${PERF_STAT:-}" ] && awk -F, -v n="$(echo "$out" | awk '/actually processed/ { print $NF }')" -v what="$perf_name" \
+      '$3 != "" { s = s sprintf(" %s %.2f", $3, $1 / n) } END { print what " per transaction:" s }' "$work/perf.stat" >&2
+  fi
   echo "$out" | awk -v t=$((after - before)) '/^tps = / { tps = $3 } /number of transactions actually processed/ { n = $NF } END { printf "%s %s %s\n", tps, n, t }'
 }
 
 stats() { printf '%s\n' $1 | sort -g | awk '{ v[NR] = $1 } END { printf "%.0f %.0f %.0f", v[int((NR + 1) / 2)], v[1], v[NR] }'; }
 declare -A R CPU N
-bench_workload() { # key label modes pgbench-args...
+wanted() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+bench_workload() { # key modes pgbench-args...
   local key=$1 modes=$2; shift 2
+  wanted "$key" || return 0
   for r in $(seq "$ROUNDS"); do
     for m in $modes; do
+      [ -n "${MODES:-}" ] && [[ " $MODES " != *" $m "* ]] && [ "$m" != direct ] && continue
       use_rules "$m"
+      perf_name="$key-$m-$r"
       read -r tps n ticks <<<"$(run "$m" "$@")"
       R["$key $m"]+="$tps "; N["$key $m"]+="$n "; CPU["$key $m"]+="$ticks "
       echo "round $r $key $m: $tps" >&2
@@ -169,12 +192,14 @@ bench_workload() { # key label modes pgbench-args...
 }
 table() { # key title unit modes [scale]
   local key=$1 title=$2 unit=$3 modes=$4 scale=${5:-1}
+  wanted "$key" || return 0
   read -r dm _ _ <<<"$(stats "${R["$key direct"]}")"
   echo
   echo "$title"
   printf '| %-10s | %-24s | %-8s | %-14s |\n' mode "$unit median (min-max)" "/direct" "proxy CPU/tx"
   printf '|%s|%s|%s|%s|\n' ------------ -------------------------- ---------- ----------------
   for m in $modes; do
+    [ -n "${R["$key $m"]:-}" ] || continue
     read -r md mmin mmax <<<"$(stats "${R["$key $m"]}")"
     local cpu="-"
     if [ "$m" != direct ] && [ "$m" != opaque_unused ]; then
@@ -198,15 +223,17 @@ bench_workload "C" "direct pgbouncer opaque commands" -S -C -M simple -c 1
 bench_workload "people" "direct commands masks" -f "$work/people.sql" -M prepared -c 1
 bench_workload "wide" "direct pgbouncer commands masks" -f "$work/wide.sql" -M prepared -c 1
 
-# Idle sessions: IDLE connections held open through Sluice; daemon RSS.
-use_rules commands
-rss_before=$(awk '/VmRSS/ { print $2 }' "/proc/$sluiced_pid/status")
-coproc IDLER { "$BIN/sluice" run --cgroup "$cgroup" -- "$BIN/pgxclient" "postgres://postgres@127.0.0.2:$pg_port/postgres?sslmode=disable" idle "$IDLE"; }
-read -r ready n_open <&"${IDLER[0]}" || true
-sleep 1
-rss_idle=$(awk '/VmRSS/ { print $2 }' "/proc/$sluiced_pid/status")
-eval "exec ${IDLER[1]}>&-"
-wait "$IDLER_PID" 2>/dev/null || true
+if [ "$IDLE" -gt 0 ]; then
+  # Idle sessions: IDLE connections held open through Sluice; daemon RSS.
+  use_rules commands
+  rss_before=$(awk '/VmRSS/ { print $2 }' "/proc/$sluiced_pid/status")
+  coproc IDLER { "$BIN/sluice" run --cgroup "$cgroup" -- "$BIN/pgxclient" "postgres://postgres@127.0.0.2:$pg_port/postgres?sslmode=disable" idle "$IDLE"; }
+  read -r ready n_open <&"${IDLER[0]}" || true
+  sleep 1
+  rss_idle=$(awk '/VmRSS/ { print $2 }' "/proc/$sluiced_pid/status")
+  eval "exec ${IDLER[1]}>&-"
+  wait "$IDLER_PID" 2>/dev/null || true
+fi
 
 echo
 echo "## Sluice benchmark ($(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(uname -r); ${ROUNDS} interleaved rounds of ${SECONDS_EACH}s; $(date -u +%F))"
@@ -219,10 +246,11 @@ table C "pgbench -S -C (a new connection per transaction: interception, origin l
 table people "100-row result, people.email masked in 'masks'" TPS "direct commands masks"
 table wide "bulk read: SELECT * FROM wide (20,000 rows), MB/s of values" "MB/s" "direct pgbouncer commands masks" "$(awk -v b="$wide_bytes" 'BEGIN { print b / 1e6 }')"
 for c in 1; do
+  [ -n "${R["S-simple-$c commands"]:-}" ] || continue
   read -r dm _ _ <<<"$(stats "${R["S-simple-$c direct"]}")"
   read -r sm _ _ <<<"$(stats "${R["S-simple-$c commands"]}")"
   echo
   echo "Added latency per statement at -c 1 (simple): $(awk -v d="$dm" -v s="$sm" 'BEGIN { printf "%.0f us", (1e6 / s - 1e6 / d) }') over direct"
 done
-echo "Idle sessions: ${n_open:-0} held open through Sluice; sluiced RSS $((rss_before / 1024)) MiB before, $((rss_idle / 1024)) MiB with them open"
+[ "$IDLE" -gt 0 ] && echo "Idle sessions: ${n_open:-0} held open through Sluice; sluiced RSS $((rss_before / 1024)) MiB before, $((rss_idle / 1024)) MiB with them open"
 echo "Suite time: $(( $(date +%s) - start ))s"

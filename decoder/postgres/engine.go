@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/sluicehq/sluice/decoder/internal/rawio"
 	"github.com/sluicehq/sluice/decoder/tcp"
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/mask"
@@ -95,7 +96,7 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	if p.Log == nil {
 		p.Log = hclog.NewNullLogger()
 	}
-	s := &session{p: p, client: countConn{Conn: fastConn(p.Client)}}
+	s := &session{p: p, client: countConn{Conn: rawio.Wrap(p.Client)}}
 	defer s.close()
 	err := s.run(ctx)
 	st := Stats{
@@ -365,7 +366,7 @@ func (s *session) connectUpstreamPlain(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	up = fastConn(up)
+	up = rawio.Wrap(up)
 	s.up = up
 	s.upstreamTLS = false
 	return nil
@@ -381,7 +382,7 @@ func (s *session) connectUpstream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	up = fastConn(up)
+	up = rawio.Wrap(up)
 	s.up = up
 	u := s.p.Upstream
 	if !u.Attempt {

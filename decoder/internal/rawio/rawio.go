@@ -1,4 +1,8 @@
-package postgres
+// Package rawio gives the decoders socket I/O without the runtime's
+// syscall bookkeeping: the proxy's per-statement cost is mostly system
+// calls, and on an idle proxy the bookkeeping around each one costs more
+// than the call itself.
+package rawio
 
 import (
 	"io"
@@ -8,7 +12,7 @@ import (
 	"unsafe"
 )
 
-// rawConn is a socket connection whose Read and Write make the read and
+// Conn is a socket connection whose Read and Write make the read and
 // write system calls without the runtime's syscall bookkeeping
 // (entersyscall/exitsyscall). The sockets are non-blocking, so neither
 // call can block the thread: when the socket has no data (or no room) the
@@ -18,15 +22,19 @@ import (
 // monitor thread park, and every bookkept system call then wakes it (a
 // futex wake and a thread switch per call), which at one client was
 // about a third of the proxy's CPU per statement.
-type rawConn struct {
+type Conn struct {
 	net.Conn // for everything but Read and Write
 	rc       syscall.RawConn
 }
 
-// fastConn returns c with raw-syscall I/O when it exposes its socket
+// Wrap returns c with raw-syscall I/O when it exposes its socket
 // (syscall.Conn: a *net.TCPConn, or a wrapper that passes its bytes
-// through unchanged), or c itself.
-func fastConn(c net.Conn) net.Conn {
+// through unchanged), or c itself: a TLS connection, a pipe, or a *Conn
+// already.
+func Wrap(c net.Conn) net.Conn {
+	if _, ok := c.(*Conn); ok {
+		return c
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return c
@@ -35,12 +43,12 @@ func fastConn(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &rawConn{Conn: c, rc: rc}
+	return &Conn{Conn: c, rc: rc}
 }
 
 // Read reads what the socket holds, waiting in the poller when it holds
 // nothing. It returns io.EOF at the peer's end of stream.
-func (c *rawConn) Read(b []byte) (int, error) {
+func (c *Conn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
@@ -75,7 +83,7 @@ func (c *rawConn) Read(b []byte) (int, error) {
 
 // Write writes all of b, waiting in the poller whenever the socket's
 // buffer is full.
-func (c *rawConn) Write(b []byte) (int, error) {
+func (c *Conn) Write(b []byte) (int, error) {
 	var n int
 	var serr syscall.Errno
 	err := c.rc.Write(func(fd uintptr) bool {
@@ -101,4 +109,13 @@ func (c *rawConn) Write(b []byte) (int, error) {
 		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", serr)}
 	}
 	return n, nil
+}
+
+// CloseWrite shuts down the sending side of the socket (a half-close),
+// as *net.TCPConn's does.
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }

@@ -1,4 +1,4 @@
-package postgres
+package rawio
 
 import (
 	"bytes"
@@ -40,9 +40,12 @@ func tcpPair(t *testing.T) (a, b net.Conn) {
 // deadlines and is unblocked by Close, as net.Conn is.
 func TestRawConn(t *testing.T) {
 	a, b := tcpPair(t)
-	ra, rb := fastConn(a), fastConn(b)
-	if _, ok := ra.(*rawConn); !ok {
-		t.Fatalf("fastConn(%T) = %T, want *rawConn", a, ra)
+	ra, rb := Wrap(a), Wrap(b)
+	if _, ok := ra.(*Conn); !ok {
+		t.Fatalf("Wrap(%T) = %T, want *Conn", a, ra)
+	}
+	if again := Wrap(ra); again != ra {
+		t.Fatalf("Wrap(*Conn) wrapped it again: %T", again)
 	}
 
 	// 8 MiB each way at once: writes must wait for room, reads for data.
@@ -97,13 +100,13 @@ func TestRawConn(t *testing.T) {
 	}
 }
 
-// TestFastConnKeepsOthers: a conn that does not expose its socket is
+// TestWrapKeepsOthers: a conn that does not expose its socket is
 // returned unchanged.
-func TestFastConnKeepsOthers(t *testing.T) {
+func TestWrapKeepsOthers(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	if c := fastConn(a); c != a {
-		t.Errorf("fastConn(net.Pipe) = %T, want the pipe itself", c)
+	if c := Wrap(a); c != a {
+		t.Errorf("Wrap(net.Pipe) = %T, want the pipe itself", c)
 	}
 }
