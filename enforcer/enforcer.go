@@ -29,6 +29,16 @@ type Command struct {
 	// could not be classified (the decision is then a deny).
 	Statement   ruleset.Statement
 	ClassifyErr error
+
+	// result is DecideResult's last allow or mask verdict on this command
+	// and the counts it holds for (ruleset.Match.ResultSpan), so that a
+	// prepared statement run again is not decided again at every first
+	// row.
+	result struct {
+		ok                                   bool
+		verdict                              Verdict
+		rowsFrom, rowsTo, bytesFrom, bytesTo int64
+	}
 }
 
 // Verdict is what the decoder must do with a command.
@@ -246,12 +256,25 @@ func (s *Session) Decide(c *Command) Verdict {
 // with the rows and bytes seen so far. It is called at the first row of
 // such a result and again whenever NextResultCheck says the verdict may
 // have changed (for some rules on every row), so only a verdict that
-// stops the result (hold or deny) is logged and recorded.
+// stops the result (hold or deny) is logged and recorded. An allow or
+// mask verdict is kept on the command for the counts over which the
+// ruleset says it cannot change, and given again without evaluating the
+// rules when a later execution of the command asks within them. Calls for
+// one command must not be concurrent (a decoder makes them from the loop
+// that reads the command's results).
 func (s *Session) DecideResult(c *Command, rows, bytes int64) Verdict {
+	if r := &c.result; r.ok && rows >= r.rowsFrom && rows < r.rowsTo && bytes >= r.bytesFrom && bytes < r.bytesTo {
+		return r.verdict
+	}
 	d := s.match.Decide(&c.Statement, ruleset.Result{Known: true, Rows: rows, Bytes: bytes})
 	if a := d.Enforced(); a != ruleset.Hold && a != ruleset.Deny {
-		return Verdict{Action: a, Decision: d}
+		v := Verdict{Action: a, Decision: d}
+		r := &c.result
+		r.rowsFrom, r.rowsTo, r.bytesFrom, r.bytesTo = s.match.ResultSpan(rows, bytes)
+		r.verdict, r.ok = v, true
+		return v
 	}
+	c.result.ok = false
 	return s.verdict(c, d)
 }
 

@@ -152,6 +152,9 @@ func compile(bodies []*hclsyntax.Body) (*Ruleset, hcl.Diagnostics) {
 	}
 	c.checkCredentialPolicies()
 	c.typeCheck()
+	for _, r := range rs.rules {
+		r.reason = reasonFor(r) // once, not on every decision
+	}
 	for _, b := range tests {
 		c.test(b)
 	}

@@ -325,7 +325,7 @@ func (m *Match) decide(st *Statement, res Result, tr *[]Step) Decision {
 	}
 	if len(m.policies) == 0 {
 		d.Action, d.Rule, d.Record = rs.def.Action, rs.def, rs.defRec
-		d.Reason = reasonFor(rs.def)
+		d.Reason = rs.def.reasonText()
 		if tr != nil {
 			*tr = append(*tr, Step{ID: rs.def.ID, Range: rs.def.Range, Outcome: "no policy matches the flow", Fired: true})
 		}
@@ -458,7 +458,7 @@ func (m *Match) decide(st *Statement, res Result, tr *[]Step) Decision {
 			d.Record = max(d.Record, r.Record)
 		}
 	}
-	d.Reason = reasonFor(d.Rule)
+	d.Reason = d.Rule.reasonText()
 	d.AwaitResult = pending && d.Action != Deny
 	return d
 }
@@ -477,6 +477,15 @@ func failClosed(d Decision, r *Rule, err error, rec RecordLevel) Decision {
 	d.Action, d.Rule, d.Err, d.Record = Deny, r, err, max(rec, RecordMetadata)
 	d.Reason = "rule evaluation failed, so the statement is denied: " + err.Error()
 	return d
+}
+
+// reasonText is the rule's reason: its own, or one made from its action
+// and ID.
+func (r *Rule) reasonText() string {
+	if r.reason != "" {
+		return r.reason
+	}
+	return reasonFor(r)
 }
 
 func reasonFor(r *Rule) string {

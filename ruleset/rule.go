@@ -115,6 +115,8 @@ type Rule struct {
 	AfterResult bool
 
 	when *expr // nil: always fires
+	// reason is Reason or the generated one, made at compile time.
+	reason string
 }
 
 // String returns the ID and where the rule is defined, as "ID (file:line)".

@@ -225,3 +225,46 @@ func (m *Match) NextResultCheck(rows, bytes int64) (nextRows, nextBytes int64) {
 	}
 	return nextRows, nextBytes
 }
+
+// prevPoint is the last change point at or below n, or math.MinInt64.
+func prevPoint(pts []int64, n int64) int64 {
+	i, found := slices.BinarySearch(pts, n)
+	if found {
+		return pts[i]
+	}
+	if i > 0 {
+		return pts[i-1]
+	}
+	return math.MinInt64
+}
+
+// ResultSpan says over which counts a decision that awaited its result,
+// made with rows and bytes, stays the same: for every count r in
+// [rowsFrom, rowsTo) and b in [bytesFrom, bytesTo) the flow and the
+// statement get the same decision. A decoder can keep a statement's
+// result decision across executions (a prepared statement run again)
+// while the counts stay inside the span. When a rule uses result.* other
+// than by comparing result.rows or result.bytes with a constant, the span
+// is the single point (rows, bytes).
+func (m *Match) ResultSpan(rows, bytes int64) (rowsFrom, rowsTo, bytesFrom, bytesTo int64) {
+	rowsFrom, bytesFrom = math.MinInt64, math.MinInt64
+	rowsTo, bytesTo = math.MaxInt64, math.MaxInt64
+	for _, p := range m.policies {
+		for _, rules := range [...][]*Rule{p.deny, p.hold, p.allow, p.mask} {
+			for _, r := range rules {
+				if r.when == nil || r.when.stage != stageResult {
+					continue
+				}
+				pts := &r.when.result
+				if pts.perRow {
+					return rows, rows + 1, bytes, bytes + 1
+				}
+				rowsFrom = max(rowsFrom, prevPoint(pts.rows, rows))
+				rowsTo = min(rowsTo, nextPoint(pts.rows, rows))
+				bytesFrom = max(bytesFrom, prevPoint(pts.bytes, bytes))
+				bytesTo = min(bytesTo, nextPoint(pts.bytes, bytes))
+			}
+		}
+	}
+	return rowsFrom, rowsTo, bytesFrom, bytesTo
+}

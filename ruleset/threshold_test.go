@@ -134,6 +134,36 @@ func TestNextResultCheckExact(t *testing.T) {
 	}
 	st := &Statement{Kind: "select", Tables: []string{"users"}}
 	for _, c := range cases {
+		t.Run(c.name+"/span", func(t *testing.T) {
+			// A decision kept over the span ResultSpan gives must be the
+			// decision at every count inside it.
+			rs := thresholdRules(t, c.blocks)
+			m := rs.Match(thresholdFlow)
+			rng := rand.New(rand.NewPCG(3, 4))
+			for range 2000 {
+				rows, bytes := 1+rng.Int64N(2500), rng.Int64N(200000)
+				kept := m.Decide(st, Result{Known: true, Rows: rows, Bytes: bytes})
+				rf, rt, bf, bt := m.ResultSpan(rows, bytes)
+				if rows < rf || rows >= rt || bytes < bf || bytes >= bt {
+					t.Fatalf("ResultSpan(%d, %d) = [%d, %d) x [%d, %d): the anchor is outside", rows, bytes, rf, rt, bf, bt)
+				}
+				if !c.bounded && (rt-rf != 1 || bt-bf != 1) {
+					t.Fatalf("ResultSpan(%d, %d) = [%d, %d) x [%d, %d); want the single point", rows, bytes, rf, rt, bf, bt)
+				}
+				for range 20 {
+					r := max(rf, 1) + rng.Int64N(min(rt, 3000)-max(rf, 1)+1)
+					b := max(bf, 0) + rng.Int64N(min(bt, 300000)-max(bf, 0)+1)
+					if r >= rt || b >= bt {
+						continue
+					}
+					got := m.Decide(st, Result{Known: true, Rows: r, Bytes: b})
+					if got.Action != kept.Action || got.Rule.ID != kept.Rule.ID || len(got.Masks) != len(kept.Masks) {
+						t.Fatalf("decided at (%d, %d): %s by %s; at (%d, %d) inside its span: %s by %s",
+							rows, bytes, kept.Action, kept.Rule.ID, r, b, got.Action, got.Rule.ID)
+					}
+				}
+			}
+		})
 		t.Run(c.name, func(t *testing.T) {
 			rs := thresholdRules(t, c.blocks)
 			m := rs.Match(thresholdFlow)

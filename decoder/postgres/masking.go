@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -190,6 +191,10 @@ func (r *relay) planFor(it *item) (*mask.Plan, error) {
 		return nil, errUnresolved
 	}
 	it.cols = cols
+	if c := it.c; c.plan != nil && slices.Equal(c.planCols, cols) {
+		it.plan = c.plan.Fresh()
+		return it.plan, nil
+	}
 	mc := make([]mask.Column, len(cols))
 	for i, c := range cols {
 		mc[i] = mask.Column{Name: c.name, Type: c.typ}
@@ -208,6 +213,7 @@ func (r *relay) planFor(it *item) (*mask.Plan, error) {
 	}
 	it.plan = it.c.masker.Plan(mc)
 	it.plan.DryRun = it.c.verdict.Decision.Monitor
+	it.c.plan, it.c.planCols = it.plan, cols
 	return it.plan, nil
 }
 

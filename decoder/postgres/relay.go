@@ -64,6 +64,12 @@ type command struct {
 	verdict enforcer.Verdict
 	// masker is set when the verdict's mask rules apply to the results.
 	masker *mask.Masker
+	// plan is the masking plan of the command's last result and planCols
+	// the columns it was made for: a prepared statement run again with
+	// the same columns reuses it (Plan.Fresh). Only the server loop uses
+	// them.
+	plan     *mask.Plan
+	planCols []colDesc
 }
 
 // portal is a bound portal: its statement and result formats.

@@ -113,6 +113,13 @@ func (m *Masker) Plan(cols []Column) *Plan {
 	return p
 }
 
+// Fresh returns a plan for another result with the same columns: the
+// column decisions are shared (they never change once made), the counts
+// start at zero.
+func (p *Plan) Fresh() *Plan {
+	return &Plan{DryRun: p.DryRun, m: p.m, cols: p.cols, decode: p.decode, counts: make([]int64, len(p.counts))}
+}
+
 // NeedsDecode reports whether any column needs masking or scanning.
 // When false, the result's rows can be relayed without decoding their
 // values.

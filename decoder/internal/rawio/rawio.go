@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -25,6 +26,17 @@ import (
 type Conn struct {
 	net.Conn // for everything but Read and Write
 	rc       syscall.RawConn
+
+	// The state of the Read and the Write in progress, so that the
+	// functions handed to the poller are made once instead of allocated
+	// on every call. rmu and wmu keep concurrent Reads (Writes) in turn,
+	// as net.Conn's own do.
+	rmu, wmu   sync.Mutex
+	rb, wb     []byte
+	rn, wn     int
+	rerr, werr syscall.Errno
+	readFn     func(fd uintptr) bool
+	writeFn    func(fd uintptr) bool
 }
 
 // Wrap returns c with raw-syscall I/O when it exposes its socket
@@ -43,7 +55,28 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &Conn{Conn: c, rc: rc}
+	rw := &Conn{Conn: c, rc: rc}
+	rw.readFn, rw.writeFn = rw.read, rw.write
+	return rw
+}
+
+// read is one attempt of Read's system call; false means wait until the
+// socket is readable.
+func (c *Conn) read(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rb[0])), uintptr(len(c.rb)))
+		switch e {
+		case 0:
+			c.rn = int(r)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		c.rerr = e
+		return true
+	}
 }
 
 // Read reads what the socket holds, waiting in the poller when it holds
@@ -52,24 +85,12 @@ func (c *Conn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	var n int
-	var serr syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			switch e {
-			case 0:
-				n = int(r)
-				return true
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait until readable
-			}
-			serr = e
-			return true
-		}
-	})
+	c.rmu.Lock()
+	c.rb, c.rn, c.rerr = b, 0, 0
+	err := c.rc.Read(c.readFn)
+	n, serr := c.rn, c.rerr
+	c.rb = nil
+	c.rmu.Unlock()
 	switch {
 	case err != nil:
 		return 0, err
@@ -81,27 +102,37 @@ func (c *Conn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+// write is one attempt to write the rest of Write's bytes; false means
+// wait until the socket is writable.
+func (c *Conn) write(fd uintptr) bool {
+	for c.wn < len(c.wb) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&c.wb[c.wn])), uintptr(len(c.wb)-c.wn))
+		switch e {
+		case 0:
+			c.wn += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	return true
+}
+
 // Write writes all of b, waiting in the poller whenever the socket's
 // buffer is full.
 func (c *Conn) Write(b []byte) (int, error) {
-	var n int
-	var serr syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false // wait until writable
-			default:
-				serr = e
-				return true
-			}
-		}
-		return true
-	})
+	if len(b) == 0 {
+		return 0, nil
+	}
+	c.wmu.Lock()
+	c.wb, c.wn, c.werr = b, 0, 0
+	err := c.rc.Write(c.writeFn)
+	n, serr := c.wn, c.werr
+	c.wb = nil
+	c.wmu.Unlock()
 	switch {
 	case err != nil:
 		return n, err

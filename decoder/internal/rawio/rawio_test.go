@@ -110,3 +110,56 @@ func TestWrapKeepsOthers(t *testing.T) {
 		t.Errorf("Wrap(net.Pipe) = %T, want the pipe itself", c)
 	}
 }
+
+// TestNoAllocs: a read and a write allocate nothing.
+func TestNoAllocs(t *testing.T) {
+	a, b := tcpPair(t)
+	ra, rb := Wrap(a), Wrap(b)
+	msg, got := []byte("ping"), make([]byte, 64)
+	allocs := testing.AllocsPerRun(200, func() {
+		if _, err := ra.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(rb, got[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("a write and a read allocate %.1f times, want 0", allocs)
+	}
+}
+
+// TestConcurrentWrites: writes from several goroutines at once each
+// arrive whole, as on a net.Conn.
+func TestConcurrentWrites(t *testing.T) {
+	a, b := tcpPair(t)
+	ra, rb := Wrap(a), Wrap(b)
+	const writers, each = 4, 1000
+	errc := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			msg := bytes.Repeat([]byte{byte('a' + w)}, 100)
+			for range each {
+				if _, err := ra.Write(msg); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	got := make([]byte, writers*each*100)
+	if _, err := io.ReadFull(rb, got); err != nil {
+		t.Fatal(err)
+	}
+	for range writers {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < len(got); i += 100 {
+		if !bytes.Equal(got[i:i+100], bytes.Repeat(got[i:i+1], 100)) {
+			t.Fatalf("message at %d was interleaved with another: %q", i, got[i:i+100])
+		}
+	}
+}
