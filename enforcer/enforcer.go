@@ -34,12 +34,33 @@ type Command struct {
 	// and the counts it holds for (ruleset.Match.ResultSpan), so that a
 	// prepared statement run again is not decided again at every first
 	// row.
-	result struct {
-		ok                                   bool
-		verdict                              Verdict
-		rowsFrom, rowsTo, bytesFrom, bytesTo int64
-	}
+	result keptResult
+	// class is the statement's entry in the session's decisions by
+	// classification, when the ruleset allows keeping them.
+	class *classDecision
 }
+
+// keptResult is a result-stage verdict and the counts it holds for.
+type keptResult struct {
+	ok                                   bool
+	verdict                              Verdict
+	rowsFrom, rowsTo, bytesFrom, bytesTo int64
+}
+
+func (r *keptResult) covers(rows, bytes int64) bool {
+	return r.ok && rows >= r.rowsFrom && rows < r.rowsTo && bytes >= r.bytesFrom && bytes < r.bytesTo
+}
+
+// classDecision is the decision of every statement with one
+// classification, and the last result-stage verdict kept for them.
+type classDecision struct {
+	d      ruleset.Decision
+	result keptResult // under Session.mu
+}
+
+// maxClasses bounds a session's decisions by classification; past it
+// they are dropped and kept afresh.
+const maxClasses = 256
 
 // Verdict is what the decoder must do with a command.
 type Verdict struct {
@@ -131,6 +152,11 @@ type Session struct {
 
 	mu       sync.Mutex
 	verdicts map[string]bool
+	// byClass keeps decisions per statement classification when the
+	// ruleset allows it (ruleset.Match.ByClassification); keyBuf is the
+	// scratch its keys are built in. Both under mu.
+	byClass map[string]*classDecision
+	keyBuf  []byte
 
 	// Holder, when set before the session is used, makes hold verdicts
 	// wait for a human decision. Without it a hold is refused (fail
@@ -246,10 +272,52 @@ func (s *Session) Decide(c *Command) Verdict {
 			Rule: &ruleset.Rule{ID: "sluice/unparsable", Action: ruleset.Deny}}
 		d.Monitor = s.match.Ruleset().Mode() == ruleset.Monitor
 		d.Record = ruleset.RecordCommands
+	case s.match.ByClassification():
+		d = s.decideByClass(c)
 	default:
 		d = s.match.Decide(&c.Statement, ruleset.Result{})
 	}
 	return s.verdict(c, d)
+}
+
+// decideByClass decides c from the session's decisions by
+// classification, deciding and keeping it the first time.
+func (s *Session) decideByClass(c *Command) ruleset.Decision {
+	st := &c.Statement
+	s.mu.Lock()
+	b := append(s.keyBuf[:0], st.Kind...)
+	for _, list := range [...][]string{st.Tables, st.Functions, st.Flags} {
+		b = append(b, 0x1e)
+		for _, x := range list {
+			b = append(append(b, x...), 0x1f)
+		}
+	}
+	b = append(b, 0x1e, boolByte(st.HasWhere), boolByte(st.HasLimit))
+	s.keyBuf = b
+	cd := s.byClass[string(b)]
+	if cd != nil {
+		s.mu.Unlock()
+		c.class = cd
+		return cd.d
+	}
+	key := string(b)
+	s.mu.Unlock()
+	cd = &classDecision{d: s.match.Decide(st, ruleset.Result{})}
+	s.mu.Lock()
+	if s.byClass == nil || len(s.byClass) >= maxClasses {
+		s.byClass = make(map[string]*classDecision)
+	}
+	s.byClass[key] = cd
+	s.mu.Unlock()
+	c.class = cd
+	return cd.d
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
 }
 
 // DecideResult re-evaluates a command whose decision awaited its result,
@@ -263,8 +331,17 @@ func (s *Session) Decide(c *Command) Verdict {
 // one command must not be concurrent (a decoder makes them from the loop
 // that reads the command's results).
 func (s *Session) DecideResult(c *Command, rows, bytes int64) Verdict {
-	if r := &c.result; r.ok && rows >= r.rowsFrom && rows < r.rowsTo && bytes >= r.bytesFrom && bytes < r.bytesTo {
-		return r.verdict
+	if c.result.covers(rows, bytes) {
+		return c.result.verdict
+	}
+	if c.class != nil {
+		s.mu.Lock()
+		kept := c.class.result
+		s.mu.Unlock()
+		if kept.covers(rows, bytes) {
+			c.result = kept
+			return kept.verdict
+		}
 	}
 	d := s.match.Decide(&c.Statement, ruleset.Result{Known: true, Rows: rows, Bytes: bytes})
 	if a := d.Enforced(); a != ruleset.Hold && a != ruleset.Deny {
@@ -272,6 +349,11 @@ func (s *Session) DecideResult(c *Command, rows, bytes int64) Verdict {
 		r := &c.result
 		r.rowsFrom, r.rowsTo, r.bytesFrom, r.bytesTo = s.match.ResultSpan(rows, bytes)
 		r.verdict, r.ok = v, true
+		if c.class != nil {
+			s.mu.Lock()
+			c.class.result = *r
+			s.mu.Unlock()
+		}
 		return v
 	}
 	c.result.ok = false

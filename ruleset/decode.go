@@ -475,6 +475,9 @@ func (c *compiler) rule(p *policy, kind Action, sb *hclsyntax.Block, index int) 
 func (c *compiler) when(a *hcl.Attribute, use exprUse) *expr {
 	st, d := checkVars(a.Expr, use, c.idAttrs)
 	c.diags = append(c.diags, d...)
+	if readsStatementText(a.Expr) {
+		c.rs.readsText = true
+	}
 	x := &expr{e: a.Expr, stage: st}
 	if !d.HasErrors() {
 		c.pending = append(c.pending, pendingExpr{x: x, attr: a.Range})

@@ -171,6 +171,14 @@ func (m *Match) Policies() []string {
 // Ruleset returns the ruleset the flow was matched against.
 func (m *Match) Ruleset() *Ruleset { return m.rs }
 
+// ByClassification reports whether this flow's decisions depend on a
+// statement only through its classification: no expression reads
+// statement.text, so two statements with equal Kind, Tables, Functions,
+// Flags, HasWhere and HasLimit get the same decision (and, with equal
+// counts, the same result decision). A caller may then keep decisions
+// per classification.
+func (m *Match) ByClassification() bool { return !m.rs.readsText }
+
 // Decide decides one statement on the matched flow.
 func (m *Match) Decide(st *Statement, res Result) Decision { return m.decide(st, res, nil) }
 

@@ -470,3 +470,30 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// readsStatementText reports whether e may read statement.text: through
+// the attribute, an index, or the whole statement object (handed to a
+// function, compared, or indexed with a computed key).
+func readsStatementText(e hcl.Expression) bool {
+	for _, tr := range e.Variables() {
+		if tr.RootName() != varStatement {
+			continue
+		}
+		if len(tr) < 2 {
+			return true
+		}
+		switch step := tr[1].(type) {
+		case hcl.TraverseAttr:
+			if step.Name == "text" {
+				return true
+			}
+		case hcl.TraverseIndex:
+			if !step.Key.IsKnown() || step.Key.Type() != cty.String || step.Key.IsNull() || step.Key.AsString() == "text" {
+				return true
+			}
+		default:
+			return true
+		}
+	}
+	return false
+}

@@ -43,6 +43,10 @@ type Ruleset struct {
 	custom   map[string]*regexp.Regexp // detector blocks by name
 	identity []string                  // identity attributes the expressions use, sorted
 	slow     bool                      // some expression needs HCL's evaluator
+	// readsText is set when some expression reads statement.text (or the
+	// whole statement object): decisions may then differ between
+	// statements that classify the same.
+	readsText bool
 }
 
 // Mode says whether verdicts are enforced. The zero value is Enforce.

@@ -38,6 +38,7 @@ import (
 )
 
 func main() {
+	keepSysmonAwake()
 	os.Exit(run())
 }
 
