@@ -30,6 +30,8 @@ const sysmonToken = "schedtrace=2147483647"
 // whose GODEBUG already sets schedtrace is left as it is, and a failed
 // re-exec only costs the optimisation.
 func keepSysmonAwake() {
+	reexecuted := os.Getenv(reexecMarker) != ""
+	os.Unsetenv(reexecMarker)
 	godebug, set := os.LookupEnv("GODEBUG")
 	entries := strings.Split(godebug, ",")
 	for i, e := range entries {
@@ -46,11 +48,14 @@ func keepSysmonAwake() {
 			return // the operator's own setting
 		}
 	}
+	if reexecuted {
+		return // GODEBUG lost the token on the way: never loop
+	}
 	value := sysmonToken
 	if set && godebug != "" {
 		value = godebug + "," + sysmonToken
 	}
-	env := []string{"GODEBUG=" + value}
+	env := []string{"GODEBUG=" + value, reexecMarker + "=1"}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "GODEBUG=") {
 			env = append(env, kv)
@@ -58,3 +63,7 @@ func keepSysmonAwake() {
 	}
 	syscall.Exec("/proc/self/exe", os.Args, env)
 }
+
+// reexecMarker is in the environment of the re-executed daemon only, so
+// that it re-executes at most once.
+const reexecMarker = "SLUICED_REEXECUTED"

@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 )
 
 // sysmonHelper, set in a child's environment, makes the test binary act as
@@ -28,7 +30,8 @@ func TestMain(m *testing.M) {
 			}
 		}
 		godebug, set := os.LookupEnv("GODEBUG")
-		fmt.Printf("pid=%v started=%q inherited=%q set=%v\n", pid == os.Getpid(), started, godebug, set)
+		_, marker := os.LookupEnv(reexecMarker)
+		fmt.Printf("pid=%v started=%q inherited=%q set=%v marker=%v\n", pid == os.Getpid(), started, godebug, set, marker)
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
@@ -42,14 +45,21 @@ func TestKeepSysmonAwake(t *testing.T) {
 	for _, tc := range []struct {
 		name, godebug string
 		set           bool
+		extra         string
 		want          string
 	}{
-		{"unset", "", false, `pid=true started="schedtrace=2147483647" inherited="" set=false`},
-		{"operator entries kept", "madvdontneed=1", true, `pid=true started="madvdontneed=1,schedtrace=2147483647" inherited="madvdontneed=1" set=true`},
-		{"operator schedtrace left alone", "schedtrace=5000000", true, `pid=true started="schedtrace=5000000" inherited="schedtrace=5000000" set=true`},
+		{"unset", "", false, "", `pid=true started="schedtrace=2147483647" inherited="" set=false marker=false`},
+		{"operator entries kept", "madvdontneed=1", true, "", `pid=true started="madvdontneed=1,schedtrace=2147483647" inherited="madvdontneed=1" set=true marker=false`},
+		{"operator schedtrace left alone", "schedtrace=5000000", true, "", `pid=true started="schedtrace=5000000" inherited="schedtrace=5000000" set=true marker=false`},
+		// A re-executed daemon whose GODEBUG lost the token does not
+		// re-execute again.
+		{"at most once", "", false, reexecMarker + "=1", `pid=true started="" inherited="" set=false marker=false`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			// A daemon that re-executed itself forever would never end.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 			cmd.Env = []string{sysmonHelper + "=1"}
 			for _, kv := range os.Environ() {
 				if !strings.HasPrefix(kv, "GODEBUG=") {
@@ -58,6 +68,9 @@ func TestKeepSysmonAwake(t *testing.T) {
 			}
 			if tc.set {
 				cmd.Env = append(cmd.Env, "GODEBUG="+tc.godebug)
+			}
+			if tc.extra != "" {
+				cmd.Env = append(cmd.Env, tc.extra)
 			}
 			out, err := cmd.Output()
 			if err != nil {
