@@ -191,8 +191,9 @@ func (r *relay) planFor(it *item) (*mask.Plan, error) {
 		return nil, errUnresolved
 	}
 	it.cols = cols
-	if c := it.c; c.plan != nil && slices.Equal(c.planCols, cols) {
-		it.plan = c.plan.Fresh()
+	if lp := &r.lastPlan; lp.plan != nil && lp.masker == it.c.masker && lp.plan.DryRun == it.c.verdict.Decision.Monitor &&
+		slices.Equal(lp.cols, cols) {
+		it.plan = lp.plan.Fresh()
 		return it.plan, nil
 	}
 	mc := make([]mask.Column, len(cols))
@@ -213,7 +214,7 @@ func (r *relay) planFor(it *item) (*mask.Plan, error) {
 	}
 	it.plan = it.c.masker.Plan(mc)
 	it.plan.DryRun = it.c.verdict.Decision.Monitor
-	it.c.plan, it.c.planCols = it.plan, cols
+	r.lastPlan.plan, r.lastPlan.masker, r.lastPlan.cols = it.plan, it.c.masker, cols
 	return it.plan, nil
 }
 

@@ -56,6 +56,15 @@ type relay struct {
 	lastMasker *mask.Masker
 	// rowBuf and valBuf are the server goroutine's scratch for masked rows.
 	rowBuf, valBuf []byte
+	// lastPlan is the last masking plan made, with its masker and the
+	// columns it was made for: the next result with the same masker and
+	// columns (a statement run again) reuses it (Plan.Fresh). Server side
+	// only.
+	lastPlan struct {
+		plan   *mask.Plan
+		masker *mask.Masker
+		cols   []colDesc
+	}
 }
 
 // command is one classified statement text and its verdict.
@@ -64,12 +73,6 @@ type command struct {
 	verdict enforcer.Verdict
 	// masker is set when the verdict's mask rules apply to the results.
 	masker *mask.Masker
-	// plan is the masking plan of the command's last result and planCols
-	// the columns it was made for: a prepared statement run again with
-	// the same columns reuses it (Plan.Fresh). Only the server loop uses
-	// them.
-	plan     *mask.Plan
-	planCols []colDesc
 }
 
 // portal is a bound portal: its statement and result formats.
