@@ -21,6 +21,7 @@
 #                          # people, wide; IDLE=0 skips the idle sessions) and modes
 #   PERF=/tmp/prof ...     # also record a perf profile of the proxy in each
 #                          # proxied run: /tmp/prof/<workload>-<mode>-<round>.data
+#   PPROF=1 ...            # serve sluiced's pprof on 127.0.0.1:6060
 #   PERF_STAT=1 ...        # print the proxy's context switches, CPU migrations
 #                          # and system calls per transaction after each proxied run
 set -euo pipefail
@@ -109,6 +110,8 @@ ruleset() { # record level, extra mask block
 }
 ruleset commands none > "$work/rules/default.hcl"
 current="commands none"
+pprof_line=""
+[ -n "${PPROF:-}" ] && pprof_line='pprof_addr = "127.0.0.1:6060"'
 cat > "$work/sluiced.hcl" <<HCL
 name = "$name"
 cgroup = "$cgroup"
@@ -116,6 +119,7 @@ proxy_port = $proxy_port
 data_dir = "$work/data"
 api_socket = "$work/sluiced.sock"
 rules_dir = "$work/rules"
+$pprof_line
 log {
   level = "warn"
   format = "json"

@@ -149,3 +149,22 @@ func BenchmarkDefaultDetect(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkProfileOf is the pre-scan every text value gets before the
+// detectors: a long plain value, a hex token (digits: the run pass too)
+// and an e-mail address.
+func BenchmarkProfileOf(b *testing.B) {
+	for name, v := range map[string]string{
+		"payload120": strings.Repeat("x", 120),
+		"md5":        "c4ca4238a0b923820dcc509a6f75849b",
+		"email":      "person12345@example.com",
+	} {
+		b.Run(name, func(b *testing.B) {
+			bs := []byte(v)
+			b.SetBytes(int64(len(bs)))
+			for b.Loop() {
+				profileOf(bs)
+			}
+		})
+	}
+}
