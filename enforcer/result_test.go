@@ -13,7 +13,9 @@ import (
 // verdict kept on its command, exactly what deciding anew would give, at
 // every row count and on both sides of each threshold, and a deny past a
 // threshold is still decided (and logged) each time.
-func TestDecideResultKept(t *testing.T) {
+// policyRuleset is a ruleset with target db and policy ci holding blocks.
+func policyRuleset(t *testing.T, blocks string) *ruleset.Ruleset {
+	t.Helper()
 	rs, diags := ruleset.Parse(map[string][]byte{"r.hcl": []byte(`
 target "db" {
   protocol = "postgres"
@@ -21,6 +23,17 @@ target "db" {
 }
 policy "ci" {
   targets = ["db"]
+` + blocks + `
+}
+`)})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	return rs
+}
+
+func TestDecideResultKept(t *testing.T) {
+	rs := policyRuleset(t, `
   deny "big" {
     when = result.rows > 5
   }
@@ -28,11 +41,7 @@ policy "ci" {
     when   = result.rows >= 3 && result.bytes < 1000
     detect = ["email"]
   }
-}
-`)})
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
+`)
 	m := rs.Match(flow(ruleset.LevelOIDC, "refs/heads/main"))
 	s := NewSession(context.Background(), m, nil, 0, hclog.NewNullLogger())
 	c := &Command{Text: "SELECT * FROM t", Statement: ruleset.Statement{Kind: "select", Tables: []string{"t"}}}
@@ -62,23 +71,7 @@ policy "ci" {
 // the text decides each statement on its own, so two statements that
 // classify the same but differ in text get different decisions.
 func TestDecideByClassification(t *testing.T) {
-	parse := func(blocks string) *ruleset.Ruleset {
-		t.Helper()
-		rs, diags := ruleset.Parse(map[string][]byte{"r.hcl": []byte(`
-target "db" {
-  protocol = "postgres"
-  address  = ["10.0.0.5:5432"]
-}
-policy "ci" {
-  targets = ["db"]
-` + blocks + `
-}
-`)})
-		if diags.HasErrors() {
-			t.Fatal(diags)
-		}
-		return rs
-	}
+	parse := func(blocks string) *ruleset.Ruleset { return policyRuleset(t, blocks) }
 	statements := []ruleset.Statement{
 		{Kind: "select", Tables: []string{"users"}},
 		{Kind: "select", Tables: []string{"users"}, HasWhere: true},

@@ -207,22 +207,7 @@ func nextPoint(pts []int64, n int64) int64 {
 // result.bytes with a constant number, the bounds are rows+1 and bytes+1:
 // every row is decided. With no rule on result.*, both are math.MaxInt64.
 func (m *Match) NextResultCheck(rows, bytes int64) (nextRows, nextBytes int64) {
-	nextRows, nextBytes = math.MaxInt64, math.MaxInt64
-	for _, p := range m.policies {
-		for _, rules := range [...][]*Rule{p.deny, p.hold, p.allow, p.mask} {
-			for _, r := range rules {
-				if r.when == nil || r.when.stage != stageResult {
-					continue
-				}
-				pts := &r.when.result
-				if pts.perRow {
-					return rows + 1, bytes + 1
-				}
-				nextRows = min(nextRows, nextPoint(pts.rows, rows))
-				nextBytes = min(nextBytes, nextPoint(pts.bytes, bytes))
-			}
-		}
-	}
+	_, nextRows, _, nextBytes = m.ResultSpan(rows, bytes)
 	return nextRows, nextBytes
 }
 

@@ -95,7 +95,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 	case err != nil:
 		return 0, err
 	case serr != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", serr)}
+		return 0, c.opError("read", serr)
 	case n == 0:
 		return 0, io.EOF
 	}
@@ -137,9 +137,14 @@ func (c *Conn) Write(b []byte) (int, error) {
 	case err != nil:
 		return n, err
 	case serr != 0:
-		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", serr)}
+		return n, c.opError("write", serr)
 	}
 	return n, nil
+}
+
+// opError is a failed system call as net.Conn reports it.
+func (c *Conn) opError(op string, e syscall.Errno) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, e)}
 }
 
 // CloseWrite shuts down the sending side of the socket (a half-close),
