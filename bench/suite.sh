@@ -21,6 +21,10 @@
 #                          # people, wide; IDLE=0 skips the idle sessions) and modes
 #   PERF=/tmp/prof ...     # also record a perf profile of the proxy in each
 #                          # proxied run: /tmp/prof/<workload>-<mode>-<round>.data
+#   FLOOR=1 ...            # add two relays that look at nothing (bench/relayfloor), the
+#                          # floor of a Go proxy here: floor-go (a goroutine per
+#                          # direction, Sluice's design) and floor-epoll (one
+#                          # thread's epoll loop, PgBouncer's design)
 #   PPROF=1 ...            # serve sluiced's pprof on 127.0.0.1:6060
 #   PERF_STAT=1 ...        # print the proxy's context switches, CPU migrations
 #                          # and system calls per transaction after each proxied run
@@ -33,6 +37,7 @@ IDLE=${IDLE:-1000}
 BIN=${BIN:-bin}
 [ -x "$BIN/sluiced" ] || make build >/dev/null
 go build -o "$BIN/pgxclient" ./e2e/pgxclient
+[ -n "${FLOOR:-}" ] && go build -o "$BIN/relayfloor" ./bench/relayfloor
 
 free_port() {
   local p
@@ -47,11 +52,13 @@ name="bench$$"; cgroup="sluice-bench-$$"
 mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 pg_port=$(free_port); proxy_port=$(free_port); bouncer_port=$(free_port)
-sluiced_pid=""; bouncer_pid=""
+sluiced_pid=""; bouncer_pid=""; floor_go_pid=""; floor_epoll_pid=""
 cleanup() {
   set +e
   [ -n "$sluiced_pid" ] && kill "$sluiced_pid" && wait "$sluiced_pid" 2>/dev/null
   [ -n "$bouncer_pid" ] && kill "$bouncer_pid" 2>/dev/null
+  [ -n "$floor_go_pid" ] && kill "$floor_go_pid" 2>/dev/null
+  [ -n "$floor_epoll_pid" ] && kill "$floor_epoll_pid" 2>/dev/null
   "$BIN/sluice" uninstall --name "$name" >/dev/null
   su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1
   rmdir "$mount/$cgroup" 2>/dev/null
@@ -94,6 +101,15 @@ chown postgres "$work/pgbouncer.ini" "$work/userlist.txt"
 su postgres -s /bin/sh -c "pgbouncer -d $work/pgbouncer.ini"
 for _ in $(seq 50); do [ -f "$work/pgbouncer.pid" ] && break; sleep 0.1; done
 bouncer_pid=$(cat "$work/pgbouncer.pid")
+
+if [ -n "${FLOOR:-}" ]; then
+  # The relays keep sluiced's runtime setting (cmd/sluiced/sysmon.go).
+  floor_port=$(free_port)
+  GODEBUG=schedtrace=2147483647 "$BIN/relayfloor" -mode goroutine -listen "127.0.0.5:$floor_port" -upstream "127.0.0.2:$pg_port" 2>/dev/null &
+  floor_go_pid=$!
+  GODEBUG=schedtrace=2147483647 "$BIN/relayfloor" -mode epoll -listen "127.0.0.6:$floor_port" -upstream "127.0.0.2:$pg_port" 2>/dev/null &
+  floor_epoll_pid=$!
+fi
 
 # sluiced, with the default ruleset's policies over two targets.
 mkdir -p "$mount/$cgroup" "$work/rules"
@@ -155,6 +171,8 @@ run() {
   local host=127.0.0.2 port=$pg_port wrap=() pid=""
   case "$mode" in
     pgbouncer) host=127.0.0.4; port=$bouncer_port; pid=$bouncer_pid ;;
+    floor-go) host=127.0.0.5; port=$floor_port; pid=$floor_go_pid ;;
+    floor-epoll) host=127.0.0.6; port=$floor_port; pid=$floor_epoll_pid ;;
     opaque) host=127.0.0.3; wrap=("$BIN/sluice" run --cgroup "$cgroup" --); pid=$sluiced_pid ;;
     commands|masks|full) wrap=("$BIN/sluice" run --cgroup "$cgroup" --); pid=$sluiced_pid ;;
   esac
@@ -200,8 +218,8 @@ table() { # key title unit modes [scale]
   read -r dm _ _ <<<"$(stats "${R["$key direct"]}")"
   echo
   echo "$title"
-  printf '| %-10s | %-24s | %-8s | %-14s |\n' mode "$unit median (min-max)" "/direct" "proxy CPU/tx"
-  printf '|%s|%s|%s|%s|\n' ------------ -------------------------- ---------- ----------------
+  printf '| %-11s | %-24s | %-8s | %-14s |\n' mode "$unit median (min-max)" "/direct" "proxy CPU/tx"
+  printf '|%s|%s|%s|%s|\n' ------------- -------------------------- ---------- ----------------
   for m in $modes; do
     [ -n "${R["$key $m"]:-}" ] || continue
     read -r md mmin mmax <<<"$(stats "${R["$key $m"]}")"
@@ -211,12 +229,13 @@ table() { # key title unit modes [scale]
         awk -v hz="$hz" '{ t += $1; n += $2 } END { if (n > 0) printf "%.1f us", t / hz * 1e6 / n; else print "-" }')
     fi
     [ "$m" = direct ] && cpu="-"
-    printf '| %-10s | %-24s | %-8s | %-14s |\n' "$m" "$(awk -v s="$scale" -v a="$md" -v b="$mmin" -v c="$mmax" 'BEGIN { printf "%.0f (%.0f-%.0f)", a*s, b*s, c*s }')" \
+    printf '| %-11s | %-24s | %-8s | %-14s |\n' "$m" "$(awk -v s="$scale" -v a="$md" -v b="$mmin" -v c="$mmax" 'BEGIN { printf "%.0f (%.0f-%.0f)", a*s, b*s, c*s }')" \
       "$(awk -v a="$md" -v b="$dm" 'BEGIN { printf "%.2f", a / b }')" "$cpu"
   done
 }
 
 ALL="direct pgbouncer opaque commands masks full"
+[ -n "${FLOOR:-}" ] && ALL="direct pgbouncer floor-epoll floor-go opaque commands masks full"
 start=$(date +%s)
 for mode in simple extended prepared; do
   for c in 1 8; do
