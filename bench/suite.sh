@@ -39,14 +39,8 @@ BIN=${BIN:-bin}
 go build -o "$BIN/pgxclient" ./e2e/pgxclient
 [ -n "${FLOOR:-}" ] && go build -o "$BIN/relayfloor" ./bench/relayfloor
 
-free_port() {
-  local p
-  for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 20000))
-    ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
-  done
-  exit 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh # the cd above put us at the repository root
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX); chmod 755 "$work"
 name="bench$$"; cgroup="sluice-bench-$$"
 mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
@@ -126,24 +120,7 @@ ruleset() { # record level, extra mask block
 }
 ruleset commands none > "$work/rules/default.hcl"
 current="commands none"
-pprof_line=""
-[ -n "${PPROF:-}" ] && pprof_line='pprof_addr = "127.0.0.1:6060"'
-cat > "$work/sluiced.hcl" <<HCL
-name = "$name"
-cgroup = "$cgroup"
-proxy_port = $proxy_port
-data_dir = "$work/data"
-api_socket = "$work/sluiced.sock"
-rules_dir = "$work/rules"
-$pprof_line
-log {
-  level = "warn"
-  format = "json"
-}
-HCL
-"$BIN/sluiced" --config "$work/sluiced.hcl" > "$work/sluiced.log" 2>&1 &
-sluiced_pid=$!
-for _ in $(seq 100); do "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 && break; sleep 0.1; done
+start_sluiced
 
 generation() { "$BIN/sluice" status --json --socket "$work/sluiced.sock" | awk -F': ' '/"generation"/ { gsub(/,/, "", $2); print $2; exit }'; }
 use_rules() { # mode (called in this shell, never in a subshell: it keeps $current)
