@@ -1,26 +1,42 @@
 package postgres
 
 import (
+	"encoding/binary"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/sluicehq/sluice/enforcer/mask"
 )
 
-// Catalog maps table OIDs to names for one database, so a RowDescription's
-// column origins (table OID, attribute number) can be matched against mask
-// rules written with names. It is filled by catalog queries the proxy runs
-// on the client's own connection at safe points (no extended-protocol
-// batch open, no aborted transaction), and shared by every session to the
-// same database. It is safe for concurrent use.
+// Catalog names the column origins of one session's results: a
+// RowDescription gives each column's table OID and attribute number, and
+// mask rules are written with names. It is filled by lookups the proxy
+// sends on the session's own connection, pipelined in front of the
+// statement that needs them (see relay.lookup), so no safe point is
+// needed: the server answers the lookup before it runs the statement.
+//
+// A catalog belongs to one session: names resolve through that session's
+// search_path (a temporary table shadows a permanent one), and the
+// session's own DDL invalidates what it learnt. It is bounded (maxRels
+// relations, maxNames looked-up names); past a bound it starts over and
+// looks up again. It is safe for concurrent use by the session's two
+// goroutines.
 type Catalog struct {
-	mu     sync.Mutex
-	rels   map[uint32]*relation
-	byName map[string]uint32 // table name as the classifier reports it -> OID
-	want   map[uint32]bool   // OIDs seen in results but not yet named
+	mu       sync.Mutex
+	rels     map[uint32]*relation
+	resolved map[string]uint32 // name as the classifier reports it -> OID (0: no such table)
+	want     map[uint32]bool   // OIDs seen in results but not named
 }
+
+// Bounds of a session's catalog.
+const (
+	maxRels  = 4096
+	maxNames = 4096
+)
 
 type relation struct {
 	schema, name string
@@ -28,39 +44,50 @@ type relation struct {
 	types        map[int16]uint32
 }
 
-// Catalogs hands out one Catalog per database of a server.
-type Catalogs struct {
-	mu sync.Mutex
-	m  map[string]*Catalog
+// Catalogs hands out catalogs. Each session gets its own (see Catalog);
+// the type remains so that the daemon's wiring says masking by column is
+// configured.
+type Catalogs struct{}
+
+// NewCatalogs returns the catalog source.
+func NewCatalogs() *Catalogs { return &Catalogs{} }
+
+// For returns a new, empty catalog for one session to database db on
+// server addr.
+func (cs *Catalogs) For(addr, db string) *Catalog { return newCatalog() }
+
+func newCatalog() *Catalog {
+	return &Catalog{rels: map[uint32]*relation{}, resolved: map[string]uint32{}, want: map[uint32]bool{}}
 }
 
-// NewCatalogs returns an empty set.
-func NewCatalogs() *Catalogs { return &Catalogs{m: map[string]*Catalog{}} }
-
-// For returns the catalog of database db on server addr.
-func (cs *Catalogs) For(addr, db string) *Catalog {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	k := addr + "/" + db
-	c := cs.m[k]
-	if c == nil {
-		c = &Catalog{rels: map[uint32]*relation{}, byName: map[string]uint32{}, want: map[uint32]bool{}}
-		cs.m[k] = c
-	}
-	return c
-}
-
-// missing returns the table names not yet resolved.
-func (c *Catalog) missing(tables []string) []string {
+// unresolved returns the names that no answered lookup of this session
+// covered, and the OIDs waiting for a name. Names stay unresolved until a
+// lookup's answer arrives (apply): a lookup the server skips (an error
+// earlier in its batch) must not leave later statements without one, so
+// statements pipelined before the first answer each carry a lookup.
+func (c *Catalog) unresolved(tables []string) ([]string, []uint32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []string
 	for _, t := range tables {
-		if _, ok := c.byName[t]; !ok {
+		if _, ok := c.resolved[t]; !ok {
 			out = append(out, t)
 		}
 	}
-	return out
+	var oids []uint32
+	for o := range c.want {
+		oids = append(oids, o)
+	}
+	clear(c.want)
+	return out, oids
+}
+
+// forget drops what the session learnt by name, after DDL or a failed
+// lookup: the next statement looks its tables up again.
+func (c *Catalog) forget() {
+	c.mu.Lock()
+	clear(c.resolved)
+	c.mu.Unlock()
 }
 
 // column returns the schema, table and column of an origin, or ok=false.
@@ -75,39 +102,26 @@ func (c *Catalog) column(oid uint32, attnum int16) (schema, table, col string, o
 	return r.schema, r.name, col, ok
 }
 
-// add records one catalog row.
-func (c *Catalog) add(oid uint32, schema, table string, attnum int16, col string, typ uint32) {
+// relationOf returns the schema and name of a table as the session last
+// resolved the name the classifier reported.
+func (c *Catalog) relationOf(name string) (schema, table string, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r := c.rels[oid]
+	r := c.rels[c.resolved[name]]
 	if r == nil {
-		r = &relation{schema: schema, name: table, cols: map[int16]string{}, types: map[int16]uint32{}}
-		c.rels[oid] = r
+		return "", "", false
 	}
-	r.cols[attnum] = col
-	r.types[attnum] = typ
-	c.byName[table] = oid
-	c.byName[schema+"."+table] = oid
-	delete(c.want, oid)
+	return r.schema, r.name, true
 }
 
 // wantOID notes a table OID a result showed that has no name yet; the
-// next catalog query at a safe point looks it up.
+// session's next lookup asks for it.
 func (c *Catalog) wantOID(oid uint32) {
 	c.mu.Lock()
-	c.want[oid] = true
-	c.mu.Unlock()
-}
-
-// wanted returns the OIDs waiting for a name.
-func (c *Catalog) wanted() []uint32 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]uint32, 0, len(c.want))
-	for o := range c.want {
-		out = append(out, o)
+	if len(c.want) < maxNames {
+		c.want[oid] = true
 	}
-	return out
+	c.mu.Unlock()
 }
 
 // tableColumns returns a table's columns in attribute order, as COPY
@@ -115,9 +129,8 @@ func (c *Catalog) wanted() []uint32 {
 func (c *Catalog) tableColumns(name string) ([]mask.Column, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	oid := c.byName[name]
-	r := c.rels[oid]
-	if oid == 0 || r == nil {
+	r := c.rels[c.resolved[name]]
+	if r == nil {
 		return nil, false
 	}
 	nums := make([]int, 0, len(r.cols))
@@ -132,50 +145,147 @@ func (c *Catalog) tableColumns(name string) ([]mask.Column, bool) {
 	return out, true
 }
 
-// markAbsent remembers names that resolved to nothing (a CTE name, a
-// table created later in the same statement), so they are not looked up
-// again and again. A later catalog query that finds them overrides this.
-func (c *Catalog) markAbsent(names []string) {
+// apply stores what one lookup returned: the relations it found replace
+// what was known of them, and each asked name maps to the relation it
+// resolved to, or to nothing.
+func (c *Catalog) apply(l *lookup) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, n := range names {
-		if _, ok := c.byName[n]; !ok {
-			c.byName[n] = 0
-		}
+	if len(c.rels)+len(l.rels) > maxRels {
+		clear(c.rels)
+		clear(c.resolved)
+	}
+	if len(c.resolved)+len(l.names) > maxNames {
+		clear(c.resolved)
+	}
+	for oid, r := range l.rels {
+		c.rels[oid] = r
+	}
+	for _, n := range l.names {
+		c.resolved[n] = l.byName[n]
 	}
 }
 
-// catalogQuery is the lookup for tables named as the classifier reports
-// them ("users", "public.users"), matching names exactly (quoted or not,
-// the parser has already folded them) and, without a schema, the table
-// the session's search_path makes visible.
-func catalogQuery(tables []string, oids []uint32) string {
-	var conds []string
-	if len(oids) > 0 {
-		ids := make([]string, len(oids))
-		for i, o := range oids {
-			ids[i] = strconv.FormatUint(uint64(o), 10)
-		}
-		conds = append(conds, "c.oid = ANY ('{"+strings.Join(ids, ",")+"}'::pg_catalog.oid[])")
+// lookup is one catalog lookup in flight: the names and OIDs asked for,
+// and the rows the server returned so far.
+type lookup struct {
+	names  []string
+	oids   []uint32
+	rels   map[uint32]*relation
+	byName map[string]uint32
+}
+
+// row takes one DataRow of the lookup's answer (text format: oid, schema,
+// table, attnum, column, type, and the name asked for or "").
+func (l *lookup) row(b []byte) {
+	v := textValues(b)
+	if len(v) != 7 {
+		return
 	}
-	for _, t := range tables {
-		schema, name, qualified := strings.Cut(t, ".")
+	oid, err1 := strconv.ParseUint(v[0], 10, 32)
+	att, err2 := strconv.ParseInt(v[3], 10, 16)
+	typ, err3 := strconv.ParseUint(v[5], 10, 32)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return
+	}
+	r := l.rels[uint32(oid)]
+	if r == nil {
+		if l.rels == nil {
+			l.rels, l.byName = map[uint32]*relation{}, map[string]uint32{}
+		}
+		r = &relation{schema: v[1], name: v[2], cols: map[int16]string{}, types: map[int16]uint32{}}
+		l.rels[uint32(oid)] = r
+	}
+	r.cols[int16(att)] = v[4]
+	r.types[int16(att)] = uint32(typ)
+	if v[6] != "" {
+		l.byName[v[6]] = uint32(oid)
+	}
+}
+
+// lookupSQL finds the columns of the tables named in $1 (schemas, "" for
+// a name the search_path resolves) and $2 (names), and of the relations
+// whose OIDs are in $3. Every value is a parameter: nothing a client
+// chose is ever part of the text, and every operator is pg_catalog's, so
+// neither standard_conforming_strings nor a search_path the session set
+// changes what runs.
+const lookupSQL = `SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, a.atttypid, t.asked
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid
+JOIN (SELECT s, r, CASE WHEN s OPERATOR(pg_catalog.=) '' THEN r ELSE s OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) r END AS asked
+      FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS u(s, r)) t
+  ON c.relname OPERATOR(pg_catalog.=) t.r
+ AND CASE WHEN t.s OPERATOR(pg_catalog.=) '' THEN pg_catalog.pg_table_is_visible(c.oid) ELSE n.nspname OPERATOR(pg_catalog.=) t.s END
+WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+UNION ALL
+SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, a.atttypid, ''
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid
+WHERE c.oid OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.oid[])
+  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped`
+
+// OIDs of the array types the lookup's parameters use.
+const (
+	oidTextArray = 1009
+	oidOIDArray  = 1028
+	oidText      = 25
+	oidOID       = 26
+)
+
+// lookupMessages appends the lookup for names and oids as extended-protocol
+// messages with the session's private statement and portal name: Parse,
+// Bind (binary array parameters), Execute, and Close of both, so nothing
+// of it outlives the lookup. With sync, a Sync ends it (a lookup of its
+// own, in front of a simple Query).
+func lookupMessages(buf []byte, name string, names []string, oids []uint32, sync bool) []byte {
+	schemas := make([][]byte, len(names))
+	rels := make([][]byte, len(names))
+	for i, t := range names {
+		s, r, qualified := strings.Cut(t, ".")
 		if !qualified {
-			name, schema = schema, ""
+			s, r = "", s
 		}
-		if schema == "" {
-			conds = append(conds, "(c.relname = "+literal(name)+" AND pg_catalog.pg_table_is_visible(c.oid))")
-		} else {
-			conds = append(conds, "(c.relname = "+literal(name)+" AND n.nspname = "+literal(schema)+")")
-		}
+		schemas[i], rels[i] = []byte(s), []byte(r)
 	}
-	return "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, a.atttypid FROM pg_catalog.pg_class c" +
-		" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace" +
-		" JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid" +
-		" WHERE a.attnum > 0 AND NOT a.attisdropped AND (" + strings.Join(conds, " OR ") + ")"
+	ids := make([][]byte, len(oids))
+	for i, o := range oids {
+		ids[i] = binary.BigEndian.AppendUint32(nil, o)
+	}
+	msgs := []pgproto3.FrontendMessage{
+		&pgproto3.Parse{Name: name, Query: lookupSQL, ParameterOIDs: []uint32{oidTextArray, oidTextArray, oidOIDArray}},
+		&pgproto3.Bind{DestinationPortal: name, PreparedStatement: name, ParameterFormatCodes: []int16{1},
+			Parameters: [][]byte{binaryArray(oidText, schemas), binaryArray(oidText, rels), binaryArray(oidOID, ids)}},
+		&pgproto3.Execute{Portal: name},
+		&pgproto3.Close{ObjectType: 'P', Name: name},
+		&pgproto3.Close{ObjectType: 'S', Name: name},
+	}
+	if sync {
+		msgs = append(msgs, &pgproto3.Sync{})
+	}
+	for _, m := range msgs {
+		buf, _ = m.Encode(buf) // encoding these fixed shapes cannot fail
+	}
+	return buf
 }
 
-// literal quotes s as a standard SQL string literal.
-func literal(s string) string {
-	return "'" + strings.ReplaceAll(strings.ReplaceAll(s, "\x00", ""), "'", "''") + "'"
+// binaryArray encodes a one-dimensional array of non-null elements of
+// type elem in PostgreSQL's binary format.
+func binaryArray(elem uint32, vals [][]byte) []byte {
+	if len(vals) == 0 {
+		b := binary.BigEndian.AppendUint32(nil, 0) // no dimensions: empty
+		b = binary.BigEndian.AppendUint32(b, 0)
+		return binary.BigEndian.AppendUint32(b, elem)
+	}
+	b := binary.BigEndian.AppendUint32(nil, 1) // dimensions
+	b = binary.BigEndian.AppendUint32(b, 0)    // no NULLs
+	b = binary.BigEndian.AppendUint32(b, elem)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(vals)))
+	b = binary.BigEndian.AppendUint32(b, 1) // lower bound
+	for _, v := range vals {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+		b = append(b, v...)
+	}
+	return b
 }

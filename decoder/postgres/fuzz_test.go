@@ -30,9 +30,10 @@ func fuzzRelay(in []byte) (*relay, *bytes.Buffer, *bytes.Buffer) {
 	s := &session{p: Params{Session: enforcer.NewSession(context.Background(), m, nil, 0, hclog.NewNullLogger()), Classify: NewCache(64).Classify,
 		Masks: mask.NewCache(make([]byte, 32)), Log: hclog.NewNullLogger()}, nonce: "fuzz", catalog: NewCatalogs().For("fuzz", "fuzz")}
 	var toServer, toClient bytes.Buffer
-	r := &relay{s: s, stmts: map[string]*command{}, portals: map[string]*portal{}, descs: map[string][]colDesc{},
+	r := &relay{s: s,
 		cr: newFrameReader(bytes.NewReader(in), fuzzMax), sr: newFrameReader(bytes.NewReader(in), fuzzMax),
 		sw: bufio.NewWriter(&toServer), cw: bufio.NewWriter(&toClient)}
+	r.init()
 	return r, &toServer, &toClient
 }
 
@@ -85,6 +86,15 @@ func FuzzServerStream(f *testing.F) {
 	f.Add([]byte{'D', 0, 0, 0, 1})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r, _, toClient := fuzzRelay(in)
+		// The server answers a masked query, a batch and another query.
+		c := r.decide("SELECT email FROM users")
+		r.push(&op{typ: 'Q', it: &item{c: c, simple: true}})
+		r.push(&op{typ: 'P', name: "s"})
+		r.push(&op{typ: 'B', name: "", stmt: "s"})
+		r.push(&op{typ: 'D', obj: 'P'})
+		r.push(&op{typ: 'E', it: &item{c: c}})
+		r.push(&op{typ: 'S'})
+		r.push(&op{typ: 'Q', it: &item{c: c, simple: true}, denial: []byte("SERROR\x00C42501\x00Mdenied\x00\x00")})
 		r.serverLoop()
 		if !wellFramed(toClient.Bytes()) {
 			t.Fatalf("sent the client a malformed stream: %q", toClient.Bytes())

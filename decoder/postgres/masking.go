@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/sluicehq/sluice/enforcer/mask"
 )
@@ -20,22 +18,6 @@ type colDesc struct {
 	typ    uint32
 	format int16
 }
-
-// describeReq is a Describe awaiting its RowDescription or NoData.
-type describeReq struct {
-	batch uint64
-	key   string // "S:name" or "P:name"
-}
-
-// injection is a catalog query the proxy runs on the client's connection.
-type injection struct {
-	done chan error
-	err  error
-}
-
-// errUnresolved ends a session whose masked result has columns of a table
-// the proxy could not name: their values must not pass unmasked.
-var errUnresolved = errors.New("cannot resolve the origin of result columns for masking")
 
 // parseRowDescription decodes a RowDescription body.
 func parseRowDescription(b []byte) ([]colDesc, error) {
@@ -105,119 +87,6 @@ func bindResultFormats(b []byte) ([]int16, error) {
 	return f, nil
 }
 
-// describe forwards a Describe and remembers to catch its answer.
-func (r *relay) describe(n int) error {
-	b, err := r.cr.body(n)
-	if err != nil {
-		return err
-	}
-	if len(b) < 2 {
-		return &ProtocolError{Msg: "short Describe"}
-	}
-	name, _, err := cstring(b[1:])
-	if err != nil {
-		return err
-	}
-	r.mu.Lock()
-	r.describes = append(r.describes, describeReq{batch: r.cBatch, key: string(b[0]) + ":" + name})
-	r.mu.Unlock()
-	r.openBatch = true
-	return writeMsg(r.sw, 'D', b)
-}
-
-// rowDescription forwards a RowDescription after noting its columns: for
-// a Describe's answer, under the statement or portal described; otherwise
-// for the simple query in flight.
-func (r *relay) rowDescription(n int, batch uint64) error {
-	b, err := r.sr.body(n)
-	if err != nil {
-		return r.serverErr(err)
-	}
-	cols, err := parseRowDescription(b)
-	if err != nil {
-		return r.serverErr(err)
-	}
-	r.mu.Lock()
-	if len(r.describes) > 0 && r.describes[0].batch == batch {
-		r.descs[r.describes[0].key] = cols
-		r.describes = r.describes[1:]
-	} else if len(r.pending) > 0 && r.pending[0].simple {
-		it := r.pending[0]
-		it.cols, it.plan = cols, nil
-	}
-	r.mu.Unlock()
-	return writeMsg(r.cw, 'T', b)
-}
-
-// noData answers a Describe of something that returns no rows.
-func (r *relay) noData(batch uint64) {
-	r.mu.Lock()
-	if len(r.describes) > 0 && r.describes[0].batch == batch {
-		r.describes = r.describes[1:]
-	}
-	r.mu.Unlock()
-}
-
-// endResult forgets the result in flight (CommandComplete and friends).
-func (r *relay) endResult() {
-	r.mu.Lock()
-	if len(r.pending) > 0 && r.pending[0].simple {
-		it := r.pending[0]
-		it.cols, it.plan, it.copyOut = nil, nil, nil
-	}
-	r.mu.Unlock()
-}
-
-// planFor builds (once) the masking plan of the item's result.
-func (r *relay) planFor(it *item) (*mask.Plan, error) {
-	if it.plan != nil {
-		return it.plan, nil
-	}
-	cols := it.cols
-	if cols == nil && !it.simple {
-		r.mu.Lock()
-		if d, ok := r.descs["P:"+it.portal]; ok {
-			cols = d
-		} else if d, ok := r.descs["S:"+it.stmt]; ok {
-			// A statement's description has no formats: Bind chose them.
-			cols = append([]colDesc(nil), d...)
-			for i := range cols {
-				cols[i].format = formatOf(it.formats, i)
-			}
-		}
-		r.mu.Unlock()
-	}
-	if cols == nil {
-		return nil, errUnresolved
-	}
-	it.cols = cols
-	if lp := &r.lastPlan; lp.plan != nil && lp.masker == it.c.masker && lp.plan.DryRun == it.c.verdict.Decision.Monitor &&
-		slices.Equal(lp.cols, cols) {
-		it.plan = lp.plan.Fresh()
-		return it.plan, nil
-	}
-	mc := make([]mask.Column, len(cols))
-	for i, c := range cols {
-		mc[i] = mask.Column{Name: c.name, Type: c.typ}
-		if c.table == 0 {
-			continue // an expression: detectors only
-		}
-		if r.catalog() == nil {
-			return nil, errUnresolved
-		}
-		schema, table, col, ok := r.catalog().column(c.table, c.attnum)
-		if !ok {
-			r.catalog().wantOID(c.table)
-			return nil, errUnresolved
-		}
-		mc[i] = mask.Column{Schema: schema, Table: table, Name: col, Type: c.typ}
-	}
-	it.plan = it.c.masker.Plan(mc)
-	it.plan.DryRun = it.c.verdict.Decision.Monitor
-	r.lastPlan.plan, r.lastPlan.masker, r.lastPlan.cols = it.plan, it.c.masker, cols
-	return it.plan, nil
-}
-
 func formatOf(f []int16, i int) int16 {
 	switch {
 	case len(f) == 0:
@@ -230,14 +99,84 @@ func formatOf(f []int16, i int) int16 {
 	return 0
 }
 
-func (r *relay) catalog() *Catalog { return r.s.catalog }
+// errUnresolved refuses a masked result with columns of a table the
+// proxy could not name: their values must not pass unmasked.
+var errUnresolved = errors.New("cannot name the origin of the result's columns")
+
+// planFor builds (once) the masking plan of the item's result from its
+// columns: named through the session's catalog when the masks go by
+// column, by output name and type alone when they only detect.
+func (r *relay) planFor(it *item) (*mask.Plan, error) {
+	if it.plan != nil {
+		return it.plan, nil
+	}
+	cols := it.cols
+	if cols == nil {
+		return nil, errUnresolved
+	}
+	if lp := &r.lastPlan; lp.plan != nil && lp.masker == it.c.masker && lp.plan.DryRun == it.c.verdict.Decision.Monitor &&
+		slices.Equal(lp.cols, cols) {
+		it.plan = lp.plan.Fresh()
+		return it.plan, nil
+	}
+	byColumn := it.c.masker.ByColumn()
+	mc := make([]mask.Column, len(cols))
+	for i, c := range cols {
+		mc[i] = mask.Column{Name: c.name, Type: c.typ}
+		if !byColumn {
+			continue
+		}
+		if c.table == 0 {
+			// An expression, or a value a statement returns without
+			// naming its origin (RETURNING): by its output name, as a
+			// column of each table the statement writes.
+			if w := r.writtenTable(it.c); w.Table != "" {
+				mc[i].Schema, mc[i].Table = w.Schema, w.Table
+			}
+			continue
+		}
+		if r.s.catalog == nil {
+			return nil, errUnresolved
+		}
+		schema, table, col, ok := r.s.catalog.column(c.table, c.attnum)
+		if !ok {
+			r.s.catalog.wantOID(c.table)
+			r.forgetNames()
+			return nil, fmt.Errorf("%w: table oid %d is not among the tables the statement names", errUnresolved, c.table)
+		}
+		mc[i] = mask.Column{Schema: schema, Table: table, Name: col, Type: c.typ}
+	}
+	it.plan = it.c.masker.Plan(mc)
+	it.plan.DryRun = it.c.verdict.Decision.Monitor
+	r.lastPlan.plan, r.lastPlan.masker, r.lastPlan.cols = it.plan, it.c.masker, cols
+	return it.plan, nil
+}
+
+// writtenTable is the table an INSERT, UPDATE, DELETE or MERGE writes, as
+// the session's catalog resolved it: its RETURNING values come without
+// an origin.
+func (r *relay) writtenTable(c *command) mask.Column {
+	switch c.cmd.Statement.Kind {
+	case "insert", "update", "delete", "merge":
+	default:
+		return mask.Column{}
+	}
+	if len(c.cmd.Statement.Tables) == 0 || r.s.catalog == nil {
+		return mask.Column{}
+	}
+	schema, table, ok := r.s.catalog.relationOf(c.cmd.Statement.Tables[0])
+	if !ok {
+		return mask.Column{}
+	}
+	return mask.Column{Schema: schema, Table: table}
+}
 
 // maskRow rewrites a DataRow through the item's plan; a row that needs no
 // masking goes through undecoded.
 func (r *relay) maskRow(it *item, n int) error {
 	plan, err := r.planFor(it)
 	if err != nil {
-		return r.failMask(err)
+		return r.failMask(it, n, err)
 	}
 	if !plan.NeedsDecode() {
 		return r.sr.forward(r.cw, n)
@@ -306,16 +245,28 @@ func (r *relay) maskRow(it *item, n int) error {
 	return writeMsg(r.cw, 'D', out)
 }
 
-// failMask ends the session rather than let a value through unmasked.
-func (r *relay) failMask(err error) error {
-	r.s.p.Log.Error("session ended: a masked result could not be masked", "error", err)
-	r.cw.Flush()
-	writeMsg(r.cw, 'E', errorBody("FATAL", codeInsufficientPrivilege, "sluice: "+err.Error(),
-		"The result holds columns that mask rules cover; rather than send them unmasked, the session ends.",
-		"Retry: the proxy has learnt the missing names for the next session."))
-	r.cw.Flush()
-	r.s.up.Close()
-	return err
+// failMask refuses a result that cannot be masked: the row at hand and
+// every later one are dropped, the server is asked to cancel, and the
+// client gets 42501 where the statement ends. The session goes on.
+func (r *relay) failMask(it *item, n int, err error) error {
+	r.s.p.Log.Error("masked result refused: it cannot be masked", "error", err, "statement", it.c.cmd.Text)
+	r.refuseResult(it, errorBody("ERROR", codeInsufficientPrivilege, "sluice: "+err.Error(),
+		"The result holds columns that mask rules cover; rather than send them unmasked, Sluice refused the statement.",
+		"Name the tables the statement reads directly; a table created or renamed in the same batch is looked up when the next statement runs."))
+	if n >= 0 {
+		_, err := r.sr.body(n)
+		return r.serverErr(err)
+	}
+	return nil
+}
+
+// headItem is the result in flight, or nil.
+func (r *relay) headItem() *item {
+	h := r.head()
+	if h == nil || h.lk != nil || h.typ != 'E' && h.typ != 'Q' {
+		return nil
+	}
+	return r.result(h)
 }
 
 // copyState is a COPY TO STDOUT in flight.
@@ -327,17 +278,12 @@ type copyState struct {
 
 // copyOutResponse starts masking a COPY TO STDOUT of a statement whose
 // verdict masks.
-func (r *relay) copyOutResponse(n int, batch uint64) error {
+func (r *relay) copyOutResponse(n int) error {
 	b, err := r.sr.body(n)
 	if err != nil {
 		return r.serverErr(err)
 	}
-	r.mu.Lock()
-	var it *item
-	if len(r.pending) > 0 {
-		it = r.pending[0]
-	}
-	r.mu.Unlock()
+	it := r.headItem()
 	if it != nil && it.c.masker != nil && len(b) >= 1 {
 		st := &copyState{binary: b[0] == 1}
 		text := strings.ToLower(it.c.cmd.Text)
@@ -352,11 +298,11 @@ func (r *relay) copyOutResponse(n int, batch uint64) error {
 		cols := []mask.Column{}
 		if len(tables) == 1 && !strings.Contains(text, "(select") && !strings.Contains(text, "( select") {
 			ok := false
-			if r.catalog() != nil {
-				cols, ok = r.catalog().tableColumns(tables[0])
+			if r.s.catalog != nil {
+				cols, ok = r.s.catalog.tableColumns(tables[0])
 			}
-			if !ok {
-				return r.failMask(errUnresolved)
+			if !ok && it.c.masker.ByColumn() {
+				r.failMask(it, -1, errUnresolved)
 			}
 			if i := strings.Index(text, tables[0]+" ("); i >= 0 || strings.Contains(text, tables[0]+"(") {
 				// A column list: mask by the listed names.
@@ -366,19 +312,18 @@ func (r *relay) copyOutResponse(n int, batch uint64) error {
 		it.plan = it.c.masker.Plan(cols)
 		it.plan.DryRun = it.c.verdict.Decision.Monitor
 	}
-	return writeMsg(r.cw, 'H', b)
+	return r.send('H', b)
 }
 
 // copyData masks one CopyData message of a masked COPY TO STDOUT.
 func (r *relay) copyData(n int) error {
-	r.mu.Lock()
-	var it *item
-	if len(r.pending) > 0 {
-		it = r.pending[0]
+	it := r.headItem()
+	if it != nil && (it.refusal != nil || r.suppress) {
+		_, err := r.sr.body(n)
+		return r.serverErr(err)
 	}
-	r.mu.Unlock()
 	if it == nil || it.copyOut == nil || it.plan == nil {
-		return r.sr.forward(r.cw, n)
+		return r.pass(n)
 	}
 	b, err := r.sr.body(n)
 	if err != nil {
@@ -394,9 +339,18 @@ func (r *relay) copyData(n int) error {
 		out, err = it.plan.CopyText(b, nil, it.copyOut.opts)
 	}
 	if err != nil {
-		return r.failMask(fmt.Errorf("mask COPY data: %w", err))
+		return r.failMask(it, -1, fmt.Errorf("mask COPY data: %w", err))
 	}
 	return writeMsg(r.cw, 'd', out)
+}
+
+// copyDone passes the end of COPY data, unless the COPY was refused.
+func (r *relay) copyDone(n int) error {
+	if it := r.headItem(); it != nil && it.refusal != nil {
+		_, err := r.sr.body(n)
+		return r.serverErr(err)
+	}
+	return r.pass(n)
 }
 
 // maskMessage runs an ErrorResponse or NoticeResponse's message, detail
@@ -404,12 +358,10 @@ func (r *relay) copyData(n int) error {
 // the session's last masked statement): a unique violation's
 // "Key (email)=(...)" must not leak.
 func (r *relay) maskMessage(b []byte) []byte {
-	r.mu.Lock()
-	if len(r.pending) > 0 && r.pending[0].c.masker != nil {
-		r.lastMasker = r.pending[0].c.masker
+	if h := r.head(); h != nil && h.it != nil && h.it.c.masker != nil {
+		r.lastMasker = h.it.c.masker
 	}
 	m := r.lastMasker
-	r.mu.Unlock()
 	if m == nil {
 		return b
 	}
@@ -442,101 +394,7 @@ func (r *relay) notice(n int) error {
 	if err != nil {
 		return r.serverErr(err)
 	}
-	return writeMsg(r.cw, 'N', r.maskMessage(b))
-}
-
-// resolveTables makes sure the catalog names every table a masked
-// statement touches, by a catalog query on this connection at a safe
-// point: no extended batch open, nothing in flight, the transaction not
-// aborted. Outside a safe point it does nothing; a result whose columns
-// stay unnamed then ends the session (failMask) rather than pass unmasked.
-func (r *relay) resolveTables(c *command) error {
-	if c.masker == nil || r.s.catalog == nil {
-		return nil
-	}
-	names := c.cmd.Statement.Tables
-	missing := r.catalog().missing(names)
-	oids := r.catalog().wanted()
-	if len(missing) == 0 && len(oids) == 0 {
-		return nil
-	}
-	r.mu.Lock()
-	safe := len(r.pending) == 0 && !r.openBatch && r.status != 'E'
-	if safe {
-		r.inject = &injection{done: make(chan error, 1)}
-	}
-	inj := r.inject
-	r.mu.Unlock()
-	if !safe {
-		return nil
-	}
-	start := time.Now()
-	if err := writeMsg(r.sw, 'Q', append([]byte(catalogQuery(missing, oids)), 0)); err != nil {
-		return err
-	}
-	if err := r.sw.Flush(); err != nil {
-		return err
-	}
-	select {
-	case err := <-inj.done:
-		if err != nil {
-			return fmt.Errorf("catalog lookup: %w", err)
-		}
-	case <-time.After(10 * time.Second):
-		return errors.New("catalog lookup: no answer within 10s")
-	}
-	r.catalog().markAbsent(missing)
-	r.s.p.Log.Debug("catalog lookup", "tables", missing, "oids", len(oids), "duration_us", time.Since(start).Microseconds())
-	return nil
-}
-
-func (r *relay) injecting() *injection {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.inject
-}
-
-// injected consumes the answer to a catalog query; async messages
-// (parameter status, notifications) still reach the client.
-func (r *relay) injected(inj *injection, typ byte, n int) (bool, error) {
-	switch typ {
-	case 'S', 'A':
-		return false, nil
-	case 'D':
-		b, err := r.sr.body(n)
-		if err != nil {
-			return true, r.serverErr(err)
-		}
-		vals := textValues(b)
-		if len(vals) == 6 {
-			oid, _ := strconv.ParseUint(vals[0], 10, 32)
-			att, _ := strconv.ParseInt(vals[3], 10, 16)
-			typ, _ := strconv.ParseUint(vals[5], 10, 32)
-			r.catalog().add(uint32(oid), vals[1], vals[2], int16(att), vals[4], uint32(typ))
-		}
-		return true, nil
-	case 'E':
-		b, err := r.sr.body(n)
-		if err != nil {
-			return true, r.serverErr(err)
-		}
-		inj.err = fmt.Errorf("the server refused the catalog query: %s", errorCode(b))
-		return true, nil
-	case 'Z':
-		if _, err := r.sr.body(n); err != nil {
-			return true, r.serverErr(err)
-		}
-		r.mu.Lock()
-		r.inject = nil
-		r.mu.Unlock()
-		inj.done <- inj.err
-		return true, nil
-	}
-	_, err := r.sr.body(n) // RowDescription, CommandComplete, notices
-	if err != nil {
-		return true, r.serverErr(err)
-	}
-	return true, nil
+	return r.send('N', r.maskMessage(b))
 }
 
 // textValues splits a text-format DataRow into strings ("" for NULL).

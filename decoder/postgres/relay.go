@@ -20,16 +20,38 @@ import (
 )
 
 // relay is the statement phase: the client-to-server goroutine classifies
-// and decides, the server-to-client goroutine accounts results and turns
-// the server's error for a substituted statement into the denial.
+// and decides, the server-to-client goroutine accounts results, masks
+// them and turns the server's error for a substituted statement into the
+// denial.
+//
+// The two sides share one queue (ops): for every message sent to the
+// server that the server answers (Parse, Bind, Describe, Execute, Close,
+// Sync, Query, FunctionCall, and the proxy's own messages) the client side
+// appends what it was, and the server side takes the head as each answer
+// arrives. So the server side always knows which message an answer
+// belongs to, whatever the client pipelines: named and unnamed statements
+// and portals, descriptions asked for in one batch and used in a later
+// one, errors in the middle of a batch (the server skips to the next
+// Sync, and so does the queue), suspended portals resumed later. The
+// descriptions of statements and portals are kept as the server answers
+// them, so a result's columns are always the columns of the portal that
+// produced it.
 //
 // A denied statement never reaches the server. In its place the server
 // gets a call of a function that cannot exist (sluice_denied_<nonce>):
 // the server fails it exactly where the statement would have run, so its
 // transaction state (idle, in a block, or aborted) and the extended
 // protocol's skip-until-Sync stay the server's own, and the client sees
-// the ReadyForQuery status the server really has. The server's "function
-// does not exist" error is replaced with the 42501 denial on the way back.
+// the ReadyForQuery status the server really has. The server's error for
+// that message is replaced with the 42501 denial on the way back.
+//
+// A statement whose verdict masks has its result's columns named before
+// it runs: the proxy asks the server for the portal's description when
+// the client did not, and looks up the tables the statement names that
+// this session has not looked up yet (catalog.go). Both are pipelined in
+// front of the statement on the same connection, so no safe point is
+// needed and nothing waits. A result whose column origins still cannot
+// be named is refused with 42501; its rows never pass.
 type relay struct {
 	s      *session
 	cr, sr *frameReader
@@ -37,35 +59,47 @@ type relay struct {
 	cwMu   sync.Mutex // cw is the server goroutine's, but the client side may need to end the session
 	status byte
 
-	// Client-side state: named statements and portals, batch counter.
-	stmts     map[string]*command
-	portals   map[string]*portal
-	cBatch    uint64
-	openBatch bool // extended-protocol messages sent since the last Sync
+	// Client side: named statements and portals as the client made them.
+	stmts     map[string]*cstmt
+	portals   map[string]*cportal
+	stmtBytes int    // text held by stmts
+	openBatch bool   // extended-protocol messages sent since the last Sync
+	batch     uint64 // Syncs and Queries sent: which batch a Describe was in
+	ownName   string
+	ownBuf    []byte
 
-	// Shared with the server goroutine.
-	mu        sync.Mutex
-	pending   []*item // commands awaiting their results, in order
-	denials   []denial
-	describes []describeReq        // Describe messages awaiting their answer
-	descs     map[string][]colDesc // "S:name" / "P:name" -> row description
-	inject    *injection           // a catalog query in flight on this connection
+	// Shared: the answers the server owes, in order.
+	mu  sync.Mutex
+	ops []*op
 
+	// Server side: statements and portals as the server has them.
+	sStmts   map[string]*sstmt
+	sPortals map[string]*sportal
+	// suppress drops the server's answers until the batch's
+	// ReadyForQuery: the client was told its batch failed (a refused
+	// result), so it expects nothing more of it.
+	suppress bool
 	// lastMasker masks error and notice texts that arrive with no
-	// masked statement in flight (server side only).
+	// masked statement in flight.
 	lastMasker *mask.Masker
-	// rowBuf and valBuf are the server goroutine's scratch for masked rows.
+	// rowBuf and valBuf are scratch for masked rows.
 	rowBuf, valBuf []byte
 	// lastPlan is the last masking plan made, with its masker and the
 	// columns it was made for: the next result with the same masker and
-	// columns (a statement run again) reuses it (Plan.Fresh). Server side
-	// only.
+	// columns (a statement run again) reuses it (Plan.Fresh).
 	lastPlan struct {
 		plan   *mask.Plan
 		masker *mask.Masker
 		cols   []colDesc
 	}
 }
+
+// Bounds of one session's prepared statements (the client's and the
+// proxy's records of them).
+const (
+	maxStatements     = 10000
+	maxStatementBytes = 64 << 20
+)
 
 // command is one classified statement text and its verdict.
 type command struct {
@@ -75,36 +109,87 @@ type command struct {
 	masker *mask.Masker
 }
 
-// portal is a bound portal: its statement and result formats.
-type portal struct {
-	c       *command
-	stmt    string
-	formats []int16
+// cstmt is a prepared statement as the client side expects the server to
+// have it. It is a guess: a Parse the server skips (an error earlier in
+// its batch) leaves the server with the statement the name had before.
+// What the server really has is the server side's (sstmt); the client
+// side's guess only decides what to send ahead of an Execute.
+type cstmt struct {
+	c *command
+	// described is the batch in which the client asked for the
+	// statement's description after its Parse, plus one (0: never).
+	described uint64
+}
+
+// cportal is a bound portal as the client side expects it (a guess, as
+// cstmt).
+type cportal struct {
+	c         *command
+	described uint64 // as cstmt's
+}
+
+// sstmt is a prepared statement the server has: the command it was
+// decided as, and its description once the server gave it (nil until
+// then; empty for no rows).
+type sstmt struct {
+	c    *command
+	desc []colDesc
+}
+
+// sportal is a portal the server has: the command it runs, its result
+// columns (from the statement's description with the Bind's formats, or
+// its own Describe) and what earlier Executes of it returned.
+type sportal struct {
+	c           *command
+	cols        []colDesc
+	rows, bytes int64
+	heldOK      bool
+}
+
+// op is one message the server answers, in the order sent.
+type op struct {
+	typ     byte // the message: 'P', 'B', 'D', 'E', 'C', 'S', 'Q' or 'F'
+	obj     byte // Describe and Close: 'S' or 'P'
+	name    string
+	stmt    string  // Bind: the statement bound
+	formats []int16 // Bind: result formats
+	c       *command // Parse: the statement decided
+	it      *item    // Execute, Query, FunctionCall: the result accounted
+	// denial replaces the server's error for this message: the message
+	// was substituted for a refused one.
+	denial []byte
+	// own marks the proxy's own messages, whose answers the client never
+	// sees; lk is the lookup an own Execute runs, sync an own Sync.
+	own bool
+	lk  *lookup
 }
 
 // item is one command in flight: a simple Query, an Execute or a function
-// call, with its batch (the ReadyForQuery that ends it).
+// call.
 type item struct {
 	c      *command
-	batch  uint64
-	simple bool // a simple Query: ends at ReadyForQuery
+	simple bool // a simple Query or function call: ends at ReadyForQuery
 	start  time.Time
 	rows   int64
 	bytes  int64
-	code   string
-	denied bool
+	// base counts what earlier Executes of the same portal returned: a
+	// result fetched in pieces is decided on its whole size.
+	baseRows, baseBytes int64
+	started             bool
+	code                string
+	denied              bool
+	unknown             bool // an Execute of a portal the proxy never saw bound
 
 	// checkRows and checkBytes are the counts at which a result that
 	// awaits its verdict is decided again (zero: at its first row).
 	checkRows, checkBytes int64
 
-	// Masking (server side): the statement and portal an Execute runs,
-	// the columns of the result in flight and the plan built for them.
-	stmt, portal string
-	formats      []int16
-	cols         []colDesc
-	plan         *mask.Plan
-	copyOut      *copyState
+	// Masking: the portal an Execute runs, the columns of the result in
+	// flight and the plan built for them.
+	portal  string
+	cols    []colDesc
+	plan    *mask.Plan
+	copyOut *copyState
 
 	// Result-stage holds: held once approved; refused means the server
 	// was asked to cancel, further rows are dropped and the statement's
@@ -113,17 +198,17 @@ type item struct {
 	refusal []byte
 }
 
-// denial is the ErrorResponse to send in place of the server's error for
-// a substituted statement of a batch.
-type denial struct {
-	batch uint64
-	body  []byte
+// init makes the relay's maps; run calls it.
+func (r *relay) init() {
+	r.stmts = map[string]*cstmt{}
+	r.portals = map[string]*cportal{}
+	r.sStmts = map[string]*sstmt{}
+	r.sPortals = map[string]*sportal{}
+	r.ownName = "sluice_lookup_" + r.s.nonce
 }
 
 func (r *relay) run() error {
-	r.stmts = map[string]*command{}
-	r.portals = map[string]*portal{}
-	r.descs = map[string][]colDesc{}
+	r.init()
 	errc := make(chan error, 1)
 	go func() { errc <- r.serverLoop() }()
 	cerr := r.clientLoop()
@@ -170,8 +255,9 @@ func (r *relay) clientLoop() error {
 		case 'C':
 			err = r.closeMsg(n)
 		case 'S':
-			r.cBatch++
 			r.openBatch = false
+			r.batch++
+			r.push(&op{typ: 'S'})
 			err = r.cr.forward(r.sw, n)
 		case 'F':
 			err = r.functionCall(n)
@@ -182,8 +268,8 @@ func (r *relay) clientLoop() error {
 			return r.sw.Flush()
 		case 'D':
 			err = r.describe(n)
-		case 'H', 'd', 'c', 'f', 'p':
-			// Flush, COPY data/done/fail, GSS/SASL answers.
+		case 'H', 'd', 'c', 'f':
+			// Flush, COPY data/done/fail: no answer of their own.
 			err = r.cr.forward(r.sw, n)
 		default:
 			err = &ProtocolError{Msg: fmt.Sprintf("unknown message type %q from the client", typ)}
@@ -239,23 +325,28 @@ func blocked(v enforcer.Verdict) bool {
 	return v.Action == ruleset.Deny || v.Action == ruleset.Hold
 }
 
-func (r *relay) push(it *item) {
+// push appends what the server will answer next.
+func (r *relay) push(o *op) {
 	r.mu.Lock()
-	r.pending = append(r.pending, it)
-	r.mu.Unlock()
-}
-
-// pushDenial records the error to show when the substitute sent for c in
-// batch fails on the server.
-func (r *relay) pushDenial(c *command, batch uint64) {
-	r.mu.Lock()
-	r.denials = append(r.denials, denial{batch: batch, body: denialBody(c.verdict)})
+	r.ops = append(r.ops, o)
 	r.mu.Unlock()
 }
 
 // substitute is the statement sent in place of a denied one.
 func (r *relay) substitute() string {
 	return "SELECT pg_catalog.sluice_denied_" + r.s.nonce + "()"
+}
+
+// changesSchema reports whether a statement can change what names
+// resolve to (DDL, search_path, DISCARD): what the session looked up
+// must be looked up again.
+func changesSchema(st ruleset.Statement) bool {
+	switch st.Kind {
+	case "select", "insert", "update", "delete", "merge", "copy_out", "copy_in", "transaction",
+		"show", "explain", "empty", "lock", "vacuum", "execute", "function_call":
+		return false
+	}
+	return true
 }
 
 // query handles a simple Query: one message, one or more statements, one
@@ -271,18 +362,26 @@ func (r *relay) query(n int) error {
 	}
 	c := r.decide(text)
 	r.awaitHold(c)
-	it := &item{c: c, batch: r.cBatch, simple: true, start: time.Now()}
-	r.cBatch++ // a Query is a batch of its own
+	it := &item{c: c, simple: true, start: time.Now()}
+	r.batch++
 	if blocked(c.verdict) {
 		it.denied = true
-		r.push(it)
-		r.pushDenial(c, it.batch)
+		r.push(&op{typ: 'Q', it: it, denial: denialBody(c.verdict)})
 		return writeMsg(r.sw, 'Q', append([]byte(r.substitute()), 0))
 	}
-	if err := r.resolveTables(c); err != nil {
-		return err
+	if changesSchema(c.cmd.Statement) {
+		r.forgetNames()
 	}
-	r.push(it)
+	if !r.openBatch {
+		// A lookup of its own, ended by its own Sync, in front of the
+		// query. (After unsynced extended messages a Sync would end the
+		// client's implicit transaction early: no lookup then, and
+		// origins the session has not named refuse the result.)
+		if err := r.lookup(c, true); err != nil {
+			return err
+		}
+	}
+	r.push(&op{typ: 'Q', it: it})
 	return writeMsg(r.sw, 'Q', b)
 }
 
@@ -304,21 +403,43 @@ func (r *relay) parse(n int) error {
 	}
 	c := r.decide(text)
 	r.awaitHold(c)
-	r.stmts[name] = c
-	if blocked(c.verdict) {
-		r.pushDenial(c, r.cBatch)
-		r.openBatch = true
-		body := append(append(append([]byte(name), 0), r.substitute()...), 0, 0, 0)
-		return writeMsg(r.sw, 'P', body)
+	r.openBatch = true
+	old := r.stmts[name]
+	if old != nil {
+		r.stmtBytes -= len(old.c.cmd.Text)
 	}
-	if err := r.resolveTables(c); err != nil {
+	if old == nil && len(r.stmts) >= maxStatements || r.stmtBytes+len(text) > maxStatementBytes {
+		delete(r.stmts, name)
+		body := errorBody("ERROR", "54000", "sluice: too many prepared statements in this session",
+			fmt.Sprintf("A session may hold %d prepared statements of %d MiB of text in all.", maxStatements, maxStatementBytes>>20),
+			"Close prepared statements the session no longer needs.")
+		r.push(&op{typ: 'P', name: name, denial: body})
+		return writeMsg(r.sw, 'P', append(append(append([]byte(name), 0), r.substitute()...), 0, 0, 0))
+	}
+	r.stmts[name] = &cstmt{c: c}
+	r.stmtBytes += len(text)
+	if blocked(c.verdict) {
+		r.push(&op{typ: 'P', name: name, denial: denialBody(c.verdict)})
+		return writeMsg(r.sw, 'P', append(append(append([]byte(name), 0), r.substitute()...), 0, 0, 0))
+	}
+	if changesSchema(c.cmd.Statement) {
+		r.forgetNames()
+	}
+	r.push(&op{typ: 'P', name: name, c: c})
+	if err := writeMsg(r.sw, 'P', b); err != nil {
 		return err
 	}
-	r.openBatch = true
-	return writeMsg(r.sw, 'P', b)
+	// The tables are looked up right behind the Parse, with the
+	// search_path the server resolved them with: a statement the server
+	// has is a statement whose tables were looked up, whatever errors
+	// later messages meet.
+	return r.lookup(c, false)
 }
 
-// bind remembers which statement a portal runs.
+// bind remembers which statement a portal runs. A statement the proxy
+// never saw prepared (a name made with SQL-level PREPARE, or none) is
+// not bound: the Bind goes to the server naming a statement that cannot
+// exist, and the client gets a 42501 denial.
 func (r *relay) bind(n int) error {
 	b, err := r.cr.body(n)
 	if err != nil {
@@ -332,24 +453,60 @@ func (r *relay) bind(n int) error {
 	if err != nil {
 		return err
 	}
-	pt := &portal{c: r.stmts[stmt], stmt: stmt}
-	pt.formats, err = bindResultFormats(rest)
+	formats, err := bindResultFormats(rest)
 	if err != nil {
 		return err
 	}
-	r.portals[portalName] = pt
-	// The start of a batch is a safe point to learn the tables of a
-	// statement prepared in an earlier, pipelined batch.
-	if pt.c != nil && !r.openBatch {
-		if err := r.resolveTables(pt.c); err != nil {
-			return err
-		}
-	}
 	r.openBatch = true
+	cs := r.stmts[stmt]
+	if cs == nil {
+		delete(r.portals, portalName)
+		body := errorBody("ERROR", codeInsufficientPrivilege,
+			fmt.Sprintf("sluice: prepared statement %q was not prepared through the protocol", stmt),
+			"Sluice decides a prepared statement when it is parsed; it never saw this one parsed (SQL-level PREPARE, or no such statement), so it cannot be bound.",
+			"Prepare the statement with the protocol's Parse (the driver's prepare), or run it with EXECUTE.")
+		r.push(&op{typ: 'B', name: portalName, denial: body})
+		out := append(append([]byte(portalName), 0), "sluice_denied_"+r.s.nonce...)
+		return writeMsg(r.sw, 'B', append(append(out, 0), rest...))
+	}
+	if len(r.portals) >= maxStatements {
+		clear(r.portals) // names of dead portals; the server's own state is what counts
+	}
+	r.portals[portalName] = &cportal{c: cs.c, described: cs.described}
+	r.push(&op{typ: 'B', name: portalName, stmt: stmt, formats: formats})
 	return writeMsg(r.sw, 'B', b)
 }
 
-// execute accounts the portal's statement as in flight.
+// describe forwards a Describe; its answer names the columns.
+func (r *relay) describe(n int) error {
+	b, err := r.cr.body(n)
+	if err != nil {
+		return err
+	}
+	if len(b) < 2 || b[0] != 'S' && b[0] != 'P' {
+		return &ProtocolError{Msg: "malformed Describe"}
+	}
+	name, _, err := cstring(b[1:])
+	if err != nil {
+		return err
+	}
+	switch b[0] {
+	case 'S':
+		if cs := r.stmts[name]; cs != nil {
+			cs.described = r.batch + 1
+		}
+	case 'P':
+		if pt := r.portals[name]; pt != nil {
+			pt.described = r.batch + 1
+		}
+	}
+	r.openBatch = true
+	r.push(&op{typ: 'D', obj: b[0], name: name})
+	return writeMsg(r.sw, 'D', b)
+}
+
+// execute accounts the portal's statement as in flight. A masked one
+// has its columns named first (see lookup).
 func (r *relay) execute(n int) error {
 	b, err := r.cr.body(n)
 	if err != nil {
@@ -359,12 +516,65 @@ func (r *relay) execute(n int) error {
 	if err != nil {
 		return err
 	}
-	if pt := r.portals[portal]; pt != nil && pt.c != nil {
-		r.push(&item{c: pt.c, batch: r.cBatch, start: time.Now(), denied: blocked(pt.c.verdict),
-			stmt: pt.stmt, portal: portal, formats: pt.formats})
-	}
 	r.openBatch = true
+	// The result is accounted to the command the server side finds the
+	// portal bound to (see result); the client side's guess decides what
+	// goes ahead of it.
+	o := &op{typ: 'E', name: portal, it: &item{start: time.Now(), portal: portal}}
+	if pt := r.portals[portal]; pt != nil && pt.c != nil {
+		o.it.c = pt.c
+		if pt.c.masker != nil && !blocked(pt.c.verdict) {
+			if pt.described != r.batch+1 {
+				// The rows must not arrive before their columns. A
+				// description from an earlier batch may belong to a
+				// statement the server skipped: ask again.
+				pt.described = r.batch + 1
+				r.push(&op{typ: 'D', obj: 'P', name: portal, own: true})
+				if err := writeMsg(r.sw, 'D', append(append([]byte{'P'}, portal...), 0)); err != nil {
+					return err
+				}
+			}
+			if changesSchema(pt.c.cmd.Statement) {
+				r.forgetNames()
+			}
+			if err := r.lookup(pt.c, false); err != nil {
+				return err
+			}
+		}
+	}
+	r.push(o)
 	return writeMsg(r.sw, 'E', b)
+}
+
+// lookup sends, in front of the statement about to go, a catalog lookup
+// of the tables it names that this session has not looked up, when its
+// masks go by column.
+func (r *relay) lookup(c *command, sync bool) error {
+	if c.masker == nil || !c.masker.ByColumn() || r.s.catalog == nil {
+		return nil
+	}
+	names, oids := r.s.catalog.unresolved(c.cmd.Statement.Tables)
+	if len(names) == 0 && len(oids) == 0 {
+		return nil
+	}
+	lk := &lookup{names: names, oids: oids}
+	r.ownBuf = lookupMessages(r.ownBuf[:0], r.ownName, names, oids, sync)
+	r.mu.Lock()
+	r.ops = append(r.ops, &op{typ: 'P', own: true}, &op{typ: 'B', own: true}, &op{typ: 'E', own: true, lk: lk},
+		&op{typ: 'C', own: true}, &op{typ: 'C', own: true})
+	if sync {
+		r.ops = append(r.ops, &op{typ: 'S', own: true})
+	}
+	r.mu.Unlock()
+	_, err := r.sw.Write(r.ownBuf)
+	return err
+}
+
+// forgetNames makes the session look its tables up again.
+func (r *relay) forgetNames() {
+	if r.s.catalog != nil {
+		r.s.catalog.forget()
+	}
 }
 
 // closeMsg forgets a closed statement or portal.
@@ -373,19 +583,24 @@ func (r *relay) closeMsg(n int) error {
 	if err != nil {
 		return err
 	}
-	if len(b) >= 2 {
-		name, _, err := cstring(b[1:])
-		if err != nil {
-			return err
-		}
-		switch b[0] {
-		case 'S':
+	if len(b) < 2 || b[0] != 'S' && b[0] != 'P' {
+		return &ProtocolError{Msg: "malformed Close"}
+	}
+	name, _, err := cstring(b[1:])
+	if err != nil {
+		return err
+	}
+	switch b[0] {
+	case 'S':
+		if cs := r.stmts[name]; cs != nil {
+			r.stmtBytes -= len(cs.c.cmd.Text)
 			delete(r.stmts, name)
-		case 'P':
-			delete(r.portals, name)
 		}
+	case 'P':
+		delete(r.portals, name)
 	}
 	r.openBatch = true
+	r.push(&op{typ: 'C', obj: b[0], name: name})
 	return writeMsg(r.sw, 'C', b)
 }
 
@@ -404,23 +619,56 @@ func (r *relay) functionCall(n int) error {
 	c := &command{cmd: enforcer.Command{Text: fmt.Sprintf("<fastpath function call oid %d>", oid),
 		Statement: ruleset.Statement{Kind: "function_call", Functions: []string{fmt.Sprintf("oid:%d", oid)}}}}
 	c.verdict = r.s.p.Session.Decide(&c.cmd)
-	it := &item{c: c, batch: r.cBatch, simple: true, start: time.Now()}
-	r.cBatch++
+	it := &item{c: c, simple: true, start: time.Now()}
 	if blocked(c.verdict) {
 		it.denied = true
-		r.push(it)
-		r.pushDenial(c, it.batch)
+		r.push(&op{typ: 'Q', it: it, denial: denialBody(c.verdict)})
 		return writeMsg(r.sw, 'Q', append([]byte(r.substitute()), 0))
 	}
-	r.push(it)
+	r.push(&op{typ: 'F', it: it})
 	return writeMsg(r.sw, 'F', b)
+}
+
+// head returns the answer the server owes next, or nil.
+func (r *relay) head() *op {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.ops) == 0 {
+		return nil
+	}
+	return r.ops[0]
+}
+
+// pop removes the head.
+func (r *relay) pop() {
+	r.mu.Lock()
+	r.ops[0] = nil
+	r.ops = r.ops[1:]
+	r.mu.Unlock()
+}
+
+// send writes a message to the client unless the batch's answers are
+// being suppressed.
+func (r *relay) send(typ byte, b []byte) error {
+	if r.suppress {
+		return nil
+	}
+	return writeMsg(r.cw, typ, b)
+}
+
+// pass forwards the current server message unless suppressed.
+func (r *relay) pass(n int) error {
+	if r.suppress {
+		_, err := r.sr.body(n)
+		return r.serverErr(err)
+	}
+	return r.serverErr(r.sr.forward(r.cw, n))
 }
 
 // serverLoop relays the server's messages to the client.
 func (r *relay) serverLoop() error {
 	r.cwMu.Lock()
 	defer r.cwMu.Unlock()
-	var sBatch uint64
 	for {
 		if r.sr.idle() {
 			if err := r.cw.Flush(); err != nil {
@@ -438,142 +686,460 @@ func (r *relay) serverLoop() error {
 		if err != nil {
 			return r.serverErr(err)
 		}
-		if inj := r.injecting(); inj != nil {
-			if handled, err := r.injected(inj, typ, n); err != nil {
-				return err
-			} else if handled {
-				continue
-			}
-		}
 		switch typ {
 		case 'D':
-			if err := r.dataRow(n, sBatch); err != nil {
-				return err
-			}
-			continue
+			err = r.dataRow(n)
 		case 'T':
-			if err := r.rowDescription(n, sBatch); err != nil {
-				return err
-			}
-			continue
+			err = r.rowDescription(n)
 		case 'n':
-			r.noData(sBatch)
-		case 'H':
-			if err := r.copyOutResponse(n, sBatch); err != nil {
-				return err
-			}
-			continue
-		case 'd':
-			if err := r.copyData(n); err != nil {
-				return err
-			}
-			continue
-		case 'N':
-			if err := r.notice(n); err != nil {
-				return err
-			}
-			continue
+			err = r.noData(n)
+		case 't':
+			err = r.pass(n) // ParameterDescription, then the row description
+		case '1', '2', '3':
+			err = r.completion(typ, n)
 		case 'C', 'I', 's':
-			if body := r.takeRefusal(); body != nil {
-				if _, err := r.sr.body(n); err != nil {
-					return r.serverErr(err)
-				}
-				r.endResult()
-				r.finishExecute(codeInsufficientPrivilege, sBatch)
-				if err := writeMsg(r.cw, 'E', body); err != nil {
-					return err
-				}
-				continue
-			}
-			r.endResult()
-			r.finishExecute("", sBatch)
+			err = r.commandEnd(typ, n)
 		case 'E':
-			b, err := r.sr.body(n)
-			if err != nil {
-				return r.serverErr(err)
-			}
-			if repl, ok := r.replaceDenied(b, sBatch); ok {
-				b = repl
-			} else if body := r.takeRefusal(); body != nil {
-				r.endResult()
-				r.finishExecute(codeInsufficientPrivilege, sBatch)
-				b = body
-			} else {
-				r.endResult()
-				r.finishExecute(errorCode(b), sBatch)
-				b = r.maskMessage(b)
-			}
-			if err := writeMsg(r.cw, 'E', b); err != nil {
-				return err
-			}
-			continue
+			err = r.errorResponse(n)
 		case 'Z':
-			b, err := r.sr.body(n)
-			if err != nil || len(b) != 1 {
-				return r.serverErr(&ProtocolError{Msg: "malformed ReadyForQuery"})
-			}
-			r.mu.Lock()
-			r.status = b[0]
-			r.mu.Unlock()
-			r.endBatch(sBatch)
-			sBatch++
-			if err := writeMsg(r.cw, 'Z', b); err != nil {
-				return err
-			}
-			continue
+			err = r.ready(n)
+		case 'H':
+			err = r.copyOutResponse(n)
+		case 'd':
+			err = r.copyData(n)
+		case 'c':
+			err = r.copyDone(n)
+		case 'N':
+			err = r.notice(n)
+		case 'S', 'A':
+			// Parameter status and notifications: never suppressed.
+			err = r.serverErr(r.sr.forward(r.cw, n))
+		default:
+			err = r.pass(n)
 		}
-		if err := r.sr.forward(r.cw, n); err != nil {
-			return r.serverErr(err)
+		if err != nil {
+			return err
 		}
 	}
+}
+
+// unexpected ends the session when the server's answer does not fit the
+// message it answers: the proxy's view of the session would be wrong.
+func (r *relay) mismatch(typ byte, h *op) error {
+	what := "nothing"
+	if h != nil {
+		what = fmt.Sprintf("%q", h.typ)
+	}
+	return r.serverErr(&ProtocolError{Msg: fmt.Sprintf("answer %q does not fit the message it answers (%s)", typ, what)})
+}
+
+// completion takes ParseComplete, BindComplete and CloseComplete.
+func (r *relay) completion(typ byte, n int) error {
+	h := r.head()
+	want := map[byte]byte{'1': 'P', '2': 'B', '3': 'C'}[typ]
+	if h == nil || h.typ != want {
+		return r.mismatch(typ, h)
+	}
+	r.pop()
+	if h.own {
+		_, err := r.sr.body(n)
+		return r.serverErr(err)
+	}
+	switch typ {
+	case '1':
+		r.sStmts[h.name] = &sstmt{c: h.c}
+		if len(r.sStmts) > maxStatements {
+			r.trimServerState()
+		}
+	case '2':
+		sp := &sportal{}
+		if st := r.sStmts[h.stmt]; st != nil {
+			sp.c = st.c
+			if st.desc != nil {
+				sp.cols = withFormats(st.desc, h.formats)
+			}
+		}
+		r.sPortals[h.name] = sp
+		if len(r.sPortals) > maxStatements {
+			r.trimServerState()
+		}
+	case '3':
+		if h.obj == 'S' {
+			delete(r.sStmts, h.name)
+		} else {
+			delete(r.sPortals, h.name)
+		}
+	}
+	return r.pass(n)
+}
+
+// trimServerState keeps the server side's records bounded: the client
+// side refuses statements past maxStatements, so only a server that
+// answers what it was never sent gets here.
+func (r *relay) trimServerState() {
+	for k := range r.sPortals {
+		if len(r.sPortals) <= maxStatements {
+			break
+		}
+		delete(r.sPortals, k)
+	}
+	for k := range r.sStmts {
+		if len(r.sStmts) <= maxStatements {
+			break
+		}
+		delete(r.sStmts, k)
+	}
+}
+
+// withFormats is a statement's description with a Bind's result formats.
+func withFormats(desc []colDesc, formats []int16) []colDesc {
+	cols := make([]colDesc, len(desc))
+	copy(cols, desc)
+	for i := range cols {
+		cols[i].format = formatOf(formats, i)
+	}
+	return cols
+}
+
+// rowDescription notes a result's columns: a Describe's answer, under the
+// statement or portal described, or the next result of a simple query.
+func (r *relay) rowDescription(n int) error {
+	b, err := r.sr.body(n)
+	if err != nil {
+		return r.serverErr(err)
+	}
+	cols, err := parseRowDescription(b)
+	if err != nil {
+		return r.serverErr(err)
+	}
+	h := r.head()
+	switch {
+	case h != nil && h.typ == 'D':
+		r.pop()
+		r.described(h, cols)
+		if h.own {
+			return nil
+		}
+	case h != nil && h.typ == 'Q' && h.it != nil:
+		h.it.cols, h.it.plan = cols, nil
+	default:
+		return r.mismatch('T', h)
+	}
+	return r.send('T', b)
+}
+
+// described stores a Describe's answer.
+func (r *relay) described(h *op, cols []colDesc) {
+	if h.obj == 'S' {
+		if st := r.sStmts[h.name]; st != nil {
+			st.desc = cols
+		}
+		return
+	}
+	if sp := r.sPortals[h.name]; sp != nil {
+		sp.cols = cols
+	}
+}
+
+// noData answers a Describe of something that returns no rows.
+func (r *relay) noData(n int) error {
+	h := r.head()
+	if h == nil || h.typ != 'D' {
+		return r.mismatch('n', h)
+	}
+	r.pop()
+	r.described(h, []colDesc{})
+	if h.own {
+		_, err := r.sr.body(n)
+		return r.serverErr(err)
+	}
+	return r.pass(n)
+}
+
+// result returns the item whose result the head is producing, starting
+// it on its first answer. An Execute's command is the one the server has
+// the portal bound to, whatever the client side guessed; a portal the
+// proxy never saw bound (a SQL cursor, say) has none, and its rows are
+// refused. A resumed portal's earlier counts carry on.
+func (r *relay) result(h *op) *item {
+	it := h.it
+	if it == nil || it.started {
+		return it
+	}
+	it.started = true
+	if h.typ != 'E' {
+		return it
+	}
+	sp := r.sPortals[h.name]
+	if sp == nil || sp.c == nil {
+		it.c = &command{cmd: enforcer.Command{Text: fmt.Sprintf("<execute of portal %q>", h.name)}}
+		it.denied = true // reported below, if it returns rows
+		it.unknown = true
+		return it
+	}
+	if it.c != sp.c {
+		it.c = sp.c
+		it.denied = blocked(sp.c.verdict)
+	}
+	it.baseRows, it.baseBytes, it.heldOK = sp.rows, sp.bytes, sp.heldOK
+	it.cols = sp.cols
+	return it
 }
 
 // dataRow forwards a row and counts it against the statement in flight,
 // re-deciding it when a rule waits on the result and the counts reach the
 // next point where the verdict can change.
-func (r *relay) dataRow(n int, batch uint64) error {
-	r.mu.Lock()
-	var it *item
-	if len(r.pending) > 0 {
-		it = r.pending[0]
-		it.rows++
-		it.bytes += int64(n)
+func (r *relay) dataRow(n int) error {
+	h := r.head()
+	if h == nil || h.typ != 'E' && h.typ != 'Q' {
+		return r.mismatch('D', h)
 	}
+	if h.lk != nil {
+		b, err := r.sr.body(n)
+		if err != nil {
+			return r.serverErr(err)
+		}
+		h.lk.row(b)
+		return nil
+	}
+	it := r.result(h)
+	if it == nil {
+		return r.pass(n)
+	}
+	if it.unknown && it.refusal == nil {
+		r.s.p.Log.Warn("rows of a portal Sluice never saw bound refused", "portal", it.portal)
+		r.refuseResult(it, errorBody("ERROR", codeInsufficientPrivilege,
+			fmt.Sprintf("sluice: portal %q was not bound through the protocol", it.portal),
+			"Sluice decides what a portal runs when it is bound; rows of a portal it never saw bound (a SQL cursor run with the protocol's Execute) are refused.",
+			"Fetch from a cursor with FETCH, or bind the statement with the driver."))
+	}
+	r.mu.Lock() // the client side reads nothing of it, but holds share the lock
+	it.rows++
+	it.bytes += int64(n)
 	r.mu.Unlock()
 	if err := r.checkResult(it); err != nil {
 		return err
 	}
-	if it != nil && it.refusal != nil {
+	if it.refusal != nil || r.suppress {
 		// Refused: the server is cancelling; drop what it still sends.
 		_, err := r.sr.body(n)
-		return err
+		return r.serverErr(err)
 	}
-	if it != nil && it.c.masker != nil {
+	if it.c.masker != nil {
 		return r.maskRow(it, n)
 	}
 	return r.sr.forward(r.cw, n)
 }
 
+// commandEnd takes CommandComplete, EmptyQueryResponse and
+// PortalSuspended: the end of an Execute, or of one statement of a query.
+func (r *relay) commandEnd(typ byte, n int) error {
+	h := r.head()
+	if h == nil || h.typ != 'E' && h.typ != 'Q' && h.typ != 'F' {
+		return r.mismatch(typ, h)
+	}
+	b, err := r.sr.body(n)
+	if err != nil {
+		return r.serverErr(err)
+	}
+	if h.lk != nil {
+		r.pop()
+		if r.s.catalog != nil {
+			r.s.catalog.apply(h.lk)
+		}
+		return nil
+	}
+	it := r.result(h)
+	if it != nil && len(it.refusal) > 0 {
+		// The result was refused: the client gets the refusal where
+		// the statement ended, and nothing more of its batch.
+		body := it.refusal
+		it.refusal = []byte{}
+		it.code = codeInsufficientPrivilege
+		if h.typ == 'E' {
+			r.pop()
+			r.report(it, false)
+		}
+		if err := r.send('E', body); err != nil {
+			return err
+		}
+		r.suppress = true
+		return nil
+	}
+	if h.typ == 'E' {
+		r.pop()
+		if it != nil {
+			if sp := r.sPortals[h.name]; sp != nil && typ == 's' {
+				sp.rows, sp.bytes, sp.heldOK = it.baseRows+it.rows, it.baseBytes+it.bytes, it.heldOK
+			}
+			r.report(it, false)
+		}
+	} else if it != nil {
+		// The next statement of the query has its own result.
+		it.cols, it.plan, it.copyOut = nil, nil, nil
+		it.refusal = nil
+	}
+	return r.send(typ, b)
+}
+
+// errorResponse takes an ErrorResponse: the failure of the head message.
+// For a message of the extended protocol the server then skips to the
+// next Sync, and so does the queue; a query or function call goes on to
+// its ReadyForQuery.
+func (r *relay) errorResponse(n int) error {
+	b, err := r.sr.body(n)
+	if err != nil {
+		return r.serverErr(err)
+	}
+	h := r.head()
+	if h == nil {
+		// A FATAL the server sends on its own (shutdown, timeouts).
+		return writeMsg(r.cw, 'E', r.maskMessage(b))
+	}
+	code := errorCode(b)
+	var it *item
+	if h.it != nil {
+		it = r.result(h)
+	}
+	switch {
+	case h.denial != nil:
+		if !bytes.Contains(b, []byte("sluice_denied_"+r.s.nonce)) {
+			// The substitute cannot fail otherwise; if it did, the
+			// client still learns only that Sluice refused.
+			r.s.p.Log.Warn("a substituted statement failed for another reason", "code", code)
+		}
+		b = h.denial
+		code = codeInsufficientPrivilege
+	case h.own && h.typ == 'D':
+		// The proxy's own Describe of the portal about to run fails
+		// exactly as the Execute would have ("portal does not exist").
+		b = r.maskMessage(b)
+	case h.own:
+		r.forgetNames()
+		if h.typ == 'S' || r.ownSynced() {
+			// The lookup in front of a query ends with its own Sync:
+			// its failure is the proxy's alone.
+			b = nil
+			break
+		}
+		r.s.p.Log.Warn("catalog lookup for masking failed", "code", code)
+		b = errorBody("ERROR", codeInsufficientPrivilege, "sluice: cannot name the columns of this result for masking",
+			"The proxy's catalog lookup failed ("+code+"): "+messageOf(b)+". Rather than send the values unmasked, the statement is refused.", "")
+		code = codeInsufficientPrivilege
+	case it != nil && len(it.refusal) > 0:
+		b = it.refusal
+		it.refusal = []byte{}
+		code = codeInsufficientPrivilege
+	default:
+		b = r.maskMessage(b)
+	}
+	if it != nil && it.code == "" {
+		it.code = code
+	}
+	// A failed Parse or Bind has already dropped the unnamed statement
+	// or portal it was replacing.
+	if !h.own && h.name == "" {
+		switch h.typ {
+		case 'P':
+			delete(r.sStmts, "")
+		case 'B':
+			delete(r.sPortals, "")
+		}
+	}
+	switch h.typ {
+	case 'Q', 'F', 'S':
+		// ReadyForQuery follows.
+	default:
+		r.skipToSync()
+	}
+	if b == nil {
+		return nil
+	}
+	return r.send('E', b)
+}
+
+// ownSynced reports whether the failed own message belongs to a lookup
+// ended by its own Sync.
+func (r *relay) ownSynced() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, o := range r.ops {
+		if !o.own {
+			return false
+		}
+		if o.typ == 'S' {
+			return true
+		}
+	}
+	return false
+}
+
+// skipToSync drops the head and every message after it up to the next
+// Sync: the server skips them after an error.
+func (r *relay) skipToSync() {
+	r.mu.Lock()
+	first := true
+	for len(r.ops) > 0 && r.ops[0].typ != 'S' {
+		o := r.ops[0]
+		r.ops[0] = nil
+		r.ops = r.ops[1:]
+		if o.typ == 'E' && o.it != nil {
+			r.report(o.it, !first)
+		}
+		if o.lk != nil {
+			r.s.catalog.forget()
+		}
+		first = false
+	}
+	r.mu.Unlock()
+}
+
+// ready takes ReadyForQuery: the end of a batch, a query or a call.
+func (r *relay) ready(n int) error {
+	b, err := r.sr.body(n)
+	if err != nil || len(b) != 1 {
+		return r.serverErr(&ProtocolError{Msg: "malformed ReadyForQuery"})
+	}
+	h := r.head()
+	if h == nil || h.typ != 'S' && h.typ != 'Q' && h.typ != 'F' {
+		return r.mismatch('Z', h)
+	}
+	r.pop()
+	if h.own {
+		return nil
+	}
+	if h.it != nil {
+		r.report(r.result(h), false)
+	}
+	r.mu.Lock()
+	r.status = b[0]
+	r.mu.Unlock()
+	r.suppress = false
+	return writeMsg(r.cw, 'Z', b)
+}
+
 // checkResult re-decides a statement whose rules wait on its result: at
 // its first row, then whenever the rows or bytes reach the next count at
 // which the ruleset says the verdict can change (for result.rows > N, row
-// N+1), so the verdict is the one every row would get. A hold pauses the
+// N+1), so the verdict is the one every row would get. The counts of a
+// portal fetched in pieces run on across its Executes. A hold pauses the
 // result (nothing more is read from the server, so it waits too) until a
 // human decides; a deny, or a refused hold, cancels the statement on the
 // server and ends it for the client with an error, after exactly the rows
 // already sent.
 func (r *relay) checkResult(it *item) error {
-	if it == nil || !it.c.verdict.Decision.AwaitResult || it.heldOK || it.refusal != nil ||
-		(it.rows < it.checkRows && it.bytes < it.checkBytes) {
+	rows, nbytes := it.baseRows+it.rows, it.baseBytes+it.bytes
+	if !it.c.verdict.Decision.AwaitResult || it.heldOK || it.refusal != nil ||
+		(rows < it.checkRows && nbytes < it.checkBytes) {
 		return nil
 	}
-	// it.rows counts the row about to be sent: decide as if it had been.
-	v := r.s.p.Session.DecideResult(&it.c.cmd, it.rows, it.bytes)
-	it.checkRows, it.checkBytes = r.s.p.Session.NextResultCheck(it.rows, it.bytes)
+	// rows counts the row about to be sent: decide as if it had been.
+	v := r.s.p.Session.DecideResult(&it.c.cmd, rows, nbytes)
+	it.checkRows, it.checkBytes = r.s.p.Session.NextResultCheck(rows, nbytes)
 	switch v.Action {
 	case ruleset.Hold:
 		if r.s.p.Session.CanHold() {
-			o := r.s.p.Session.Hold(r.s.ctx, enforcer.HoldRequest{Command: &it.c.cmd, Verdict: v, Stage: "result", Rows: it.rows - 1,
+			o := r.s.p.Session.Hold(r.s.ctx, enforcer.HoldRequest{Command: &it.c.cmd, Verdict: v, Stage: "result", Rows: rows - 1,
 				Notify: func(id, msg string) {
 					writeMsg(r.cw, 'N', noticeBody(msg))
 					r.cw.Flush()
@@ -589,9 +1155,15 @@ func (r *relay) checkResult(it *item) error {
 	default:
 		return nil
 	}
-	it.refusal = denialBody(v)
-	r.cancelBackend()
+	r.refuseResult(it, denialBody(v))
 	return nil
+}
+
+// refuseResult drops the rest of a result and ends it with body; the
+// server is asked to cancel the statement.
+func (r *relay) refuseResult(it *item, body []byte) {
+	it.refusal = body
+	r.cancelBackend()
 }
 
 // cancelBackend asks the server to cancel the running statement, as a
@@ -651,88 +1223,11 @@ func noticeBody(msg string) []byte {
 	return b[5:]
 }
 
-// takeRefusal returns the refusal of the result in flight, once.
-func (r *relay) takeRefusal() []byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.pending) == 0 || r.pending[0].refusal == nil {
-		return nil
-	}
-	b := r.pending[0].refusal
-	r.pending[0].refusal = []byte{} // ends the dropping, not the item
-	if len(b) == 0 {
-		return nil
-	}
-	return b
-}
-
-// replaceDenied swaps the server's error for a substituted statement for
-// the denial that caused it.
-func (r *relay) replaceDenied(b []byte, batch uint64) ([]byte, bool) {
-	if !bytes.Contains(b, []byte("sluice_denied_"+r.s.nonce)) {
-		return nil, false
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i, d := range r.denials {
-		if d.batch == batch {
-			r.denials = append(r.denials[:i], r.denials[i+1:]...)
-			r.popExecuteLocked("42501", batch)
-			return d.body, true
-		}
-	}
-	// A substituted statement with no denial on record cannot happen;
-	// refuse generically rather than show the nonce.
-	return errorBody("ERROR", codeInsufficientPrivilege, "sluice: statement denied", "", ""), true
-}
-
-// finishExecute ends the Execute at the head of the queue, if that is what
-// is in flight.
-func (r *relay) finishExecute(code string, batch uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.popExecuteLocked(code, batch)
-}
-
-func (r *relay) popExecuteLocked(code string, batch uint64) {
-	if len(r.pending) == 0 || r.pending[0].batch != batch {
-		return
-	}
-	it := r.pending[0]
-	if it.simple {
-		if code != "" && it.code == "" {
-			it.code = code
-		}
-		it.cols, it.plan, it.copyOut = nil, nil, nil // the next statement of the query has its own
-		return
-	}
-	it.code = code
-	r.pending = r.pending[1:]
-	r.report(it, false)
-}
-
-// endBatch ends everything of batch b at ReadyForQuery: simple queries
-// finish, Executes the server skipped after an error are reported as
-// skipped, and denials whose substitute never ran (an earlier error in the
-// batch) are dropped.
-func (r *relay) endBatch(b uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	i := 0
-	for ; i < len(r.pending) && r.pending[i].batch <= b; i++ {
-		it := r.pending[i]
-		r.report(it, !it.simple)
-	}
-	r.pending = r.pending[i:]
-	j := 0
-	for ; j < len(r.denials) && r.denials[j].batch <= b; j++ {
-	}
-	r.denials = r.denials[j:]
-}
-
+// report tells the session how a command ended (a denial was reported
+// when it was decided).
 func (r *relay) report(it *item, skipped bool) {
-	if it.denied {
-		return // the denial was reported when it was decided
+	if it == nil || it.denied {
+		return
 	}
 	r.s.p.Session.Done(&it.c.cmd, it.c.verdict, enforcer.Outcome{
 		Rows: it.rows, Bytes: it.bytes, Duration: time.Since(it.start), ErrCode: it.code, Skipped: skipped,
@@ -749,14 +1244,19 @@ func (r *relay) serverErr(err error) error {
 }
 
 // errorCode extracts the SQLSTATE from an ErrorResponse body.
-func errorCode(b []byte) string {
+func errorCode(b []byte) string { return errorField(b, 'C') }
+
+// messageOf extracts the primary message from an ErrorResponse body.
+func messageOf(b []byte) string { return errorField(b, 'M') }
+
+func errorField(b []byte, field byte) string {
 	for len(b) > 1 {
 		f := b[0]
 		v, rest, err := cstring(b[1:])
 		if err != nil {
 			return ""
 		}
-		if f == 'C' {
+		if f == field {
 			return v
 		}
 		b = rest

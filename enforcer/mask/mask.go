@@ -186,6 +186,10 @@ func New(rules []*ruleset.Rule, key []byte) (*Masker, error) {
 	return m, nil
 }
 
+// ByColumn reports whether the masker has column patterns: only then do
+// a result column's origin (schema, table, column) matter to Plan.
+func (m *Masker) ByColumn() bool { return m.hasCol }
+
 // Rules returns the rules the masker was built from; Plan.Counts indexes
 // them.
 func (m *Masker) Rules() []*ruleset.Rule { return m.rules }
