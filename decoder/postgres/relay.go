@@ -151,8 +151,8 @@ type op struct {
 	typ     byte // the message: 'P', 'B', 'D', 'E', 'C', 'S', 'Q' or 'F'
 	obj     byte // Describe and Close: 'S' or 'P'
 	name    string
-	stmt    string  // Bind: the statement bound
-	formats []int16 // Bind: result formats
+	stmt    string   // Bind: the statement bound
+	formats []int16  // Bind: result formats
 	c       *command // Parse: the statement decided
 	it      *item    // Execute, Query, FunctionCall: the result accounted
 	// denial replaces the server's error for this message: the message
