@@ -99,6 +99,16 @@ create view people as select id, email from users;`)
 	if !hashed.MatchString(strings.TrimPrefix(steps["join"], "ok ")) {
 		t.Errorf("pgx join = %q", steps["join"])
 	}
+	// The first statement of a transaction pipelined behind its BEGIN:
+	// as a pgx batch, and byte for byte as the report that found the
+	// leak sent it (Parse/Bind/Execute BEGIN, then the SELECT with a
+	// binary parameter and Describe of the portal, one Sync).
+	if v := strings.TrimPrefix(steps["batch"], "ok "); !hashed.MatchString(v) {
+		t.Errorf("pgx batch = %q", steps["batch"])
+	}
+	if v := strings.TrimPrefix(steps["pipelined"], "ok "); !hashed.MatchString(v) {
+		t.Errorf("pipelined BEGIN + SELECT = %q", steps["pipelined"])
+	}
 
 	// COPY ... TO STDOUT in csv, text and binary.
 	csv := run("COPY (SELECT 1) TO STDOUT")

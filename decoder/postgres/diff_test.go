@@ -49,7 +49,7 @@ policy "ci" {
   record  = "none"
 
   mask "pii" {
-    columns = ["users.email", "users.ssn"]
+    columns = ["users.email", "users.ssn", "*.secret"]
     using   = "hash"
   }
 }

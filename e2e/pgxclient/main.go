@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 func main() {
@@ -171,6 +172,59 @@ func maskScenario(ctx context.Context, conn *pgx.Conn) {
 	var e2 string
 	err = conn.QueryRow(ctx, "SELECT u.email FROM users u JOIN orders o ON o.user_id = u.id WHERE o.id = 1").Scan(&e2)
 	report("join", e2, err)
+
+	// A transaction's first statement pipelined behind its BEGIN, as a
+	// pgx batch: one Sync for the lot.
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SELECT email FROM users WHERE id = $1", 3)
+	b.Queue("COMMIT")
+	br := conn.SendBatch(ctx, b)
+	_, err = br.Exec()
+	var e3 string
+	if err == nil {
+		err = br.QueryRow().Scan(&e3)
+	}
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	report("batch", e3, err)
+
+	// The same, byte for byte as a Java-style driver sends it: unnamed
+	// statements, the parameter in binary, Describe of the portal, one
+	// Sync.
+	fe := conn.PgConn().Frontend()
+	fe.Send(&pgproto3.Parse{Query: "BEGIN"})
+	fe.Send(&pgproto3.Bind{})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Parse{Query: "SELECT email FROM users WHERE id = $1"})
+	fe.Send(&pgproto3.Bind{ParameterFormatCodes: []int16{1}, Parameters: [][]byte{{0, 0, 0, 4}}})
+	fe.Send(&pgproto3.Describe{ObjectType: 'P'})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Sync{})
+	var raw []string
+	err = fe.Flush()
+	for err == nil {
+		var m pgproto3.BackendMessage
+		if m, err = fe.Receive(); err != nil {
+			break
+		}
+		if d, ok := m.(*pgproto3.DataRow); ok {
+			raw = append(raw, string(d.Values[0]))
+		}
+		if e, ok := m.(*pgproto3.ErrorResponse); ok {
+			err = fmt.Errorf("%s %s", e.Code, e.Message)
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	report("pipelined", strings.Join(raw, ","), err)
+	_, err = conn.Exec(ctx, "ROLLBACK")
+	report("rollback", "", err)
 }
 
 // idle opens n connections (os.Args[3]) and holds them until stdin closes,
