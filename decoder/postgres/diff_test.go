@@ -594,11 +594,15 @@ type diffEnv struct {
 	o     *oracle
 }
 
-func startDiffEnv(t testing.TB) *diffEnv {
+func startDiffEnv(t testing.TB) *diffEnv { return startRulesEnv(t, diffRules) }
+
+// startRulesEnv is startDiffEnv with another ruleset (which must keep the
+// rule ci/mask/pii the oracle masks with).
+func startRulesEnv(t testing.TB, rules func(addr string) string) *diffEnv {
 	t.Helper()
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{})
 	pg.Admin(t, diffSchema)
-	rs, diags := ruleset.Parse(map[string][]byte{"diff.hcl": []byte(diffRules(pg.Addr()))})
+	rs, diags := ruleset.Parse(map[string][]byte{"diff.hcl": []byte(rules(pg.Addr()))})
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
@@ -747,23 +751,41 @@ func TestDifferentialMasking(t *testing.T) {
 	t.Logf("%d sequences, no difference", n)
 }
 
-// TestPipelinedBeginMask is the sequence from the bug report, byte for
-// byte: a driver pipelining the first statement of a transaction behind
-// its BEGIN, after users was already masked in the session.
-func TestPipelinedBeginMask(t *testing.T) {
+// TestMaskRegressions are sequences that leaked or broke before: the
+// report's pipelined BEGIN, and a portal executed without a Describe after
+// an earlier batch described another statement (the rows were masked by
+// the stale description's columns, so the raw email and SSN passed).
+func TestMaskRegressions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs root and a PostgreSQL server")
 	}
 	env := startDiffEnv(t)
-	seq := []pgproto3.FrontendMessage{
-		&pgproto3.Query{String: "SELECT email FROM users WHERE id = 5"},
-		&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{},
-		&pgproto3.Parse{Query: "SELECT email FROM users WHERE id = $1"},
-		&pgproto3.Bind{ParameterFormatCodes: []int16{1}, Parameters: [][]byte{{0, 0, 0, 3}}},
-		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
-	}
-	if err := env.check(seq); err != nil {
-		t.Fatal(err)
+	for name, seq := range map[string][]pgproto3.FrontendMessage{
+		"pipelined BEGIN": {
+			&pgproto3.Query{String: "SELECT email FROM users WHERE id = 5"},
+			&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: "SELECT email FROM users WHERE id = $1"},
+			&pgproto3.Bind{ParameterFormatCodes: []int16{1}, Parameters: [][]byte{{0, 0, 0, 3}}},
+			&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		},
+		"stale description": {
+			&pgproto3.Parse{Query: "SELECT id, name FROM users WHERE id = 1"}, &pgproto3.Bind{},
+			&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.Parse{Query: "SELECT email, ssn FROM users WHERE id = 1"}, &pgproto3.Bind{},
+			&pgproto3.Execute{}, &pgproto3.Sync{},
+		},
+		"fetch size resumed across batches": {
+			&pgproto3.Query{String: "BEGIN"},
+			&pgproto3.Parse{Name: "s1", Query: "SELECT id, email, ssn FROM users ORDER BY id"},
+			&pgproto3.Bind{DestinationPortal: "p1", PreparedStatement: "s1", ResultFormatCodes: []int16{1}},
+			&pgproto3.Execute{Portal: "p1", MaxRows: 2}, &pgproto3.Sync{},
+			&pgproto3.Execute{Portal: "p1", MaxRows: 3}, &pgproto3.Flush{}, &pgproto3.Execute{Portal: "p1"}, &pgproto3.Sync{},
+			&pgproto3.Query{String: "COMMIT"},
+		},
+	} {
+		if err := env.check(seq); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }
 
@@ -782,4 +804,55 @@ func FuzzDifferentialMasking(f *testing.F) {
 			t.Fatalf("%s%v", describeSeq(seq), err)
 		}
 	})
+}
+
+// TestResultRowsAcrossExecutes: a rule on result.rows counts a portal
+// fetched in pieces (Execute with a row limit, resumed) as one result, so
+// a fetch size cannot walk around it.
+func TestResultRowsAcrossExecutes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs root and a PostgreSQL server")
+	}
+	env := startRulesEnv(t, func(addr string) string {
+		return diffRules(addr) + `
+policy "limit" {
+  targets = ["pg"]
+  deny "big" {
+    when   = result.rows > 3
+    reason = "more than 3 rows"
+  }
+}
+`
+	})
+	cl, err := dialClient(env.proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.close()
+	msgs, err := cl.run([]pgproto3.FrontendMessage{
+		&pgproto3.Query{String: "BEGIN"},
+		&pgproto3.Parse{Query: "SELECT id FROM users ORDER BY id"},
+		&pgproto3.Bind{DestinationPortal: "p1"},
+		&pgproto3.Execute{Portal: "p1", MaxRows: 2}, &pgproto3.Sync{},
+		&pgproto3.Execute{Portal: "p1", MaxRows: 2}, &pgproto3.Sync{},
+		&pgproto3.Execute{Portal: "p1", MaxRows: 2}, &pgproto3.Sync{},
+		&pgproto3.Query{String: "ROLLBACK"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, denied := 0, 0
+	for _, m := range msgs {
+		switch {
+		case m.typ == 'D':
+			rows++
+		case m.typ == 'E' && errorCode(m.body) == "42501":
+			denied++
+		}
+	}
+	// Rows 1-3, the denial at row 4, and the denial again for the
+	// portal's next piece.
+	if rows != 3 || denied != 2 {
+		t.Fatalf("%d rows and %d denials, want 3 rows, then a denial for each later Execute:\n%s", rows, denied, listMsgs(msgs))
+	}
 }

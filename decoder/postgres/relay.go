@@ -144,6 +144,9 @@ type sportal struct {
 	cols        []colDesc
 	rows, bytes int64
 	heldOK      bool
+	// refused is the refusal of an earlier Execute: the portal's later
+	// rows are refused too.
+	refused []byte
 }
 
 // op is one message the server answers, in the order sent.
@@ -883,6 +886,9 @@ func (r *relay) result(h *op) *item {
 	}
 	it.baseRows, it.baseBytes, it.heldOK = sp.rows, sp.bytes, sp.heldOK
 	it.cols = sp.cols
+	if sp.refused != nil {
+		it.refusal = sp.refused
+	}
 	return it
 }
 
@@ -959,6 +965,9 @@ func (r *relay) commandEnd(typ byte, n int) error {
 		if h.typ == 'E' {
 			r.pop()
 			r.report(it, false)
+			if sp := r.sPortals[h.name]; sp != nil {
+				sp.refused = body
+			}
 		}
 		if err := r.send('E', body); err != nil {
 			return err
