@@ -72,7 +72,10 @@ type relay struct {
 	mu  sync.Mutex
 	ops []*op
 
-	// Server side: statements and portals as the server has them.
+	// Server side: the head of ops, once read (only the server side
+	// removes from ops, so it stays the head until it does); statements
+	// and portals as the server has them.
+	cur      *op
 	sStmts   map[string]*sstmt
 	sPortals map[string]*sportal
 	// suppress drops the server's answers until the batch's
@@ -632,21 +635,26 @@ func (r *relay) functionCall(n int) error {
 	return writeMsg(r.sw, 'F', b)
 }
 
-// head returns the answer the server owes next, or nil.
+// head returns the answer the server owes next, or nil. Server side
+// only.
 func (r *relay) head() *op {
+	if r.cur != nil {
+		return r.cur
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.ops) == 0 {
-		return nil
+	if len(r.ops) > 0 {
+		r.cur = r.ops[0]
 	}
-	return r.ops[0]
+	return r.cur
 }
 
-// pop removes the head.
+// pop removes the head. Server side only.
 func (r *relay) pop() {
 	r.mu.Lock()
 	r.ops[0] = nil
 	r.ops = r.ops[1:]
+	r.cur = nil
 	r.mu.Unlock()
 }
 
@@ -919,10 +927,8 @@ func (r *relay) dataRow(n int) error {
 			"Sluice decides what a portal runs when it is bound; rows of a portal it never saw bound (a SQL cursor run with the protocol's Execute) are refused.",
 			"Fetch from a cursor with FETCH, or bind the statement with the driver."))
 	}
-	r.mu.Lock() // the client side reads nothing of it, but holds share the lock
-	it.rows++
+	it.rows++ // items are the server side's alone
 	it.bytes += int64(n)
-	r.mu.Unlock()
 	if err := r.checkResult(it); err != nil {
 		return err
 	}
@@ -1087,6 +1093,7 @@ func (r *relay) ownSynced() bool {
 // Sync: the server skips them after an error.
 func (r *relay) skipToSync() {
 	r.mu.Lock()
+	r.cur = nil
 	first := true
 	for len(r.ops) > 0 && r.ops[0].typ != 'S' {
 		o := r.ops[0]
