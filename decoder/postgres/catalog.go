@@ -28,7 +28,7 @@ import (
 type Catalog struct {
 	mu       sync.Mutex
 	rels     map[uint32]*relation
-	resolved map[string]uint32 // name as the classifier reports it -> OID (0: no such table)
+	resolved map[string]uint32 // name as the classifier reports it -> OID
 	want     map[uint32]bool   // OIDs seen in results but not named
 }
 
@@ -146,8 +146,8 @@ func (c *Catalog) tableColumns(name string) ([]mask.Column, bool) {
 }
 
 // apply stores what one lookup returned: the relations it found replace
-// what was known of them, and each asked name maps to the relation it
-// resolved to, or to nothing.
+// what was known of them, and each asked name that resolved maps to its
+// relation.
 func (c *Catalog) apply(l *lookup) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -161,8 +161,13 @@ func (c *Catalog) apply(l *lookup) {
 	for oid, r := range l.rels {
 		c.rels[oid] = r
 	}
+	// A name that resolved to nothing is not remembered: the table may
+	// be created by another session, and the next statement naming it
+	// looks it up again.
 	for _, n := range l.names {
-		c.resolved[n] = l.byName[n]
+		if oid, ok := l.byName[n]; ok {
+			c.resolved[n] = oid
+		}
 	}
 }
 
