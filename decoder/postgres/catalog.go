@@ -30,6 +30,10 @@ type Catalog struct {
 	rels     map[uint32]*relation
 	resolved map[string]uint32 // name as the classifier reports it -> OID
 	want     map[uint32]bool   // OIDs seen in results but not named
+	// gen counts forget calls: a lookup sent before the last one (a DDL
+	// statement sent after it may change what its names resolve to)
+	// names relations but resolves no names.
+	gen uint64
 }
 
 // Bounds of a session's catalog.
@@ -65,7 +69,7 @@ func newCatalog() *Catalog {
 // lookup's answer arrives (apply): a lookup the server skips (an error
 // earlier in its batch) must not leave later statements without one, so
 // statements pipelined before the first answer each carry a lookup.
-func (c *Catalog) unresolved(tables []string) ([]string, []uint32) {
+func (c *Catalog) unresolved(tables []string) ([]string, []uint32, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []string
@@ -79,7 +83,7 @@ func (c *Catalog) unresolved(tables []string) ([]string, []uint32) {
 		oids = append(oids, o)
 	}
 	clear(c.want)
-	return out, oids
+	return out, oids, c.gen
 }
 
 // forget drops what the session learnt by name, after DDL or a failed
@@ -87,6 +91,7 @@ func (c *Catalog) unresolved(tables []string) ([]string, []uint32) {
 func (c *Catalog) forget() {
 	c.mu.Lock()
 	clear(c.resolved)
+	c.gen++
 	c.mu.Unlock()
 }
 
@@ -165,7 +170,7 @@ func (c *Catalog) apply(l *lookup) {
 	// be created by another session, and the next statement naming it
 	// looks it up again.
 	for _, n := range l.names {
-		if oid, ok := l.byName[n]; ok {
+		if oid, ok := l.byName[n]; ok && l.gen == c.gen {
 			c.resolved[n] = oid
 		}
 	}
@@ -174,6 +179,7 @@ func (c *Catalog) apply(l *lookup) {
 // lookup is one catalog lookup in flight: the names and OIDs asked for,
 // and the rows the server returned so far.
 type lookup struct {
+	gen    uint64 // the catalog's generation when it was sent
 	names  []string
 	oids   []uint32
 	rels   map[uint32]*relation

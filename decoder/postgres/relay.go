@@ -559,11 +559,11 @@ func (r *relay) lookup(c *command, sync bool) error {
 	if c.masker == nil || !c.masker.ByColumn() || r.s.catalog == nil {
 		return nil
 	}
-	names, oids := r.s.catalog.unresolved(c.cmd.Statement.Tables)
+	names, oids, gen := r.s.catalog.unresolved(c.cmd.Statement.Tables)
 	if len(names) == 0 && len(oids) == 0 {
 		return nil
 	}
-	lk := &lookup{names: names, oids: oids}
+	lk := &lookup{gen: gen, names: names, oids: oids}
 	r.ownBuf = lookupMessages(r.ownBuf[:0], r.ownName, names, oids, sync)
 	r.mu.Lock()
 	r.ops = append(r.ops, &op{typ: 'P', own: true}, &op{typ: 'B', own: true}, &op{typ: 'E', own: true, lk: lk},
