@@ -529,6 +529,9 @@ func (r *relay) execute(n int) error {
 	o := &op{typ: 'E', name: portal, it: &item{start: time.Now(), portal: portal}}
 	if pt := r.portals[portal]; pt != nil && pt.c != nil {
 		o.it.c = pt.c
+		if changesSchema(pt.c.cmd.Statement) {
+			r.forgetNames()
+		}
 		if pt.c.masker != nil && !blocked(pt.c.verdict) {
 			if pt.described != r.batch+1 {
 				// The rows must not arrive before their columns. A
@@ -539,9 +542,6 @@ func (r *relay) execute(n int) error {
 				if err := writeMsg(r.sw, 'D', append(append([]byte{'P'}, portal...), 0)); err != nil {
 					return err
 				}
-			}
-			if changesSchema(pt.c.cmd.Statement) {
-				r.forgetNames()
 			}
 			if err := r.lookup(pt.c, false); err != nil {
 				return err
