@@ -34,6 +34,7 @@ var targetSchema = &hcl.BodySchema{
 		{Name: "address", Required: true},
 		{Name: "upstream_tls"},
 		{Name: "resolve_every"},
+		{Name: "undecoded"},
 		{Name: "description"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{{Type: "credential", LabelNames: []string{"name"}}},
@@ -67,8 +68,9 @@ func ruleSchema(kind Action) *hcl.BodySchema {
 }
 
 var (
-	protocols = []string{ProtoPostgres, ProtoMySQL, ProtoSSH, ProtoK8s, ProtoTCP}
-	tlsModes  = []string{TLSDisable, TLSPrefer, TLSRequire, TLSVerifyCA, TLSVerifyFull}
+	protocols      = []string{ProtoPostgres, ProtoMySQL, ProtoSSH, ProtoK8s, ProtoTCP}
+	tlsModes       = []string{TLSDisable, TLSPrefer, TLSRequire, TLSVerifyCA, TLSVerifyFull}
+	undecodedModes = []string{UndecodedRelay, UndecodedRefuse}
 )
 
 // pendingExpr is a when expression waiting for its type check, which
@@ -260,6 +262,18 @@ func (c *compiler) target(b *hcl.Block) {
 				c.errorf(a.Expr.Range(), "upstream_tls not supported", "%s targets are relayed with their own end-to-end encryption, so upstream_tls can only be \"disable\"; remove it.", t.Protocol)
 			}
 			t.UpstreamTLS = m
+		}
+	}
+	if t.Protocol != ProtoTCP {
+		t.Undecoded = UndecodedRefuse
+	}
+	if a := content.Attributes["undecoded"]; a != nil {
+		if m, ok := c.keyword(a, undecodedModes); ok {
+			if t.Protocol == ProtoTCP {
+				c.errorf(a.Expr.Range(), "undecoded not supported", "tcp targets are always relayed opaquely, so undecoded means nothing for them; remove it, or remove the target to stop intercepting its flows.")
+			} else {
+				t.Undecoded, t.UndecodedRange = m, a.Expr.Range().Ptr()
+			}
 		}
 	}
 	if a := content.Attributes["resolve_every"]; a != nil {

@@ -4,6 +4,11 @@
 # programs, other servers (dblink) and search_path, holds bulk exports
 # for a human, masks secrets and personal data in results, and records
 # everything.
+#
+# It never breaks a pipeline by itself: a target whose protocol has no
+# decoder in the running build (undecoded = "relay") is relayed
+# uninspected, its metadata logged and recorded. An operator's ruleset
+# that leaves undecoded out refuses such flows instead.
 
 mode = "enforce"
 
@@ -13,18 +18,21 @@ target "postgres" {
 }
 
 target "mysql" {
-  protocol = "mysql"
-  address  = ["*:3306"]
+  protocol  = "mysql"
+  address   = ["*:3306"]
+  undecoded = "relay"
 }
 
 target "ssh" {
-  protocol = "ssh"
-  address  = ["*:22"]
+  protocol  = "ssh"
+  address   = ["*:22"]
+  undecoded = "relay"
 }
 
 target "kubernetes" {
-  protocol = "k8s"
-  address  = ["*:6443"]
+  protocol  = "k8s"
+  address   = ["*:6443"]
+  undecoded = "relay"
 }
 
 policy "baseline" {

@@ -16,6 +16,7 @@
 //	  address       = ["10.0.0.5:5432", "10.1.0.0/16:5432", "db.internal:5432-5433", "*:5432"]
 //	  upstream_tls  = "verify-full"  # disable, prefer, require, verify-ca, verify-full
 //	  resolve_every = "1m"           # how often hostnames are re-resolved
+//	  undecoded     = "refuse"       # while no decoder: "refuse" (default) or "relay"
 //	}
 //
 //	policy "ci-main-readonly" {
@@ -101,6 +102,30 @@
 //     to the configured value and are not flagged.
 //
 // For example: deny { when = length(statement.flags) > 0 }.
+//
+// # Undecoded protocols
+//
+// A target's protocol may have no decoder in the build that runs it (see
+// the daemon's README for which are decoded). Nothing of such a flow is
+// inspected, so no rule about statements, commands or results can fire
+// on it; the flow is still matched by policy and default at connect. The
+// target's undecoded attribute says what happens then:
+//
+//   - "refuse", the default: the flow is refused in the protocol's own
+//     terms where there is a way to say so before decoding (MySQL: an
+//     error packet in place of the greeting; SSH: a disconnect message),
+//     otherwise closed, and the daemon logs it at warn with the rule
+//     "target/NAME/undecoded". A ruleset that names a protocol expects
+//     its rules to apply there; traffic they cannot see is not let
+//     through unseen.
+//   - "relay": the bytes are relayed unread, as a tcp target's are, and
+//     the flow's metadata (process, identity, destination, bytes,
+//     duration) is logged and recorded; the log says the flow was not
+//     inspected. The embedded default ruleset relays, so installing
+//     Sluice never breaks a pipeline by itself.
+//
+// In monitor mode a refusal is logged and the flow is relayed. tcp
+// targets are always relayed and take no undecoded attribute.
 //
 // # Precedence
 //

@@ -86,6 +86,25 @@ const (
 	TLSVerifyFull = "verify-full"
 )
 
+// What a target's flows get while the build has no decoder for its
+// protocol (Target.Undecoded). Nothing of such a flow is inspected: no
+// statement, command or request is decided, and no rule about one fires.
+const (
+	// UndecodedRelay relays the flow's bytes unread, as a tcp target's
+	// are, and records its metadata: who, where, bytes and duration. The
+	// embedded default ruleset sets it on its targets, so installing
+	// Sluice never breaks a pipeline by itself.
+	UndecodedRelay = "relay"
+	// UndecodedRefuse refuses the flow, in the protocol's own terms where
+	// it has a way to say so before any decoding (a MySQL error packet in
+	// place of the server's greeting, an SSH disconnect message). It is
+	// the default for a target that does not say: whoever names a
+	// protocol in a ruleset expects its rules to apply to that traffic,
+	// and a flow they cannot see is refused rather than let through
+	// unseen (fail closed).
+	UndecodedRefuse = "refuse"
+)
+
 // DefaultResolveEvery is how often the daemon re-resolves a target's
 // hostnames when the target does not say.
 const DefaultResolveEvery = time.Minute
@@ -104,6 +123,15 @@ type Target struct {
 	// ResolveEvery is how often hostnames in Addresses are re-resolved into
 	// the kernel's target map; DefaultResolveEvery unless set.
 	ResolveEvery time.Duration
+	// Undecoded says what the target's flows get while the build has no
+	// decoder for Protocol: UndecodedRelay or UndecodedRefuse. It
+	// defaults to UndecodedRefuse, and has no effect once the protocol
+	// is decoded. It is empty for tcp targets, which are always relayed
+	// opaquely.
+	Undecoded string
+	// UndecodedRange is where undecoded is set; nil when it is the
+	// default.
+	UndecodedRange *hcl.Range
 	// Credentials are injected in place of the client's own; a target
 	// with any accepts only sessions granted one (see Match.Grant).
 	Credentials []*Credential
