@@ -300,11 +300,20 @@ func checkRuleset(st *api.Status) finding {
 	r := st.Ruleset
 	f.level, f.detail = levelOK, fmt.Sprintf("generation %d from %s, mode %s, %d targets, loaded %s",
 		r.Generation, r.Source, r.Mode, len(st.Targets), r.Loaded.Format(time.RFC3339))
-	var undecoded []string
+	// Targets this build cannot decode: refused ones break the jobs that
+	// use them, relayed ones pass uninspected.
+	var refused, relayed []string
 	for _, t := range st.Targets {
-		if !t.Decoded {
-			undecoded = append(undecoded, t.Name+" ("+t.Protocol+")")
+		switch {
+		case t.Decoded:
+		case t.Undecoded == "relay":
+			relayed = append(relayed, t.Name+" ("+t.Protocol+")")
+		default:
+			refused = append(refused, fmt.Sprintf("%s (%s, rule %s)", t.Name, t.Protocol, t.Rule))
 		}
+	}
+	if len(relayed) > 0 {
+		f.detail += "; relayed without inspection (no decoder in this build): " + strings.Join(relayed, ", ")
 	}
 	switch {
 	case r.LastError != nil:
@@ -316,10 +325,10 @@ func checkRuleset(st *api.Status) finding {
 		f.level = levelWarn
 		f.detail += "; monitor mode: verdicts are logged, nothing is enforced"
 		f.fix = `set mode = "enforce" in the ruleset once the logged verdicts look right`
-	case len(undecoded) > 0:
+	case len(refused) > 0:
 		f.level = levelWarn
-		f.detail += "; no decoder in this build for " + strings.Join(undecoded, ", ") + ": their connections are refused"
-		f.fix = "expected until those decoders land; remove the targets from the ruleset if the refusals get in the way"
+		f.detail += "; refused for lack of a decoder in this build: " + strings.Join(refused, ", ")
+		f.fix = `jobs that reach these targets fail; if that is not intended, set undecoded = "relay" on the targets (their flows then pass uninspected, with metadata recorded) or remove them from the ruleset`
 	}
 	return f
 }

@@ -220,7 +220,7 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 		for _, t := range d.Targets {
 			note := ""
 			if !t.Decoded {
-				note = "  [no decoder in this build: connections refused]"
+				note = "  [no decoder in this build: " + t.Mode + "]"
 			}
 			fmt.Fprintf(w, "target:      %s (%s) %s%s\n", t.Name, t.Protocol, strings.Join(t.Addresses, ", "), note)
 		}

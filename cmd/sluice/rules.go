@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
+	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/decoder/postgres"
 	"github.com/sluicehq/sluice/ruleset"
 )
@@ -353,6 +354,7 @@ func rulesExplain(args []string, stdout, stderr io.Writer) int {
 	if d.Monitor {
 		fmt.Fprintf(stdout, "mode: monitor (the verdict is logged and recorded, nothing is enforced)\n")
 	}
+	fmt.Fprintf(stdout, "flow: %s\n", flowMode(t, in.Statement.Kind, rs.Mode()))
 	if d.AwaitResult {
 		fmt.Fprintf(stdout, "note: a rule that uses result.* may still fire once the result is known (try --rows)\n")
 	}
@@ -365,6 +367,36 @@ func rulesExplain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "  %s %s (%s:%d): %s\n", mark, s.ID, s.Range.Filename, s.Range.Start.Line, s.Outcome)
 	}
 	return 0
+}
+
+// flowMode says what this build does with t's flows, and what that means
+// for a decision about a statement of the given kind.
+func flowMode(t *ruleset.Target, kind string, mode ruleset.Mode) string {
+	m := decoder.ModeOf(t)
+	where := "by default"
+	if r := t.UndecodedRange; r != nil {
+		where = fmt.Sprintf("at %s:%d", r.Filename, r.Start.Line)
+	}
+	var s string
+	switch m {
+	case decoder.Decoded:
+		return m.String() + " (this build decodes " + t.Protocol + ")"
+	case decoder.Opaque:
+		s = m.String() + " (tcp targets are never decoded; flows are recorded as metadata)"
+	case decoder.RelayedUndecoded:
+		s = fmt.Sprintf("%s: this build has no %s decoder and undecoded = %q (%s); the flow is relayed uninspected and recorded as metadata",
+			m, t.Protocol, t.Undecoded, where)
+	case decoder.RefusedUndecoded:
+		s = fmt.Sprintf("%s: this build has no %s decoder and undecoded = %q (%s); every connection is refused by rule %s",
+			m, t.Protocol, t.Undecoded, where, decoder.UndecodedRule(t))
+		if mode == ruleset.Monitor {
+			s += " (monitor mode: logged, then relayed uninspected)"
+		}
+	}
+	if kind != ruleset.KindConnect {
+		s += "; this statement would never be seen, so the decision above does not apply to it"
+	}
+	return s
 }
 
 func targetNames(rs *ruleset.Ruleset) []string {

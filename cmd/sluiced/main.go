@@ -26,7 +26,10 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
+	"github.com/sluicehq/sluice/decoder"
+	"github.com/sluicehq/sluice/decoder/mysql"
 	"github.com/sluicehq/sluice/decoder/postgres"
+	"github.com/sluicehq/sluice/decoder/ssh"
 	"github.com/sluicehq/sluice/decoder/tcp"
 	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/enforcer/mask"
@@ -181,8 +184,17 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		Handlers: map[string]interceptor.Handler{
 			ruleset.ProtoTCP:      tcpHandler,
 			ruleset.ProtoPostgres: postgresHandler(ca, maskKey, cfg.MaxMessage, log.Named("postgres")),
+			// No decoder yet: relayed or refused as each target's
+			// undecoded attribute says (decoder.ModeOf).
+			ruleset.ProtoMySQL: undecodedHandler(mysql.Refuse, log.Named("mysql")),
+			ruleset.ProtoSSH:   undecodedHandler(ssh.Refuse, log.Named("ssh")),
+			ruleset.ProtoK8s:   undecodedHandler(nil, log.Named("k8s")),
 		},
-		Refusers: map[string]interceptor.Refuser{ruleset.ProtoPostgres: postgres.Refuse},
+		Refusers: map[string]interceptor.Refuser{
+			ruleset.ProtoPostgres: postgres.Refuse,
+			ruleset.ProtoMySQL:    mysql.Refuse,
+			ruleset.ProtoSSH:      ssh.Refuse,
+		},
 	}
 	if met != nil {
 		proxy.OnFlowEnd = met.flowEnd
@@ -386,7 +398,10 @@ func statusOf(cfg *config, ic *interceptor.Interceptor, p *interceptor.Proxy, st
 	}
 	rs := store.Current()
 	for _, t := range rs.Targets() {
-		at := api.Target{Name: t.Name, Protocol: t.Protocol, Decoded: decoders[t.Protocol]}
+		at := api.Target{Name: t.Name, Protocol: t.Protocol, Decoded: decoder.Decodes(t.Protocol), Mode: decoder.ModeOf(t).String()}
+		if !at.Decoded {
+			at.Undecoded, at.Rule = t.Undecoded, decoder.UndecodedRule(t)
+		}
 		for _, a := range t.Addresses {
 			at.Addresses = append(at.Addresses, a.String())
 		}

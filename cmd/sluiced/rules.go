@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,13 +16,11 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
 
+	"github.com/sluicehq/sluice/decoder"
+	"github.com/sluicehq/sluice/decoder/tcp"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/ruleset"
 )
-
-// decoders lists the protocols this build serves. A target of any other
-// protocol is still intercepted, and its connections are refused.
-var decoders = map[string]bool{ruleset.ProtoTCP: true, ruleset.ProtoPostgres: true}
 
 // rules owns the daemon's ruleset: the initial load, reloads from the rules
 // directory (file changes and SIGHUP) and pushes over the API. Reloads are
@@ -103,12 +102,59 @@ func (r *rules) apply(rs *ruleset.Ruleset, source string) error {
 	return nil
 }
 
+// warnUndecoded says, for each target whose protocol this build cannot
+// decode, what its flows get: relayed uninspected (info), or refused
+// (warn, since jobs that use it will fail).
 func (r *rules) warnUndecoded(rs *ruleset.Ruleset) {
 	for _, t := range rs.Targets() {
-		if !decoders[t.Protocol] {
-			r.log.Warn("target's protocol has no decoder in this build: its connections are intercepted and refused",
-				"target", t.Name, "protocol", t.Protocol)
+		switch decoder.ModeOf(t) {
+		case decoder.RelayedUndecoded:
+			r.log.Info("target's protocol has no decoder in this build: its flows are relayed without inspection",
+				"target", t.Name, "protocol", t.Protocol, "undecoded", t.Undecoded)
+		case decoder.RefusedUndecoded:
+			r.log.Warn("target's protocol has no decoder in this build: its flows are refused",
+				"target", t.Name, "protocol", t.Protocol, "undecoded", t.Undecoded, "rule", decoder.UndecodedRule(t))
 		}
+	}
+}
+
+// undecodedHandler serves the flows of a protocol this build cannot
+// decode, as the flow's target says (ruleset.Target.Undecoded). Relayed,
+// the bytes pass unread and the session records metadata only, whatever
+// its record level: without a decoder Sluice cannot tell where a
+// protocol's authentication ends, and the wire may carry a password.
+// Refused, the client gets refuse's message in its protocol's terms
+// (nil: the connection is closed) and the refusal is logged at warn
+// naming the rule. In monitor mode a refusal is logged and the flow is
+// relayed.
+func undecodedHandler(refuse interceptor.Refuser, log hclog.Logger) interceptor.Handler {
+	return func(ctx context.Context, f *interceptor.Flow, client net.Conn, dial interceptor.DialFunc) interceptor.Result {
+		t := f.Target
+		flog := log.With("flow", f.ID, "target", t.Name, "protocol", t.Protocol, "orig_dst", f.Dest.String(),
+			"pid", f.Process.TGID, "uid", f.Process.UID, "comm", f.Process.Comm, "identity", f.Identity.Level, "job", f.Identity.Job)
+		fields := []any{"inspected", false, "undecoded", t.Undecoded}
+		if decoder.ModeOf(t) == decoder.RefusedUndecoded {
+			rule := decoder.UndecodedRule(t)
+			reason := fmt.Sprintf("this build has no %s decoder and target %s refuses flows it cannot inspect", t.Protocol, t.Name)
+			if f.Match.Ruleset().Mode() != ruleset.Monitor {
+				flog.Warn("flow refused: this build has no decoder for the protocol", "rule", rule, "reason", reason)
+				if refuse != nil {
+					refuse(client, rule, reason)
+				} else {
+					client.Close()
+				}
+				return interceptor.Result{Err: fmt.Errorf("refused by rule %s: %s", rule, reason), Fields: append(fields, "rule", rule)}
+			}
+			flog.Warn("flow would be refused (monitor mode): this build has no decoder for the protocol", "rule", rule, "reason", reason)
+		}
+		flog.Info("flow not inspected: this build has no decoder for the protocol; relaying it opaquely")
+		up, err := dial(ctx)
+		if err != nil {
+			client.Close()
+			return interceptor.Result{Err: fmt.Errorf("dial upstream %s: %w", f.Dest, err), Fields: fields}
+		}
+		c, err := tcp.Relay(ctx, client, up)
+		return interceptor.Result{BytesFromClient: c.ClientToServer, BytesToClient: c.ServerToClient, Err: err, Fields: fields}
 	}
 }
 

@@ -64,8 +64,18 @@ type Target struct {
 	Protocol  string   `json:"protocol"`
 	Addresses []string `json:"addresses"`
 	// Decoded is false when this build has no decoder for the protocol:
-	// the target's connections are intercepted and refused.
+	// the target's flows are then relayed uninspected or refused, as
+	// Undecoded says.
 	Decoded bool `json:"decoded"`
+	// Mode is what the target's flows get in this build: "decoded",
+	// "relayed opaquely" (tcp), "relayed opaquely (undecoded)" or
+	// "refused undecoded".
+	Mode string `json:"mode,omitempty"`
+	// Undecoded is the target's undecoded setting ("relay" or
+	// "refuse") when Decoded is false, and Rule the rule ID its
+	// refusals name.
+	Undecoded string `json:"undecoded,omitempty"`
+	Rule      string `json:"rule,omitempty"`
 }
 
 // Ruleset is the active ruleset and the last failed attempt to replace it.

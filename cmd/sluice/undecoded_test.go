@@ -1,0 +1,79 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sluicehq/sluice/internal/api"
+)
+
+// TestRulesExplainUndecoded: explain says, per target, whether this build
+// decodes its flows, relays them opaquely, or refuses them undecoded.
+func TestRulesExplainUndecoded(t *testing.T) {
+	dir := t.TempDir()
+	src := `target "pg" {
+  protocol = "postgres"
+  address  = ["*:5432"]
+}
+target "my" {
+  protocol = "mysql"
+  address  = ["*:3306"]
+}
+target "git" {
+  protocol  = "ssh"
+  address   = ["*:22"]
+  undecoded = "relay"
+}
+target "raw" {
+  protocol = "tcp"
+  address  = ["*:9000"]
+}
+policy "all" {
+  targets = ["*"]
+}
+`
+	if err := os.WriteFile(filepath.Join(dir, "r.hcl"), []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		target string
+		args   []string
+		want   string
+	}{
+		{"pg", nil, "flow: decoded (this build decodes postgres)\n"},
+		{"raw", nil, "flow: relayed opaquely (tcp targets are never decoded; flows are recorded as metadata)\n"},
+		{"git", nil, `flow: relayed opaquely (undecoded): this build has no ssh decoder and undecoded = "relay" (at ` +
+			filepath.Join(dir, "r.hcl") + `:12); the flow is relayed uninspected and recorded as metadata` + "\n"},
+		{"my", nil, `flow: refused undecoded: this build has no mysql decoder and undecoded = "refuse" (by default); every connection is refused by rule target/my/undecoded` + "\n"},
+		{"my", []string{"--kind", "drop"}, "; this statement would never be seen, so the decision above does not apply to it\n"},
+	}
+	for _, tt := range tests {
+		code, out, errOut := rules(t, append([]string{"explain", dir, "--target", tt.target}, tt.args...)...)
+		if code != 0 || !strings.Contains(out, tt.want) {
+			t.Errorf("explain --target %s %v: exit %d, want a line ending %q in:\n%s%s", tt.target, tt.args, code, tt.want, out, errOut)
+		}
+	}
+}
+
+// TestDoctorUndecoded: doctor lists the targets refused for lack of a
+// decoder as a warning with a fix, and mentions relayed ones.
+func TestDoctorUndecoded(t *testing.T) {
+	st := &api.Status{Targets: []api.Target{
+		{Name: "pg", Protocol: "postgres", Decoded: true},
+		{Name: "my", Protocol: "mysql", Undecoded: "refuse", Rule: "target/my/undecoded"},
+		{Name: "git", Protocol: "ssh", Undecoded: "relay", Rule: "target/git/undecoded"},
+	}}
+	st.Ruleset.Mode = "enforce"
+	f := checkRuleset(st)
+	if f.level != levelWarn || !strings.Contains(f.detail, "refused for lack of a decoder in this build: my (mysql, rule target/my/undecoded)") ||
+		!strings.Contains(f.detail, "relayed without inspection (no decoder in this build): git (ssh)") || !strings.Contains(f.fix, `undecoded = "relay"`) {
+		t.Errorf("doctor ruleset finding: %+v", f)
+	}
+	st.Targets = st.Targets[:1:1]
+	st.Targets = append(st.Targets, api.Target{Name: "git", Protocol: "ssh", Undecoded: "relay"})
+	if f := checkRuleset(st); f.level != levelOK || !strings.Contains(f.detail, "git (ssh)") {
+		t.Errorf("doctor with only relayed undecoded targets: %+v, want ok naming git", f)
+	}
+}
