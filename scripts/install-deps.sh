@@ -10,6 +10,8 @@ packages=(
   postgresql postgresql-client  # private test servers and psql/pgbench
   iproute2 util-linux   # ip netns for test hosts, setpriv
   tshark                # e2e: exported recordings decode as PostgreSQL
+  openssh-server openssh-client  # e2e: git over ssh relayed by the default ruleset (sshd run by the test)
+  mariadb-client       # e2e and decoder/mysql: the refusal as a real client prints it
   pgbouncer             # make bench: the proxy users already run
   curl                  # the demo scrapes sluiced's /metrics
   systemd               # packaging test: systemd-analyze verify on the units (nothing is started)

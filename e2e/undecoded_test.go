@@ -1,0 +1,420 @@
+package e2e
+
+// The tests here need, besides root: OpenSSH's sshd and ssh, git, bash,
+// and the MariaDB client (scripts/install-deps.sh installs them). Servers
+// listen on the real ports 22 and 3306, where the embedded default
+// ruleset's "*:22" and "*:3306" targets catch them, on a test host in a
+// network namespace the test creates, so a machine's own sshd or MySQL
+// on those ports is no obstacle.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/sluicehq/sluice/enforcer/store"
+	"github.com/sluicehq/sluice/internal/testenv"
+)
+
+// needPrivileged skips under -short (fails under SLUICE_E2E=required):
+// these tests start a daemon, servers and a network namespace.
+func needPrivileged(t *testing.T) {
+	t.Helper()
+	testenv.Need(t, !testing.Short(), "privileged end-to-end test; -short skips it")
+	testenv.RequireRoot(t)
+}
+
+const notInspected = "flow not inspected: this build has no decoder for the protocol; relaying it opaquely"
+
+// listenIn listens on h's address and port inside h's network namespace.
+func listenIn(t *testing.T, h *testenv.Host, port int) net.Listener {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatalf("get own netns: %v", err)
+	}
+	defer orig.Close()
+	ns, err := netns.GetFromName(h.Netns)
+	if err != nil {
+		t.Fatalf("open netns %s: %v", h.Netns, err)
+	}
+	defer ns.Close()
+	if err := netns.Set(ns); err != nil {
+		t.Fatalf("enter netns %s: %v", h.Netns, err)
+	}
+	l, lerr := net.Listen("tcp", net.JoinHostPort(h.Addr.String(), strconv.Itoa(port)))
+	if err := netns.Set(orig); err != nil {
+		// The thread stays locked and ends with the goroutine.
+		t.Fatalf("return to own netns: %v", err)
+	}
+	runtime.UnlockOSThread()
+	if lerr != nil {
+		t.Fatalf("listen in %s: %v", h, lerr)
+	}
+	return l
+}
+
+// bannerServer is a TCP server that greets with a line and then echoes
+// each line back. It counts the connections it accepted.
+type bannerServer struct {
+	addr     string
+	banner   string
+	accepted atomic.Int64
+}
+
+// startBannerServer serves on h's port. It answers from the test's
+// process; only its listening socket lives in h's namespace.
+func startBannerServer(t *testing.T, h *testenv.Host, port int, banner string) *bannerServer {
+	t.Helper()
+	l := listenIn(t, h, port)
+	s := &bannerServer{addr: l.Addr().String(), banner: banner}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.accepted.Add(1)
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				fmt.Fprintf(c, "%s\n", banner)
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintf(c, "%s\n", sc.Text())
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+	})
+	return s
+}
+
+// bashTCP is a job that connects with bash's /dev/tcp (connect(2) from
+// the shell itself), sends "ping" and prints what came back.
+func bashTCP(host string, port int) []string {
+	return []string{"bash", "-c", fmt.Sprintf(`exec 3<>/dev/tcp/%s/%d && printf 'ping\n' >&3 && read -r banner <&3 && read -r echo <&3 && echo "$banner|$echo"`, host, port)}
+}
+
+// sshd is a real OpenSSH server run by the test on port 22 of a test
+// host, with a client key root may log in with and a git repository to
+// clone.
+type sshd struct {
+	host, key, repo string
+}
+
+func startSSHD(t *testing.T, h *testenv.Host) *sshd {
+	t.Helper()
+	bin, err := exec.LookPath("sshd")
+	if err != nil {
+		bin = "/usr/sbin/sshd"
+	}
+	_, serr := os.Stat(bin)
+	testenv.Need(t, serr == nil, "OpenSSH's sshd is not installed (scripts/install-deps.sh installs openssh-server)")
+	for _, tool := range []string{"ssh", "ssh-keygen", "git"} {
+		_, err := exec.LookPath(tool)
+		testenv.Need(t, err == nil, tool+" is not installed (scripts/install-deps.sh)")
+	}
+	// sshd insists on its privilege separation directory.
+	if _, err := os.Stat("/run/sshd"); errors.Is(err, os.ErrNotExist) {
+		if err := os.Mkdir("/run/sshd", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove("/run/sshd") })
+	}
+	dir := t.TempDir()
+	host := h.Addr.String()
+	s := &sshd{host: host, key: filepath.Join(dir, "client"), repo: filepath.Join(dir, "repo")}
+	run := func(argv ...string) {
+		t.Helper()
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", argv, err, out)
+		}
+	}
+	run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "host"))
+	run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", s.key)
+	pub, err := os.ReadFile(s.key + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run("git", "init", "-q", s.repo)
+	run("git", "-C", s.repo, "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-q", "--allow-empty", "-m", "relayed through sluice")
+	cfg := fmt.Sprintf(`ListenAddress %s:22
+HostKey %s
+AuthorizedKeysFile %s
+PidFile %s
+StrictModes no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+`, host, filepath.Join(dir, "host"), filepath.Join(dir, "authorized_keys"), filepath.Join(dir, "sshd.pid"))
+	cfgPath := filepath.Join(dir, "sshd_config")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", h.Netns, bin, "-D", "-e", "-f", cfgPath) // ip execs sshd: same pid
+	var log strings.Builder
+	cmd.Stdout, cmd.Stderr = &log, &log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+		if t.Failed() {
+			t.Logf("sshd log:\n%s", log.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, "22"), time.Second)
+		if err == nil {
+			c.Close()
+			return s
+		}
+		select {
+		case <-exited:
+			t.Fatalf("sshd exited: %s", log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sshd did not listen on %s:22 within 10s: %v", host, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// sshCommand is how the job's ssh and git log in to the test sshd.
+func (s *sshd) sshCommand() string {
+	return "ssh -F /dev/null -i " + s.key + " -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+}
+
+// runIn runs argv inside the cgroup with extra environment.
+func runIn(t *testing.T, cg *testenv.Cgroup, env []string, argv ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	cmd, done := cg.Command(ctx, argv[0], argv[1:]...)
+	defer done()
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// flowLine waits for the "flow" log line of target.
+func flowLine(t *testing.T, d *testenv.Daemon, target string) testenv.LogLine {
+	t.Helper()
+	return d.WaitLog(t, "flow", func(l testenv.LogLine) bool { return l.String("target") == target })
+}
+
+// TestUndecodedDefaultRelays: under the embedded default ruleset, a job's
+// git clone over ssh from a real sshd on port 22 and its connection to a
+// port-3306 server both work. Each flow is logged as not inspected, the
+// flow log has its bytes both ways, and the session is recorded with its
+// metadata.
+func TestUndecodedDefaultRelays(t *testing.T) {
+	needPrivileged(t)
+	cg := testenv.NewCgroup(t)
+	h := testenv.NewHost(t)
+	srv := startSSHD(t, h)
+	my := startBannerServer(t, h, 3306, "mysql-test-server")
+	sshHost, myHost := h.Addr.String(), h.Addr.String()
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg}) // the embedded default ruleset
+
+	clone := filepath.Join(t.TempDir(), "clone")
+	out, err := runIn(t, cg, []string{"GIT_SSH_COMMAND=" + srv.sshCommand()}, "git", "clone", "-q", "root@"+sshHost+":"+srv.repo, clone)
+	if err != nil {
+		t.Fatalf("git clone over ssh from the cgroup under the default ruleset: %v\n%s", err, out)
+	}
+	if log, err := exec.Command("git", "-C", clone, "log", "--format=%s").CombinedOutput(); err != nil || strings.TrimSpace(string(log)) != "relayed through sluice" {
+		t.Fatalf("cloned repository: %v: %q", err, log)
+	}
+	out, err = runIn(t, cg, nil, bashTCP(myHost, 3306)...)
+	if err != nil || strings.TrimSpace(out) != "mysql-test-server|ping" {
+		t.Fatalf("connection to %s:3306 from the cgroup: %v: %q", myHost, err, out)
+	}
+
+	for _, tt := range []struct{ target, protocol, dst, comm string }{
+		{"ssh", "ssh", sshHost + ":22", "ssh"},
+		{"mysql", "mysql", myHost + ":3306", "bash"},
+	} {
+		l := d.WaitLog(t, notInspected, func(l testenv.LogLine) bool { return l.String("target") == tt.target })
+		if l["@level"] != "info" || l.String("protocol") != tt.protocol || l.String("orig_dst") != tt.dst || l.String("comm") != tt.comm {
+			t.Errorf("%s: not-inspected line %v, want info with protocol %s, orig_dst %s, comm %s", tt.target, l, tt.protocol, tt.dst, tt.comm)
+		}
+		f := flowLine(t, d, tt.target)
+		from, _ := strconv.Atoi(f.String("bytes_from_client"))
+		to, _ := strconv.Atoi(f.String("bytes_to_client"))
+		if f["@level"] != "info" || f.String("inspected") != "false" || f.String("undecoded") != "relay" || from <= 0 || to <= 0 || f.String("orig_dst") != tt.dst {
+			t.Errorf("%s: flow line %v, want info, inspected=false, undecoded=relay, bytes both ways, orig_dst %s", tt.target, f, tt.dst)
+		}
+		if tt.target == "mysql" && (from != len("ping\n") || to != len("mysql-test-server\nping\n")) {
+			t.Errorf("mysql flow bytes %d from client, %d to client; want exactly %d and %d", from, to, len("ping\n"), len("mysql-test-server\nping\n"))
+		}
+	}
+	if n := my.accepted.Load(); n != 1 {
+		t.Errorf("the port-3306 server accepted %d connections, want 1", n)
+	}
+
+	// Each flow is a sealed session with its metadata.
+	var sessions []store.Session
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		sessions = listSessions(t, d)
+		sealed := 0
+		for _, s := range sessions {
+			if s.Status == store.StatusSealed {
+				sealed++
+			}
+		}
+		if sealed == len(sessions) && len(sessions) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sessions %+v: want 2 sealed within 5s", sessions)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, s := range sessions {
+		if s.Bytes <= 0 || s.End.IsZero() || s.PID == 0 || (s.Target != "ssh" && s.Target != "mysql") {
+			t.Errorf("session %+v: want bytes, an end, a pid and target ssh or mysql", s)
+		}
+	}
+
+	// Status and doctor say the targets are relayed, not refused.
+	st, err := d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tg := range st.Targets {
+		if tg.Name != "postgres" && (tg.Decoded || tg.Undecoded != "relay" || tg.Mode != "relayed opaquely (undecoded)") {
+			t.Errorf("status target %+v: want relayed opaquely (undecoded)", tg)
+		}
+	}
+}
+
+// refuseRules is an operator's ruleset naming mysql and ssh targets
+// without saying what to do while they cannot be decoded.
+func refuseRules(myAddr, sshAddr string) string {
+	return fmt.Sprintf(`target "mysql" {
+  protocol = "mysql"
+  address  = [%q]
+}
+
+target "git" {
+  protocol = "ssh"
+  address  = [%q]
+}
+
+policy "ci" {
+  targets = ["*"]
+}
+
+default {
+  action = "deny"
+}
+`, myAddr, sshAddr)
+}
+
+// TestUndecodedOperatorRefuses: an operator's ruleset that leaves
+// undecoded at its default refuses mysql and ssh flows: the real clients
+// print the refusal in their own protocol's terms, the daemon logs it at
+// warn naming the rule, the servers never see a connection, and sluice
+// doctor lists the targets.
+func TestUndecodedOperatorRefuses(t *testing.T) {
+	needPrivileged(t)
+	_, err := exec.LookPath("mariadb")
+	testenv.Need(t, err == nil, "the MariaDB client is not installed (scripts/install-deps.sh installs mariadb-client)")
+	cg := testenv.NewCgroup(t)
+	h := testenv.NewHost(t)
+	my := startBannerServer(t, h, 3306, "mysql-test-server")
+	gitSrv := startBannerServer(t, h, 22, "SSH-2.0-test")
+	sshHost, myHost := h.Addr.String(), h.Addr.String()
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: refuseRules(my.addr, gitSrv.addr)})
+
+	out, err := runIn(t, cg, nil, "mariadb", "--no-defaults", "--skip-ssl", "-h", myHost, "-P", "3306", "-u", "ci", "-e", "select 1")
+	want := `ERROR 1130 (HY000): sluice: connection refused by rule "target/mysql/undecoded": this build has no mysql decoder and target mysql refuses flows it cannot inspect`
+	if err == nil || strings.TrimSpace(out) != want {
+		t.Errorf("mariadb from the cgroup: %v: %q, want %q", err, out, want)
+	}
+	out, err = runIn(t, cg, nil, "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+		"-o", "UserKnownHostsFile=/dev/null", "git@"+sshHost, "true")
+	want = "Received disconnect from " + sshHost + " port 22:1: sluice: connection refused by rule target/git/undecoded: this build has no ssh decoder and target git refuses flows it cannot inspect"
+	if err == nil || !strings.Contains(out, want) {
+		t.Errorf("ssh from the cgroup: %v: %q, want it to contain %q", err, out, want)
+	}
+
+	for _, target := range []string{"mysql", "git"} {
+		rule := "target/" + target + "/undecoded"
+		l := d.WaitLog(t, "flow refused: this build has no decoder for the protocol", func(l testenv.LogLine) bool { return l.String("target") == target })
+		if l["@level"] != "warn" || l.String("rule") != rule || !strings.Contains(l.String("reason"), "no "+l.String("protocol")+" decoder") {
+			t.Errorf("%s: refusal line %v, want warn naming rule %s", target, l, rule)
+		}
+		f := flowLine(t, d, target)
+		if f["@level"] != "warn" || f.String("rule") != rule || !strings.Contains(f.String("error"), "refused by rule "+rule) {
+			t.Errorf("%s: flow line %v, want warn with the rule and the refusal", target, f)
+		}
+	}
+	if a, b := my.accepted.Load(), gitSrv.accepted.Load(); a != 0 || b != 0 {
+		t.Errorf("the servers accepted %d (mysql) and %d (ssh) connections; a refused flow must not reach them", a, b)
+	}
+
+	out, _ = d.Sluice(t, "doctor", "--config", d.Config)
+	if !strings.Contains(out, "refused for lack of a decoder in this build: mysql (mysql, rule target/mysql/undecoded), git (ssh, rule target/git/undecoded)") {
+		t.Errorf("sluice doctor does not list the refused targets:\n%s", out)
+	}
+}
+
+// TestUndecodedRefuseMonitorMode: in monitor mode a refusal is logged and
+// the flow relayed.
+func TestUndecodedRefuseMonitorMode(t *testing.T) {
+	needPrivileged(t)
+	cg := testenv.NewCgroup(t)
+	h := testenv.NewHost(t)
+	my := startBannerServer(t, h, 3306, "mysql-test-server")
+	myHost := h.Addr.String()
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: "mode = \"monitor\"\n" + refuseRules(my.addr, "127.0.0.1:1")})
+
+	out, err := runIn(t, cg, nil, bashTCP(myHost, 3306)...)
+	if err != nil || strings.TrimSpace(out) != "mysql-test-server|ping" {
+		t.Fatalf("connection to %s:3306 in monitor mode: %v: %q", myHost, err, out)
+	}
+	l := d.WaitLog(t, "flow would be refused (monitor mode): this build has no decoder for the protocol", nil)
+	if l["@level"] != "warn" || l.String("rule") != "target/mysql/undecoded" {
+		t.Errorf("monitor-mode line %v, want warn naming target/mysql/undecoded", l)
+	}
+	d.WaitLog(t, notInspected, nil)
+	if f := flowLine(t, d, "mysql"); f["@level"] != "info" || f.String("bytes_to_client") != strconv.Itoa(len("mysql-test-server\nping\n")) {
+		t.Errorf("flow line %v, want a served flow with its bytes", f)
+	}
+}
