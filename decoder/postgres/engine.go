@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -198,41 +199,26 @@ func (s *session) run(ctx context.Context) error {
 	}
 	cw := bufio.NewWriterSize(s.cconn, bufSize)
 	cr := newFrameReader(s.cconn, s.p.MaxMessage)
-	var sw *bufio.Writer
-	var sr *frameReader
-	var status byte
-	for attempt := 0; ; attempt++ {
-		sw = bufio.NewWriterSize(s.up, bufSize)
-		sr = newFrameReader(s.up, s.p.MaxMessage)
-		var l [4]byte
-		binary.BigEndian.PutUint32(l[:], uint32(len(startup)+4))
-		sw.Write(l[:])
-		sw.Write(startup)
-		if err := sw.Flush(); err != nil {
-			return fmt.Errorf("send startup: %w", err)
-		}
+	sw := bufio.NewWriterSize(s.up, bufSize)
+	sr := newFrameReader(s.up, s.p.MaxMessage)
+	var l [4]byte
+	binary.BigEndian.PutUint32(l[:], uint32(len(startup)+4))
+	sw.Write(l[:])
+	sw.Write(startup)
+	if err := sw.Flush(); err != nil {
+		return fmt.Errorf("send startup: %w", err)
+	}
 
-		// 4. Authentication, relayed until the server is ready, or
-		// answered by the proxy with the injected credential.
-		if inj != nil {
-			status, err = s.injectAuth(inj, secret, cw, sr, sw)
-		} else {
-			status, err = s.authenticate(cr, cw, sr, sw)
-		}
-		if errors.Is(err, errRetryPlain) && attempt == 0 {
-			s.p.Log.Warn("server hop continues without TLS: the client uses TLS and SCRAM, whose channel binding cannot cross a TLS-terminating proxy; set the target's upstream_tls to require to refuse this instead")
-			s.up.Close()
-			s.up = nil
-			if err := s.connectUpstreamPlain(ctx); err != nil {
-				s.refuse(codeConnectionFailure, "sluice: cannot reach the database: "+err.Error())
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		break
+	// 4. Authentication, relayed until the server is ready, or answered
+	// by the proxy with the injected credential.
+	var status byte
+	if inj != nil {
+		status, err = s.injectAuth(inj, secret, cw, sr, sw)
+	} else {
+		status, err = s.authenticate(cr, cw, sr, sw)
+	}
+	if err != nil {
+		return err
 	}
 
 	// 5. Statements until either side ends.
@@ -360,18 +346,6 @@ func (s *session) negotiateTLS(ctx context.Context) error {
 	return nil
 }
 
-// connectUpstreamPlain dials the server without TLS.
-func (s *session) connectUpstreamPlain(ctx context.Context) error {
-	up, err := s.p.Dial(ctx)
-	if err != nil {
-		return err
-	}
-	up = rawio.Wrap(up)
-	s.up = up
-	s.upstreamTLS = false
-	return nil
-}
-
 // connectUpstream dials the server and negotiates TLS per the target's
 // mode, once.
 func (s *session) connectUpstream(ctx context.Context) error {
@@ -436,6 +410,15 @@ const (
 // only change is removing SCRAM-SHA-256-PLUS from the server's mechanisms:
 // channel binding ties SCRAM to one TLS connection, and client and server
 // are on two different ones. It returns the transaction status.
+//
+// The server hop keeps TLS whenever the server offers it. A client on TLS
+// whose SCRAM supports channel binding answers the stripped list with
+// "y" (it supports binding, and believes the server does not), which a
+// TLS server rightly refuses as a downgrade. That answer is not relayed:
+// the client gets a FATAL (28000) naming what works instead. libpq and
+// pgx with sslmode=prefer, the default, take that error as a cue to
+// retry without TLS to the proxy; their SCRAM then says "n", and the
+// server hop stays encrypted.
 func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReader, sw *bufio.Writer) (byte, error) {
 	answers := 0
 	for {
@@ -449,19 +432,8 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			if err != nil {
 				return 0, err
 			}
-			if code == authSASL {
-				if s.clientTLS && s.upstreamTLS && answers == 0 {
-					// The client, on TLS with us, will announce that it
-					// supports channel binding; a server on TLS refuses
-					// that once PLUS is hidden, and PLUS cannot work
-					// across two TLS sessions. Only a plaintext server
-					// hop can carry this SCRAM exchange.
-					if !s.p.Upstream.Required {
-						return 0, errRetryPlain
-					}
-					fatal(cw, codeInvalidAuthorization, "sluice: SCRAM channel binding cannot pass through the proxy while both hops use TLS and the target requires TLS to the server")
-					return 0, errors.New("scram over two TLS hops with upstream TLS required")
-				}
+			sasl := code == authSASL
+			if sasl {
 				b = stripSCRAMPlus(b)
 			}
 			if err := writeMsg(cw, 'R', b); err != nil {
@@ -487,7 +459,20 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			if ctyp != 'p' {
 				return 0, s.clientErr(cw, &ProtocolError{Msg: fmt.Sprintf("expected a password message, got %q", ctyp)})
 			}
-			if err := cr.forward(sw, cn); err != nil {
+			if sasl {
+				// SASLInitialResponse: its gs2 header says whether the
+				// client would bind the exchange to its TLS session.
+				body, err := cr.body(cn)
+				if err != nil {
+					return 0, err
+				}
+				if err := s.checkBinding(cw, body); err != nil {
+					return 0, err
+				}
+				if err := writeMsg(sw, 'p', body); err != nil {
+					return 0, err
+				}
+			} else if err := cr.forward(sw, cn); err != nil {
 				return 0, err
 			}
 			if err := sw.Flush(); err != nil {
@@ -545,8 +530,31 @@ func (s *session) authRequest(sr *frameReader, cw *bufio.Writer, n int) ([]byte,
 	return b, binary.BigEndian.Uint32(b), nil
 }
 
-// errRetryPlain asks run to redo the server hop without TLS.
-var errRetryPlain = errors.New("retry the server hop without tls")
+// checkBinding refuses a SASLInitialResponse that cannot succeed through
+// the proxy: a client asking for SCRAM-SHA-256-PLUS (which the proxy
+// never offers), or one saying "y" (binding supported, server believed
+// not to) to a server reached over TLS, which refuses that as a
+// downgrade. The client gets a FATAL whose hint names what works.
+func (s *session) checkBinding(cw *bufio.Writer, body []byte) error {
+	mech, rest, err := cstring(body)
+	if err != nil || len(rest) < 4 {
+		return s.clientErr(cw, &ProtocolError{Msg: "malformed SASLInitialResponse"})
+	}
+	data := rest[4:]
+	switch {
+	case mech == scramPlus || bytes.HasPrefix(data, []byte("p=")):
+	case s.upstreamTLS && bytes.HasPrefix(data, []byte("y,")):
+	default:
+		return nil
+	}
+	s.p.Log.Warn("client refused: its SCRAM channel binding cannot cross the TLS-terminating proxy", "client_tls", s.clientTLS, "upstream_tls", s.upstreamTLS)
+	writeMsg(cw, 'E', errorBody("FATAL", codeInvalidAuthorization,
+		"sluice: SCRAM channel binding cannot pass through the proxy",
+		"The client speaks TLS to Sluice, which keeps TLS to the server too; channel binding ties SCRAM to one TLS session, and these are two. Sluice never downgrades the server hop to plaintext.",
+		"Connect with sslmode=prefer (the default: the client retries without TLS to the local proxy, and the server hop stays TLS) or disable, or set channel_binding=disable, or have Sluice authenticate with an injected credential (credential blocks), which uses SCRAM-SHA-256-PLUS to the server."))
+	cw.Flush()
+	return errors.New("client scram channel binding over two TLS hops")
+}
 
 // stripSCRAMPlus removes SCRAM-SHA-256-PLUS from an AuthenticationSASL
 // body (code, then NUL-terminated mechanism names, then a final NUL).

@@ -22,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|idle N")
+		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|ssl|idle N")
 		os.Exit(2)
 	}
 	ctx := context.Background()
@@ -51,6 +51,11 @@ func main() {
 		malformed(ctx, conn)
 	case "mask":
 		maskScenario(ctx, conn)
+	case "ssl":
+		// Whether the server hop of this session is encrypted.
+		var ssl bool
+		err := conn.QueryRow(ctx, "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)").Scan(&ssl)
+		report("ssl", fmt.Sprint(ssl), err)
 	default:
 		fmt.Fprintln(os.Stderr, "unknown scenario")
 		os.Exit(2)
