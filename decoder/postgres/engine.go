@@ -123,6 +123,7 @@ type session struct {
 	catalog                *Catalog
 	ctx                    context.Context
 	nonce                  string
+	tapOpen                bool // the session is authenticated: record its traffic
 	closeOnce              sync.Once
 }
 
@@ -158,15 +159,17 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	if s.p.Session.WantsWire() {
-		// From here on the client's protocol bytes are recorded, starting
-		// with the StartupMessage, so an export decodes from the start.
+		// The recording starts with the StartupMessage, so an export
+		// decodes from the start. The authentication exchange is not
+		// recorded (a cleartext or MD5 password message, SCRAM proofs):
+		// the tap opens once the session is authenticated (see wire).
 		pkt := binary.BigEndian.AppendUint32(nil, uint32(len(startup)+4))
 		if err := s.p.Session.Wire("c2s", append(pkt, startup...)); err != nil {
 			s.refuse(codeConnectionFailure, "sluice: the session cannot be recorded")
 			return err
 		}
 		// What the client sent, and what it received after masking.
-		s.cconn = tcp.Tapped(s.cconn, s.p.Session.Wire)
+		s.cconn = tcp.Tapped(s.cconn, s.wire)
 	}
 
 	// 2. How the session authenticates: with the client's own credentials,
@@ -220,10 +223,46 @@ func (s *session) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if s.p.Session.WantsWire() {
+		if err := s.openTap(cr); err != nil {
+			return err
+		}
+	}
 
 	// 5. Statements until either side ends.
 	r := &relay{s: s, cr: cr, cw: cw, sr: sr, sw: sw, status: status}
 	return r.run()
+}
+
+// wire is the client connection's tap: nothing until the session is
+// authenticated (tapOpen), then everything, to the recording.
+func (s *session) wire(dir string, b []byte) error {
+	if !s.tapOpen {
+		return nil
+	}
+	return s.p.Session.Wire(dir, b)
+}
+
+// authOKMessage is an AuthenticationOk message: the recording shows the login as
+// having succeeded, without the exchange that led there.
+var authOKMessage = []byte{'R', 0, 0, 0, 8, 0, 0, 0, 0}
+
+// openTap starts recording the client's traffic after authentication: an
+// AuthenticationOk stands for the exchange, then whatever the client sent
+// that is already read but not yet relayed, then everything the tap sees.
+// Until the relay starts only this goroutine uses the connection.
+func (s *session) openTap(cr *frameReader) error {
+	if err := s.p.Session.Wire("s2c", authOKMessage); err != nil {
+		return err
+	}
+	if n := cr.r.Buffered(); n > 0 {
+		b, _ := cr.r.Peek(n)
+		if err := s.p.Session.Wire("c2s", b); err != nil {
+			return err
+		}
+	}
+	s.tapOpen = true
+	return nil
 }
 
 // refuse sends a FATAL error to the client in the startup phase.

@@ -3,7 +3,6 @@ package postgres
 import (
 	"bytes"
 	"crypto/hmac"
-	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
@@ -136,10 +135,7 @@ func (sc *scramClient) final(serverFirst []byte) ([]byte, error) {
 	if err != nil || len(saltBytes) == 0 {
 		return nil, errors.New("scram: invalid salt")
 	}
-	salted, err := pbkdf2.Key(sha256.New, string(sc.password), saltBytes, rounds, sha256.Size)
-	if err != nil {
-		return nil, fmt.Errorf("scram: %w", err)
-	}
+	salted := saltedPassword(sc.password, saltBytes, rounds)
 	defer clear(salted)
 	clientKey := hmacSHA256(salted, []byte("Client Key"))
 	storedKey := sha256.Sum256(clientKey)
@@ -192,5 +188,28 @@ func saslMechanisms(b []byte) []string {
 		out = append(out, string(b[:i]))
 		b = b[i+1:]
 	}
+	return out
+}
+
+// saltedPassword is SCRAM's Hi(): PBKDF2 (RFC 8018) with HMAC-SHA-256,
+// one 32-byte block. It is written out rather than taken from
+// crypto/pbkdf2, whose password parameter is a string: a string copy of
+// the secret could never be wiped. The intermediate blocks are cleared.
+func saltedPassword(password, salt []byte, rounds int) []byte {
+	mac := hmac.New(sha256.New, password)
+	mac.Write(salt)
+	mac.Write([]byte{0, 0, 0, 1})
+	u := mac.Sum(nil)
+	out := append([]byte(nil), u...)
+	for i := 1; i < rounds; i++ {
+		mac.Reset()
+		mac.Write(u)
+		u = mac.Sum(u[:0])
+		for j := range out {
+			out[j] ^= u[j]
+		}
+	}
+	clear(u)
+	mac.Reset()
 	return out
 }

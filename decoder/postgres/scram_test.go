@@ -1,6 +1,9 @@
 package postgres
 
 import (
+	"bytes"
+	"crypto/pbkdf2"
+	"crypto/sha256"
 	"strings"
 	"testing"
 )
@@ -95,4 +98,18 @@ func FuzzSCRAMServer(f *testing.F) {
 			t.Fatalf("accepted server-final %q", final)
 		}
 	})
+}
+
+// TestSaltedPassword: the hand-written Hi() equals the standard library's
+// PBKDF2 for several round counts.
+func TestSaltedPassword(t *testing.T) {
+	for _, rounds := range []int{1, 2, 4096} {
+		want, err := pbkdf2.Key(sha256.New, "pencil", []byte("salt"), rounds, sha256.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := saltedPassword([]byte("pencil"), []byte("salt"), rounds); !bytes.Equal(got, want) {
+			t.Fatalf("rounds %d: %x, want %x", rounds, got, want)
+		}
+	}
 }
