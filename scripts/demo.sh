@@ -212,6 +212,9 @@ bold "4b. A masked column: users.email reaches the job with its local part repla
 run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "SELECT id, email, email AS alias, upper(email) AS expression FROM users ORDER BY id"
 run psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "SELECT id, email FROM users ORDER BY id"
 echo "(the second query ran outside the cgroup: the real values)"
+${GO:-go} build -o "$work/pgxclient" ./e2e/pgxclient
+echo "A Go program (pgx) pipelines a transaction's first SELECT behind its BEGIN, as a batch and byte for byte as JDBC does; both come back masked:"
+run "$BIN/sluice" run --cgroup "$cgroup" -- "$work/pgxclient" "postgres://postgres@127.0.0.2:$pg_port/postgres?sslmode=disable" pipelined
 
 bold "5. The flow log: one structured line per flow, with the original destination, the process, and its statements"
 grep '"@message":"flow"' "$work/sluiced.log" | tail -1

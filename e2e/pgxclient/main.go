@@ -22,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|ssl|idle N")
+		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|pipelined|ssl|idle N")
 		os.Exit(2)
 	}
 	ctx := context.Background()
@@ -51,6 +51,10 @@ func main() {
 		malformed(ctx, conn)
 	case "mask":
 		maskScenario(ctx, conn)
+	case "pipelined":
+		pipelined(ctx, conn, 1, 2)
+		_, err := conn.Exec(ctx, "ROLLBACK")
+		report("rollback", "", err)
 	case "ssl":
 		// Whether the server hop of this session is encrypted.
 		var ssl bool
@@ -178,13 +182,23 @@ func maskScenario(ctx context.Context, conn *pgx.Conn) {
 	err = conn.QueryRow(ctx, "SELECT u.email FROM users u JOIN orders o ON o.user_id = u.id WHERE o.id = 1").Scan(&e2)
 	report("join", e2, err)
 
+	pipelined(ctx, conn, 3, 4)
+	_, err = conn.Exec(ctx, "ROLLBACK")
+	report("rollback", "", err)
+}
+
+// pipelined reads users.email the way drivers pipeline a transaction's
+// first statement behind its BEGIN: a pgx batch (row a), and byte for byte
+// as a Java-style driver sends it (row b), leaving the transaction open.
+func pipelined(ctx context.Context, conn *pgx.Conn, a, b int) {
+	var err error
 	// A transaction's first statement pipelined behind its BEGIN, as a
 	// pgx batch: one Sync for the lot.
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	b.Queue("SELECT email FROM users WHERE id = $1", 3)
-	b.Queue("COMMIT")
-	br := conn.SendBatch(ctx, b)
+	bt := &pgx.Batch{}
+	bt.Queue("BEGIN")
+	bt.Queue("SELECT email FROM users WHERE id = $1", a)
+	bt.Queue("COMMIT")
+	br := conn.SendBatch(ctx, bt)
 	_, err = br.Exec()
 	var e3 string
 	if err == nil {
@@ -206,7 +220,7 @@ func maskScenario(ctx context.Context, conn *pgx.Conn) {
 	fe.Send(&pgproto3.Bind{})
 	fe.Send(&pgproto3.Execute{})
 	fe.Send(&pgproto3.Parse{Query: "SELECT email FROM users WHERE id = $1"})
-	fe.Send(&pgproto3.Bind{ParameterFormatCodes: []int16{1}, Parameters: [][]byte{{0, 0, 0, 4}}})
+	fe.Send(&pgproto3.Bind{ParameterFormatCodes: []int16{1}, Parameters: [][]byte{{0, 0, 0, byte(b)}}})
 	fe.Send(&pgproto3.Describe{ObjectType: 'P'})
 	fe.Send(&pgproto3.Execute{})
 	fe.Send(&pgproto3.Sync{})
@@ -228,8 +242,6 @@ func maskScenario(ctx context.Context, conn *pgx.Conn) {
 		}
 	}
 	report("pipelined", strings.Join(raw, ","), err)
-	_, err = conn.Exec(ctx, "ROLLBACK")
-	report("rollback", "", err)
 }
 
 // idle opens n connections (os.Args[3]) and holds them until stdin closes,
