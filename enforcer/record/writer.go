@@ -300,10 +300,14 @@ func (w *Writer) send(ctx context.Context, p *Event) error {
 		}
 		w.qmu.Lock()
 	}
+	// Read what is needed of p before it is queued: once the lock is
+	// released the writer may take it, write it and return it to the
+	// pool, where another Append reuses it.
+	ctl := p.ctl
 	w.pending = append(w.pending, p)
 	n := len(w.pending)
 	w.qmu.Unlock()
-	if p.ctl != ctlNone || n == max(w.opts.QueueLen/2, 1) {
+	if ctl != ctlNone || n == max(w.opts.QueueLen/2, 1) {
 		w.wake()
 	}
 	return nil
