@@ -11,7 +11,7 @@ DIST    ?= dist
 # (packaging.DebVersion turns it into a Debian version).
 DESCRIBE ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 
-.PHONY: all build deps generate check-generate lint test test-unit demo bench package clean
+.PHONY: all build deps generate check-generate lint test test-unit test-race demo bench package clean
 
 all: build
 
@@ -43,6 +43,10 @@ test: deps
 ## test-unit: the tests that need neither root nor servers
 test-unit:
 	$(GO) test -count=1 -short $(PKGS)
+
+## test-race: the unit tests (no root, no servers: -short) under the race detector
+test-race:
+	$(GO) test -race -short -count=1 -timeout 15m $(PKGS)
 
 ## demo: build, start a private PostgreSQL and sluiced on a private cgroup, show intercepted psql
 demo: deps build

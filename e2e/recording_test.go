@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -118,7 +119,7 @@ func TestRecordingSurvivesKill9(t *testing.T) {
 	defer done()
 	cmd.Args = append(cmd.Args, "-At")
 	stdin, _ := cmd.StdinPipe()
-	var out strings.Builder
+	var out lockedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -308,4 +309,22 @@ func TestRemoteResponderAPI(t *testing.T) {
 	if out, err := d.Sluice(t, "sessions", "list", "--server", server, "--ca", ca); err == nil || !strings.Contains(out, "bearer token") {
 		t.Errorf("remote list without a token: %v\n%s", err, out)
 	}
+}
+
+// lockedBuffer is a strings.Builder a command writes while the test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -91,6 +91,9 @@ func TestFuncs(t *testing.T) {
 }
 
 func TestFuncsDoNotAllocate(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under the race detector")
+	}
 	dst := make([]byte, 0, 256)
 	v := []byte("alice@example.com")
 	for _, f := range []Func{Redact("x"), Partial(4), Hash(testKey), Email(testKey), Digits(testKey)} {
