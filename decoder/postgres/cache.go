@@ -17,15 +17,27 @@ import (
 // argument, say) is stored under its exact text only, so it is never
 // reused for a statement that differs in that value.
 //
-// The cache is bounded: each map holds at most max entries, and when the
-// current one fills it becomes the previous one (two generations, a cheap
-// approximation of LRU). It is safe for concurrent use by every session.
+// The cache is bounded in entries and in bytes: each generation holds at
+// most max entries and CacheBytes/2 bytes (texts and classifications), and
+// when the current one fills it becomes the previous one (two
+// generations, a cheap approximation of LRU). A text longer than
+// MaxCachedText is classified every time and never stored. It is safe for
+// concurrent use by every session.
 type Cache struct {
 	max int
 
 	mu        sync.Mutex
 	cur, prev map[string]entry
+	curBytes  int
 }
+
+// Bounds of the classification cache's memory.
+const (
+	// CacheBytes bounds what the cache holds, both generations together.
+	CacheBytes = 32 << 20
+	// MaxCachedText is the longest statement text the cache stores.
+	MaxCachedText = 64 << 10
+)
 
 type entry struct {
 	st  ruleset.Statement
@@ -79,15 +91,35 @@ func (c *Cache) get(k string) (entry, bool) {
 }
 
 func (c *Cache) put(k string, e entry) {
+	if len(k) > MaxCachedText {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.putLocked(k, e)
 }
 
 func (c *Cache) putLocked(k string, e entry) {
-	if len(c.cur) >= c.max {
-		c.prev, c.cur = c.cur, make(map[string]entry, c.max)
+	n := entrySize(k, e)
+	if len(c.cur) >= c.max || c.curBytes+n > CacheBytes/2 {
+		c.prev, c.cur, c.curBytes = c.cur, make(map[string]entry, c.max), 0
 	}
 	e.st.Text = ""
 	c.cur[k] = e
+	c.curBytes += n
+}
+
+// entrySize estimates what an entry holds in memory: its key, the
+// strings of its classification, and fixed overheads.
+func entrySize(k string, e entry) int {
+	n := len(k) + 160
+	for _, l := range [][]string{e.st.Tables, e.st.Functions, e.st.Flags} {
+		for _, v := range l {
+			n += len(v) + 16
+		}
+	}
+	if e.err != nil {
+		n += len(e.err.Error()) + 32
+	}
+	return n
 }

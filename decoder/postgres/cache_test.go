@@ -1,7 +1,9 @@
 package postgres
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -68,4 +70,31 @@ func BenchmarkCacheHit(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// TestCacheBoundedInBytes: many distinct large statements keep the cache
+// within CacheBytes, and a text above MaxCachedText is never stored.
+func TestCacheBoundedInBytes(t *testing.T) {
+	c := NewCache(0)
+	pad := strings.Repeat("x", 60<<10)
+	for i := 0; i < 2000; i++ {
+		c.Classify(fmt.Sprintf("SELECT %d /* %s */", i, pad))
+	}
+	total := 0
+	for k, e := range c.cur {
+		total += entrySize(k, e)
+	}
+	for k, e := range c.prev {
+		total += entrySize(k, e)
+	}
+	if total > CacheBytes {
+		t.Fatalf("cache holds %d bytes, bound %d", total, CacheBytes)
+	}
+	big := "SELECT 1 /* " + strings.Repeat("y", MaxCachedText) + " */"
+	if _, err := c.Classify(big); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.get(big); ok {
+		t.Fatal("a text above MaxCachedText was stored")
+	}
 }
