@@ -102,7 +102,17 @@ const (
 	// OutcomeError: the handler served the flow and it ended with an
 	// error.
 	OutcomeError = "error"
+	// OutcomeTooMany: refused because MaxSessions flows were open.
+	OutcomeTooMany = "too_many_sessions"
 )
+
+// DefaultMaxSessions is the cap on open flows when the configuration sets
+// none.
+const DefaultMaxSessions = 4096
+
+// maxBusyRefusals bounds the goroutines that tell clients past the cap
+// why they are refused; past it a connection is closed without a word.
+const maxBusyRefusals = 64
 
 // FlowEnd is how one accepted connection ended, for metrics.
 type FlowEnd struct {
@@ -134,6 +144,11 @@ type Proxy struct {
 	Identify    func(ctx context.Context, pid uint32) Identity
 	Handlers    map[string]Handler
 	Refusers    map[string]Refuser
+	// MaxSessions caps the flows open at once (0: DefaultMaxSessions).
+	// A connection past it is refused with Busy's answer for its
+	// protocol (PostgreSQL's "too many connections"), or closed.
+	MaxSessions int
+	Busy        map[string]func(c net.Conn, limit int)
 	Log         hclog.Logger
 	DialTimeout time.Duration // default 10s
 	// FlowContext, when set, is the context flows run under instead of the
@@ -147,6 +162,9 @@ type Proxy struct {
 	OnFlowEnd func(FlowEnd)
 
 	nextID    atomic.Uint64
+	open      atomic.Int64 // accepted connections not yet ended
+	busy      atomic.Int64 // refusals past MaxSessions in progress
+	tooMany   atomic.Uint64
 	total     atomic.Uint64
 	active    atomic.Int64
 	noOrigin  atomic.Uint64
@@ -163,11 +181,13 @@ type ProxyStats struct {
 	NoOrigin     uint64 `json:"no_origin"`
 	FlowsRefused uint64 `json:"flows_refused"`
 	FlowsDenied  uint64 `json:"flows_denied"`
+	// TooMany counts connections refused past max_sessions.
+	TooMany uint64 `json:"too_many_sessions"`
 }
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() ProxyStats {
-	return ProxyStats{FlowsTotal: p.total.Load(), FlowsActive: p.active.Load(), NoOrigin: p.noOrigin.Load(), FlowsRefused: p.refused.Load(), FlowsDenied: p.denied.Load()}
+	return ProxyStats{FlowsTotal: p.total.Load(), FlowsActive: p.active.Load(), NoOrigin: p.noOrigin.Load(), FlowsRefused: p.refused.Load(), FlowsDenied: p.denied.Load(), TooMany: p.tooMany.Load()}
 }
 
 // Serve accepts on ln until ctx ends or ln is closed; ln is closed then.
@@ -193,12 +213,56 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		if p.FlowContext != nil {
 			fctx = p.FlowContext
 		}
+		limit := int64(p.MaxSessions)
+		if limit <= 0 {
+			limit = DefaultMaxSessions
+		}
+		if p.open.Add(1) > limit {
+			p.open.Add(-1)
+			p.refuseBusy(c, int(limit))
+			continue
+		}
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
+			defer p.open.Add(-1)
 			p.serveConn(fctx, c)
 		}()
 	}
+}
+
+// refuseBusy answers a connection past the session cap: its origin entry
+// is taken (so the kernel map does not fill), and the client gets its
+// protocol's "too many connections" from a bounded set of goroutines, or
+// a close when those are all busy.
+func (p *Proxy) refuseBusy(c net.Conn, limit int) {
+	p.tooMany.Add(1)
+	peer := addrPort(c.RemoteAddr())
+	o, err := p.IC.LookupOrigin(peer)
+	end := FlowEnd{Outcome: OutcomeTooMany}
+	var answer func(net.Conn, int)
+	if err == nil {
+		dest := netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port)
+		if t, ok := p.IC.TargetByID(o.TargetId, dest); ok {
+			end.Target, end.Protocol = t.Name, t.Protocol
+			answer = p.Busy[t.Protocol]
+		}
+	}
+	p.Log.Warn("flow refused: too many sessions", "max_sessions", limit, "client", peer.String(), "target", end.Target, "pid", o.Tgid)
+	p.flowEnd(end)
+	if answer == nil || p.busy.Add(1) > maxBusyRefusals {
+		if answer != nil {
+			p.busy.Add(-1)
+		}
+		c.Close()
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer p.busy.Add(-1)
+		answer(c, limit)
+	}()
 }
 
 // Wait blocks until every flow has ended.

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclparse"
 
 	"github.com/sluicehq/sluice/enforcer/approve"
+	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/interceptor/identity"
 	"github.com/sluicehq/sluice/internal/api"
 	"github.com/sluicehq/sluice/ruleset"
@@ -36,6 +37,7 @@ type fileConfig struct {
 	RulesDir       string           `hcl:"rules_dir,optional"`
 	RulesPublicKey string           `hcl:"rules_public_key,optional"`
 	MaxMessage     int              `hcl:"max_message_bytes,optional"`
+	MaxSessions    int              `hcl:"max_sessions,optional"`
 	PprofAddr      string           `hcl:"pprof_addr,optional"`
 	MetricsAddr    string           `hcl:"metrics_addr,optional"`
 	Log            *logConfig       `hcl:"log,block"`
@@ -113,6 +115,8 @@ type config struct {
 	RulesKey ed25519.PublicKey
 	// MaxMessage bounds every protocol message either side may send.
 	MaxMessage int
+	// MaxSessions caps the flows served at once (interceptor.Proxy).
+	MaxSessions int
 	// PprofAddr, when set, serves net/http/pprof there (loopback only).
 	PprofAddr string
 	// MetricsAddr, when set, serves Prometheus metrics at /metrics there
@@ -199,6 +203,14 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 		c.ProxyPort = uint16(fc.ProxyPort)
 	}
 	c.Mark = uint32(fc.Mark)
+	switch {
+	case fc.MaxSessions == 0:
+		c.MaxSessions = interceptor.DefaultMaxSessions
+	case fc.MaxSessions < 1 || fc.MaxSessions > 1000000:
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_sessions", Detail: fmt.Sprintf("max_sessions %d: use a value from 1 to 1000000 (the default is %d).", fc.MaxSessions, interceptor.DefaultMaxSessions)})
+	default:
+		c.MaxSessions = fc.MaxSessions
+	}
 	switch {
 	case fc.MaxMessage == 0:
 		c.MaxMessage = 64 << 20

@@ -40,6 +40,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"missing cgroup", `proxy_port = 1`, `Nothing to hook`},
 		{"root cgroup", "cgroups = [\"/\"]\n", "Invalid cgroup"},
 		{"bad discover interval", "discover {\n  every = \"soon\"\n}\n", "Invalid discover every"},
+		{"max_sessions zero or less", "cgroup = \"r\"\nmax_sessions = -1\n", "Invalid max_sessions"},
 		{"bad port", "cgroup = \"r\"\nproxy_port = 70000\n", "not a TCP port"},
 		{"target in config", "cgroup = \"r\"\ntarget \"db\" {\n  protocol = \"tcp\"\n  address = [\"10.0.0.5:1\"]\n}\n", "sluiced.hcl:2,1-12: Targets belong in the ruleset"},
 		{"unknown attribute", "cgroup = \"r\"\nproxy_prot = 1\n", `Unsupported argument`},

@@ -190,6 +190,8 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 			ruleset.ProtoSSH:   undecodedHandler(ssh.Refuse, log.Named("ssh")),
 			ruleset.ProtoK8s:   undecodedHandler(nil, log.Named("k8s")),
 		},
+		MaxSessions: cfg.MaxSessions,
+		Busy:        map[string]func(net.Conn, int){ruleset.ProtoPostgres: postgres.RefuseBusy},
 		Refusers: map[string]interceptor.Refuser{
 			ruleset.ProtoPostgres: postgres.Refuse,
 			ruleset.ProtoMySQL:    mysql.Refuse,
@@ -416,7 +418,7 @@ func statusOf(cfg *config, ic *interceptor.Interceptor, p *interceptor.Proxy, st
 		st.Ruleset.LastError = &api.RulesetError{Source: le.Source, At: le.At, Errors: loadErrorLines(le)}
 	}
 	ps := p.Stats()
-	st.Flows = api.Flows{Total: ps.FlowsTotal, Active: ps.FlowsActive, NoOrigin: ps.NoOrigin, Refused: ps.FlowsRefused, Denied: ps.FlowsDenied}
+	st.Flows = api.Flows{Total: ps.FlowsTotal, Active: ps.FlowsActive, NoOrigin: ps.NoOrigin, Refused: ps.FlowsRefused, Denied: ps.FlowsDenied, TooMany: ps.TooMany}
 	st.Kernel, _ = ic.Stats()
 	return st
 }

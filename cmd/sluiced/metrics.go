@@ -50,7 +50,7 @@ func newMetrics(broker *approve.Broker) *metrics {
 		reg: prometheus.NewRegistry(),
 		flows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_flows_total",
-			Help: "Intercepted connections by target, protocol and outcome (served, error, denied, refused, no_origin), counted when they end.",
+			Help: "Intercepted connections by target, protocol and outcome (served, error, denied, refused, no_origin, too_many_sessions), counted when they end.",
 		}, []string{"target", "protocol", "outcome"}),
 		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_verdicts_total",

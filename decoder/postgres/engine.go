@@ -659,6 +659,25 @@ func (c *countConn) Write(b []byte) (int, error) {
 // client reports a PostgreSQL error rather than a dropped connection.
 // It closes c.
 func Refuse(c net.Conn, rule, reason string) {
+	refuseStartup(c, errorBody("FATAL", codeInsufficientPrivilege,
+		fmt.Sprintf("sluice: connection denied by rule %q", rule), reason,
+		"The runner's security ruleset has no policy that lets this job reach this database."))
+}
+
+// RefuseBusy answers a client past the daemon's cap on open sessions with
+// PostgreSQL's own "too many connections" (SQLSTATE 53300), naming the cap
+// and its setting. It closes c.
+func RefuseBusy(c net.Conn, limit int) {
+	refuseStartup(c, errorBody("FATAL", "53300",
+		fmt.Sprintf("sluice: too many sessions through the proxy (max_sessions = %d)", limit),
+		"Sluice caps the sessions it serves at once so that its memory stays bounded; this connection came past the cap and never reached the server.",
+		"Close idle connections, or raise max_sessions in sluiced's configuration."))
+}
+
+// refuseStartup reads a client's startup packets, declining TLS and GSS
+// encryption, and answers the StartupMessage with the ErrorResponse body.
+// It closes c.
+func refuseStartup(c net.Conn, body []byte) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	for i := 0; i < 4; i++ {
@@ -673,9 +692,7 @@ func Refuse(c net.Conn, rule, reason string) {
 			}
 		case pgproto3.ProtocolVersion30, pgproto3.ProtocolVersion32:
 			w := bufio.NewWriter(c)
-			writeMsg(w, 'E', errorBody("FATAL", codeInsufficientPrivilege,
-				fmt.Sprintf("sluice: connection denied by rule %q", rule), reason,
-				"The runner's security ruleset has no policy that lets this job reach this database."))
+			writeMsg(w, 'E', body)
 			w.Flush()
 			return
 		default:

@@ -22,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|pipelined|ssl|idle N")
+		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|pipelined|ssl|flood N|idle N")
 		os.Exit(2)
 	}
 	ctx := context.Background()
@@ -55,6 +55,24 @@ func main() {
 		pipelined(ctx, conn, 1, 2)
 		_, err := conn.Exec(ctx, "ROLLBACK")
 		report("rollback", "", err)
+	case "flood":
+		// os.Args[3] distinct statements of 1 MiB each, simple protocol:
+		// DROPs the test's ruleset denies, so the proxy reads, classifies
+		// and decides each one and the server parses none.
+		n := 10000
+		if len(os.Args) > 3 {
+			fmt.Sscan(os.Args[3], &n)
+		}
+		pad := strings.Repeat("x", 1<<20)
+		var err error
+		denied := 0
+		for i := 0; i < n && err == nil; i++ {
+			_, err = conn.Exec(ctx, fmt.Sprintf("DROP TABLE t%d /* %s */", i, pad), pgx.QueryExecModeSimpleProtocol)
+			if code(err) == "42501" {
+				denied, err = denied+1, nil
+			}
+		}
+		report("flood", fmt.Sprint(denied), err)
 	case "ssl":
 		// Whether the server hop of this session is encrypted.
 		var ssl bool

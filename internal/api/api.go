@@ -119,6 +119,8 @@ type Flows struct {
 	NoOrigin uint64 `json:"no_origin"`
 	Refused  uint64 `json:"refused"`
 	Denied   uint64 `json:"denied"`
+	// TooMany counts connections refused past max_sessions.
+	TooMany uint64 `json:"too_many_sessions"`
 }
 
 // Client talks to a daemon: over its local socket, or over HTTPS to its
