@@ -141,9 +141,9 @@ type Proxy struct {
 	Sessions func(ctx context.Context, f *Flow, connect ruleset.Decision) (s *enforcer.Session, end func(Result), err error)
 	// Identify returns the workload identity of the connecting process.
 	// Nil gives every flow the unverified level with process facts only.
-	Identify    func(ctx context.Context, pid uint32) Identity
-	Handlers    map[string]Handler
-	Refusers    map[string]Refuser
+	Identify func(ctx context.Context, pid uint32) Identity
+	Handlers map[string]Handler
+	Refusers map[string]Refuser
 	// MaxSessions caps the flows open at once (0: DefaultMaxSessions).
 	// A connection past it is refused with Busy's answer for its
 	// protocol (PostgreSQL's "too many connections"), or closed.
