@@ -91,7 +91,10 @@ func TestMemoryBounded(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: rules})
 	dsn := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", pg.Addr())
 	start := time.Now()
-	out, err := cg.Run(t, pgxclient(t), dsn, "flood", strconv.Itoa(floodStatements))
+	cmd, done := cg.Command(t.Context(), pgxclient(t), dsn, "flood", strconv.Itoa(floodStatements))
+	defer done()
+	o, err := cmd.CombinedOutput()
+	out := string(o)
 	if err != nil || !strings.Contains(out, "flood ok "+strconv.Itoa(floodStatements)) {
 		t.Fatalf("flood: %v: %s", err, out)
 	}

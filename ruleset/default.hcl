@@ -57,6 +57,19 @@ policy "baseline" {
     reason = "reading server files, running server programs, reaching other servers (dblink) and changing search_path are not allowed from CI"
   }
 
+  deny "code-in-the-database" {
+    when = target.protocol == "postgres" && (
+      contains(statement.flags, "do_block") ||
+      contains(statement.flags, "create_function") ||
+      contains(statement.flags, "create_procedure") ||
+      contains(statement.flags, "create_rule") ||
+      contains(statement.flags, "create_trigger") ||
+      contains(statement.flags, "dynamic_sql") ||
+      contains(statement.flags, "unknown_prepared")
+    )
+    reason = "DO blocks, new functions, procedures, rules and triggers, SQL built at run time and EXECUTE of statements Sluice never saw prepared are not allowed from CI"
+  }
+
   hold "bulk-export" {
     when = contains(["postgres", "mysql"], target.protocol) && (
       statement.kind == "copy_out" || result.rows > 10000
@@ -148,4 +161,46 @@ test "default lets other settings through" {
   statement   = { kind = "set", flags = [] }
   expect      = "mask" # the baseline mask applies to everything allowed
   expect_rule = "baseline/mask/secrets-and-personal-data"
+}
+
+test "default denies a DO block" {
+  target      = "postgres"
+  statement   = { kind = "do", flags = ["do_block"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies creating a function" {
+  target      = "postgres"
+  statement   = { kind = "create", functions = ["f"], flags = ["create_function"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies creating a procedure" {
+  target      = "postgres"
+  statement   = { kind = "delete", tables = ["t"], has_where = true, flags = ["create_procedure"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies creating a rule" {
+  target      = "postgres"
+  statement   = { kind = "delete", tables = ["t", "victim"], has_where = true, flags = ["create_rule"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies creating a trigger" {
+  target      = "postgres"
+  statement   = { kind = "create", tables = ["t"], flags = ["create_trigger"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies EXECUTE of a name never prepared" {
+  target      = "postgres"
+  statement   = { kind = "execute", flags = ["unknown_prepared"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
 }

@@ -64,6 +64,11 @@ func ClassifyAll(text string) ([]ruleset.Statement, error) {
 }
 
 func classifyAll(text string) ([]ruleset.Statement, bool, error) {
+	return classifyAllDepth(text, 0)
+}
+
+// classifyAllDepth is classifyAll for text found inside a body at depth.
+func classifyAllDepth(text string, depth int) ([]ruleset.Statement, bool, error) {
 	js, err := pg_query.ParseToJSON(text)
 	if err != nil {
 		return nil, false, fmt.Errorf("parse statement: %w", err)
@@ -80,7 +85,7 @@ func classifyAll(text string) ([]ruleset.Statement, bool, error) {
 	var out []ruleset.Statement
 	literalFree := true
 	for raw := range t.children(stmts) {
-		w := walker{t: t}
+		w := walker{t: t, depth: depth}
 		st := w.classify(t.get(raw, "stmt"))
 		st.Text = stmtText(text, t.int(t.get(raw, "stmt_location")), t.int(t.get(raw, "stmt_len")))
 		literalFree = literalFree && !w.valueDep
@@ -141,8 +146,10 @@ type walker struct {
 	tables, funcs []string
 	flags         flag
 	subs          []ruleset.Statement
-	explain       int  // > 0 under a plain EXPLAIN, whose statement does not run
-	valueDep      bool // the classification looked at a value (see ClassifyForCache)
+	explain       int      // > 0 under a plain EXPLAIN, whose statement does not run
+	valueDep      bool     // the classification looked at a value (see ClassifyForCache)
+	more          []string // flags of bodies and of statements inside them
+	depth         int      // how many bodies this statement is inside
 }
 
 // classify classifies one statement node ({"SelectStmt": {...}}).
@@ -164,6 +171,9 @@ func (w *walker) classify(node int32) ruleset.Statement {
 	}
 	st.Tables, st.Functions = sortedSet(w.tables), sortedSet(w.funcs)
 	st.Flags = w.flags.names()
+	if len(w.more) > 0 {
+		st.Flags = sortedSet(append(st.Flags, w.more...))
+	}
 	return st
 }
 
@@ -195,6 +205,8 @@ func (w *walker) stmt(typ string, b int32, scope *cteScope) ruleset.Statement {
 				return w.stmt(t.n[c].key, c, scope)
 			}
 		}
+	case "DoStmt", "CreateFunctionStmt", "RuleStmt", "CreateTrigStmt", "CreateEventTrigStmt":
+		w.codeStmt(typ, b)
 	case "DropStmt":
 		w.dropObjects(b)
 	case "CopyStmt":

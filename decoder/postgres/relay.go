@@ -62,9 +62,10 @@ type relay struct {
 	// Client side: named statements and portals as the client made them.
 	stmts     map[string]*cstmt
 	portals   map[string]*cportal
-	stmtBytes int    // text held by stmts
-	openBatch bool   // extended-protocol messages sent since the last Sync
-	batch     uint64 // Syncs and Queries sent: which batch a Describe was in
+	prepared  sqlPrepared // SQL-level PREPAREs
+	stmtBytes int         // text held by stmts
+	openBatch bool        // extended-protocol messages sent since the last Sync
+	batch     uint64      // Syncs and Queries sent: which batch a Describe was in
 	ownName   string
 	ownBuf    []byte
 
@@ -307,6 +308,10 @@ func (r *relay) endClient(err error) error {
 func (r *relay) decide(text string) *command {
 	c := &command{cmd: enforcer.Command{Text: text}}
 	c.cmd.Statement, c.cmd.ClassifyErr = r.s.p.Classify(text)
+	if c.cmd.ClassifyErr == nil {
+		// EXECUTE is decided as what this session prepared.
+		c.cmd.Statement = r.prepared.apply(c.cmd.Statement, text)
+	}
 	c.verdict = r.s.p.Session.Decide(&c.cmd)
 	if len(c.verdict.Decision.Masks) > 0 && c.verdict.Action != ruleset.Deny {
 		var m *mask.Masker
