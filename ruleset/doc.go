@@ -90,6 +90,16 @@
 //     pg_ls_dir and the other pg_ls_* directory listings, pg_stat_file,
 //     the adminpack pg_file_* and pg_logdir_ls, lo_import, lo_export, and
 //     dblink and every dblink_* function, in any schema.
+//   - do_block, create_function, create_procedure, create_rule,
+//     create_trigger: DO, and CREATE [OR REPLACE] FUNCTION, PROCEDURE,
+//     RULE, [EVENT] TRIGGER. The SQL in their bodies (SQL, BEGIN ATOMIC,
+//     PL/pgSQL including EXECUTE of a string literal, a rule's actions) is
+//     classified with them: its kinds compete for statement.kind and its
+//     tables, functions and flags are the statement's.
+//   - dynamic_sql: a body whose SQL cannot be read: another language, or
+//     PL/pgSQL EXECUTE of a computed string.
+//   - unknown_prepared: EXECUTE of a name the session never prepared
+//     (EXECUTE of a known name is classified as what it prepared).
 //   - copy_program: COPY ... TO or FROM PROGRAM.
 //   - copy_file: COPY ... TO or FROM a file on the server (not STDIN or
 //     STDOUT).
