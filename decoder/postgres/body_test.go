@@ -84,3 +84,14 @@ func TestSQLPrepared(t *testing.T) {
 		t.Fatal("mayPrepare")
 	}
 }
+
+func TestContainsFold(t *testing.T) {
+	for _, tt := range []struct {
+		s    string
+		want bool
+	}{{"EXECUTE p", true}, {"x eXeCuTe", true}, {"execut", false}, {"", false}, {"SELECT 1", false}, {"EEEXECUTE", true}} {
+		if got := containsFold(tt.s, "execute"); got != tt.want {
+			t.Errorf("containsFold(%q) = %v", tt.s, got)
+		}
+	}
+}

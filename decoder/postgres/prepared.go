@@ -38,11 +38,23 @@ func mayPrepare(text string) bool {
 	return false
 }
 
+// containsFold reports whether s contains the lower-case ASCII word sub in
+// any case. It jumps between occurrences of sub's first letter with
+// IndexByte, so a long text without it costs one vectorised scan.
 func containsFold(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
+	lo, up := sub[0], sub[0]-('a'-'A')
+	for len(s) >= len(sub) {
+		i, j := strings.IndexByte(s, lo), strings.IndexByte(s, up)
+		if i < 0 || (j >= 0 && j < i) {
+			i = j
+		}
+		if i < 0 || len(s)-i < len(sub) {
+			return false
+		}
 		if strings.EqualFold(s[i:i+len(sub)], sub) {
 			return true
 		}
+		s = s[i+1:]
 	}
 	return false
 }
