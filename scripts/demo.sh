@@ -207,6 +207,9 @@ SELECT count(*) AS users_still_there FROM users;
 SQL
 sleep 0.2
 grep '"@message":"statement denied"' "$work/sluiced.log" | tail -1
+echo "-- and a DROP smuggled inside a DO block, whose body Sluice reads too:"
+run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "DO \$\$ BEGIN EXECUTE 'DROP TABLE users'; END \$\$" || true
+run psql -X -h "$work" -p "$pg_port" -U postgres -Atc "SELECT 'users still there: ' || count(*) FROM users"
 
 bold "4b. A masked column: users.email reaches the job with its local part replaced (same person, same mask)"
 run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "SELECT id, email, email AS alias, upper(email) AS expression FROM users ORDER BY id"
