@@ -488,16 +488,22 @@ func (r *relay) bind(n int) error {
 	return writeMsg(r.sw, 'B', b)
 }
 
-// describe forwards a Describe; its answer names the columns.
-func (r *relay) describe(n int) error {
-	b, err := r.cr.body(n)
-	if err != nil {
-		return err
+// objectMsg reads the body of a Describe or Close: 'S' or 'P', then a
+// statement or portal name.
+func (r *relay) objectMsg(n int, what string) (b []byte, name string, err error) {
+	if b, err = r.cr.body(n); err != nil {
+		return nil, "", err
 	}
 	if len(b) < 2 || b[0] != 'S' && b[0] != 'P' {
-		return &ProtocolError{Msg: "malformed Describe"}
+		return nil, "", &ProtocolError{Msg: "malformed " + what}
 	}
-	name, _, err := cstring(b[1:])
+	name, _, err = cstring(b[1:])
+	return b, name, err
+}
+
+// describe forwards a Describe; its answer names the columns.
+func (r *relay) describe(n int) error {
+	b, name, err := r.objectMsg(n, "Describe")
 	if err != nil {
 		return err
 	}
@@ -590,14 +596,7 @@ func (r *relay) forgetNames() {
 
 // closeMsg forgets a closed statement or portal.
 func (r *relay) closeMsg(n int) error {
-	b, err := r.cr.body(n)
-	if err != nil {
-		return err
-	}
-	if len(b) < 2 || b[0] != 'S' && b[0] != 'P' {
-		return &ProtocolError{Msg: "malformed Close"}
-	}
-	name, _, err := cstring(b[1:])
+	b, name, err := r.objectMsg(n, "Close")
 	if err != nil {
 		return err
 	}
