@@ -193,9 +193,13 @@ func (pg *Postgres) waitReady(d time.Duration) bool {
 			return false
 		default:
 		}
-		// The unix socket file appears once the server accepts.
+		// The unix socket file appears once the server listens; it
+		// accepts sessions once pg_isready says so (before that, a
+		// connection gets "the database system is starting up").
 		if _, err := os.Stat(filepath.Join(pg.Dir, ".s.PGSQL."+strconv.Itoa(pg.Port))); err == nil {
-			return true
+			if exec.Command(filepath.Join(pg.bindir, "pg_isready"), "-q", "-h", pg.Dir, "-p", strconv.Itoa(pg.Port)).Run() == nil {
+				return true
+			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
