@@ -16,9 +16,11 @@ const (
 	FlagCreateFunction  = "create_function"  // CREATE [OR REPLACE] FUNCTION
 	FlagCreateProcedure = "create_procedure" // CREATE [OR REPLACE] PROCEDURE
 	FlagCreateRule      = "create_rule"      // CREATE RULE
-	FlagCreateTrigger   = "create_trigger"   // CREATE [EVENT] TRIGGER
+	FlagCreateTrigger   = "create_trigger"   // CREATE [CONSTRAINT | EVENT] TRIGGER
+	FlagEventTrigger    = "event_trigger"    // CREATE EVENT TRIGGER (also create_trigger)
 	FlagDynamicSQL      = "dynamic_sql"      // a body whose SQL cannot be read: EXECUTE of an expression, another language
 	FlagUnknownPrepared = "unknown_prepared" // EXECUTE of a name this session never prepared
+	FlagPrepare         = "prepare"          // SQL-level PREPARE (classified as the statement it prepares)
 )
 
 // maxBodyDepth bounds bodies inside bodies (a DO that creates a function
@@ -72,7 +74,17 @@ func (w *walker) plpgsql(src string) {
 	for i := 0; strings.Contains(src, tag); i++ {
 		tag = "$sluice" + strings.Repeat("x", i+1) + "$"
 	}
-	js, err := pg_query.ParsePlPgSqlToJSON("CREATE FUNCTION sluice_body() RETURNS void LANGUAGE plpgsql AS " + tag + src + tag)
+	// PL/pgSQL's parser checks RETURN against the return type and knows
+	// NEW and OLD only in trigger functions: try the shapes a body may
+	// need, the common one first.
+	var js string
+	var err error
+	for _, rt := range []string{"void", "SETOF record", "trigger"} {
+		js, err = pg_query.ParsePlPgSqlToJSON("CREATE FUNCTION sluice_body() RETURNS " + rt + " LANGUAGE plpgsql AS " + tag + src + tag)
+		if err == nil {
+			break
+		}
+	}
 	var v any
 	if err == nil {
 		err = json.Unmarshal([]byte(js), &v)
@@ -93,10 +105,10 @@ func (w *walker) plNode(v any) {
 	case map[string]any:
 		for k, e := range v {
 			switch k {
-			case "PLpgSQL_stmt_dynexecute":
+			case "PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors":
+				// Then walked on: USING expressions, a loop's body.
 				w.dynamic(e, "query")
-				continue
-			case "PLpgSQL_stmt_dynfors", "PLpgSQL_stmt_open", "PLpgSQL_stmt_return_query":
+			case "PLpgSQL_stmt_open", "PLpgSQL_stmt_return_query":
 				if m, ok := e.(map[string]any); ok && m["dynquery"] != nil {
 					w.dynamic(e, "dynquery")
 				}
@@ -116,7 +128,7 @@ func (w *walker) plExpr(e any) {
 	mode, _ := m["parseMode"].(float64)
 	switch mode {
 	case 0: // a whole SQL statement
-	case 3: // an assignment: target := expression
+	case 3, 4, 5: // an assignment: target := expression
 		if _, rhs, ok := strings.Cut(q, ":="); ok {
 			q = "SELECT " + rhs
 		} else if _, rhs, ok := strings.Cut(q, "="); ok {
@@ -229,8 +241,10 @@ func (w *walker) codeStmt(typ string, b int32) {
 	case "RuleStmt":
 		w.more = append(w.more, FlagCreateRule)
 		w.bodyKinds(t.get(b, "actions"))
-	case "CreateTrigStmt", "CreateEventTrigStmt":
+	case "CreateTrigStmt":
 		w.more = append(w.more, FlagCreateTrigger)
+	case "CreateEventTrigStmt":
+		w.more = append(w.more, FlagCreateTrigger, FlagEventTrigger)
 	}
 }
 

@@ -24,7 +24,21 @@ func TestBodies(t *testing.T) {
 		{"CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_read_file('/etc/passwd'); END $$", "create", nil, []string{FlagCreateProcedure, FlagDangerousFunction}},
 		{"CREATE RULE r AS ON INSERT TO t DO INSTEAD DELETE FROM victim", "delete", []string{"t", "victim"}, []string{FlagCreateRule}},
 		{"CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", "create", []string{"t"}, []string{FlagCreateTrigger}},
-		{"CREATE EVENT TRIGGER et ON ddl_command_start EXECUTE FUNCTION f()", "create", nil, []string{FlagCreateTrigger}},
+		{"CREATE EVENT TRIGGER et ON ddl_command_start EXECUTE FUNCTION f()", "create", nil, []string{FlagCreateTrigger, FlagEventTrigger}},
+		{"CREATE CONSTRAINT TRIGGER ct AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", "create", []string{"t"}, []string{FlagCreateTrigger}},
+		{"DO $$ BEGIN EXECUTE $q$TRUNCATE audit$q$; END $$", "truncate", []string{"audit"}, []string{FlagDoBlock}},
+		{"DO $$ BEGIN EXECUTE 'PREPARE p AS DELETE FROM t'; END $$", "delete", []string{"t"}, []string{FlagDoBlock, FlagPrepare}},
+		{"DO $$ DECLARE q text := 'DROP TABLE t'; BEGIN EXECUTE q; END $$", "do", nil, []string{FlagDoBlock, FlagDynamicSQL}},
+		{"DO $$ DECLARE r record; BEGIN FOR r IN EXECUTE 'SELECT * FROM secret' LOOP END LOOP; END $$", "do", []string{"secret"}, []string{FlagDoBlock}},
+		{"CREATE FUNCTION f() RETURNS SETOF int LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY EXECUTE 'DELETE FROM t RETURNING id'; END $$", "delete", []string{"t"}, []string{FlagCreateFunction}},
+		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; DELETE FROM victim; END", "delete", []string{"victim"}, []string{FlagCreateFunction}},
+		{"CREATE FUNCTION tf() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.x := 1; DELETE FROM victim; RETURN NEW; END $$", "delete", []string{"victim"}, []string{FlagCreateFunction}},
+		{"CREATE FUNCTION n() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT count(*) FROM t); END $$", "create", []string{"t"}, []string{FlagCreateFunction}},
+		{"DO $$ BEGIN RAISE NOTICE 'hi'; END $$ LANGUAGE plpgsql", "do", nil, []string{FlagDoBlock}},
+		{"DO $$ DECLARE r record; BEGIN FOR r IN EXECUTE 'SELECT 1' LOOP DELETE FROM victim; END LOOP; END $$", "delete", []string{"victim"}, []string{FlagDoBlock}},
+		{"DO $$ BEGIN EXECUTE 'SELECT $1' USING pg_read_file('/etc/passwd'); END $$", "do", nil, []string{FlagDangerousFunction, FlagDoBlock}},
+		{"CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ SELECT 1; DROP TABLE victim $$", "drop", []string{"victim"}, []string{FlagCreateFunction}},
+		{"DO $$ BEGIN DO $i$ BEGIN EXECUTE 'DROP TABLE deep'; END $i$; END $$", "drop", []string{"deep"}, []string{FlagDoBlock}},
 		{"CREATE FUNCTION g() RETURNS int LANGUAGE plpython3u AS 'return 1'", "create", nil, []string{FlagCreateFunction, FlagDynamicSQL}},
 	} {
 		st, literalFree, err := ClassifyForCache(tt.sql)
@@ -45,53 +59,5 @@ func TestBodies(t *testing.T) {
 	c.Classify("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'SELECT 1'")
 	if st, _ := c.Classify("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'DROP TABLE victim'"); st.Kind != "drop" {
 		t.Fatalf("cached body classification reused: %+v", st)
-	}
-}
-
-// TestSQLPrepared: EXECUTE is decided as what the session prepared;
-// unknown names are flagged; DEALLOCATE and DISCARD ALL forget.
-func TestSQLPrepared(t *testing.T) {
-	var p sqlPrepared
-	run := func(text string) (string, []string, []string) {
-		st, err := Classify(text)
-		if err != nil {
-			t.Fatalf("%s: %v", text, err)
-		}
-		st = p.apply(st, text)
-		return st.Kind, st.Tables, st.Flags
-	}
-	if k, tb, _ := run("PREPARE del AS DELETE FROM victims"); k != "delete" || !slices.Equal(tb, []string{"victims"}) {
-		t.Fatalf("PREPARE: %s %v", k, tb)
-	}
-	if k, tb, _ := run("EXECUTE del"); k != "delete" || !slices.Equal(tb, []string{"victims"}) {
-		t.Fatalf("EXECUTE del: %s %v", k, tb)
-	}
-	if k, _, fl := run("execute nope"); k != "execute" || !slices.Contains(fl, FlagUnknownPrepared) {
-		t.Fatalf("EXECUTE of an unknown name: %s %v", k, fl)
-	}
-	if k, _, _ := run("PREPARE s AS SELECT 1; EXECUTE s; EXECUTE del"); k != "delete" {
-		t.Fatalf("several in one query: %s", k)
-	}
-	run("DEALLOCATE del")
-	if _, _, fl := run("EXECUTE del"); !slices.Contains(fl, FlagUnknownPrepared) {
-		t.Fatalf("after DEALLOCATE: %v", fl)
-	}
-	run("DISCARD ALL")
-	if _, _, fl := run("EXECUTE s"); !slices.Contains(fl, FlagUnknownPrepared) {
-		t.Fatalf("after DISCARD ALL: %v", fl)
-	}
-	if st, _ := Classify("SELECT 1"); !mayPrepare("x Execute y") || mayPrepare(st.Text) {
-		t.Fatal("mayPrepare")
-	}
-}
-
-func TestContainsFold(t *testing.T) {
-	for _, tt := range []struct {
-		s    string
-		want bool
-	}{{"EXECUTE p", true}, {"x eXeCuTe", true}, {"execut", false}, {"", false}, {"SELECT 1", false}, {"EEEXECUTE", true}} {
-		if got := containsFold(tt.s, "execute"); got != tt.want {
-			t.Errorf("containsFold(%q) = %v", tt.s, got)
-		}
 	}
 }

@@ -200,6 +200,9 @@ func (w *walker) stmt(typ string, b int32, scope *cteScope) ruleset.Statement {
 		defer func() { w.explain-- }()
 	case "PrepareStmt", "DeclareCursorStmt":
 		// Decide at PREPARE / DECLARE time by what will run.
+		if typ == "PrepareStmt" {
+			w.more = append(w.more, FlagPrepare)
+		}
 		if q := t.get(b, "query"); q >= 0 {
 			for c := range t.children(q) {
 				return w.stmt(t.n[c].key, c, scope)

@@ -71,7 +71,7 @@ func TestClassify(t *testing.T) {
 		{"explain", "EXPLAIN DELETE FROM users", ruleset.Statement{Kind: "explain", Tables: []string{"users"}}},
 		{"explain analyze runs it", "EXPLAIN ANALYZE DELETE FROM users", ruleset.Statement{Kind: "delete", Tables: []string{"users"}}},
 		{"explain analyze false", "EXPLAIN (ANALYZE false) DELETE FROM users", ruleset.Statement{Kind: "explain", Tables: []string{"users"}}},
-		{"prepare", "PREPARE p AS DELETE FROM users", ruleset.Statement{Kind: "delete", Tables: []string{"users"}}},
+		{"prepare", "PREPARE p AS DELETE FROM users", ruleset.Statement{Kind: "delete", Tables: []string{"users"}, Flags: []string{FlagPrepare}}},
 		{"execute", "EXECUTE p", ruleset.Statement{Kind: "execute"}},
 		{"call", "CALL app.refresh(1)", ruleset.Statement{Kind: "call", Functions: []string{"app.refresh"}}},
 		{"do", "DO $$ BEGIN PERFORM 1; END $$", ruleset.Statement{Kind: "do", Flags: []string{FlagDoBlock}}},
@@ -160,7 +160,7 @@ func TestClassifyFlags(t *testing.T) {
 		{"UPDATE pg_catalog.pg_settings SET setting = '1GB' WHERE name = 'work_mem'", []string{path}},
 		{"SELECT * FROM pg_settings WHERE name = 'search_path'", nil},
 		{"SET search_path = evil; COPY t TO '/tmp/x'; SELECT pg_read_file('a')", []string{file, danger, path}},
-		{"PREPARE p AS SELECT pg_read_file($1)", []string{danger}},
+		{"PREPARE p AS SELECT pg_read_file($1)", []string{danger, FlagPrepare}},
 	}
 	for _, tt := range tests {
 		got, err := Classify(tt.sql)

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -61,7 +62,12 @@ func containsFold(s, sub string) bool {
 
 // apply updates the session's names from text's PREPARE, DEALLOCATE and
 // DISCARD statements, in order, and returns st with every EXECUTE in text
-// decided as what it runs. st's slices are not modified.
+// decided as what it runs: a top-level EXECUTE takes the prepared
+// statement's classification in its place (so EXECUTE of a prepared
+// SELECT is a select), an EXECUTE inside another statement (EXPLAIN
+// EXECUTE, CREATE TABLE AS EXECUTE) is merged into it. st comes from the
+// shared cache: its slices are never modified, and a substituted result is
+// a new Statement.
 func (p *sqlPrepared) apply(st ruleset.Statement, text string) ruleset.Statement {
 	if !mayPrepare(text) {
 		return st
@@ -72,11 +78,7 @@ func (p *sqlPrepared) apply(st ruleset.Statement, text string) ruleset.Statement
 	}
 	var tree struct {
 		Stmts []struct {
-			Stmt map[string]struct {
-				Name   string `json:"name"`
-				IsAll  bool   `json:"isall"`
-				Target string `json:"target"`
-			} `json:"stmt"`
+			Stmt map[string]json.RawMessage `json:"stmt"`
 		} `json:"stmts"`
 	}
 	if json.Unmarshal([]byte(js), &tree) != nil {
@@ -86,39 +88,103 @@ func (p *sqlPrepared) apply(st ruleset.Statement, text string) ruleset.Statement
 	if err != nil || len(parts) != len(tree.Stmts) {
 		return st
 	}
-	merged := []ruleset.Statement{st}
+	executes := false
 	for i, s := range tree.Stmts {
-		for typ, n := range s.Stmt {
+		for typ, raw := range s.Stmt {
+			var n struct {
+				Name   string `json:"name"`
+				IsAll  bool   `json:"isall"`
+				Target string `json:"target"`
+			}
 			switch typ {
 			case "PrepareStmt":
-				p.set(n.Name, parts[i])
+				if json.Unmarshal(raw, &n) == nil {
+					p.set(n.Name, parts[i])
+				}
 			case "DeallocateStmt":
-				if n.IsAll || n.Name == "" {
-					p.m, p.bytes = nil, 0
-				} else {
-					p.del(n.Name)
+				if json.Unmarshal(raw, &n) == nil {
+					if n.IsAll || n.Name == "" {
+						p.m, p.bytes = nil, 0
+					} else {
+						p.del(n.Name)
+					}
 				}
 			case "DiscardStmt":
-				if n.Target == "DISCARD_ALL" {
+				if json.Unmarshal(raw, &n) == nil && n.Target == "DISCARD_ALL" {
 					p.m, p.bytes = nil, 0
 				}
 			case "ExecuteStmt":
-				if prep, ok := p.m[n.Name]; ok {
-					merged = append(merged, prep)
-				} else {
-					merged = append(merged, ruleset.Statement{Kind: "execute", Flags: []string{FlagUnknownPrepared}})
+				if json.Unmarshal(raw, &n) == nil {
+					parts[i] = p.lookup(n.Name)
+					executes = true
+				}
+			default:
+				// EXPLAIN [ANALYZE] EXECUTE p, CREATE TABLE x AS EXECUTE p.
+				var v any
+				if !strings.Contains(string(raw), `"ExecuteStmt"`) || json.Unmarshal(raw, &v) != nil {
+					continue
+				}
+				merged := []ruleset.Statement{parts[i]}
+				for _, name := range executeNames(v, nil) {
+					merged = append(merged, p.lookup(name))
+				}
+				if len(merged) > 1 {
+					parts[i] = Merge(merged, parts[i].Text)
+					executes = true
 				}
 			}
 		}
 	}
-	if len(merged) == 1 {
+	if !executes {
 		return st
 	}
-	return Merge(merged, st.Text)
+	out := Merge(parts, st.Text)
+	if len(parts) == 1 {
+		// Merge of one returns it as is: its slices are the map's.
+		out.Tables, out.Functions, out.Flags = slices.Clone(out.Tables), slices.Clone(out.Functions), slices.Clone(out.Flags)
+	}
+	return out
 }
 
+// lookup returns what name was prepared as, or an execute flagged
+// unknown_prepared.
+func (p *sqlPrepared) lookup(name string) ruleset.Statement {
+	if prep, ok := p.m[name]; ok {
+		return prep
+	}
+	return ruleset.Statement{Kind: "execute", Flags: []string{FlagUnknownPrepared}}
+}
+
+// executeNames appends the names of the ExecuteStmt nodes under v.
+func executeNames(v any, names []string) []string {
+	switch v := v.(type) {
+	case []any:
+		for _, e := range v {
+			names = executeNames(e, names)
+		}
+	case map[string]any:
+		for k, e := range v {
+			if k == "ExecuteStmt" {
+				if m, ok := e.(map[string]any); ok {
+					name, _ := m["name"].(string)
+					names = append(names, name)
+					continue
+				}
+			}
+			names = executeNames(e, names)
+		}
+	}
+	return names
+}
+
+// set remembers that name was prepared as st; the PREPARE itself (flag
+// prepare) is not part of what EXECUTE runs.
 func (p *sqlPrepared) set(name string, st ruleset.Statement) {
 	p.del(name)
+	st.Flags = slices.DeleteFunc(slices.Clone(st.Flags), func(f string) bool { return f == FlagPrepare })
+	if len(st.Flags) == 0 {
+		st.Flags = nil
+	}
 	if len(p.m) >= maxPrepared || p.bytes+len(st.Text) > maxPreparedBytes {
 		return // EXECUTE of it is then unknown_prepared: refused
 	}
