@@ -64,6 +64,7 @@ policy "baseline" {
       contains(statement.flags, "create_procedure") ||
       contains(statement.flags, "create_rule") ||
       contains(statement.flags, "create_trigger") ||
+      contains(statement.flags, "event_trigger") ||
       contains(statement.flags, "dynamic_sql") ||
       contains(statement.flags, "unknown_prepared")
     )
@@ -201,6 +202,92 @@ test "default denies creating a trigger" {
 test "default denies EXECUTE of a name never prepared" {
   target      = "postgres"
   statement   = { kind = "execute", flags = ["unknown_prepared"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies creating an event trigger" {
+  target      = "postgres"
+  statement   = { kind = "create", flags = ["create_trigger", "event_trigger"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies SQL built at run time" {
+  target      = "postgres"
+  statement   = { kind = "do", flags = ["do_block", "dynamic_sql"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default lets a PREPARE of an allowed statement through" {
+  target      = "postgres"
+  statement   = { kind = "select", tables = ["users"], has_where = true, flags = ["prepare"] }
+  expect      = "mask"
+  expect_rule = "baseline/mask/secrets-and-personal-data"
+}
+
+test "default denies a PREPARE of a destructive statement" {
+  target      = "postgres"
+  statement   = { kind = "delete", tables = ["users"], flags = ["prepare"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/destructive-sql"
+}
+
+# The same through the classifier (sluice rules test classifies query).
+
+test "default denies DROP inside a DO block's EXECUTE" {
+  target      = "postgres"
+  query       = "DO $$ BEGIN EXECUTE 'DROP TABLE users'; END $$"
+  expect      = "deny"
+  expect_rule = "baseline/deny/destructive-sql"
+}
+
+test "default denies a SQL function whose body drops" {
+  target      = "postgres"
+  query       = "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'DROP TABLE victim'"
+  expect      = "deny"
+  expect_rule = "baseline/deny/destructive-sql"
+}
+
+test "default denies a harmless DO block" {
+  target      = "postgres"
+  query       = "DO $$ BEGIN RAISE NOTICE 'hello'; END $$"
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies a computed EXECUTE" {
+  target      = "postgres"
+  query       = "DO $$ BEGIN EXECUTE 'DROP TABLE ' || 'users'; END $$"
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies a trigger" {
+  target      = "postgres"
+  query       = "CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()"
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies an event trigger" {
+  target      = "postgres"
+  query       = "CREATE EVENT TRIGGER et ON ddl_command_start EXECUTE FUNCTION f()"
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies a rule" {
+  target      = "postgres"
+  query       = "CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY t"
+  expect      = "deny"
+  expect_rule = "baseline/deny/code-in-the-database"
+}
+
+test "default denies EXECUTE p when p was never prepared" {
+  target      = "postgres"
+  query       = "EXECUTE p"
   expect      = "deny"
   expect_rule = "baseline/deny/code-in-the-database"
 }

@@ -1,13 +1,27 @@
-package ruleset
+package ruleset_test
 
-import "testing"
+import (
+	"testing"
 
+	"github.com/sluicehq/sluice/decoder/postgres"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+// TestDefaultRuleset runs the default ruleset's test blocks, the ones
+// with a query through the PostgreSQL classifier (as sluice rules test
+// does).
 func TestDefaultRuleset(t *testing.T) {
-	rs := Default()
+	rs := ruleset.Default()
 	if got := len(rs.Targets()); got != 4 {
 		t.Fatalf("default has %d targets, want 4", got)
 	}
-	for _, r := range rs.RunTests(nil) {
+	classify := func(protocol, text string) (ruleset.Statement, error) {
+		if protocol != ruleset.ProtoPostgres {
+			t.Fatalf("no classifier for %s in this test", protocol)
+		}
+		return postgres.Classify(text)
+	}
+	for _, r := range rs.RunTests(classify) {
 		if !r.Passed {
 			t.Errorf("%s: %s", r.Name, r.Message)
 		}

@@ -243,6 +243,12 @@ func (w *walker) node(typ string, b int32) {
 		if (kind == "VAR_SET_VALUE" || kind == "VAR_SET_CURRENT") && strings.EqualFold(w.t.str(w.t.get(b, "name")), "search_path") {
 			w.flags |= fSearchPath
 		}
+	case "ExecuteStmt":
+		// Also under EXPLAIN or CREATE TABLE AS. Unknown until the
+		// session says what the name was prepared as (sqlPrepared.apply):
+		// whoever classifies without a session (sluice rules test, a
+		// forgotten call site) sees it refusable.
+		w.more = append(w.more, FlagUnknownPrepared)
 	}
 }
 

@@ -124,7 +124,9 @@ func (p *sqlPrepared) apply(st ruleset.Statement, text string) ruleset.Statement
 				if !strings.Contains(string(raw), `"ExecuteStmt"`) || json.Unmarshal(raw, &v) != nil {
 					continue
 				}
-				merged := []ruleset.Statement{parts[i]}
+				outer := parts[i]
+				outer.Flags = slices.DeleteFunc(slices.Clone(outer.Flags), func(f string) bool { return f == FlagUnknownPrepared })
+				merged := []ruleset.Statement{outer}
 				for _, name := range executeNames(v, nil) {
 					merged = append(merged, p.lookup(name))
 				}
