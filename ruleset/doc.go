@@ -92,14 +92,20 @@
 //     dblink and every dblink_* function, in any schema.
 //   - do_block, create_function, create_procedure, create_rule,
 //     create_trigger: DO, and CREATE [OR REPLACE] FUNCTION, PROCEDURE,
-//     RULE, [EVENT] TRIGGER. The SQL in their bodies (SQL, BEGIN ATOMIC,
-//     PL/pgSQL including EXECUTE of a string literal, a rule's actions) is
-//     classified with them: its kinds compete for statement.kind and its
-//     tables, functions and flags are the statement's.
-//   - dynamic_sql: a body whose SQL cannot be read: another language, or
-//     PL/pgSQL EXECUTE of a computed string.
-//   - unknown_prepared: EXECUTE of a name the session never prepared
-//     (EXECUTE of a known name is classified as what it prepared).
+//     RULE, [CONSTRAINT | EVENT] TRIGGER. The SQL in their bodies (SQL,
+//     BEGIN ATOMIC, PL/pgSQL including EXECUTE and FOR ... IN EXECUTE of
+//     a string literal, a rule's actions) is classified with them: its
+//     kinds compete for statement.kind, so a DROP inside a DO block is a
+//     drop, and its tables, functions and flags are the statement's.
+//   - event_trigger: CREATE EVENT TRIGGER (with create_trigger).
+//   - dynamic_sql: a body whose SQL cannot be read: another language, a
+//     PL/pgSQL body that does not parse, or EXECUTE of a computed string.
+//   - prepare: SQL-level PREPARE, classified as the statement it
+//     prepares (PREPARE p AS DELETE FROM t is a delete on t).
+//   - unknown_prepared: EXECUTE of a name the session never prepared, or
+//     EXECUTE classified without a session (sluice rules test). EXECUTE
+//     of a name the session prepared is classified as what it prepared,
+//     without prepare.
 //   - copy_program: COPY ... TO or FROM PROGRAM.
 //   - copy_file: COPY ... TO or FROM a file on the server (not STDIN or
 //     STDOUT).
