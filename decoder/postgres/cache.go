@@ -21,8 +21,10 @@ import (
 // most max entries and CacheBytes/2 bytes (texts and classifications), and
 // when the current one fills it becomes the previous one (two
 // generations, a cheap approximation of LRU). A text longer than
-// MaxCachedText is classified every time and never stored. It is safe for
-// concurrent use by every session.
+// MaxCachedText bypasses the cache: it is neither looked up nor normalised
+// nor stored, but parsed every time (normalising 1 MiB costs about as much
+// as parsing it, and its normalised form is rarely short enough to be
+// stored). It is safe for concurrent use by every session.
 type Cache struct {
 	max int
 
@@ -35,7 +37,8 @@ type Cache struct {
 const (
 	// CacheBytes bounds what the cache holds, both generations together.
 	CacheBytes = 32 << 20
-	// MaxCachedText is the longest statement text the cache stores.
+	// MaxCachedText is the longest statement text the cache looks up or
+	// stores.
 	MaxCachedText = 64 << 10
 )
 
@@ -56,6 +59,10 @@ func NewCache(max int) *Cache {
 // The returned Statement's Text is text itself; its slices are shared and
 // must not be modified.
 func (c *Cache) Classify(text string) (ruleset.Statement, error) {
+	if len(text) > MaxCachedText {
+		st, _, err := ClassifyForCache(text)
+		return st, err
+	}
 	if e, ok := c.get(text); ok {
 		e.st.Text = text
 		return e.st, e.err
@@ -91,7 +98,7 @@ func (c *Cache) get(k string) (entry, bool) {
 }
 
 func (c *Cache) put(k string, e entry) {
-	if len(k) > MaxCachedText {
+	if len(k) > MaxCachedText { // a normalised text can be longer than its source
 		return
 	}
 	c.mu.Lock()

@@ -98,3 +98,57 @@ func TestCacheBoundedInBytes(t *testing.T) {
 		t.Fatal("a text above MaxCachedText was stored")
 	}
 }
+
+// TestCacheLargeTextBypass: a text above MaxCachedText is classified as
+// ClassifyForCache classifies it (the cache is only a shortcut), leaves
+// nothing in the cache, and a denied kind stays denied every time.
+func TestCacheLargeTextBypass(t *testing.T) {
+	c := NewCache(16)
+	pad := strings.Repeat("x", MaxCachedText)
+	for _, text := range []string{
+		"DROP TABLE victim /* " + pad + " */",
+		"SELECT '" + pad + "' FROM users",
+		"DO $$ BEGIN EXECUTE 'DROP TABLE users'; END $$ /* " + pad + " */",
+	} {
+		want, _, werr := ClassifyForCache(text)
+		for i := 0; i < 2; i++ {
+			got, err := c.Classify(text)
+			if (err == nil) != (werr == nil) || got.Kind != want.Kind || !slices.Equal(got.Tables, want.Tables) ||
+				!slices.Equal(got.Flags, want.Flags) || got.Text != text {
+				t.Errorf("%.40s...: got %+v %v, want %+v %v", text, got.Kind, err, want.Kind, werr)
+			}
+		}
+	}
+	if len(c.cur)+len(c.prev) != 0 {
+		t.Errorf("cache holds %d entries after texts above MaxCachedText only", len(c.cur)+len(c.prev))
+	}
+}
+
+// TestCacheHitAllocs: a hit, exact or through the normalised text,
+// allocates nothing in the cache itself (pg_query's normaliser allocates
+// its result).
+func TestCacheHitAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts differ under -race")
+	}
+	c := NewCache(0)
+	const q = "SELECT abalance FROM pgbench_accounts WHERE aid = 1;"
+	c.Classify(q)
+	if n := testing.AllocsPerRun(1000, func() { c.Classify(q) }); n != 0 {
+		t.Errorf("exact hit: %v allocations, want 0", n)
+	}
+}
+
+// BenchmarkCacheLargeText: a distinct 1 MiB statement each time (a long
+// comment), the shape e2e/bounds_test.go floods the proxy with. Such a
+// text is never stored; this is what classifying it costs.
+func BenchmarkCacheLargeText(b *testing.B) {
+	c := NewCache(0)
+	pad := strings.Repeat("x", 1<<20)
+	i := 0
+	b.SetBytes(1 << 20)
+	for b.Loop() {
+		c.Classify(fmt.Sprintf("DROP TABLE t%d /* %s */", i, pad))
+		i++
+	}
+}
