@@ -17,9 +17,17 @@ import (
 // unknown_prepared, which the default ruleset refuses. DEALLOCATE and
 // DISCARD ALL forget names. Bounded: maxPrepared names, maxPreparedBytes
 // of text. The client goroutine's alone.
+//
+// The map is updated when a statement is decided, not when the server
+// ran it, so it over-approximates what the server holds: a PREPARE of a
+// name already held (which the server refuses if it has it) is merged
+// with what the name held, and once a PREPARE ran inside a body (a DO
+// block's or function's, whose names Sluice cannot follow) every EXECUTE
+// is unknown_prepared until DEALLOCATE ALL or DISCARD ALL.
 type sqlPrepared struct {
-	m     map[string]ruleset.Statement
-	bytes int
+	m       map[string]ruleset.Statement
+	bytes   int
+	blinded bool // a body may have prepared names
 }
 
 const (
@@ -91,6 +99,9 @@ func (p *sqlPrepared) apply(st ruleset.Statement, text string) ruleset.Statement
 	executes := false
 	for i, s := range tree.Stmts {
 		for typ, raw := range s.Stmt {
+			if typ != "PrepareStmt" && slices.Contains(parts[i].Flags, FlagPrepare) {
+				p.blinded = true
+			}
 			var n struct {
 				Name   string `json:"name"`
 				IsAll  bool   `json:"isall"`
@@ -104,14 +115,14 @@ func (p *sqlPrepared) apply(st ruleset.Statement, text string) ruleset.Statement
 			case "DeallocateStmt":
 				if json.Unmarshal(raw, &n) == nil {
 					if n.IsAll || n.Name == "" {
-						p.m, p.bytes = nil, 0
+						p.m, p.bytes, p.blinded = nil, 0, false
 					} else {
 						p.del(n.Name)
 					}
 				}
 			case "DiscardStmt":
 				if json.Unmarshal(raw, &n) == nil && n.Target == "DISCARD_ALL" {
-					p.m, p.bytes = nil, 0
+					p.m, p.bytes, p.blinded = nil, 0, false
 				}
 			case "ExecuteStmt":
 				if json.Unmarshal(raw, &n) == nil {
@@ -151,7 +162,7 @@ func (p *sqlPrepared) apply(st ruleset.Statement, text string) ruleset.Statement
 // lookup returns what name was prepared as, or an execute flagged
 // unknown_prepared.
 func (p *sqlPrepared) lookup(name string) ruleset.Statement {
-	if prep, ok := p.m[name]; ok {
+	if prep, ok := p.m[name]; ok && !p.blinded {
 		return prep
 	}
 	return ruleset.Statement{Kind: "execute", Flags: []string{FlagUnknownPrepared}}
@@ -182,8 +193,12 @@ func executeNames(v any, names []string) []string {
 // set remembers that name was prepared as st; the PREPARE itself (flag
 // prepare) is not part of what EXECUTE runs.
 func (p *sqlPrepared) set(name string, st ruleset.Statement) {
-	p.del(name)
 	st.Flags = slices.DeleteFunc(slices.Clone(st.Flags), func(f string) bool { return f == FlagPrepare })
+	if old, ok := p.m[name]; ok {
+		// The server keeps the old one if it has it: either may run.
+		st = Merge([]ruleset.Statement{old, st}, old.Text+"; "+st.Text)
+	}
+	p.del(name)
 	if len(st.Flags) == 0 {
 		st.Flags = nil
 	}

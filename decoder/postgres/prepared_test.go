@@ -45,6 +45,19 @@ func TestSQLPrepared(t *testing.T) {
 		{"DISCARD PLANS", "other", nil, nil},
 		{"EXECUTE b", "select", nil, nil},
 		{"SELECT 'EXECUTE b' AS prepare", "select", nil, nil}, // words, no statement
+		// A name prepared again: the server keeps the first if it has
+		// it, so EXECUTE is decided as either.
+		{"PREPARE m AS SELECT email FROM users", "select", []string{"users"}, []string{FlagPrepare}},
+		{"PREPARE m AS SELECT 1", "select", nil, []string{FlagPrepare}},
+		{"EXECUTE m", "select", []string{"users"}, nil},
+		// A body prepared names Sluice cannot follow: every EXECUTE is
+		// unknown until DISCARD ALL.
+		{"DO $$ BEGIN EXECUTE 'PREPARE hidden AS SELECT 1'; END $$", "do", nil, []string{FlagDoBlock, FlagPrepare}},
+		{"EXECUTE m", "execute", nil, unknown},
+		{"EXECUTE hidden", "execute", nil, unknown},
+		{"DISCARD ALL", "other", nil, nil},
+		{"PREPARE m AS SELECT 1", "select", nil, []string{FlagPrepare}},
+		{"EXECUTE m", "select", nil, nil},
 	}
 	c := NewCache(0)
 	var p sqlPrepared
