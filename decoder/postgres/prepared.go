@@ -35,6 +35,22 @@ const (
 	maxPreparedBytes = 16 << 20
 )
 
+// mayApply is apply's pre-filter, on the classification so that an
+// ordinary statement costs a look at its flags: every PREPARE carries flag
+// prepare and every EXECUTE unknown_prepared, whatever else is in the
+// text; DEALLOCATE and DISCARD are kind other. A DEALLOCATE or DISCARD
+// merged under a more dangerous kind is missed, which only leaves the map
+// holding names the server forgot: their EXECUTE fails at the server, and
+// a new PREPARE of one is merged with the old.
+func mayApply(st ruleset.Statement, text string) bool {
+	for _, f := range st.Flags {
+		if f == FlagPrepare || f == FlagUnknownPrepared {
+			return true
+		}
+	}
+	return st.Kind == "other" && mayPrepare(text)
+}
+
 // mayPrepare is a pre-filter: text that holds none of these words holds no
 // PREPARE, EXECUTE, DEALLOCATE or DISCARD (keywords are never spelt any
 // other way), so the parse below is skipped for ordinary statements.
@@ -77,7 +93,7 @@ func containsFold(s, sub string) bool {
 // shared cache: its slices are never modified, and a substituted result is
 // a new Statement.
 func (p *sqlPrepared) apply(st ruleset.Statement, text string) ruleset.Statement {
-	if !mayPrepare(text) {
+	if !mayApply(st, text) {
 		return st
 	}
 	js, err := pg_query.ParseToJSON(text)

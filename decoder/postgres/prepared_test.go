@@ -167,4 +167,36 @@ func TestContainsFold(t *testing.T) {
 	if !mayPrepare("x Execute y") || mayPrepare("SELECT abalance FROM pgbench_accounts WHERE aid = $1") {
 		t.Fatal("mayPrepare")
 	}
+	for text, want := range map[string]bool{
+		"SELECT abalance FROM pgbench_accounts WHERE aid = $1": false,
+		"SELECT 'EXECUTE p'": false,
+		"UPDATE t SET x = 1 WHERE id = 2; PREPARE p AS SELECT 1": true,
+		"DELETE FROM t WHERE id = 1; EXECUTE p":                  true,
+		"DEALLOCATE p":                                           true,
+		"discard all":                                            true,
+		"VACUUM t":                                               false,
+	} {
+		st, err := Classify(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := mayApply(st, text); got != want {
+			t.Errorf("mayApply(%q) = %v, want %v", text, got, want)
+		}
+	}
+}
+
+// BenchmarkSQLPreparedApply: the session hook's cost on an ordinary
+// statement, which holds no PREPARE, EXECUTE, DEALLOCATE or DISCARD.
+func BenchmarkSQLPreparedApply(b *testing.B) {
+	const text = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+	st, err := Classify(text)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var p sqlPrepared
+	b.ReportAllocs()
+	for b.Loop() {
+		p.apply(st, text)
+	}
 }
