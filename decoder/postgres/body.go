@@ -44,9 +44,10 @@ func (w *walker) body(lang, src string) {
 		w.sql(src)
 	case lang == "plpgsql" || lang == "":
 		w.plpgsql(src)
-	case lang == "internal" || lang == "c":
-		// A symbol of the server or of a library: no SQL text.
 	default:
+		// Another language runs what it likes: C a library's code, and
+		// internal any function built into the server under a new name
+		// (pg_read_file's, say), which the name checks would not see.
 		w.more = append(w.more, FlagDynamicSQL)
 	}
 }
@@ -70,6 +71,16 @@ func (w *walker) sql(src string) {
 // pg_query ships it): its SQL statements, the SQL of EXECUTE of a string
 // literal, and its expressions (for functions and tables they use).
 func (w *walker) plpgsql(src string) {
+	if w.fn != "" {
+		// A CREATE FUNCTION or PROCEDURE: its own text declares the
+		// parameters, result columns and return type the body uses.
+		js, err := pg_query.ParsePlPgSqlToJSON(w.fn)
+		var v any
+		if err == nil && json.Unmarshal([]byte(js), &v) == nil {
+			w.plNode(v)
+			return
+		}
+	}
 	tag := "$sluice$"
 	for i := 0; strings.Contains(src, tag); i++ {
 		tag = "$sluice" + strings.Repeat("x", i+1) + "$"
@@ -236,7 +247,9 @@ func (w *walker) codeStmt(typ string, b int32) {
 		}
 		opts := w.defElems(t.get(b, "options"))
 		if src, ok := opts["as"]; ok {
+			w.fn = w.text
 			w.body(opts["language"], src)
+			w.fn = ""
 		}
 	case "RuleStmt":
 		w.more = append(w.more, FlagCreateRule)

@@ -85,9 +85,9 @@ func classifyAllDepth(text string, depth int) ([]ruleset.Statement, bool, error)
 	var out []ruleset.Statement
 	literalFree := true
 	for raw := range t.children(stmts) {
-		w := walker{t: t, depth: depth}
+		w := walker{t: t, depth: depth, text: stmtText(text, t.int(t.get(raw, "stmt_location")), t.int(t.get(raw, "stmt_len")))}
 		st := w.classify(t.get(raw, "stmt"))
-		st.Text = stmtText(text, t.int(t.get(raw, "stmt_location")), t.int(t.get(raw, "stmt_len")))
+		st.Text = w.text
 		literalFree = literalFree && !w.valueDep
 		out = append(out, st)
 	}
@@ -150,6 +150,8 @@ type walker struct {
 	valueDep      bool     // the classification looked at a value (see ClassifyForCache)
 	more          []string // flags of bodies and of statements inside them
 	depth         int      // how many bodies this statement is inside
+	text          string   // the statement's text
+	fn            string   // while reading a function's body: the CREATE's text
 }
 
 // classify classifies one statement node ({"SelectStmt": {...}}).
