@@ -183,11 +183,24 @@ type ProxyStats struct {
 	FlowsDenied  uint64 `json:"flows_denied"`
 	// TooMany counts connections refused past max_sessions.
 	TooMany uint64 `json:"too_many_sessions"`
+	// Open is the accepted connections not yet ended, the number
+	// MaxSessions caps (FlowsActive counts only those handed to their
+	// protocol's handler).
+	Open int64 `json:"open"`
 }
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() ProxyStats {
-	return ProxyStats{FlowsTotal: p.total.Load(), FlowsActive: p.active.Load(), NoOrigin: p.noOrigin.Load(), FlowsRefused: p.refused.Load(), FlowsDenied: p.denied.Load(), TooMany: p.tooMany.Load()}
+	return ProxyStats{FlowsTotal: p.total.Load(), FlowsActive: p.active.Load(), NoOrigin: p.noOrigin.Load(), FlowsRefused: p.refused.Load(), FlowsDenied: p.denied.Load(), TooMany: p.tooMany.Load(), Open: p.open.Load()}
+}
+
+// Limit returns the cap on open connections in force: MaxSessions, or
+// DefaultMaxSessions when that is 0 or less.
+func (p *Proxy) Limit() int {
+	if p.MaxSessions <= 0 {
+		return DefaultMaxSessions
+	}
+	return p.MaxSessions
 }
 
 // Serve accepts on ln until ctx ends or ln is closed; ln is closed then.
@@ -213,10 +226,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		if p.FlowContext != nil {
 			fctx = p.FlowContext
 		}
-		limit := int64(p.MaxSessions)
-		if limit <= 0 {
-			limit = DefaultMaxSessions
-		}
+		limit := int64(p.Limit())
 		if p.open.Add(1) > limit {
 			p.open.Add(-1)
 			p.refuseBusy(c, int(limit))

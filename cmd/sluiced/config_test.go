@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/interceptor"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -76,5 +78,18 @@ cgroups = ["system.slice/b.service", "system.slice/a.service"]
 	}
 	if c.Discover == nil || c.Discover.Root != "system.slice" || c.Discover.Every != 30*time.Second {
 		t.Errorf("discover defaults = %+v, want system.slice every 30s", c.Discover)
+	}
+}
+
+// TestLoadConfigMaxSessions: unset gives the default cap (which must admit
+// bench/suite.sh's 1,000 idle sessions); a value in range is kept.
+func TestLoadConfigMaxSessions(t *testing.T) {
+	c, diags, _ := loadConfig(writeConfig(t, "cgroup = \"runner\"\n"))
+	if diags.HasErrors() || c.MaxSessions != interceptor.DefaultMaxSessions || c.MaxSessions < 1000 {
+		t.Errorf("max_sessions unset: %d (%v), want the default %d (at least 1000)", c.MaxSessions, diags, interceptor.DefaultMaxSessions)
+	}
+	c, diags, _ = loadConfig(writeConfig(t, "cgroup = \"runner\"\nmax_sessions = 5\n"))
+	if diags.HasErrors() || c.MaxSessions != 5 {
+		t.Errorf("max_sessions = 5: got %d (%v)", c.MaxSessions, diags)
 	}
 }

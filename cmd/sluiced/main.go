@@ -200,6 +200,7 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	}
 	if met != nil {
 		proxy.OnFlowEnd = met.flowEnd
+		met.watchProxy(proxy)
 		if err := met.serve(ctx, cfg.MetricsAddr, log.Named("metrics")); err != nil {
 			return err
 		}

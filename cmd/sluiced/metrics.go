@@ -29,6 +29,7 @@ import (
 type metrics struct {
 	reg      *prometheus.Registry
 	flows    *prometheus.CounterVec
+	refused  *prometheus.CounterVec // sessions refused before serving, by reason
 	verdicts *prometheus.CounterVec
 	idents   *prometheus.CounterVec
 	latency  prometheus.Histogram
@@ -52,6 +53,10 @@ func newMetrics(broker *approve.Broker) *metrics {
 			Name: "sluice_flows_total",
 			Help: "Intercepted connections by target, protocol and outcome (served, error, denied, refused, no_origin, too_many_sessions), counted when they end.",
 		}, []string{"target", "protocol", "outcome"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_sessions_refused_total",
+			Help: "Connections refused before being served because of a daemon limit, by reason (max_sessions: the cap on open sessions was reached).",
+		}, []string{"reason"}),
 		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_verdicts_total",
 			Help: "Ruleset verdicts by rule ID and action (allow, mask, hold, deny): every decided statement, every result stopped by a rule, and every flow the default denied. In monitor mode, the action the rule would have applied.",
@@ -73,7 +78,8 @@ func newMetrics(broker *approve.Broker) *metrics {
 		Verdict: func(rule string, a ruleset.Action) { m.verdicts.WithLabelValues(rule, a.String()).Inc() },
 		Done:    func(o enforcer.Outcome) { m.latency.Observe(o.Duration.Seconds()) },
 	}
-	m.reg.MustRegister(m.flows, m.verdicts, m.idents, m.latency, m,
+	m.refused.WithLabelValues(reasonMaxSessions) // exported as 0 from the start
+	m.reg.MustRegister(m.flows, m.refused, m.verdicts, m.idents, m.latency, m,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -113,9 +119,31 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.bytesDesc, prometheus.CounterValue, float64(written))
 }
 
+// reasonMaxSessions is sluice_sessions_refused_total's reason for a
+// connection past the max_sessions cap.
+const reasonMaxSessions = "max_sessions"
+
+// watchProxy exports the proxy's open sessions and their cap as gauges,
+// read at scrape time.
+func (m *metrics) watchProxy(p *interceptor.Proxy) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sluice_sessions_active",
+			Help: "Intercepted connections open now (accepted and not yet ended), the number max_sessions caps.",
+		}, func() float64 { return float64(p.Stats().Open) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sluice_sessions_max",
+			Help: "The cap on open sessions (max_sessions); connections past it are refused.",
+		}, func() float64 { return float64(p.Limit()) }),
+	)
+}
+
 // flowEnd is the proxy's OnFlowEnd.
 func (m *metrics) flowEnd(e interceptor.FlowEnd) {
 	m.flows.WithLabelValues(e.Target, e.Protocol, e.Outcome).Inc()
+	if e.Outcome == interceptor.OutcomeTooMany {
+		m.refused.WithLabelValues(reasonMaxSessions).Inc()
+	}
 	if e.Outcome == interceptor.OutcomeDenied {
 		m.verdicts.WithLabelValues(e.Rule, ruleset.Deny.String()).Inc()
 	}

@@ -664,16 +664,6 @@ func Refuse(c net.Conn, rule, reason string) {
 		"The runner's security ruleset has no policy that lets this job reach this database."))
 }
 
-// RefuseBusy answers a client past the daemon's cap on open sessions with
-// PostgreSQL's own "too many connections" (SQLSTATE 53300), naming the cap
-// and its setting. It closes c.
-func RefuseBusy(c net.Conn, limit int) {
-	refuseStartup(c, errorBody("FATAL", "53300",
-		fmt.Sprintf("sluice: too many sessions through the proxy (max_sessions = %d)", limit),
-		"Sluice caps the sessions it serves at once so that its memory stays bounded; this connection came past the cap and never reached the server.",
-		"Close idle connections, or raise max_sessions in sluiced's configuration."))
-}
-
 // refuseStartup reads a client's startup packets, declining TLS and GSS
 // encryption, and answers the StartupMessage with the ErrorResponse body.
 // It closes c.

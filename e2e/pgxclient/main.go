@@ -22,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|pipelined|ssl|flood N|idle N")
+		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|pipelined|ssl|flood N [SESSIONS]|idle N")
 		os.Exit(2)
 	}
 	ctx := context.Background()
@@ -56,22 +56,16 @@ func main() {
 		_, err := conn.Exec(ctx, "ROLLBACK")
 		report("rollback", "", err)
 	case "flood":
-		// os.Args[3] distinct statements of 1 MiB each, simple protocol:
-		// DROPs the test's ruleset denies, so the proxy reads, classifies
-		// and decides each one and the server parses none.
-		n := 10000
+		// os.Args[3] distinct statements of 1 MiB each over os.Args[4]
+		// sessions (default 1).
+		n, sessions := 10000, 1
 		if len(os.Args) > 3 {
 			fmt.Sscan(os.Args[3], &n)
 		}
-		pad := strings.Repeat("x", 1<<20)
-		var err error
-		denied := 0
-		for i := 0; i < n && err == nil; i++ {
-			_, err = conn.Exec(ctx, fmt.Sprintf("DROP TABLE t%d /* %s */", i, pad), pgx.QueryExecModeSimpleProtocol)
-			if code(err) == "42501" {
-				denied, err = denied+1, nil
-			}
+		if len(os.Args) > 4 {
+			fmt.Sscan(os.Args[4], &sessions)
 		}
+		denied, err := flood(ctx, os.Args[1], conn, n, sessions)
 		report("flood", fmt.Sprint(denied), err)
 	case "ssl":
 		// Whether the server hop of this session is encrypted.
@@ -279,4 +273,49 @@ func idle(ctx context.Context, dsn string, n int) {
 	for _, c := range conns {
 		c.Close(ctx)
 	}
+}
+
+// flood sends n distinct statements of 1 MiB each, simple protocol, spread
+// over conn and sessions-1 more connections to dsn: DROPs the test's
+// ruleset denies, so the proxy reads, classifies and decides each one and
+// the server parses none. It returns how many were denied (42501) and the
+// first other error.
+func flood(ctx context.Context, dsn string, conn *pgx.Conn, n, sessions int) (int, error) {
+	pad := strings.Repeat("x", 1<<20)
+	type result struct {
+		denied int
+		err    error
+	}
+	results := make(chan result, sessions)
+	for s := 0; s < sessions; s++ {
+		go func() {
+			c := conn
+			if s > 0 {
+				var err error
+				if c, err = pgx.Connect(ctx, dsn); err != nil {
+					results <- result{err: err}
+					return
+				}
+				defer c.Close(ctx)
+			}
+			var r result
+			for i := s; i < n && r.err == nil; i += sessions {
+				_, r.err = c.Exec(ctx, fmt.Sprintf("DROP TABLE t%d /* %s */", i, pad), pgx.QueryExecModeSimpleProtocol)
+				if code(r.err) == "42501" {
+					r.denied, r.err = r.denied+1, nil
+				}
+			}
+			results <- r
+		}()
+	}
+	denied := 0
+	var err error
+	for s := 0; s < sessions; s++ {
+		r := <-results
+		denied += r.denied
+		if err == nil {
+			err = r.err
+		}
+	}
+	return denied, err
 }
