@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/md5"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,62 +19,85 @@ import (
 )
 
 // TestRecordingsHoldNoSecret: after cleartext, MD5 and SCRAM logins relayed
-// at record = "full", no file the daemon wrote (recordings, index, keys)
-// and none of its logs holds the password, nor the MD5 form a client sends
-// derived from it; and the recording still exports as a pcap tshark
-// decodes, with the session's statement in it.
+// at record = "full" (SCRAM also over a TLS client hop), and a cleartext
+// login with a wrong password, no file the daemon wrote (recordings, index,
+// keys) and none of its logs holds a password, in clear, in base64 at any
+// alignment (how a recording stores wire bytes), or in its MD5 forms. Each
+// recording still exports as a pcap tshark decodes: the StartupMessage,
+// the server's AuthenticationOk, ParameterStatus and ReadyForQuery (or its
+// error for the wrong password), the statement, and no password message
+// of any kind.
+//
+// Needs root (cgroup, eBPF), PostgreSQL's server binaries, psql, tshark.
 func TestRecordingsHoldNoSecret(t *testing.T) {
 	_, err := exec.LookPath("tshark")
 	testenv.Need(t, err == nil, "tshark is not installed (Debian package tshark)")
 	cg := testenv.NewCgroup(t)
 	type login struct {
 		auth, password string
+		tls            bool
+		options        string // libpq options
+		wrong          string // a wrong password tried first, refused by the server
 		pg             *testenv.Postgres
 	}
 	logins := []*login{
-		{auth: "password", password: "Cleartext-S3cret-9f2c"},
-		{auth: "md5", password: "Md5-S3cret-41aa"},
-		{auth: "scram-sha-256", password: "Scram-S3cret-77d0"},
+		{auth: "password", password: "Cleartext-S3cret-9f2c", options: "sslmode=disable", wrong: "Wrong-Cleartext-5e1b"},
+		{auth: "md5", password: "Md5-S3cret-41aa", options: "sslmode=disable"},
+		{auth: "scram-sha-256", password: "Scram-S3cret-77d0", options: "sslmode=disable"},
+		{auth: "scram-sha-256", password: "Scram-Tls-S3cret-0b3e", tls: true, options: "sslmode=require channel_binding=disable"},
 	}
 	var rules string
 	for i, l := range logins {
-		l.pg = testenv.StartPostgres(t, testenv.PostgresOptions{Host: fmt.Sprintf("127.0.0.%d", i+2), Auth: l.auth, Password: l.password})
-		name := fmt.Sprintf("pg%d", i)
-		rules += fmt.Sprintf("target %q {\n  protocol = \"postgres\"\n  address  = [%q]\n}\n", name, l.pg.Addr())
+		l.pg = testenv.StartPostgres(t, testenv.PostgresOptions{Host: fmt.Sprintf("127.0.0.%d", i+2), Auth: l.auth, Password: l.password, TLS: l.tls})
+		rules += fmt.Sprintf("target \"pg%d\" {\n  protocol = \"postgres\"\n  address  = [%q]\n}\n", i, l.pg.Addr())
 	}
 	rules += "policy \"ci\" {\n  targets = [\"*\"]\n  record  = \"full\"\n}\n"
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: rules})
 
-	for _, l := range logins {
-		dsn := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres password=%s sslmode=disable", l.pg.Host, l.pg.Port, l.password)
-		out, err := cg.Run(t, "psql", "-X", "-w", "-At", "-c", "SELECT 'recorded-"+l.auth+"'", dsn)
-		if err != nil || !strings.Contains(out, "recorded-"+l.auth) {
-			t.Fatalf("psql %s: %v: %s", l.auth, err, out)
+	sessions := 0
+	for i, l := range logins {
+		dsn := func(pw string) string {
+			return fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres password=%s %s", l.pg.Host, l.pg.Port, pw, l.options)
 		}
+		if l.wrong != "" {
+			out, err := cg.Run(t, "psql", "-X", "-w", "-At", "-c", "SELECT 1", dsn(l.wrong))
+			if err == nil || !strings.Contains(out, "password authentication failed") {
+				t.Fatalf("psql %s with a wrong password: %v: %s", l.auth, err, out)
+			}
+			sessions++
+		}
+		tag := fmt.Sprintf("recorded-%d", i)
+		out, err := cg.Run(t, "psql", "-X", "-w", "-At", "-c", "SELECT '"+tag+"'", dsn(l.password))
+		if err != nil || !strings.Contains(out, tag) {
+			t.Fatalf("psql %s %s: %v: %s", l.auth, l.options, err, out)
+		}
+		sessions++
 	}
-	var sessions []store.Session
+	var list []store.Session
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		sessions = listSessions(t, d)
+		list = listSessions(t, d)
 		sealed := 0
-		for _, s := range sessions {
+		for _, s := range list {
 			if s.Status == store.StatusSealed {
 				sealed++
 			}
 		}
-		if sealed == len(logins) {
+		if sealed == sessions && len(list) == sessions {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d sessions, want %d sealed: %+v", len(sessions), len(logins), sessions)
+			t.Fatalf("%d sessions, want %d sealed: %+v", len(list), sessions, list)
 		}
 	}
 
-	// What must appear nowhere: each password, and for MD5 the hash a
-	// client sends (md5(password || user), salted per session on top).
-	var secrets []string
+	// What must appear nowhere.
+	var secrets [][]byte
 	for _, l := range logins {
-		inner := md5.Sum([]byte(l.password + "postgres"))
-		secrets = append(secrets, l.password, hex.EncodeToString(inner[:]))
+		for _, pw := range []string{l.password, l.wrong} {
+			if pw != "" {
+				secrets = append(secrets, secretForms(pw, "postgres")...)
+			}
+		}
 	}
 	scanned := 0
 	for _, root := range []string{d.DataDir, d.Dir()} {
@@ -85,36 +111,80 @@ func TestRecordingsHoldNoSecret(t *testing.T) {
 			}
 			scanned++
 			for _, s := range secrets {
-				if strings.Contains(string(b), s) {
+				if bytes.Contains(b, s) {
 					t.Errorf("%s holds a secret (%.6s...)", path, s)
 				}
 			}
 			return nil
 		})
 	}
-	if scanned < 3 {
-		t.Fatalf("scanned %d files: where are the recordings?", scanned)
+	if recs, _ := filepath.Glob(filepath.Join(d.DataDir, "recordings", "*", "*.rec")); len(recs) != sessions {
+		t.Fatalf("scanned %d files, %d of them recordings; want %d recordings", scanned, len(recs), sessions)
 	}
 
-	// The recordings still decode: each exports as a pcap whose
-	// PostgreSQL stream tshark reads, statement included.
+	// The recordings still decode: each exports as a pcap whose PostgreSQL
+	// stream tshark reads, with the login's outcome and no password
+	// message (cleartext, MD5, SASL initial or SASL response).
 	dir := t.TempDir()
-	for i, s := range sessions {
+	for i, s := range list {
 		pcap := filepath.Join(dir, fmt.Sprintf("%d.pcap", i))
 		if out, err := d.Sluice(t, "export", s.ID, "--socket", d.Socket, "--format", "pcap", "-o", pcap); err != nil {
 			t.Fatalf("export pcap: %v\n%s", err, out)
 		}
 		b, _ := os.ReadFile(pcap)
 		for _, sec := range secrets {
-			if strings.Contains(string(b), sec) {
-				t.Errorf("the export of %s holds a secret", s.ID)
+			if bytes.Contains(b, sec) {
+				t.Errorf("the export of %s holds a secret (%.6s...)", s.ID, sec)
 			}
 		}
-		port := strings.TrimPrefix(s.OrigDst[strings.LastIndex(s.OrigDst, ":"):], ":")
-		q, err := exec.Command("tshark", "-n", "-r", pcap, "-d", "tcp.port=="+port+",pgsql", "-Y", "pgsql",
-			"-T", "fields", "-e", "pgsql.query").CombinedOutput()
-		if err != nil || !strings.Contains(string(q), "SELECT 'recorded-") {
-			t.Errorf("tshark on the export of %s: %v\n%s", s.ID, err, q)
+		port := s.OrigDst[strings.LastIndex(s.OrigDst, ":")+1:]
+		out, err := exec.Command("tshark", "-n", "-r", pcap, "-d", "tcp.port=="+port+",pgsql", "-Y", "pgsql",
+			"-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|", "-e", "pgsql.type", "-e", "pgsql.query").Output()
+		if err != nil {
+			t.Fatalf("tshark on the export of %s: %v\n%s", s.ID, err, out)
+		}
+		var types []string
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			f, _, _ := strings.Cut(line, "\t")
+			types = append(types, strings.Split(f, "|")...)
+		}
+		t.Logf("%s (%s): %q", s.ID, s.OrigDst, types)
+		for _, ty := range types {
+			if strings.Contains(strings.ToLower(ty), "password") || strings.Contains(strings.ToLower(ty), "sasl") {
+				t.Errorf("the recording of %s holds a %q", s.ID, ty)
+			}
+		}
+		want := []string{"Startup message", "Authentication request", "Parameter status", "Ready for query", "Simple query"}
+		if !strings.Contains(string(out), "SELECT 'recorded-") { // the wrong password
+			want = []string{"Startup message", "Error"}
+		}
+		if len(types) == 0 || types[0] != want[0] {
+			t.Errorf("the recording of %s does not start with the StartupMessage: %q", s.ID, types)
+		}
+		for _, w := range want {
+			if !slices.Contains(types, w) {
+				t.Errorf("the recording of %s has no %q: %q", s.ID, w, types)
+			}
 		}
 	}
+}
+
+// secretForms are the byte strings a leak of password (of user) would
+// leave: the password; its base64 at each of the three alignments a
+// message can put it at, without the edge characters that depend on its
+// neighbours; and the MD5 hash PostgreSQL stores and clients salt,
+// md5(password || user), in hex, with and without its "md5" prefix.
+func secretForms(password, user string) [][]byte {
+	forms := [][]byte{[]byte(password)}
+	for pad := 0; pad < 3; pad++ {
+		enc := base64.StdEncoding.EncodeToString(append(make([]byte, pad), password...))
+		start := 0
+		if pad > 0 {
+			start = 4
+		}
+		forms = append(forms, []byte(enc[start:len(enc)-4]))
+	}
+	inner := md5.Sum([]byte(password + user))
+	forms = append(forms, []byte(hex.EncodeToString(inner[:])))
+	return forms
 }

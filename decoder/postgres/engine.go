@@ -162,7 +162,7 @@ func (s *session) run(ctx context.Context) error {
 		// The recording starts with the StartupMessage, so an export
 		// decodes from the start. The authentication exchange is not
 		// recorded (a cleartext or MD5 password message, SCRAM proofs):
-		// the tap opens once the session is authenticated (see wire).
+		// the tap opens at the server's verdict on it (see openTap).
 		pkt := binary.BigEndian.AppendUint32(nil, uint32(len(startup)+4))
 		if err := s.p.Session.Wire("c2s", append(pkt, startup...)); err != nil {
 			s.refuse(codeConnectionFailure, "sluice: the session cannot be recorded")
@@ -216,17 +216,12 @@ func (s *session) run(ctx context.Context) error {
 	// by the proxy with the injected credential.
 	var status byte
 	if inj != nil {
-		status, err = s.injectAuth(inj, secret, cw, sr, sw)
+		status, err = s.injectAuth(inj, secret, cr, cw, sr, sw)
 	} else {
 		status, err = s.authenticate(cr, cw, sr, sw)
 	}
 	if err != nil {
 		return err
-	}
-	if s.p.Session.WantsWire() {
-		if err := s.openTap(cr); err != nil {
-			return err
-		}
 	}
 
 	// 5. Statements until either side ends.
@@ -234,8 +229,9 @@ func (s *session) run(ctx context.Context) error {
 	return r.run()
 }
 
-// wire is the client connection's tap: nothing until the session is
-// authenticated (tapOpen), then everything, to the recording.
+// wire is the client connection's tap: nothing until the server has
+// answered the authentication exchange (tapOpen), then everything, to
+// the recording.
 func (s *session) wire(dir string, b []byte) error {
 	if !s.tapOpen {
 		return nil
@@ -243,21 +239,27 @@ func (s *session) wire(dir string, b []byte) error {
 	return s.p.Session.Wire(dir, b)
 }
 
-// authOKMessage is an AuthenticationOk message: the recording shows the login as
-// having succeeded, without the exchange that led there.
-var authOKMessage = []byte{'R', 0, 0, 0, 8, 0, 0, 0, 0}
-
-// openTap starts recording the client's traffic after authentication: an
-// AuthenticationOk stands for the exchange, then whatever the client sent
-// that is already read but not yet relayed, then everything the tap sees.
-// Until the relay starts only this goroutine uses the connection.
-func (s *session) openTap(cr *frameReader) error {
-	if err := s.p.Session.Wire("s2c", authOKMessage); err != nil {
+// openTap starts recording the client hop where the authentication
+// exchange ends: called before the server's AuthenticationOk (or its
+// ErrorResponse) is written to the client. What the client was sent
+// until then is flushed unrecorded; what the client sent that is read but
+// not yet relayed is recorded first. So a recording holds the
+// StartupMessage, then the server's AuthenticationOk, ParameterStatus,
+// BackendKeyData and ReadyForQuery as the client got them, and never a
+// password message or a SCRAM exchange. Until the relay starts only this
+// goroutine uses the connection. A recorder that fails ends the session,
+// and the client is told.
+func (s *session) openTap(cr *frameReader, cw *bufio.Writer) error {
+	if s.tapOpen || !s.p.Session.WantsWire() {
+		return nil
+	}
+	if err := cw.Flush(); err != nil {
 		return err
 	}
 	if n := cr.r.Buffered(); n > 0 {
 		b, _ := cr.r.Peek(n)
 		if err := s.p.Session.Wire("c2s", b); err != nil {
+			fatal(cw, codeConnectionFailure, "sluice: the session cannot be recorded")
 			return err
 		}
 	}
@@ -475,6 +477,11 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			if sasl {
 				b = stripSCRAMPlus(b)
 			}
+			if code == authOK {
+				if err := s.openTap(cr, cw); err != nil {
+					return 0, err
+				}
+			}
 			if err := writeMsg(cw, 'R', b); err != nil {
 				return 0, err
 			}
@@ -498,26 +505,30 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			if ctyp != 'p' {
 				return 0, s.clientErr(cw, &ProtocolError{Msg: fmt.Sprintf("expected a password message, got %q", ctyp)})
 			}
+			// A password, an MD5 answer or a SCRAM message: read into
+			// a slice of its own, sent past sw's buffer, then cleared.
+			body, err := readSecret(cr, cn)
+			if err != nil {
+				return 0, err
+			}
 			if sasl {
 				// SASLInitialResponse: its gs2 header says whether the
 				// client would bind the exchange to its TLS session.
-				body, err := cr.body(cn)
-				if err != nil {
-					return 0, err
-				}
-				if err := s.checkBinding(cw, body); err != nil {
-					return 0, err
-				}
-				if err := writeMsg(sw, 'p', body); err != nil {
-					return 0, err
-				}
-			} else if err := cr.forward(sw, cn); err != nil {
-				return 0, err
+				err = s.checkBinding(cr, cw, body)
 			}
-			if err := sw.Flush(); err != nil {
+			if err == nil {
+				err = s.sendSecret(sw, body)
+			}
+			clear(body)
+			if err != nil {
 				return 0, err
 			}
 		case 'E':
+			// The server's refusal (a wrong password, no such
+			// database) is recorded: it holds no secret.
+			if err := s.openTap(cr, cw); err != nil {
+				return 0, err
+			}
 			if err := sr.forward(cw, n); err != nil {
 				return 0, err
 			}
@@ -529,6 +540,42 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			}
 		}
 	}
+}
+
+// readSecret reads the current client message's n-byte body, which may
+// hold a secret, into a new slice the caller clears, clearing the bytes
+// in the reader's buffer as it goes. (A TLS connection's own record
+// buffers are beyond reach.)
+func readSecret(fr *frameReader, n int) ([]byte, error) {
+	out := make([]byte, 0, n)
+	for len(out) < n {
+		if fr.r.Buffered() == 0 {
+			if _, err := fr.r.Peek(1); err != nil {
+				return nil, unexpected(err)
+			}
+		}
+		b, _ := fr.r.Peek(min(fr.r.Buffered(), n-len(out)))
+		out = append(out, b...)
+		clear(b)
+		fr.r.Discard(len(b))
+	}
+	return out, nil
+}
+
+// sendSecret sends a password message carrying a secret (a cleartext
+// password, an MD5 answer, a SCRAM message) straight to the server,
+// after what sw holds, so that no copy stays in sw's buffer.
+func (s *session) sendSecret(sw *bufio.Writer, body []byte) error {
+	if err := sw.Flush(); err != nil {
+		return err
+	}
+	msg := make([]byte, 5, 5+len(body))
+	msg[0] = 'p'
+	binary.BigEndian.PutUint32(msg[1:], uint32(len(body)+4))
+	msg = append(msg, body...)
+	_, err := s.up.Write(msg)
+	clear(msg)
+	return err
 }
 
 // passStartup passes on a server message of the startup phase that is not
@@ -574,7 +621,7 @@ func (s *session) authRequest(sr *frameReader, cw *bufio.Writer, n int) ([]byte,
 // never offers), or one saying "y" (binding supported, server believed
 // not to) to a server reached over TLS, which refuses that as a
 // downgrade. The client gets a FATAL whose hint names what works.
-func (s *session) checkBinding(cw *bufio.Writer, body []byte) error {
+func (s *session) checkBinding(cr *frameReader, cw *bufio.Writer, body []byte) error {
 	mech, rest, err := cstring(body)
 	if err != nil || len(rest) < 4 {
 		return s.clientErr(cw, &ProtocolError{Msg: "malformed SASLInitialResponse"})
@@ -587,6 +634,10 @@ func (s *session) checkBinding(cw *bufio.Writer, body []byte) error {
 		return nil
 	}
 	s.p.Log.Warn("client refused: its SCRAM channel binding cannot cross the TLS-terminating proxy", "client_tls", s.clientTLS, "upstream_tls", s.upstreamTLS)
+	// The refusal is recorded; the client's SCRAM message is not.
+	if err := s.openTap(cr, cw); err != nil {
+		return err
+	}
 	writeMsg(cw, 'E', errorBody("FATAL", codeInvalidAuthorization,
 		"sluice: SCRAM channel binding cannot pass through the proxy",
 		"The client speaks TLS to Sluice, which keeps TLS to the server too; channel binding ties SCRAM to one TLS session, and these are two. Sluice never downgrades the server hop to plaintext.",

@@ -82,10 +82,13 @@ func rewriteStartup(pkt []byte, user string) ([]byte, error) {
 // then passes the server's session parameters, key data and first
 // ReadyForQuery to the client. secret is the credential's password; the
 // caller wipes it. It returns the transaction status.
-func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cw *bufio.Writer, sr *frameReader, sw *bufio.Writer) (byte, error) {
+func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cr *frameReader, cw *bufio.Writer, sr *frameReader, sw *bufio.Writer) (byte, error) {
 	var sc *scramClient
 	rounds, method := 0, "trust"
 	refused := func(reason string) error {
+		if err := s.openTap(cr, cw); err != nil {
+			return err
+		}
 		fatalDetail(cw, codeInvalidPassword, fmt.Sprintf("sluice: the database refused the injected credential %q (user %s)", inj.Name, inj.User), reason)
 		return fmt.Errorf("injected credential %s refused: %s", inj.Name, reason)
 	}
@@ -108,6 +111,9 @@ func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cw *bufio.W
 			case authOK:
 				if sc != nil && !sc.done {
 					return 0, refused("the server skipped SCRAM's final message, so it never proved it knows the credential")
+				}
+				if err := s.openTap(cr, cw); err != nil {
+					return 0, err
 				}
 				if err := writeMsg(cw, 'R', b); err != nil {
 					return 0, err
@@ -148,12 +154,9 @@ func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cw *bufio.W
 			default:
 				return 0, refused(fmt.Sprintf("the server asks for authentication method %d, which credential injection does not support (use scram-sha-256 or md5 in pg_hba.conf)", code))
 			}
-			err = writeMsg(sw, 'p', answer)
+			err = s.sendSecret(sw, answer)
 			clear(answer)
 			if err != nil {
-				return 0, err
-			}
-			if err := sw.Flush(); err != nil {
 				return 0, err
 			}
 		case 'E':
@@ -170,6 +173,9 @@ func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cw *bufio.W
 			}
 			// Anything else (no such database, too many connections) is
 			// the server's own answer, as the client would have seen it.
+			if err := s.openTap(cr, cw); err != nil {
+				return 0, err
+			}
 			writeMsg(cw, 'E', b)
 			cw.Flush()
 			return 0, errors.New("the server refused the session")
@@ -201,12 +207,30 @@ func (s *session) scramStart(secret, mechList []byte) (*scramClient, []byte, str
 }
 
 // md5Password is PostgreSQL's MD5 answer: "md5" followed by
-// hex(md5(hex(md5(password || user)) || salt)), NUL-terminated.
+// hex(md5(hex(md5(password || user)) || salt)), NUL-terminated. The
+// inner hash is what the server stores, as good as the password: it and
+// every copy of the password are cleared before returning. The caller
+// clears the answer.
 func md5Password(password []byte, user string, salt []byte) []byte {
-	inner := md5.Sum(append(append([]byte(nil), password...), user...))
-	h := hex.EncodeToString(inner[:])
-	outer := md5.Sum(append([]byte(h), salt...))
-	return append([]byte("md5"+hex.EncodeToString(outer[:])), 0)
+	h := md5.New()
+	h.Write(password)
+	h.Write([]byte(user))
+	var inner [md5.Size]byte
+	var innerHex [2 * md5.Size]byte
+	h.Sum(inner[:0])
+	scrub(h)
+	hex.Encode(innerHex[:], inner[:])
+	clear(inner[:])
+	h.Write(innerHex[:])
+	h.Write(salt)
+	clear(innerHex[:])
+	var outer [md5.Size]byte
+	h.Sum(outer[:0])
+	scrub(h)
+	out := make([]byte, 0, 3+2*md5.Size+1)
+	out = append(out, "md5"...)
+	out = hex.AppendEncode(out, outer[:])
+	return append(out, 0)
 }
 
 // backendKey registers the session's BackendKeyData for cancel requests.

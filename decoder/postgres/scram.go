@@ -135,18 +135,38 @@ func (sc *scramClient) final(serverFirst []byte) ([]byte, error) {
 	if err != nil || len(saltBytes) == 0 {
 		return nil, errors.New("scram: invalid salt")
 	}
+	// Everything derived from the password (the salted password, the
+	// client and server keys, the stored key, the proof) lives in byte
+	// slices cleared before returning; the MACs keyed with them are
+	// wiped too.
 	salted := saltedPassword(sc.password, saltBytes, rounds)
 	defer clear(salted)
-	clientKey := hmacSHA256(salted, []byte("Client Key"))
-	storedKey := sha256.Sum256(clientKey)
-	withoutProof := "c=" + base64.StdEncoding.EncodeToString(append([]byte(sc.gs2), sc.cbind...)) + ",r=" + nonce
-	authMessage := []byte(sc.firstBare + "," + string(serverFirst) + "," + withoutProof)
-	proof := hmacSHA256(storedKey[:], authMessage)
+	km := newKeyedMAC(salted)
+	defer km.wipe()
+	clientKey := km.sum(nil, []byte("Client Key"))
+	defer clear(clientKey)
+	serverKey := km.sum(nil, []byte("Server Key"))
+	defer clear(serverKey)
+	storedKey := sha256Wiped(clientKey)
+	defer clear(storedKey)
+
+	withoutProof := []byte("c=")
+	withoutProof = base64.StdEncoding.AppendEncode(withoutProof, append([]byte(sc.gs2), sc.cbind...))
+	withoutProof = append(append(withoutProof, ",r="...), nonce...)
+	authMessage := make([]byte, 0, len(sc.firstBare)+len(serverFirst)+len(withoutProof)+2)
+	authMessage = append(append(append(append(append(authMessage, sc.firstBare...), ','), serverFirst...), ','), withoutProof...)
+	sm := newKeyedMAC(storedKey)
+	proof := sm.sum(nil, authMessage)
+	sm.wipe()
+	defer clear(proof)
 	for i := range proof {
 		proof[i] ^= clientKey[i]
 	}
-	sc.serverSig = hmacSHA256(hmacSHA256(salted, []byte("Server Key")), authMessage)
-	return []byte(withoutProof + ",p=" + base64.StdEncoding.EncodeToString(proof)), nil
+	vm := newKeyedMAC(serverKey)
+	sc.serverSig = vm.sum(nil, authMessage)
+	vm.wipe()
+	out := append(withoutProof, ",p="...)
+	return base64.StdEncoding.AppendEncode(out, proof), nil
 }
 
 // verify checks the server-final-message: the server proves it knew the
@@ -171,12 +191,6 @@ func (sc *scramClient) verify(serverFinal []byte) error {
 	return nil
 }
 
-func hmacSHA256(key, msg []byte) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write(msg)
-	return m.Sum(nil)
-}
-
 // saslMechanisms parses an AuthenticationSASL body after its code.
 func saslMechanisms(b []byte) []string {
 	var out []string
@@ -193,23 +207,97 @@ func saslMechanisms(b []byte) []string {
 
 // saltedPassword is SCRAM's Hi(): PBKDF2 (RFC 8018) with HMAC-SHA-256,
 // one 32-byte block. It is written out rather than taken from
-// crypto/pbkdf2, whose password parameter is a string: a string copy of
-// the secret could never be wiped. The intermediate blocks are cleared.
+// crypto/pbkdf2 (Go 1.26) or golang.org/x/crypto/pbkdf2 (v0.57, a
+// wrapper that converts to a string), whose password is a string: a
+// string copy of the secret could never be wiped. The MAC and the
+// intermediate blocks are cleared; the caller clears the result.
 func saltedPassword(password, salt []byte, rounds int) []byte {
-	mac := hmac.New(sha256.New, password)
-	mac.Write(salt)
-	mac.Write([]byte{0, 0, 0, 1})
-	u := mac.Sum(nil)
+	m := newKeyedMAC(password)
+	defer m.wipe()
+	u := m.sum(make([]byte, 0, sha256.Size), salt, []byte{0, 0, 0, 1})
 	out := append([]byte(nil), u...)
 	for i := 1; i < rounds; i++ {
-		mac.Reset()
-		mac.Write(u)
-		u = mac.Sum(u[:0])
+		u = m.sum(u[:0], u)
 		for j := range out {
 			out[j] ^= u[j]
 		}
 	}
 	clear(u)
-	mac.Reset()
 	return out
+}
+
+// keyedMAC is HMAC-SHA-256 (RFC 2104) whose key material can be wiped.
+// crypto/hmac keeps the key XORed with its pads in buffers no caller can
+// reach, so a password-keyed crypto/hmac leaves the password readable in
+// memory until the garbage collector's reuse overwrites it.
+type keyedMAC struct {
+	inner, outer hash.Hash
+	ipad, opad   [sha256.BlockSize]byte
+}
+
+func newKeyedMAC(key []byte) *keyedMAC {
+	m := &keyedMAC{inner: sha256.New(), outer: sha256.New()}
+	var k []byte
+	if len(key) > sha256.BlockSize {
+		k = sha256Wiped(key)
+		defer clear(k)
+	} else {
+		k = key
+	}
+	copy(m.ipad[:], k)
+	copy(m.opad[:], k)
+	for i := range m.ipad {
+		m.ipad[i] ^= 0x36
+		m.opad[i] ^= 0x5c
+	}
+	return m
+}
+
+// sum appends HMAC(key, the concatenation of parts) to dst. A part may
+// alias dst's spare capacity: parts are read before dst is written.
+func (m *keyedMAC) sum(dst []byte, parts ...[]byte) []byte {
+	m.inner.Reset()
+	m.inner.Write(m.ipad[:]) // a whole block: hashed in place, not buffered
+	for _, p := range parts {
+		m.inner.Write(p)
+	}
+	var ih [sha256.Size]byte
+	m.inner.Sum(ih[:0])
+	m.outer.Reset()
+	m.outer.Write(m.opad[:])
+	m.outer.Write(ih[:])
+	clear(ih[:])
+	return m.outer.Sum(dst)
+}
+
+// wipe clears the pads and both digests' state.
+func (m *keyedMAC) wipe() {
+	clear(m.ipad[:])
+	clear(m.opad[:])
+	scrub(m.inner)
+	scrub(m.outer)
+}
+
+// sha256Wiped returns SHA-256(b), scrubbing the digest that held b.
+func sha256Wiped(b []byte) []byte {
+	h := sha256.New()
+	h.Write(b)
+	out := h.Sum(make([]byte, 0, sha256.Size))
+	scrub(h)
+	return out
+}
+
+// scrub overwrites what a standard-library MD5 or SHA-2 digest holds of
+// its input: Reset overwrites the chaining state, and a zero block written
+// as one byte and then the rest goes through (and so overwrites) the
+// partial-block buffer, which Reset leaves as it was. It relies on those
+// digests buffering a partial block in one array. Copies that Sum makes of
+// the state on its own stack are out of reach.
+func scrub(h hash.Hash) {
+	var zero [128]byte
+	n := min(h.BlockSize(), len(zero))
+	h.Reset()
+	h.Write(zero[:1])
+	h.Write(zero[1:n])
+	h.Reset()
 }

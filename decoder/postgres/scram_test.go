@@ -2,8 +2,12 @@ package postgres
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/md5"
 	"crypto/pbkdf2"
 	"crypto/sha256"
+	"encoding"
+	"hash"
 	"strings"
 	"testing"
 )
@@ -103,13 +107,62 @@ func FuzzSCRAMServer(f *testing.F) {
 // TestSaltedPassword: the hand-written Hi() equals the standard library's
 // PBKDF2 for several round counts.
 func TestSaltedPassword(t *testing.T) {
-	for _, rounds := range []int{1, 2, 4096} {
-		want, err := pbkdf2.Key(sha256.New, "pencil", []byte("salt"), rounds, sha256.Size)
+	long := strings.Repeat("a-password-longer-than-one-block", 3)
+	for _, pw := range []string{"pencil", long} {
+		for _, rounds := range []int{1, 2, 4096} {
+			want, err := pbkdf2.Key(sha256.New, pw, []byte("salt"), rounds, sha256.Size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := saltedPassword([]byte(pw), []byte("salt"), rounds); !bytes.Equal(got, want) {
+				t.Fatalf("%d-byte password, rounds %d: %x, want %x", len(pw), rounds, got, want)
+			}
+		}
+	}
+}
+
+// TestKeyedMAC: the wipeable HMAC equals crypto/hmac for keys shorter
+// than, equal to and longer than SHA-256's block, and for messages split
+// in parts; wipe leaves no pad.
+func TestKeyedMAC(t *testing.T) {
+	for _, n := range []int{0, 1, 32, 63, 64, 65, 200} {
+		key := bytes.Repeat([]byte{0xa5}, n)
+		msg := []byte("Client Key and some more text to cross a block boundary, twice over: 0123456789abcdef")
+		want := hmac.New(sha256.New, key)
+		want.Write(msg)
+		m := newKeyedMAC(key)
+		got := m.sum([]byte("prefix"), msg[:10], msg[10:])
+		if !bytes.Equal(got[6:], want.Sum(nil)) || string(got[:6]) != "prefix" {
+			t.Fatalf("key of %d bytes: %x, want %x", n, got, want.Sum(nil))
+		}
+		if again := m.sum(nil, msg); !bytes.Equal(again, got[6:]) {
+			t.Fatalf("key of %d bytes: a second sum differs", n)
+		}
+		m.wipe()
+		if m.ipad != [sha256.BlockSize]byte{} || m.opad != [sha256.BlockSize]byte{} {
+			t.Fatalf("key of %d bytes: pads survive wipe", n)
+		}
+	}
+}
+
+// TestScrub: after scrub, the state a digest could be asked to give away
+// (its marshaled form: chaining values and partial block) holds nothing of
+// a secret it hashed.
+func TestScrub(t *testing.T) {
+	secret := []byte("Scrub-Me-S3cret-0123456789") // under one block: buffered whole
+	for name, h := range map[string]hash.Hash{"sha256": sha256.New(), "md5": md5.New()} {
+		h.Write(secret)
+		before, err := h.(encoding.BinaryMarshaler).MarshalBinary()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := saltedPassword([]byte("pencil"), []byte("salt"), rounds); !bytes.Equal(got, want) {
-			t.Fatalf("rounds %d: %x, want %x", rounds, got, want)
+		if !bytes.Contains(before, secret) {
+			t.Fatalf("%s: the marshaled digest does not show its input; the test proves nothing", name)
+		}
+		scrub(h)
+		after, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
+		if bytes.Contains(after, secret[:8]) {
+			t.Fatalf("%s: the digest still holds the secret after scrub", name)
 		}
 	}
 }
