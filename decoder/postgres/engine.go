@@ -474,8 +474,11 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 				return 0, err
 			}
 			sasl := code == authSASL
+			withdrawn := false // SCRAM-SHA-256-PLUS was offered and taken out
 			if sasl {
+				n := len(b)
 				b = stripSCRAMPlus(b)
+				withdrawn = len(b) < n
 			}
 			if code == authOK {
 				if err := s.openTap(cr, cw); err != nil {
@@ -500,6 +503,12 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			}
 			ctyp, cn, err := cr.next()
 			if err != nil {
+				if withdrawn && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+					// The client gave up on the offer without a word:
+					// what a client requiring channel binding does.
+					s.p.Log.Warn("client ended the login when SCRAM-SHA-256-PLUS was withdrawn; a client with channel_binding=require cannot pass through the TLS-terminating proxy",
+						"client_tls", s.clientTLS, "upstream_tls", s.upstreamTLS)
+				}
 				return 0, s.clientErr(cw, err)
 			}
 			if ctyp != 'p' {

@@ -37,6 +37,9 @@ func main() {
 	conn, err := pgx.Connect(ctx, os.Args[1])
 	if err != nil {
 		fmt.Println("connect err", code(err), err)
+		if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Hint != "" {
+			fmt.Println("connect hint", pe.Hint)
+		}
 		os.Exit(1)
 	}
 	defer conn.Close(ctx)
