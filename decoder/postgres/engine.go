@@ -631,15 +631,11 @@ func (s *session) authRequest(sr *frameReader, cw *bufio.Writer, n int) ([]byte,
 // not to) to a server reached over TLS, which refuses that as a
 // downgrade. The client gets a FATAL whose hint names what works.
 func (s *session) checkBinding(cr *frameReader, cw *bufio.Writer, body []byte) error {
-	mech, rest, err := cstring(body)
-	if err != nil || len(rest) < 4 {
-		return s.clientErr(cw, &ProtocolError{Msg: "malformed SASLInitialResponse"})
+	refuse, err := bindingRefused(body, s.upstreamTLS)
+	if err != nil {
+		return s.clientErr(cw, err)
 	}
-	data := rest[4:]
-	switch {
-	case mech == scramPlus || bytes.HasPrefix(data, []byte("p=")):
-	case s.upstreamTLS && bytes.HasPrefix(data, []byte("y,")):
-	default:
+	if !refuse {
 		return nil
 	}
 	s.p.Log.Warn("client refused: its SCRAM channel binding cannot cross the TLS-terminating proxy", "client_tls", s.clientTLS, "upstream_tls", s.upstreamTLS)
@@ -653,6 +649,28 @@ func (s *session) checkBinding(cr *frameReader, cw *bufio.Writer, body []byte) e
 		"Connect with sslmode=prefer (the default: the client retries without TLS to the local proxy, and the server hop stays TLS) or disable, or set channel_binding=disable, or have Sluice authenticate with an injected credential (credential blocks), which uses SCRAM-SHA-256-PLUS to the server."))
 	cw.Flush()
 	return errors.New("client scram channel binding over two TLS hops")
+}
+
+// bindingRefused reads a SASLInitialResponse body (mechanism, length,
+// client-first-message) and reports whether it cannot succeed through
+// the proxy: SCRAM-SHA-256-PLUS or a "p=" gs2 header (binding to the
+// client's TLS session, which the server never sees), or "y" when the
+// server hop is TLS (PostgreSQL's auth-scram.c refuses that as a
+// downgrade: "SCRAM channel binding negotiation error"). "n" always
+// passes, and so does "y" to a server reached without TLS.
+func bindingRefused(body []byte, upstreamTLS bool) (bool, error) {
+	mech, rest, err := cstring(body)
+	if err != nil || len(rest) < 4 {
+		return false, &ProtocolError{Msg: "malformed SASLInitialResponse"}
+	}
+	data := rest[4:]
+	switch {
+	case mech == scramPlus || bytes.HasPrefix(data, []byte("p=")):
+		return true, nil
+	case upstreamTLS && bytes.HasPrefix(data, []byte("y,")):
+		return true, nil
+	}
+	return false, nil
 }
 
 // stripSCRAMPlus removes SCRAM-SHA-256-PLUS from an AuthenticationSASL

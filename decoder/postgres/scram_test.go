@@ -7,6 +7,7 @@ import (
 	"crypto/pbkdf2"
 	"crypto/sha256"
 	"encoding"
+	"encoding/binary"
 	"hash"
 	"strings"
 	"testing"
@@ -163,6 +164,40 @@ func TestScrub(t *testing.T) {
 		after, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
 		if bytes.Contains(after, secret[:8]) {
 			t.Fatalf("%s: the digest still holds the secret after scrub", name)
+		}
+	}
+}
+
+// TestBindingRefused: which SASLInitialResponse the proxy refuses rather
+// than relays, for a server hop with and without TLS.
+func TestBindingRefused(t *testing.T) {
+	msg := func(mech, first string) []byte {
+		b := append([]byte(mech), 0)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(first)))
+		return append(b, first...)
+	}
+	for _, tc := range []struct {
+		name    string
+		body    []byte
+		tls     bool
+		refused bool
+	}{
+		{"n over TLS", msg(scramSHA256, "n,,n=,r=abc"), true, false},
+		{"n without TLS", msg(scramSHA256, "n,,n=,r=abc"), false, false},
+		{"y over TLS", msg(scramSHA256, "y,,n=,r=abc"), true, true},
+		{"y without TLS", msg(scramSHA256, "y,,n=,r=abc"), false, false},
+		{"p with the stripped mechanism", msg(scramPlus, "p=tls-server-end-point,,n=,r=abc"), true, true},
+		{"p under the plain mechanism", msg(scramSHA256, "p=tls-server-end-point,,n=,r=abc"), false, true},
+		{"PLUS without TLS", msg(scramPlus, "n,,n=,r=abc"), false, true},
+	} {
+		got, err := bindingRefused(tc.body, tc.tls)
+		if err != nil || got != tc.refused {
+			t.Errorf("%s: refused %v, %v; want %v", tc.name, got, err, tc.refused)
+		}
+	}
+	for _, bad := range [][]byte{nil, []byte("SCRAM-SHA-256"), []byte("SCRAM-SHA-256\x00\x00")} {
+		if _, err := bindingRefused(bad, true); err == nil {
+			t.Errorf("malformed %q accepted", bad)
 		}
 	}
 }
