@@ -17,6 +17,26 @@ import (
 )
 
 // listSessions runs sluice sessions list --json.
+// waitSealed waits until the daemon lists exactly n sessions, all sealed,
+// and returns them; it fails t after d.
+func waitSealed(t *testing.T, d *testenv.Daemon, n int, within time.Duration) []store.Session {
+	t.Helper()
+	var list []store.Session
+	testenv.WaitFor(t, within, fmt.Sprintf("%d sealed sessions", n), func() bool {
+		list = listSessions(t, d)
+		if len(list) != n {
+			return false
+		}
+		for _, s := range list {
+			if s.Status != store.StatusSealed {
+				return false
+			}
+		}
+		return true
+	})
+	return list
+}
+
 func listSessions(t *testing.T, d *testenv.Daemon, args ...string) []store.Session {
 	t.Helper()
 	out, err := d.Sluice(t, append([]string{"sessions", "list", "--json", "--socket", d.Socket}, args...)...)

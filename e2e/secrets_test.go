@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicehq/sluice/enforcer/store"
 	"github.com/sluicehq/sluice/internal/testenv"
 )
 
@@ -73,22 +72,7 @@ func TestRecordingsHoldNoSecret(t *testing.T) {
 		}
 		sessions++
 	}
-	var list []store.Session
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		list = listSessions(t, d)
-		sealed := 0
-		for _, s := range list {
-			if s.Status == store.StatusSealed {
-				sealed++
-			}
-		}
-		if sealed == sessions && len(list) == sessions {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d sessions, want %d sealed: %+v", len(list), sessions, list)
-		}
-	}
+	list := waitSealed(t, d, sessions, 10*time.Second)
 
 	// What must appear nowhere.
 	var secrets [][]byte

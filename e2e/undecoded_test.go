@@ -26,7 +26,6 @@ import (
 
 	"github.com/vishvananda/netns"
 
-	"github.com/sluicehq/sluice/enforcer/store"
 	"github.com/sluicehq/sluice/internal/testenv"
 )
 
@@ -194,23 +193,20 @@ UsePAM no
 			t.Logf("sshd log:\n%s", log.String())
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, "22"), time.Second)
-		if err == nil {
-			c.Close()
-			return s
-		}
+	testenv.WaitFor(t, 10*time.Second, "sshd listening on "+host+":22", func() bool {
 		select {
 		case <-exited:
 			t.Fatalf("sshd exited: %s", log.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sshd did not listen on %s:22 within 10s: %v", host, err)
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, "22"), time.Second)
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		c.Close()
+		return true
+	})
+	return s
 }
 
 // sshCommand is how the job's ssh and git log in to the test sshd.
@@ -286,24 +282,7 @@ func TestUndecodedDefaultRelays(t *testing.T) {
 	}
 
 	// Each flow is a sealed session with its metadata.
-	var sessions []store.Session
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		sessions = listSessions(t, d)
-		sealed := 0
-		for _, s := range sessions {
-			if s.Status == store.StatusSealed {
-				sealed++
-			}
-		}
-		if sealed == len(sessions) && len(sessions) == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sessions %+v: want 2 sealed within 5s", sessions)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	sessions := waitSealed(t, d, 2, 5*time.Second)
 	for _, s := range sessions {
 		if s.Bytes <= 0 || s.End.IsZero() || s.PID == 0 || (s.Target != "ssh" && s.Target != "mysql") {
 			t.Errorf("session %+v: want bytes, an end, a pid and target ssh or mysql", s)
