@@ -23,7 +23,6 @@ func postgresHandler(ca *tlsutil.CA, maskKey []byte, maxMessage int, log hclog.L
 	cache := postgres.NewCache(0)
 	cancels := postgres.NewCancels()
 	masks := mask.NewCache(maskKey)
-	catalogs := postgres.NewCatalogs()
 	clientTLS := ca.ServerConfig()
 	clientTLS.NextProtos = []string{"postgresql"} // PostgreSQL 17 clients offer it
 	return func(ctx context.Context, f *interceptor.Flow, client net.Conn, dial interceptor.DialFunc) interceptor.Result {
@@ -46,8 +45,6 @@ func postgresHandler(ca *tlsutil.CA, maskKey []byte, maxMessage int, log hclog.L
 			ClientTLS:  clientTLS,
 			Cancels:    cancels,
 			Masks:      masks,
-			Catalogs:   catalogs,
-			Server:     f.Dest.String(),
 			MaxMessage: maxMessage,
 			Log:        flog,
 		})

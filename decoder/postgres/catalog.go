@@ -48,18 +48,6 @@ type relation struct {
 	types        map[int16]uint32
 }
 
-// Catalogs hands out catalogs. Each session gets its own (see Catalog);
-// the type remains so that the daemon's wiring says masking by column is
-// configured.
-type Catalogs struct{}
-
-// NewCatalogs returns the catalog source.
-func NewCatalogs() *Catalogs { return &Catalogs{} }
-
-// For returns a new, empty catalog for one session to database db on
-// server addr.
-func (cs *Catalogs) For(addr, db string) *Catalog { return newCatalog() }
-
 func newCatalog() *Catalog {
 	return &Catalog{rels: map[uint32]*relation{}, resolved: map[string]uint32{}, want: map[uint32]bool{}}
 }

@@ -653,7 +653,7 @@ func startRulesEnv(t testing.TB, rules func(addr string) string) *diffEnv {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); ln.Close(); wg.Wait() })
-	cache, masks, catalogs := NewCache(0), mask.NewCache(key), NewCatalogs()
+	cache, masks := NewCache(0), mask.NewCache(key)
 	ap := netip.MustParseAddrPort(pg.Addr())
 	match := rs.Match(ruleset.Flow{Target: ruleset.Endpoint{Name: "pg", Protocol: "postgres", Addr: ap}})
 	log := hclog.NewNullLogger()
@@ -677,8 +677,6 @@ func startRulesEnv(t testing.TB, rules func(addr string) string) *diffEnv {
 					Session:  enforcer.NewSession(ctx, match, nil, 0, log),
 					Classify: cache.Classify,
 					Masks:    masks,
-					Catalogs: catalogs,
-					Server:   pg.Addr(),
 					Log:      log,
 				})
 			}()

@@ -60,12 +60,10 @@ type Params struct {
 	// Cancels is the registry shared by every session of the daemon.
 	Cancels *Cancels
 	// Masks builds maskers for the mask rules a statement's verdict
-	// carries; Catalogs name the columns of results, one catalog per
-	// database of Server (the original destination). A statement whose
-	// verdict masks is denied when Masks is nil.
-	Masks    *mask.Cache
-	Catalogs *Catalogs
-	Server   string
+	// carries (each session names result columns with a catalog of its
+	// own, catalog.go). A statement whose verdict masks is denied when
+	// Masks is nil.
+	Masks *mask.Cache
 	// MaxMessage bounds every message from either side; 0 means
 	// DefaultMaxMessage.
 	MaxMessage int
@@ -184,9 +182,6 @@ func (s *session) run(ctx context.Context) error {
 			return err
 		}
 		s.clientUser, s.user, s.credential = s.user, inj.User, inj.Name
-		if s.p.Catalogs != nil {
-			s.catalog = s.p.Catalogs.For(s.p.Server, s.database)
-		}
 		var wipe func()
 		if secret, wipe, err = s.fetchSecret(ctx, inj); err != nil {
 			return err
@@ -320,9 +315,6 @@ func (s *session) negotiate(ctx context.Context) ([]byte, error) {
 			}
 			if err := s.checkStartupParams(sm.Parameters); err != nil {
 				return nil, err
-			}
-			if s.p.Catalogs != nil {
-				s.catalog = s.p.Catalogs.For(s.p.Server, s.database)
 			}
 			return pkt, nil
 		default:

@@ -28,7 +28,7 @@ func fuzzRelay(in []byte) (*relay, *bytes.Buffer, *bytes.Buffer) {
 	rs := ruleset.Default()
 	m := rs.Match(ruleset.Flow{Target: ruleset.Endpoint{Name: "postgres", Protocol: "postgres", Addr: netip.MustParseAddrPort("10.0.0.5:5432")}})
 	s := &session{p: Params{Session: enforcer.NewSession(context.Background(), m, nil, 0, hclog.NewNullLogger()), Classify: NewCache(64).Classify,
-		Masks: mask.NewCache(make([]byte, 32)), Log: hclog.NewNullLogger()}, nonce: "fuzz", catalog: NewCatalogs().For("fuzz", "fuzz")}
+		Masks: mask.NewCache(make([]byte, 32)), Log: hclog.NewNullLogger()}, nonce: "fuzz", catalog: newCatalog()}
 	var toServer, toClient bytes.Buffer
 	r := &relay{s: s,
 		cr: newFrameReader(bytes.NewReader(in), fuzzMax), sr: newFrameReader(bytes.NewReader(in), fuzzMax),

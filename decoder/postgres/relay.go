@@ -207,6 +207,9 @@ type item struct {
 
 // init makes the relay's maps; run calls it.
 func (r *relay) init() {
+	if r.s.catalog == nil {
+		r.s.catalog = newCatalog()
+	}
 	r.stmts = map[string]*cstmt{}
 	r.portals = map[string]*cportal{}
 	r.sStmts = map[string]*sstmt{}
