@@ -10,6 +10,8 @@ DIST    ?= dist
 # The package version: the nearest tag, commits since and the commit
 # (packaging.DebVersion turns it into a Debian version).
 DESCRIBE ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+# Both binaries print it (--version), as the package's Debian version.
+LDFLAGS ?= -X github.com/sluicehq/sluice/internal/version.Describe=$(DESCRIBE)
 
 .PHONY: all build deps generate check-generate lint test test-unit test-race demo bench package clean
 
@@ -21,7 +23,7 @@ deps:
 
 ## build: build sluiced and sluice into ./bin (needs gcc for pg_query_go's cgo)
 build:
-	$(GO) build -o $(BIN)/ ./cmd/sluiced ./cmd/sluice
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/sluiced ./cmd/sluice
 
 ## generate: rebuild the eBPF objects from bpf/*.c with clang and bpf2go
 generate:

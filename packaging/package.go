@@ -10,13 +10,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strings"
 	"time"
 
 	"github.com/goreleaser/nfpm/v2"
 	"github.com/goreleaser/nfpm/v2/deb"
 	"github.com/goreleaser/nfpm/v2/files"
+
+	"github.com/sluicehq/sluice/internal/version"
 )
 
 // Where the package puts things. The unit's ExecStart names DaemonPath.
@@ -139,27 +139,6 @@ func Build(o Options) (string, error) {
 	return out, nil
 }
 
-var (
-	semverTag = regexp.MustCompile(`^v?([0-9]+(?:\.[0-9]+)*)(.*)$`)
-	notDeb    = regexp.MustCompile(`[^A-Za-z0-9.+~]+`)
-)
-
 // DebVersion turns `git describe --tags --always --dirty` output into a
-// Debian version: "v1.2.0" is 1.2.0, "v1.2.0-3-gabc1234" is
-// 1.2.0+git3.gabc1234, and a bare commit "abc1234" (no tag yet) is
-// 0.0.0+gitabc1234; "-dirty" stays as ".dirty" after "+git".
-func DebVersion(describe string) string {
-	d := strings.TrimSpace(describe)
-	if d == "" {
-		return "0.0.0"
-	}
-	clean := func(s string) string { return strings.Trim(notDeb.ReplaceAllString(s, "."), ".") }
-	m := semverTag.FindStringSubmatch(d)
-	if m == nil || !strings.HasPrefix(d, "v") && !strings.Contains(m[1], ".") {
-		return "0.0.0+git" + clean(d) // a bare commit hash
-	}
-	if rest := clean(m[2]); rest != "" {
-		return m[1] + "+git" + rest
-	}
-	return m[1]
-}
+// Debian version (version.Debian: the binaries print the same).
+func DebVersion(describe string) string { return version.Debian(describe) }

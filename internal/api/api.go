@@ -26,8 +26,13 @@ type Status struct {
 	Name string `json:"name"`
 	PID  int    `json:"pid"`
 	// Cgroup is the first of Cgroups, for clients of older versions.
-	Cgroup    string            `json:"cgroup"`
-	Cgroups   []Cgroup          `json:"cgroups"`
+	Cgroup  string   `json:"cgroup"`
+	Cgroups []Cgroup `json:"cgroups"`
+	// Unhooked lists the cgroups the config names (or discovery found)
+	// that the daemon could not hook, with why. While it is not empty
+	// the daemon protects less than its config says: status and doctor
+	// say so loudly.
+	Unhooked  []Unhooked        `json:"unhooked,omitempty"`
 	ProxyPort uint16            `json:"proxy_port"`
 	PinDir    string            `json:"pin_dir"`
 	Readopted bool              `json:"readopted"`
@@ -46,6 +51,18 @@ type Cgroup struct {
 	Path   string `json:"path"`
 	ID     uint64 `json:"id"`
 	Source string `json:"source"`
+}
+
+// Unhooked is a wanted cgroup the daemon could not hook: its path
+// relative to the cgroup2 mount, where it came from (config or
+// discovered), why (Reason, a sentence for a person), and since when the
+// daemon has been trying. The daemon keeps trying and hooks it when it
+// can (a missing cgroup when it appears).
+type Unhooked struct {
+	Path   string    `json:"path"`
+	Source string    `json:"source"`
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
 }
 
 // Hold is a pending approval request as status shows it.
