@@ -181,7 +181,10 @@
 // # Masking
 //
 // A mask block says what to mask in the results of the statements it
-// fires for, and how. columns lists column patterns: "column",
+// fires for, and how. Mask blocks do not fire on a connection decision
+// (statement.kind connect) or on transaction control (kind transaction:
+// BEGIN, COMMIT, ROLLBACK, SAVEPOINT): they bring back no data, so their
+// verdict is what the deny, hold and allow rules say. columns lists column patterns: "column",
 // "table.column" or "schema.table.column", each part a glob (* and ?, \
 // escapes), so "*.password_hash" and "public.users.*_token" work; a part
 // left out matches anything. detect lists value detectors, which look

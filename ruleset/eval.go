@@ -77,6 +77,19 @@ type Statement struct {
 // rather than a command.
 const KindConnect = "connect"
 
+// KindTransaction is the kind of transaction control (BEGIN, COMMIT,
+// ROLLBACK, SAVEPOINT and the like).
+const KindTransaction = "transaction"
+
+// returnsData reports whether a statement of this kind can bring data
+// back for a mask rule to change. A connection decision and transaction
+// control bring none (their errors are the server's own words), so mask
+// rules do not fire on them: their verdict is what the deny, hold and
+// allow rules say, and a transcript does not show BEGIN as masked.
+func returnsData(kind string) bool {
+	return kind != KindConnect && kind != KindTransaction
+}
+
 // Result is what a statement produced so far: result.rows and
 // result.bytes in expressions. Rules that use result fire only when Known.
 type Result struct {
@@ -435,6 +448,10 @@ func (m *Match) decide(st *Statement, res Result, tr *[]Step) Decision {
 			}
 		}
 		for _, r := range p.mask {
+			if !returnsData(st.Kind) {
+				step(r, "skipped: a "+st.Kind+" returns no data to mask", false)
+				continue
+			}
 			ok, err := fire(r)
 			if err != nil {
 				return failClosed(d, r, fmt.Errorf("evaluate %s: %w", r.ID, err), m.record)

@@ -561,3 +561,25 @@ func TestStore(t *testing.T) {
 		t.Errorf("after a good load: status %+v", st)
 	}
 }
+
+// TestMaskSkipsStatementsWithoutData: a mask rule with no condition
+// fires on every statement that can bring data back, but not on a
+// connection decision or on transaction control, whose verdict is then
+// what the other rules say (a transcript must not show BEGIN as masked).
+func TestMaskSkipsStatementsWithoutData(t *testing.T) {
+	rs := mustParse(t, map[string]string{"t.hcl": testTargets, "p.hcl": `
+policy "p" {
+  targets = ["db"]
+  allow "reads" { when = statement.kind != "drop" }
+  mask "contact" { columns = ["users.email"] }
+}`})
+	for kind, want := range map[string]Action{
+		"select": Mask, "insert": Mask, "show": Mask, "call": Mask,
+		KindTransaction: Allow, KindConnect: Allow,
+	} {
+		d := rs.Evaluate(input("acme/api", kind, "users"))
+		if d.Action != want || want == Mask && len(d.Masks) != 1 || want == Allow && len(d.Masks) != 0 {
+			t.Errorf("kind %s: got %s by %s with %d masks, want %s", kind, d.Action, d.Rule.ID, len(d.Masks), want)
+		}
+	}
+}
