@@ -9,8 +9,30 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
 [ -x "$BIN/sluiced" ] && [ -x "$BIN/sluice" ] || { echo "demo: build first (make build)" >&2; exit 1; }
 
-bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Step titles are bold on a terminal and plain text otherwise (a log, a
+# pipe, CI). Numbered steps are the README's numbered claims, in order.
+if [ -t 1 ]; then B=$'\033[1m' N=$'\033[0m'; else B="" N=""; fi
+step() { printf '\n%s== %s%s\n' "$B" "$*" "$N"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
+# wait_for DESC CMD...: run CMD until it succeeds, for at most 10 s; the
+# demo fails, naming DESC, if it never does.
+wait_for() {
+  local desc=$1; shift
+  for _ in $(seq 200); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "demo: gave up waiting for $desc" >&2
+  exit 1
+}
+# log_line MESSAGE [PATTERN]: the last line of sluiced's log with that
+# message (and PATTERN), once it is there.
+log_line() {
+  wait_for "a \"$1\" line in sluiced's log" grep -q "\"@message\":\"$1\".*${2:-}" "$work/sluiced.log"
+  grep "\"@message\":\"$1\".*${2:-}" "$work/sluiced.log" | tail -1
+}
+in_job() { "$BIN/sluice" run --cgroup "$cgroup" -- "$@"; }
+run_job() { printf '$ sluice run --cgroup %s -- %s\n' "$cgroup" "$*"; in_job "$@"; }
 
 free_port() {
   local p
@@ -45,7 +67,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bold "1. A private PostgreSQL on 127.0.0.2:$pg_port (and 127.0.0.3, where role app needs a SCRAM password)"
+step "Setup: a private PostgreSQL on 127.0.0.2:$pg_port (and 127.0.0.3, where role app needs a SCRAM password)"
 chown postgres "$work"
 su postgres -s /bin/sh -c "$pgbin/initdb -D $work/pg -U postgres -A trust --no-sync >/dev/null"
 printf 'local all all trust\nhost all app 0.0.0.0/0 scram-sha-256\nhost all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n' > "$work/pg/pg_hba.conf"
@@ -58,13 +80,13 @@ app_secret="demo-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 psql -X -h "$work" -p "$pg_port" -U postgres -qc "create role app login password '$app_secret'; grant select on users to app;"
 echo "running; table users and role app created"
 
-bold "2. sluiced on cgroup $cgroup, intercepting 127.0.0.2:$pg_port and 127.0.0.3:$pg_port"
+step "Setup: sluiced on cgroup $cgroup, intercepting 127.0.0.2:$pg_port and 127.0.0.3:$pg_port"
 # A local OIDC issuer stands in for GitHub's (outside this machine): its
 # tokens say repository acme/api, ref refs/heads/main.
 ${GO:-go} build -o "$work/demoissuer" ./e2e/demoissuer
 "$work/demoissuer" -dir "$work" -claims '{"sub":"repo:acme/api:ref:refs/heads/main","repository":"acme/api","ref":"refs/heads/main","run_id":"1001","actor":"octocat"}' > "$work/issuer.env" 2>&1 &
 issuer_pid=$!
-for _ in $(seq 100); do [ -s "$work/issuer.env" ] && break; sleep 0.1; done
+wait_for "the demo OIDC issuer" test -s "$work/issuer.env"
 eval "$(head -1 "$work/issuer.env")"
 mkdir -p "$mount/$cgroup" "$work/rules"
 cat > "$work/rules/demo.hcl" <<HCL
@@ -180,62 +202,59 @@ identity {
 }
 HCL
 cat "$work/sluiced.hcl"
-run "$BIN/sluice" rules check "$work/rules"
-run "$BIN/sluice" rules test "$work/rules"
 "$BIN/sluiced" --config "$work/sluiced.hcl" > "$work/sluiced.log" 2>&1 &
 sluiced_pid=$!
-for _ in $(seq 100); do
+for _ in $(seq 200); do
   "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 && break
   kill -0 "$sluiced_pid" 2>/dev/null || { cat "$work/sluiced.log"; exit 1; }
-  sleep 0.1
+  sleep 0.05
 done
 run "$BIN/sluice" status --socket "$work/sluiced.sock"
 
-run "$BIN/sluice" doctor --config "$work/sluiced.hcl" || true
+step "1. psql inside the hooked cgroup, pointed at the database's real address, reaches it through Sluice; the flow log says who went where"
+run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "select inet_server_addr() as server, inet_server_port() as port, count(*) as users from users"
+echo "-- sluiced's flow line for it (JSON, one per flow, at its end):"
+log_line flow '"comm":"psql"'
 
-bold "3. psql inside the cgroup, pointed at the real address, unchanged"
-run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "select id, email from users order by id"
+step "2. The same psql outside the cgroup is not intercepted"
+flows_before=$(grep -c '"@message":"flow"' "$work/sluiced.log")
+run psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 'direct, not through sluice'"
+echo "flow lines in sluiced's log before: $flows_before, after: $(grep -c '"@message":"flow"' "$work/sluiced.log")"
 
-bold "4. A blocked statement: DROP TABLE fails with a normal PostgreSQL error naming the rule; the server never sees it"
-run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -v VERBOSITY=verbose -c "DROP TABLE users" || true
-echo "-- the same with a data-modifying CTE, inside a transaction block, then the session goes on:"
-"$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres <<'SQL' || true
+step "3. Blocked statements fail with a normal PostgreSQL error (SQLSTATE 42501) naming the rule; the server never sees them and the session goes on"
+run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -v VERBOSITY=verbose -c "DROP TABLE users" || true
+echo "-- a data-modifying CTE that deletes, outside a transaction block and inside one; the session goes on after each:"
+printf '$ psql <<SQL\n'
+in_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -v VERBOSITY=verbose -e <<'SQL' || true
+WITH gone AS (DELETE FROM users RETURNING *) SELECT count(*) FROM gone;
+SELECT count(*) AS users_still_there FROM users;
 BEGIN;
 WITH gone AS (DELETE FROM users RETURNING *) SELECT count(*) FROM gone;
 ROLLBACK;
 SELECT count(*) AS users_still_there FROM users;
 SQL
-sleep 0.2
-grep '"@message":"statement denied"' "$work/sluiced.log" | tail -1
-echo "-- and a DROP smuggled inside a DO block, whose body Sluice reads too:"
-run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "DO \$\$ BEGIN EXECUTE 'DROP TABLE users'; END \$\$" || true
-run psql -X -h "$work" -p "$pg_port" -U postgres -Atc "SELECT 'users still there: ' || count(*) FROM users"
+log_line "statement denied" '"rule":"ci-jobs/deny/no-bulk-delete"'
+echo "-- a DROP smuggled inside a DO block, whose body Sluice reads too:"
+run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -v VERBOSITY=verbose -c "DO \$\$ BEGIN EXECUTE 'DROP TABLE users'; END \$\$" || true
+run psql -X -h "$work" -p "$pg_port" -U postgres -Atc "SELECT 'users still there (checked directly): ' || count(*) FROM users"
 
-bold "4b. A masked column: users.email reaches the job with its local part replaced (same person, same mask)"
-run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "SELECT id, email, email AS alias, upper(email) AS expression FROM users ORDER BY id"
+step "4. A masked column: users.email reaches the job with its local part replaced, under an alias, inside an expression and from a pipelining driver"
+run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "SELECT id, email, email AS alias, upper(email) AS expression FROM users ORDER BY id"
+echo "(a value masks to the same token every time, so email and alias agree and joins on masked test data still line up;"
+echo " upper(email) is a different value, caught by the email detector, so its token differs)"
 run psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "SELECT id, email FROM users ORDER BY id"
-echo "(the second query ran outside the cgroup: the real values)"
+echo "(that query ran outside the cgroup: the real values)"
 ${GO:-go} build -o "$work/pgxclient" ./e2e/pgxclient
-echo "A Go program (pgx) pipelines a transaction's first SELECT behind its BEGIN, as a batch and byte for byte as JDBC does; both come back masked:"
-run "$BIN/sluice" run --cgroup "$cgroup" -- "$work/pgxclient" "postgres://postgres@127.0.0.2:$pg_port/postgres?sslmode=disable" pipelined
+echo "-- a Go program (pgx) pipelines a transaction's first SELECT behind its BEGIN, as a batch and byte for byte as JDBC does; both come back masked:"
+run_job "$work/pgxclient" "postgres://postgres@127.0.0.2:$pg_port/postgres?sslmode=disable" pipelined
 
-bold "5. The flow log: one structured line per flow, with the original destination, the process, and its statements"
-grep '"@message":"flow"' "$work/sluiced.log" | tail -1
-
-bold "5b. Recorded: every session is in a signed, hash-chained recording responders can search, read, verify and export"
-run "$BIN/sluice" sessions list --socket "$work/sluiced.sock"
-last=$("$BIN/sluice" sessions list --socket "$work/sluiced.sock" --verdict deny --json | awk -F'"' '/"id":/ { print $4; exit }')
-run "$BIN/sluice" sessions show --socket "$work/sluiced.sock" "$last"
-run "$BIN/sluice" verify --socket "$work/sluiced.sock" --all
-
-bold "5c. A held statement: a COPY export waits for a human; the job's log says how to approve"
-PGSSLMODE=disable "$BIN/sluice" run --cgroup "$cgroup" -- setpriv --reuid=65534 --regid=65534 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "COPY users TO STDOUT" > "$work/held.out" 2>&1 &
+step "5. A held statement: a COPY export waits for a human; the job's log says how to approve it, and it runs (masked) once approved"
+PGSSLMODE=disable in_job setpriv --reuid=65534 --regid=65534 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "COPY users TO STDOUT" > "$work/held.out" 2>&1 &
 held=$!
-for _ in $(seq 100); do
-  id=$("$BIN/sluice" approvals list --socket "$work/sluiced.sock" --json | awk -F'"' '/"ID"|"id"/ { print $4; exit }')
-  [ -n "$id" ] && break
-  sleep 0.1
-done
+held_id() { "$BIN/sluice" approvals list --socket "$work/sluiced.sock" --json | awk -F'"' '/"ID"|"id"/ { print $4; exit }'; }
+has_hold() { [ -n "$(held_id)" ]; }
+wait_for "the held COPY to show in sluice approvals list" has_hold
+id=$(held_id)
 run "$BIN/sluice" approvals list --socket "$work/sluiced.sock"
 echo "-- the job so far (it is waiting):"
 cat "$work/held.out"
@@ -244,47 +263,59 @@ wait "$held" || true
 echo "-- the job after approval:"
 cat "$work/held.out"
 
-bold "5d. Credential injection: a CI job connects as app with a wrong password; Sluice authenticates with the secret only root can read"
+step "6. Recorded: every session is in a signed, hash-chained recording that responders search, read and verify"
+run "$BIN/sluice" sessions list --socket "$work/sluiced.sock"
+# The transcript of step 3's session: two denials inside one session.
+cte=$("$BIN/sluice" sessions list --socket "$work/sluiced.sock" --verdict deny --json | awk -F'"' '/"id":/ { id = $4 } /"denied": 2/ { print id; exit }')
+run "$BIN/sluice" sessions show --socket "$work/sluiced.sock" "$cte"
+run "$BIN/sluice" verify --socket "$work/sluiced.sock" --all
+
+step "7. Credential injection: a CI job connects as app with a wrong password; Sluice authenticates with the secret only root can read"
 # A GitHub job: its process tree hangs below a Runner.Worker and can ask
 # the issuer for a token, as GitHub's runner lets a job do.
 cp /bin/sh "$work/Runner.Worker"
 job() {
   ACTIONS_ID_TOKEN_REQUEST_URL="$TOKEN_URL" ACTIONS_ID_TOKEN_REQUEST_TOKEN="$REQUEST_TOKEN" PGPASSWORD=not-the-password \
-    "$BIN/sluice" run --cgroup "$cgroup" -- "$work/Runner.Worker" -c "$1"
+    in_job "$work/Runner.Worker" -c "$1"
 }
 printf '$ PGPASSWORD=not-the-password psql -h 127.0.0.3 -U whoever -c "select current_user, count(*) from users"   (as a job of acme/api on main)\n'
 job "psql -X -h 127.0.0.3 -p $pg_port -U whoever -d postgres -c 'select current_user, count(*) from users'"
+log_line "authenticated with an injected credential"
 echo "-- the same psql outside a CI job (no verified identity):"
-run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.3 -p "$pg_port" -U app -d postgres -Atc "select 1" || echo "(refused: without a verified CI identity no policy covers this connection)"
-sleep 0.2
-grep '"@message":"authenticated with an injected credential"' "$work/sluiced.log" | tail -1
+run_job psql -X -h 127.0.0.3 -p "$pg_port" -U app -d postgres -Atc "select 1" || echo "(refused: without a verified CI identity no policy covers this connection)"
 if grep -rqF "$app_secret" "$work/sluiced.log" "$work/data"; then echo "demo: the secret leaked into the log or the recordings" >&2; exit 1; fi
 echo "the app password appears in no log line and no recording"
 
-bold "5e. Prometheus metrics on loopback: flows, verdicts by rule, statement latency"
-curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -E '^sluice_(flows_total|verdicts_total|holds_pending|statement_latency_seconds_count)' | head -12
-
-bold "6. A job that no policy covers (uid 12345) gets the default deny"
-run "$BIN/sluice" run --cgroup "$cgroup" -- setpriv --reuid=12345 --regid=12345 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(denied, as the ruleset says)"
-sleep 0.2
-grep '"@message":"flow denied"' "$work/sluiced.log" | tail -1
-
-bold "7. A broken edit of the ruleset is refused; the previous rules keep enforcing"
+step "8. Rulesets: checked and unit-tested before use; a job no policy covers gets the default deny; a broken edit is refused while the old rules keep enforcing"
+run "$BIN/sluice" rules check "$work/rules"
+run "$BIN/sluice" rules test "$work/rules"
+run "$BIN/sluice" rules explain "$work/rules" --target demo-db --process uid=0 --query "DROP TABLE users"
+echo "-- a job running as uid 12345, which no policy covers:"
+run_job setpriv --reuid=12345 --regid=12345 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(denied, as the ruleset's default says)"
+log_line "flow denied"
+echo "-- a broken edit lands in the rules directory:"
 echo 'policy "oops" { targets = ["no-such-target"] }' > "$work/rules/oops.hcl"
-sleep 0.5
-run "$BIN/sluice" status --socket "$work/sluiced.sock" | sed -n '/^ruleset/,/^target/p'
+run cat "$work/rules/oops.hcl"
+wait_for "the daemon to reject the broken edit" sh -c "'$BIN/sluice' status --json --socket '$work/sluiced.sock' | grep -q oops.hcl"
+printf '$ sluice status | grep -A2 ^ruleset\n'
+"$BIN/sluice" status --socket "$work/sluiced.sock" | grep -A2 '^ruleset'
+echo "-- with the broken file still there, the old rules still refuse a DROP:"
+run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -v VERBOSITY=verbose -c "DROP TABLE users" || true
 rm "$work/rules/oops.hcl"
 
-bold "8. The same psql outside the cgroup is not intercepted"
-run psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 'direct, not through sluice'"
+step "9. sluice doctor checks the installation, and Prometheus metrics count flows, verdicts by rule and statement latency"
+run "$BIN/sluice" doctor --config "$work/sluiced.hcl" || true
+printf '$ curl -s http://127.0.0.1:%s/metrics | grep ...\n' "$metrics_port"
+curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -E '^sluice_(flows_total|verdicts_total|holds_pending|statement_latency_seconds_count)' | head -14
 run "$BIN/sluice" status --socket "$work/sluiced.sock"
 
-bold "9. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
+step "10. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
 kill -9 "$sluiced_pid"; wait "$sluiced_pid" 2>/dev/null || true; sluiced_pid=""
-run "$BIN/sluice" run --cgroup "$cgroup" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(refused, as it should be)"
+run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(refused, as it should be)"
 
-bold "10. sluice uninstall removes the pinned hooks"
+step "11. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
+run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 'after uninstall: direct again'"
 
-bold "Not in this demo yet"
+step "Not in this demo yet"
 echo "Jobs inside containers (Docker or Kubernetes executors); MySQL, SSH and Kubernetes decoders."

@@ -23,9 +23,10 @@ var allowed = map[string][]string{
 	"interceptor":      {"bpf", "decoder", "enforcer", "ruleset", "internal/api"},
 	"bpf":              {},
 	"internal/api":     {},
-	"cmd":              {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil"},
+	"cmd":              {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/version"},
 	"internal/tlsutil": {},
-	"packaging":        {"packaging"},
+	"internal/version": {},
+	"packaging":        {"packaging", "internal/version"},
 }
 
 // bpfThirdParty is the only outside module bpf may import.
