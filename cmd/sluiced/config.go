@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 
 	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/interceptor"
@@ -96,6 +97,8 @@ type logConfig struct {
 
 // config is the validated configuration.
 type config struct {
+	// Path is the config file the settings were read from.
+	Path string
 	Name string
 	// Cgroups are the cgroups to hook (cgroup and cgroups of the file),
 	// relative to the cgroup2 mount.
@@ -111,8 +114,10 @@ type config struct {
 	// RulesDir holds the ruleset; "" means the embedded default ruleset
 	// unless a pushed one was saved under DataDir.
 	RulesDir string
-	// RulesKey, when set, is the only key whose signatures are accepted.
-	RulesKey ed25519.PublicKey
+	// RulesKey, when set, is the only key whose signatures are accepted;
+	// RulesKeyPath is the file it was read from.
+	RulesKey     ed25519.PublicKey
+	RulesKeyPath string
 	// MaxMessage bounds every protocol message either side may send.
 	MaxMessage int
 	// MaxSessions caps the flows served at once (interceptor.Proxy).
@@ -158,12 +163,20 @@ const (
 	defaultDataDir   = "/var/lib/sluice"
 )
 
+// loadConfig reads and validates the config file at path.
 func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
-	p := hclparse.NewParser()
 	src, err := os.ReadFile(path)
 	if err != nil {
 		return nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read config", Detail: err.Error()}}, nil
 	}
+	return parseConfig(path, src)
+}
+
+// parseConfig validates the config file src, read from path. Every
+// mistake is a diagnostic whose detail says how to fix it, at the
+// mistake's range where the file has one.
+func parseConfig(path string, src []byte) (*config, hcl.Diagnostics, map[string]*hcl.File) {
+	p := hclparse.NewParser()
 	f, diags := p.ParseHCL(src, path)
 	if diags.HasErrors() {
 		return nil, diags, p.Files()
@@ -180,8 +193,9 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	if d := gohcl.DecodeBody(f.Body, nil, &fc); d.HasErrors() {
 		return nil, append(diags, d...), p.Files()
 	}
+	at := func(name string) *hcl.Range { return attrRange(f, name) }
 	c := &config{
-		Name: fc.Name, DataDir: fc.DataDir, APISocket: fc.APISocket,
+		Path: path, Name: fc.Name, DataDir: fc.DataDir, APISocket: fc.APISocket,
 		LogLevel: "info", LogFormat: "auto", RulesDir: fc.RulesDir,
 	}
 	diags = append(diags, c.setCgroups(&fc)...)
@@ -198,7 +212,8 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	case fc.ProxyPort == 0:
 		c.ProxyPort = defaultProxyPort
 	case fc.ProxyPort < 1 || fc.ProxyPort > 65535:
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid proxy_port", Detail: fmt.Sprintf("proxy_port %d is not a TCP port (1-65535).", fc.ProxyPort)})
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid proxy_port", Subject: at("proxy_port"),
+			Detail: fmt.Sprintf("proxy_port %d is not a TCP port: use a port from 1 to 65535 (the default is %d).", fc.ProxyPort, defaultProxyPort)})
 	default:
 		c.ProxyPort = uint16(fc.ProxyPort)
 	}
@@ -207,7 +222,7 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	case fc.MaxSessions == 0:
 		c.MaxSessions = interceptor.DefaultMaxSessions
 	case fc.MaxSessions < 1 || fc.MaxSessions > 1000000:
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_sessions", Detail: fmt.Sprintf("max_sessions %d: use a value from 1 to 1000000 (the default is %d).", fc.MaxSessions, interceptor.DefaultMaxSessions)})
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_sessions", Subject: at("max_sessions"), Detail: fmt.Sprintf("max_sessions %d: use a value from 1 to 1000000 (the default is %d).", fc.MaxSessions, interceptor.DefaultMaxSessions)})
 	default:
 		c.MaxSessions = fc.MaxSessions
 	}
@@ -215,7 +230,7 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	case fc.MaxMessage == 0:
 		c.MaxMessage = 64 << 20
 	case fc.MaxMessage < 1024 || fc.MaxMessage > 1<<30:
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_message_bytes", Detail: fmt.Sprintf("max_message_bytes %d: use a value from 1024 to 1073741824 (the default is 67108864, 64 MiB).", fc.MaxMessage)})
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_message_bytes", Subject: at("max_message_bytes"), Detail: fmt.Sprintf("max_message_bytes %d: use a value from 1024 to 1073741824 (the default is 67108864, 64 MiB).", fc.MaxMessage)})
 	default:
 		c.MaxMessage = fc.MaxMessage
 	}
@@ -316,14 +331,14 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 	if fc.PprofAddr != "" {
 		ap, err := netip.ParseAddrPort(fc.PprofAddr)
 		if err != nil || !ap.Addr().IsLoopback() {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid pprof_addr", Detail: fmt.Sprintf("pprof_addr %q: give a loopback address and port, such as 127.0.0.1:6060.", fc.PprofAddr)})
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid pprof_addr", Subject: at("pprof_addr"), Detail: fmt.Sprintf("pprof_addr %q: give a loopback address and port, such as 127.0.0.1:6060.", fc.PprofAddr)})
 		}
 		c.PprofAddr = fc.PprofAddr
 	}
 	if fc.MetricsAddr != "" {
 		ap, err := netip.ParseAddrPort(fc.MetricsAddr)
 		if err != nil || !ap.Addr().IsLoopback() {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid metrics_addr",
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid metrics_addr", Subject: at("metrics_addr"),
 				Detail: fmt.Sprintf("metrics_addr %q: give a loopback address and port, such as 127.0.0.1:9464; metrics are served only on loopback (put a scraper or an authenticating proxy on the runner to export them).", fc.MetricsAddr)})
 		}
 		c.MetricsAddr = fc.MetricsAddr
@@ -334,11 +349,26 @@ func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
 			c.RulesKey, err = ruleset.ParsePublicKey(b)
 		}
 		if err != nil {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid rules_public_key",
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid rules_public_key", Subject: at("rules_public_key"),
 				Detail: fmt.Sprintf("read the ruleset signing key %s: %v. Create one with `sluice rules keygen`.", fc.RulesPublicKey, err)})
 		}
+		c.RulesKeyPath = fc.RulesPublicKey
 	}
 	return c, diags, p.Files()
+}
+
+// attrRange returns the range of the top-level attribute name in f, or
+// nil when f does not set it.
+func attrRange(f *hcl.File, name string) *hcl.Range {
+	body, ok := f.Body.(*hclsyntax.Body)
+	if !ok {
+		return nil
+	}
+	if a, ok := body.Attributes[name]; ok {
+		r := a.SrcRange
+		return &r
+	}
+	return nil
 }
 
 // setCgroups validates cgroup, cgroups and the discover block: at least one

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/interceptor/runners"
+	"github.com/sluicehq/sluice/internal/api"
 )
 
 // discoverer keeps the hooked cgroups in step with the host: it hooks the
@@ -29,10 +32,21 @@ type discoverer struct {
 	// reported remembers the last refusal logged per cgroup, so a refusal
 	// that stays the same is logged once, not at every rescan.
 	reported map[string]string
+	// wasMissing remembers the configured cgroups found missing before:
+	// the first time is logged at error level, later times (a runner
+	// service restarting) at warn.
+	wasMissing map[string]bool
+	now        func() time.Time
+
+	mu sync.Mutex
+	// unhooked are the wanted cgroups not hooked, by path: status serves
+	// them (api.Status.Unhooked) and sluice_cgroups_unhooked counts them.
+	unhooked map[string]api.Unhooked
 }
 
 func newDiscoverer(cfg *config, ic *interceptor.Interceptor, log hclog.Logger) *discoverer {
-	d := &discoverer{cfg: cfg, ic: ic, log: log, every: 30 * time.Second, reported: map[string]string{}}
+	d := &discoverer{cfg: cfg, ic: ic, log: log, every: 30 * time.Second, reported: map[string]string{},
+		wasMissing: map[string]bool{}, now: time.Now, unhooked: map[string]api.Unhooked{}}
 	if cfg.Discover != nil {
 		d.every = cfg.Discover.Every
 	}
@@ -63,23 +77,98 @@ func (d *discoverer) scan() {
 			wants = append(wants, want{cgroup: r.Cgroup, source: interceptor.SourceDiscovered, runner: r})
 		}
 	}
+	wanted := map[string]bool{}
 	for _, w := range wants {
+		wanted[w.cgroup] = true
 		added, err := d.ic.AddCgroup(w.cgroup, w.source)
 		switch {
 		case err == nil:
 			delete(d.reported, w.cgroup)
+			d.setHooked(w.cgroup)
 			if added {
 				d.log.Info("runner cgroup hooked", "cgroup", w.cgroup, "kind", w.runner.Kind, "unit", w.runner.Unit, "source", w.source)
 			}
 		case errors.Is(err, interceptor.ErrCgroupMissing) && w.source == interceptor.SourceConfig:
-			d.report(w.cgroup, "configured cgroup does not exist (is the runner service stopped?); hooked when it appears", err)
+			d.missing(w)
 		case errors.Is(err, interceptor.ErrCgroupMissing), errors.Is(err, interceptor.ErrCovered):
 			// Gone again since the scan, or below a hooked cgroup: its
 			// connects are intercepted already.
+			d.setHooked(w.cgroup)
 		default:
+			d.setUnhooked(w, "sluiced refuses to hook it: "+err.Error())
 			d.report(w.cgroup, "runner cgroup refused", err)
 		}
 	}
+	// A discovered runner that went away is no longer wanted.
+	d.mu.Lock()
+	for p := range d.unhooked {
+		if !wanted[p] {
+			delete(d.unhooked, p)
+		}
+	}
+	d.mu.Unlock()
+}
+
+// missing records a configured cgroup that does not exist. While it is
+// missing, nothing in it is intercepted, though the daemon reports
+// ready: the first time is logged at error level with the fix, and
+// status lists it under Unhooked until it is hooked.
+func (d *discoverer) missing(w want) {
+	if !d.setUnhooked(w, missingReason) {
+		return // already listed: logged when it went missing
+	}
+	level := hclog.Error
+	if d.wasMissing[w.cgroup] {
+		level = hclog.Warn // a runner service that restarts: seen before
+	}
+	d.wasMissing[w.cgroup] = true
+	d.log.Log(level, "configured cgroup does not exist, so nothing in it is intercepted: start the runner service, or correct cgroup/cgroups in the config (sluice install writes them); sluiced hooks it as soon as it appears",
+		"cgroup", w.cgroup, "config", d.cfg.Path)
+}
+
+// missingReason is an Unhooked reason for a configured cgroup that does
+// not exist.
+const missingReason = "the cgroup does not exist (runner service stopped, or a wrong path in the config): nothing in it is intercepted; sluiced hooks it when it appears"
+
+// setUnhooked lists w as not hooked, for reason, keeping since when it
+// first was. It reports whether w was not listed before.
+func (d *discoverer) setUnhooked(w want, reason string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	u, listed := d.unhooked[w.cgroup]
+	if !listed {
+		u = api.Unhooked{Path: w.cgroup, Source: w.source, Since: d.now()}
+	}
+	u.Reason = reason
+	d.unhooked[w.cgroup] = u
+	return !listed
+}
+
+// setHooked takes cgroup off the unhooked list.
+func (d *discoverer) setHooked(cgroup string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.unhooked, cgroup)
+}
+
+// unhookedList returns the wanted cgroups not hooked, sorted by path.
+// It is safe for concurrent use.
+func (d *discoverer) unhookedList() []api.Unhooked {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]api.Unhooked, 0, len(d.unhooked))
+	for _, u := range d.unhooked {
+		out = append(out, u)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
+}
+
+// unhookedCount is len(unhookedList()), for the metric.
+func (d *discoverer) unhookedCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.unhooked)
 }
 
 func (d *discoverer) report(key, msg string, err error) {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -17,12 +18,12 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/hcl/v2"
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
@@ -37,41 +38,100 @@ import (
 	"github.com/sluicehq/sluice/interceptor/identity"
 	"github.com/sluicehq/sluice/internal/api"
 	"github.com/sluicehq/sluice/internal/tlsutil"
+	"github.com/sluicehq/sluice/internal/version"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
 func main() {
+	opts, code, ok := parseFlags(os.Args[1:], os.Stdout, os.Stderr)
+	if !ok {
+		// --version, --help or a bad flag: nothing to serve, so no
+		// re-execution for the runtime's sake either.
+		os.Exit(code)
+	}
 	keepSysmonAwake()
-	os.Exit(run())
+	os.Exit(run(opts))
 }
 
-func run() int {
-	configPath := flag.String("config", "/etc/sluice/sluiced.hcl", "path to the daemon's HCL config")
-	flag.Parse()
+// options are sluiced's command-line flags.
+type options struct {
+	config string
+}
 
+const usage = `usage: sluiced [--config FILE]
+
+sluiced is the Sluice daemon: it hooks the runner's cgroups, runs the proxy
+that receives their redirected connections, and serves the control API
+(used by the sluice command). It runs as root, normally under systemd
+(sluiced.service).
+
+flags:
+  --config FILE  the daemon's HCL config (default /etc/sluice/sluiced.hcl)
+  --version      print the version and exit
+  -h, --help     print this help and exit
+
+exit status: 0 when stopped by SIGTERM or SIGINT; 2 for a configuration
+error, which a restart cannot cure (the config file, the ruleset, a
+machine that cannot run sluiced); 1 for other failures at start.
+`
+
+// parseFlags parses args. ok is false when the daemon must not start: then
+// code is the exit status (0 after --version or --help, which print to
+// stdout; exitConfig after a bad flag, reported on stderr).
+func parseFlags(args []string, stdout, stderr io.Writer) (o options, code int, ok bool) {
+	fs := flag.NewFlagSet("sluiced", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.config, "config", "/etc/sluice/sluiced.hcl", "path to the daemon's HCL config")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return o, exitOK, false
+	case err != nil:
+		fmt.Fprintf(stderr, "sluiced: %v: run sluiced --help for the flags it takes\n", err)
+		return o, exitConfig, false
+	case *showVersion:
+		fmt.Fprintf(stdout, "sluiced %s\n", version.String())
+		return o, exitOK, false
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "sluiced: unexpected argument %q: sluiced takes only flags (run sluiced --help)\n", fs.Arg(0))
+		return o, exitConfig, false
+	}
+	return o, exitOK, true
+}
+
+// run starts the daemon and serves until a signal stops it. An error at
+// start is printed for a person (writeStartError) and decides the exit
+// status (exitCode); once the daemon is up it logs as its config says.
+func run(o options) int {
+	fail := func(err error) int {
+		writeStartError(os.Stderr, err, term.IsTerminal(int(os.Stderr.Fd())))
+		return exitCode(err)
+	}
 	// The daemon holds injected database credentials in memory: no core
 	// dump of it is written, and no other process may ptrace it or read
 	// its memory through /proc.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
-		fmt.Fprintf(os.Stderr, "sluiced: disable core dumps: %v\n", err)
-		return 1
+		return fail(runtimeError(err, `if a restart does not cure it, run "sluice doctor"`, "disable core dumps"))
 	}
 
-	cfg, diags, files := loadConfig(*configPath)
+	src, err := os.ReadFile(o.config)
+	if err != nil {
+		return fail(configReadError(o.config, err))
+	}
+	cfg, diags, files := parseConfig(o.config, src)
 	if diags.HasErrors() || cfg == nil {
-		wr := hcl.NewDiagnosticTextWriter(os.Stderr, files, 100, term.IsTerminal(int(os.Stderr.Fd())))
-		wr.WriteDiagnostics(diags)
-		return 2
+		return fail(configDiagError(o.config, diags, files))
 	}
 	log := newLogger(cfg)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := serve(ctx, cfg, log); err != nil {
-		log.Error("sluiced stopped", "error", err)
-		return 1
+		return fail(err)
 	}
-	return 0
+	return exitOK
 }
 
 func newLogger(cfg *config) hclog.Logger {
@@ -91,25 +151,35 @@ func newLogger(cfg *config) hclog.Logger {
 // only its own handles so the pinned hooks keep refusing traffic until a
 // new daemon takes over.
 func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
-	if err := interceptor.Probe(); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
-	}
-
-	// 1. The ruleset.
+	// 0. What the config alone decides comes first, before anything that
+	// needs root or the kernel: a bad config is reported as such, on any
+	// machine and as any user.
 	rm := &rules{cfg: cfg, log: log.Named("rules")}
 	rs, source, err := rm.initial()
 	if err != nil {
 		return err
 	}
+	if err := preflight(cfg); err != nil {
+		return err
+	}
+	if err := interceptor.Probe(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return dataDirError(cfg, err)
+	}
+
+	// 1. The ruleset.
 	rm.store = ruleset.NewStore(rs, source)
 	rm.warnUndecoded(rs)
 
 	// 2. Listen.
 	lns, err := interceptor.Listen(cfg.ProxyPort, log.Named("proxy"))
 	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return runtimeError(err, fmt.Sprintf("stop the process that holds it (a sluiced that is stopping frees it by itself), or change proxy_port in %s", cfg.Path),
+				"proxy_port %d is in use", cfg.ProxyPort)
+		}
 		return err
 	}
 	defer func() {
@@ -135,15 +205,15 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 
 	ca, err := tlsutil.LoadOrCreateCA(cfg.DataDir)
 	if err != nil {
-		return err
+		return dataDirError(cfg, err)
 	}
 	maskKey, err := mask.LoadOrCreateKey(cfg.DataDir)
 	if err != nil {
-		return err
+		return dataDirError(cfg, err)
 	}
 	rec, err := newRecorder(cfg, log.Named("recorder"))
 	if err != nil {
-		return err
+		return dataDirError(cfg, err)
 	}
 	defer rec.Close()
 	broker := newBroker(cfg, log.Named("approvals"))
@@ -151,7 +221,7 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	rec.broker = broker
 	idr, err := identity.New(ctx, cfg.Identity, log.Named("identity"))
 	if err != nil {
-		return fmt.Errorf("workload identity: %w", err)
+		return configError(err, "correct the identity block in "+cfg.Path, "invalid identity block")
 	}
 	defer idr.Close()
 	// Flows outlive the signal to stop by up to drainTimeout: accepting
@@ -162,6 +232,7 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	sessions := rec.open
 	if cfg.MetricsAddr != "" {
 		met = newMetrics(broker)
+		met.watchUnhooked(disc.unhookedCount)
 		sessions = met.wrapSessions(rec.open)
 	}
 	proxy := &interceptor.Proxy{
@@ -202,7 +273,8 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		proxy.OnFlowEnd = met.flowEnd
 		met.watchProxy(proxy)
 		if err := met.serve(ctx, cfg.MetricsAddr, log.Named("metrics")); err != nil {
-			return err
+			return listenError(err, "metrics_addr "+cfg.MetricsAddr, fmt.Sprintf("stop the process that holds it, or change metrics_addr in %s", cfg.Path),
+				fmt.Sprintf("give a loopback address of this machine as metrics_addr in %s, such as 127.0.0.1:9464", cfg.Path))
 		}
 	}
 
@@ -224,7 +296,7 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	// 4. Control API.
 	started := time.Now()
 	apiSrv, err := startAPI(cfg, log.Named("api"), rm, rec, func() api.Status {
-		st := statusOf(cfg, ic, proxy, rm.store, started)
+		st := statusOf(cfg, ic, disc, proxy, rm.store, started)
 		for _, r := range broker.List() {
 			if r.State == approve.StatePending {
 				st.Holds = append(st.Holds, api.Hold{ID: r.ID, Rule: r.Rule, Target: r.Target, Stage: r.Stage, Statement: r.Statement, Deadline: r.Deadline})
@@ -233,13 +305,14 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		return st
 	})
 	if err != nil {
-		return err
+		return runtimeError(err, fmt.Sprintf("check that root can create the api_socket %s and its directory", cfg.APISocket), "control API")
 	}
 	defer apiSrv.Close()
 	if cfg.Remote != nil {
-		rsrv, err := startRemote(cfg, ca, rec, func() api.Status { return statusOf(cfg, ic, proxy, rm.store, started) }, log.Named("remote"))
+		rsrv, err := startRemote(cfg, ca, rec, func() api.Status { return statusOf(cfg, ic, disc, proxy, rm.store, started) }, log.Named("remote"))
 		if err != nil {
-			return err
+			return listenError(err, "remote_api", "stop the process that holds remote_api's listen address, or change it in "+cfg.Path,
+				"correct the remote_api block in "+cfg.Path)
 		}
 		defer rsrv.Close()
 	}
@@ -248,7 +321,11 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	for _, h := range ic.Cgroups() {
 		hooked = append(hooked, h.Path)
 	}
-	log.Info("sluiced ready", "name", cfg.Name, "cgroups", hooked, "missing", ic.Missing(), "proxy_port", cfg.ProxyPort,
+	var unhooked []string
+	for _, u := range disc.unhookedList() {
+		unhooked = append(unhooked, u.Path)
+	}
+	log.Info("sluiced ready", "name", cfg.Name, "cgroups", hooked, "missing", ic.Missing(), "unhooked", unhooked, "proxy_port", cfg.ProxyPort,
 		"ruleset", source, "targets", len(rs.Targets()), "readopted", ic.Readopted(), "api_socket", cfg.APISocket)
 
 	// 5. Serve until told to stop; reload rules and re-resolve hostname
@@ -308,6 +385,47 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 		<-drained
 	}
 	return nil
+}
+
+// preflight checks what the config decides and a person must fix, that
+// the ruleset does not cover, before the daemon touches the kernel: the
+// approvals admin group exists, and no configured cgroup holds the daemon
+// itself.
+func preflight(cfg *config) error {
+	if g := cfg.Approvals.AdminGroup; g != "" {
+		if _, err := user.LookupGroup(g); err != nil {
+			return configError(err, fmt.Sprintf("create the group, or correct or remove admin_group in %s", cfg.Path), "approvals admin_group %q", g)
+		}
+	}
+	if self, err := interceptor.SelfCgroup(); err == nil {
+		for _, cg := range cfg.Cgroups {
+			s, c := filepath.Clean("/"+self), filepath.Clean("/"+cg)
+			if s == c || strings.HasPrefix(s, c+"/") {
+				return configError(nil, "run sluiced outside the runner's cgroup (the packaged unit runs it in sluice.slice), or correct the cgroup in "+cfg.Path,
+					"sluiced runs in cgroup %s, inside the cgroup %s it is configured to hook", s, c)
+			}
+		}
+	}
+	return nil
+}
+
+// dataDirError is a failure to create or read the daemon's files under
+// data_dir: a full or read-only file system may be cured, so it is not a
+// configuration error.
+func dataDirError(cfg *config, err error) error {
+	return runtimeError(err, fmt.Sprintf("check that root can write data_dir %s (with systemd, that it is under ReadWritePaths) and that its file system is not full", cfg.DataDir),
+		"prepare data_dir %s", cfg.DataDir)
+}
+
+// listenError classifies a listener that could not be opened for what:
+// an address in use may be freed (exit 1, inUseFix); any other failure,
+// an address this machine does not have for example, is the config's
+// (exit 2, fix).
+func listenError(err error, what, inUseFix, fix string) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return runtimeError(err, inUseFix, "%s is in use", what)
+	}
+	return configError(err, fix, "%s", what)
 }
 
 // drainTimeout is how long a stopping daemon lets the flows it accepted
@@ -388,10 +506,11 @@ func hasHost(rs *ruleset.Ruleset) bool {
 	return false
 }
 
-func statusOf(cfg *config, ic *interceptor.Interceptor, p *interceptor.Proxy, store *ruleset.Store, started time.Time) api.Status {
+func statusOf(cfg *config, ic *interceptor.Interceptor, disc *discoverer, p *interceptor.Proxy, store *ruleset.Store, started time.Time) api.Status {
 	st := api.Status{
 		Name: cfg.Name, PID: os.Getpid(), ProxyPort: cfg.ProxyPort,
 		PinDir: interceptor.PinDir(cfg.Name), Readopted: ic.Readopted(), Started: started,
+		Unhooked: disc.unhookedList(),
 	}
 	for _, h := range ic.Cgroups() {
 		st.Cgroups = append(st.Cgroups, api.Cgroup{Path: h.Path, ID: h.ID, Source: h.Source})

@@ -138,6 +138,15 @@ func (m *metrics) watchProxy(p *interceptor.Proxy) {
 	)
 }
 
+// watchUnhooked exports count, the number of wanted cgroups the daemon
+// could not hook (api.Status.Unhooked), as a gauge read at scrape time.
+func (m *metrics) watchUnhooked(count func() int) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_cgroups_unhooked",
+		Help: "Cgroups the config names, or discovery found, that the daemon could not hook (missing or refused): while above 0 it protects less than its config says. sluice status lists them.",
+	}, func() float64 { return float64(count()) }))
+}
+
 // flowEnd is the proxy's OnFlowEnd.
 func (m *metrics) flowEnd(e interceptor.FlowEnd) {
 	m.flows.WithLabelValues(e.Target, e.Protocol, e.Outcome).Inc()

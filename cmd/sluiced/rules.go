@@ -15,6 +15,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclparse"
 
 	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/decoder/tcp"
@@ -52,27 +53,90 @@ func (r *rules) dir() string {
 // initial loads the ruleset the daemon starts with. An invalid or unsigned
 // ruleset is fatal at start: there is nothing older to keep enforcing, and
 // silently falling back to the default would enforce rules nobody chose.
+// Every error it returns is a configuration error (startError, exit 2)
+// that says how to fix it. It reads files only: no privilege is needed.
 func (r *rules) initial() (*ruleset.Ruleset, string, error) {
 	dir := r.dir()
+	cfgPath := r.cfg.Path
 	if dir == "" {
 		if r.cfg.RulesKey != nil {
-			return nil, "", errors.New("rules_public_key is set but there is no rules_dir: the embedded default ruleset is unsigned")
+			return nil, "", configError(nil, fmt.Sprintf("set rules_dir to a signed ruleset, or remove rules_public_key from %s", cfgPath),
+				"rules_public_key is set but there is no rules_dir, and the embedded default ruleset is unsigned")
 		}
 		return ruleset.Default(), "embedded default", nil
 	}
+	// What the directory is: rules_dir, or where a push saved a ruleset.
+	what := "rules_dir " + dir
+	useDefault := fmt.Sprintf("remove rules_dir from %s to use the embedded default ruleset", cfgPath)
+	if r.cfg.RulesDir == "" {
+		what = "the pushed ruleset in " + dir
+		useDefault = fmt.Sprintf("push a valid one (sluice rules push), or remove %s to use the embedded default ruleset", dir)
+	}
+	n, err := countHCL(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, "", configError(nil, "create it and put a ruleset there, or "+useDefault, "%s does not exist", what)
+	case errors.Is(err, os.ErrPermission):
+		return nil, "", configError(err, "run sluiced as root, or make the directory and its files readable", "cannot read %s", what)
+	case err != nil:
+		return nil, "", configError(err, "make it a directory of *.hcl files, or "+useDefault, "cannot read %s", what)
+	case n == 0:
+		return nil, "", configError(nil, "put a ruleset there, or "+useDefault, "%s holds no *.hcl file", what)
+	}
 	b, err := ruleset.ReadBundle(dir)
 	if err != nil {
-		return nil, "", err
+		return nil, "", configError(err, "make its *.hcl files and ruleset.sig readable, or "+useDefault, "cannot read %s", what)
 	}
 	rs, diags, err := r.compile(b, dir)
-	if err != nil {
-		return nil, "", err
+	sign := fmt.Sprintf("sign it with the private key of %s (sluice rules sign %s --key KEY), or remove rules_public_key from %s", r.cfg.RulesKeyPath, dir, cfgPath)
+	switch {
+	case errors.Is(err, ruleset.ErrNoSignature):
+		return nil, "", configError(nil, sign, "ruleset %s is not signed, and rules_public_key is set", dir)
+	case errors.Is(err, ruleset.ErrBadSignature):
+		return nil, "", configError(nil, "re-"+sign, "ruleset %s: its signature (%s) does not verify with rules_public_key %s", dir, ruleset.SignatureFile, r.cfg.RulesKeyPath)
+	case err != nil:
+		return nil, "", configError(err, sign, "ruleset %s: signature", dir)
 	}
 	if diags.HasErrors() {
-		return nil, "", fmt.Errorf("ruleset %s is invalid:\n%s", dir, formatDiags(diags))
+		nerr := 0
+		for _, d := range diags {
+			if d.Severity == hcl.DiagError {
+				nerr++
+			}
+		}
+		se := configError(nil, fmt.Sprintf("correct the rule files (check them with: sluice rules check %s); sluiced starts only with a valid ruleset", dir),
+			"ruleset %s is invalid (%d error%s below)", dir, nerr, plural(nerr))
+		se.Diags, se.Files = diags, hclFiles(b, dir)
+		return nil, "", se
 	}
 	r.lastDigest = ruleset.Digest(b.Files)
 	return rs, dir, nil
+}
+
+// countHCL counts the rule files in dir as ruleset.ReadBundle picks them:
+// regular *.hcl files whose names do not start with a dot.
+func countHCL(dir string) (int, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		if e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".hcl") && !strings.HasPrefix(e.Name(), ".") {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// hclFiles parses b's files again, under the names compile gives them, for
+// the source snippets of their diagnostics.
+func hclFiles(b *ruleset.Bundle, dir string) map[string]*hcl.File {
+	p := hclparse.NewParser()
+	for n, c := range b.Files {
+		p.ParseHCL(c, filepath.Join(dir, n))
+	}
+	return p.Files()
 }
 
 // compile verifies the bundle's signature when a key is configured, then
