@@ -174,8 +174,17 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	rm.warnUndecoded(rs)
 
 	// 2. Listen.
+	// Listen takes the sockets a socket unit passed (and unsets the
+	// variables that say so).
+	activated := os.Getenv("LISTEN_FDS") != "" && os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid())
 	lns, err := interceptor.Listen(cfg.ProxyPort, log.Named("proxy"))
 	if err != nil {
+		if errno := syscall.Errno(0); activated && !errors.As(err, &errno) {
+			// Not the kernel refusing a listener: the passed sockets do
+			// not fit the config, which the next start would find too.
+			return configError(err, fmt.Sprintf("make sluiced.socket's ListenStream= (systemctl edit sluiced.socket) and proxy_port in %s agree, then restart sluiced.socket and sluiced", cfg.Path),
+				"the listening sockets the service manager passed")
+		}
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return runtimeError(err, fmt.Sprintf("stop the process that holds it (a sluiced that is stopping frees it by itself), or change proxy_port in %s", cfg.Path),
 				"proxy_port %d is in use", cfg.ProxyPort)
