@@ -320,7 +320,7 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 	if cfg.Remote != nil {
 		rsrv, err := startRemote(cfg, ca, rec, func() api.Status { return statusOf(cfg, ic, disc, proxy, rm.store, started) }, log.Named("remote"))
 		if err != nil {
-			return listenError(err, "remote_api", "stop the process that holds remote_api's listen address, or change it in "+cfg.Path,
+			return listenError(err, "remote_api listen address", "stop the process that holds it, or change remote_api's listen in "+cfg.Path,
 				"correct the remote_api block in "+cfg.Path)
 		}
 		defer rsrv.Close()
