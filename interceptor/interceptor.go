@@ -144,7 +144,9 @@ func Attach(cfg Config, targets []*Target) (*Interceptor, error) {
 		if _, err := ic.AddCgroup(rel, SourceConfig); err != nil {
 			if errors.Is(err, ErrCgroupMissing) {
 				ic.missing = append(ic.missing, rel)
-				ic.log.Warn("configured cgroup does not exist yet; it is hooked when it appears", "cgroup", rel)
+				// The daemon reports it (at error level, with the fix, and
+				// in status) and keeps trying; this line is only for tracing.
+				ic.log.Debug("configured cgroup does not exist yet; it is hooked when it appears", "cgroup", rel)
 				continue
 			}
 			ic.Close()
