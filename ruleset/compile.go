@@ -194,11 +194,14 @@ func compileVar(tr hcl.Traversal) (cfn, vkind, bool) {
 	num := func(get func(*env) int64) (cfn, vkind, bool) {
 		return func(en *env) (val, error) { return val{k: kNum, n: float64(get(en))}, nil }, kNum, true
 	}
-	boolean := func(get func(*env) bool) (cfn, vkind, bool) {
-		return func(en *env) (val, error) { return val{k: kBool, b: get(en)}, nil }, kBool, true
-	}
-	list := func(get func(*env) []string) (cfn, vkind, bool) {
-		return func(en *env) (val, error) { return val{k: kList, l: get(en)}, nil }, kList, true
+	if f := facetByRoot[tr.RootName()]; f != nil {
+		// sql.* and its older name statement.* read the same getter.
+		a := f.attr(name)
+		if a == nil {
+			return nil, 0, false
+		}
+		get := a.get
+		return func(en *env) (val, error) { return get(en), nil }, a.kind, true
 	}
 	switch tr.RootName() + "." + name {
 	case "identity." + identityLevelAttr:
@@ -232,20 +235,6 @@ func compileVar(tr hcl.Traversal) (cfn, vkind, bool) {
 		return str(func(en *env) string { return en.ip })
 	case "target.port":
 		return num(func(en *env) int64 { return int64(en.flow.Target.Addr.Port()) })
-	case "statement.kind":
-		return str(func(en *env) string { return en.st.Kind })
-	case "statement.text":
-		return str(func(en *env) string { return en.st.Text })
-	case "statement.tables":
-		return list(func(en *env) []string { return en.st.Tables })
-	case "statement.functions":
-		return list(func(en *env) []string { return en.st.Functions })
-	case "statement.flags":
-		return list(func(en *env) []string { return en.st.Flags })
-	case "statement.has_where":
-		return boolean(func(en *env) bool { return en.st.HasWhere })
-	case "statement.has_limit":
-		return boolean(func(en *env) bool { return en.st.HasLimit })
 	case "result.rows", "result.bytes":
 		rows := name == "rows"
 		return func(en *env) (val, error) {

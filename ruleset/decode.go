@@ -358,6 +358,7 @@ func (c *compiler) policy(b *hcl.Block) {
 					detail = fmt.Sprintf("No target named %q is defined. Did you mean %q?", t, s)
 				}
 				c.errorf(ranges[i], "Unknown target", "%s", detail)
+				p.targetsBad = true
 			}
 		}
 		if len(list) == 0 {
@@ -442,6 +443,7 @@ func (c *compiler) rule(p *policy, kind Action, sb *hclsyntax.Block, index int) 
 	c.diags = append(c.diags, d...)
 	if a := content.Attributes["when"]; a != nil {
 		r.when = c.when(a, exprUse{what: kind.String() + " block", allowStmt: true, allowAfter: kind != Allow})
+		c.checkFacetTargets(p, a.Expr)
 		if r.when != nil && r.when.stage == stageResult {
 			r.AfterResult = true
 		}
@@ -507,16 +509,18 @@ func (c *compiler) typeCheck() {
 	}
 	sort.Strings(names)
 	c.rs.identity = names
-	ctx := &hcl.EvalContext{
-		Variables: map[string]cty.Value{
-			varIdentity:  cty.UnknownVal(c.rs.identityType()),
-			varProcess:   cty.UnknownVal(processType),
-			varTarget:    cty.UnknownVal(targetType),
-			varStatement: cty.UnknownVal(statementType),
-			varResult:    cty.UnknownVal(resultType),
-		},
-		Functions: c.rs.funcs,
+	vars := map[string]cty.Value{
+		varIdentity: cty.UnknownVal(c.rs.identityType()),
+		varProcess:  cty.UnknownVal(processType),
+		varTarget:   cty.UnknownVal(targetType),
+		varResult:   cty.UnknownVal(resultType),
 	}
+	for root, f := range facetByRoot {
+		if f.reserved == "" {
+			vars[root] = cty.UnknownVal(f.typ)
+		}
+	}
+	ctx := &hcl.EvalContext{Variables: vars, Functions: c.rs.funcs}
 	for _, p := range c.pending {
 		d := c.rs.typeCheck(p.x.e, ctx, p.attr)
 		c.diags = append(c.diags, d...)

@@ -50,9 +50,10 @@ type Flow struct {
 	Target   Endpoint
 }
 
-// Statement is a classified command: statement.kind, tables, functions,
-// flags, has_where, has_limit and text in expressions. Decoders fill it;
-// the ruleset never parses SQL. A decision about a connection itself,
+// Statement is a classified SQL statement: the sql facet in expressions
+// (sql.kind, tables, functions, flags, has_where, has_limit and text;
+// statement.* is its older name). Decoders fill it; the ruleset never
+// parses SQL. A decision about a connection itself,
 // before or without statements, uses Kind "connect". Its slices may be
 // shared with a decoder's cache and must not be modified.
 type Statement struct {
@@ -291,18 +292,21 @@ func (ev *evaluator) eval(x *expr) (fired, pending bool, err error) {
 	}
 	if ev.ctx == nil {
 		id, proc, tgt := ev.m.rs.flowValues(&ev.m.flow)
-		st := ev.env.st
-		ev.ctx = &hcl.EvalContext{
-			Variables: map[string]cty.Value{
-				varIdentity: id, varProcess: proc, varTarget: tgt,
-				varStatement: cty.ObjectVal(map[string]cty.Value{
-					"kind": cty.StringVal(st.Kind), "tables": stringList(st.Tables), "functions": stringList(st.Functions),
-					"flags": stringList(st.Flags), "has_where": cty.BoolVal(st.HasWhere), "has_limit": cty.BoolVal(st.HasLimit), "text": cty.StringVal(st.Text),
-				}),
-				varResult: resultValue(ev.env.res),
-			},
-			Functions: ev.m.rs.funcs,
+		vars := map[string]cty.Value{
+			varIdentity: id, varProcess: proc, varTarget: tgt,
+			varResult: resultValue(ev.env.res),
 		}
+		for _, f := range facets {
+			if f.reserved != "" {
+				continue
+			}
+			v := f.value(&ev.env)
+			vars[f.name] = v
+			for _, a := range f.aliases {
+				vars[a] = v
+			}
+		}
+		ev.ctx = &hcl.EvalContext{Variables: vars, Functions: ev.m.rs.funcs}
 	}
 	v, diags := x.e.Value(ev.ctx)
 	if diags.HasErrors() {

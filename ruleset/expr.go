@@ -36,7 +36,9 @@ type expr struct {
 
 // The variables expressions may use. identity is open: any attribute is
 // a string claim ("" when the token lacks it), and identity.level is the
-// identity level. The others are fixed objects.
+// identity level. The others are fixed objects. Beside these common
+// variables are the protocol facets (facet.go): sql, with statement its
+// older name, and the reserved ssh and k8s.
 const (
 	varIdentity  = "identity"
 	varProcess   = "process"
@@ -45,7 +47,9 @@ const (
 	varResult    = "result"
 )
 
-var rootNames = []string{varIdentity, varProcess, varTarget, varStatement, varResult}
+// rootNames are every variable name, for suggestions; the facets add
+// theirs (facet.go).
+var rootNames = []string{varIdentity, varProcess, varTarget, varResult}
 
 var (
 	processType = cty.Object(map[string]cty.Type{
@@ -55,15 +59,13 @@ var (
 	targetType = cty.Object(map[string]cty.Type{
 		"name": cty.String, "protocol": cty.String, "address": cty.String, "ip": cty.String, "port": cty.Number,
 	})
-	statementType = cty.Object(map[string]cty.Type{
-		"kind": cty.String, "tables": cty.List(cty.String), "functions": cty.List(cty.String),
-		"flags": cty.List(cty.String), "has_where": cty.Bool, "has_limit": cty.Bool, "text": cty.String,
-	})
 	resultType = cty.Object(map[string]cty.Type{"rows": cty.Number, "bytes": cty.Number})
 )
 
+// fixedTypes are the object types of the fixed variables; the facets add
+// theirs, under every name (facet.go).
 var fixedTypes = map[string]cty.Type{
-	varProcess: processType, varTarget: targetType, varStatement: statementType, varResult: resultType,
+	varProcess: processType, varTarget: targetType, varResult: resultType,
 }
 
 // identityLevelAttr is the reserved identity attribute holding the level.
@@ -84,9 +86,13 @@ func checkVars(e hcl.Expression, use exprUse, idAttrs map[string]bool) (stage, h
 	for _, tr := range e.Variables() {
 		root := tr.RootName()
 		rootRange := tr[0].SourceRange()
-		switch root {
-		case varIdentity, varProcess, varTarget:
-		case varStatement, varResult:
+		f := facetByRoot[root]
+		switch {
+		case root == varIdentity || root == varProcess || root == varTarget:
+		case f != nil && f.reserved != "":
+			diags = append(diags, reservedFacet(f, tr, e))
+			continue
+		case f != nil || root == varResult:
 			if !use.allowStmt {
 				diags = append(diags, &hcl.Diagnostic{
 					Severity: hcl.DiagError,
@@ -114,7 +120,7 @@ func checkVars(e hcl.Expression, use exprUse, idAttrs map[string]bool) (stage, h
 				st = stageStatement
 			}
 		default:
-			detail := fmt.Sprintf("There is no variable named %q. The variables are identity, process, target, statement and result.", root)
+			detail := fmt.Sprintf("There is no variable named %q. The variables are %s.", root, variablesSentence())
 			if s := suggest(root, rootNames); s != "" {
 				detail = fmt.Sprintf("There is no variable named %q. Did you mean %q?", root, s)
 			}
@@ -194,7 +200,7 @@ func (rs *Ruleset) typeCheck(e hcl.Expression, ctx *hcl.EvalContext, attrRange h
 		diags = append(diags, &hcl.Diagnostic{
 			Severity: hcl.DiagError,
 			Summary:  "Condition is not a boolean",
-			Detail: fmt.Sprintf("when must be true or false, but this expression is %s. Compare it with something, for example statement.kind == \"select\".",
+			Detail: fmt.Sprintf("when must be true or false, but this expression is %s. Compare it with something, for example sql.kind == \"select\".",
 				v.Type().FriendlyName()),
 			Subject: e.Range().Ptr(), Context: attrRange.Ptr(), Expression: e,
 		})
@@ -210,7 +216,7 @@ func (rs *Ruleset) typeCheck(e hcl.Expression, ctx *hcl.EvalContext, attrRange h
 
 // checkComparisons reports == and != between a list and a string, number
 // or bool, which HCL accepts and which is always false (or always true):
-// statement.flags == "search_path" is a mistake for contains(...).
+// sql.flags == "search_path" is a mistake for contains(...).
 func checkComparisons(e hcl.Expression, ctx *hcl.EvalContext) hcl.Diagnostics {
 	node, ok := e.(hclsyntax.Node)
 	if !ok {
@@ -233,7 +239,7 @@ func checkComparisons(e hcl.Expression, ctx *hcl.EvalContext) hcl.Diagnostics {
 		return hcl.Diagnostics{{
 			Severity: hcl.DiagError,
 			Summary:  "List compared with a single value",
-			Detail: fmt.Sprintf("This compares a list with %s, which is never equal. To test whether a list holds a value, write contains(list, value), for example contains(statement.flags, \"search_path\").",
+			Detail: fmt.Sprintf("This compares a list with %s, which is never equal. To test whether a list holds a value, write contains(list, value), for example contains(sql.flags, \"search_path\").",
 				map[bool]string{true: l.Type().FriendlyName(), false: r.Type().FriendlyName()}[isList(r.Type())]),
 			Subject: b.Range().Ptr(), Expression: e,
 		}}
@@ -471,12 +477,28 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// readsStatementText reports whether e may read statement.text: through
-// the attribute, an index, or the whole statement object (handed to a
-// function, compared, or indexed with a computed key).
+// variablesSentence lists the variables for a diagnostic: the common
+// ones, then the facets.
+func variablesSentence() string {
+	names := make([]string, 0, len(facets))
+	for _, f := range facets {
+		n := f.name
+		for _, a := range f.aliases {
+			n += fmt.Sprintf(" (older name %s)", a)
+		}
+		names = append(names, n)
+	}
+	return "identity, process, target and result, and the protocol facets " + protocolWords(names, "and")
+}
+
+// readsStatementText reports whether e may read a facet's raw text
+// (sql.text, or statement.text by its older name): through the
+// attribute, an index, or the whole facet object (handed to a function,
+// compared, or indexed with a computed key).
 func readsStatementText(e hcl.Expression) bool {
 	for _, tr := range e.Variables() {
-		if tr.RootName() != varStatement {
+		f := facetByRoot[tr.RootName()]
+		if f == nil || f.text == "" {
 			continue
 		}
 		if len(tr) < 2 {
@@ -484,11 +506,11 @@ func readsStatementText(e hcl.Expression) bool {
 		}
 		switch step := tr[1].(type) {
 		case hcl.TraverseAttr:
-			if step.Name == "text" {
+			if step.Name == f.text {
 				return true
 			}
 		case hcl.TraverseIndex:
-			if !step.Key.IsKnown() || step.Key.Type() != cty.String || step.Key.IsNull() || step.Key.AsString() == "text" {
+			if !step.Key.IsKnown() || step.Key.Type() != cty.String || step.Key.IsNull() || step.Key.AsString() == f.text {
 				return true
 			}
 		default:

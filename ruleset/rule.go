@@ -190,17 +190,20 @@ func Detectors() []string { return append([]string(nil), detectors...) }
 
 // policy is one compiled policy block.
 type policy struct {
-	name      string
-	rng       hcl.Range
-	all       bool // targets = ["*"]
-	targets   []string
-	when      *expr // nil: matches every flow to its targets
-	record    RecordLevel
-	defAction Action // Allow or Deny
-	def       *Rule  // policy/default
-	deny      []*Rule
-	hold      []*Rule
-	allow     []*Rule
-	mask      []*Rule
-	grants    []*grant // credential blocks, in source order
+	name    string
+	rng     hcl.Range
+	all     bool // targets = ["*"]
+	targets []string
+	// targetsBad is set while loading when a listed target is unknown,
+	// so checks on what the targets speak are skipped.
+	targetsBad bool
+	when       *expr // nil: matches every flow to its targets
+	record     RecordLevel
+	defAction  Action // Allow or Deny
+	def        *Rule  // policy/default
+	deny       []*Rule
+	hold       []*Rule
+	allow      []*Rule
+	mask       []*Rule
+	grants     []*grant // credential blocks, in source order
 }

@@ -179,8 +179,15 @@ func (c *compiler) test(b *hcl.Block) {
 		c.errorf(st.NameRange, "Conflicting arguments", "Give a test either query (text for the protocol's classifier) or statement (an already classified statement), not both.")
 	case q != nil:
 		t.query, t.hasQuery = c.str(q)
+		if tg := c.rs.byName[t.in.Target.Name]; tg != nil && !sqlFacet.speaks(tg.Protocol) {
+			c.errorf(q.Expr.Range(), "Query for a target without SQL",
+				"Target %s speaks %s, and only %s statements are classified (into %s.*): a query for it cannot be classified. Leave query out to test the connection decision, or test a %s target.",
+				tg.Name, tg.Protocol, protocolWords(sqlFacet.protocols, "and"), sqlFacet.name, protocolWords(sqlFacet.protocols, "or"))
+		}
 	case st != nil:
-		vals := c.object(st, statementType.AttributeTypes(), []string{"kind"})
+		// statement stays accepted on every target: rulesets written
+		// before facets describe other protocols' commands with it.
+		vals := c.object(st, sqlFacet.typ.AttributeTypes(), []string{"kind"})
 		s := &t.in.Statement
 		s.Kind, s.Text = strAttr(vals, "kind"), strAttr(vals, "text")
 		s.Tables, s.Functions = listAttr(vals, "tables"), listAttr(vals, "functions")

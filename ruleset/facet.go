@@ -1,0 +1,248 @@
+package ruleset
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// A facet is a protocol family's own variable in when expressions: what
+// its decoder reports about one command, beside the variables every
+// protocol shares (identity, process, target and result). sql.* is the
+// SQL statement of a postgres or mysql flow; ssh.* and k8s.* are
+// reserved for the decoders that will fill them.
+//
+// facets is the one place facets are defined. The checks (checkVars,
+// checkFacetTargets, the test blocks'), the type check, the compiled fast
+// path (compileVar) and the HCL evaluation context all read it, so a
+// protocol adds its facet by adding one entry here, plus the field its
+// decoder fills in env (and Input) for the getters to read.
+type facet struct {
+	// name is the variable: sql, ssh, k8s.
+	name string
+	// aliases are older names of the same variable, with the same
+	// attributes, values, stage and compiled path. statement is sql's.
+	aliases []string
+	// protocols are the target protocols whose decoders fill the facet.
+	// Only policies covering a target of one of them may use it.
+	protocols []string
+	// attrs are the facet's attributes, in the order documentation lists
+	// them; nil while the facet is reserved.
+	attrs []facetAttr
+	// text is the attribute holding the command's raw text, if any: a
+	// ruleset that reads it is not decided by classification alone
+	// (Match.ByClassification).
+	text string
+	// reserved is set, instead of attrs, for a facet whose decoder this
+	// build does not have: the diagnostic's detail when a rule uses it.
+	reserved string
+	// typ is the cty object type of attrs, built by init.
+	typ cty.Type
+}
+
+// facetAttr is one attribute of a facet and how to read it from what the
+// decoder reported for the decision being made.
+type facetAttr struct {
+	name string
+	kind vkind // kStr, kNum, kBool or kList (of strings)
+	get  func(*env) val
+}
+
+// facets lists every facet. The ssh and k8s issues replace their reserved
+// entries with attributes:
+//
+//   - ssh (protocol ssh): user, kind (session, exec, subsystem,
+//     forward), command, subsystem, forwards.
+//   - k8s (protocol k8s): verb, group, resource, subresource, namespace,
+//     name.
+//
+// (DESIGN.md, "One engine, many protocols".)
+var facets = []*facet{
+	{
+		name:      varSQL,
+		aliases:   []string{varStatement},
+		protocols: []string{ProtoPostgres, ProtoMySQL},
+		text:      "text",
+		attrs: []facetAttr{
+			{"kind", kStr, func(en *env) val { return val{k: kStr, s: en.st.Kind} }},
+			{"tables", kList, func(en *env) val { return val{k: kList, l: en.st.Tables} }},
+			{"functions", kList, func(en *env) val { return val{k: kList, l: en.st.Functions} }},
+			{"flags", kList, func(en *env) val { return val{k: kList, l: en.st.Flags} }},
+			{"has_where", kBool, func(en *env) val { return val{k: kBool, b: en.st.HasWhere} }},
+			{"has_limit", kBool, func(en *env) val { return val{k: kBool, b: en.st.HasLimit} }},
+			{"text", kStr, func(en *env) val { return val{k: kStr, s: en.st.Text} }},
+		},
+	},
+	{
+		name:      "ssh",
+		protocols: []string{ProtoSSH},
+		reserved:  "ssh.* is reserved for the SSH decoder, which this build does not have; rules about SSH commands arrive with it. Until then an ssh target's flows are decided at connect, on identity, process and target.",
+	},
+	{
+		name:      "k8s",
+		protocols: []string{ProtoK8s},
+		reserved:  "k8s.* is reserved for the Kubernetes API decoder, which this build does not have; rules about Kubernetes requests arrive with it. Until then a k8s target's flows are decided at connect, on identity, process and target.",
+	},
+}
+
+// varSQL is the sql facet's variable; varStatement is its older alias.
+const varSQL = "sql"
+
+// facetByRoot maps every facet name and alias to its facet.
+var facetByRoot = map[string]*facet{}
+
+// sqlFacet is the facet the Statement fills.
+var sqlFacet *facet
+
+func init() {
+	for _, f := range facets {
+		if f.reserved == "" {
+			attrs := make(map[string]cty.Type, len(f.attrs))
+			for _, a := range f.attrs {
+				attrs[a.name] = ctyKind(a.kind)
+			}
+			f.typ = cty.Object(attrs)
+		}
+		for _, n := range append([]string{f.name}, f.aliases...) {
+			facetByRoot[n] = f
+			rootNames = append(rootNames, n)
+			if f.reserved == "" {
+				fixedTypes[n] = f.typ
+			}
+		}
+	}
+	sqlFacet = facetByRoot[varSQL]
+}
+
+// ctyKind is the cty type of a compiled value kind.
+func ctyKind(k vkind) cty.Type {
+	switch k {
+	case kNum:
+		return cty.Number
+	case kBool:
+		return cty.Bool
+	case kList:
+		return cty.List(cty.String)
+	}
+	return cty.String
+}
+
+// attr returns the facet's attribute called name, or nil.
+func (f *facet) attr(name string) *facetAttr {
+	for i := range f.attrs {
+		if f.attrs[i].name == name {
+			return &f.attrs[i]
+		}
+	}
+	return nil
+}
+
+// speaks reports whether a target of protocol fills the facet.
+func (f *facet) speaks(protocol string) bool { return hasString(f.protocols, protocol) }
+
+// value is the facet's value for the decision ev is making.
+func (f *facet) value(en *env) cty.Value {
+	vals := make(map[string]cty.Value, len(f.attrs))
+	for _, a := range f.attrs {
+		v := a.get(en)
+		switch a.kind {
+		case kStr:
+			vals[a.name] = cty.StringVal(v.s)
+		case kNum:
+			vals[a.name] = cty.NumberFloatVal(v.n)
+		case kBool:
+			vals[a.name] = cty.BoolVal(v.b)
+		case kList:
+			vals[a.name] = stringList(v.l)
+		}
+	}
+	return cty.ObjectVal(vals)
+}
+
+// protocolWords lists protocols for a sentence: "postgres or mysql".
+func protocolWords(list []string, conj string) string {
+	switch len(list) {
+	case 0:
+		return ""
+	case 1:
+		return list[0]
+	}
+	return strings.Join(list[:len(list)-1], ", ") + " " + conj + " " + list[len(list)-1]
+}
+
+// reservedFacet reports a use of a reserved facet.
+func reservedFacet(f *facet, tr hcl.Traversal, e hcl.Expression) *hcl.Diagnostic {
+	return &hcl.Diagnostic{
+		Severity:   hcl.DiagError,
+		Summary:    fmt.Sprintf("%s is reserved", tr.RootName()),
+		Detail:     f.reserved,
+		Subject:    tr[0].SourceRange().Ptr(),
+		Expression: e,
+	}
+}
+
+// checkFacetTargets reports each facet e uses that none of the policy's
+// targets speaks: the facet would never describe a command there, and a
+// guard such as target.protocol == "postgres" cannot change that. A
+// policy covers every target of the ruleset with "*"; one whose targets
+// did not all resolve is not checked (its error is already reported).
+func (c *compiler) checkFacetTargets(p *policy, e hcl.Expression) {
+	if p.targetsBad {
+		return
+	}
+	covered := c.rs.targets
+	if !p.all {
+		covered = make([]*Target, 0, len(p.targets))
+		for _, n := range p.targets {
+			covered = append(covered, c.rs.byName[n])
+		}
+	}
+	if len(covered) == 0 {
+		return
+	}
+	seen := map[*facet]bool{}
+	for _, tr := range e.Variables() {
+		f := facetByRoot[tr.RootName()]
+		if f == nil || f.reserved != "" || seen[f] {
+			continue
+		}
+		seen[f] = true
+		if slices.ContainsFunc(covered, func(t *Target) bool { return f.speaks(t.Protocol) }) {
+			continue
+		}
+		root := tr.RootName()
+		names := make([]string, len(covered))
+		tcp := false
+		for i, t := range covered {
+			names[i] = fmt.Sprintf("%s (%s)", t.Name, t.Protocol)
+			tcp = tcp || t.Protocol == ProtoTCP
+		}
+		scope := "targets " + protocolWords(names, "and")
+		if len(covered) == 1 {
+			scope = "target " + names[0]
+		}
+		if p.all {
+			scope = `every target ("*"): ` + protocolWords(names, "and")
+		}
+		alias := ""
+		if root != f.name {
+			alias = fmt.Sprintf(" (%s is the older name of %s)", root, f.name)
+		}
+		detail := fmt.Sprintf("Policy %q covers %s. %s.*%s is filled only on %s flows, so on these targets it never describes a command, and a guard such as target.protocol == %q does not change that.",
+			p.name, scope, root, alias, protocolWords(f.protocols, "and"), f.protocols[0])
+		if tcp {
+			detail += " tcp flows are never decoded: their one decision is the connection, which a rule without this condition already decides."
+		}
+		detail += fmt.Sprintf(" Move the rule to a policy for the %s targets, or add them to this policy's targets.", protocolWords(f.protocols, "or"))
+		c.diags = append(c.diags, &hcl.Diagnostic{
+			Severity:   hcl.DiagError,
+			Summary:    fmt.Sprintf("%s used on a policy without %s targets", root, protocolWords(f.protocols, "or")),
+			Detail:     detail,
+			Subject:    tr[0].SourceRange().Ptr(),
+			Expression: e,
+		})
+	}
+}

@@ -1,0 +1,560 @@
+package ruleset
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// facetTargets has one target of every protocol.
+const facetTargets = `
+target "pg" {
+  protocol = "postgres"
+  address  = ["10.0.0.5:5432"]
+}
+target "my" {
+  protocol = "mysql"
+  address  = ["10.0.0.6:3306"]
+}
+target "git" {
+  protocol = "ssh"
+  address  = ["10.0.0.7:22"]
+}
+target "kube" {
+  protocol = "k8s"
+  address  = ["10.0.0.8:6443"]
+}
+target "raw" {
+  protocol = "tcp"
+  address  = ["10.0.0.9:9000"]
+}
+`
+
+// aliasConditions are when expressions written with statement.*; the
+// differential test also runs each with sql.* in its place. They cover
+// every attribute and both evaluation paths: the compiled one and HCL's,
+// for the constructs the compiler leaves to it (for expressions, splats,
+// functions it does not compile, the whole object, computed indexes).
+var aliasConditions = []struct {
+	cond string
+	fast bool // compiled into the fast path
+}{
+	{`statement.kind == "drop"`, true},
+	{`contains(["delete", "update"], statement.kind) && !statement.has_where`, true},
+	{`statement.kind == "select" && !statement.has_limit && result.rows > 100`, true},
+	{`any_glob(["billing.*", "users"], statement.tables)`, true},
+	{`contains(statement.functions, "pg_sleep") || contains(statement.flags, "search_path")`, true},
+	{`length(statement.flags) > 1 && statement.kind != "select"`, true},
+	{`regex("(?i)secret", statement.text)`, true},
+	{`statement["kind"] == "copy_out" || result.bytes > 1000`, true},
+	{`upper(statement.kind) == "SHOW" || statement.has_limit`, true},
+	{`anytrue([for f in statement.functions : glob("pg_*", f)])`, false},
+	{`strlen(statement.text) > 10`, false},
+	{`join(",", statement.tables) == "public.users,events"`, false},
+	{`(statement.has_where ? statement : statement).kind == "delete"`, false},
+	{`[statement][0].text != "" && result.rows == 50`, false},
+	{`contains([for t in statement.tables : lower(t)], "billing.invoices") || result.rows > 5`, false},
+	{`statement.tables == []`, false},
+}
+
+// TestSQLAliasDifferential: a ruleset written with sql.* decides exactly
+// as the same ruleset written with statement.* (compiled or not, pending
+// on the result or not, reading the text or not), and every condition
+// decides the same compiled and through HCL.
+func TestSQLAliasDifferential(t *testing.T) {
+	ruleset := func(root string) *Ruleset {
+		var sb strings.Builder
+		sb.WriteString(facetTargets)
+		sb.WriteString("policy \"sqldb\" {\n  targets = [\"pg\", \"my\"]\n")
+		kinds := []string{"deny", "hold", "mask"}
+		for i, c := range aliasConditions {
+			kind := kinds[i%len(kinds)]
+			cond := strings.ReplaceAll(c.cond, "statement", root)
+			switch kind {
+			case "hold":
+				fmt.Fprintf(&sb, "  hold \"r%d\" {\n    when = %s\n    approvers = [\"group:x\"]\n  }\n", i, cond)
+			case "mask":
+				fmt.Fprintf(&sb, "  mask \"r%d\" {\n    when = %s\n    columns = [\"users.email\"]\n  }\n", i, cond)
+			default:
+				fmt.Fprintf(&sb, "  deny \"r%d\" { when = %s }\n", i, cond)
+			}
+		}
+		fmt.Fprintf(&sb, "  allow \"reads\" { when = contains([\"select\", \"show\"], %s.kind) }\n}\n", root)
+		return mustParse(t, map[string]string{"r.hcl": sb.String()})
+	}
+	old, nu := ruleset("statement"), ruleset("sql")
+	if !old.readsText || !nu.readsText {
+		t.Errorf("readsText: statement %t, sql %t; want both true", old.readsText, nu.readsText)
+	}
+
+	// The conditions one by one, compiled and with HCL, under both names.
+	for i, c := range aliasConditions {
+		xo, xn := ruleExpr(t, old, i), ruleExpr(t, nu, i)
+		if (xo.fast != nil) != c.fast || (xn.fast != nil) != c.fast {
+			t.Errorf("%s: compiled statement %t, sql %t; want %t", c.cond, xo.fast != nil, xn.fast != nil, c.fast)
+		}
+		if xo.stage != xn.stage {
+			t.Errorf("%s: stage statement %d, sql %d", c.cond, xo.stage, xn.stage)
+		}
+		for _, in := range facetInputs() {
+			ref := referenceEval(t, old, xo, in)
+			want := [2]string{ref, ref}
+			if got := evalBoth(old, xo, in); got != want {
+				t.Errorf("%s: statement.* gives (compiled, HCL) %v, the reference %s for %+v", c.cond, got, ref, in)
+			}
+			if got := evalBoth(nu, xn, in); got != want {
+				t.Errorf("%s: sql.* gives (compiled, HCL) %v, the reference %s for %+v", c.cond, got, ref, in)
+			}
+		}
+	}
+
+	// Whole decisions.
+	for _, in := range facetInputs() {
+		do, dn := old.Evaluate(in), nu.Evaluate(in)
+		if got, want := decisionString(dn), decisionString(do); got != want {
+			t.Errorf("sql.* decides %s, statement.* %s for %+v", got, want, in)
+		}
+	}
+}
+
+// ruleExpr is the when of the i'th rule of the first policy, in source
+// order across deny, hold and mask (as the differential test writes them).
+func ruleExpr(t *testing.T, rs *Ruleset, i int) *expr {
+	t.Helper()
+	want := fmt.Sprintf("r%d", i)
+	p := rs.policies[0]
+	for _, list := range [][]*Rule{p.deny, p.hold, p.mask} {
+		for _, r := range list {
+			if r.Label == want {
+				return r.when
+			}
+		}
+	}
+	t.Fatalf("no rule %s", want)
+	return nil
+}
+
+// evalBoth evaluates x compiled (when it is) and with HCL, and returns
+// both outcomes.
+func evalBoth(rs *Ruleset, x *expr, in *Input) [2]string {
+	m := &Match{rs: rs, flow: in.Flow}
+	if in.Target.Addr.IsValid() {
+		m.addr, m.ip = in.Target.Addr.String(), in.Target.Addr.Addr().Unmap().String()
+	}
+	run := func(x *expr) string {
+		ev := &evaluator{m: m, env: env{flow: &m.flow, addr: m.addr, ip: m.ip, st: &in.Statement, res: in.Result}}
+		fired, pending, err := ev.eval(x)
+		return fmt.Sprintf("fired %t pending %t err %t", fired, pending, err != nil)
+	}
+	slow := run(&expr{e: x.e, stage: x.stage})
+	fast := slow
+	if x.fast != nil {
+		fast = run(x)
+	}
+	return [2]string{fast, slow}
+}
+
+// referenceEval evaluates x with HCL in a context built here, field by
+// field from the Statement, as the evaluator built statement before
+// facets: an oracle independent of the facet table.
+func referenceEval(t *testing.T, rs *Ruleset, x *expr, in *Input) string {
+	t.Helper()
+	id, proc, tgt := rs.flowValues(&in.Flow)
+	st := &in.Statement
+	list := func(l []string) cty.Value {
+		if len(l) == 0 {
+			return cty.ListValEmpty(cty.String)
+		}
+		vals := make([]cty.Value, len(l))
+		for i, s := range l {
+			vals[i] = cty.StringVal(s)
+		}
+		return cty.ListVal(vals)
+	}
+	res := cty.UnknownVal(cty.Object(map[string]cty.Type{"rows": cty.Number, "bytes": cty.Number}))
+	if in.Result.Known {
+		res = cty.ObjectVal(map[string]cty.Value{"rows": cty.NumberIntVal(in.Result.Rows), "bytes": cty.NumberIntVal(in.Result.Bytes)})
+	}
+	ctx := &hcl.EvalContext{
+		Variables: map[string]cty.Value{
+			"identity": id, "process": proc, "target": tgt, "result": res,
+			"statement": cty.ObjectVal(map[string]cty.Value{
+				"kind": cty.StringVal(st.Kind), "tables": list(st.Tables), "functions": list(st.Functions),
+				"flags": list(st.Flags), "has_where": cty.BoolVal(st.HasWhere), "has_limit": cty.BoolVal(st.HasLimit), "text": cty.StringVal(st.Text),
+			}),
+		},
+		Functions: rs.funcs,
+	}
+	v, diags := x.e.Value(ctx)
+	fired, pending := false, false
+	switch {
+	case diags.HasErrors():
+	case v.Type() == cty.Bool && !v.IsKnown():
+		pending = true
+	case v.Type() == cty.Bool && !v.IsNull():
+		fired = v.True()
+	default:
+		t.Fatalf("%#v is not a boolean", v)
+	}
+	return fmt.Sprintf("fired %t pending %t err %t", fired, pending, diags.HasErrors())
+}
+
+func decisionString(d Decision) string {
+	masks := make([]string, len(d.Masks))
+	for i, r := range d.Masks {
+		masks[i] = r.ID
+	}
+	return fmt.Sprintf("%s by %s (reason %q, masks %v, record %s, await %t, err %t)",
+		d.Action, d.Rule.ID, d.Reason, masks, d.Record, d.AwaitResult, d.Err != nil)
+}
+
+func facetInputs() []*Input {
+	stmts := []Statement{
+		{Kind: "select", Tables: []string{"public.users", "events"}, Text: "SELECT * FROM users -- secret"},
+		{Kind: "select", Tables: []string{"public.users"}, HasWhere: true, HasLimit: true, Text: "SELECT 1"},
+		{Kind: "drop", Tables: []string{"users"}},
+		{Kind: "copy_out", Tables: []string{"sales.customers"}, Flags: []string{"copy_file"}},
+		{Kind: "set", Flags: []string{"search_path"}},
+		{Kind: "select", Functions: []string{"dblink", "pg_sleep"}, Flags: []string{"dangerous_function", "search_path"}},
+		{Kind: "delete", Tables: []string{"Billing.Invoices"}},
+		{Kind: "update", HasWhere: true, Functions: []string{"pg_catalog.pg_read_file"}},
+		{Kind: "show", HasLimit: true},
+		{Kind: "transaction"},
+		{Kind: "connect"},
+		{},
+	}
+	results := []Result{{}, {Known: true}, {Known: true, Rows: 20000, Bytes: 1 << 20}, {Known: true, Rows: 50, Bytes: 10}}
+	targets := []Endpoint{
+		{Name: "pg", Protocol: ProtoPostgres, Addr: netip.MustParseAddrPort("10.0.0.5:5432")},
+		{Name: "my", Protocol: ProtoMySQL},
+	}
+	var out []*Input
+	for _, tg := range targets {
+		for _, st := range stmts {
+			for _, res := range results {
+				in := &Input{Statement: st, Result: res}
+				in.Target = tg
+				in.Identity = Identity{Level: LevelOIDC, Claims: map[string]string{"repository": "acme/api"}}
+				out = append(out, in)
+			}
+		}
+	}
+	return out
+}
+
+// TestReservedFacets: ssh.* and k8s.* are load-time errors on the
+// variable, wherever they are used and whatever follows them.
+func TestReservedFacets(t *testing.T) {
+	tests := []struct {
+		name, src, summary, detail string
+		line, col                  int
+	}{
+		{"ssh in deny", `policy "p" {
+  targets = ["git"]
+  deny { when = ssh.command == "rm -rf /" }
+}`, "ssh is reserved", "ssh.* is reserved for the SSH decoder, which this build does not have; rules about SSH commands arrive with it", 3, 17},
+		{"k8s in hold", `policy "p" {
+  targets = ["kube"]
+  hold {
+    when      = process.uid == 0 && k8s.verb == "delete"
+    approvers = ["group:x"]
+  }
+}`, "k8s is reserved", "k8s.* is reserved for the Kubernetes API decoder", 4, 37},
+		{"whole ssh object", `policy "p" {
+  targets = ["*"]
+  mask {
+    when    = length(ssh) > 0
+    columns = ["x"]
+  }
+}`, "ssh is reserved", "reserved for the SSH decoder", 4, 22},
+		{"unknown k8s attribute", `policy "p" {
+  targets = ["kube"]
+  deny { when = k8s.nope == "x" }
+}`, "k8s is reserved", "reserved for the Kubernetes API decoder", 3, 17},
+		{"ssh in a policy when", `policy "p" {
+  targets = ["git"]
+  when    = ssh.user == "git"
+}`, "ssh is reserved", "reserved for the SSH decoder", 3, 13},
+		{"k8s in an allow, by index", `policy "p" {
+  targets = ["kube"]
+  allow { when = k8s["verb"] == "get" }
+}`, "k8s is reserved", "reserved for the Kubernetes API decoder", 3, 18},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, diags := Parse(map[string][]byte{"t.hcl": []byte(facetTargets), "x.hcl": []byte(tt.src)})
+			errs := errorsOf(diags)
+			if len(errs) != 1 {
+				t.Fatalf("got %d errors, want 1: %v", len(errs), diags)
+			}
+			d := errs[0]
+			if d.Summary != tt.summary || !strings.Contains(d.Detail, tt.detail) || d.Subject == nil || d.Subject.Filename != "x.hcl" ||
+				d.Subject.Start.Line != tt.line || d.Subject.Start.Column != tt.col {
+				t.Errorf("got %q (%s) at %v, want %q containing %q at x.hcl:%d:%d", d.Summary, d.Detail, d.Subject, tt.summary, tt.detail, tt.line, tt.col)
+			}
+			if w := d.Subject.End.Column - d.Subject.Start.Column; w != 3 {
+				t.Errorf("range %v is %d columns wide, want the 3 of the variable", d.Subject, w)
+			}
+		})
+	}
+}
+
+// TestFacetTargets: a rule may use sql.* (or statement.*) only in a
+// policy covering at least one postgres or mysql target; "*" covers
+// every target of the ruleset.
+func TestFacetTargets(t *testing.T) {
+	tests := []struct {
+		name    string
+		targets string // defaults to facetTargets
+		src     string
+		summary string // "" when the ruleset loads
+		detail  []string
+		line    int
+		col     int
+	}{
+		{name: "postgres", src: `policy "p" {
+  targets = ["pg"]
+  deny { when = sql.kind == "drop" }
+}`},
+		{name: "mysql with the older name", src: `policy "p" {
+  targets = ["my"]
+  deny { when = statement.kind == "drop" }
+}`},
+		{name: "mixed targets", src: `policy "p" {
+  targets = ["git", "raw", "pg"]
+  deny { when = sql.kind == "drop" }
+}`},
+		{name: "every target", src: `policy "p" {
+  targets = ["*"]
+  hold {
+    when      = sql.kind == "copy_out" || result.rows > 10
+    approvers = ["group:x"]
+  }
+}`},
+		{name: "flow variables anywhere", src: `policy "p" {
+  targets = ["git", "raw"]
+  deny { when = process.uid == 0 && target.protocol == "ssh" && identity.ref != "main" }
+}`},
+		{name: "ssh only", src: `policy "p" {
+  targets = ["git"]
+  deny { when = sql.kind == "drop" }
+}`, summary: "sql used on a policy without postgres or mysql targets",
+			detail: []string{`Policy "p" covers target git (ssh).`, "filled only on postgres and mysql flows", "Move the rule to a policy for the postgres or mysql targets"},
+			line:   3, col: 17},
+		{name: "older name on tcp", src: `policy "p" {
+  targets = ["raw"]
+  deny {
+    when = statement.kind == "connect" && process.uid == 0
+  }
+}`, summary: "statement used on a policy without postgres or mysql targets",
+			detail: []string{"covers target raw (tcp)", "statement is the older name of sql", "tcp flows are never decoded"},
+			line:   4, col: 12},
+		{name: "k8s and tcp, in a mask, reported once", src: `policy "p" {
+  targets = ["kube", "raw"]
+  mask {
+    when    = contains(sql.tables, "users") || sql.kind == "select"
+    columns = ["users.email"]
+  }
+}`, summary: "sql used on a policy without postgres or mysql targets",
+			detail: []string{"covers targets kube (k8s) and raw (tcp)"}, line: 4, col: 24},
+		{name: "every target but none speaks SQL", targets: `
+target "git" {
+  protocol = "ssh"
+  address  = ["*:22"]
+}
+target "raw" {
+  protocol = "tcp"
+  address  = ["*:9000"]
+}`, src: `policy "p" {
+  targets = ["*"]
+  allow { when = sql.has_where }
+}`, summary: "sql used on a policy without postgres or mysql targets",
+			detail: []string{`covers every target ("*"): git (ssh) and raw (tcp)`}, line: 3, col: 18},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			targets := tt.targets
+			if targets == "" {
+				targets = facetTargets
+			}
+			rs, diags := Parse(map[string][]byte{"t.hcl": []byte(targets), "x.hcl": []byte(tt.src)})
+			errs := errorsOf(diags)
+			if tt.summary == "" {
+				if len(errs) > 0 || rs == nil {
+					t.Fatalf("want the ruleset to load: %v", diags)
+				}
+				return
+			}
+			if len(errs) != 1 {
+				t.Fatalf("got %d errors, want 1: %v", len(errs), diags)
+			}
+			d := errs[0]
+			if d.Summary != tt.summary || d.Subject == nil || d.Subject.Filename != "x.hcl" ||
+				d.Subject.Start.Line != tt.line || d.Subject.Start.Column != tt.col {
+				t.Errorf("got %q at %v, want %q at x.hcl:%d:%d", d.Summary, d.Subject, tt.summary, tt.line, tt.col)
+			}
+			for _, s := range tt.detail {
+				if !strings.Contains(d.Detail, s) {
+					t.Errorf("detail %q does not say %q", d.Detail, s)
+				}
+			}
+		})
+	}
+}
+
+// TestFacetDiagnostics: the diagnostics about a variable name the root
+// the rule wrote, whichever of sql and statement it is.
+func TestFacetDiagnostics(t *testing.T) {
+	tests := []struct {
+		src, summary, detail string
+		line, col            int
+	}{
+		{`policy "p" {
+  targets = ["pg"]
+  deny { when = sql.knd == "drop" }
+}`, "Unsupported attribute", `sql has no attribute "knd". Did you mean "kind"?`, 3, 20},
+		{`policy "p" {
+  targets = ["pg"]
+  deny { when = statement.knd == "drop" }
+}`, "Unsupported attribute", `statement has no attribute "knd". Did you mean "kind"?`, 3, 26},
+		{`policy "p" {
+  targets = ["pg"]
+  deny { when = sql.nothing_like_it == "drop" }
+}`, "Unsupported attribute", "Its attributes are flags, functions, has_limit, has_where, kind, tables, text.", 3, 20},
+		{`policy "p" {
+  targets = ["pg"]
+  when    = sql.kind == "select"
+}`, "Statement variables not allowed here", "but not sql", 3, 13},
+		{`policy "p" {
+  targets = ["pg"]
+  deny { when = sq.kind == "drop" }
+}`, "Unknown variable", `Did you mean "sql"?`, 3, 17},
+		{`policy "p" {
+  targets = ["pg"]
+  deny { when = protocol.kind == "drop" }
+}`, "Unknown variable", "protocol facets sql (older name statement), ssh and k8s", 3, 17},
+		{`policy "p" {
+  targets = ["pg"]
+  allow { when = sql.kind }
+}`, "Condition is not a boolean", `for example sql.kind == "select"`, 3, 18},
+	}
+	for _, tt := range tests {
+		_, diags := Parse(map[string][]byte{"t.hcl": []byte(facetTargets), "x.hcl": []byte(tt.src)})
+		errs := errorsOf(diags)
+		if len(errs) != 1 {
+			t.Errorf("%s: got %d errors, want 1: %v", tt.src, len(errs), diags)
+			continue
+		}
+		d := errs[0]
+		if d.Summary != tt.summary || !strings.Contains(d.Detail, tt.detail) || d.Subject.Start.Line != tt.line || d.Subject.Start.Column != tt.col {
+			t.Errorf("got %q (%s) at %v, want %q containing %q at %d:%d", d.Summary, d.Detail, d.Subject, tt.summary, tt.detail, tt.line, tt.col)
+		}
+	}
+}
+
+// TestFacetTestBlocks: a test's query must be for a target whose
+// statements are classified; a statement stays accepted on any target.
+func TestFacetTestBlocks(t *testing.T) {
+	tests := []struct {
+		name, src, summary string
+		line, col          int
+	}{
+		{"query for ssh", `test "t" {
+  target = "git"
+  query  = "rm -rf /"
+  expect = "deny"
+}`, "Query for a target without SQL", 3, 12},
+		{"query for k8s", `test "t" {
+  target = "kube"
+  query  = "GET /api/v1/secrets"
+  expect = "deny"
+}`, "Query for a target without SQL", 3, 12},
+		{"query for tcp", `test "t" {
+  target = "raw"
+  query  = "SELECT 1"
+  expect = "deny"
+}`, "Query for a target without SQL", 3, 12},
+		{"query for mysql", `test "t" {
+  target = "my"
+  query  = "SELECT 1"
+  expect = "deny"
+}`, "", 0, 0},
+		{"statement for k8s", `test "t" {
+  target    = "kube"
+  statement = { kind = "get", tables = ["secrets"] }
+  expect    = "deny"
+}`, "", 0, 0},
+		{"connection of ssh", `test "t" {
+  target = "git"
+  expect = "deny"
+}`, "", 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, diags := Parse(map[string][]byte{"t.hcl": []byte(facetTargets), "x.hcl": []byte(tt.src)})
+			errs := errorsOf(diags)
+			if tt.summary == "" {
+				if len(errs) > 0 {
+					t.Fatalf("want the ruleset to load: %v", diags)
+				}
+				return
+			}
+			if len(errs) != 1 {
+				t.Fatalf("got %d errors, want 1: %v", len(errs), diags)
+			}
+			d := errs[0]
+			if d.Summary != tt.summary || d.Subject.Filename != "x.hcl" || d.Subject.Start.Line != tt.line || d.Subject.Start.Column != tt.col ||
+				!strings.Contains(d.Detail, "cannot be classified") {
+				t.Errorf("got %q (%s) at %v, want %q at x.hcl:%d:%d", d.Summary, d.Detail, d.Subject, tt.summary, tt.line, tt.col)
+			}
+		})
+	}
+}
+
+// TestFacetTable: the table's invariants that the rest of the package
+// relies on.
+func TestFacetTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, f := range facets {
+		for _, n := range append([]string{f.name}, f.aliases...) {
+			if seen[n] || slices.Contains([]string{varIdentity, varProcess, varTarget, varResult}, n) {
+				t.Errorf("facet name %q is used twice", n)
+			}
+			seen[n] = true
+		}
+		if len(f.protocols) == 0 {
+			t.Errorf("facet %s applies to no protocol", f.name)
+		}
+		for _, p := range f.protocols {
+			if !slices.Contains(protocols, p) {
+				t.Errorf("facet %s names protocol %q, which no target can have", f.name, p)
+			}
+		}
+		if (f.reserved == "") == (f.attrs == nil) {
+			t.Errorf("facet %s must have either attributes or a reserved message", f.name)
+		}
+		if f.text != "" && f.attr(f.text) == nil {
+			t.Errorf("facet %s: text attribute %q is not one of its attributes", f.name, f.text)
+		}
+	}
+	for _, name := range []string{"sql", "statement", "ssh", "k8s"} {
+		if !seen[name] {
+			t.Errorf("no facet is called %s", name)
+		}
+	}
+}
+
+func errorsOf(diags hcl.Diagnostics) hcl.Diagnostics {
+	var errs hcl.Diagnostics
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError {
+			errs = append(errs, d)
+		}
+	}
+	return errs
+}
