@@ -220,9 +220,9 @@ func (c *compiler) checkFacetTargets(p *policy, e hcl.Expression) {
 			names[i] = fmt.Sprintf("%s (%s)", t.Name, t.Protocol)
 			tcp = tcp || t.Protocol == ProtoTCP
 		}
-		scope := "targets " + protocolWords(names, "and")
+		scope, these := "targets "+protocolWords(names, "and"), "these targets"
 		if len(covered) == 1 {
-			scope = "target " + names[0]
+			scope, these = "target "+names[0], "this target"
 		}
 		if p.all {
 			scope = `every target ("*"): ` + protocolWords(names, "and")
@@ -231,10 +231,10 @@ func (c *compiler) checkFacetTargets(p *policy, e hcl.Expression) {
 		if root != f.name {
 			alias = fmt.Sprintf(" (%s is the older name of %s)", root, f.name)
 		}
-		detail := fmt.Sprintf("Policy %q covers %s. %s.*%s is filled only on %s flows, so on these targets it never describes a command, and a guard such as target.protocol == %q does not change that.",
-			p.name, scope, root, alias, protocolWords(f.protocols, "and"), f.protocols[0])
+		detail := fmt.Sprintf("Policy %q covers %s. %s.*%s is filled only on %s flows, so on %s it never describes a command, and a guard such as target.protocol == %q does not change that.",
+			p.name, scope, root, alias, protocolWords(f.protocols, "and"), these, f.protocols[0])
 		if tcp {
-			detail += " tcp flows are never decoded: their one decision is the connection, which a rule without this condition already decides."
+			detail += ` tcp flows are never decoded: the only decision on them is the connection itself (kind "connect"), which a block without a when already decides.`
 		}
 		detail += fmt.Sprintf(" Move the rule to a policy for the %s targets, or add them to this policy's targets.", protocolWords(f.protocols, "or"))
 		c.diags = append(c.diags, &hcl.Diagnostic{
