@@ -25,13 +25,13 @@
 //	  record         = "commands"    # none, metadata, commands, full
 //	  default_action = "deny"        # when no allow or hold block fires; default allow
 //
-//	  allow { when = contains(["select", "show"], statement.kind) }
+//	  allow { when = contains(["select", "show"], sql.kind) }
 //	  deny "no-ddl" {
-//	    when   = contains(["drop", "truncate", "alter"], statement.kind)
+//	    when   = contains(["drop", "truncate", "alter"], sql.kind)
 //	    reason = "schema changes go through migrations"
 //	  }
 //	  hold "bulk" {
-//	    when          = statement.kind == "copy_out" || result.rows > 1000
+//	    when          = sql.kind == "copy_out" || result.rows > 1000
 //	    approvers     = ["group:security"]
 //	    min_approvals = 1
 //	    timeout       = "15m"
@@ -63,25 +63,69 @@
 // Every when is a real HCL expression over identity.* (the verified
 // token's claims as strings, "" when absent, and identity.level: oidc,
 // unverified or none), process.* (pid, uid, gid, exe, comm, cgroup,
-// unit), target.* (name, protocol, address, ip, port), statement.*
-// (kind, tables, functions, flags, has_where, has_limit, text; see
-// Statements below) and result.*
-// (rows, bytes), with the functions glob, any_glob, all_glob, regex,
-// cidr_contains, anytrue, alltrue, contains, length, strlen, lower, upper,
-// concat, join, split, trimprefix and trimsuffix. HCL has no "in"
+// unit), target.* (name, protocol, address, ip, port), result.* (rows,
+// bytes) and the protocol facets (see Facets below): sql.* (kind,
+// tables, functions, flags, has_where, has_limit, text; see Statements
+// below), also written statement.*, its older name; with the functions
+// glob, any_glob, all_glob, regex, cidr_contains, anytrue, alltrue,
+// contains, length, strlen, lower, upper, concat, join, split,
+// trimprefix and trimsuffix. HCL has no "in"
 // operator: write contains(list, value). Unknown variables and
 // attributes, type errors, non-boolean conditions, invalid literal
-// regexes and CIDRs are load-time diagnostics, each with the range to fix.
-// A policy's when may use only identity, process and target: it is
-// decided once per connection (Match). allow blocks may not use result.
+// regexes and CIDRs are load-time diagnostics, each with the range to fix,
+// and so is a facet on a policy whose targets do not speak it (see
+// Facets). A policy's when may use only identity, process and target: it
+// is decided once per connection (Match). allow blocks may not use
+// result.
+//
+// # Facets
+//
+// identity, process, target and result are common to every protocol. A
+// facet is a protocol family's own variable: what its decoder reports
+// about one command, decided per command (a statement-stage variable,
+// like statement.* always was). They are defined in one table
+// (facet.go); a protocol adds its facet there:
+//
+//	facet  protocols        attributes
+//	sql    postgres, mysql  kind, tables, functions, flags, has_where, has_limit, text
+//	ssh    ssh              reserved: user, kind, command, subsystem, forwards
+//	k8s    k8s              reserved: verb, group, resource, subresource, namespace, name
+//
+// statement.* is the older name of sql.*, kept as an alias: the same
+// attributes, the same values and the same compiled evaluation, so every
+// ruleset written before facets decides as it did, without a warning.
+// Write sql.* in new rules. Diagnostics about an attribute name the
+// variable as the rule wrote it. A reserved facet (ssh, k8s) is a load
+// error until the build has that protocol's decoder; until then such
+// targets' flows are decided at connect, on the common variables.
+//
+// A facet only describes commands on its protocols' targets, so a rule
+// (deny, hold, mask or allow) may use one only in a policy that covers
+// at least one target of those protocols; targets = ["*"] covers every
+// target of the ruleset. Elsewhere it is a load error on the variable,
+// because a guard such as target.protocol == "postgres" cannot make the
+// facet describe those targets' commands:
+//
+//	rules.hcl:13:17: error: sql used on a policy without postgres or mysql targets:
+//	Policy "p" covers target bastion (ssh). sql.* is filled only on postgres and
+//	mysql flows, so on this target it never describes a command, [...] Move the
+//	rule to a policy for the postgres or mysql targets, or add them to this
+//	policy's targets.
+//
+// tcp targets are never decoded: their only decision is the connection
+// (kind "connect"), which a block without a when decides, so sql.* is an
+// error in a policy that covers only tcp targets too. A test block's
+// query is classified into sql.*, so a query for a target of another
+// protocol is a load error as well; a test's statement = { ... } stays
+// accepted on any target, as before facets.
 //
 // # Statements
 //
-// statement.kind is the verb of the most dangerous statement in the text
+// sql.kind is the verb of the most dangerous statement in the text
 // (see Statement.Kind); tables and functions list every table touched and
 // function called, in CTEs and subqueries too, schema-qualified when
 // written so. has_where and has_limit describe that statement; LIMIT ALL
-// and LIMIT NULL are no limit. statement.flags (a sorted list, empty for
+// and LIMIT NULL are no limit. sql.flags (a sorted list, empty for
 // most statements) marks what a rule will want to refuse whatever the
 // kind. The PostgreSQL classifier sets:
 //
@@ -95,7 +139,7 @@
 //     RULE, [CONSTRAINT | EVENT] TRIGGER. The SQL in their bodies (SQL,
 //     BEGIN ATOMIC, PL/pgSQL including EXECUTE and FOR ... IN EXECUTE of
 //     a string literal, a rule's actions) is classified with them: its
-//     kinds compete for statement.kind, so a DROP inside a DO block is a
+//     kinds compete for sql.kind, so a DROP inside a DO block is a
 //     drop, and its tables, functions and flags are the statement's.
 //   - event_trigger: CREATE EVENT TRIGGER (with create_trigger).
 //   - dynamic_sql: a body whose SQL cannot be read: another language, a
@@ -110,14 +154,14 @@
 //   - copy_file: COPY ... TO or FROM a file on the server (not STDIN or
 //     STDOUT).
 //   - search_path: a change of search_path, which changes what
-//     unqualified table names (and so statement.tables) mean: SET [LOCAL]
+//     unqualified table names (and so sql.tables) mean: SET [LOCAL]
 //     search_path or SET SCHEMA, set_config('search_path', ...) or any
 //     set_config whose setting name is not a literal, ALTER ROLE,
 //     DATABASE, SYSTEM or FUNCTION ... SET search_path, and UPDATE of
 //     pg_settings. RESET search_path and SET search_path TO DEFAULT return
 //     to the configured value and are not flagged.
 //
-// For example: deny { when = length(statement.flags) > 0 }.
+// For example: deny { when = length(sql.flags) > 0 }.
 //
 // # Undecoded protocols
 //
@@ -168,7 +212,7 @@
 // # Results
 //
 // A condition that uses result.* is decided, when possible, before the
-// statement runs (statement.kind == "copy_out" || result.rows > 1000 holds
+// statement runs (sql.kind == "copy_out" || result.rows > 1000 holds
 // a COPY at once); otherwise it is pending and the Decision says
 // AwaitResult: the decoder evaluates again with the Result as rows arrive.
 // It need not do so on every row: when every use of result.rows and
@@ -182,7 +226,7 @@
 //
 // A mask block says what to mask in the results of the statements it
 // fires for, and how. Mask blocks do not fire on a connection decision
-// (statement.kind connect) or on transaction control (kind transaction:
+// (sql.kind connect) or on transaction control (kind transaction:
 // BEGIN, COMMIT, ROLLBACK, SAVEPOINT): they bring back no data, so their
 // verdict is what the deny, hold and allow rules say. columns lists column patterns: "column",
 // "table.column" or "schema.table.column", each part a glob (* and ?, \
