@@ -9,6 +9,9 @@
 # decoder in the running build (undecoded = "relay") is relayed
 # uninspected, its metadata logged and recorded. An operator's ruleset
 # that leaves undecoded out refuses such flows instead.
+#
+# Its rules read SQL statements through sql.*, the facet of postgres and
+# mysql targets (statement.* is its older name, and means the same).
 
 mode = "enforce"
 
@@ -41,39 +44,39 @@ policy "baseline" {
 
   deny "destructive-sql" {
     when = contains(["postgres", "mysql"], target.protocol) && (
-      contains(["drop", "truncate"], statement.kind) ||
-      (contains(["delete", "update"], statement.kind) && !statement.has_where)
+      contains(["drop", "truncate"], sql.kind) ||
+      (contains(["delete", "update"], sql.kind) && !sql.has_where)
     )
     reason = "destructive statements (DROP, TRUNCATE, DELETE or UPDATE without WHERE) are not allowed from CI"
   }
 
   deny "dangerous-functions" {
     when = target.protocol == "postgres" && (
-      contains(statement.flags, "dangerous_function") ||
-      contains(statement.flags, "copy_program") ||
-      contains(statement.flags, "copy_file") ||
-      contains(statement.flags, "search_path")
+      contains(sql.flags, "dangerous_function") ||
+      contains(sql.flags, "copy_program") ||
+      contains(sql.flags, "copy_file") ||
+      contains(sql.flags, "search_path")
     )
     reason = "reading server files, running server programs, reaching other servers (dblink) and changing search_path are not allowed from CI"
   }
 
   deny "code-in-the-database" {
     when = target.protocol == "postgres" && (
-      contains(statement.flags, "do_block") ||
-      contains(statement.flags, "create_function") ||
-      contains(statement.flags, "create_procedure") ||
-      contains(statement.flags, "create_rule") ||
-      contains(statement.flags, "create_trigger") ||
-      contains(statement.flags, "event_trigger") ||
-      contains(statement.flags, "dynamic_sql") ||
-      contains(statement.flags, "unknown_prepared")
+      contains(sql.flags, "do_block") ||
+      contains(sql.flags, "create_function") ||
+      contains(sql.flags, "create_procedure") ||
+      contains(sql.flags, "create_rule") ||
+      contains(sql.flags, "create_trigger") ||
+      contains(sql.flags, "event_trigger") ||
+      contains(sql.flags, "dynamic_sql") ||
+      contains(sql.flags, "unknown_prepared")
     )
     reason = "DO blocks, new functions, procedures, rules and triggers, SQL built at run time and EXECUTE of statements Sluice never saw prepared are not allowed from CI"
   }
 
   hold "bulk-export" {
     when = contains(["postgres", "mysql"], target.protocol) && (
-      statement.kind == "copy_out" || result.rows > 10000
+      sql.kind == "copy_out" || result.rows > 10000
     )
     approvers = ["group:security"]
     timeout   = "15m"

@@ -558,3 +558,29 @@ func errorsOf(diags hcl.Diagnostics) hcl.Diagnostics {
 	}
 	return errs
 }
+
+// TestDefaultRulesetFacetNames: the embedded default ruleset, written
+// with sql.*, decides every input as the same ruleset written with
+// statement.* does.
+func TestDefaultRulesetFacetNames(t *testing.T) {
+	src := string(DefaultSource())
+	if !strings.Contains(src, "sql.kind") {
+		t.Fatal("the default ruleset does not use sql.*")
+	}
+	old := mustParse(t, map[string]string{"default.hcl": strings.ReplaceAll(src, "sql.", "statement.")})
+	nu := Default()
+	n := 0
+	for _, in := range facetInputs() {
+		for _, tg := range nu.Targets() {
+			in := *in
+			in.Target = Endpoint{Name: tg.Name, Protocol: tg.Protocol}
+			if got, want := decisionString(nu.Evaluate(&in)), decisionString(old.Evaluate(&in)); got != want {
+				t.Errorf("sql.* decides %s, statement.* %s for %+v", got, want, in)
+			}
+			n++
+		}
+	}
+	if n < 100 {
+		t.Fatalf("only %d inputs", n)
+	}
+}
