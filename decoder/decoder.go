@@ -1,19 +1,22 @@
-// Package decoder names what this build does with each protocol a target
-// may speak. The decoders themselves live one per folder below it
-// (decoder/postgres, decoder/tcp); the daemon registers each one's
-// handler, and this list says which of the ruleset's protocols have one,
-// so that the daemon, sluice rules explain and sluice doctor agree.
+// Package decoder is the shared layer every protocol runs on, and the
+// registry the protocols plug into.
+//
+// A protocol is a folder below this one (decoder/postgres, decoder/tcp,
+// decoder/mysql, decoder/ssh) that registers itself once, in an init
+// function, with Register; decoder/all imports every protocol folder, so
+// adding a protocol is its folder plus one line there. The daemon builds
+// its flow handlers from the registry (Protocols), and sluice rules
+// test|explain and sluice doctor ask it what each protocol gets (ModeOf,
+// Lookup).
+//
+// This package owns what is not about a wire format: the flow vocabulary
+// the interceptor hands a protocol (Flow, Handler, Result), the opaque
+// relay with its recording tap (Relay, Tapped), and what happens to flows
+// of a protocol this build cannot decode (Undecoded). It imports no
+// protocol; protocols never import each other.
 package decoder
 
 import "github.com/sluicehq/sluice/ruleset"
-
-// decoded lists the protocols this build decodes. tcp is relayed
-// opaquely by design and counts as served. Adding a decoder adds its
-// protocol here and its handler in cmd/sluiced.
-var decoded = map[string]bool{ruleset.ProtoTCP: true, ruleset.ProtoPostgres: true}
-
-// Decodes reports whether this build has a decoder for protocol.
-func Decodes(protocol string) bool { return decoded[protocol] }
 
 // Mode is what a target's flows get in this build.
 type Mode uint8
@@ -47,17 +50,25 @@ func (m Mode) String() string {
 	return "decoded"
 }
 
-// ModeOf returns what t's flows get in this build.
+// ModeOf returns what t's flows get in this build, from the registry.
 func ModeOf(t *ruleset.Target) Mode {
+	p, _ := Lookup(t.Protocol)
 	switch {
-	case t.Protocol == ruleset.ProtoTCP:
+	case p.Opaque:
 		return Opaque
-	case Decodes(t.Protocol):
+	case p.New != nil:
 		return Decoded
 	case t.Undecoded == ruleset.UndecodedRelay:
 		return RelayedUndecoded
 	}
 	return RefusedUndecoded
+}
+
+// Decodes reports whether this build decodes protocol (or, for tcp,
+// relays it opaquely by design).
+func Decodes(protocol string) bool {
+	p, _ := Lookup(protocol)
+	return p.New != nil
 }
 
 // UndecodedRule is the rule ID a refusal of t's undecoded flows names: the

@@ -1,8 +1,9 @@
-// Package tcp is the opaque decoder: it relays bytes both ways without
-// looking at them, for targets whose protocol Sluice does not decode. Each
+package decoder
+
+// Relay is the opaque relay: it copies bytes both ways without looking at
+// them (tcp targets, and protocols this build does not decode). Each
 // direction ends on its own: when one side finishes sending, the other side
 // is told with a half-close and may still answer.
-package tcp
 
 import (
 	"context"

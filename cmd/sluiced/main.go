@@ -28,10 +28,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/sluicehq/sluice/decoder"
-	"github.com/sluicehq/sluice/decoder/mysql"
-	"github.com/sluicehq/sluice/decoder/postgres"
-	"github.com/sluicehq/sluice/decoder/ssh"
-	"github.com/sluicehq/sluice/decoder/tcp"
+	_ "github.com/sluicehq/sluice/decoder/all" // every protocol of this build registers itself
 	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/interceptor"
@@ -261,22 +258,28 @@ func serve(ctx context.Context, cfg *config, log hclog.Logger) error {
 			return id
 		},
 		Log: log.Named("proxy"),
-		Handlers: map[string]interceptor.Handler{
-			ruleset.ProtoTCP:      tcpHandler,
-			ruleset.ProtoPostgres: postgresHandler(ca, maskKey, cfg.MaxMessage, log.Named("postgres")),
-			// No decoder yet: relayed or refused as each target's
-			// undecoded attribute says (decoder.ModeOf).
-			ruleset.ProtoMySQL: undecodedHandler(mysql.Refuse, log.Named("mysql")),
-			ruleset.ProtoSSH:   undecodedHandler(ssh.Refuse, log.Named("ssh")),
-			ruleset.ProtoK8s:   undecodedHandler(nil, log.Named("k8s")),
-		},
 		MaxSessions: cfg.MaxSessions,
-		Busy:        map[string]func(net.Conn, int){ruleset.ProtoPostgres: postgres.RefuseBusy},
-		Refusers: map[string]interceptor.Refuser{
-			ruleset.ProtoPostgres: postgres.Refuse,
-			ruleset.ProtoMySQL:    mysql.Refuse,
-			ruleset.ProtoSSH:      ssh.Refuse,
-		},
+		Handlers:    map[string]interceptor.Handler{},
+		Busy:        map[string]func(net.Conn, int){},
+		Refusers:    map[string]interceptor.Refuser{},
+	}
+	// Every protocol of this build (decoder/all), from the registry: its
+	// decoder, or the undecoded handler that relays or refuses as each
+	// target says; its refusals in its own terms.
+	env := decoder.Env{ClientTLS: ca.ServerConfig(), MaskKey: maskKey, MaxMessage: cfg.MaxMessage}
+	for _, p := range decoder.Protocols() {
+		env.Log = log.Named(p.Name)
+		if p.New != nil {
+			proxy.Handlers[p.Name] = p.New(env)
+		} else {
+			proxy.Handlers[p.Name] = decoder.Undecoded(p.Refuse, env.Log)
+		}
+		if p.Refuse != nil {
+			proxy.Refusers[p.Name] = p.Refuse
+		}
+		if p.Busy != nil {
+			proxy.Busy[p.Name] = p.Busy
+		}
 	}
 	if met != nil {
 		proxy.OnFlowEnd = met.flowEnd
@@ -440,22 +443,6 @@ func listenError(err error, what, inUseFix, fix string) error {
 // drainTimeout is how long a stopping daemon lets the flows it accepted
 // finish before it ends them.
 const drainTimeout = 10 * time.Second
-
-// tcpHandler relays a flow opaquely.
-func tcpHandler(ctx context.Context, f *interceptor.Flow, client net.Conn, dial interceptor.DialFunc) interceptor.Result {
-	up, err := dial(ctx)
-	if err != nil {
-		client.Close()
-		return interceptor.Result{Err: fmt.Errorf("dial upstream %s: %w", f.Dest, err)}
-	}
-	var c tcp.Counts
-	if f.Session.WantsWire() {
-		c, err = tcp.RelayTapped(ctx, client, up, f.Session.Wire)
-	} else {
-		c, err = tcp.Relay(ctx, client, up)
-	}
-	return interceptor.Result{BytesFromClient: c.ClientToServer, BytesToClient: c.ServerToClient, Err: err}
-}
 
 // resolveLoop re-resolves hostname targets at the shortest resolve_every
 // of the active ruleset's targets that name a host.

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,7 +17,6 @@ import (
 	"github.com/hashicorp/hcl/v2/hclparse"
 
 	"github.com/sluicehq/sluice/decoder"
-	"github.com/sluicehq/sluice/decoder/tcp"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/ruleset"
 )
@@ -179,46 +177,6 @@ func (r *rules) warnUndecoded(rs *ruleset.Ruleset) {
 			r.log.Warn("target's protocol has no decoder in this build: its flows are refused",
 				"target", t.Name, "protocol", t.Protocol, "undecoded", t.Undecoded, "rule", decoder.UndecodedRule(t))
 		}
-	}
-}
-
-// undecodedHandler serves the flows of a protocol this build cannot
-// decode, as the flow's target says (ruleset.Target.Undecoded). Relayed,
-// the bytes pass unread and the session records metadata only, whatever
-// its record level: without a decoder Sluice cannot tell where a
-// protocol's authentication ends, and the wire may carry a password.
-// Refused, the client gets refuse's message in its protocol's terms
-// (nil: the connection is closed) and the refusal is logged at warn
-// naming the rule. In monitor mode a refusal is logged and the flow is
-// relayed.
-func undecodedHandler(refuse interceptor.Refuser, log hclog.Logger) interceptor.Handler {
-	return func(ctx context.Context, f *interceptor.Flow, client net.Conn, dial interceptor.DialFunc) interceptor.Result {
-		t := f.Target
-		flog := log.With("flow", f.ID, "target", t.Name, "protocol", t.Protocol, "orig_dst", f.Dest.String(),
-			"pid", f.Process.TGID, "uid", f.Process.UID, "comm", f.Process.Comm, "identity", f.Identity.Level, "job", f.Identity.Job)
-		fields := []any{"inspected", false, "undecoded", t.Undecoded}
-		if decoder.ModeOf(t) == decoder.RefusedUndecoded {
-			rule := decoder.UndecodedRule(t)
-			reason := fmt.Sprintf("this build has no %s decoder and target %s refuses flows it cannot inspect", t.Protocol, t.Name)
-			if f.Match.Ruleset().Mode() != ruleset.Monitor {
-				flog.Warn("flow refused: this build has no decoder for the protocol", "rule", rule, "reason", reason)
-				if refuse != nil {
-					refuse(client, rule, reason)
-				} else {
-					client.Close()
-				}
-				return interceptor.Result{Err: fmt.Errorf("refused by rule %s: %s", rule, reason), Fields: append(fields, "rule", rule)}
-			}
-			flog.Warn("flow would be refused (monitor mode): this build has no decoder for the protocol", "rule", rule, "reason", reason)
-		}
-		flog.Info("flow not inspected: this build has no decoder for the protocol; relaying it opaquely")
-		up, err := dial(ctx)
-		if err != nil {
-			client.Close()
-			return interceptor.Result{Err: fmt.Errorf("dial upstream %s: %w", f.Dest, err), Fields: fields}
-		}
-		c, err := tcp.Relay(ctx, client, up)
-		return interceptor.Result{BytesFromClient: c.ClientToServer, BytesToClient: c.ServerToClient, Err: err, Fields: fields}
 	}
 }
 

@@ -19,8 +19,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/decoder/internal/rawio"
-	"github.com/sluicehq/sluice/decoder/tcp"
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/ruleset"
@@ -167,7 +167,7 @@ func (s *session) run(ctx context.Context) error {
 			return err
 		}
 		// What the client sent, and what it received after masking.
-		s.cconn = tcp.Tapped(s.cconn, s.wire)
+		s.cconn = decoder.Tapped(s.cconn, s.wire)
 	}
 
 	// 2. How the session authenticates: with the client's own credentials,

@@ -5,6 +5,7 @@ package deptest
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"os/exec"
 	"strings"
@@ -19,7 +20,7 @@ const mod = "github.com/sluicehq/sluice"
 var allowed = map[string][]string{
 	"ruleset":          {},
 	"enforcer":         {"ruleset", "enforcer"},
-	"decoder":          {"enforcer", "ruleset", "decoder"},
+	"decoder":          {"enforcer", "ruleset", "decoder", "internal/tlsutil"},
 	"interceptor":      {"bpf", "decoder", "enforcer", "ruleset", "internal/api"},
 	"bpf":              {},
 	"internal/api":     {},
@@ -72,6 +73,9 @@ func TestDependencyDirection(t *testing.T) {
 			if !permitted(target, rules) {
 				t.Errorf("%s imports %s: against the dependency direction (allowed: %v)", rel, target, rules)
 			}
+			if msg := crossDecoder(rel, target); msg != "" {
+				t.Error(msg)
+			}
 		}
 	}
 	if err := cmd.Wait(); err != nil {
@@ -80,6 +84,36 @@ func TestDependencyDirection(t *testing.T) {
 	if n < 5 {
 		t.Fatalf("go list found only %d packages; the check is not looking at the module", n)
 	}
+}
+
+// protocolOf returns the protocol folder a package below decoder/ belongs
+// to ("postgres" for decoder/postgres and its subpackages), or "" for the
+// shared layer (decoder itself and decoder/internal/...).
+func protocolOf(rel string) string {
+	rest, ok := strings.CutPrefix(rel, "decoder/")
+	if !ok {
+		return ""
+	}
+	p, _, _ := strings.Cut(rest, "/")
+	if p == "internal" {
+		return ""
+	}
+	return p
+}
+
+// crossDecoder says what is wrong when a package below decoder/ imports
+// a protocol it must not: protocols never import each other, and the
+// shared layer never imports a protocol. decoder/all, the registration
+// list, imports every protocol.
+func crossDecoder(rel, target string) string {
+	from, to := protocolOf(rel), protocolOf(target)
+	switch {
+	case !strings.HasPrefix(rel, "decoder") || to == "" || from == to || from == "all":
+		return ""
+	case from == "":
+		return fmt.Sprintf("%s imports the protocol %s: the shared layer never imports a protocol (a protocol registers itself with decoder.Register)", rel, target)
+	}
+	return fmt.Sprintf("%s imports %s: protocols never import each other; move what both need into the shared layer (package decoder)", rel, target)
 }
 
 func rulesFor(rel string) ([]string, bool) {
@@ -99,4 +133,26 @@ func permitted(target string, rules []string) bool {
 		}
 	}
 	return false
+}
+
+// TestCrossDecoder: the rule about imports between decoders, on its own.
+func TestCrossDecoder(t *testing.T) {
+	for _, c := range []struct {
+		from, to string
+		bad      bool
+	}{
+		{"decoder/postgres", "decoder", false},
+		{"decoder/postgres", "decoder/internal/rawio", false},
+		{"decoder/postgres", "decoder/tcp", true},
+		{"decoder/mysql", "decoder/postgres/sub", true},
+		{"decoder", "decoder/postgres", true},
+		{"decoder/internal/rawio", "decoder/ssh", true},
+		{"decoder/all", "decoder/postgres", false},
+		{"decoder/postgres", "decoder/postgres/sub", false},
+		{"cmd/sluiced", "decoder/postgres", false},
+	} {
+		if got := crossDecoder(c.from, c.to) != ""; got != c.bad {
+			t.Errorf("%s importing %s: flagged %t, want %t", c.from, c.to, got, c.bad)
+		}
+	}
 }

@@ -1,0 +1,12 @@
+package mysql
+
+import (
+	"github.com/sluicehq/sluice/decoder"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+// No New yet: mysql flows are relayed undecoded or refused (with Refuse)
+// as each target says.
+func init() {
+	decoder.Register(decoder.Protocol{Name: ruleset.ProtoMySQL, Refuse: Refuse})
+}

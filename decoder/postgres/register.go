@@ -1,0 +1,64 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/sluicehq/sluice/decoder"
+	"github.com/sluicehq/sluice/enforcer/mask"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+func init() {
+	decoder.Register(decoder.Protocol{
+		Name:     ruleset.ProtoPostgres,
+		New:      newHandler,
+		Refuse:   Refuse,
+		Busy:     RefuseBusy,
+		Classify: Classify,
+	})
+}
+
+// newHandler serves flows to postgres targets. The classification cache,
+// the cancel-key registry and the maskers are shared by every session of
+// the daemon; client TLS is terminated with the daemon CA's leaf
+// certificates.
+func newHandler(env decoder.Env) decoder.Handler {
+	cache := NewCache(0)
+	cancels := NewCancels()
+	masks := mask.NewCache(env.MaskKey)
+	var clientTLS = env.ClientTLS
+	if clientTLS != nil {
+		clientTLS = clientTLS.Clone()
+		clientTLS.NextProtos = []string{"postgresql"} // PostgreSQL 17 clients offer it
+	}
+	return func(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc) decoder.Result {
+		flog := env.Log.With("flow", f.ID, "target", f.Target.Name)
+		cfg, attempt, required, err := decoder.UpstreamTLS(f)
+		if err != nil {
+			client.Close()
+			return decoder.Result{Err: fmt.Errorf("upstream tls: %w", err)}
+		}
+		sess := f.Session
+		st, err := Serve(ctx, Params{
+			Client:     decoder.AsDialed(client, f),
+			Dial:       dial,
+			Session:    sess,
+			Classify:   cache.Classify,
+			Upstream:   UpstreamTLS{Config: cfg, Attempt: attempt, Required: required},
+			ClientTLS:  clientTLS,
+			Cancels:    cancels,
+			Masks:      masks,
+			MaxMessage: env.MaxMessage,
+			Log:        flog,
+		})
+		statements, denied := sess.Counts()
+		fields := []any{"db_user", st.User, "database", st.Database, "statements", statements, "denied", denied,
+			"client_tls", st.ClientTLS, "upstream_tls", st.UpstreamTLS}
+		if st.Credential != "" {
+			fields = append(fields, "credential", st.Credential, "client_user", st.ClientUser)
+		}
+		return decoder.Result{BytesFromClient: st.BytesFromClient, BytesToClient: st.BytesToClient, Err: err, Fields: fields}
+	}
+}
