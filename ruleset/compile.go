@@ -195,13 +195,11 @@ func compileVar(tr hcl.Traversal) (cfn, vkind, bool) {
 		return func(en *env) (val, error) { return val{k: kNum, n: float64(get(en))}, nil }, kNum, true
 	}
 	if f := facetByRoot[tr.RootName()]; f != nil {
-		// sql.* and its older name statement.* read the same getter.
-		a := f.attr(name)
-		if a == nil {
-			return nil, 0, false
+		// sql.* and its older name statement.* compile to the same getter.
+		if a := f.attr(name); a != nil {
+			return a.get, a.kind, true
 		}
-		get := a.get
-		return func(en *env) (val, error) { return get(en), nil }, a.kind, true
+		return nil, 0, false
 	}
 	switch tr.RootName() + "." + name {
 	case "identity." + identityLevelAttr:

@@ -44,11 +44,13 @@ type facet struct {
 }
 
 // facetAttr is one attribute of a facet and how to read it from what the
-// decoder reported for the decision being made.
+// decoder reported for the decision being made. get is the attribute's
+// compiled form itself (compileVar returns it as is), so reading a facet
+// costs one call, and never fails.
 type facetAttr struct {
 	name string
 	kind vkind // kStr, kNum, kBool or kList (of strings)
-	get  func(*env) val
+	get  cfn
 }
 
 // facets lists every facet. The ssh and k8s issues replace their reserved
@@ -67,13 +69,13 @@ var facets = []*facet{
 		protocols: []string{ProtoPostgres, ProtoMySQL},
 		text:      "text",
 		attrs: []facetAttr{
-			{"kind", kStr, func(en *env) val { return val{k: kStr, s: en.st.Kind} }},
-			{"tables", kList, func(en *env) val { return val{k: kList, l: en.st.Tables} }},
-			{"functions", kList, func(en *env) val { return val{k: kList, l: en.st.Functions} }},
-			{"flags", kList, func(en *env) val { return val{k: kList, l: en.st.Flags} }},
-			{"has_where", kBool, func(en *env) val { return val{k: kBool, b: en.st.HasWhere} }},
-			{"has_limit", kBool, func(en *env) val { return val{k: kBool, b: en.st.HasLimit} }},
-			{"text", kStr, func(en *env) val { return val{k: kStr, s: en.st.Text} }},
+			{"kind", kStr, func(en *env) (val, error) { return val{k: kStr, s: en.st.Kind}, nil }},
+			{"tables", kList, func(en *env) (val, error) { return val{k: kList, l: en.st.Tables}, nil }},
+			{"functions", kList, func(en *env) (val, error) { return val{k: kList, l: en.st.Functions}, nil }},
+			{"flags", kList, func(en *env) (val, error) { return val{k: kList, l: en.st.Flags}, nil }},
+			{"has_where", kBool, func(en *env) (val, error) { return val{k: kBool, b: en.st.HasWhere}, nil }},
+			{"has_limit", kBool, func(en *env) (val, error) { return val{k: kBool, b: en.st.HasLimit}, nil }},
+			{"text", kStr, func(en *env) (val, error) { return val{k: kStr, s: en.st.Text}, nil }},
 		},
 	},
 	{
@@ -147,7 +149,7 @@ func (f *facet) speaks(protocol string) bool { return hasString(f.protocols, pro
 func (f *facet) value(en *env) cty.Value {
 	vals := make(map[string]cty.Value, len(f.attrs))
 	for _, a := range f.attrs {
-		v := a.get(en)
+		v, _ := a.get(en) // facet getters never fail
 		switch a.kind {
 		case kStr:
 			vals[a.name] = cty.StringVal(v.s)

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -25,7 +25,7 @@ import (
 // are re-checked too. It only ever adds hooks; pins of cgroups that died
 // are cleaned up, and nothing else is ever removed.
 type discoverer struct {
-	cfg   *config
+	cfg   *Config
 	ic    *interceptor.Interceptor
 	log   hclog.Logger
 	every time.Duration
@@ -44,7 +44,7 @@ type discoverer struct {
 	unhooked map[string]api.Unhooked
 }
 
-func newDiscoverer(cfg *config, ic *interceptor.Interceptor, log hclog.Logger) *discoverer {
+func newDiscoverer(cfg *Config, ic *interceptor.Interceptor, log hclog.Logger) *discoverer {
 	d := &discoverer{cfg: cfg, ic: ic, log: log, every: 30 * time.Second, reported: map[string]string{},
 		wasMissing: map[string]bool{}, now: time.Now, unhooked: map[string]api.Unhooked{}}
 	if cfg.Discover != nil {

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -123,7 +123,7 @@ func claimHas(v any, want string) bool {
 
 // startRemote serves the read-only recording API over HTTPS with the
 // daemon CA's certificate. Rules pushes and approvals stay local.
-func startRemote(cfg *config, ca *tlsutil.CA, rec *recorder, status func() api.Status, log hclog.Logger) (*http.Server, error) {
+func startRemote(cfg *Config, ca *tlsutil.CA, rec *recorder, status func() api.Status, log hclog.Logger) (*http.Server, error) {
 	// Read-only endpoints, plus approval decisions by the token's holder.
 	rc := cfg.Remote
 	client := &http.Client{Timeout: 10 * time.Second}

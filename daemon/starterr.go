@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"errors"
@@ -33,9 +33,9 @@ import (
 //     capabilities come from the unit, so restarting every second would
 //     only fill the journal.
 const (
-	exitOK      = 0
-	exitRuntime = 1
-	exitConfig  = 2
+	ExitOK      = 0
+	ExitRuntime = 1
+	ExitConfig  = 2
 )
 
 // startError is why the daemon could not start, for a person: what is
@@ -67,31 +67,31 @@ func configError(err error, fix, what string, args ...any) *startError {
 }
 
 // runtimeError returns a start failure a restart may cure (exit 1).
-func runtimeError(err error, fix, what string, args ...any) *startError {
+func RuntimeError(err error, fix, what string, args ...any) *startError {
 	return &startError{What: fmt.Sprintf(what, args...), Fix: fix, Err: err}
 }
 
 // exitCode classifies an error that stopped the daemon.
-func exitCode(err error) int {
+func ExitCode(err error) int {
 	if err == nil {
-		return exitOK
+		return ExitOK
 	}
 	if se := (*startError)(nil); errors.As(err, &se) {
 		if se.Config {
-			return exitConfig
+			return ExitConfig
 		}
-		return exitRuntime
+		return ExitRuntime
 	}
 	if pe := (*interceptor.ProbeError)(nil); errors.As(err, &pe) {
-		return exitConfig
+		return ExitConfig
 	}
-	return exitRuntime
+	return ExitRuntime
 }
 
 // writeStartError prints err for a person, as plain text whatever the
 // log format: "sluiced: WHAT: FIX" on the first line, detail lines
 // below. color is for the diagnostics' snippets (stderr a terminal).
-func writeStartError(w io.Writer, err error, color bool) {
+func WriteStartError(w io.Writer, err error, color bool) {
 	se := asStartError(err)
 	first := se.What
 	if se.Err != nil && !strings.Contains(first, se.Err.Error()) {
@@ -141,7 +141,7 @@ func probeError(pe *interceptor.ProbeError) *startError {
 
 // configDiagError turns the config file's error diagnostics into a start
 // error whose first line is the first error and its fix.
-func configDiagError(path string, diags hcl.Diagnostics, files map[string]*hcl.File) *startError {
+func ConfigDiagError(path string, diags hcl.Diagnostics, files map[string]*hcl.File) *startError {
 	var errs hcl.Diagnostics
 	for _, d := range diags {
 		if d.Severity == hcl.DiagError {
@@ -177,7 +177,7 @@ func configDiagError(path string, diags hcl.Diagnostics, files map[string]*hcl.F
 }
 
 // configReadError says why the config file cannot be read.
-func configReadError(path string, err error) *startError {
+func ConfigReadError(path string, err error) *startError {
 	fix := "pass --config with the path of sluiced's config file"
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

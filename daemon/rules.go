@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -26,7 +26,7 @@ import (
 // serialised; each one either swaps in a ruleset whose targets are already
 // in the kernel map, or leaves everything as it was and records why.
 type rules struct {
-	cfg   *config
+	cfg   *Config
 	log   hclog.Logger
 	store *ruleset.Store
 	ic    *interceptor.Interceptor

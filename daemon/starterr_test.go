@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -16,7 +16,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/sluicehq/sluice/interceptor"
-	"github.com/sluicehq/sluice/internal/version"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -29,18 +28,18 @@ func TestExitCode(t *testing.T) {
 		err  error
 		want int
 	}{
-		{"none", nil, exitOK},
-		{"unclassified", errors.New("load programs: out of memory"), exitRuntime},
-		{"config", cfgErr, exitConfig},
-		{"config wrapped", fmt.Errorf("start: %w", cfgErr), exitConfig},
-		{"runtime", runtimeError(errors.New("in use"), "stop it", "proxy_port 1 is in use"), exitRuntime},
-		{"probe", &interceptor.ProbeError{Missing: []string{"kernel too old: 4.19, need 5.15 or newer"}}, exitConfig},
-		{"probe wrapped", fmt.Errorf("attach: %w", &interceptor.ProbeError{Missing: []string{"x"}}), exitConfig},
-		{"listen in use", listenError(fmt.Errorf("listen: %w", os.NewSyscallError("bind", syscall.EADDRINUSE)), "metrics_addr", "free it", "fix it"), exitRuntime},
-		{"listen elsewhere", listenError(errors.New("listen: cannot assign requested address"), "metrics_addr", "free it", "fix it"), exitConfig},
+		{"none", nil, ExitOK},
+		{"unclassified", errors.New("load programs: out of memory"), ExitRuntime},
+		{"config", cfgErr, ExitConfig},
+		{"config wrapped", fmt.Errorf("start: %w", cfgErr), ExitConfig},
+		{"runtime", RuntimeError(errors.New("in use"), "stop it", "proxy_port 1 is in use"), ExitRuntime},
+		{"probe", &interceptor.ProbeError{Missing: []string{"kernel too old: 4.19, need 5.15 or newer"}}, ExitConfig},
+		{"probe wrapped", fmt.Errorf("attach: %w", &interceptor.ProbeError{Missing: []string{"x"}}), ExitConfig},
+		{"listen in use", listenError(fmt.Errorf("listen: %w", os.NewSyscallError("bind", syscall.EADDRINUSE)), "metrics_addr", "free it", "fix it"), ExitRuntime},
+		{"listen elsewhere", listenError(errors.New("listen: cannot assign requested address"), "metrics_addr", "free it", "fix it"), ExitConfig},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := exitCode(tc.err); got != tc.want {
+			if got := ExitCode(tc.err); got != tc.want {
 				t.Errorf("exitCode(%v) = %d, want %d", tc.err, got, tc.want)
 			}
 		})
@@ -70,7 +69,7 @@ func TestStartErrors(t *testing.T) {
 	}{
 		{"missing config", func(t *testing.T, dir string) error {
 			_, err := os.ReadFile(filepath.Join(dir, "nope.hcl"))
-			return configReadError(filepath.Join(dir, "nope.hcl"), err)
+			return ConfigReadError(filepath.Join(dir, "nope.hcl"), err)
 		}, []string{"cannot read config", "no such file", "sluice install", "--config"}, nil},
 		{"config typo", func(t *testing.T, dir string) error {
 			return configFileError(t, dir, "cgroup = \"r\"\nproxy_prot = 1\n")
@@ -98,7 +97,7 @@ func TestStartErrors(t *testing.T) {
 			return initial(t, dir, map[string]string{"rules.hcl": goodRule}, pub, sig)
 		}, []string{"does not verify", "rules_public_key", "sign"}, nil},
 		{"key without rules_dir", func(t *testing.T, dir string) error {
-			r := &rules{cfg: &config{Path: "/etc/sluice/sluiced.hcl", DataDir: dir, RulesKey: pub}, log: hclog.NewNullLogger()}
+			r := &rules{cfg: &Config{Path: "/etc/sluice/sluiced.hcl", DataDir: dir, RulesKey: pub}, log: hclog.NewNullLogger()}
 			_, _, err := r.initial()
 			return err
 		}, []string{"no rules_dir", "set rules_dir", "remove rules_public_key"}, nil},
@@ -109,11 +108,11 @@ func TestStartErrors(t *testing.T) {
 			if err == nil {
 				t.Fatal("no error")
 			}
-			if got := exitCode(err); got != exitConfig {
-				t.Errorf("exit code %d, want %d", got, exitConfig)
+			if got := ExitCode(err); got != ExitConfig {
+				t.Errorf("exit code %d, want %d", got, ExitConfig)
 			}
 			var buf bytes.Buffer
-			writeStartError(&buf, err, false)
+			WriteStartError(&buf, err, false)
 			out := buf.String()
 			lines := strings.Split(out, "\n")
 			if !strings.HasPrefix(lines[0], "sluiced: ") {
@@ -144,11 +143,11 @@ func TestStartErrors(t *testing.T) {
 func configFileError(t *testing.T, dir, body string) error {
 	t.Helper()
 	path := filepath.Join(dir, "sluiced.hcl")
-	_, diags, files := parseConfig(path, []byte(body))
+	_, diags, files := ParseConfig(path, []byte(body))
 	if !diags.HasErrors() {
 		t.Fatalf("config %q has no error", body)
 	}
-	return configDiagError(path, diags, files)
+	return ConfigDiagError(path, diags, files)
 }
 
 // initial writes files into dir/rules (none: no directory) and a
@@ -172,49 +171,8 @@ func initial(t *testing.T, dir string, files map[string]string, pub ed25519.Publ
 			t.Fatal(err)
 		}
 	}
-	cfg := &config{Path: filepath.Join(dir, "sluiced.hcl"), DataDir: filepath.Join(dir, "data"), RulesDir: rulesDir, RulesKey: pub, RulesKeyPath: filepath.Join(dir, "rules.pub")}
+	cfg := &Config{Path: filepath.Join(dir, "sluiced.hcl"), DataDir: filepath.Join(dir, "data"), RulesDir: rulesDir, RulesKey: pub, RulesKeyPath: filepath.Join(dir, "rules.pub")}
 	r := &rules{cfg: cfg, log: hclog.NewNullLogger()}
 	_, _, err := r.initial()
 	return err
-}
-
-// TestParseFlags: --version and --help print to stdout and exit 0
-// without starting the daemon; a bad flag or an argument exits 2 with a
-// pointer to --help on stderr.
-func TestParseFlags(t *testing.T) {
-	for _, tc := range []struct {
-		args           []string
-		code           int
-		start          bool
-		stdout, stderr string
-		config         string
-	}{
-		{nil, exitOK, true, "", "", "/etc/sluice/sluiced.hcl"},
-		{[]string{"--config", "/tmp/x.hcl"}, exitOK, true, "", "", "/tmp/x.hcl"},
-		{[]string{"--version"}, exitOK, false, "sluiced " + version.String() + "\n", "", ""},
-		{[]string{"-version"}, exitOK, false, "sluiced " + version.String() + "\n", "", ""},
-		{[]string{"-h"}, exitOK, false, "usage: sluiced", "", ""},
-		{[]string{"--help"}, exitOK, false, "usage: sluiced", "", ""},
-		{[]string{"--config", "/tmp/x.hcl", "--help"}, exitOK, false, "usage: sluiced", "", ""},
-		{[]string{"--bogus"}, exitConfig, false, "", "sluiced: flag provided but not defined: -bogus: run sluiced --help", ""},
-		{[]string{"--config"}, exitConfig, false, "", "flag needs an argument", ""},
-		{[]string{"start"}, exitConfig, false, "", `sluiced: unexpected argument "start"`, ""},
-	} {
-		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
-			var stdout, stderr bytes.Buffer
-			o, code, start := parseFlags(tc.args, &stdout, &stderr)
-			if code != tc.code || start != tc.start {
-				t.Errorf("code %d start %v, want %d %v", code, start, tc.code, tc.start)
-			}
-			if !strings.HasPrefix(stdout.String(), tc.stdout) || tc.stdout == "" && stdout.Len() > 0 {
-				t.Errorf("stdout %q, want it to start with %q", stdout.String(), tc.stdout)
-			}
-			if !strings.Contains(stderr.String(), tc.stderr) || tc.stderr == "" && stderr.Len() > 0 {
-				t.Errorf("stderr %q, want it to hold %q", stderr.String(), tc.stderr)
-			}
-			if start && o.config != tc.config {
-				t.Errorf("config %q, want %q", o.config, tc.config)
-			}
-		})
-	}
 }

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -29,7 +29,7 @@ type approvalsConfig struct {
 	AdminGroup string `hcl:"admin_group,optional"`
 }
 
-func newBroker(cfg *config, log hclog.Logger) *approve.Broker {
+func newBroker(cfg *Config, log hclog.Logger) *approve.Broker {
 	opts := approve.Options{Log: log}
 	if cfg.Approvals.Webhook != "" {
 		format := cfg.Approvals.WebhookFormat

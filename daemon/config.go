@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"crypto/ed25519"
@@ -96,7 +96,7 @@ type logConfig struct {
 }
 
 // config is the validated configuration.
-type config struct {
+type Config struct {
 	// Path is the config file the settings were read from.
 	Path string
 	Name string
@@ -164,18 +164,18 @@ const (
 )
 
 // loadConfig reads and validates the config file at path.
-func loadConfig(path string) (*config, hcl.Diagnostics, map[string]*hcl.File) {
+func loadConfig(path string) (*Config, hcl.Diagnostics, map[string]*hcl.File) {
 	src, err := os.ReadFile(path)
 	if err != nil {
 		return nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read config", Detail: err.Error()}}, nil
 	}
-	return parseConfig(path, src)
+	return ParseConfig(path, src)
 }
 
 // parseConfig validates the config file src, read from path. Every
 // mistake is a diagnostic whose detail says how to fix it, at the
 // mistake's range where the file has one.
-func parseConfig(path string, src []byte) (*config, hcl.Diagnostics, map[string]*hcl.File) {
+func ParseConfig(path string, src []byte) (*Config, hcl.Diagnostics, map[string]*hcl.File) {
 	p := hclparse.NewParser()
 	f, diags := p.ParseHCL(src, path)
 	if diags.HasErrors() {
@@ -194,7 +194,7 @@ func parseConfig(path string, src []byte) (*config, hcl.Diagnostics, map[string]
 		return nil, append(diags, d...), p.Files()
 	}
 	at := func(name string) *hcl.Range { return attrRange(f, name) }
-	c := &config{
+	c := &Config{
 		Path: path, Name: fc.Name, DataDir: fc.DataDir, APISocket: fc.APISocket,
 		LogLevel: "info", LogFormat: "auto", RulesDir: fc.RulesDir,
 	}
@@ -373,7 +373,7 @@ func attrRange(f *hcl.File, name string) *hcl.Range {
 
 // setCgroups validates cgroup, cgroups and the discover block: at least one
 // of them must say what to hook, and no cgroup may be listed twice.
-func (c *config) setCgroups(fc *fileConfig) hcl.Diagnostics {
+func (c *Config) setCgroups(fc *fileConfig) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	all := fc.Cgroups
 	if fc.Cgroup != "" {

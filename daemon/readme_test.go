@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"os"
@@ -16,7 +16,7 @@ import (
 // section: the reference of every key the daemon's config takes.
 func readmeConfig(t *testing.T) []byte {
 	t.Helper()
-	b, err := os.ReadFile("../../README.md")
+	b, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}

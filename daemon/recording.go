@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -37,7 +37,7 @@ type recorder struct {
 	secrets *credential.Store
 }
 
-func newRecorder(cfg *config, log hclog.Logger) (*recorder, error) {
+func newRecorder(cfg *Config, log hclog.Logger) (*recorder, error) {
 	keys, err := record.LoadOrCreateKeys(cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("recording keys: %w", err)

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"os"
@@ -38,11 +38,11 @@ func TestMetricsAddr(t *testing.T) {
 // added the runners' cgroups it parses, serves metrics on loopback and
 // uses the embedded default ruleset.
 func TestPackagedConfig(t *testing.T) {
-	src, err := os.ReadFile("../../packaging/sluiced.hcl")
+	src, err := os.ReadFile("../packaging/sluiced.hcl")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, diags, _ := loadConfig("../../packaging/sluiced.hcl")
+	_, diags, _ := loadConfig("../packaging/sluiced.hcl")
 	if !diags.HasErrors() || !strings.Contains(diags.Error(), "run `sluice install`") {
 		t.Fatalf("packaged config before install: %v, want a refusal naming sluice install", diags)
 	}
