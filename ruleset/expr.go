@@ -74,7 +74,7 @@ const identityLevelAttr = "level"
 // exprUse describes where a when expression sits, for its checks.
 type exprUse struct {
 	what       string // "policy", "deny block", ...
-	allowStmt  bool   // statement.* and result.* are allowed
+	allowStmt  bool   // the facets (sql.*, statement.*) and result.* are allowed
 	allowAfter bool   // result.* is allowed
 }
 

@@ -362,6 +362,10 @@ func TestFacetTargets(t *testing.T) {
   }
 }`, summary: "sql used on a policy without postgres or mysql targets",
 			detail: []string{"covers targets kube (k8s) and raw (tcp)"}, line: 4, col: 24},
+		{name: "unknown target: only that is reported", src: `policy "p" {
+  targets = ["gti"]
+  deny { when = sql.kind == "drop" }
+}`, summary: "Unknown target", line: 2, col: 14},
 		{name: "every target but none speaks SQL", targets: `
 target "git" {
   protocol = "ssh"
@@ -582,5 +586,28 @@ func TestDefaultRulesetFacetNames(t *testing.T) {
 	}
 	if n < 100 {
 		t.Fatalf("only %d inputs", n)
+	}
+}
+
+// TestFacetByClassification: reading sql.text, under either name and in
+// any form, means decisions depend on more than the classification.
+func TestFacetByClassification(t *testing.T) {
+	tests := []struct {
+		cond   string
+		byText bool
+	}{
+		{`sql.kind == "select" && contains(sql.tables, "users")`, false},
+		{`statement.has_where || length(statement.flags) > 0`, false},
+		{`regex("x", sql.text)`, true},
+		{`regex("x", statement.text)`, true},
+		{`sql["text"] == ""`, true},
+		{`statement["kind"] == "select"`, false},
+		{`length([sql][0].tables) > 0`, true},
+	}
+	for _, tt := range tests {
+		rs := mustParse(t, map[string]string{"t.hcl": facetTargets, "x.hcl": fmt.Sprintf("policy \"p\" {\n  targets = [\"pg\"]\n  deny { when = %s }\n}\n", tt.cond)})
+		if got := !rs.Match(Flow{Target: Endpoint{Name: "pg", Protocol: ProtoPostgres}}).ByClassification(); got != tt.byText {
+			t.Errorf("%s: reads the text %t, want %t", tt.cond, got, tt.byText)
+		}
 	}
 }
