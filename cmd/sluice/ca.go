@@ -4,12 +4,12 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/internal/tlsutil"
 )
@@ -19,30 +19,35 @@ const defaultDataDir = "/var/lib/sluice"
 // isRoot reports whether the CLI runs as root; tests replace it.
 var isRoot = func() bool { return os.Geteuid() == 0 }
 
-// caCmd prints the daemon's CA certificate, the one the proxy signs its
-// client-side TLS certificates with, so that clients that require TLS can
-// trust it. Run as root it creates the CA when the data directory has none
-// (as sluiced would on start); otherwise it only reads ca.crt.
-func caCmd(args []string, stdout, stderr io.Writer) int {
-	flags := flag.NewFlagSet("ca", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	dir := flags.String("data-dir", defaultDataDir, "the daemon's data directory")
-	if err := flags.Parse(args); err != nil {
-		return 2
+// newCACmd is `sluice ca`: it prints the daemon's CA certificate, the one
+// the proxy signs its client-side TLS certificates with, so that clients
+// that require TLS can trust it. Run as root it creates the CA when the
+// data directory has none (as sluiced would on start); otherwise it only
+// reads ca.crt.
+func newCACmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "ca",
+		Short: "Print the daemon's CA certificate (clients that verify TLS trust it)",
+		Long: `Print the daemon's CA certificate (PEM) on standard output. The proxy signs
+the TLS certificates it shows clients with it, so clients that verify TLS
+trust it: save it (sluice ca > sluice-ca.crt) and connect with
+sslmode=verify-full sslrootcert=sluice-ca.crt. Run as root, it creates the
+CA if the data directory has none yet, as sluiced does on start.`,
+		Args: noArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			pemBytes, err := readCA(dir)
+			if err != nil {
+				return err
+			}
+			cmd.OutOrStdout().Write(pemBytes)
+			fmt.Fprintln(cmd.ErrOrStderr(), "sluice ca: clients that require TLS trust this CA: save it (sluice ca > sluice-ca.crt) and connect with "+
+				"sslmode=verify-full sslrootcert=sluice-ca.crt, or PGSSLMODE=verify-full PGSSLROOTCERT=sluice-ca.crt")
+			return nil
+		}),
 	}
-	if flags.NArg() != 0 {
-		fmt.Fprintln(stderr, "usage: sluice ca [--data-dir DIR]")
-		return 2
-	}
-	pemBytes, err := readCA(*dir)
-	if err != nil {
-		fmt.Fprintln(stderr, "sluice ca:", err)
-		return 1
-	}
-	stdout.Write(pemBytes)
-	fmt.Fprintln(stderr, "sluice ca: clients that require TLS trust this CA: save it (sluice ca > sluice-ca.crt) and connect with "+
-		"sslmode=verify-full sslrootcert=sluice-ca.crt, or PGSSLMODE=verify-full PGSSLROOTCERT=sluice-ca.crt")
-	return 0
+	cmd.Flags().StringVar(&dir, "data-dir", defaultDataDir, "the daemon's data `DIR`")
+	return cmd
 }
 
 // readCA returns the CA certificate in dir as PEM. Root loads (and checks,

@@ -17,9 +17,7 @@ func ca(t *testing.T, root bool, args ...string) (int, string, string) {
 	was := isRoot
 	isRoot = func() bool { return root }
 	defer func() { isRoot = was }()
-	var out, errOut bytes.Buffer
-	code := caCmd(args, &out, &errOut)
-	return code, out.String(), errOut.String()
+	return sluice(t, append([]string{"ca"}, args...)...)
 }
 
 // TestCACmd runs `sluice ca` as a non-root user before and after the CA

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +17,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicehq/sluice/interceptor"
@@ -59,37 +59,53 @@ const (
 	diskFailPercent = 2
 )
 
-func doctorCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "/etc/sluice/sluiced.hcl", "the daemon's config file")
-	name := fs.String("name", "", "installation name (default: the config's, else \"default\")")
-	socket := fs.String("socket", "", "daemon API socket (default: the config's)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func newDoctorCmd() *cobra.Command {
+	var configPath, name, socket string
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check kernel, cgroup2, pins, daemon, hooked cgroups, proxy, ruleset, clock, disk; say what to fix",
+		Long: `Check the installation the way an operator would, one line per check (ok,
+warn or FAIL), each warning and failure followed by the fix: the kernel's
+eBPF support, the cgroup2 mount and the runner cgroups, the pinned hooks,
+the daemon and the cgroups it could not hook, the proxy listener, the
+ruleset, the clock's sync state, free disk space for recordings and the
+metrics endpoint. Exit 1 when any check FAILs.`,
+		Args: noArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			return doctor(cmd.OutOrStdout(), configPath, name, socket)
+		}),
 	}
+	cmd.Flags().StringVar(&configPath, "config", "/etc/sluice/sluiced.hcl", "read the daemon's config from `FILE`")
+	cmd.Flags().StringVar(&name, "name", "", "installation `NAME` (default: the config's, else \"default\")")
+	cmd.Flags().StringVar(&socket, "socket", "", "talk to the daemon on its API socket at `PATH` (default: the config's api_socket)")
+	return cmd
+}
+
+// doctor runs every check and prints one line per finding, each non-ok
+// one followed by its fix. It fails (exit 1) when any finding is a FAIL.
+func doctor(stdout io.Writer, configPath, name, socket string) error {
 	var out []finding
 	add := func(f finding) { out = append(out, f) }
 
 	// Where to look: flags, then the config, then the defaults.
-	cfg, cf := readDoctorConfig(*configPath)
+	cfg, cf := readDoctorConfig(configPath)
 	add(cf)
-	if *name == "" {
-		*name = cfg.Name
+	if name == "" {
+		name = cfg.Name
 	}
-	if *socket == "" {
-		*socket = cfg.APISocket
+	if socket == "" {
+		socket = cfg.APISocket
 	}
 
 	add(checkKernel())
 	add(checkCgroup2(cfg))
-	pins, pf := checkPins(*name, cfg)
+	pins, pf := checkPins(name, cfg)
 	add(pf)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var st *api.Status
 	var s api.Status
-	if err := api.NewClient(*socket).Get(ctx, "/v1/status", &s); err != nil {
+	if err := api.NewClient(socket).Get(ctx, "/v1/status", &s); err != nil {
 		f := finding{level: levelFail, check: "daemon", detail: fmt.Sprintf("daemon not reachable: %v", err),
 			fix: "start it: systemctl start sluiced; see why it stopped: journalctl -u sluiced -e"}
 		if pins != nil && len(pins.Links) > 0 {
@@ -100,6 +116,9 @@ func doctorCmd(args []string, stdout, stderr io.Writer) int {
 		st = &s
 		add(finding{level: levelOK, check: "daemon", detail: fmt.Sprintf("running, pid %d, up %s, %d flows served, %d active",
 			s.PID, time.Since(s.Started).Round(time.Second), s.Flows.Total, s.Flows.Active)})
+	}
+	if st != nil {
+		add(checkHooked(st, configPath))
 	}
 	port := cfg.ProxyPort
 	if st != nil {
@@ -122,9 +141,9 @@ func doctorCmd(args []string, stdout, stderr io.Writer) int {
 		failed = failed || f.level == levelFail
 	}
 	if failed {
-		return 1
+		return exitStatus(1)
 	}
-	return 0
+	return nil
 }
 
 // readDoctorConfig reads the settings doctor needs, with sluiced's
@@ -287,6 +306,35 @@ func checkProxy(port int, pins *interceptor.PinStatus) finding {
 		c.Close()
 		f.detail += " and " + addr6
 	}
+	return f
+}
+
+// checkHooked fails when the daemon could not hook a cgroup it wants (a
+// configured one that does not exist, a discovered one it refused):
+// nothing in such a cgroup is intercepted, though the daemon runs.
+func checkHooked(st *api.Status, configPath string) finding {
+	f := finding{check: "cgroups"}
+	if len(st.Unhooked) == 0 {
+		if len(st.Cgroups) == 0 {
+			f.level, f.detail = levelWarn, "the daemon hooks no cgroup yet: nothing is intercepted"
+			f.fix = "run sluice install (it finds the runner services and writes their cgroups into the config), or start the runner service"
+			return f
+		}
+		var paths []string
+		for _, c := range st.Cgroups {
+			paths = append(paths, c.Path)
+		}
+		f.level, f.detail = levelOK, "hooked: "+strings.Join(paths, ", ")
+		return f
+	}
+	var parts []string
+	for _, u := range st.Unhooked {
+		parts = append(parts, fmt.Sprintf("%s (%s, since %s): %s", u.Path, u.Source, u.Since.Local().Format(time.RFC3339), u.Reason))
+	}
+	f.level = levelFail
+	f.detail = fmt.Sprintf("%d wanted cgroups are NOT protected: %s", len(st.Unhooked), strings.Join(parts, "; "))
+	f.fix = fmt.Sprintf("start the runner service (its cgroup appears when it runs; sluiced hooks it then), "+
+		"or correct cgroups in %s (sluice install writes them), or let a discover block find the runners", configPath)
 	return f
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/hashicorp/hcl/v2/hclwrite"
+	"github.com/spf13/cobra"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/sluicehq/sluice/interceptor"
@@ -29,23 +29,46 @@ const (
 	installEvery   = "30s"
 )
 
-// installCmd finds the runner services of the host, writes sluiced's
-// config so that their cgroups are hooked and, on a host run by systemd
-// whose packaged unit reads that config, enables and (re)starts
-// sluiced.socket and sluiced.service: one command after the package.
-func installCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("install", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	root := fs.String("root", runners.DefaultRoot, "where runner services' cgroups are, relative to the cgroup2 mount")
-	path := fs.String("config", packagedConfig, "sluiced's config file to write")
-	dryRun := fs.Bool("dry-run", false, "print what would be written, write nothing")
-	noStart := fs.Bool("no-start", false, "write the config but do not enable or restart sluiced")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	rootSet := false
-	fs.Visit(func(f *flag.Flag) { rootSet = rootSet || f.Name == "root" })
+// installOptions are the flags of `sluice install`.
+type installOptions struct {
+	root, path      string
+	rootSet         bool // --root was given
+	dryRun, noStart bool
+}
 
+func newInstallCmd() *cobra.Command {
+	o := &installOptions{}
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Find the runner services, write sluiced's config, start sluiced",
+		Long: `Find the CI runner services of this host (GitHub Actions, GitLab, Buildkite,
+... under --root), write their cgroups into sluiced's config so that they
+are hooked, and, on a host run by systemd whose packaged unit reads that
+config, enable and (re)start sluiced.socket and sluiced.service: one command
+after the package. Running it again only adds what is new; an operator's
+edits to the config stay.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.rootSet = cmd.Flags().Changed("root")
+			if code := install(o, cmd.OutOrStdout(), cmd.ErrOrStderr()); code != 0 {
+				return exitStatus(code)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&o.root, "root", runners.DefaultRoot, "`DIR` where runner services' cgroups are, relative to the cgroup2 mount")
+	cmd.Flags().StringVar(&o.path, "config", packagedConfig, "sluiced's config `FILE` to write")
+	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "print what would be written, write nothing")
+	cmd.Flags().BoolVar(&o.noStart, "no-start", false, "write the config but do not enable or restart sluiced")
+	return cmd
+}
+
+// install finds the runner services of the host, writes sluiced's config
+// so that their cgroups are hooked and, on a host run by systemd whose
+// packaged unit reads that config, enables and (re)starts sluiced.socket
+// and sluiced.service. It returns the exit status.
+func install(o *installOptions, stdout, stderr io.Writer) int {
+	root, path, dryRun, noStart, rootSet := &o.root, &o.path, &o.dryRun, &o.noStart, o.rootSet
 	mount, err := interceptor.Cgroup2Mount()
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice install:", err)

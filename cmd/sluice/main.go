@@ -1,280 +1,228 @@
 // Command sluice is the operator's CLI: run a command inside a hooked
 // cgroup, show the daemon's status, remove interception, and work with
-// rulesets.
+// rulesets, recordings and approvals.
+//
+// Every command and subcommand takes -h/--help (usage on standard output,
+// exit 0). Exit statuses: 0 success, 1 failure (the command ran and
+// something is wrong: a ruleset with errors, an altered recording, the
+// daemon unreachable), 2 usage error (an unknown command or flag, a
+// missing or malformed argument).
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"sort"
 	"strings"
-	"syscall"
-	"time"
 
-	"github.com/sluicehq/sluice/interceptor"
-	"github.com/sluicehq/sluice/internal/api"
+	"github.com/spf13/cobra"
+
+	"github.com/sluicehq/sluice/internal/version"
 )
 
-const usage = `usage: sluice <command> [flags]
-
-commands:
-  run --cgroup PATH -- CMD [ARGS...]   run CMD inside a cgroup (created if missing)
-  status [--name N] [--socket P] [--json]
-                                       show the daemon, its pins and its counters
-  install [--root DIR] [--config FILE] [--dry-run]
-                                       find the runner services, write sluiced's config, say what is protected
-  uninstall [--name N]                 detach and unpin interception (the only way to remove it)
-  doctor [--config F] [--name N]       check kernel, cgroup2, pins, daemon, proxy, ruleset, clock, disk; say what to fix
-  rules check|test|explain|sign|keygen work with rulesets (sluice rules -h)
-  rules push [--socket P] DIR          send a ruleset to the running daemon (root only)
-  ca [--data-dir DIR]                  print the daemon's CA certificate (clients that verify TLS trust it)
-  sessions list [--since D] [--repo R] [--run-id N] [--target T] [--verdict V] [--json]
-  sessions show [--json] ID            a session's transcript: who, where, statements, verdicts, rows
-  replay [--speed X] ID                the transcript paced by the recorded timing
-  export ID --format jsonl|pcap|asciicast [-o FILE]
-                                       for SIEMs, Wireshark/tshark (level full), asciinema
-  verify ID | --all                    check recordings' checksums, hash chain and signatures; exit 1 if altered
-  recordings pubkey [--data-dir DIR]   print the recording signature public key
-  approvals list [--json]              held statements waiting for a decision, and recent decisions
-  approve ID [--comment TEXT]          let a held statement run (root, the admin group, or --server with a token)
-  deny ID [--comment TEXT]             refuse it
-`
-
 func main() {
-	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func dispatch(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
-	switch args[0] {
-	case "run":
-		return runCmd(args[1:], stderr)
-	case "status":
-		return statusCmd(args[1:], stdout, stderr)
-	case "install":
-		return installCmd(args[1:], stdout, stderr)
-	case "uninstall":
-		return uninstallCmd(args[1:], stdout, stderr)
-	case "doctor":
-		return doctorCmd(args[1:], stdout, stderr)
-	case "rules":
-		if len(args) > 1 && args[1] == "push" {
-			return pushCmd(args[2:], stdout, stderr)
-		}
-		return runRules(args[1:], stdout, stderr)
-	case "sessions":
-		return sessionsCmd(args[1:], stdout, stderr)
-	case "verify":
-		return verifyCmd(args[1:], stdout, stderr)
-	case "approvals":
-		return approvalsCmd(args[1:], stdout, stderr)
-	case "approve":
-		return decideCmd("approve", args[1:], stdout, stderr)
-	case "deny":
-		return decideCmd("deny", args[1:], stdout, stderr)
-	case "export":
-		return exportCmd(args[1:], stdout, stderr)
-	case "replay":
-		return replayCmd(args[1:], stdout, stderr)
-	case "recordings":
-		return recordingsCmd(args[1:], stdout, stderr)
-	case "ca":
-		return caCmd(args[1:], stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+// execute runs the CLI with args, writing to stdout and stderr, and
+// returns the exit status.
+func execute(args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	cmd, err := root.ExecuteC()
+	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", args[0], usage)
-	return 2
+	if cmd == nil {
+		cmd = root
+	}
+	var ee *exitError
+	if !errors.As(err, &ee) {
+		// Errors cobra returns itself: an unknown command, arguments a
+		// built-in command does not take.
+		ee = &exitError{code: 2, err: err}
+	}
+	if ee.err != nil {
+		msg := strings.TrimSpace(ee.err.Error())
+		if ee.code == 2 {
+			msg += fmt.Sprintf(" (see %s --help)", cmd.CommandPath())
+		}
+		fmt.Fprintf(stderr, "%s: %s\n", cmd.CommandPath(), msg)
+	}
+	return ee.code
 }
 
-// runCmd runs a command in a cgroup and returns its exit code. The child is
-// created directly inside the cgroup (clone3 with CLONE_INTO_CGROUP), so not
-// one instruction of it runs outside.
-func runCmd(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cg := fs.String("cgroup", "", "cgroup path relative to the cgroup2 mount")
-	if err := fs.Parse(args); err != nil {
-		return 2
+// exitError ends the CLI with an exit status. When err is nil the command
+// has already said everything (a failed check's report, a usage text).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
 	}
-	argv := fs.Args()
-	if *cg == "" || len(argv) == 0 {
-		fmt.Fprintln(stderr, "usage: sluice run --cgroup PATH -- CMD [ARGS...]")
-		return 2
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageErrorf is a usage error (exit 2): what was wrong with the command
+// line and what is accepted. execute adds where to find the usage.
+func usageErrorf(format string, args ...any) error {
+	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
+}
+
+// exitStatus ends the CLI with code after the command printed its report.
+func exitStatus(code int) error { return &exitError{code: code} }
+
+// runE adapts a command's function: a plain error it returns is a failure
+// (exit 1) printed as "sluice <command>: <error>"; an exitError keeps its
+// status.
+func runE(f func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		err := f(cmd, args)
+		var ee *exitError
+		if err == nil || errors.As(err, &ee) {
+			return err
+		}
+		return &exitError{code: 1, err: err}
 	}
-	mount, err := interceptor.Cgroup2Mount()
-	if err != nil {
-		fmt.Fprintln(stderr, "sluice run:", err)
-		return 1
+}
+
+// Command groups, in the order the root's help lists them.
+const (
+	groupDaemon     = "daemon"
+	groupRules      = "rules"
+	groupRecordings = "recordings"
+	groupApprovals  = "approvals"
+)
+
+// newRootCmd builds the whole command tree. Each call returns a fresh
+// tree, so tests can run commands in one process.
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "sluice",
+		Short: "the operator's CLI for sluiced, Sluice's data-path guard for CI runners",
+		Long: `sluice is the operator's CLI for sluiced, the daemon that sends a CI runner's
+connections to databases through a proxy that applies the security team's
+ruleset and records every session.
+
+Commands that talk to the daemon use its API socket (--socket, default
+/run/sluice/sluiced.sock; only root can open it) or, with --server, its
+remote API. Exit status: 0 ok, 1 failure, 2 usage error.`,
+		Version:       version.String(),
+		Args:          cobra.ArbitraryArgs,
+		RunE:          groupRunE,
+		SilenceErrors: true,
+		SilenceUsage:  true,
 	}
-	dir, err := interceptor.CgroupPath(mount, *cg)
-	if err != nil {
-		fmt.Fprintln(stderr, "sluice run:", err)
-		return 1
+	root.SetVersionTemplate("sluice {{.Version}}\n")
+	// A command that only holds subcommands shows "sluice rules [command]",
+	// not also "sluice rules [flags]".
+	root.SetUsageTemplate(strings.Replace(root.UsageTemplate(),
+		"Usage:{{if .Runnable}}", "Usage:{{if and .Runnable (not .HasAvailableSubCommands)}}", 1))
+	root.SetFlagErrorFunc(flagError)
+	root.AddGroup(
+		&cobra.Group{ID: groupDaemon, Title: "Install, run and check:"},
+		&cobra.Group{ID: groupRules, Title: "Rulesets:"},
+		&cobra.Group{ID: groupRecordings, Title: "Sessions and recordings:"},
+		&cobra.Group{ID: groupApprovals, Title: "Approvals:"},
+	)
+	add := func(group string, cmds ...*cobra.Command) {
+		for _, c := range cmds {
+			c.GroupID = group
+			root.AddCommand(c)
+		}
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		fmt.Fprintln(stderr, "sluice run: create cgroup:", err)
-		return 1
+	add(groupDaemon, newInstallCmd(), newStatusCmd(), newDoctorCmd(), newRunCmd(), newUninstallCmd(), newCACmd())
+	add(groupRules, newRulesCmd())
+	add(groupRecordings, newSessionsCmd(), newReplayCmd(), newExportCmd(), newVerifyCmd(), newRecordingsCmd())
+	add(groupApprovals, newApprovalsCmd(), newDecideCmd("approve"), newDecideCmd("deny"))
+	root.AddCommand(newVersionCmd(), newGenDocsCmd())
+	root.SetHelpCommand(newHelpCmd())
+	// Add cobra's completion command now rather than at Execute, so that
+	// `sluice completion` without a shell (or with an unknown one) is a
+	// usage error like every other group, and the tree is whole for the
+	// man pages.
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Args, c.RunE = cobra.ArbitraryArgs, groupRunE
+		}
 	}
-	cgf, err := os.Open(dir)
-	if err != nil {
-		fmt.Fprintln(stderr, "sluice run: open cgroup:", err)
-		return 1
-	}
-	defer cgf.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cgf.Fd())}
-	if err := cmd.Run(); err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				return 128 + int(ws.Signal())
+	return root
+}
+
+// newHelpCmd is `sluice help [command]`: the command's help, as with
+// --help; an unknown command is a usage error.
+func newHelpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		Long:  "Help about any command: sluice help rules check is sluice rules check --help.",
+		Args:  cobra.ArbitraryArgs,
+		ValidArgsFunction: func(c *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			cmd, _, err := c.Root().Find(args)
+			if err != nil {
+				return nil, cobra.ShellCompDirectiveNoFileComp
 			}
-			return ee.ExitCode()
-		}
-		fmt.Fprintln(stderr, "sluice run:", err)
-		return 127
-	}
-	return 0
-}
-
-func statusCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	name := fs.String("name", "default", "installation name (pin directory under /sys/fs/bpf/sluice)")
-	socket := fs.String("socket", api.DefaultSocket, "daemon API socket")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var out struct {
-		Daemon      *api.Status            `json:"daemon"`
-		DaemonError string                 `json:"daemon_error,omitempty"`
-		Pins        *interceptor.PinStatus `json:"pins"`
-	}
-	var st api.Status
-	if err := api.NewClient(*socket).Get(ctx, "/v1/status", &st); err != nil {
-		out.DaemonError = err.Error()
-	} else {
-		out.Daemon = &st
-		*name = st.Name
-	}
-	if ps, err := interceptor.ReadPins(*name); err == nil {
-		out.Pins = &ps
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(out)
-	} else {
-		printStatus(stdout, out.Daemon, out.DaemonError, out.Pins, *name)
-	}
-	if out.Daemon == nil {
-		return 1
-	}
-	return 0
-}
-
-func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinStatus, name string) {
-	if d != nil {
-		fmt.Fprintf(w, "daemon:      running (pid %d, up %s)\n", d.PID, time.Since(d.Started).Round(time.Second))
-		if len(d.Cgroups) == 0 {
-			fmt.Fprintln(w, "cgroup:      none hooked yet (waiting for a configured or discovered runner cgroup)")
-		}
-		for _, c := range d.Cgroups {
-			fmt.Fprintf(w, "cgroup:      %s (id %d, %s)\n", c.Path, c.ID, c.Source)
-		}
-		fmt.Fprintf(w, "proxy port:  %d (127.0.0.1 and ::1)\n", d.ProxyPort)
-		fmt.Fprintf(w, "flows seen:  %d total, %d active, %d without origin refused, %d refused, %d denied\n",
-			d.Flows.Total, d.Flows.Active, d.Flows.NoOrigin, d.Flows.Refused, d.Flows.Denied)
-		r := d.Ruleset
-		fmt.Fprintf(w, "ruleset:     generation %d from %s, mode %s, digest %.12s, loaded %s\n",
-			r.Generation, r.Source, r.Mode, r.Digest, r.Loaded.Format(time.RFC3339))
-		if r.Signed {
-			fmt.Fprintln(w, "             signatures required")
-		}
-		if e := r.LastError; e != nil {
-			fmt.Fprintf(w, "ruleset ERROR: the last attempt (%s at %s) was rejected; the ruleset above stays active:\n", e.Source, e.At.Format(time.RFC3339))
-			for _, l := range e.Errors {
-				fmt.Fprintf(w, "  %s\n", l)
+			var out []cobra.Completion
+			for _, sub := range cmd.Commands() {
+				if sub.IsAvailableCommand() && strings.HasPrefix(sub.Name(), toComplete) {
+					out = append(out, cobra.CompletionWithDesc(sub.Name(), sub.Short))
+				}
 			}
-		}
-		fmt.Fprintf(w, "holds:       %d pending\n", len(d.Holds))
-		for _, h := range d.Holds {
-			fmt.Fprintf(w, "  hold       %s %s on %s (%s), expires %s: %.60s\n", h.ID, h.Rule, h.Target, h.Stage, h.Deadline.Format(time.RFC3339), h.Statement)
-		}
-		for _, t := range d.Targets {
-			note := ""
-			if !t.Decoded {
-				note = "  [no decoder in this build: " + t.Mode + "]"
+			return out, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			cmd, rest, err := c.Root().Find(args)
+			if err != nil || len(rest) > 0 {
+				return usageErrorf("no command %q: the commands are listed by sluice --help", strings.Join(args, " "))
 			}
-			fmt.Fprintf(w, "target:      %s (%s) %s%s\n", t.Name, t.Protocol, strings.Join(t.Addresses, ", "), note)
-		}
-	} else {
-		fmt.Fprintf(w, "daemon:      not reachable (%s)\n", derr)
-	}
-	if pins == nil {
-		fmt.Fprintf(w, "pins:        none for %q: nothing is intercepted\n", name)
-		return
-	}
-	fmt.Fprintf(w, "pins:        %s\n", pins.Dir)
-	for _, l := range pins.Links {
-		cg := l.Cgroup
-		if cg == "" {
-			cg = fmt.Sprintf("cgroup id %d", l.CgroupID)
-		}
-		fmt.Fprintf(w, "  link       %s -> %s\n", filepath.Base(l.Pin), cg)
-	}
-	for _, m := range pins.Maps {
-		fmt.Fprintf(w, "  map        %s\n", filepath.Base(m))
-	}
-	if len(pins.Stats) > 0 {
-		keys := make([]string, 0, len(pins.Stats))
-		for k := range pins.Stats {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		var parts []string
-		for _, k := range keys {
-			parts = append(parts, fmt.Sprintf("%s=%d", k, pins.Stats[k]))
-		}
-		fmt.Fprintf(w, "kernel:      %s\n", strings.Join(parts, " "))
+			cmd.InitDefaultHelpFlag()
+			cmd.InitDefaultVersionFlag()
+			return cmd.Help()
+		},
 	}
 }
 
-func uninstallCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	name := fs.String("name", "default", "installation name (pin directory under /sys/fs/bpf/sluice)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+// groupRunE is the RunE of a command that only holds subcommands: without
+// one it prints its usage on stderr (exit 2), and an unknown one is a
+// usage error naming the closest match.
+func groupRunE(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(cmd.ErrOrStderr(), cmd.UsageString())
+		return exitStatus(2)
 	}
-	removed, err := interceptor.Uninstall(*name)
-	for _, p := range removed {
-		fmt.Fprintf(stdout, "removed %s\n", p)
+	msg := fmt.Sprintf("unknown command %q", args[0])
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2
 	}
-	if err != nil {
-		fmt.Fprintln(stderr, "sluice uninstall:", err)
-		return 1
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += fmt.Sprintf(": did you mean %q?", s[0])
 	}
-	if len(removed) == 0 {
-		fmt.Fprintf(stdout, "nothing pinned for %q\n", *name)
-	} else {
-		fmt.Fprintf(stdout, "interception removed for %q\n", *name)
+	var names []string
+	for _, c := range cmd.Commands() {
+		if c.IsAvailableCommand() && c.Name() != "help" && c.Name() != "completion" {
+			names = append(names, c.Name())
+		}
 	}
-	return 0
+	return usageErrorf("%s; the commands are %s", msg, strings.Join(names, ", "))
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print sluice's version (the same as --version)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintf(cmd.OutOrStdout(), "sluice %s\n", version.String())
+			return nil
+		},
+	}
 }

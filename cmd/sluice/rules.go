@@ -5,13 +5,13 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,56 +19,101 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/decoder/postgres"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
-const rulesUsage = `usage: sluice rules <command> [args]
-
-commands:
-  check PATH...        validate rulesets (a directory of *.hcl, or one file);
-                       prints file:line:col: severity: message, exit 1 on errors
-  test PATH            run every test block; PATH is a ruleset, or a tree in
-                       which every directory with *.hcl files that has test
-                       blocks is a ruleset; prints N passed, N failed
-  explain PATH --target NAME [--identity k=v]... [--identity-level L]
-               [--process k=v]... [--address IP:PORT]
-               (--query SQL | --kind KIND [--table T]...) [--rows N] [--bytes N]
-                       show which rule decides and why
-  sign DIR --key FILE  sign DIR's *.hcl files into DIR/ruleset.sig
-  verify DIR --pub FILE
-                       check DIR/ruleset.sig
-  keygen --out PREFIX  write an ed25519 key pair to PREFIX.key and PREFIX.pub
-`
-
-// runRules runs "sluice rules ..." and returns the exit code: 0 on
-// success, 1 when rules, tests or signatures fail, 2 on usage errors.
-func runRules(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, rulesUsage)
-		return 2
+// newRulesCmd is `sluice rules`: validate, test, explain, sign, verify
+// and push rulesets. Exit 1 when rules, tests or signatures fail.
+func newRulesCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "rules",
+		Short: "Check, test, explain, sign and push rulesets",
+		Long: `Work with rulesets: a directory of *.hcl files (or one file) holding targets,
+policies and test blocks. Exit status 1 when a ruleset has errors, a test
+fails or a signature does not verify.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: groupRunE,
 	}
-	switch args[0] {
-	case "check":
-		return rulesCheck(args[1:], stdout, stderr)
-	case "test":
-		return rulesTest(args[1:], stdout, stderr)
-	case "explain":
-		return rulesExplain(args[1:], stdout, stderr)
-	case "sign":
-		return rulesSign(args[1:], stdout, stderr)
-	case "verify":
-		return rulesVerify(args[1:], stdout, stderr)
-	case "keygen":
-		return rulesKeygen(args[1:], stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, rulesUsage)
-		return 0
+	cmd.AddCommand(newRulesCheckCmd(), newRulesTestCmd(), newRulesExplainCmd(), newRulesSignCmd(),
+		newRulesVerifyCmd(), newRulesKeygenCmd(), newRulesPushCmd())
+	return cmd
+}
+
+func newRulesCheckCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check PATH...",
+		Short: "Validate rulesets; errors as file:line:col with the source line",
+		Long: `Validate each ruleset PATH (a directory of *.hcl files, or one file). Errors
+and warnings are printed as file:line:col: severity: message, each followed
+by the source line and a marker under the range. Exit 1 when any ruleset has
+errors.`,
+		Example: "  sluice rules check /etc/sluice/rules.d",
+		Args:    argsAtLeastOne("PATH"),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			stdout := cmd.OutOrStdout()
+			code := 0
+			for _, path := range args {
+				rs, files, diags := ruleset.Load(path)
+				writeDiags(stdout, path, diags, files)
+				if diags.HasErrors() {
+					code = 1
+					continue
+				}
+				fmt.Fprintf(stdout, "%s: ok: %d targets, %d policies, %d tests, mode %s\n",
+					path, len(rs.Targets()), len(rs.Policies()), rs.Tests(), rs.Mode())
+			}
+			if code != 0 {
+				return exitStatus(code)
+			}
+			return nil
+		}),
 	}
-	fmt.Fprintf(stderr, "sluice rules: unknown command %q\n\n%s", args[0], rulesUsage)
-	return 2
+}
+
+func newRulesTestCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "test PATH",
+		Short: "Run every test block; print N passed, N failed",
+		Long: `Run every test block of the ruleset PATH. PATH is a ruleset (a directory of
+*.hcl files, or one file), or a tree in which every directory whose *.hcl
+files hold test blocks is a ruleset. Prints each failure and N passed,
+N failed; exit 1 when any test fails or a ruleset does not load.`,
+		Args: argsNamed("PATH"),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			stdout := cmd.OutOrStdout()
+			paths, err := rulesetPaths(args[0])
+			if err != nil {
+				return err
+			}
+			passed, failed := 0, 0
+			for _, path := range paths {
+				rs, files, diags := ruleset.Load(path)
+				writeDiags(stdout, path, diags, files)
+				if diags.HasErrors() {
+					fmt.Fprintf(stdout, "%s: ruleset does not load; its tests count as one failure\n", path)
+					failed++
+					continue
+				}
+				for _, r := range rs.RunTests(classifyStatement) {
+					if r.Passed {
+						passed++
+						continue
+					}
+					failed++
+					fmt.Fprintf(stdout, "%s:%d: FAIL %q: %s\n", r.Range.Filename, r.Range.Start.Line, r.Name, r.Message)
+				}
+			}
+			fmt.Fprintf(stdout, "%d passed, %d failed\n", passed, failed)
+			if failed > 0 {
+				return exitStatus(1)
+			}
+			return nil
+		}),
+	}
 }
 
 // classifyStatement is the Classifier the CLI gives rule tests and explain.
@@ -117,60 +162,6 @@ func writeSnippet(w io.Writer, src []byte, r *hcl.Range) {
 	fmt.Fprintf(w, "      | %s^%s\n", string(pad), strings.Repeat("~", width-1))
 }
 
-func rulesCheck(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: sluice rules check PATH...")
-		return 2
-	}
-	code := 0
-	for _, path := range args {
-		rs, files, diags := ruleset.Load(path)
-		writeDiags(stdout, path, diags, files)
-		if diags.HasErrors() {
-			code = 1
-			continue
-		}
-		fmt.Fprintf(stdout, "%s: ok: %d targets, %d policies, %d tests, mode %s\n",
-			path, len(rs.Targets()), len(rs.Policies()), rs.Tests(), rs.Mode())
-	}
-	return code
-}
-
-func rulesTest(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "usage: sluice rules test PATH")
-		return 2
-	}
-	paths, err := rulesetPaths(args[0])
-	if err != nil {
-		fmt.Fprintf(stderr, "sluice rules test: %v\n", err)
-		return 1
-	}
-	passed, failed := 0, 0
-	for _, path := range paths {
-		rs, files, diags := ruleset.Load(path)
-		writeDiags(stdout, path, diags, files)
-		if diags.HasErrors() {
-			fmt.Fprintf(stdout, "%s: ruleset does not load; its tests count as one failure\n", path)
-			failed++
-			continue
-		}
-		for _, r := range rs.RunTests(classifyStatement) {
-			if r.Passed {
-				passed++
-				continue
-			}
-			failed++
-			fmt.Fprintf(stdout, "%s:%d: FAIL %q: %s\n", r.Range.Filename, r.Range.Start.Line, r.Name, r.Message)
-		}
-	}
-	fmt.Fprintf(stdout, "%d passed, %d failed\n", passed, failed)
-	if failed > 0 {
-		return 1
-	}
-	return 0
-}
-
 // rulesetPaths returns path itself when it is a file or a directory with
 // *.hcl files; otherwise every directory under it whose *.hcl files
 // contain at least one test block, so a tree of example rulesets can hold
@@ -178,7 +169,7 @@ func rulesTest(args []string, stdout, stderr io.Writer) int {
 func rulesetPaths(path string) ([]string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, err
+		return nil, errors.New(fileError(path, err))
 	}
 	if !fi.IsDir() {
 		return []string{path}, nil
@@ -226,108 +217,110 @@ func hasTestBlock(file string) bool {
 	return false
 }
 
-// kvFlag collects repeated k=v flags.
-type kvFlag map[string]string
+// identityLevels are the values --identity-level accepts.
+var identityLevels = []string{ruleset.LevelOIDC, ruleset.LevelUnverified, ruleset.LevelNone}
 
-func (f kvFlag) String() string { return fmt.Sprint(map[string]string(f)) }
-
-func (f kvFlag) Set(s string) error {
-	k, v, ok := strings.Cut(s, "=")
-	if !ok || k == "" {
-		return fmt.Errorf("want key=value, got %q", s)
-	}
-	f[k] = v
-	return nil
+// explainFlags are the flags of `sluice rules explain`.
+type explainFlags struct {
+	identity, process   kvFlag
+	tables              []string
+	level, target, addr string
+	query, kind         string
+	rows, bytes         int64
+	rowsSet, bytesSet   bool
 }
 
-type listFlag []string
+func newRulesExplainCmd() *cobra.Command {
+	f := &explainFlags{identity: kvFlag{}, process: kvFlag{}}
+	cmd := &cobra.Command{
+		Use:   "explain PATH --target NAME [flags]",
+		Short: "Show which rule decides a flow or statement, and why",
+		Long: `Evaluate the ruleset PATH for one flow to the target NAME, as the daemon
+would, and show the decision (allow, mask, hold, deny), the rule that made
+it, the credential a flow would get, what this build does with the target's
+flows, and every rule step that was considered.
 
-func (f *listFlag) String() string     { return strings.Join(*f, ",") }
-func (f *listFlag) Set(s string) error { *f = append(*f, s); return nil }
-
-// splitPathArg lets a command take its PATH before or after its flags.
-func splitPathArg(fs *flag.FlagSet, args []string) (string, error) {
-	var path string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		path, args = args[0], args[1:]
+Without --query or --kind the decision is about the connection itself.
+--identity claims make the identity level oidc unless --identity-level
+says otherwise.`,
+		Example: `  sluice rules explain /etc/sluice/rules.d --target prod-db \
+      --identity repository=acme/api --identity ref=refs/heads/main --query 'DROP TABLE users'
+  sluice rules explain rules/ --target prod-db --identity-level unverified --process uid=1001`,
+		Args: argsNamed("PATH"),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			f.rowsSet, f.bytesSet = cmd.Flags().Changed("rows"), cmd.Flags().Changed("bytes")
+			return rulesExplain(cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0], f)
+		}),
 	}
-	if err := fs.Parse(args); err != nil {
-		return "", err
-	}
-	if path == "" && fs.NArg() > 0 {
-		path = fs.Arg(0)
-	}
-	if path == "" || (fs.NArg() > 0 && fs.Arg(0) != path) || fs.NArg() > 1 {
-		return "", errors.New("want exactly one PATH")
-	}
-	return path, nil
+	fl := cmd.Flags()
+	fl.StringVar(&f.target, "target", "", "evaluate a flow to the ruleset target `NAME` (required)")
+	fl.Var(f.identity, "identity", "identity claim, as `key=value` (repeatable), e.g. repository=acme/api")
+	fl.StringVar(&f.level, "identity-level", "", "identity `LEVEL`: oidc, unverified or none (default oidc with --identity, else none)")
+	fl.Var(f.process, "process", "process fact, as `key=value` (repeatable): pid, uid, gid, exe, comm, cgroup or unit")
+	fl.StringVar(&f.addr, "address", "", "the flow's original destination `IP:PORT`")
+	fl.StringVar(&f.query, "query", "", "evaluate the statement `SQL`, classified by the target's protocol")
+	fl.StringVar(&f.kind, "kind", "", "evaluate a statement of `KIND` (select, drop, copy_out, ...) instead of --query")
+	fl.StringArrayVar(&f.tables, "table", nil, "the --kind statement touches `TABLE` (repeatable)")
+	fl.Int64Var(&f.rows, "rows", 0, "the result has `N` rows, for rules that use result.*")
+	fl.Int64Var(&f.bytes, "bytes", 0, "the result has `N` bytes, for rules that use result.*")
+	return cmd
 }
 
-func rulesExplain(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	identity, process := kvFlag{}, kvFlag{}
-	var tables listFlag
-	fs.Var(identity, "identity", "identity claim `key=value` (repeatable)")
-	fs.Var(process, "process", "process fact `key=value`: pid, uid, gid, exe, comm, cgroup, unit (repeatable)")
-	fs.Var(&tables, "table", "table for --kind (repeatable)")
-	level := fs.String("identity-level", "", "identity level: oidc, unverified or none (default oidc with --identity, else none)")
-	target := fs.String("target", "", "target name")
-	address := fs.String("address", "", "original destination IP:PORT")
-	query := fs.String("query", "", "statement text, classified by the target's protocol")
-	kind := fs.String("kind", "", "statement kind, instead of --query")
-	rows := fs.Int64("rows", -1, "result rows, for rules that use result.*")
-	nbytes := fs.Int64("bytes", -1, "result bytes, for rules that use result.*")
-	path, err := splitPathArg(fs, args)
-	if err != nil {
-		fmt.Fprintf(stderr, "sluice rules explain: %v\n", err)
-		return 2
+func rulesExplain(stdout, stderr io.Writer, path string, f *explainFlags) error {
+	if f.level != "" && !slices.Contains(identityLevels, f.level) {
+		return usageErrorf("--identity-level %q: want one of %s", f.level, strings.Join(identityLevels, ", "))
+	}
+	if f.query != "" && f.kind != "" {
+		return usageErrorf("give --query or --kind, not both")
+	}
+	if (f.rowsSet && f.rows < 0) || (f.bytesSet && f.bytes < 0) {
+		return usageErrorf("--rows and --bytes: want 0 or more")
+	}
+	var addr netip.AddrPort
+	if f.addr != "" {
+		var err error
+		if addr, err = netip.ParseAddrPort(f.addr); err != nil {
+			return usageErrorf("--address %q: want IP:PORT, such as 10.0.0.5:5432 or [2001:db8::5]:5432", f.addr)
+		}
+	}
+	var proc ruleset.Process
+	if err := setProcess(&proc, f.process); err != nil {
+		return usageErrorf("--process %v", err)
 	}
 	rs, files, diags := ruleset.Load(path)
 	writeDiags(stderr, path, diags, files)
 	if diags.HasErrors() {
-		return 1
+		return exitStatus(1)
 	}
-	t := rs.Target(*target)
+	if f.target == "" {
+		return usageErrorf("--target is required: name the target the flow goes to; the targets in %s are %s", path, strings.Join(targetNames(rs), ", "))
+	}
+	t := rs.Target(f.target)
 	if t == nil {
-		fmt.Fprintf(stderr, "sluice rules explain: no target %q; the targets are %s\n", *target, strings.Join(targetNames(rs), ", "))
-		return 2
+		return usageErrorf("--target %q: no such target; the targets in %s are %s", f.target, path, strings.Join(targetNames(rs), ", "))
 	}
 	in := ruleset.Input{}
-	in.Target = ruleset.Endpoint{Name: t.Name, Protocol: t.Protocol}
-	if *address != "" {
-		if in.Target.Addr, err = netip.ParseAddrPort(*address); err != nil {
-			fmt.Fprintf(stderr, "sluice rules explain: --address: %v\n", err)
-			return 2
-		}
-	}
-	in.Identity.Claims = identity
-	in.Identity.Level = *level
-	if in.Identity.Level == "" && len(identity) > 0 {
+	in.Target = ruleset.Endpoint{Name: t.Name, Protocol: t.Protocol, Addr: addr}
+	in.Identity.Claims = f.identity
+	in.Identity.Level = f.level
+	if in.Identity.Level == "" && len(f.identity) > 0 {
 		in.Identity.Level = ruleset.LevelOIDC
 	}
-	if err := setProcess(&in.Process, process); err != nil {
-		fmt.Fprintf(stderr, "sluice rules explain: --process: %v\n", err)
-		return 2
-	}
+	in.Process = proc
 	switch {
-	case *query != "" && *kind != "":
-		fmt.Fprintln(stderr, "sluice rules explain: give --query or --kind, not both")
-		return 2
-	case *query != "":
-		st, err := classifyStatement(t.Protocol, *query)
+	case f.query != "":
+		st, err := classifyStatement(t.Protocol, f.query)
 		if err != nil {
-			fmt.Fprintf(stderr, "sluice rules explain: %v\n", err)
-			return 1
+			return err
 		}
 		in.Statement = st
-	case *kind != "":
-		in.Statement = ruleset.Statement{Kind: *kind, Tables: tables}
+	case f.kind != "":
+		in.Statement = ruleset.Statement{Kind: f.kind, Tables: f.tables}
 	default:
 		in.Statement.Kind = ruleset.KindConnect
 	}
-	if *rows >= 0 || *nbytes >= 0 {
-		in.Result = ruleset.Result{Known: true, Rows: max(*rows, 0), Bytes: max(*nbytes, 0)}
+	if f.rowsSet || f.bytesSet {
+		in.Result = ruleset.Result{Known: true, Rows: f.rows, Bytes: f.bytes}
 	}
 
 	ex := rs.Explain(&in)
@@ -366,7 +359,7 @@ func rulesExplain(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "  %s %s (%s:%d): %s\n", mark, s.ID, s.Range.Filename, s.Range.Start.Line, s.Outcome)
 	}
-	return 0
+	return nil
 }
 
 // flowMode says what this build does with t's flows, and what that means
@@ -407,6 +400,8 @@ func targetNames(rs *ruleset.Ruleset) []string {
 	return names
 }
 
+// setProcess sets p from --process key=value facts. Its errors name the
+// fact and what it accepts.
 func setProcess(p *ruleset.Process, kv map[string]string) error {
 	keys := make([]string, 0, len(kv))
 	for k := range kv {
@@ -417,8 +412,8 @@ func setProcess(p *ruleset.Process, kv map[string]string) error {
 		v := kv[k]
 		num := func(dst *int64) error {
 			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				return fmt.Errorf("%s must be a number: %w", k, err)
+			if err != nil || n < 0 {
+				return fmt.Errorf("%s=%q: %s must be a whole number, 0 or more", k, v, k)
 			}
 			*dst = n
 			return nil
@@ -440,7 +435,7 @@ func setProcess(p *ruleset.Process, kv map[string]string) error {
 		case "unit":
 			p.Unit = v
 		default:
-			err = fmt.Errorf("unknown process fact %q", k)
+			err = fmt.Errorf("%s=%q: unknown process fact %q; the facts are pid, uid, gid, exe, comm, cgroup and unit", k, v, k)
 		}
 		if err != nil {
 			return err
@@ -449,108 +444,133 @@ func setProcess(p *ruleset.Process, kv map[string]string) error {
 	return nil
 }
 
-func rulesSign(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("sign", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	keyFile := fs.String("key", "", "private key file (from sluice rules keygen)")
-	dir, err := splitPathArg(fs, args)
-	if err != nil || *keyFile == "" {
-		fmt.Fprintln(stderr, "usage: sluice rules sign DIR --key FILE")
-		return 2
+func newRulesSignCmd() *cobra.Command {
+	var keyFile string
+	cmd := &cobra.Command{
+		Use:   "sign DIR --key FILE",
+		Short: "Sign DIR's *.hcl files into DIR/ruleset.sig",
+		Long: `Sign the ruleset DIR with the ed25519 private key FILE (from sluice rules
+keygen), writing DIR/ruleset.sig. A daemon configured with rules_public_key
+only loads rulesets whose signature verifies. A ruleset with errors is
+never signed.`,
+		Args: argsNamed("DIR"),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			if keyFile == "" {
+				return usageErrorf("--key is required: the private key FILE from sluice rules keygen")
+			}
+			return rulesSign(cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0], keyFile)
+		}),
 	}
-	data, err := os.ReadFile(*keyFile)
+	cmd.Flags().StringVar(&keyFile, "key", "", "private key `FILE` from sluice rules keygen (required)")
+	return cmd
+}
+
+func rulesSign(stdout, stderr io.Writer, dir, keyFile string) error {
+	data, err := os.ReadFile(keyFile)
 	if err != nil {
-		fmt.Fprintf(stderr, "sluice rules sign: %v\n", err)
-		return 1
+		return fmt.Errorf("read --key: %s", fileError(keyFile, err))
 	}
 	priv, err := ruleset.ParsePrivateKey(data)
 	if err != nil {
-		fmt.Fprintf(stderr, "sluice rules sign: %s: %v\n", *keyFile, err)
-		return 1
+		return fmt.Errorf("%s: %v", keyFile, err)
 	}
 	// Never sign what would not load.
 	_, files, diags := ruleset.Load(dir)
 	writeDiags(stderr, dir, diags, files)
 	if diags.HasErrors() {
-		fmt.Fprintln(stderr, "sluice rules sign: not signing a ruleset with errors")
-		return 1
+		return errors.New("not signing a ruleset with errors")
 	}
 	if _, err := ruleset.SignDir(dir, priv); err != nil {
-		fmt.Fprintf(stderr, "sluice rules sign: %v\n", err)
-		return 1
+		return err
 	}
 	b, err := ruleset.ReadBundle(dir)
 	if err != nil {
-		fmt.Fprintf(stderr, "sluice rules sign: %v\n", err)
-		return 1
+		return err
 	}
 	d := ruleset.Digest(b.Files)
 	fmt.Fprintf(stdout, "signed %d files (digest %x) into %s\n", len(b.Files), d, filepath.Join(dir, ruleset.SignatureFile))
-	return 0
+	return nil
 }
 
-func rulesVerify(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	pubFile := fs.String("pub", "", "public key file")
-	dir, err := splitPathArg(fs, args)
-	if err != nil || *pubFile == "" {
-		fmt.Fprintln(stderr, "usage: sluice rules verify DIR --pub FILE")
-		return 2
+func newRulesVerifyCmd() *cobra.Command {
+	var pubFile string
+	cmd := &cobra.Command{
+		Use:   "verify DIR --pub FILE",
+		Short: "Check DIR/ruleset.sig against a public key",
+		Long:  `Check that DIR/ruleset.sig is a valid signature of DIR's *.hcl files by the key whose public half is FILE. Exit 1 when it is not.`,
+		Args:  argsNamed("DIR"),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			if pubFile == "" {
+				return usageErrorf("--pub is required: the public key FILE (PREFIX.pub from sluice rules keygen)")
+			}
+			dir := args[0]
+			data, err := os.ReadFile(pubFile)
+			if err != nil {
+				return fmt.Errorf("read --pub: %s", fileError(pubFile, err))
+			}
+			pub, err := ruleset.ParsePublicKey(data)
+			if err != nil {
+				return fmt.Errorf("%s: %v", pubFile, err)
+			}
+			if err := ruleset.VerifyDir(dir, pub); err != nil {
+				return fmt.Errorf("%s: %v", dir, err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: signature ok\n", dir)
+			return nil
+		}),
 	}
-	data, err := os.ReadFile(*pubFile)
-	if err != nil {
-		fmt.Fprintf(stderr, "sluice rules verify: %v\n", err)
-		return 1
-	}
-	pub, err := ruleset.ParsePublicKey(data)
-	if err != nil {
-		fmt.Fprintf(stderr, "sluice rules verify: %s: %v\n", *pubFile, err)
-		return 1
-	}
-	if err := ruleset.VerifyDir(dir, pub); err != nil {
-		fmt.Fprintf(stderr, "sluice rules verify: %s: %v\n", dir, err)
-		return 1
-	}
-	fmt.Fprintf(stdout, "%s: signature ok\n", dir)
-	return 0
+	cmd.Flags().StringVar(&pubFile, "pub", "", "public key `FILE` (PREFIX.pub from sluice rules keygen) (required)")
+	return cmd
 }
 
-func rulesKeygen(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	out := fs.String("out", "", "write PREFIX.key (private, mode 0600) and PREFIX.pub")
-	if err := fs.Parse(args); err != nil || *out == "" || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "usage: sluice rules keygen --out PREFIX")
-		return 2
+func newRulesKeygenCmd() *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "keygen --out PREFIX",
+		Short: "Write an ed25519 key pair to PREFIX.key and PREFIX.pub",
+		Long: `Write a new ed25519 key pair for signing rulesets: PREFIX.key (private, mode
+0600: keep it with whoever signs) and PREFIX.pub (give it to the daemons as
+rules_public_key). Existing files are never overwritten.`,
+		Args: noArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return usageErrorf("--out is required: the PREFIX of the key files to write")
+			}
+			return rulesKeygen(cmd.OutOrStdout(), out)
+		}),
 	}
+	cmd.Flags().StringVar(&out, "out", "", "write `PREFIX`.key (private, mode 0600) and PREFIX.pub (required)")
+	return cmd
+}
+
+func rulesKeygen(stdout io.Writer, out string) error {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		fmt.Fprintf(stderr, "sluice rules keygen: %v\n", err)
-		return 1
+		return fmt.Errorf("generate key: %w", err)
 	}
 	for _, f := range []struct {
 		name string
 		data []byte
 		mode os.FileMode
 	}{
-		{*out + ".key", ruleset.MarshalPrivateKey(priv), 0o600},
-		{*out + ".pub", ruleset.MarshalPublicKey(pub), 0o644},
+		{out + ".key", ruleset.MarshalPrivateKey(priv), 0o600},
+		{out + ".pub", ruleset.MarshalPublicKey(pub), 0o644},
 	} {
 		fh, err := os.OpenFile(f.name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, f.mode)
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s exists already: choose another --out PREFIX, or move the old key pair away first", f.name)
+		}
 		if err != nil {
-			fmt.Fprintf(stderr, "sluice rules keygen: %v\n", err)
-			return 1
+			return fmt.Errorf("write %s", fileError(f.name, err))
 		}
 		_, err = fh.Write(f.data)
 		if cerr := fh.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			fmt.Fprintf(stderr, "sluice rules keygen: %v\n", err)
-			return 1
+			return fmt.Errorf("write %s: %w", f.name, err)
 		}
 	}
-	fmt.Fprintf(stdout, "wrote %s.key and %s.pub\n", *out, *out)
-	return 0
+	fmt.Fprintf(stdout, "wrote %s.key and %s.pub\n", out, out)
+	return nil
 }

@@ -12,10 +12,18 @@ import (
 
 const rulesets = "../../testdata/rulesets"
 
+// rules runs `sluice rules ARGS...` in process.
 func rules(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
+	return sluice(t, append([]string{"rules"}, args...)...)
+}
+
+// sluice runs the CLI in process with args and returns its exit status,
+// stdout and stderr.
+func sluice(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	code := runRules(args, &out, &errOut)
+	code := execute(args, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 

@@ -9,12 +9,17 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -141,11 +146,15 @@ type Flows struct {
 }
 
 // Client talks to a daemon: over its local socket, or over HTTPS to its
-// remote API with a bearer token.
+// remote API with a bearer token. When the daemon cannot be reached its
+// methods return an *UnreachableError, worded for the person at the
+// terminal.
 type Client struct {
+	// Socket is the daemon's socket path, or the remote API's URL.
 	Socket string
 	base   string
 	token  string
+	remote bool
 	http   *http.Client
 }
 
@@ -153,7 +162,7 @@ type Client struct {
 // (https://host:port), trusting roots (nil: the system's) and sending
 // token as a bearer token.
 func NewRemoteClient(base, token string, roots *x509.CertPool) *Client {
-	return &Client{Socket: base, base: strings.TrimSuffix(base, "/"), token: token, http: &http.Client{
+	return &Client{Socket: base, base: strings.TrimSuffix(base, "/"), token: token, remote: true, http: &http.Client{
 		Timeout:   60 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}},
 	}}
@@ -205,7 +214,7 @@ func (c *Client) Push(ctx context.Context, req *PushRequest) (*PushResponse, err
 	hr.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(hr)
 	if err != nil {
-		return nil, fmt.Errorf("reach sluiced at %s: %w", c.Socket, err)
+		return nil, c.unreachable(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusUnprocessableEntity {
@@ -257,7 +266,7 @@ func (c *Client) do(req *http.Request, v any) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("reach sluiced at %s: %w", c.Socket, err)
+		return c.unreachable(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
@@ -269,6 +278,57 @@ func (c *Client) do(req *http.Request, v any) error {
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// UnreachableError is a request that got no answer from the daemon: its
+// socket is missing, refuses, is not open to this user, or the daemon did
+// not answer in time. Its message says what happened and what to do, in
+// words for a person; Err keeps the cause for errors.Is.
+type UnreachableError struct {
+	// Addr is the socket path, or the remote API's URL when Remote.
+	Addr   string
+	Remote bool
+	Err    error
+}
+
+func (e *UnreachableError) Error() string {
+	cause := e.Err
+	var ue *url.Error
+	if errors.As(cause, &ue) {
+		cause = ue.Err // not the request's method and URL
+	}
+	var oe *net.OpError
+	if errors.As(cause, &oe) && oe.Err != nil {
+		cause = oe.Err // not "dial unix PATH: connect:"
+		var se *os.SyscallError
+		if errors.As(cause, &se) {
+			cause = se.Err
+		}
+	}
+	timeout := errors.Is(e.Err, context.DeadlineExceeded) || errors.Is(e.Err, os.ErrDeadlineExceeded)
+	var ne net.Error
+	if errors.As(e.Err, &ne) && ne.Timeout() {
+		timeout = true
+	}
+	switch {
+	case timeout:
+		return fmt.Sprintf("the daemon did not answer on %s in time: it may be busy or stuck; see journalctl -u sluiced", e.Addr)
+	case e.Remote:
+		return fmt.Sprintf("cannot reach the daemon's remote API at %s: %v: check --server and that remote_api is enabled in its config", e.Addr, cause)
+	case errors.Is(e.Err, fs.ErrNotExist), errors.Is(e.Err, syscall.ECONNREFUSED):
+		return fmt.Sprintf("the daemon is not running (nothing listens on %s): start it with \"systemctl start sluiced\", or pass --socket PATH if it uses another socket", e.Addr)
+	case errors.Is(e.Err, fs.ErrPermission):
+		return fmt.Sprintf("permission denied on the daemon's socket %s: run as root (only root may use the daemon's API)", e.Addr)
+	}
+	return fmt.Sprintf("cannot reach the daemon on %s: %v", e.Addr, cause)
+}
+
+// Unwrap returns the cause.
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// unreachable wraps a transport error of a request to the daemon.
+func (c *Client) unreachable(err error) error {
+	return &UnreachableError{Addr: c.Socket, Remote: c.remote, Err: err}
 }
 
 // WriteJSON writes v with status code; handlers use it for every answer.

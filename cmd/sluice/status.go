@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sluicehq/sluice/interceptor"
+	"github.com/sluicehq/sluice/internal/api"
+)
+
+func newStatusCmd() *cobra.Command {
+	var name, socket string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the daemon, the cgroups it hooks, its pins and its counters",
+		Long: `Show the running daemon (pid, hooked cgroups, proxy port, flows, ruleset,
+pending holds, targets) and what is pinned in the kernel for the
+installation. A wanted cgroup the daemon could not hook is shown first, as a
+WARNING: nothing in it is protected.
+
+Two kinds of counters: "flows" are the connections this daemon process
+accepted since it started; "kernel" counters count the connects the eBPF
+hooks redirected (or refused) since the pins were created, across daemon
+restarts, so they are usually the larger.
+
+Exit status 1 when the daemon is not reachable.`,
+		Args: noArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			return status(cmd.OutOrStdout(), name, socket, asJSON)
+		}),
+	}
+	cmd.Flags().StringVar(&name, "name", "default", "installation `NAME` (pin directory under /sys/fs/bpf/sluice); the running daemon's own wins")
+	cmd.Flags().StringVar(&socket, "socket", api.DefaultSocket, "talk to the daemon on its API socket at `PATH`")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func status(w io.Writer, name, socket string, asJSON bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var out struct {
+		Daemon      *api.Status            `json:"daemon"`
+		DaemonError string                 `json:"daemon_error,omitempty"`
+		Pins        *interceptor.PinStatus `json:"pins"`
+	}
+	var st api.Status
+	if err := api.NewClient(socket).Get(ctx, "/v1/status", &st); err != nil {
+		out.DaemonError = err.Error()
+	} else {
+		out.Daemon = &st
+		name = st.Name
+	}
+	if ps, err := interceptor.ReadPins(name); err == nil {
+		out.Pins = &ps
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(out)
+	} else {
+		printStatus(w, out.Daemon, out.DaemonError, out.Pins, name)
+	}
+	if out.Daemon == nil {
+		return exitStatus(1)
+	}
+	return nil
+}
+
+func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinStatus, name string) {
+	if d != nil {
+		fmt.Fprintf(w, "daemon:      running (pid %d, up %s)\n", d.PID, time.Since(d.Started).Round(time.Second))
+		for _, u := range d.Unhooked {
+			fmt.Fprintf(w, "WARNING:     cgroup %s (%s) is NOT protected: %s (since %s)\n",
+				u.Path, u.Source, u.Reason, u.Since.Local().Format(time.RFC3339))
+		}
+		if len(d.Cgroups) == 0 {
+			fmt.Fprintln(w, "cgroup:      none hooked yet (waiting for a configured or discovered runner cgroup)")
+		}
+		for _, c := range d.Cgroups {
+			fmt.Fprintf(w, "cgroup:      %s (id %d, %s)\n", c.Path, c.ID, c.Source)
+		}
+		fmt.Fprintf(w, "proxy port:  %d (127.0.0.1 and ::1)\n", d.ProxyPort)
+		fmt.Fprintf(w, "flows seen:  %d total, %d active, %d without origin refused, %d refused, %d denied (connections this daemon accepted since it started)\n",
+			d.Flows.Total, d.Flows.Active, d.Flows.NoOrigin, d.Flows.Refused, d.Flows.Denied)
+		r := d.Ruleset
+		fmt.Fprintf(w, "ruleset:     generation %d from %s, mode %s, digest %.12s, loaded %s\n",
+			r.Generation, r.Source, r.Mode, r.Digest, r.Loaded.Format(time.RFC3339))
+		if r.Signed {
+			fmt.Fprintln(w, "             signatures required")
+		}
+		if e := r.LastError; e != nil {
+			fmt.Fprintf(w, "ruleset ERROR: the last attempt (%s at %s) was rejected; the ruleset above stays active:\n", e.Source, e.At.Format(time.RFC3339))
+			for _, l := range e.Errors {
+				fmt.Fprintf(w, "  %s\n", l)
+			}
+		}
+		fmt.Fprintf(w, "holds:       %d pending\n", len(d.Holds))
+		for _, h := range d.Holds {
+			fmt.Fprintf(w, "  hold       %s %s on %s (%s), expires %s: %.60s\n", h.ID, h.Rule, h.Target, h.Stage, h.Deadline.Format(time.RFC3339), h.Statement)
+		}
+		for _, t := range d.Targets {
+			note := ""
+			if !t.Decoded {
+				note = "  [no decoder in this build: " + t.Mode + "]"
+			}
+			fmt.Fprintf(w, "target:      %s (%s) %s%s\n", t.Name, t.Protocol, strings.Join(t.Addresses, ", "), note)
+		}
+	} else {
+		fmt.Fprintf(w, "daemon:      not reachable: %s\n", derr)
+	}
+	if pins == nil {
+		fmt.Fprintf(w, "pins:        none for %q: nothing is intercepted\n", name)
+		return
+	}
+	fmt.Fprintf(w, "pins:        %s\n", pins.Dir)
+	for _, l := range pins.Links {
+		cg := l.Cgroup
+		if cg == "" {
+			cg = fmt.Sprintf("cgroup id %d", l.CgroupID)
+		}
+		fmt.Fprintf(w, "  link       %s -> %s\n", filepath.Base(l.Pin), cg)
+	}
+	for _, m := range pins.Maps {
+		fmt.Fprintf(w, "  map        %s\n", filepath.Base(m))
+	}
+	if len(pins.Stats) > 0 {
+		keys := make([]string, 0, len(pins.Stats))
+		for k := range pins.Stats {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var parts []string
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s=%d", k, pins.Stats[k]))
+		}
+		fmt.Fprintf(w, "kernel:      %s (connects the hooks handled since the pins were created, across daemon restarts)\n", strings.Join(parts, " "))
+	}
+}
+
+func newUninstallCmd() *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Detach and unpin interception (the only way to remove it)",
+		Long: `Detach the eBPF hooks and remove the pins of an installation. A stopped or
+crashed daemon leaves interception in place (connects from the hooked
+cgroups are refused until it is back); this command is the only way to
+remove it. It does not stop sluiced or remove the package.`,
+		Args: noArgs,
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			stdout := cmd.OutOrStdout()
+			removed, err := interceptor.Uninstall(name)
+			for _, p := range removed {
+				fmt.Fprintf(stdout, "removed %s\n", p)
+			}
+			if err != nil {
+				return err
+			}
+			if len(removed) == 0 {
+				fmt.Fprintf(stdout, "nothing pinned for %q\n", name)
+			} else {
+				fmt.Fprintf(stdout, "interception removed for %q\n", name)
+			}
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&name, "name", "default", "installation `NAME` (pin directory under /sys/fs/bpf/sluice)")
+	return cmd
+}
