@@ -53,9 +53,9 @@ type Flow struct {
 // Statement is a classified SQL statement: the sql facet in expressions
 // (sql.kind, tables, functions, flags, has_where, has_limit and text;
 // statement.* is its older name). Decoders fill it; the ruleset never
-// parses SQL. A decision about a connection itself,
-// before or without statements, uses Kind "connect". Its slices may be
-// shared with a decoder's cache and must not be modified.
+// parses SQL. A decision about a connection itself, before or without
+// statements, uses Kind "connect". Its slices may be shared with a
+// decoder's cache and must not be modified.
 type Statement struct {
 	// Kind is a lower-case verb: select, insert, update, delete, merge,
 	// copy_in, copy_out, drop, truncate, alter, create, grant, revoke, set,
