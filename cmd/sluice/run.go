@@ -165,7 +165,11 @@ func removeCgroups(created []string, stderr io.Writer) {
 		case err == nil, errors.Is(err, os.ErrNotExist):
 			continue
 		case errors.Is(err, syscall.EBUSY) && cgroupProcs(dir) > 0:
-			fmt.Fprintf(stderr, "sluice run: cgroup %s stays: %d processes the command left behind still run in it; remove it with rmdir once they end\n", dir, cgroupProcs(dir))
+			n, what := cgroupProcs(dir), "processes the command left behind still run"
+			if n == 1 {
+				what = "process the command left behind still runs"
+			}
+			fmt.Fprintf(stderr, "sluice run: cgroup %s stays: %d %s in it; remove it with rmdir once they end\n", dir, n, what)
 		case errors.Is(err, syscall.EBUSY):
 			fmt.Fprintf(stderr, "sluice run: cgroup %s stays: it has child cgroups now; remove it with rmdir once they are gone\n", dir)
 		default:
