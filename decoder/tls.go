@@ -1,10 +1,13 @@
 package decoder
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"syscall"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/tlsutil"
 )
@@ -60,4 +63,29 @@ func (c origConn) SyscallConn() (syscall.RawConn, error) {
 		return nil, errors.New("get raw connection: not a socket")
 	}
 	return sc.SyscallConn()
+}
+
+// HandshakeTimeout bounds a TLS handshake on either hop: a peer that stops
+// half way does not hold a session open.
+const HandshakeTimeout = 30 * time.Second
+
+// ServerHandshake terminates TLS from a client on c with cfg (the
+// daemon CA's leaf certificates), within HandshakeTimeout and ctx.
+func ServerHandshake(ctx context.Context, c net.Conn, cfg *tls.Config) (*tls.Conn, error) {
+	return handshake(ctx, tls.Server(c, cfg), "client")
+}
+
+// ClientHandshake starts TLS to the server on c with cfg (UpstreamTLS's
+// settings), within HandshakeTimeout and ctx.
+func ClientHandshake(ctx context.Context, c net.Conn, cfg *tls.Config) (*tls.Conn, error) {
+	return handshake(ctx, tls.Client(c, cfg), "upstream")
+}
+
+func handshake(ctx context.Context, tc *tls.Conn, hop string) (*tls.Conn, error) {
+	hctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, fmt.Errorf("%s tls handshake: %w", hop, err)
+	}
+	return tc, nil
 }

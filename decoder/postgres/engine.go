@@ -368,11 +368,9 @@ func (s *session) negotiateTLS(ctx context.Context) error {
 	if _, err := s.cconn.Write([]byte{'S'}); err != nil {
 		return err
 	}
-	tc := tls.Server(s.cconn, s.p.ClientTLS)
-	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		return fmt.Errorf("client tls handshake: %w", err)
+	tc, err := decoder.ServerHandshake(ctx, s.cconn, s.p.ClientTLS)
+	if err != nil {
+		return err
 	}
 	s.cconn = tc
 	s.clientTLS = true
@@ -405,11 +403,9 @@ func (s *session) connectUpstream(ctx context.Context) error {
 	}
 	switch ans[0] {
 	case 'S':
-		tc := tls.Client(up, u.Config)
-		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		if err := tc.HandshakeContext(hctx); err != nil {
-			return fmt.Errorf("upstream tls handshake: %w", err)
+		tc, err := decoder.ClientHandshake(ctx, up, u.Config)
+		if err != nil {
+			return err
 		}
 		s.up = tc
 		s.upstreamTLS = true
@@ -453,7 +449,99 @@ const (
 // retry without TLS to the proxy; their SCRAM then says "n", and the
 // server hop stays encrypted.
 func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReader, sw *bufio.Writer) (byte, error) {
-	answers := 0
+	return s.authLoop(cw, sr, authExchange{
+		request: func(code uint32, b []byte) error {
+			sasl := code == authSASL
+			withdrawn := false // SCRAM-SHA-256-PLUS was offered and taken out
+			if sasl {
+				n := len(b)
+				b = stripSCRAMPlus(b)
+				withdrawn = len(b) < n
+			}
+			if code == authOK {
+				if err := s.openTap(cr, cw); err != nil {
+					return err
+				}
+			}
+			if err := writeMsg(cw, 'R', b); err != nil {
+				return err
+			}
+			switch code {
+			case authOK, authSASLFinal:
+				return nil
+			case authCleartext, authMD5, authGSS, authGSSContinue, authSSPI, authSASL, authSASLContinue:
+			default:
+				return s.upstreamErr(cw, fmt.Errorf("unsupported authentication request %d", code))
+			}
+			if err := cw.Flush(); err != nil {
+				return err
+			}
+			ctyp, cn, err := cr.next()
+			if err != nil {
+				if withdrawn && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+					// The client gave up on the offer without a word:
+					// what a client requiring channel binding does.
+					s.p.Log.Warn("client ended the login when SCRAM-SHA-256-PLUS was withdrawn; a client with channel_binding=require cannot pass through the TLS-terminating proxy",
+						"client_tls", s.clientTLS, "upstream_tls", s.upstreamTLS)
+				}
+				return s.clientErr(cw, err)
+			}
+			if ctyp != 'p' {
+				return s.clientErr(cw, &ProtocolError{Msg: fmt.Sprintf("expected a password message, got %q", ctyp)})
+			}
+			// A password, an MD5 answer or a SCRAM message: read into
+			// a slice of its own, sent past sw's buffer, then cleared.
+			body, err := readSecret(cr, cn)
+			if err != nil {
+				return err
+			}
+			if sasl {
+				// SASLInitialResponse: its gs2 header says whether the
+				// client would bind the exchange to its TLS session.
+				err = s.checkBinding(cr, cw, body)
+			}
+			if err == nil {
+				err = s.sendSecret(sw, body)
+			}
+			clear(body)
+			return err
+		},
+		refused: func(n int) error {
+			// The server's refusal (a wrong password, no such
+			// database) is recorded: it holds no secret.
+			if err := s.openTap(cr, cw); err != nil {
+				return err
+			}
+			if err := sr.forward(cw, n); err != nil {
+				return err
+			}
+			cw.Flush()
+			return errors.New("the server refused the session")
+		},
+	})
+}
+
+// authExchange is what differs between relaying the client's login and
+// logging in with an injected credential: how each authentication request
+// of the server is answered, and what the client gets when the server
+// refuses the login.
+type authExchange struct {
+	// request answers the server's AuthenticationRequest: its code and
+	// whole body (code included). It returns with the answer sent, or
+	// with nothing to send (AuthenticationOk, SASLFinal).
+	request func(code uint32, b []byte) error
+	// refused handles the server's ErrorResponse (its n-byte body is the
+	// next thing sr reads) and returns why the session ends.
+	refused func(n int) error
+}
+
+// authLoop runs the login with the server, from the server's side: each
+// authentication request goes to x.request (at most maxAuthRoundTrips of
+// them), an ErrorResponse to x.refused, and the messages after
+// AuthenticationOk are passed on (passStartup) until ReadyForQuery, whose
+// transaction status it returns.
+func (s *session) authLoop(cw *bufio.Writer, sr *frameReader, x authExchange) (byte, error) {
+	rounds := 0
 	for {
 		typ, n, err := sr.next()
 		if err != nil {
@@ -465,76 +553,14 @@ func (s *session) authenticate(cr *frameReader, cw *bufio.Writer, sr *frameReade
 			if err != nil {
 				return 0, err
 			}
-			sasl := code == authSASL
-			withdrawn := false // SCRAM-SHA-256-PLUS was offered and taken out
-			if sasl {
-				n := len(b)
-				b = stripSCRAMPlus(b)
-				withdrawn = len(b) < n
-			}
-			if code == authOK {
-				if err := s.openTap(cr, cw); err != nil {
-					return 0, err
-				}
-			}
-			if err := writeMsg(cw, 'R', b); err != nil {
-				return 0, err
-			}
-			switch code {
-			case authOK, authSASLFinal:
-				continue
-			case authCleartext, authMD5, authGSS, authGSSContinue, authSSPI, authSASL, authSASLContinue:
-			default:
-				return 0, s.upstreamErr(cw, fmt.Errorf("unsupported authentication request %d", code))
-			}
-			if answers++; answers > maxAuthRoundTrips {
+			if rounds++; rounds > maxAuthRoundTrips {
 				return 0, s.upstreamErr(cw, errors.New("too many authentication round trips"))
 			}
-			if err := cw.Flush(); err != nil {
-				return 0, err
-			}
-			ctyp, cn, err := cr.next()
-			if err != nil {
-				if withdrawn && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
-					// The client gave up on the offer without a word:
-					// what a client requiring channel binding does.
-					s.p.Log.Warn("client ended the login when SCRAM-SHA-256-PLUS was withdrawn; a client with channel_binding=require cannot pass through the TLS-terminating proxy",
-						"client_tls", s.clientTLS, "upstream_tls", s.upstreamTLS)
-				}
-				return 0, s.clientErr(cw, err)
-			}
-			if ctyp != 'p' {
-				return 0, s.clientErr(cw, &ProtocolError{Msg: fmt.Sprintf("expected a password message, got %q", ctyp)})
-			}
-			// A password, an MD5 answer or a SCRAM message: read into
-			// a slice of its own, sent past sw's buffer, then cleared.
-			body, err := readSecret(cr, cn)
-			if err != nil {
-				return 0, err
-			}
-			if sasl {
-				// SASLInitialResponse: its gs2 header says whether the
-				// client would bind the exchange to its TLS session.
-				err = s.checkBinding(cr, cw, body)
-			}
-			if err == nil {
-				err = s.sendSecret(sw, body)
-			}
-			clear(body)
-			if err != nil {
+			if err := x.request(code, b); err != nil {
 				return 0, err
 			}
 		case 'E':
-			// The server's refusal (a wrong password, no such
-			// database) is recorded: it holds no secret.
-			if err := s.openTap(cr, cw); err != nil {
-				return 0, err
-			}
-			if err := sr.forward(cw, n); err != nil {
-				return 0, err
-			}
-			cw.Flush()
-			return 0, errors.New("the server refused the session")
+			return 0, x.refused(n)
 		default:
 			if status, ready, err := s.passStartup(typ, n, cw, sr); err != nil || ready {
 				return status, err

@@ -84,7 +84,7 @@ func rewriteStartup(pkt []byte, user string) ([]byte, error) {
 // caller wipes it. It returns the transaction status.
 func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cr *frameReader, cw *bufio.Writer, sr *frameReader, sw *bufio.Writer) (byte, error) {
 	var sc *scramClient
-	rounds, method := 0, "trust"
+	method := "trust"
 	refused := func(reason string) error {
 		if err := s.openTap(cr, cw); err != nil {
 			return err
@@ -92,34 +92,23 @@ func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cr *frameRe
 		fatalDetail(cw, codeInvalidPassword, fmt.Sprintf("sluice: the database refused the injected credential %q (user %s)", inj.Name, inj.User), reason)
 		return fmt.Errorf("injected credential %s refused: %s", inj.Name, reason)
 	}
-	for {
-		typ, n, err := sr.next()
-		if err != nil {
-			return 0, s.upstreamErr(cw, err)
-		}
-		switch typ {
-		case 'R':
-			b, code, err := s.authRequest(sr, cw, n)
-			if err != nil {
-				return 0, err
-			}
-			if rounds++; rounds > maxAuthRoundTrips {
-				return 0, s.upstreamErr(cw, errors.New("too many authentication round trips"))
-			}
+	return s.authLoop(cw, sr, authExchange{
+		request: func(code uint32, b []byte) error {
 			var answer []byte
+			var err error
 			switch code {
 			case authOK:
 				if sc != nil && !sc.done {
-					return 0, refused("the server skipped SCRAM's final message, so it never proved it knows the credential")
+					return refused("the server skipped SCRAM's final message, so it never proved it knows the credential")
 				}
 				if err := s.openTap(cr, cw); err != nil {
-					return 0, err
+					return err
 				}
 				if err := writeMsg(cw, 'R', b); err != nil {
-					return 0, err
+					return err
 				}
 				s.p.Log.Info("authenticated with an injected credential", "credential", inj.Name, "db_user", inj.User, "rule", inj.Rule, "method", method, "upstream_tls", s.upstreamTLS)
-				continue
+				return nil
 			case authCleartext:
 				method = "password"
 				if !s.upstreamTLS {
@@ -128,63 +117,58 @@ func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, cr *frameRe
 				answer = append(append([]byte(nil), secret...), 0)
 			case authMD5:
 				if len(b) < 8 {
-					return 0, s.upstreamErr(cw, &ProtocolError{Msg: "short MD5 authentication request"})
+					return s.upstreamErr(cw, &ProtocolError{Msg: "short MD5 authentication request"})
 				}
 				answer, method = md5Password(secret, inj.User, b[4:8]), "md5"
 			case authSASL:
 				sc, answer, method, err = s.scramStart(secret, b[4:])
 				if err != nil {
-					return 0, refused(err.Error())
+					return refused(err.Error())
 				}
 			case authSASLContinue:
 				if sc == nil {
-					return 0, s.upstreamErr(cw, &ProtocolError{Msg: "SASL continue without SASL"})
+					return s.upstreamErr(cw, &ProtocolError{Msg: "SASL continue without SASL"})
 				}
 				if answer, err = sc.final(b[4:]); err != nil {
-					return 0, refused(err.Error())
+					return refused(err.Error())
 				}
 			case authSASLFinal:
 				if sc == nil {
-					return 0, s.upstreamErr(cw, &ProtocolError{Msg: "SASL final without SASL"})
+					return s.upstreamErr(cw, &ProtocolError{Msg: "SASL final without SASL"})
 				}
 				if err := sc.verify(b[4:]); err != nil {
-					return 0, refused(err.Error())
+					return refused(err.Error())
 				}
-				continue
+				return nil
 			default:
-				return 0, refused(fmt.Sprintf("the server asks for authentication method %d, which credential injection does not support (use scram-sha-256 or md5 in pg_hba.conf)", code))
+				return refused(fmt.Sprintf("the server asks for authentication method %d, which credential injection does not support (use scram-sha-256 or md5 in pg_hba.conf)", code))
 			}
 			err = s.sendSecret(sw, answer)
 			clear(answer)
-			if err != nil {
-				return 0, err
-			}
-		case 'E':
+			return err
+		},
+		refused: func(n int) error {
 			b, err := sr.body(n)
 			if err != nil {
-				return 0, err
+				return err
 			}
 			var e pgproto3.ErrorResponse
 			if err := e.Decode(b); err != nil {
-				return 0, s.upstreamErr(cw, &ProtocolError{Msg: "invalid ErrorResponse"})
+				return s.upstreamErr(cw, &ProtocolError{Msg: "invalid ErrorResponse"})
 			}
 			if e.Code == codeInvalidPassword || e.Code == codeInvalidAuthorization {
-				return 0, refused(e.Message)
+				return refused(e.Message)
 			}
 			// Anything else (no such database, too many connections) is
 			// the server's own answer, as the client would have seen it.
 			if err := s.openTap(cr, cw); err != nil {
-				return 0, err
+				return err
 			}
 			writeMsg(cw, 'E', b)
 			cw.Flush()
-			return 0, errors.New("the server refused the session")
-		default:
-			if status, ready, err := s.passStartup(typ, n, cw, sr); err != nil || ready {
-				return status, err
-			}
-		}
-	}
+			return errors.New("the server refused the session")
+		},
+	})
 }
 
 // scramStart picks the SCRAM mechanism and returns the SASLInitialResponse
