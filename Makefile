@@ -58,7 +58,11 @@ demo: deps build
 bench: deps build
 	./bench/suite.sh
 
-## package: build dist/sluice_<version>_<arch>.deb (binaries, systemd unit and slice, default config)
+## package: build dist/sluice_<version>_<arch>.deb (binaries, systemd unit and slice, default config, man pages, shell completions)
+# DESCRIBE is read once for the whole package (build inherits it), so the
+# binaries print the package's version even if HEAD moves meanwhile;
+# mkdeb refuses binaries that print another.
+package: DESCRIBE := $(DESCRIBE)
 package: build
 	$(GO) run ./packaging/mkdeb --describe "$(DESCRIBE)" --arch "$$($(GO) env GOARCH)" --bin $(BIN) --out $(DIST)
 

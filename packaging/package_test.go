@@ -8,7 +8,10 @@ package packaging
 
 import (
 	"bufio"
+	"compress/gzip"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,13 +19,12 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/testenv"
 )
-
-func TestMain(m *testing.M) { testenv.Main(m) }
 
 // documentedCaps is the capability set the README and the unit's comments
 // explain; the unit must grant exactly these.
@@ -51,14 +53,54 @@ type built struct {
 	control string // dpkg-deb -e
 }
 
+// testDescribe is the git describe the test's binaries are stamped with,
+// as make build does.
+const testDescribe = "v1.2.3-4-gabcdef0"
+
+// stampedBinaries builds sluiced and sluice stamped with testDescribe,
+// once per test binary.
+func stampedBinaries(t *testing.T) string {
+	t.Helper()
+	stampOnce.Do(func() {
+		stampDir, stampErr = os.MkdirTemp("", "sluice-stamped-")
+		if stampErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-ldflags", "-X github.com/sluicehq/sluice/internal/version.Describe="+testDescribe,
+			"-o", stampDir, "./cmd/sluiced", "./cmd/sluice")
+		cmd.Dir = ".."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			stampErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if stampErr != nil {
+		t.Fatalf("build stamped binaries: %v", stampErr)
+	}
+	return stampDir
+}
+
+var (
+	stampOnce sync.Once
+	stampDir  string
+	stampErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if stampDir != "" {
+		os.RemoveAll(stampDir)
+	}
+	os.Exit(code)
+}
+
 func buildPackage(t *testing.T) built {
 	t.Helper()
 	if _, err := exec.LookPath("dpkg-deb"); err != nil {
 		testenv.Need(t, false, "dpkg-deb is not installed (it comes with dpkg on every Debian machine)")
 	}
-	bins := testenv.Binaries(t)
+	bins := stampedBinaries(t)
 	out := t.TempDir()
-	version := DebVersion("v1.2.3-4-gabcdef0")
+	version := DebVersion(testDescribe)
 	deb, err := Build(Options{Dir: ".", BinDir: bins, Readme: "../README.md", Version: version, Arch: runtime.GOARCH,
 		OutDir: out, MTime: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)})
 	if err != nil {
@@ -84,6 +126,16 @@ func dpkgDeb(t *testing.T, args ...string) string {
 		t.Fatalf("dpkg-deb %s: %v", strings.Join(args, " "), err)
 	}
 	return string(out)
+}
+
+// TestPackageVersionMismatch: binaries that print another version than
+// the package's are refused, with both versions named.
+func TestPackageVersionMismatch(t *testing.T) {
+	bins := stampedBinaries(t)
+	_, err := Build(Options{Dir: ".", BinDir: bins, Version: "9.9.9", Arch: runtime.GOARCH, OutDir: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), `prints "sluiced 1.2.3+git4.gabcdef0", but the package's version is 9.9.9`) {
+		t.Errorf("Build with binaries of another version: %v", err)
+	}
 }
 
 func TestPackage(t *testing.T) {
@@ -147,6 +199,22 @@ func TestPackage(t *testing.T) {
 			ConfigPath: "-rw-------",
 			RulesDir:   "drwxr-xr-x",
 			DocPath:    "-rw-r--r--",
+
+			BashCompletionPath: "-rw-r--r--",
+			ZshCompletionPath:  "-rw-r--r--",
+			FishCompletionPath: "-rw-r--r--",
+		}
+		// A man page for the CLI and each of its commands.
+		for _, page := range []string{"sluice", "sluice-run", "sluice-status", "sluice-doctor", "sluice-rules", "sluice-rules-check", "sluice-rules-explain", "sluice-sessions-list"} {
+			want[ManDir+"/"+page+".1.gz"] = "-rw-r--r--"
+		}
+		for p, e := range got {
+			if strings.HasPrefix(p, ManDir+"/sluice") && strings.HasSuffix(p, ".1.gz") {
+				want[p] = "-rw-r--r--"
+				if e.mode != "-rw-r--r--" {
+					t.Errorf("%s: %s, want -rw-r--r--", p, e.mode)
+				}
+			}
 		}
 		for p, mode := range want {
 			e, ok := got[p]
@@ -165,6 +233,37 @@ func TestPackage(t *testing.T) {
 		}
 		if ents, err := os.ReadDir(filepath.Join(b.root, RulesDir)); err != nil || len(ents) != 0 {
 			t.Errorf("%s must ship empty so the embedded default applies: %v %v", RulesDir, ents, err)
+		}
+	})
+
+	t.Run("man pages and completions", func(t *testing.T) {
+		f, err := os.Open(filepath.Join(b.root, ManDir, "sluice-rules-explain.1.gz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			t.Fatalf("sluice-rules-explain.1.gz is not gzip: %v", err)
+		}
+		if zr.Name != "" || !zr.ModTime.IsZero() {
+			t.Errorf("gzip header holds name %q and time %v; Debian wants gzip -n", zr.Name, zr.ModTime)
+		}
+		page, _ := io.ReadAll(zr)
+		for _, want := range []string{`.TH "SLUICE" "1" "Jan 2026" "Sluice 1.2.3+git4.gabcdef0"`, ".SH OPTIONS", "--identity-level", "sluice rules explain"} {
+			if !strings.Contains(string(page), want) {
+				t.Errorf("man page lacks %q:\n%.600s", want, page)
+			}
+		}
+		bash := filepath.Join(b.root, BashCompletionPath)
+		if out, err := exec.Command("bash", "-n", bash).CombinedOutput(); err != nil {
+			t.Errorf("bash completion does not parse: %v\n%s", err, out)
+		}
+		for p, want := range map[string]string{bash: "__start_sluice", filepath.Join(b.root, ZshCompletionPath): "#compdef sluice",
+			filepath.Join(b.root, FishCompletionPath): "complete -c sluice"} {
+			if src, err := os.ReadFile(p); err != nil || !strings.Contains(string(src), want) {
+				t.Errorf("%s lacks %q: %v", p, want, err)
+			}
 		}
 	})
 
@@ -261,6 +360,13 @@ func TestPackage(t *testing.T) {
 		out, err = exec.Command(filepath.Join(b.root, CLIPath), "help").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "doctor") {
 			t.Errorf("packaged sluice help: %v\n%s", err, out)
+		}
+		// The binaries print the package's version.
+		for _, p := range []string{DaemonPath, CLIPath} {
+			out, err := exec.Command(filepath.Join(b.root, p), "--version").Output()
+			if want := filepath.Base(p) + " 1.2.3+git4.gabcdef0\n"; err != nil || string(out) != want {
+				t.Errorf("packaged %s --version: %v %q, want %q", p, err, out, want)
+			}
 		}
 	})
 

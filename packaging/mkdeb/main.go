@@ -1,6 +1,8 @@
 // Command mkdeb builds Sluice's .deb (make package): it packs the built
 // binaries with the unit, slice, default config and maintainer scripts
-// from packaging/ and prints the package's path.
+// from packaging/, and the man pages and shell completions the built
+// sluice generates, and prints the package's path. It refuses binaries
+// whose --version is not the package's version.
 package main
 
 import (
