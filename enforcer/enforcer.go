@@ -118,8 +118,11 @@ func (s *Session) Hold(ctx context.Context, h HoldRequest) HoldOutcome {
 	if o.Approved {
 		verdict = "allow"
 	}
-	s.Record(s.levelFor(h.Verdict.Decision), record.Event{Type: record.TypeNote, Kind: h.Command.Statement.Kind,
-		Verdict: verdict, Rule: h.Verdict.Decision.Rule.ID, Reason: "hold (" + h.Stage + "): " + o.Reason})
+	if err := s.Record(s.levelFor(h.Verdict.Decision), record.Event{Type: record.TypeNote, Kind: h.Command.Statement.Kind,
+		Verdict: verdict, Rule: h.Verdict.Decision.Rule.ID, Reason: "hold (" + h.Stage + "): " + o.Reason}); err != nil && o.Approved {
+		// An approval that cannot be recorded lets nothing run.
+		o = HoldOutcome{Reason: "approved, but the session can no longer be recorded"}
+	}
 	if o.Approved {
 		s.log.Info("held statement approved", "rule", h.Verdict.Decision.Rule.ID, "stage", h.Stage, "reason", o.Reason)
 	} else {
@@ -259,14 +262,14 @@ func (s *Session) Wire(dir string, b []byte) error {
 // Decide returns the verdict for a command and records it. A command that
 // could not be classified is denied in enforce mode: an unparsable
 // statement is never passed through unseen. Once recording has failed,
-// every command is denied.
+// every command is denied, the one whose verdict could not be recorded
+// included, in monitor mode too.
 func (s *Session) Decide(c *Command) Verdict {
 	s.statements.Add(1)
 	var d ruleset.Decision
 	switch {
 	case s.RecordingFailed() != nil:
-		d = ruleset.Decision{Action: ruleset.Deny, Reason: "the session can no longer be recorded",
-			Rule: &ruleset.Rule{ID: "sluice/recording-failed", Action: ruleset.Deny}}
+		d = recordingFailed
 	case c.ClassifyErr != nil:
 		d = ruleset.Decision{Action: ruleset.Deny, Reason: "the statement could not be parsed: " + c.ClassifyErr.Error(),
 			Rule: &ruleset.Rule{ID: "sluice/unparsable", Action: ruleset.Deny}}
@@ -277,8 +280,20 @@ func (s *Session) Decide(c *Command) Verdict {
 	default:
 		d = s.match.Decide(&c.Statement, ruleset.Result{})
 	}
-	return s.verdict(c, d)
+	v := s.verdict(c, d)
+	if v.Action != ruleset.Deny && s.RecordingFailed() != nil {
+		// The verdict's own event could not be recorded: the command
+		// must not run unrecorded.
+		s.denied.Add(1)
+		v = Verdict{Action: ruleset.Deny, Decision: recordingFailed}
+	}
+	return v
 }
+
+// recordingFailed is the decision on every command once the session's
+// recording failed.
+var recordingFailed = ruleset.Decision{Action: ruleset.Deny, Reason: "the session can no longer be recorded",
+	Rule: &ruleset.Rule{ID: "sluice/recording-failed", Action: ruleset.Deny}}
 
 // decideByClass decides c from the session's decisions by
 // classification, deciding and keeping it the first time.
