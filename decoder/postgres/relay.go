@@ -1247,9 +1247,11 @@ func noticeBody(msg string) []byte {
 }
 
 // report tells the session how a command ended (a denial was reported
-// when it was decided).
+// when it was decided). An Execute skipped before it started, of a portal
+// the client side never saw bound, has no command: nothing was decided,
+// so nothing is reported.
 func (r *relay) report(it *item, skipped bool) {
-	if it == nil || it.denied {
+	if it == nil || it.denied || it.c == nil {
 		return
 	}
 	r.s.p.Session.Done(&it.c.cmd, it.c.verdict, enforcer.Outcome{
