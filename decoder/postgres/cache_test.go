@@ -36,8 +36,8 @@ func TestCacheNormalizedHit(t *testing.T) {
 	if a.Kind != "select" || b.Kind != "select" || b.Text != "SELECT abalance FROM pgbench_accounts WHERE aid = 2" || !b.HasWhere {
 		t.Errorf("a = %+v, b = %+v", a, b)
 	}
-	if len(c.cur) != 3 {
-		t.Errorf("cache holds %d keys, want 3 (two texts and one normalised form)", len(c.cur))
+	if n, _ := c.Size(); n != 3 {
+		t.Errorf("cache holds %d keys, want 3 (two texts and one normalised form)", n)
 	}
 	if _, err := c.Classify("SELEC 1"); err == nil {
 		t.Error("a parse error was not returned")
@@ -62,10 +62,7 @@ func BenchmarkCacheHit(b *testing.B) {
 		texts := []string{"SELECT abalance FROM pgbench_accounts WHERE aid = 7;", "SELECT abalance FROM pgbench_accounts WHERE aid = 8;"}
 		i := 0
 		for b.Loop() {
-			c.mu.Lock()
-			delete(c.cur, texts[i%2])
-			delete(c.prev, texts[i%2])
-			c.mu.Unlock()
+			c.Forget(texts[i%2])
 			c.Classify(texts[i%2])
 			i++
 		}
@@ -80,13 +77,7 @@ func TestCacheBoundedInBytes(t *testing.T) {
 	for i := 0; i < 2000; i++ {
 		c.Classify(fmt.Sprintf("SELECT %d /* %s */", i, pad))
 	}
-	total := 0
-	for k, e := range c.cur {
-		total += entrySize(k, e)
-	}
-	for k, e := range c.prev {
-		total += entrySize(k, e)
-	}
+	_, total := c.Size()
 	if total > CacheBytes {
 		t.Fatalf("cache holds %d bytes, bound %d", total, CacheBytes)
 	}
@@ -94,7 +85,11 @@ func TestCacheBoundedInBytes(t *testing.T) {
 	if _, err := c.Classify(big); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := c.get(big); ok {
+	before, _ := c.Size()
+	if _, err := c.Classify(big); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := c.Size(); after != before {
 		t.Fatal("a text above MaxCachedText was stored")
 	}
 }
@@ -119,8 +114,8 @@ func TestCacheLargeTextBypass(t *testing.T) {
 			}
 		}
 	}
-	if len(c.cur)+len(c.prev) != 0 {
-		t.Errorf("cache holds %d entries after texts above MaxCachedText only", len(c.cur)+len(c.prev))
+	if n, _ := c.Size(); n != 0 {
+		t.Errorf("cache holds %d entries after texts above MaxCachedText only", n)
 	}
 }
 
