@@ -42,7 +42,7 @@ func newInstallCmd() *cobra.Command {
 		Use:   "install",
 		Short: "Find the runner services, write sluiced's config, start sluiced",
 		Long: `Find the CI runner services of this host (GitHub Actions, GitLab, Buildkite,
-... under --root), write their cgroups into sluiced's config so that they
+Jenkins, under --root), write their cgroups into sluiced's config so that they
 are hooked, and, on a host run by systemd whose packaged unit reads that
 config, enable and (re)start sluiced.socket and sluiced.service: one command
 after the package. Running it again only adds what is new; an operator's

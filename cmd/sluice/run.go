@@ -20,7 +20,7 @@ import (
 func newRunCmd() *cobra.Command {
 	var cgroup string
 	cmd := &cobra.Command{
-		Use:   "run --cgroup PATH [--] CMD [ARGS...]",
+		Use:   "run --cgroup PATH [flags] [--] CMD [ARGS...]",
 		Short: "Run a command inside a cgroup (created if missing, removed after)",
 		Long: `Run CMD inside the cgroup PATH (relative to the cgroup2 mount), as a CI job
 would run inside its runner's cgroup: when sluiced hooks that cgroup, CMD's
