@@ -185,16 +185,22 @@ func Start(t testing.TB, o Options) *Harness {
 	}()
 
 	t.Cleanup(func() {
-		// The order a daemon ends a session in: the client goes, the
-		// context is cancelled, the handler returns, then the
-		// recording is closed.
+		// The client goes and the handler must return by itself; only
+		// then is the context cancelled (a test of cancellation calls
+		// Cancel itself), and the recording closed.
 		client.Close()
-		cancel()
 		select {
 		case <-h.done:
 		case <-time.After(h.to):
-			t.Errorf("decodertest: the handler did not return within %v of its client closing and its context ending", h.to)
+			t.Errorf("decodertest: the handler did not return within %v of its client closing", h.to)
+			cancel()
+			select {
+			case <-h.done:
+			case <-time.After(h.to):
+				t.Errorf("decodertest: the handler did not return within %v of its context ending either", h.to)
+			}
 		}
+		cancel()
 		h.Tap.close()
 		if h.Recorder != nil {
 			h.Recorder.close()
@@ -268,6 +274,10 @@ func (h *Harness) Wait() decoder.Result {
 	h.Tap.drain(h.t, h.to)
 	return h.result
 }
+
+// Cancel cancels the context the handler runs under, as a daemon
+// shutting down does.
+func (h *Harness) Cancel() { h.cancel() }
 
 // End closes the client hop and waits for the handler, as Wait does: the
 // end of a session the test is done with.
