@@ -123,19 +123,53 @@ type session struct {
 	nonce                  string
 	tapOpen                bool // the session is authenticated: record its traffic
 	closeOnce              sync.Once
+	// connMu guards cconn, up and cancelKey against close, which runs on
+	// the context's AfterFunc goroutine while the session goroutine may
+	// still be setting them (the only writer; its own reads need no lock).
+	connMu sync.Mutex
+	closed bool // close has run: a connection set after it is closed at once
 }
 
+// setCconn and setUp change what close acts on. A connection set after
+// close ran (the context ended while the session was still starting) is
+// closed at once, so it cannot outlive the session.
+func (s *session) setCconn(c net.Conn) { s.cconn = s.track(c) }
+func (s *session) setUp(c net.Conn)    { s.up = s.track(c) }
+
+func (s *session) track(c net.Conn) net.Conn {
+	s.connMu.Lock()
+	closed := s.closed
+	s.connMu.Unlock()
+	if closed {
+		c.Close()
+	}
+	return c
+}
+
+// setCancelKey records the session's cancel key for close to forget.
+func (s *session) setCancelKey(k string) {
+	s.connMu.Lock()
+	s.cancelKey = k
+	s.connMu.Unlock()
+}
+
+// close ends the session's connections and forgets its cancel key. It is
+// safe to call from any goroutine, more than once.
 func (s *session) close() {
 	s.closeOnce.Do(func() {
-		if s.cancelKey != "" && s.p.Cancels != nil {
-			s.p.Cancels.remove(s.cancelKey)
+		s.connMu.Lock()
+		s.closed = true
+		cconn, up, key := s.cconn, s.up, s.cancelKey
+		s.connMu.Unlock()
+		if key != "" && s.p.Cancels != nil {
+			s.p.Cancels.remove(key)
 		}
-		if s.cconn != nil {
-			s.cconn.Close()
+		if cconn != nil {
+			cconn.Close()
 		}
 		s.client.Close()
-		if s.up != nil {
-			s.up.Close()
+		if up != nil {
+			up.Close()
 		}
 	})
 }
@@ -148,7 +182,7 @@ func (s *session) run(ctx context.Context) error {
 	var nonce [8]byte
 	rand.Read(nonce[:])
 	s.nonce = hex.EncodeToString(nonce[:])
-	s.cconn = &s.client
+	s.setCconn(&s.client)
 
 	// 1. Startup: SSL and GSS negotiation, cancel requests, then the
 	// StartupMessage.
@@ -167,7 +201,7 @@ func (s *session) run(ctx context.Context) error {
 			return err
 		}
 		// What the client sent, and what it received after masking.
-		s.cconn = decoder.Tapped(s.cconn, s.wire)
+		s.setCconn(decoder.Tapped(s.cconn, s.wire))
 	}
 
 	// 2. How the session authenticates: with the client's own credentials,
@@ -372,7 +406,7 @@ func (s *session) negotiateTLS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.cconn = tc
+	s.setCconn(tc)
 	s.clientTLS = true
 	return nil
 }
@@ -388,7 +422,7 @@ func (s *session) connectUpstream(ctx context.Context) error {
 		return err
 	}
 	up = rawio.Wrap(up)
-	s.up = up
+	s.setUp(up)
 	u := s.p.Upstream
 	if !u.Attempt {
 		return nil
@@ -407,7 +441,7 @@ func (s *session) connectUpstream(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		s.up = tc
+		s.setUp(tc)
 		s.upstreamTLS = true
 	case 'N':
 		if u.Required {
