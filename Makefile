@@ -9,7 +9,10 @@ PKGS    ?= ./...
 DIST    ?= dist
 # The package version: the nearest tag, commits since and the commit
 # (packaging.DebVersion turns it into a Debian version).
-DESCRIBE ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+# Read once (:=), so the binaries and the package always carry the same one.
+ifeq ($(origin DESCRIBE),undefined)
+DESCRIBE := $(shell git describe --tags --always --dirty 2>/dev/null)
+endif
 # Both binaries print it (--version), as the package's Debian version.
 LDFLAGS ?= -X github.com/sluicehq/sluice/internal/version.Describe=$(DESCRIBE)
 
@@ -59,10 +62,7 @@ bench: deps build
 	./bench/suite.sh
 
 ## package: build dist/sluice_<version>_<arch>.deb (binaries, systemd unit and slice, default config, man pages, shell completions)
-# DESCRIBE is read once for the whole package (build inherits it), so the
-# binaries print the package's version even if HEAD moves meanwhile;
-# mkdeb refuses binaries that print another.
-package: DESCRIBE := $(DESCRIBE)
+# mkdeb refuses binaries that print another version than the package's.
 package: build
 	$(GO) run ./packaging/mkdeb --describe "$(DESCRIBE)" --arch "$$($(GO) env GOARCH)" --bin $(BIN) --out $(DIST)
 

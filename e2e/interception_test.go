@@ -249,7 +249,7 @@ func TestStatusAndRun(t *testing.T) {
 	for _, want := range []string{
 		"cgroup:      " + cg.Rel,
 		fmt.Sprintf("proxy port:  %d", d.Port),
-		"flows seen:  1 total",
+		"flows seen:  1 served",
 		"link       link_connect4 -> /" + cg.Rel,
 		"map        sluice_targets",
 	} {

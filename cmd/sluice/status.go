@@ -89,8 +89,13 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 			fmt.Fprintf(w, "cgroup:      %s (id %d, %s)\n", c.Path, c.ID, c.Source)
 		}
 		fmt.Fprintf(w, "proxy port:  %d (127.0.0.1 and ::1)\n", d.ProxyPort)
-		fmt.Fprintf(w, "flows seen:  %d total, %d active, %d without origin refused, %d refused, %d denied (connections this daemon accepted since it started)\n",
-			d.Flows.Total, d.Flows.Active, d.Flows.NoOrigin, d.Flows.Refused, d.Flows.Denied)
+		// Each redirected connect the daemon accepted is served, denied,
+		// refused or turned away past max_sessions; the kernel's
+		// "redirected" below counts the same connects since the pins were
+		// made, across daemon restarts. Connections without an origin
+		// entry were never redirected (a probe such as sluice doctor's).
+		fmt.Fprintf(w, "flows seen:  %d served (%d active), %d denied by the ruleset, %d refused, %d past max_sessions; %d not redirected, closed (connections this daemon accepted since it started)\n",
+			d.Flows.Total, d.Flows.Active, d.Flows.Denied, d.Flows.Refused, d.Flows.TooMany, d.Flows.NoOrigin)
 		r := d.Ruleset
 		fmt.Fprintf(w, "ruleset:     generation %d from %s, mode %s, digest %.12s, loaded %s\n",
 			r.Generation, r.Source, r.Mode, r.Digest, r.Loaded.Format(time.RFC3339))
@@ -142,7 +147,7 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 		for _, k := range keys {
 			parts = append(parts, fmt.Sprintf("%s=%d", k, pins.Stats[k]))
 		}
-		fmt.Fprintf(w, "kernel:      %s (connects the hooks handled since the pins were created, across daemon restarts)\n", strings.Join(parts, " "))
+		fmt.Fprintf(w, "kernel:      %s (connects the hooks handled since the pins were created, across daemon restarts: redirected = served + denied + refused + past max_sessions, plus connects made while no daemon was running)\n", strings.Join(parts, " "))
 	}
 }
 

@@ -30,8 +30,8 @@ func TestStatusUnhooked(t *testing.T) {
 		t.Errorf("second line %q, want %q\n%s", lines[1], want, out.String())
 	}
 	for _, w := range []string{
-		"flows seen:  6 total, 0 active, 0 without origin refused, 0 refused, 0 denied (connections this daemon accepted since it started)\n",
-		"kernel:      redirect=8 (connects the hooks handled since the pins were created, across daemon restarts)\n",
+		"flows seen:  6 served (0 active), 0 denied by the ruleset, 0 refused, 0 past max_sessions; 0 not redirected, closed (connections this daemon accepted since it started)\n",
+		"kernel:      redirect=8 (connects the hooks handled since the pins were created, across daemon restarts: redirected = served + denied + refused + past max_sessions, plus connects made while no daemon was running)\n",
 	} {
 		if !strings.Contains(out.String(), w) {
 			t.Errorf("status lacks %q:\n%s", w, out.String())
