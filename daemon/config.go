@@ -408,11 +408,26 @@ func (c *Config) setCgroups(fc *fileConfig) hcl.Diagnostics {
 		}
 	}
 	if len(c.Cgroups) == 0 && c.Discover == nil && !diags.HasErrors() {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Nothing to hook",
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: NothingToHook,
 			Detail: "Name the runner's cgroup (cgroup = \"...\" or cgroups = [...]), or add a discover block to find runner services; run `sluice install` to write both."})
 	}
 	return diags
 }
+
+// NothingToHook is the summary of the error a config that names no cgroup
+// and no discovery gets.
+const NothingToHook = "Nothing to hook"
+
+// Defaults returns the settings of a config file at path that sets
+// nothing: every default, and no cgroup to hook.
+func Defaults(path string) *Config {
+	c, _, _ := ParseConfig(path, nil)
+	return c
+}
+
+// NamesNothingToHook reports whether c names no cgroup and no discovery:
+// the packaged config until `sluice install` has run.
+func (c *Config) NamesNothingToHook() bool { return len(c.Cgroups) == 0 && c.Discover == nil }
 
 // parseDays parses a Go duration, also accepting whole days ("30d").
 func parseDays(s string) (time.Duration, error) {

@@ -15,11 +15,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
-	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicehq/sluice/daemon"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/internal/api"
 )
@@ -35,18 +34,6 @@ const (
 type finding struct {
 	level, check, detail string
 	fix                  string // what to do; required unless ok
-}
-
-// doctorConfig is what doctor reads from the daemon's config file: the
-// settings that say where to look. Everything else is left to sluiced.
-type doctorConfig struct {
-	Name        string   `hcl:"name,optional"`
-	Cgroup      *string  `hcl:"cgroup,optional"`
-	ProxyPort   int      `hcl:"proxy_port,optional"`
-	DataDir     string   `hcl:"data_dir,optional"`
-	APISocket   string   `hcl:"api_socket,optional"`
-	MetricsAddr string   `hcl:"metrics_addr,optional"`
-	Remain      hcl.Body `hcl:",remain"`
 }
 
 // Disk space thresholds for data_dir, where recordings are written: below
@@ -120,7 +107,7 @@ func doctor(stdout io.Writer, configPath, name, socket string) error {
 	if st != nil {
 		add(checkHooked(st, configPath))
 	}
-	port := cfg.ProxyPort
+	port := int(cfg.ProxyPort)
 	if st != nil {
 		port = int(st.ProxyPort)
 	}
@@ -146,45 +133,49 @@ func doctor(stdout io.Writer, configPath, name, socket string) error {
 	return nil
 }
 
-// readDoctorConfig reads the settings doctor needs, with sluiced's
-// defaults for what the file leaves out.
-func readDoctorConfig(path string) (doctorConfig, finding) {
-	c := doctorConfig{}
+// readDoctorConfig reads the daemon's config with the daemon's own schema,
+// defaults and checks (daemon.ParseConfig), so doctor and sluiced never
+// disagree about a config. An invalid file is a FAIL with the first
+// error; doctor then goes on with what it could read, or the defaults.
+func readDoctorConfig(path string) (*daemon.Config, finding) {
 	f := finding{check: "config"}
 	src, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		f.level, f.detail = levelWarn, fmt.Sprintf("%s does not exist; checking with the default settings", path)
 		f.fix = "install the package (it ships the config) or pass --config FILE"
+		return daemon.Defaults(path), f
 	case err != nil:
 		f.level, f.detail, f.fix = levelFail, fmt.Sprintf("read %s: %v", path, err), "run sluice doctor as root"
+		return daemon.Defaults(path), f
+	}
+	c, diags, _ := daemon.ParseConfig(path, src)
+	if c == nil {
+		c = daemon.Defaults(path)
+	}
+	var first *hcl.Diagnostic
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError {
+			first = d
+			break
+		}
+	}
+	switch {
+	case first == nil:
+		f.level, f.detail = levelOK, path
+	case c.NamesNothingToHook() && len(diags.Errs()) == 1 && first.Summary == daemon.NothingToHook:
+		f.level, f.detail = levelFail, fmt.Sprintf("%s names no runner cgroup: sluiced will not start", path)
+		f.fix = "run sluice install: it finds the runner and writes its cgroup into the config"
 	default:
-		file, diags := hclparse.NewParser().ParseHCL(src, path)
-		if !diags.HasErrors() {
-			diags = gohcl.DecodeBody(file.Body, nil, &c)
+		where := path
+		if first.Subject != nil {
+			where = fmt.Sprintf("%s:%d", path, first.Subject.Start.Line)
 		}
-		switch {
-		case diags.HasErrors():
-			f.level, f.detail = levelFail, fmt.Sprintf("%s is invalid: %s", path, diags.Error())
-			f.fix = "correct the file; sluiced prints the same error with the source line when it starts"
-		case c.Cgroup != nil && *c.Cgroup == "":
-			f.level, f.detail = levelFail, fmt.Sprintf("%s names no runner cgroup: sluiced will not start", path)
-			f.fix = "run sluice install: it finds the runner and writes its cgroup into the config"
-		default:
-			f.level, f.detail = levelOK, path
+		f.level, f.detail = levelFail, fmt.Sprintf("%s: %s: %s", where, first.Summary, first.Detail)
+		if n := len(diags.Errs()); n > 1 {
+			f.detail += fmt.Sprintf(" (and %d more errors)", n-1)
 		}
-	}
-	if c.Name == "" {
-		c.Name = "default"
-	}
-	if c.APISocket == "" {
-		c.APISocket = api.DefaultSocket
-	}
-	if c.DataDir == "" {
-		c.DataDir = "/var/lib/sluice"
-	}
-	if c.ProxyPort == 0 {
-		c.ProxyPort = 15001
+		f.fix = "correct the file; sluiced refuses it the same way, with the source line, when it starts"
 	}
 	return c, f
 }
@@ -206,29 +197,36 @@ func checkKernel() finding {
 	return f
 }
 
-func checkCgroup2(cfg doctorConfig) finding {
+func checkCgroup2(cfg *daemon.Config) finding {
 	mount, err := interceptor.Cgroup2Mount()
 	if err != nil {
 		return finding{level: levelFail, check: "cgroup2", detail: err.Error(),
 			fix: "mount the unified hierarchy (cgroup2) at /sys/fs/cgroup: systemd.unified_cgroup_hierarchy=1 on the kernel command line"}
 	}
 	f := finding{level: levelOK, check: "cgroup2", detail: "mounted at " + mount}
-	if cfg.Cgroup != nil && *cfg.Cgroup != "" {
-		dir, err := interceptor.CgroupPath(mount, *cfg.Cgroup)
+	var present, missing []string
+	for _, cg := range cfg.Cgroups {
+		dir, err := interceptor.CgroupPath(mount, cg)
 		if err == nil {
 			_, err = os.Stat(dir)
 		}
 		if err != nil {
-			f.level, f.detail = levelFail, fmt.Sprintf("mounted at %s, but the configured runner cgroup %s is missing: %v", mount, *cfg.Cgroup, err)
-			f.fix = "start the runner's service (its cgroup appears when it runs), or run sluice install again if the runner moved"
+			missing = append(missing, cg)
 		} else {
-			f.detail += ", runner cgroup " + *cfg.Cgroup + " present"
+			present = append(present, cg)
 		}
+	}
+	if len(present) > 0 {
+		f.detail += ", runner cgroup " + strings.Join(present, ", ") + " present"
+	}
+	if len(missing) > 0 {
+		f.level, f.detail = levelFail, fmt.Sprintf("mounted at %s, but the configured runner cgroup %s is missing", mount, strings.Join(missing, ", "))
+		f.fix = "start the runner's service (its cgroup appears when it runs), or run sluice install again if the runner moved"
 	}
 	return f
 }
 
-func checkPins(name string, cfg doctorConfig) (*interceptor.PinStatus, finding) {
+func checkPins(name string, cfg *daemon.Config) (*interceptor.PinStatus, finding) {
 	f := finding{check: "pins"}
 	ps, err := interceptor.ReadPins(name)
 	switch {
@@ -261,12 +259,13 @@ func checkPins(name string, cfg doctorConfig) (*interceptor.PinStatus, finding) 
 	if lost {
 		f.level = levelWarn
 		f.fix = "the hooked cgroup no longer exists (the runner's service restarted?): restart sluiced so it hooks the runner's current cgroup"
-	} else if cfg.Cgroup != nil && *cfg.Cgroup != "" {
-		want := "/" + strings.TrimPrefix(*cfg.Cgroup, "/")
+	} else if len(cfg.Cgroups) > 0 && cfg.Discover == nil {
+		// Every hook should be on a configured cgroup (with discovery,
+		// the daemon hooks others too).
 		for _, l := range ps.Links {
-			if l.Cgroup != want {
+			if !slices.ContainsFunc(cfg.Cgroups, func(cg string) bool { return "/"+strings.TrimPrefix(cg, "/") == l.Cgroup }) {
 				f.level = levelWarn
-				f.fix = fmt.Sprintf("the config names %s but a hook is on %s: restart sluiced to hook the configured cgroup", want, l.Cgroup)
+				f.fix = fmt.Sprintf("the config names %s but a hook is on %s: restart sluiced to hook the configured cgroups", strings.Join(cfg.Cgroups, ", "), l.Cgroup)
 				break
 			}
 		}

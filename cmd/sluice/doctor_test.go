@@ -22,8 +22,20 @@ func TestDoctorConfig(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "sluiced.hcl")
 	os.WriteFile(p, []byte("name = \"ci\"\ncgroup = \"runner.slice\"\nproxy_port = 16000\nlog {\n  level = \"debug\"\n}\nidentity {\n}\n"), 0o600)
 	cfg, f = readDoctorConfig(p)
-	if f.level != levelOK || cfg.Name != "ci" || cfg.ProxyPort != 16000 || *cfg.Cgroup != "runner.slice" || cfg.DataDir != "/var/lib/sluice" {
+	if f.level != levelOK || cfg.Name != "ci" || cfg.ProxyPort != 16000 || len(cfg.Cgroups) != 1 || cfg.Cgroups[0] != "runner.slice" || cfg.DataDir != "/var/lib/sluice" {
 		t.Errorf("config with blocks doctor does not read: %+v %+v", f, cfg)
+	}
+
+	// The daemon's own checks: a typo and an invalid value are FAILs
+	// naming the line, as sluiced refuses them at start.
+	for body, want := range map[string]string{
+		"cgroup = \"r\"\nproxy_prot = 1\n":     ":2: Unsupported argument",
+		"cgroup = \"r\"\nproxy_port = 70000\n": ":2: Invalid proxy_port",
+	} {
+		os.WriteFile(p, []byte(body), 0o600)
+		if _, f := readDoctorConfig(p); f.level != levelFail || !strings.Contains(f.detail, want) {
+			t.Errorf("%q: %+v, want FAIL naming %q", body, f, want)
+		}
 	}
 
 	_, f = readDoctorConfig(filepath.Join(t.TempDir(), "missing.hcl"))

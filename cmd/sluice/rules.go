@@ -22,7 +22,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/decoder"
-	"github.com/sluicehq/sluice/decoder/postgres"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -118,9 +117,8 @@ N failed; exit 1 when any test fails or a ruleset does not load.`,
 
 // classifyStatement is the Classifier the CLI gives rule tests and explain.
 func classifyStatement(protocol, text string) (ruleset.Statement, error) {
-	switch protocol {
-	case ruleset.ProtoPostgres:
-		return postgres.Classify(text)
+	if p, _ := decoder.Lookup(protocol); p.Classify != nil {
+		return p.Classify(text)
 	}
 	return ruleset.Statement{}, fmt.Errorf("no statement classifier for %s yet; give the test a statement = { kind = ... } instead of a query", protocol)
 }
