@@ -297,18 +297,7 @@ func TestRemoteResponderAPI(t *testing.T) {
 		Body: fmt.Sprintf("remote_api {\n  listen = \"127.0.0.1:%d\"\n  issuer = %q\n  audience = \"sluice-responders\"\n  allow_claims = { groups = \"security\" }\n  ca_file = %q\n}\n", port, is.URL, is.CAFile)})
 	psqlIn(t, cg, 0, pg.PsqlArgs("", 0, "select 1"))
 
-	dir := t.TempDir()
-	caPEM, err := d.Sluice(t, "ca", "--data-dir", d.DataDir)
-	if err != nil {
-		t.Fatalf("sluice ca: %v", err)
-	}
-	ca := filepath.Join(dir, "ca.pem")
-	os.WriteFile(ca, []byte(caPEM[strings.Index(caPEM, "-----BEGIN"):]), 0o600)
-	token := func(name string, claims map[string]any) string {
-		p := filepath.Join(dir, name)
-		os.WriteFile(p, []byte(is.Sign(t, claims)), 0o600)
-		return p
-	}
+	ca, token := remoteCredentials(t, d, is)
 	good := token("good", map[string]any{"sub": "alice", "aud": "sluice-responders", "groups": []string{"dev", "security"}})
 	outsider := token("outsider", map[string]any{"sub": "bob", "aud": "sluice-responders", "groups": []string{"dev"}})
 	wrongAud := token("wrongaud", map[string]any{"sub": "carol", "aud": "something-else", "groups": []string{"security"}})
@@ -328,6 +317,26 @@ func TestRemoteResponderAPI(t *testing.T) {
 	}
 	if out, err := d.Sluice(t, "sessions", "list", "--server", server, "--ca", ca); err == nil || !strings.Contains(out, "bearer token") {
 		t.Errorf("remote list without a token: %v\n%s", err, out)
+	}
+}
+
+// remoteCredentials is what a responder needs for the daemon's remote API:
+// the daemon's CA in a file (from sluice ca), and a function writing a
+// token of the test's issuer with the given claims to a file, returning
+// its path (for --token-file).
+func remoteCredentials(t *testing.T, d *testenv.Daemon, is *testenv.Issuer) (ca string, token func(name string, claims map[string]any) string) {
+	t.Helper()
+	dir := t.TempDir()
+	caPEM, err := d.Sluice(t, "ca", "--data-dir", d.DataDir)
+	if err != nil {
+		t.Fatalf("sluice ca: %v", err)
+	}
+	ca = filepath.Join(dir, "ca.pem")
+	os.WriteFile(ca, []byte(caPEM[strings.Index(caPEM, "-----BEGIN"):]), 0o600)
+	return ca, func(name string, claims map[string]any) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(is.Sign(t, claims)), 0o600)
+		return p
 	}
 }
 

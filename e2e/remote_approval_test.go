@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -29,18 +27,7 @@ func TestRemoteApproval(t *testing.T) {
 		Body: fmt.Sprintf("remote_api {\n  listen = \"127.0.0.1:%d\"\n  issuer = %q\n  allow_claims = { groups = \"security\" }\n  ca_file = %q\n}\n", port, is.URL, is.CAFile)})
 	admin(t, pg, "create table users(id int, email text); insert into users select i, 'p'||i||'@example.com' from generate_series(1, 3) i")
 
-	dir := t.TempDir()
-	caPEM, err := d.Sluice(t, "ca", "--data-dir", d.DataDir)
-	if err != nil {
-		t.Fatalf("sluice ca: %v", err)
-	}
-	ca := filepath.Join(dir, "ca.pem")
-	os.WriteFile(ca, []byte(caPEM[strings.Index(caPEM, "-----BEGIN"):]), 0o600)
-	token := func(name string, claims map[string]any) string {
-		p := filepath.Join(dir, name)
-		os.WriteFile(p, []byte(is.Sign(t, claims)), 0o600)
-		return p
-	}
+	ca, token := remoteCredentials(t, d, is)
 	alice := token("alice", map[string]any{"sub": "alice", "aud": "sluice", "email": "alice@example.com", "email_verified": true, "groups": []string{"security"}})
 	bob := token("bob", map[string]any{"sub": "bob", "aud": "sluice", "email": "bob@example.com", "email_verified": true, "groups": []string{"security"}})
 	remote := func(tok string, args ...string) (string, error) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/url"
 	"strings"
@@ -43,9 +42,7 @@ them (sluice approve ID, sluice deny ID), and recent decisions.`,
 			}
 			stdout := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(list)
+				return writeJSON(stdout, list)
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tSTATE\tSTAGE\tRULE\tTARGET\tREQUESTER\tEXPIRES\tSTATEMENT")

@@ -2,8 +2,10 @@ package main
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -173,4 +175,11 @@ func fileError(path string, err error) string {
 		return fmt.Sprintf("%s: %v", path, pe.Err)
 	}
 	return err.Error()
+}
+
+// writeJSON prints v as indented JSON, what every --json flag prints.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

@@ -79,9 +79,7 @@ func newSessionsListCmd() *cobra.Command {
 			}
 			stdout := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(sessions)
+				return writeJSON(stdout, sessions)
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tSTART\tSTATUS\tTARGET\tORIG DST\tPROCESS\tIDENTITY\tSTATEMENTS\tDENIED")
@@ -161,9 +159,7 @@ func newSessionsShowCmd() *cobra.Command {
 
 func sessionsShow(stdout io.Writer, sess *store.Session, events []record.Event, d *api.SessionDetail, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(d)
+		return writeJSON(stdout, d)
 	}
 	fmt.Fprintf(stdout, "session   %s (%s; recording %s, level %s)\n", sess.ID, sess.Status, d.RecordingStatus, sess.Level)
 	if d.ReadError != "" {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -63,9 +62,7 @@ func status(w io.Writer, name, socket string, asJSON bool) error {
 		out.Pins = &ps
 	}
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(out)
+		writeJSON(w, out)
 	} else {
 		printStatus(w, out.Daemon, out.DaemonError, out.Pins, name)
 	}
