@@ -1,6 +1,3 @@
-// Package deptest keeps the architecture's dependency direction true:
-// cmd -> interceptor -> decoder -> enforcer -> ruleset, and bpf imports
-// only cilium/ebpf.
 package deptest
 
 import (
