@@ -9,11 +9,20 @@
 // test|explain and sluice doctor ask it what each protocol gets (ModeOf,
 // Lookup).
 //
-// This package owns what is not about a wire format: the flow vocabulary
-// the interceptor hands a protocol (Flow, Handler, Result), the opaque
-// relay with its recording tap (Relay, Tapped), and what happens to flows
-// of a protocol this build cannot decode (Undecoded). It imports no
-// protocol; protocols never import each other.
+// This package owns what is not about a wire format:
+//   - the flow vocabulary the interceptor hands a protocol (Flow, Handler,
+//     Result);
+//   - deciding a command (Command, Decider.Decide): the session's verdict
+//     and the masker it needs, refused when the masker cannot be built;
+//   - the classification cache, with the protocol's classifier and
+//     normaliser plugged in (Cache);
+//   - TLS on either hop (UpstreamTLS, ServerHandshake, ClientHandshake);
+//   - the opaque relay with its recording tap (Relay, Tapped), and what
+//     happens to flows of a protocol this build cannot decode (Undecoded).
+//
+// A protocol keeps its framing, its classifier, its own error for a
+// refusal, and what it must do in its own terms. It imports no protocol;
+// protocols never import each other.
 package decoder
 
 import "github.com/sluicehq/sluice/ruleset"

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/enforcer/mask"
 )
 
@@ -114,12 +115,12 @@ func (r *relay) planFor(it *item) (*mask.Plan, error) {
 	if cols == nil {
 		return nil, errUnresolved
 	}
-	if lp := &r.lastPlan; lp.plan != nil && lp.masker == it.c.masker && lp.plan.DryRun == it.c.verdict.Decision.Monitor &&
+	if lp := &r.lastPlan; lp.plan != nil && lp.masker == it.c.Masker && lp.plan.DryRun == it.c.Verdict.Decision.Monitor &&
 		slices.Equal(lp.cols, cols) {
 		it.plan = lp.plan.Fresh()
 		return it.plan, nil
 	}
-	byColumn := it.c.masker.ByColumn()
+	byColumn := it.c.Masker.ByColumn()
 	mc := make([]mask.Column, len(cols))
 	for i, c := range cols {
 		mc[i] = mask.Column{Name: c.name, Type: c.typ}
@@ -146,25 +147,25 @@ func (r *relay) planFor(it *item) (*mask.Plan, error) {
 		}
 		mc[i] = mask.Column{Schema: schema, Table: table, Name: col, Type: c.typ}
 	}
-	it.plan = it.c.masker.Plan(mc)
-	it.plan.DryRun = it.c.verdict.Decision.Monitor
-	r.lastPlan.plan, r.lastPlan.masker, r.lastPlan.cols = it.plan, it.c.masker, cols
+	it.plan = it.c.Masker.Plan(mc)
+	it.plan.DryRun = it.c.Verdict.Decision.Monitor
+	r.lastPlan.plan, r.lastPlan.masker, r.lastPlan.cols = it.plan, it.c.Masker, cols
 	return it.plan, nil
 }
 
 // writtenTable is the table an INSERT, UPDATE, DELETE or MERGE writes, as
 // the session's catalog resolved it: its RETURNING values come without
 // an origin.
-func (r *relay) writtenTable(c *command) mask.Column {
-	switch c.cmd.Statement.Kind {
+func (r *relay) writtenTable(c *decoder.Command) mask.Column {
+	switch c.Cmd.Statement.Kind {
 	case "insert", "update", "delete", "merge":
 	default:
 		return mask.Column{}
 	}
-	if len(c.cmd.Statement.Tables) == 0 || r.s.catalog == nil {
+	if len(c.Cmd.Statement.Tables) == 0 || r.s.catalog == nil {
 		return mask.Column{}
 	}
-	schema, table, ok := r.s.catalog.relationOf(c.cmd.Statement.Tables[0])
+	schema, table, ok := r.s.catalog.relationOf(c.Cmd.Statement.Tables[0])
 	if !ok {
 		return mask.Column{}
 	}
@@ -249,7 +250,7 @@ func (r *relay) maskRow(it *item, n int) error {
 // every later one are dropped, the server is asked to cancel, and the
 // client gets 42501 where the statement ends. The session goes on.
 func (r *relay) failMask(it *item, n int, err error) error {
-	r.s.p.Log.Error("masked result refused: it cannot be masked", "error", err, "statement", it.c.cmd.Text)
+	r.s.p.Log.Error("masked result refused: it cannot be masked", "error", err, "statement", it.c.Cmd.Text)
 	r.refuseResult(it, errorBody("ERROR", codeInsufficientPrivilege, "sluice: "+err.Error(),
 		"The result holds columns that mask rules cover; rather than send them unmasked, Sluice refused the statement.",
 		"Name the tables the statement reads directly; a table created or renamed in the same batch is looked up when the next statement runs."))
@@ -284,9 +285,9 @@ func (r *relay) copyOutResponse(n int) error {
 		return r.serverErr(err)
 	}
 	it := r.headItem()
-	if it != nil && it.c.masker != nil && len(b) >= 1 {
+	if it != nil && it.c.Masker != nil && len(b) >= 1 {
 		st := &copyState{binary: b[0] == 1}
-		text := strings.ToLower(it.c.cmd.Text)
+		text := strings.ToLower(it.c.Cmd.Text)
 		st.csv = strings.Contains(text, "csv")
 		st.opts.Header = st.csv && strings.Contains(text, "header")
 		it.copyOut = st
@@ -294,14 +295,14 @@ func (r *relay) copyOutResponse(n int) error {
 		// the catalog when the statement copies a table.
 		it.cols = nil
 		it.plan = nil
-		tables := it.c.cmd.Statement.Tables
+		tables := it.c.Cmd.Statement.Tables
 		cols := []mask.Column{}
 		if len(tables) == 1 && !strings.Contains(text, "(select") && !strings.Contains(text, "( select") {
 			ok := false
 			if r.s.catalog != nil {
 				cols, ok = r.s.catalog.tableColumns(tables[0])
 			}
-			if !ok && it.c.masker.ByColumn() {
+			if !ok && it.c.Masker.ByColumn() {
 				r.failMask(it, -1, errUnresolved)
 			}
 			if i := strings.Index(text, tables[0]+" ("); i >= 0 || strings.Contains(text, tables[0]+"(") {
@@ -309,8 +310,8 @@ func (r *relay) copyOutResponse(n int) error {
 				cols = listedColumns(text, tables[0], cols)
 			}
 		}
-		it.plan = it.c.masker.Plan(cols)
-		it.plan.DryRun = it.c.verdict.Decision.Monitor
+		it.plan = it.c.Masker.Plan(cols)
+		it.plan.DryRun = it.c.Verdict.Decision.Monitor
 	}
 	return r.send('H', b)
 }
@@ -358,8 +359,8 @@ func (r *relay) copyDone(n int) error {
 // the session's last masked statement): a unique violation's
 // "Key (email)=(...)" must not leak.
 func (r *relay) maskMessage(b []byte) []byte {
-	if h := r.head(); h != nil && h.it != nil && h.it.c.masker != nil {
-		r.lastMasker = h.it.c.masker
+	if h := r.head(); h != nil && h.it != nil && h.it.c.Masker != nil {
+		r.lastMasker = h.it.c.Masker
 	}
 	m := r.lastMasker
 	if m == nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/ruleset"
@@ -58,6 +59,9 @@ type relay struct {
 	cw, sw *bufio.Writer
 	cwMu   sync.Mutex // cw is the server goroutine's, but the client side may need to end the session
 	status byte
+
+	// dec decides the client's commands.
+	dec decoder.Decider
 
 	// Client side: named statements and portals as the client made them.
 	stmts     map[string]*cstmt
@@ -105,21 +109,13 @@ const (
 	maxStatementBytes = 64 << 20
 )
 
-// command is one classified statement text and its verdict.
-type command struct {
-	cmd     enforcer.Command
-	verdict enforcer.Verdict
-	// masker is set when the verdict's mask rules apply to the results.
-	masker *mask.Masker
-}
-
 // cstmt is a prepared statement as the client side expects the server to
 // have it. It is a guess: a Parse the server skips (an error earlier in
 // its batch) leaves the server with the statement the name had before.
 // What the server really has is the server side's (sstmt); the client
 // side's guess only decides what to send ahead of an Execute.
 type cstmt struct {
-	c *command
+	c *decoder.Command
 	// described is the batch in which the client asked for the
 	// statement's description after its Parse, plus one (0: never).
 	described uint64
@@ -128,7 +124,7 @@ type cstmt struct {
 // cportal is a bound portal as the client side expects it (a guess, as
 // cstmt).
 type cportal struct {
-	c         *command
+	c         *decoder.Command
 	described uint64 // as cstmt's
 }
 
@@ -136,7 +132,7 @@ type cportal struct {
 // decided as, and its description once the server gave it (nil until
 // then; empty for no rows).
 type sstmt struct {
-	c    *command
+	c    *decoder.Command
 	desc []colDesc
 }
 
@@ -144,7 +140,7 @@ type sstmt struct {
 // columns (from the statement's description with the Bind's formats, or
 // its own Describe) and what earlier Executes of it returned.
 type sportal struct {
-	c           *command
+	c           *decoder.Command
 	cols        []colDesc
 	rows, bytes int64
 	heldOK      bool
@@ -158,10 +154,10 @@ type op struct {
 	typ     byte // the message: 'P', 'B', 'D', 'E', 'C', 'S', 'Q' or 'F'
 	obj     byte // Describe and Close: 'S' or 'P'
 	name    string
-	stmt    string   // Bind: the statement bound
-	formats []int16  // Bind: result formats
-	c       *command // Parse: the statement decided
-	it      *item    // Execute, Query, FunctionCall: the result accounted
+	stmt    string           // Bind: the statement bound
+	formats []int16          // Bind: result formats
+	c       *decoder.Command // Parse: the statement decided
+	it      *item            // Execute, Query, FunctionCall: the result accounted
 	// denial replaces the server's error for this message: the message
 	// was substituted for a refused one.
 	denial []byte
@@ -174,7 +170,7 @@ type op struct {
 // item is one command in flight: a simple Query, an Execute or a function
 // call.
 type item struct {
-	c      *command
+	c      *decoder.Command
 	simple bool // a simple Query or function call: ends at ReadyForQuery
 	start  time.Time
 	rows   int64
@@ -215,6 +211,7 @@ func (r *relay) init() {
 	r.sStmts = map[string]*sstmt{}
 	r.sPortals = map[string]*sportal{}
 	r.ownName = "sluice_lookup_" + r.s.nonce
+	r.dec = decoder.Decider{Session: r.s.p.Session, Masks: r.s.p.Masks}
 }
 
 func (r *relay) run() error {
@@ -307,36 +304,17 @@ func (r *relay) endClient(err error) error {
 	return err
 }
 
-// decide classifies text and asks the session for a verdict.
-func (r *relay) decide(text string) *command {
-	c := &command{cmd: enforcer.Command{Text: text}}
-	c.cmd.Statement, c.cmd.ClassifyErr = r.s.p.Classify(text)
-	if c.cmd.ClassifyErr == nil {
+// decide classifies text and decides it (decoder.Decider: the verdict,
+// and a masker that fails closed).
+func (r *relay) decide(text string) *decoder.Command {
+	c := &decoder.Command{Cmd: enforcer.Command{Text: text}}
+	c.Cmd.Statement, c.Cmd.ClassifyErr = r.s.p.Classify(text)
+	if c.Cmd.ClassifyErr == nil {
 		// EXECUTE is decided as what this session prepared.
-		c.cmd.Statement = r.prepared.apply(c.cmd.Statement, text)
+		c.Cmd.Statement = r.prepared.apply(c.Cmd.Statement, text)
 	}
-	c.verdict = r.s.p.Session.Decide(&c.cmd)
-	if len(c.verdict.Decision.Masks) > 0 && c.verdict.Action != ruleset.Deny {
-		var m *mask.Masker
-		err := errors.New("no masking configured")
-		if r.s.p.Masks != nil {
-			m, err = r.s.p.Masks.Masker(c.verdict.Decision.Masks)
-		}
-		if err != nil {
-			// A mask that cannot be built must not let data through.
-			c.verdict.Action = ruleset.Deny
-			c.verdict.Decision.Reason = "the mask rules cannot be applied: " + err.Error()
-			return c
-		}
-		c.masker = m
-	}
+	r.dec.Decide(c)
 	return c
-}
-
-// blocked reports whether a verdict keeps the statement from the server.
-// A hold is refused outright until approval holds exist: fail closed.
-func blocked(v enforcer.Verdict) bool {
-	return v.Action == ruleset.Deny || v.Action == ruleset.Hold
 }
 
 // push appends what the server will answer next.
@@ -378,12 +356,12 @@ func (r *relay) query(n int) error {
 	r.awaitHold(c)
 	it := &item{c: c, simple: true, start: time.Now()}
 	r.batch++
-	if blocked(c.verdict) {
+	if c.Blocked() {
 		it.denied = true
-		r.push(&op{typ: 'Q', it: it, denial: denialBody(c.verdict)})
+		r.push(&op{typ: 'Q', it: it, denial: denialBody(c.Verdict)})
 		return writeMsg(r.sw, 'Q', append([]byte(r.substitute()), 0))
 	}
-	if changesSchema(c.cmd.Statement) {
+	if changesSchema(c.Cmd.Statement) {
 		r.forgetNames()
 	}
 	if !r.openBatch {
@@ -420,7 +398,7 @@ func (r *relay) parse(n int) error {
 	r.openBatch = true
 	old := r.stmts[name]
 	if old != nil {
-		r.stmtBytes -= len(old.c.cmd.Text)
+		r.stmtBytes -= len(old.c.Cmd.Text)
 	}
 	if old == nil && len(r.stmts) >= maxStatements || r.stmtBytes+len(text) > maxStatementBytes {
 		delete(r.stmts, name)
@@ -432,11 +410,11 @@ func (r *relay) parse(n int) error {
 	}
 	r.stmts[name] = &cstmt{c: c}
 	r.stmtBytes += len(text)
-	if blocked(c.verdict) {
-		r.push(&op{typ: 'P', name: name, denial: denialBody(c.verdict)})
+	if c.Blocked() {
+		r.push(&op{typ: 'P', name: name, denial: denialBody(c.Verdict)})
 		return writeMsg(r.sw, 'P', append(append(append([]byte(name), 0), r.substitute()...), 0, 0, 0))
 	}
-	if changesSchema(c.cmd.Statement) {
+	if changesSchema(c.Cmd.Statement) {
 		r.forgetNames()
 	}
 	r.push(&op{typ: 'P', name: name, c: c})
@@ -543,10 +521,10 @@ func (r *relay) execute(n int) error {
 	o := &op{typ: 'E', name: portal, it: &item{start: time.Now(), portal: portal}}
 	if pt := r.portals[portal]; pt != nil && pt.c != nil {
 		o.it.c = pt.c
-		if changesSchema(pt.c.cmd.Statement) {
+		if changesSchema(pt.c.Cmd.Statement) {
 			r.forgetNames()
 		}
-		if pt.c.masker != nil && !blocked(pt.c.verdict) {
+		if pt.c.Masker != nil && !pt.c.Blocked() {
 			if pt.described != r.batch+1 {
 				// The rows must not arrive before their columns. A
 				// description from an earlier batch may belong to a
@@ -569,11 +547,11 @@ func (r *relay) execute(n int) error {
 // lookup sends, in front of the statement about to go, a catalog lookup
 // of the tables it names that this session has not looked up, when its
 // masks go by column.
-func (r *relay) lookup(c *command, sync bool) error {
-	if c.masker == nil || !c.masker.ByColumn() || r.s.catalog == nil {
+func (r *relay) lookup(c *decoder.Command, sync bool) error {
+	if c.Masker == nil || !c.Masker.ByColumn() || r.s.catalog == nil {
 		return nil
 	}
-	names, oids, gen := r.s.catalog.unresolved(c.cmd.Statement.Tables)
+	names, oids, gen := r.s.catalog.unresolved(c.Cmd.Statement.Tables)
 	if len(names) == 0 && len(oids) == 0 {
 		return nil
 	}
@@ -606,7 +584,7 @@ func (r *relay) closeMsg(n int) error {
 	switch b[0] {
 	case 'S':
 		if cs := r.stmts[name]; cs != nil {
-			r.stmtBytes -= len(cs.c.cmd.Text)
+			r.stmtBytes -= len(cs.c.Cmd.Text)
 			delete(r.stmts, name)
 		}
 	case 'P':
@@ -629,13 +607,13 @@ func (r *relay) functionCall(n int) error {
 		return &ProtocolError{Msg: "short function call"}
 	}
 	oid := binary.BigEndian.Uint32(b)
-	c := &command{cmd: enforcer.Command{Text: fmt.Sprintf("<fastpath function call oid %d>", oid),
+	c := &decoder.Command{Cmd: enforcer.Command{Text: fmt.Sprintf("<fastpath function call oid %d>", oid),
 		Statement: ruleset.Statement{Kind: "function_call", Functions: []string{fmt.Sprintf("oid:%d", oid)}}}}
-	c.verdict = r.s.p.Session.Decide(&c.cmd)
+	c.Verdict = r.s.p.Session.Decide(&c.Cmd)
 	it := &item{c: c, simple: true, start: time.Now()}
-	if blocked(c.verdict) {
+	if c.Blocked() {
 		it.denied = true
-		r.push(&op{typ: 'Q', it: it, denial: denialBody(c.verdict)})
+		r.push(&op{typ: 'Q', it: it, denial: denialBody(c.Verdict)})
 		return writeMsg(r.sw, 'Q', append([]byte(r.substitute()), 0))
 	}
 	r.push(&op{typ: 'F', it: it})
@@ -890,14 +868,14 @@ func (r *relay) result(h *op) *item {
 	}
 	sp := r.sPortals[h.name]
 	if sp == nil || sp.c == nil {
-		it.c = &command{cmd: enforcer.Command{Text: fmt.Sprintf("<execute of portal %q>", h.name)}}
+		it.c = &decoder.Command{Cmd: enforcer.Command{Text: fmt.Sprintf("<execute of portal %q>", h.name)}}
 		it.denied = true // reported below, if it returns rows
 		it.unknown = true
 		return it
 	}
 	if it.c != sp.c {
 		it.c = sp.c
-		it.denied = blocked(sp.c.verdict)
+		it.denied = sp.c.Blocked()
 	}
 	it.baseRows, it.baseBytes, it.heldOK = sp.rows, sp.bytes, sp.heldOK
 	it.cols = sp.cols
@@ -944,7 +922,7 @@ func (r *relay) dataRow(n int) error {
 		_, err := r.sr.body(n)
 		return r.serverErr(err)
 	}
-	if it.c.masker != nil {
+	if it.c.Masker != nil {
 		return r.maskRow(it, n)
 	}
 	return r.sr.forward(r.cw, n)
@@ -1152,17 +1130,17 @@ func (r *relay) ready(n int) error {
 // already sent.
 func (r *relay) checkResult(it *item) error {
 	rows, nbytes := it.baseRows+it.rows, it.baseBytes+it.bytes
-	if !it.c.verdict.Decision.AwaitResult || it.heldOK || it.refusal != nil ||
+	if !it.c.Verdict.Decision.AwaitResult || it.heldOK || it.refusal != nil ||
 		(rows < it.checkRows && nbytes < it.checkBytes) {
 		return nil
 	}
 	// rows counts the row about to be sent: decide as if it had been.
-	v := r.s.p.Session.DecideResult(&it.c.cmd, rows, nbytes)
+	v := r.s.p.Session.DecideResult(&it.c.Cmd, rows, nbytes)
 	it.checkRows, it.checkBytes = r.s.p.Session.NextResultCheck(rows, nbytes)
 	switch v.Action {
 	case ruleset.Hold:
 		if r.s.p.Session.CanHold() {
-			o := r.s.p.Session.Hold(r.s.ctx, enforcer.HoldRequest{Command: &it.c.cmd, Verdict: v, Stage: "result", Rows: rows - 1,
+			o := r.s.p.Session.Hold(r.s.ctx, enforcer.HoldRequest{Command: &it.c.Cmd, Verdict: v, Stage: "result", Rows: rows - 1,
 				Notify: func(id, msg string) {
 					writeMsg(r.cw, 'N', noticeBody(msg))
 					r.cw.Flush()
@@ -1214,11 +1192,11 @@ func (r *relay) cancelBackend() {
 // awaitHold waits for the decision on a statement held before it runs. An
 // approved statement goes on (its masks still apply); a refused or
 // expired one becomes a denial with the decider's reason.
-func (r *relay) awaitHold(c *command) {
-	if c.verdict.Action != ruleset.Hold || !r.s.p.Session.CanHold() {
+func (r *relay) awaitHold(c *decoder.Command) {
+	if c.Verdict.Action != ruleset.Hold || !r.s.p.Session.CanHold() {
 		return
 	}
-	o := r.s.p.Session.Hold(r.s.ctx, enforcer.HoldRequest{Command: &c.cmd, Verdict: c.verdict, Stage: "before",
+	o := r.s.p.Session.Hold(r.s.ctx, enforcer.HoldRequest{Command: &c.Cmd, Verdict: c.Verdict, Stage: "before",
 		Notify: func(id, msg string) {
 			r.cwMu.Lock()
 			writeMsg(r.cw, 'N', noticeBody(msg))
@@ -1226,14 +1204,14 @@ func (r *relay) awaitHold(c *command) {
 			r.cwMu.Unlock()
 		}})
 	if o.Approved {
-		c.verdict.Action = ruleset.Allow
-		if c.masker != nil {
-			c.verdict.Action = ruleset.Mask
+		c.Verdict.Action = ruleset.Allow
+		if c.Masker != nil {
+			c.Verdict.Action = ruleset.Mask
 		}
 		return
 	}
-	c.verdict.Action = ruleset.Deny
-	c.verdict.Decision.Reason = o.Reason
+	c.Verdict.Action = ruleset.Deny
+	c.Verdict.Decision.Reason = o.Reason
 }
 
 // noticeBody is a NoticeResponse body telling the client about a hold.
@@ -1254,7 +1232,7 @@ func (r *relay) report(it *item, skipped bool) {
 	if it == nil || it.denied || it.c == nil {
 		return
 	}
-	r.s.p.Session.Done(&it.c.cmd, it.c.verdict, enforcer.Outcome{
+	r.s.p.Session.Done(&it.c.Cmd, it.c.Verdict, enforcer.Outcome{
 		Rows: it.rows, Bytes: it.bytes, Duration: time.Since(it.start), ErrCode: it.code, Skipped: skipped,
 	})
 }
