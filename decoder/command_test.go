@@ -31,6 +31,13 @@ policy "ci" {
     when      = sql.kind == "copy_out"
     approvers = ["group:security"]
   }
+  deny "big" {
+    when = sql.kind == "select" && result.rows > 2
+  }
+  hold "long" {
+    when      = sql.kind == "explain" && result.rows > 1
+    approvers = ["group:security"]
+  }
 }
 `
 

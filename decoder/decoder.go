@@ -14,6 +14,11 @@
 //     Result);
 //   - deciding a command (Command, Decider.Decide): the session's verdict
 //     and the masker it needs, refused when the masker cannot be built;
+//   - holds and result gating (Decider.AwaitHold, Decider.CheckResult,
+//     ResultGate): waiting on a hold before a command runs, deciding a
+//     result again at the rows where a result rule can change its verdict,
+//     and stopping a refused command on the server with the protocol's
+//     own cancel (Canceler, CancelCommand), all failing closed;
 //   - the classification cache, with the protocol's classifier and
 //     normaliser plugged in (Cache);
 //   - TLS on either hop (UpstreamTLS, ServerHandshake, ClientHandshake);

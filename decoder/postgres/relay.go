@@ -60,8 +60,10 @@ type relay struct {
 	cwMu   sync.Mutex // cw is the server goroutine's, but the client side may need to end the session
 	status byte
 
-	// dec decides the client's commands.
-	dec decoder.Decider
+	// dec decides the client's commands; holdNotice and resultNotice
+	// tell the client about a hold before a statement and on a result.
+	dec                      decoder.Decider
+	holdNotice, resultNotice decoder.Notify
 
 	// Client side: named statements and portals as the client made them.
 	stmts     map[string]*cstmt
@@ -183,9 +185,10 @@ type item struct {
 	denied              bool
 	unknown             bool // an Execute of a portal the proxy never saw bound
 
-	// checkRows and checkBytes are the counts at which a result that
-	// awaits its verdict is decided again (zero: at its first row).
-	checkRows, checkBytes int64
+	// gate decides a result whose rules wait on it again as it grows
+	// (decoder.Decider.CheckResult); its Approved is carried across a
+	// portal's Executes.
+	gate decoder.ResultGate
 
 	// Masking: the portal an Execute runs, the columns of the result in
 	// flight and the plan built for them.
@@ -194,10 +197,9 @@ type item struct {
 	plan    *mask.Plan
 	copyOut *copyState
 
-	// Result-stage holds: held once approved; refused means the server
-	// was asked to cancel, further rows are dropped and the statement's
-	// end is replaced by refusal.
-	heldOK  bool
+	// refusal is set when the result was refused: the server was asked
+	// to cancel, further rows are dropped and the statement's end is
+	// replaced by refusal.
 	refusal []byte
 }
 
@@ -212,6 +214,19 @@ func (r *relay) init() {
 	r.sPortals = map[string]*sportal{}
 	r.ownName = "sluice_lookup_" + r.s.nonce
 	r.dec = decoder.Decider{Session: r.s.p.Session, Masks: r.s.p.Masks}
+	// A hold before a statement runs is noticed from the client side,
+	// while the server side may be writing; a hold on a result from the
+	// server side, which holds cwMu.
+	r.holdNotice = func(id, msg string) {
+		r.cwMu.Lock()
+		writeMsg(r.cw, 'N', noticeBody(msg))
+		r.cw.Flush()
+		r.cwMu.Unlock()
+	}
+	r.resultNotice = func(id, msg string) {
+		writeMsg(r.cw, 'N', noticeBody(msg))
+		r.cw.Flush()
+	}
 }
 
 func (r *relay) run() error {
@@ -353,7 +368,7 @@ func (r *relay) query(n int) error {
 		return err
 	}
 	c := r.decide(text)
-	r.awaitHold(c)
+	r.dec.AwaitHold(r.s.ctx, c, r.holdNotice)
 	it := &item{c: c, simple: true, start: time.Now()}
 	r.batch++
 	if c.Blocked() {
@@ -394,7 +409,7 @@ func (r *relay) parse(n int) error {
 		return err
 	}
 	c := r.decide(text)
-	r.awaitHold(c)
+	r.dec.AwaitHold(r.s.ctx, c, r.holdNotice)
 	r.openBatch = true
 	old := r.stmts[name]
 	if old != nil {
@@ -877,7 +892,7 @@ func (r *relay) result(h *op) *item {
 		it.c = sp.c
 		it.denied = sp.c.Blocked()
 	}
-	it.baseRows, it.baseBytes, it.heldOK = sp.rows, sp.bytes, sp.heldOK
+	it.baseRows, it.baseBytes, it.gate.Approved = sp.rows, sp.bytes, sp.heldOK
 	it.cols = sp.cols
 	if sp.refused != nil {
 		it.refusal = sp.refused
@@ -914,8 +929,13 @@ func (r *relay) dataRow(n int) error {
 	}
 	it.rows++ // items are the server side's alone
 	it.bytes += int64(n)
-	if err := r.checkResult(it); err != nil {
-		return err
+	if it.refusal == nil {
+		// A rule waits on the result: decide it again at this row when
+		// the counts reach the next point where the verdict can change.
+		// A hold pauses here; a deny or a refused hold refuses the rest.
+		if refused, v := r.dec.CheckResult(r.s.ctx, it.c, &it.gate, it.baseRows+it.rows, it.baseBytes+it.bytes, r.resultNotice); refused {
+			r.refuseResult(it, denialBody(v))
+		}
 	}
 	if it.refusal != nil || r.suppress {
 		// Refused: the server is cancelling; drop what it still sends.
@@ -970,7 +990,7 @@ func (r *relay) commandEnd(typ byte, n int) error {
 		r.pop()
 		if it != nil {
 			if sp := r.sPortals[h.name]; sp != nil && typ == 's' {
-				sp.rows, sp.bytes, sp.heldOK = it.baseRows+it.rows, it.baseBytes+it.bytes, it.heldOK
+				sp.rows, sp.bytes, sp.heldOK = it.baseRows+it.rows, it.baseBytes+it.bytes, it.gate.Approved
 			}
 			r.report(it, false)
 		}
@@ -1119,47 +1139,6 @@ func (r *relay) ready(n int) error {
 	return writeMsg(r.cw, 'Z', b)
 }
 
-// checkResult re-decides a statement whose rules wait on its result: at
-// its first row, then whenever the rows or bytes reach the next count at
-// which the ruleset says the verdict can change (for result.rows > N, row
-// N+1), so the verdict is the one every row would get. The counts of a
-// portal fetched in pieces run on across its Executes. A hold pauses the
-// result (nothing more is read from the server, so it waits too) until a
-// human decides; a deny, or a refused hold, cancels the statement on the
-// server and ends it for the client with an error, after exactly the rows
-// already sent.
-func (r *relay) checkResult(it *item) error {
-	rows, nbytes := it.baseRows+it.rows, it.baseBytes+it.bytes
-	if !it.c.Verdict.Decision.AwaitResult || it.heldOK || it.refusal != nil ||
-		(rows < it.checkRows && nbytes < it.checkBytes) {
-		return nil
-	}
-	// rows counts the row about to be sent: decide as if it had been.
-	v := r.s.p.Session.DecideResult(&it.c.Cmd, rows, nbytes)
-	it.checkRows, it.checkBytes = r.s.p.Session.NextResultCheck(rows, nbytes)
-	switch v.Action {
-	case ruleset.Hold:
-		if r.s.p.Session.CanHold() {
-			o := r.s.p.Session.Hold(r.s.ctx, enforcer.HoldRequest{Command: &it.c.Cmd, Verdict: v, Stage: "result", Rows: rows - 1,
-				Notify: func(id, msg string) {
-					writeMsg(r.cw, 'N', noticeBody(msg))
-					r.cw.Flush()
-				}})
-			if o.Approved {
-				it.heldOK = true
-				return nil
-			}
-			v.Action = ruleset.Deny
-			v.Decision.Reason = o.Reason
-		}
-	case ruleset.Deny:
-	default:
-		return nil
-	}
-	r.refuseResult(it, denialBody(v))
-	return nil
-}
-
 // refuseResult drops the rest of a result and ends it with body; the
 // server is asked to cancel the statement.
 func (r *relay) refuseResult(it *item, body []byte) {
@@ -1168,50 +1147,30 @@ func (r *relay) refuseResult(it *item, body []byte) {
 }
 
 // cancelBackend asks the server to cancel the running statement, as a
-// client's CancelRequest would, on a new connection.
+// client's CancelRequest would, on a new connection (decoder.CancelCommand
+// runs it in the background, bounded and logged).
 func (r *relay) cancelBackend() {
 	if r.s.cancelPacket == nil {
 		return
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c, err := r.s.p.Dial(ctx)
-		if err != nil {
-			r.s.p.Log.Error("cancel request for a refused result failed", "error", err)
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		c.Write(r.s.cancelPacket)
-		var b [1]byte
-		c.Read(b[:])
-	}()
+	decoder.CancelCommand(r.s.cancelRequest, r.s.p.Log)
 }
 
-// awaitHold waits for the decision on a statement held before it runs. An
-// approved statement goes on (its masks still apply); a refused or
-// expired one becomes a denial with the decider's reason.
-func (r *relay) awaitHold(c *decoder.Command) {
-	if c.Verdict.Action != ruleset.Hold || !r.s.p.Session.CanHold() {
-		return
+// cancelRequest sends the session's CancelRequest on a new connection
+// and waits (within ctx) for the server to close it.
+func (s *session) cancelRequest(ctx context.Context) error {
+	c, err := s.p.Dial(ctx)
+	if err != nil {
+		return err
 	}
-	o := r.s.p.Session.Hold(r.s.ctx, enforcer.HoldRequest{Command: &c.Cmd, Verdict: c.Verdict, Stage: "before",
-		Notify: func(id, msg string) {
-			r.cwMu.Lock()
-			writeMsg(r.cw, 'N', noticeBody(msg))
-			r.cw.Flush()
-			r.cwMu.Unlock()
-		}})
-	if o.Approved {
-		c.Verdict.Action = ruleset.Allow
-		if c.Masker != nil {
-			c.Verdict.Action = ruleset.Mask
-		}
-		return
+	defer c.Close()
+	if d, ok := ctx.Deadline(); ok {
+		c.SetDeadline(d)
 	}
-	c.Verdict.Action = ruleset.Deny
-	c.Verdict.Decision.Reason = o.Reason
+	c.Write(s.cancelPacket)
+	var b [1]byte
+	c.Read(b[:])
+	return nil
 }
 
 // noticeBody is a NoticeResponse body telling the client about a hold.
