@@ -19,6 +19,10 @@
 //     result again at the rows where a result rule can change its verdict,
 //     and stopping a refused command on the server with the protocol's
 //     own cancel (Canceler, CancelCommand), all failing closed;
+//   - masking plans (Plans, Command.Plan): a result's columns named as
+//     the origins mask rules match (schema, table, column, type) by the
+//     protocol's Origins, and the last plan reused for the next result
+//     with the same masker and the same column descriptions;
 //   - the classification cache, with the protocol's classifier and
 //     normaliser plugged in (Cache);
 //   - TLS on either hop (UpstreamTLS, ServerHandshake, ClientHandshake);

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/sluicehq/sluice/decoder"
@@ -105,33 +104,42 @@ func formatOf(f []int16, i int) int16 {
 var errUnresolved = errors.New("cannot name the origin of the result's columns")
 
 // planFor builds (once) the masking plan of the item's result from its
-// columns: named through the session's catalog when the masks go by
-// column, by output name and type alone when they only detect.
+// columns (decoder.Plans: the session's last plan is reused for the same
+// masker and columns; origins names them otherwise).
 func (r *relay) planFor(it *item) (*mask.Plan, error) {
 	if it.plan != nil {
 		return it.plan, nil
 	}
-	cols := it.cols
-	if cols == nil {
+	if it.cols == nil {
 		return nil, errUnresolved
 	}
-	if lp := &r.lastPlan; lp.plan != nil && lp.masker == it.c.Masker && lp.plan.DryRun == it.c.Verdict.Decision.Monitor &&
-		slices.Equal(lp.cols, cols) {
-		it.plan = lp.plan.Fresh()
-		return it.plan, nil
+	plan, err := r.plans.Plan(it.c, it.cols)
+	if err != nil {
+		return nil, err
 	}
-	byColumn := it.c.Masker.ByColumn()
+	it.plan = plan
+	return plan, nil
+}
+
+// origins names the origins of a result's columns for c's masker
+// (decoder.Plans.Origins): through the session's catalog, from each
+// column's table OID and attribute number, when the masks go by column;
+// by output name and type alone when they only detect. A column of a
+// table the catalog cannot name is an error (the result is refused), and
+// the table is looked up with the next statement.
+func (r *relay) origins(c *decoder.Command, cols []colDesc) ([]mask.Column, error) {
+	byColumn := c.Masker.ByColumn()
 	mc := make([]mask.Column, len(cols))
-	for i, c := range cols {
-		mc[i] = mask.Column{Name: c.name, Type: c.typ}
+	for i, col := range cols {
+		mc[i] = mask.Column{Name: col.name, Type: col.typ}
 		if !byColumn {
 			continue
 		}
-		if c.table == 0 {
+		if col.table == 0 {
 			// An expression, or a value a statement returns without
 			// naming its origin (RETURNING): by its output name, as a
 			// column of each table the statement writes.
-			if w := r.writtenTable(it.c); w.Table != "" {
+			if w := r.writtenTable(c); w.Table != "" {
 				mc[i].Schema, mc[i].Table = w.Schema, w.Table
 			}
 			continue
@@ -139,18 +147,15 @@ func (r *relay) planFor(it *item) (*mask.Plan, error) {
 		if r.s.catalog == nil {
 			return nil, errUnresolved
 		}
-		schema, table, col, ok := r.s.catalog.column(c.table, c.attnum)
+		schema, table, name, ok := r.s.catalog.column(col.table, col.attnum)
 		if !ok {
-			r.s.catalog.wantOID(c.table)
+			r.s.catalog.wantOID(col.table)
 			r.forgetNames()
-			return nil, fmt.Errorf("%w: table oid %d is not among the tables the statement names", errUnresolved, c.table)
+			return nil, fmt.Errorf("%w: table oid %d is not among the tables the statement names", errUnresolved, col.table)
 		}
-		mc[i] = mask.Column{Schema: schema, Table: table, Name: col, Type: c.typ}
+		mc[i] = mask.Column{Schema: schema, Table: table, Name: name, Type: col.typ}
 	}
-	it.plan = it.c.Masker.Plan(mc)
-	it.plan.DryRun = it.c.Verdict.Decision.Monitor
-	r.lastPlan.plan, r.lastPlan.masker, r.lastPlan.cols = it.plan, it.c.Masker, cols
-	return it.plan, nil
+	return mc, nil
 }
 
 // writtenTable is the table an INSERT, UPDATE, DELETE or MERGE writes, as
@@ -310,8 +315,7 @@ func (r *relay) copyOutResponse(n int) error {
 				cols = listedColumns(text, tables[0], cols)
 			}
 		}
-		it.plan = it.c.Masker.Plan(cols)
-		it.plan.DryRun = it.c.Verdict.Decision.Monitor
+		it.plan = it.c.Plan(cols)
 	}
 	return r.send('H', b)
 }

@@ -94,14 +94,10 @@ type relay struct {
 	lastMasker *mask.Masker
 	// rowBuf and valBuf are scratch for masked rows.
 	rowBuf, valBuf []byte
-	// lastPlan is the last masking plan made, with its masker and the
-	// columns it was made for: the next result with the same masker and
-	// columns (a statement run again) reuses it (Plan.Fresh).
-	lastPlan struct {
-		plan   *mask.Plan
-		masker *mask.Masker
-		cols   []colDesc
-	}
+	// plans makes the results' masking plans, reusing the last one for
+	// the next result with the same masker and columns (a statement run
+	// again).
+	plans decoder.Plans[colDesc]
 }
 
 // Bounds of one session's prepared statements (the client's and the
@@ -214,6 +210,7 @@ func (r *relay) init() {
 	r.sPortals = map[string]*sportal{}
 	r.ownName = "sluice_lookup_" + r.s.nonce
 	r.dec = decoder.Decider{Session: r.s.p.Session, Masks: r.s.p.Masks}
+	r.plans.Origins = r.origins
 	// A hold before a statement runs is noticed from the client side,
 	// while the server side may be writing; a hold on a result from the
 	// server side, which holds cwMu.
