@@ -23,6 +23,8 @@
 //     the origins mask rules match (schema, table, column, type) by the
 //     protocol's Origins, and the last plan reused for the next result
 //     with the same masker and the same column descriptions;
+//   - the recording of a decoded session's client hop from the end of
+//     authentication (WireTap), and its byte counts (CountConn);
 //   - the classification cache, with the protocol's classifier and
 //     normaliser plugged in (Cache);
 //   - TLS on either hop (UpstreamTLS, ServerHandshake, ClientHandshake);

@@ -95,11 +95,12 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	if p.Log == nil {
 		p.Log = hclog.NewNullLogger()
 	}
-	s := &session{p: p, client: countConn{Conn: rawio.Wrap(p.Client)}}
+	s := &session{p: p, client: decoder.CountConn{Conn: rawio.Wrap(p.Client)}}
+	s.tap.Session = p.Session
 	defer s.close()
 	err := s.run(ctx)
 	st := Stats{
-		BytesFromClient: s.client.read, BytesToClient: s.client.written,
+		BytesFromClient: s.client.Counts().ClientToServer, BytesToClient: s.client.Counts().ServerToClient,
 		User: s.user, Database: s.database, ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS,
 		ClientUser: s.clientUser, Credential: s.credential,
 	}
@@ -109,8 +110,8 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 // session is one client connection's state.
 type session struct {
 	p      Params
-	client countConn
-	cconn  net.Conn // the client side after TLS, if any
+	client decoder.CountConn // the client's bytes as they cross the network
+	cconn  net.Conn          // the client side after TLS, if any
 	up     net.Conn
 
 	user, database         string
@@ -121,7 +122,7 @@ type session struct {
 	catalog                *Catalog
 	ctx                    context.Context
 	nonce                  string
-	tapOpen                bool // the session is authenticated: record its traffic
+	tap                    decoder.WireTap // records the client hop from the end of the login (openTap)
 	closeOnce              sync.Once
 	// connMu guards cconn, up and cancelKey against close, which runs on
 	// the context's AfterFunc goroutine while the session goroutine may
@@ -201,7 +202,7 @@ func (s *session) run(ctx context.Context) error {
 			return err
 		}
 		// What the client sent, and what it received after masking.
-		s.setCconn(decoder.Tapped(s.cconn, s.wire))
+		s.setCconn(decoder.Tapped(s.cconn, s.tap.Tap))
 	}
 
 	// 2. How the session authenticates: with the client's own credentials,
@@ -258,16 +259,6 @@ func (s *session) run(ctx context.Context) error {
 	return r.run()
 }
 
-// wire is the client connection's tap: nothing until the server has
-// answered the authentication exchange (tapOpen), then everything, to
-// the recording.
-func (s *session) wire(dir string, b []byte) error {
-	if !s.tapOpen {
-		return nil
-	}
-	return s.p.Session.Wire(dir, b)
-}
-
 // openTap starts recording the client hop where the authentication
 // exchange ends: called before the server's AuthenticationOk (or its
 // ErrorResponse) is written to the client. What the client was sent
@@ -276,23 +267,20 @@ func (s *session) wire(dir string, b []byte) error {
 // StartupMessage, then the server's AuthenticationOk, ParameterStatus,
 // BackendKeyData and ReadyForQuery as the client got them, and never a
 // password message or a SCRAM exchange. Until the relay starts only this
-// goroutine uses the connection. A recorder that fails ends the session,
-// and the client is told.
+// goroutine uses the connection (decoder.WireTap). A recorder that fails
+// ends the session, and the client is told.
 func (s *session) openTap(cr *frameReader, cw *bufio.Writer) error {
-	if s.tapOpen || !s.p.Session.WantsWire() {
+	if !s.tap.Waiting() {
 		return nil
 	}
 	if err := cw.Flush(); err != nil {
 		return err
 	}
-	if n := cr.r.Buffered(); n > 0 {
-		b, _ := cr.r.Peek(n)
-		if err := s.p.Session.Wire("c2s", b); err != nil {
-			fatal(cw, codeConnectionFailure, "sluice: the session cannot be recorded")
-			return err
-		}
+	b, _ := cr.r.Peek(cr.r.Buffered())
+	if err := s.tap.Open(b); err != nil {
+		fatal(cw, codeConnectionFailure, "sluice: the session cannot be recorded")
+		return err
 	}
-	s.tapOpen = true
 	return nil
 }
 
@@ -762,25 +750,6 @@ func (s *session) clientErr(cw *bufio.Writer, err error) error {
 		fatal(cw, codeProtocolViolation, "sluice: "+pe.Error())
 	}
 	return err
-}
-
-// countConn counts the bytes read from and written to the client, as
-// they cross the network (with TLS, the encrypted bytes).
-type countConn struct {
-	net.Conn
-	read, written int64
-}
-
-func (c *countConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	c.read += int64(n)
-	return n, err
-}
-
-func (c *countConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
-	c.written += int64(n)
-	return n, err
 }
 
 // Refuse answers a client whose connection the ruleset denies before any
