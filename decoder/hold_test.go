@@ -30,34 +30,43 @@ func (h *holder) hold(ctx context.Context, r enforcer.HoldRequest) enforcer.Hold
 	return enforcer.HoldOutcome{Reason: "refused by test"}
 }
 
+// holding returns a decider with maskers whose session's holds h decides
+// as approve says, or that cannot hold.
+func holding(t *testing.T, canHold, approve bool) (*holder, Decider) {
+	h := &holder{approve: approve, holds: map[string]int{}}
+	var hf func(context.Context, enforcer.HoldRequest) enforcer.HoldOutcome
+	if canHold {
+		hf = h.hold
+	}
+	return h, Decider{Session: newSession(t, hf), Masks: mask.NewCache(make([]byte, 32))}
+}
+
+// holdCase is what a hold test runs: a statement of kind, in a session
+// that can hold or not, whose holds are approved or not.
+type holdCase struct {
+	name, kind       string
+	canHold, approve bool
+}
+
 // TestAwaitHold: a statement held before it runs goes on as allowed or
 // masked when approved, becomes a deny with the decider's reason when
 // refused, and stays a (blocked) hold when the session cannot hold.
 func TestAwaitHold(t *testing.T) {
-	masks := mask.NewCache(make([]byte, 32))
 	tests := []struct {
-		name    string
-		kind    string
-		canHold bool
-		approve bool
+		holdCase
 		want    ruleset.Action
 		holds   int
 		blocked bool
 		reason  string
 	}{
-		{"approved: masks still apply", "copy_out", true, true, ruleset.Mask, 1, false, ""},
-		{"refused", "copy_out", true, false, ruleset.Deny, 1, true, "refused by test"},
-		{"no approvals: fail closed", "copy_out", false, false, ruleset.Hold, 0, true, ""},
-		{"not held", "select", true, true, ruleset.Mask, 0, false, ""},
+		{holdCase{"approved: masks still apply", "copy_out", true, true}, ruleset.Mask, 1, false, ""},
+		{holdCase{"refused", "copy_out", true, false}, ruleset.Deny, 1, true, "refused by test"},
+		{holdCase{"no approvals: fail closed", "copy_out", false, false}, ruleset.Hold, 0, true, ""},
+		{holdCase{"not held", "select", true, true}, ruleset.Mask, 0, false, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			h := &holder{approve: tc.approve, holds: map[string]int{}}
-			var hf func(context.Context, enforcer.HoldRequest) enforcer.HoldOutcome
-			if tc.canHold {
-				hf = h.hold
-			}
-			d := Decider{Session: newSession(t, hf), Masks: masks}
+			h, d := holding(t, tc.canHold, tc.approve)
 			c := command(tc.kind)
 			d.Decide(c)
 			d.AwaitHold(context.Background(), c, func(id, msg string) { h.notices++ })
@@ -80,28 +89,20 @@ func TestAwaitHold(t *testing.T) {
 // hold, refuses it.
 func TestCheckResult(t *testing.T) {
 	tests := []struct {
-		name      string
-		kind      string
-		canHold   bool
-		approve   bool
+		holdCase
 		refusedAt int64 // the first row refused; 0: none of 5
 		action    ruleset.Action
 		holds     int
 	}{
-		{"deny past two rows", "select", false, false, 3, ruleset.Deny, 0},
-		{"hold approved", "explain", true, true, 0, 0, 1},
-		{"hold refused", "explain", true, false, 2, ruleset.Deny, 1},
-		{"hold without approvals", "explain", false, false, 2, ruleset.Hold, 0},
-		{"no result rule", "insert", true, true, 0, 0, 0},
+		{holdCase{"deny past two rows", "select", false, false}, 3, ruleset.Deny, 0},
+		{holdCase{"hold approved", "explain", true, true}, 0, 0, 1},
+		{holdCase{"hold refused", "explain", true, false}, 2, ruleset.Deny, 1},
+		{holdCase{"hold without approvals", "explain", false, false}, 2, ruleset.Hold, 0},
+		{holdCase{"no result rule", "insert", true, true}, 0, 0, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			h := &holder{approve: tc.approve, holds: map[string]int{}}
-			var hf func(context.Context, enforcer.HoldRequest) enforcer.HoldOutcome
-			if tc.canHold {
-				hf = h.hold
-			}
-			d := Decider{Session: newSession(t, hf), Masks: mask.NewCache(make([]byte, 32))}
+			h, d := holding(t, tc.canHold, tc.approve)
 			c := command(tc.kind)
 			d.Decide(c)
 			var g ResultGate

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"io"
 	"net/netip"
 	"testing"
 
@@ -25,16 +26,23 @@ func msg(typ byte, body string) []byte {
 }
 
 func fuzzRelay(in []byte) (*relay, *bytes.Buffer, *bytes.Buffer) {
-	rs := ruleset.Default()
+	var toServer, toClient bytes.Buffer
+	r := testRelay(ruleset.Default(), bytes.NewReader(in), bytes.NewReader(in), &toServer, &toClient, fuzzMax)
+	return r, &toServer, &toClient
+}
+
+// testRelay is the relay of a session on target "postgres" (10.0.0.5:5432)
+// under rs, unrecorded, reading the client's messages from client and the
+// server's from server, and writing what each side gets to toServer and
+// toClient; max bounds every message.
+func testRelay(rs *ruleset.Ruleset, client, server io.Reader, toServer, toClient io.Writer, max int) *relay {
 	m := rs.Match(ruleset.Flow{Target: ruleset.Endpoint{Name: "postgres", Protocol: "postgres", Addr: netip.MustParseAddrPort("10.0.0.5:5432")}})
 	s := &session{p: Params{Session: enforcer.NewSession(context.Background(), m, nil, 0, hclog.NewNullLogger()), Classify: NewCache(64).Classify,
 		Masks: mask.NewCache(make([]byte, 32)), Log: hclog.NewNullLogger()}, nonce: "fuzz", catalog: newCatalog()}
-	var toServer, toClient bytes.Buffer
-	r := &relay{s: s,
-		cr: newFrameReader(bytes.NewReader(in), fuzzMax), sr: newFrameReader(bytes.NewReader(in), fuzzMax),
-		sw: bufio.NewWriter(&toServer), cw: bufio.NewWriter(&toClient)}
+	r := &relay{s: s, cr: newFrameReader(client, max), sr: newFrameReader(server, max),
+		sw: bufio.NewWriter(toServer), cw: bufio.NewWriter(toClient)}
 	r.init()
-	return r, &toServer, &toClient
+	return r
 }
 
 // wellFramed reports whether b is a sequence of complete messages within

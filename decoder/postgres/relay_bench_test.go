@@ -1,19 +1,12 @@
 package postgres
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"encoding/binary"
 	"io"
-	"net/netip"
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/go-hclog"
-
-	"github.com/sluicehq/sluice/enforcer"
-	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -77,27 +70,19 @@ func BenchmarkRelay(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			rs, diags := ruleset.Parse(map[string][]byte{"r.hcl": []byte(`
-target "db" {
+target "postgres" {
   protocol = "postgres"
   address  = ["10.0.0.5:5432"]
 }
 policy "ci" {
-  targets = ["db"]
+  targets = ["postgres"]
   ` + bc.rules + `
 }
 `)})
 			if diags.HasErrors() {
 				b.Fatal(diags)
 			}
-			m := rs.Match(ruleset.Flow{Target: ruleset.Endpoint{Name: "db", Protocol: "postgres", Addr: netip.MustParseAddrPort("10.0.0.5:5432")}})
-			s := &session{p: Params{Session: enforcer.NewSession(context.Background(), m, nil, 0, hclog.NewNullLogger()),
-				Classify: NewCache(64).Classify, Masks: mask.NewCache(make([]byte, 32)), Log: hclog.NewNullLogger()},
-				nonce: "bench", catalog: newCatalog()}
-			r := &relay{s: s,
-				cr: newFrameReader(&repeat{b: query, n: b.N}, DefaultMaxMessage),
-				sr: newFrameReader(&repeat{b: answer, n: b.N}, DefaultMaxMessage),
-				sw: bufio.NewWriter(io.Discard), cw: bufio.NewWriter(&leakCheck{b: b})}
-			r.init()
+			r := testRelay(rs, &repeat{b: query, n: b.N}, &repeat{b: answer, n: b.N}, io.Discard, &leakCheck{b: b}, DefaultMaxMessage)
 			b.SetBytes(int64(len(query) + len(answer)))
 			b.ReportAllocs()
 			b.ResetTimer()
