@@ -28,6 +28,8 @@
 //   - the classification cache, with the protocol's classifier and
 //     normaliser plugged in (Cache);
 //   - TLS on either hop (UpstreamTLS, ServerHandshake, ClientHandshake);
+//   - the queue of answers a server owes a decoded session, pushed by
+//     the client side and popped by the server side (Owed);
 //   - the opaque relay with its recording tap (Relay, Tapped), and what
 //     happens to flows of a protocol this build cannot decode (Undecoded).
 //

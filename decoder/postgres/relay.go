@@ -75,14 +75,12 @@ type relay struct {
 	ownName   string
 	ownBuf    []byte
 
-	// Shared: the answers the server owes, in order.
+	// Shared: the answers the server owes, in order (the client side
+	// pushes, the server side pops), and mu guarding status.
+	ops decoder.Owed[*op]
 	mu  sync.Mutex
-	ops []*op
 
-	// Server side: the head of ops, once read (only the server side
-	// removes from ops, so it stays the head until it does); statements
-	// and portals as the server has them.
-	cur      *op
+	// Server side: statements and portals as the server has them.
 	sStmts   map[string]*sstmt
 	sPortals map[string]*sportal
 	// suppress drops the server's answers until the batch's
@@ -331,9 +329,7 @@ func (r *relay) decide(text string) *decoder.Command {
 
 // push appends what the server will answer next.
 func (r *relay) push(o *op) {
-	r.mu.Lock()
-	r.ops = append(r.ops, o)
-	r.mu.Unlock()
+	r.ops.Push(o)
 }
 
 // substitute is the statement sent in place of a denied one.
@@ -569,13 +565,11 @@ func (r *relay) lookup(c *decoder.Command, sync bool) error {
 	}
 	lk := &lookup{gen: gen, names: names, oids: oids}
 	r.ownBuf = lookupMessages(r.ownBuf[:0], r.ownName, names, oids, sync)
-	r.mu.Lock()
-	r.ops = append(r.ops, &op{typ: 'P', own: true}, &op{typ: 'B', own: true}, &op{typ: 'E', own: true, lk: lk},
+	r.ops.Push(&op{typ: 'P', own: true}, &op{typ: 'B', own: true}, &op{typ: 'E', own: true, lk: lk},
 		&op{typ: 'C', own: true}, &op{typ: 'C', own: true})
 	if sync {
-		r.ops = append(r.ops, &op{typ: 'S', own: true})
+		r.ops.Push(&op{typ: 'S', own: true})
 	}
-	r.mu.Unlock()
 	_, err := r.sw.Write(r.ownBuf)
 	return err
 }
@@ -635,24 +629,13 @@ func (r *relay) functionCall(n int) error {
 // head returns the answer the server owes next, or nil. Server side
 // only.
 func (r *relay) head() *op {
-	if r.cur != nil {
-		return r.cur
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.ops) > 0 {
-		r.cur = r.ops[0]
-	}
-	return r.cur
+	o, _ := r.ops.Front()
+	return o
 }
 
 // pop removes the head. Server side only.
 func (r *relay) pop() {
-	r.mu.Lock()
-	r.ops[0] = nil
-	r.ops = r.ops[1:]
-	r.cur = nil
-	r.mu.Unlock()
+	r.ops.Pop()
 }
 
 // send writes a message to the client unless the batch's answers are
@@ -1078,29 +1061,22 @@ func (r *relay) errorResponse(n int) error {
 // ownSynced reports whether the failed own message belongs to a lookup
 // ended by its own Sync.
 func (r *relay) ownSynced() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, o := range r.ops {
-		if !o.own {
-			return false
-		}
-		if o.typ == 'S' {
-			return true
-		}
-	}
-	return false
+	synced := false
+	r.ops.Scan(func(o *op) bool {
+		synced = o.own && o.typ == 'S'
+		return o.own && o.typ != 'S'
+	})
+	return synced
 }
 
 // skipToSync drops the head and every message after it up to the next
 // Sync: the server skips them after an error.
 func (r *relay) skipToSync() {
-	r.mu.Lock()
-	r.cur = nil
 	first := true
-	for len(r.ops) > 0 && r.ops[0].typ != 'S' {
-		o := r.ops[0]
-		r.ops[0] = nil
-		r.ops = r.ops[1:]
+	r.ops.Drop(func(o *op) bool {
+		if o.typ == 'S' {
+			return false
+		}
 		if o.typ == 'E' && o.it != nil {
 			r.report(o.it, !first)
 		}
@@ -1108,8 +1084,8 @@ func (r *relay) skipToSync() {
 			r.s.catalog.forget()
 		}
 		first = false
-	}
-	r.mu.Unlock()
+		return true
+	})
 }
 
 // ready takes ReadyForQuery: the end of a batch, a query or a call.
