@@ -1,11 +1,18 @@
 # Shared by bench/suite.sh and bench/pgbench.sh (sourced, not run).
 
-# free_port prints a TCP port nothing listens on.
+# free_port prints a TCP port no socket uses (see its comment).
 free_port() {
-  local p
-  for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 20000))
-    ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
+  # A TCP port no socket uses (listening or connected), below the kernel's
+  # ephemeral range so an outgoing connection cannot take it before the
+  # listener binds, and not one of the ports given as arguments (chosen
+  # already, not bound yet).
+  local p low
+  read -r low _ < /proc/sys/net/ipv4/ip_local_port_range
+  [ "$low" -gt 21000 ] || low=32768
+  for _ in $(seq 100); do
+    p=$((20000 + RANDOM % (low - 20000)))
+    case " $* " in *" $p "*) continue ;; esac
+    ss -Htan "sport = :$p" | grep -q . || { echo "$p"; return; }
   done
   exit 1
 }

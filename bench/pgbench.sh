@@ -33,7 +33,7 @@ work=$(mktemp -d /tmp/sluice-bench.XXXXXX); chmod 755 "$work"
 name="bench$$"; cgroup="sluice-bench-$$"
 mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-pg_port=$(free_port); proxy_port=$(free_port); sluiced_pid=""
+pg_port=$(free_port); proxy_port=$(free_port "$pg_port"); sluiced_pid=""
 cleanup() {
   set +e
   [ -n "$sluiced_pid" ] && kill "$sluiced_pid" && wait "$sluiced_pid" 2>/dev/null

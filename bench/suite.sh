@@ -45,7 +45,7 @@ work=$(mktemp -d /tmp/sluice-bench.XXXXXX); chmod 755 "$work"
 name="bench$$"; cgroup="sluice-bench-$$"
 mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-pg_port=$(free_port); proxy_port=$(free_port); bouncer_port=$(free_port)
+pg_port=$(free_port); proxy_port=$(free_port "$pg_port"); bouncer_port=$(free_port "$pg_port" "$proxy_port")
 sluiced_pid=""; bouncer_pid=""; floor_go_pid=""; floor_epoll_pid=""
 cleanup() {
   set +e
@@ -98,7 +98,7 @@ bouncer_pid=$(cat "$work/pgbouncer.pid")
 
 if [ -n "${FLOOR:-}" ]; then
   # The relays keep sluiced's runtime setting (cmd/sluiced/sysmon.go).
-  floor_port=$(free_port)
+  floor_port=$(free_port "$pg_port" "$proxy_port" "$bouncer_port")
   GODEBUG=schedtrace=2147483647 "$BIN/relayfloor" -mode goroutine -listen "127.0.0.5:$floor_port" -upstream "127.0.0.2:$pg_port" 2>/dev/null &
   floor_go_pid=$!
   GODEBUG=schedtrace=2147483647 "$BIN/relayfloor" -mode epoll -listen "127.0.0.6:$floor_port" -upstream "127.0.0.2:$pg_port" 2>/dev/null &

@@ -35,10 +35,17 @@ in_job() { "$BIN/sluice" run --cgroup "$cgroup" -- "$@"; }
 run_job() { printf '$ sluice run --cgroup %s -- %s\n' "$cgroup" "$*"; in_job "$@"; }
 
 free_port() {
-  local p
-  for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 20000))
-    ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
+  # A TCP port no socket uses (listening or connected), below the kernel's
+  # ephemeral range so an outgoing connection cannot take it before the
+  # listener binds, and not one of the ports given as arguments (chosen
+  # already, not bound yet).
+  local p low
+  read -r low _ < /proc/sys/net/ipv4/ip_local_port_range
+  [ "$low" -gt 21000 ] || low=32768
+  for _ in $(seq 100); do
+    p=$((20000 + RANDOM % (low - 20000)))
+    case " $* " in *" $p "*) continue ;; esac
+    ss -Htan "sport = :$p" | grep -q . || { echo "$p"; return; }
   done
   echo "demo: no free port" >&2; exit 1
 }
@@ -51,8 +58,8 @@ mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 [ -n "$mount" ] || { echo "demo: no cgroup2 mount found" >&2; exit 1; }
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 pg_port=$(free_port)
-proxy_port=$(free_port)
-metrics_port=$(free_port)
+proxy_port=$(free_port "$pg_port")
+metrics_port=$(free_port "$pg_port" "$proxy_port")
 sluiced_pid=""
 issuer_pid=""
 
