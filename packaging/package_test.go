@@ -10,7 +10,6 @@ import (
 	"bufio"
 	"compress/gzip"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -19,7 +18,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,54 +51,16 @@ type built struct {
 	control string // dpkg-deb -e
 }
 
-// testDescribe is the git describe the test's binaries are stamped with,
-// as make build does.
-const testDescribe = "v1.2.3-4-gabcdef0"
-
-// stampedBinaries builds sluiced and sluice stamped with testDescribe,
-// once per test binary.
-func stampedBinaries(t *testing.T) string {
-	t.Helper()
-	stampOnce.Do(func() {
-		stampDir, stampErr = os.MkdirTemp("", "sluice-stamped-")
-		if stampErr != nil {
-			return
-		}
-		cmd := exec.Command("go", "build", "-ldflags", "-X github.com/sluicehq/sluice/internal/version.Describe="+testDescribe,
-			"-o", stampDir, "./cmd/sluiced", "./cmd/sluice")
-		cmd.Dir = ".."
-		if out, err := cmd.CombinedOutput(); err != nil {
-			stampErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if stampErr != nil {
-		t.Fatalf("build stamped binaries: %v", stampErr)
-	}
-	return stampDir
-}
-
-var (
-	stampOnce sync.Once
-	stampDir  string
-	stampErr  error
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if stampDir != "" {
-		os.RemoveAll(stampDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 func buildPackage(t *testing.T) built {
 	t.Helper()
 	if _, err := exec.LookPath("dpkg-deb"); err != nil {
 		testenv.Need(t, false, "dpkg-deb is not installed (it comes with dpkg on every Debian machine)")
 	}
-	bins := stampedBinaries(t)
+	bins := testenv.Binaries(t)
 	out := t.TempDir()
-	version := DebVersion(testDescribe)
+	version := DebVersion(testenv.Describe)
 	deb, err := Build(Options{Dir: ".", BinDir: bins, Readme: "../README.md", Version: version, Arch: runtime.GOARCH,
 		OutDir: out, MTime: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)})
 	if err != nil {
@@ -131,7 +91,7 @@ func dpkgDeb(t *testing.T, args ...string) string {
 // TestPackageVersionMismatch: binaries that print another version than
 // the package's are refused, with both versions named.
 func TestPackageVersionMismatch(t *testing.T) {
-	bins := stampedBinaries(t)
+	bins := testenv.Binaries(t)
 	_, err := Build(Options{Dir: ".", BinDir: bins, Version: "9.9.9", Arch: runtime.GOARCH, OutDir: t.TempDir()})
 	if err == nil || !strings.Contains(err.Error(), `prints "sluiced 1.2.3+git4.gabcdef0", but the package's version is 9.9.9`) {
 		t.Errorf("Build with binaries of another version: %v", err)

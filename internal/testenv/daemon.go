@@ -34,8 +34,12 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
-// Binaries builds sluiced and sluice once per test binary and returns the
-// directory holding them.
+// Describe is the git describe the test binaries are stamped with, as
+// `make build` stamps the real ones: they print its version (version.Debian).
+const Describe = "v1.2.3-4-gabcdef0"
+
+// Binaries builds sluiced and sluice once per test binary, stamped with
+// Describe, and returns the directory holding them.
 func Binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -50,7 +54,8 @@ func Binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binDir, "./cmd/sluiced", "./cmd/sluice")
+		cmd := exec.Command("go", "build", "-ldflags", "-X github.com/sluicehq/sluice/internal/version.Describe="+Describe,
+			"-o", binDir, "./cmd/sluiced", "./cmd/sluice")
 		cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
