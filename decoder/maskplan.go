@@ -37,6 +37,12 @@ type Plans[K comparable] struct {
 	// is refused: its values must not pass unmasked. Set it once, before
 	// the first Plan; it must not keep cols.
 	Origins func(c *Command, cols []K) ([]mask.Column, error)
+	// ByStatement, when set, reports whether Origins names some of cols
+	// from c's statement rather than from cols alone (a value a statement
+	// returns without an origin of its own, named by the table the
+	// statement writes). Such a plan holds for c only: it is neither
+	// reused nor kept for the next result.
+	ByStatement func(c *Command, cols []K) bool
 
 	plan   *mask.Plan
 	masker *mask.Masker
@@ -50,6 +56,13 @@ type Plans[K comparable] struct {
 // error is Origins', and no plan is made. cols is kept until the next
 // plan is made, and must not change meanwhile.
 func (p *Plans[K]) Plan(c *Command, cols []K) (*mask.Plan, error) {
+	if p.ByStatement != nil && p.ByStatement(c, cols) {
+		origins, err := p.Origins(c, cols)
+		if err != nil {
+			return nil, err
+		}
+		return c.Plan(origins), nil
+	}
 	if p.plan != nil && p.masker == c.Masker && p.plan.DryRun == c.Verdict.Decision.Monitor && slices.Equal(p.cols, cols) {
 		return p.plan.Fresh(), nil
 	}

@@ -74,4 +74,19 @@ func TestPlans(t *testing.T) {
 	if _, err := p.Plan(c, []wireCol{{99, 1, "x"}}); err == nil || named != 5 {
 		t.Errorf("a failed naming was kept: named %d, %v", named, err)
 	}
+
+	// Origins named from the statement (ByStatement) are named for each
+	// result, and such a plan is not kept for the next one.
+	p.ByStatement = func(c *Command, cols []wireCol) bool { return cols[0].table == 0 }
+	returning := []wireCol{{0, 0, "email"}}
+	for i := range 2 {
+		if _, err := p.Plan(c, returning); err != nil || named != 6+i {
+			t.Errorf("statement-named result %d: named %d times, %v; want named anew each time", i, named, err)
+		}
+	}
+	// The plan kept before them (email alone, above) is still the one
+	// reused: statement-named plans never replace it.
+	if _, err := p.Plan(c, []wireCol{{1, 2, "email"}}); err != nil || named != 7 {
+		t.Errorf("after statement-named results: named %d, %v; want the kept plan reused", named, err)
+	}
 }

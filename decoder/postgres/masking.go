@@ -113,18 +113,6 @@ func (r *relay) planFor(it *item) (*mask.Plan, error) {
 	if it.cols == nil {
 		return nil, errUnresolved
 	}
-	if r.namedByStatement(it.c, it.cols) {
-		// Some origins come from the table the statement writes, not
-		// from the columns' description: another statement with the
-		// same description (RETURNING of another table) must not reuse
-		// this plan, nor this one the last.
-		origins, err := r.origins(it.c, it.cols)
-		if err != nil {
-			return nil, err
-		}
-		it.plan = it.c.Plan(origins)
-		return it.plan, nil
-	}
 	plan, err := r.plans.Plan(it.c, it.cols)
 	if err != nil {
 		return nil, err
@@ -172,7 +160,9 @@ func (r *relay) origins(c *decoder.Command, cols []colDesc) ([]mask.Column, erro
 
 // namedByStatement reports whether origins names a column of cols by the
 // table c writes (a RETURNING value without an origin of its own, masked
-// by column): such a plan holds for c's statement only.
+// by column): such a plan holds for c's statement only
+// (decoder.Plans.ByStatement), since another statement's result with the
+// same description may write another table.
 func (r *relay) namedByStatement(c *decoder.Command, cols []colDesc) bool {
 	switch c.Cmd.Statement.Kind {
 	case "insert", "update", "delete", "merge":

@@ -209,6 +209,7 @@ func (r *relay) init() {
 	r.ownName = "sluice_lookup_" + r.s.nonce
 	r.dec = decoder.Decider{Session: r.s.p.Session, Masks: r.s.p.Masks}
 	r.plans.Origins = r.origins
+	r.plans.ByStatement = r.namedByStatement
 	// A hold before a statement runs is noticed from the client side,
 	// while the server side may be writing; a hold on a result from the
 	// server side, which holds cwMu.
