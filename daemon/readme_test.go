@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"os"
 	"reflect"
 	"sort"
 	"strings"
@@ -10,21 +9,14 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/sluicehq/sluice/internal/testenv"
 )
 
 // readmeConfig returns the HCL block of the README's Configuration
 // section: the reference of every key the daemon's config takes.
 func readmeConfig(t *testing.T) []byte {
 	t.Helper()
-	b, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, sec, ok := strings.Cut(string(b), "\n## Configuration (`sluiced --config FILE`)\n")
-	if !ok {
-		t.Fatal("README has no Configuration section")
-	}
-	_, block, ok := strings.Cut(sec, "```hcl\n")
+	_, block, ok := strings.Cut(testenv.ReadmeSection(t, "## Configuration (`sluiced --config FILE`)"), "```hcl\n")
 	if !ok {
 		t.Fatal("README's Configuration section has no hcl block")
 	}

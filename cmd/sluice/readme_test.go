@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -9,26 +8,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/decoder/postgres"
+	"github.com/sluicehq/sluice/internal/testenv"
 	"github.com/sluicehq/sluice/ruleset"
 )
-
-// readmeSection returns the README from the heading line to the next
-// heading of any level.
-func readmeSection(t *testing.T, heading string) string {
-	t.Helper()
-	b, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, sec, ok := strings.Cut(string(b), "\n"+heading+"\n")
-	if !ok {
-		t.Fatalf("README has no %q section", heading)
-	}
-	if i := strings.Index(sec, "\n#"); i >= 0 {
-		sec = sec[:i]
-	}
-	return sec
-}
 
 // TestReadmeDefaultRuleset: every row of the README's table of what the
 // embedded default ruleset does to a CI job's PostgreSQL statements is
@@ -36,7 +18,7 @@ func readmeSection(t *testing.T, heading string) string {
 // classifier, gets that verdict from that rule.
 func TestReadmeDefaultRuleset(t *testing.T) {
 	row := regexp.MustCompile("(?m)^\\| `(.+)` \\| (allow|mask|hold|deny) \\| `([^`]+)` \\|$")
-	rows := row.FindAllStringSubmatch(readmeSection(t, "### The embedded default ruleset"), -1)
+	rows := row.FindAllStringSubmatch(testenv.ReadmeSection(t, "### The embedded default ruleset"), -1)
 	if len(rows) < 10 {
 		t.Fatalf("the README's default ruleset table has %d rows; want the table of statements, verdicts and rules", len(rows))
 	}
@@ -66,7 +48,7 @@ func TestReadmeDefaultRuleset(t *testing.T) {
 // TestReadmeCommands: the README's CLI section lists every command and
 // subcommand of the command tree, and names none that does not exist.
 func TestReadmeCommands(t *testing.T) {
-	sec := readmeSection(t, "## CLI")
+	sec := testenv.ReadmeSection(t, "## CLI")
 	_, block, ok := strings.Cut(sec, "```\n")
 	if !ok {
 		t.Fatal("the README's CLI section has no command block")

@@ -2,50 +2,15 @@ package deptest
 
 import (
 	"bufio"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/sluicehq/sluice/internal/testenv"
 )
-
-// repoFile reads a file of the repository (this package is two levels
-// below its root).
-func repoFile(t *testing.T, name string) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
-// section returns the README text from the heading line to the next
-// heading of the same or a higher level.
-func section(t *testing.T, readme, heading string) string {
-	t.Helper()
-	i := strings.Index(readme, "\n"+heading+"\n")
-	if i < 0 {
-		t.Fatalf("README has no %q section", heading)
-	}
-	rest := readme[i+1+len(heading):]
-	level := strings.Repeat("#", strings.Count(strings.Fields(heading)[0], "#"))
-	for j := 0; j < len(rest); {
-		k := strings.Index(rest[j:], "\n#")
-		if k < 0 {
-			break
-		}
-		line := rest[j+k+1:]
-		if h, _, _ := strings.Cut(line, " "); strings.Trim(h, "#") == "" && len(h) <= len(level) {
-			return rest[:j+k]
-		}
-		j += k + 1
-	}
-	return rest
-}
 
 // TestReadmeLayout: every Go package of the module is in the README's
 // Layout table, and every package the table names exists.
@@ -62,7 +27,7 @@ func TestReadmeLayout(t *testing.T) {
 	}
 	listed := map[string]bool{}
 	name := regexp.MustCompile("`([a-z0-9/_-]+)/?`")
-	sc := bufio.NewScanner(strings.NewReader(section(t, repoFile(t, "README.md"), "## Layout")))
+	sc := bufio.NewScanner(strings.NewReader(testenv.ReadmeSection(t, "## Layout")))
 	for sc.Scan() {
 		cells := strings.Split(sc.Text(), "|")
 		if len(cells) < 3 {
@@ -88,8 +53,7 @@ func TestReadmeLayout(t *testing.T) {
 // numbered claims: the same numbers, in order, and each step's title
 // shares its key words with its claim.
 func TestReadmeDemoClaims(t *testing.T) {
-	readme := repoFile(t, "README.md")
-	two := section(t, readme, "## The two commands")
+	two := testenv.ReadmeSection(t, "## The two commands")
 	_, list, ok := strings.Cut(two, "The demo's numbered steps are these claims")
 	if !ok {
 		t.Fatal(`README's "The two commands" lost the sentence introducing the demo's numbered claims`)
@@ -107,7 +71,7 @@ func TestReadmeDemoClaims(t *testing.T) {
 	}
 	steps := map[int]string{}
 	step := regexp.MustCompile(`(?m)^step "(\d+)\. ([^"]*)"`)
-	for _, m := range step.FindAllStringSubmatch(repoFile(t, "scripts/demo.sh"), -1) {
+	for _, m := range step.FindAllStringSubmatch(testenv.RepoFile(t, "scripts/demo.sh"), -1) {
 		n, _ := strconv.Atoi(m[1])
 		if _, dup := steps[n]; dup {
 			t.Errorf("demo step %d appears twice", n)
