@@ -11,15 +11,17 @@ import (
 
 // TestRulesExplainUndecoded: explain says, per target, whether this build
 // decodes its flows, relays them opaquely, or refuses them undecoded.
+// Its undecoded examples are ssh and k8s, which this build has no decoder
+// for.
 func TestRulesExplainUndecoded(t *testing.T) {
 	dir := t.TempDir()
 	src := `target "pg" {
   protocol = "postgres"
   address  = ["*:5432"]
 }
-target "my" {
-  protocol = "mysql"
-  address  = ["*:3306"]
+target "kube" {
+  protocol = "k8s"
+  address  = ["*:6443"]
 }
 target "git" {
   protocol  = "ssh"
@@ -46,8 +48,8 @@ policy "all" {
 		{"raw", nil, "flow: relayed opaquely (tcp targets are never decoded; flows are recorded as metadata)\n"},
 		{"git", nil, `flow: relayed opaquely (undecoded): this build has no ssh decoder and undecoded = "relay" (at ` +
 			filepath.Join(dir, "r.hcl") + `:12); the flow is relayed uninspected and recorded as metadata` + "\n"},
-		{"my", nil, `flow: refused undecoded: this build has no mysql decoder and undecoded = "refuse" (by default); every connection is refused by rule target/my/undecoded` + "\n"},
-		{"my", []string{"--kind", "drop"}, "; this statement would never be seen, so the decision above does not apply to it\n"},
+		{"kube", nil, `flow: refused undecoded: this build has no k8s decoder and undecoded = "refuse" (by default); every connection is refused by rule target/kube/undecoded` + "\n"},
+		{"kube", []string{"--kind", "drop"}, "; this statement would never be seen, so the decision above does not apply to it\n"},
 	}
 	for _, tt := range tests {
 		code, out, errOut := rules(t, append([]string{"explain", dir, "--target", tt.target}, tt.args...)...)
@@ -62,12 +64,12 @@ policy "all" {
 func TestDoctorUndecoded(t *testing.T) {
 	st := &api.Status{Targets: []api.Target{
 		{Name: "pg", Protocol: "postgres", Decoded: true},
-		{Name: "my", Protocol: "mysql", Undecoded: "refuse", Rule: "target/my/undecoded"},
+		{Name: "kube", Protocol: "k8s", Undecoded: "refuse", Rule: "target/kube/undecoded"},
 		{Name: "git", Protocol: "ssh", Undecoded: "relay", Rule: "target/git/undecoded"},
 	}}
 	st.Ruleset.Mode = "enforce"
 	f := checkRuleset(st)
-	if f.level != levelWarn || !strings.Contains(f.detail, "refused for lack of a decoder in this build: my (mysql, rule target/my/undecoded)") ||
+	if f.level != levelWarn || !strings.Contains(f.detail, "refused for lack of a decoder in this build: kube (k8s, rule target/kube/undecoded)") ||
 		!strings.Contains(f.detail, "relayed without inspection (no decoder in this build): git (ssh)") || !strings.Contains(f.fix, `undecoded = "relay"`) {
 		t.Errorf("doctor ruleset finding: %+v", f)
 	}
