@@ -3,22 +3,30 @@
 # as ratios from one run on this machine.
 #
 # One private PostgreSQL (listening on 127.0.0.2 and 127.0.0.3), PgBouncer
-# in session mode on 127.0.0.4 (pool >= clients), and sluiced on a private
-# cgroup with two targets: 127.0.0.2 decoded as PostgreSQL, 127.0.0.3
-# relayed opaquely. Modes:
-#   direct     pgbench straight to 127.0.0.2 (outside the cgroup)
+# in session mode on 127.0.0.4 (pool >= clients), one private MariaDB
+# (127.0.0.7 and 127.0.0.8, bench/mysql.sh), and sluiced on a private
+# cgroup with four targets: 127.0.0.2 decoded as PostgreSQL, 127.0.0.7 as
+# MySQL (relayed undecoded while the build has no MySQL decoder), 127.0.0.3
+# and 127.0.0.8 relayed opaquely. Modes:
+#   direct     pgbench or sysbench straight to 127.0.0.2 or 127.0.0.7 (outside the cgroup)
 #   pgbouncer  through PgBouncer
 #   opaque     through Sluice's opaque TCP relay
-#   commands   through Sluice's PostgreSQL decoder, default ruleset, record = "commands"
+#   commands   through Sluice's PostgreSQL or MySQL target, default ruleset, record = "commands"
 #   masks      the same plus a mask rule on a column of every result
 #   full       the default ruleset with record = "full"
+# PostgreSQL workloads are pgbench's; MySQL ones are sysbench's
+# oltp_point_select and oltp_read_only (direct, opaque and commands only).
 # Each workload runs every mode in turn, ROUNDS times, interleaved; the
 # tables show medians, min-max and the ratio to direct. Run as root.
 #
 #   sudo make bench        # ROUNDS=3 SECONDS_EACH=4 IDLE=1000
 #   ONLY="S-simple-8 C" MODES="direct pgbouncer opaque" bench/suite.sh
 #                          # a subset: workload keys (S-<mode>-<clients>, C,
-#                          # people, wide; IDLE=0 skips the idle sessions) and modes
+#                          # people, wide; my-point-<threads> and my-ro-<threads>
+#                          # for MySQL, threads 1 or 8; IDLE=0 skips the idle
+#                          # sessions) and modes; MariaDB starts only when
+#                          # a my- workload is selected
+#   MY_PS=disable ...      # sysbench sends every query as text, no prepared statements
 #   PERF=/tmp/prof ...     # also record a perf profile of the proxy in each
 #                          # proxied run: /tmp/prof/<workload>-<mode>-<round>.data
 #   FLOOR=1 ...            # add two relays that look at nothing (bench/relayfloor), the
@@ -41,6 +49,8 @@ go build -o "$BIN/pgxclient" ./e2e/pgxclient
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh # the cd above put us at the repository root
+# shellcheck source=bench/mysql.sh
+. bench/mysql.sh
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX); chmod 755 "$work"
 name="bench$$"; cgroup="sluice-bench-$$"
 mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
@@ -55,6 +65,7 @@ cleanup() {
   [ -n "$floor_epoll_pid" ] && kill "$floor_epoll_pid" 2>/dev/null
   "$BIN/sluice" uninstall --name "$name" >/dev/null
   su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1
+  my_stop
   rmdir "$mount/$cgroup" 2>/dev/null
   rm -rf "$work"
 }
@@ -96,6 +107,9 @@ su postgres -s /bin/sh -c "pgbouncer -d $work/pgbouncer.ini"
 for _ in $(seq 50); do [ -f "$work/pgbouncer.pid" ] && break; sleep 0.1; done
 bouncer_pid=$(cat "$work/pgbouncer.pid")
 
+# MariaDB, with sysbench's tables (bench/mysql.sh), when a MySQL workload runs.
+if my_wanted; then my_start "$pg_port" "$proxy_port" "$bouncer_port"; fi
+
 if [ -n "${FLOOR:-}" ]; then
   # The relays keep sluiced's runtime setting (cmd/sluiced/sysmon.go).
   floor_port=$(free_port "$pg_port" "$proxy_port" "$bouncer_port")
@@ -112,7 +126,7 @@ ruleset() { # record level, extra mask block
   # benchmark has nobody to approve it. Its result check still runs.
   sed -e "s|address  = \\[\"\\*:5432\"\\]|address  = [\"127.0.0.2:$pg_port\"]|" \
       -e "s|record  = \"full\"|record  = \"$1\"|" \
-      -e "s|result.rows > 10000|result.rows > 1000000000|" ruleset/default.hcl
+      -e "s|result.rows > 10000|result.rows > 1000000000|" ruleset/default.hcl | my_ruleset
   printf 'target "opaque" {\n  protocol = "tcp"\n  address  = ["127.0.0.3:%s"]\n}\n' "$pg_port"
   if [ "$2" = masks ]; then
     printf 'policy "bench-masks" {\n  targets = ["postgres"]\n  mask "columns" {\n    columns = ["people.email", "wide.email", "pgbench_accounts.filler"]\n    using   = "hash"\n  }\n}\n'
@@ -142,6 +156,32 @@ use_rules() { # mode (called in this shell, never in a subshell: it keeps $curre
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
+# probe_start PID: with PERF or PERF_STAT, starts perf on the proxy PID
+# (none: direct) for this run's SECONDS_EACH, in the background.
+probe_start() {
+  perf_pid=""
+  [ -n "$1" ] || return 0
+  if [ -n "${PERF:-}" ]; then
+    perf record -q -F 4999 -g -p "$1" -o "$PERF/$perf_name.data" -- sleep "$SECONDS_EACH" >/dev/null 2>&1 &
+    perf_pid=$!
+  elif [ -n "${PERF_STAT:-}" ]; then
+    perf stat -x, -e context-switches,cpu-migrations,raw_syscalls:sys_enter -p "$1" -o "$work/perf.stat" -- sleep "$SECONDS_EACH" &
+    perf_pid=$!
+  fi
+  return 0
+}
+# probe_end N UNIT: waits for probe_start's perf; with PERF_STAT, prints its
+# counts per UNIT (transaction, query), of which the run did N.
+probe_end() {
+  [ -n "$perf_pid" ] || return 0
+  wait "$perf_pid"
+  if [ -n "${PERF_STAT:-}" ]; then
+    awk -F, -v n="$1" -v unit="$2" -v what="$perf_name" \
+      '$3 != "" { s = s sprintf(" %s %.2f", $3, $1 / n) } END { print what " per " unit ":" s }' "$work/perf.stat" >&2
+  fi
+  return 0
+}
+
 # run MODE PGBENCH-ARGS...: prints "tps transactions proxy_cpu_ticks"
 run() {
   local mode=$1; shift
@@ -153,29 +193,19 @@ run() {
     opaque) host=127.0.0.3; wrap=("$BIN/sluice" run --cgroup "$cgroup" --); pid=$sluiced_pid ;;
     commands|masks|full) wrap=("$BIN/sluice" run --cgroup "$cgroup" --); pid=$sluiced_pid ;;
   esac
-  local before=0 after=0 out perf_pid=""
+  local before=0 after=0 out
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  if [ -n "${PERF:-}" ] && [ -n "$pid" ]; then
-    perf record -q -F 4999 -g -p "$pid" -o "$PERF/$perf_name.data" -- sleep "$SECONDS_EACH" >/dev/null 2>&1 &
-    perf_pid=$!
-  elif [ -n "${PERF_STAT:-}" ] && [ -n "$pid" ]; then
-    perf stat -x, -e context-switches,cpu-migrations,raw_syscalls:sys_enter -p "$pid" -o "$work/perf.stat" -- sleep "$SECONDS_EACH" &
-    perf_pid=$!
-  fi
+  probe_start "$pid"
   out=$(PGSSLMODE=disable "${wrap[@]}" pgbench -n -h "$host" -p "$port" -U postgres -T "$SECONDS_EACH" "$@" postgres 2>&1)
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
-  if [ -n "$perf_pid" ]; then
-    wait "$perf_pid"
-    [ -n "${PERF_STAT:-}" ] && awk -F, -v n="$(echo "$out" | awk '/actually processed/ { print $NF }')" -v what="$perf_name" \
-      '$3 != "" { s = s sprintf(" %s %.2f", $3, $1 / n) } END { print what " per transaction:" s }' "$work/perf.stat" >&2
-  fi
+  probe_end "$(echo "$out" | awk '/actually processed/ { print $NF }')" transaction
   echo "$out" | awk -v t=$((after - before)) '/^tps = / { tps = $3 } /number of transactions actually processed/ { n = $NF } END { printf "%s %s %s\n", tps, n, t }'
 }
 
 stats() { printf '%s\n' $1 | sort -g | awk '{ v[NR] = $1 } END { printf "%.0f %.0f %.0f", v[int((NR + 1) / 2)], v[1], v[NR] }'; }
-declare -A R CPU N
+declare -A R CPU N Q NQ
 wanted() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
-bench_workload() { # key modes pgbench-args...
+bench_workload() { # key modes args... (pgbench's for run; my_workload passes sysbench's to my_run)
   local key=$1 modes=$2; shift 2
   wanted "$key" || return 0
   for r in $(seq "$ROUNDS"); do
@@ -183,8 +213,9 @@ bench_workload() { # key modes pgbench-args...
       [ -n "${MODES:-}" ] && [[ " $MODES " != *" $m "* ]] && [ "$m" != direct ] && continue
       use_rules "$m"
       perf_name="$key-$m-$r"
-      read -r tps n ticks <<<"$(run "$m" "$@")"
+      read -r tps n ticks qps nq <<<"$("${runner:-run}" "$m" "$@")"
       R["$key $m"]+="$tps "; N["$key $m"]+="$n "; CPU["$key $m"]+="$ticks "
+      Q["$key $m"]+="${qps:+$qps }"; NQ["$key $m"]+="${nq:+$nq }"
       echo "round $r $key $m: $tps" >&2
     done
   done
@@ -222,6 +253,10 @@ done
 bench_workload "C" "direct pgbouncer opaque commands" -S -C -M simple -c 1
 bench_workload "people" "direct commands masks" -f "$work/people.sql" -M prepared -c 1
 bench_workload "wide" "direct pgbouncer commands masks" -f "$work/wide.sql" -M prepared -c 1
+for c in 1 8; do
+  my_workload "my-point-$c" "$MY_MODES" oltp_point_select "$c"
+  my_workload "my-ro-$c" "$MY_MODES" oltp_read_only "$c"
+done
 
 if [ "$IDLE" -gt 0 ]; then
   # Idle sessions: IDLE connections held open through Sluice; daemon RSS.
@@ -252,5 +287,12 @@ for c in 1; do
   echo
   echo "Added latency per statement at -c 1 (simple): $(awk -v d="$dm" -v s="$sm" 'BEGIN { printf "%.0f us", (1e6 / s - 1e6 / d) }') over direct"
 done
+for c in 1 8; do
+  my_table "my-point-$c" "sysbench oltp_point_select --threads=$c (MariaDB $my_version; 1 query per transaction)" "$MY_MODES"
+  my_table "my-ro-$c" "sysbench oltp_read_only --threads=$c (14 selects, BEGIN and COMMIT per transaction)" "$MY_MODES"
+done
+[ -n "${Q["my-point-1 direct"]:-}${Q["my-ro-1 direct"]:-}" ] && echo
+my_latency my-point-1
+my_latency my-ro-1
 [ "$IDLE" -gt 0 ] && echo "Idle sessions: ${n_open:-0} held open through Sluice; sluiced RSS $((rss_before / 1024)) MiB before, $((rss_idle / 1024)) MiB with them open"
 echo "Suite time: $(( $(date +%s) - start ))s"

@@ -11,7 +11,9 @@ packages=(
   iproute2 util-linux   # ip netns for test hosts, setpriv
   tshark                # e2e: exported recordings decode as PostgreSQL
   openssh-server openssh-client  # e2e: git over ssh relayed by the default ruleset (sshd run by the test)
-  mariadb-client       # e2e and decoder/mysql: the refusal as a real client prints it
+  mariadb-client        # e2e and decoder/mysql: the refusal as a real client prints it
+  mariadb-server        # private test servers (testenv.StartMariaDB) and make bench (10.11 on Debian 12)
+  sysbench              # make bench: the MySQL workloads (oltp_point_select, oltp_read_only)
   pgbouncer             # make bench: the proxy users already run
   curl                  # the demo scrapes sluiced's /metrics
   systemd               # packaging test: systemd-analyze verify on the units (nothing is started)
@@ -32,8 +34,20 @@ if ((${#missing[@]})); then
   # tshark asks whether non-root users may capture; they may not.
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -q
-  # The postgresql package's own cluster is not used; tests and the demo
-  # run private servers with initdb.
+  # The servers these packages bring (the postgresql package's cluster,
+  # mariadb-server, pgbouncer, sshd) are never used: tests, the demo and
+  # the benchmark start private ones. Their maintainer scripts start them
+  # through invoke-rc.d or deb-systemd-invoke, which both ask
+  # /usr/sbin/policy-rc.d first; one that exits 101 ("action forbidden")
+  # keeps them stopped, so the install leaves no server running. A
+  # policy-rc.d that was there before (container images ship one) is left
+  # as it is; ours is removed afterwards, however the install ends.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\n# install-deps.sh: start no service while it installs packages.\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+  fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
