@@ -14,6 +14,7 @@ import (
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 
+	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -45,8 +46,9 @@ func ClassifyForCache(text string) (st ruleset.Statement, literalFree bool, err 
 	return Merge(parts, text), literalFree, nil
 }
 
-// KindEmpty is the kind of text with no statement in it, such as ";".
-const KindEmpty = "empty"
+// KindEmpty is the kind of text with no statement in it, such as ";"
+// (decoder.KindEmpty, shared by every SQL protocol).
+const KindEmpty = decoder.KindEmpty
 
 // Flags set by the classifier; see the ruleset package doc.
 const (
@@ -529,24 +531,9 @@ func (w *walker) kindOf(typ string, b int32) string {
 	return "other"
 }
 
-// rank orders kinds by how much harm they can do.
-var rank = map[string]int{
-	"drop": 100, "truncate": 95, "delete": 90, "update": 85, "merge": 84,
-	"alter": 80, "grant": 75, "revoke": 74, "do": 70, "copy_out": 65,
-	"call": 60, "execute": 55, "create": 50, "copy_in": 45, "insert": 40,
-	"lock": 35, "vacuum": 30, "other": 25, "select": 20, "explain": 15,
-	"set": 10, "show": 5, "transaction": 1, KindEmpty: 0,
-}
-
-// danger scores a statement; an UPDATE or DELETE without WHERE outranks
-// one with.
-func danger(s ruleset.Statement) int {
-	d := rank[s.Kind] * 2
-	if (s.Kind == "update" || s.Kind == "delete") && !s.HasWhere {
-		d++
-	}
-	return d
-}
+// danger scores a statement for choosing its most dangerous part; the
+// ranking is shared by every SQL protocol (decoder.Danger).
+func danger(s ruleset.Statement) int { return decoder.Danger(s) }
 
 // Merge folds several statements into one for a ruleset decision: kind,
 // has_where and has_limit come from the most dangerous (drop > truncate >
@@ -554,25 +541,9 @@ func danger(s ruleset.Statement) int {
 // > execute > create > copy_in > insert > lock > vacuum > other > select >
 // explain > set > show > transaction; without WHERE beats with; the first
 // of equals), tables, functions and flags are the sorted union, and Text
-// is text.
+// is text. It is decoder.MergeStatements, shared with MySQL.
 func Merge(parts []ruleset.Statement, text string) ruleset.Statement {
-	if len(parts) == 1 {
-		st := parts[0]
-		st.Text = text
-		return st
-	}
-	var out ruleset.Statement
-	for i, p := range parts {
-		if i == 0 || danger(p) > danger(out) {
-			out.Kind, out.HasWhere, out.HasLimit = p.Kind, p.HasWhere, p.HasLimit
-		}
-		out.Tables = append(out.Tables, p.Tables...)
-		out.Functions = append(out.Functions, p.Functions...)
-		out.Flags = append(out.Flags, p.Flags...)
-	}
-	out.Tables, out.Functions, out.Flags = sortedSet(out.Tables), sortedSet(out.Functions), sortedSet(out.Flags)
-	out.Text = text
-	return out
+	return decoder.MergeStatements(parts, text)
 }
 
 // A tree is pg_query's JSON parse tree decoded into one flat slice of
