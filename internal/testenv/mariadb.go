@@ -117,7 +117,8 @@ func StartMariaDB(t testing.TB, o MariaDBOptions) *MariaDB {
 	RequireRoot(t)
 	server, installDB, err := MariaDBBin()
 	Need(t, err == nil, fmt.Sprint(err))
-	// mariadbd started by root switches to --user itself.
+	// The server runs as the mysql user when there is one. mariadbd
+	// refuses root unless told --user=root.
 	runAs, uid, gid := "root", 0, 0
 	if u, err := user.Lookup("mysql"); err == nil {
 		runAs = "mysql"
@@ -143,12 +144,13 @@ func StartMariaDB(t testing.TB, o MariaDBOptions) *MariaDB {
 	// Options both the bootstrap and the server get: small and unsynced,
 	// no host name lookups (an account's host is its address), utf8mb4
 	// as MySQL 8 and Debian's configuration have it.
-	base := []string{"--datadir=" + data, "--user=" + runAs, "--tmpdir=" + tmp,
+	base := []string{"--datadir=" + data, "--tmpdir=" + tmp,
 		"--skip-name-resolve", "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci",
 		"--innodb-buffer-pool-size=64M", "--innodb-log-file-size=16M",
 		"--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0"}
 	// --no-defaults must come first: no /etc/mysql file reaches the server.
-	install := exec.Command(installDB, append([]string{"--no-defaults",
+	// It runs as root and hands the files to runAs.
+	install := exec.Command(installDB, append([]string{"--no-defaults", "--user=" + runAs,
 		"--auth-root-authentication-method=socket", "--skip-test-db"},
 		base...)...)
 	install.Dir = dir
@@ -178,14 +180,28 @@ func StartMariaDB(t testing.TB, o MariaDBOptions) *MariaDB {
 		argv = append(argv, "--socket="+my.Socket, "--pid-file="+filepath.Join(dir, "mariadbd.pid"),
 			"--port="+strconv.Itoa(my.Port), "--bind-address="+o.Host, "--log-error="+logPath,
 			"--max-connections=200")
+		if runAs == "root" {
+			argv = append(argv, "--user=root")
+		}
 		argv = append(argv, tlsArgs...)
 		argv = append(argv, o.Args...)
-		if o.Netns != "" {
-			argv = append([]string{"ip", "netns", "exec", o.Netns}, argv...)
+		// The server starts as runAs (not as root switching with --user,
+		// which would clear the parent-death signal): if the test binary
+		// dies without its cleanup (a -timeout panic, SIGKILL), the kernel
+		// kills the server with it.
+		attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if o.Netns == "" {
+			attr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		} else {
+			// ip netns exec needs root; setpriv then drops to runAs and
+			// sets the parent-death signal again (a uid change clears it).
+			argv = append([]string{"ip", "netns", "exec", o.Netns, "setpriv",
+				"--reuid=" + strconv.Itoa(uid), "--regid=" + strconv.Itoa(gid), "--clear-groups",
+				"--pdeathsig=KILL"}, argv...)
 		}
 		os.Remove(logPath)
 		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.SysProcAttr = attr
 		// Whatever the server prints before it opens its log.
 		out, err := os.Create(filepath.Join(dir, "server.out"))
 		if err != nil {

@@ -172,14 +172,29 @@ func TestMariaDB(t *testing.T) {
 }
 
 // TestMariaDBOptions starts a server on another loopback address, without
-// TLS and with an extra server option.
+// TLS and with an extra server option, and one on a test host in a
+// network namespace.
 func TestMariaDBOptions(t *testing.T) {
-	my := testenv.StartMariaDB(t, testenv.MariaDBOptions{Host: "127.0.0.2", NoTLS: true, Args: []string{"--max-connections=17"}})
-	if my.Addr != "127.0.0.2" || my.CA != "" {
-		t.Errorf("Addr %q CA %q, want 127.0.0.2 and no CA", my.Addr, my.CA)
-	}
-	if got := my.Admin(t, "SELECT @@bind_address, @@max_connections, @@have_ssl"); got != "127.0.0.2\t17\tDISABLED" {
-		t.Errorf("server settings %q", got)
-	}
-	checkPeople(t, mariadbConn(t, my, testenv.MariaDBAppUser, testenv.MariaDBAppPassword, nil))
+	t.Run("loopback alias, no TLS, extra args", func(t *testing.T) {
+		my := testenv.StartMariaDB(t, testenv.MariaDBOptions{Host: "127.0.0.2", NoTLS: true, Args: []string{"--max-connections=17"}})
+		if my.Addr != "127.0.0.2" || my.CA != "" {
+			t.Errorf("Addr %q CA %q, want 127.0.0.2 and no CA", my.Addr, my.CA)
+		}
+		if got := my.Admin(t, "SELECT @@bind_address, @@max_connections, @@have_ssl, USER()"); got != "127.0.0.2\t17\tDISABLED\troot@localhost" {
+			t.Errorf("server settings %q", got)
+		}
+		checkPeople(t, mariadbConn(t, my, testenv.MariaDBAppUser, testenv.MariaDBAppPassword, nil))
+	})
+	t.Run("test host", func(t *testing.T) {
+		h := testenv.NewHost(t)
+		my := testenv.StartMariaDB(t, testenv.MariaDBOptions{Host: h.Addr.String(), Netns: h.Netns})
+		pem, err := os.ReadFile(my.CA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(pem)
+		checkPeople(t, mariadbConn(t, my, testenv.MariaDBEdUser, testenv.MariaDBEdPassword,
+			&tls.Config{RootCAs: roots, ServerName: my.Addr}))
+	})
 }
