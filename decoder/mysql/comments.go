@@ -275,7 +275,7 @@ func (x *expander) comment(i int) (next int, exec bool, err error) {
 			return 0, false, lexError("unterminated optimizer hint at offset %d", i)
 		}
 		body := rest[1:end]
-		if strings.ContainsAny(body, "'\"`") || strings.Contains(body, "/*") {
+		if strings.ContainsAny(body, "'\"`") || strings.Contains(rest[1:end+2], "/*") { // "/*/" too
 			return 0, false, lexError("a quote or comment inside the optimizer hint at offset %d", i)
 		}
 		next = i + 2 + end + 2
@@ -339,17 +339,18 @@ func (x *expander) executable(i, p int, mariaSyntax bool) (next int, exec bool, 
 		x.replace(i, p+n)
 		return p + n, true, nil
 	}
-	// Skipped up to the first */, quotes or not. The server allows one
+	// Skipped up to the first */, quotes or not, read from left to right
+	// as the server does: in "/*/" the slash and star open a comment
+	// before the star and slash could close one. The server allows one
 	// nested /* ... */ in it; we refuse any.
-	body := s[p+n:]
-	end := strings.Index(body, "*/")
-	if end < 0 {
-		return 0, false, lexError("unterminated comment at offset %d", i)
+	for j := p + n; j+1 < len(s); j++ {
+		switch {
+		case s[j] == '/' && s[j+1] == '*':
+			return 0, false, lexError("a comment inside the versioned comment at offset %d", i)
+		case s[j] == '*' && s[j+1] == '/':
+			x.replace(i, j+2)
+			return j + 2, false, nil
+		}
 	}
-	if strings.Contains(body[:end], "/*") {
-		return 0, false, lexError("a comment inside the versioned comment at offset %d", i)
-	}
-	next = p + n + end + 2
-	x.replace(i, next)
-	return next, false, nil
+	return 0, false, lexError("unterminated comment at offset %d", i)
 }
