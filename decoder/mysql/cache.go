@@ -2,8 +2,10 @@ package mysql
 
 import (
 	"errors"
+	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	perrors "github.com/pingcap/errors"
 	"github.com/pingcap/tidb/pkg/parser"
@@ -25,14 +27,16 @@ const maxDialects = 16
 type Cache struct {
 	max int
 
-	mu     sync.Mutex
-	caches map[Dialect]*decoder.Cache
+	mu     sync.Mutex                                 // serializes adding a dialect
+	caches atomic.Pointer[map[Dialect]*decoder.Cache] // replaced, never changed: lookups take no lock
 }
 
 // NewCache returns a cache holding up to 2*max texts per dialect (max <= 0
 // means 4096), for up to 16 dialects.
 func NewCache(max int) *Cache {
-	return &Cache{max: max, caches: make(map[Dialect]*decoder.Cache)}
+	c := &Cache{max: max}
+	c.caches.Store(&map[Dialect]*decoder.Cache{})
+	return c
 }
 
 // Classify returns ClassifyIn(d, text), from the cache when it can. The
@@ -46,19 +50,28 @@ func (c *Cache) Classify(d Dialect, text string) (ruleset.Statement, error) {
 	return dc.Classify(text)
 }
 
+// forDialect returns the cache of d, making it if there is room; nil when
+// there is none.
 func (c *Cache) forDialect(d Dialect) *decoder.Cache {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if dc, ok := c.caches[d]; ok {
+	if dc, ok := (*c.caches.Load())[d]; ok {
 		return dc
 	}
-	if len(c.caches) >= maxDialects {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.caches.Load()
+	if dc, ok := old[d]; ok {
+		return dc
+	}
+	if len(old) >= maxDialects {
 		return nil
 	}
 	dc := decoder.NewCache(c.max,
 		func(text string) (ruleset.Statement, bool, error) { return ClassifyForCache(d, text) },
 		normalizer(d))
-	c.caches[d] = dc
+	m := make(map[Dialect]*decoder.Cache, len(old)+1)
+	maps.Copy(m, old)
+	m[d] = dc
+	c.caches.Store(&m)
 	return dc
 }
 
