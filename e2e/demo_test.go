@@ -48,8 +48,8 @@ func TestDemo(t *testing.T) {
 		}
 		steps[n] = text[m[0]:end]
 	}
-	if len(steps) != 11 {
-		t.Fatalf("the demo showed %d numbered steps, want 11 (the README's claims)\n%s", len(steps), text)
+	if len(steps) != 12 {
+		t.Fatalf("the demo showed %d numbered steps, want 12 (the README's claims)\n%s", len(steps), text)
 	}
 	masked := `[0-9a-f]{8}@example\.com`
 	for _, c := range []struct {
@@ -65,10 +65,14 @@ func TestDemo(t *testing.T) {
 		{5, []string{`pending\s+before\s+ci-jobs/hold/exports`, `held for approval`, `approved`, `(?s)after approval:.*\n1\t` + masked}, []string{`\t(ada|alan)@example\.com`}},
 		{6, []string{`statements 6, denied 2`, `=> BEGIN;\n\s+\[allow\]`, `\[deny\] rule ci-jobs/deny/no-bulk-delete`, `ok, sealed`}, []string{`=> BEGIN;\n\s+\[mask\]`, `ALTERED|altered`}},
 		{7, []string{` app\s+\|\s+2`, `authenticated with an injected credential`, `connection denied by rule "default"`, `the app password appears in no log line and no recording`}, nil},
-		{8, []string{`ok: 2 targets`, `4 passed, 0 failed`, `decision: deny by ci-jobs/deny/no-ddl`, `connection denied by rule "default"`, `"@message":"flow denied"`, `oops\.hcl:1:\d+: error`, `(?s)old rules still refuse a DROP:.*42501: sluice: statement denied by rule "ci-jobs/deny/no-ddl"`}, nil},
+		{8, []string{`ok: 3 targets`, `5 passed, 0 failed`, `decision: deny by ci-jobs/deny/no-ddl`, `connection denied by rule "default"`, `"@message":"flow denied"`, `oops\.hcl:1:\d+: error`, `(?s)old rules still refuse a DROP:.*42501: sluice: statement denied by rule "ci-jobs/deny/no-ddl"`}, nil},
 		{9, []string{`ok\s+daemon`, `ok\s+pins`, `sluice_flows_total\{outcome="served"`, `sluice_verdicts_total\{rule="ci-jobs/deny/no-ddl",verdict="deny"\}`, `sluice_statement_latency_seconds_count`}, nil},
-		{10, []string{`Connection refused`}, []string{`\n1\n`}},
-		{11, []string{`interception removed`, `after uninstall: direct again`}, nil},
+		{10, []string{`ERROR 1227 \(42000\).*sluice: statement denied by rule "ci-jobs-mariadb/deny/no-ddl"`,
+			`\n1\tAda Lovelace\t` + masked, `pending\s+before\s+ci-jobs-mariadb/hold/deletes`,
+			`(?s)after the refusal:\s*\nERROR 1227 \(42000\).*ci-jobs-mariadb/hold/deletes`, `customers\n2\n`, `\[deny\]`},
+			[]string{`\t(ada|alan)@example\.com`}},
+		{11, []string{`Connection refused`}, []string{`\n1\n`}},
+		{12, []string{`interception removed`, `after uninstall: direct again`}, nil},
 	} {
 		s := steps[c.step]
 		for _, w := range c.want {

@@ -1,7 +1,8 @@
 # Sluice's built-in ruleset. The daemon uses it when its configuration
 # names no rules_dir. It intercepts the usual ports on every address,
-# refuses destructive SQL and PostgreSQL's escapes to server files,
-# programs, other servers (dblink) and search_path, holds bulk exports
+# refuses destructive SQL, PostgreSQL's escapes to server files,
+# programs, other servers (dblink) and search_path, and MySQL's to server
+# files, administration and the binary log, holds bulk exports
 # for a human, masks secrets and personal data in results, and records
 # everything.
 #
@@ -21,9 +22,8 @@ target "postgres" {
 }
 
 target "mysql" {
-  protocol  = "mysql"
-  address   = ["*:3306"]
-  undecoded = "relay"
+  protocol = "mysql"
+  address  = ["*:3306"]
 }
 
 target "ssh" {
@@ -58,6 +58,20 @@ policy "baseline" {
       contains(sql.flags, "search_path")
     )
     reason = "reading server files, running server programs, reaching other servers (dblink) and changing search_path are not allowed from CI"
+  }
+
+  deny "mysql-server-access" {
+    when = target.protocol == "mysql" && (
+      contains(sql.flags, "into_outfile") ||
+      contains(sql.flags, "load_file") ||
+      contains(sql.flags, "dangerous_function") ||
+      contains(sql.flags, "load_data") ||
+      contains(sql.flags, "load_data_local") ||
+      contains(sql.flags, "server_admin") ||
+      contains(sql.flags, "dynamic_sql") ||
+      sql.kind == "replication"
+    )
+    reason = "reading or writing the server's files (INTO OUTFILE, LOAD_FILE, LOAD DATA), server administration (KILL, FLUSH, SHUTDOWN, BINLOG), SQL built at run time (PREPARE ... FROM, EXECUTE) and the binary log (replication) are not allowed from CI"
   }
 
   deny "code-in-the-database" {
@@ -108,6 +122,48 @@ test "default denies DELETE without WHERE" {
   statement   = { kind = "delete", tables = ["orders"], has_where = false }
   expect      = "deny"
   expect_rule = "baseline/deny/destructive-sql"
+}
+
+test "default denies LOAD_FILE on MySQL" {
+  target      = "mysql"
+  query       = "SELECT LOAD_FILE('/etc/passwd')"
+  expect      = "deny"
+  expect_rule = "baseline/deny/mysql-server-access"
+}
+
+test "default denies LOAD_FILE hidden in a MariaDB executable comment" {
+  target      = "mysql"
+  query       = "SELECT 1 /*M! , LOAD_FILE('/etc/passwd') */"
+  expect      = "deny"
+  expect_rule = "baseline/deny/mysql-server-access"
+}
+
+test "default denies SELECT INTO OUTFILE" {
+  target      = "mysql"
+  query       = "SELECT * FROM users INTO OUTFILE '/tmp/users.csv'"
+  expect      = "deny"
+  expect_rule = "baseline/deny/mysql-server-access"
+}
+
+test "default denies a binlog dump" {
+  target      = "mysql"
+  statement   = { kind = "replication", flags = ["binlog_dump"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/mysql-server-access"
+}
+
+test "default denies a MySQL DROP" {
+  target      = "mysql"
+  query       = "DROP TABLE users"
+  expect      = "deny"
+  expect_rule = "baseline/deny/destructive-sql"
+}
+
+test "default masks a MySQL SELECT" {
+  target      = "mysql"
+  query       = "SELECT id, email FROM users WHERE id = 1"
+  expect      = "mask"
+  expect_rule = "baseline/mask/secrets-and-personal-data"
 }
 
 test "default holds COPY TO STDOUT" {

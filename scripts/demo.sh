@@ -60,13 +60,16 @@ pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 pg_port=$(free_port)
 proxy_port=$(free_port "$pg_port")
 metrics_port=$(free_port "$pg_port" "$proxy_port")
+my_port=$(free_port "$pg_port" "$proxy_port" "$metrics_port")
 sluiced_pid=""
+my_pid=""
 issuer_pid=""
 
 cleanup() {
   set +e
   [ -n "$sluiced_pid" ] && kill "$sluiced_pid" 2>/dev/null && wait "$sluiced_pid" 2>/dev/null
   [ -n "$issuer_pid" ] && kill "$issuer_pid" 2>/dev/null && wait "$issuer_pid" 2>/dev/null
+  [ -n "$my_pid" ] && kill "$my_pid" 2>/dev/null && wait "$my_pid" 2>/dev/null
   "$BIN/sluice" uninstall --name "$name" >/dev/null
   [ -f "$work/pg/postmaster.pid" ] && su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1
   [ -d "$mount/$cgroup" ] && rmdir "$mount/$cgroup"
@@ -86,6 +89,22 @@ app_secret="demo-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 (umask 077; printf '%s\n' "$app_secret" > "$work/secrets/app")
 psql -X -h "$work" -p "$pg_port" -U postgres -qc "create role app login password '$app_secret'; grant select on users to app;"
 echo "running; table users and role app created"
+
+step "Setup: a private MariaDB on 127.0.0.4:$my_port"
+mkdir -p "$work/my/tmp"
+mariadb-install-db --no-defaults --datadir="$work/my/data" --user=root --tmpdir="$work/my/tmp" --auth-root-authentication-method=socket --skip-test-db >/dev/null 2>&1
+mariadbd --no-defaults --datadir="$work/my/data" --user=root --tmpdir="$work/my/tmp" --socket="$work/my/sock" \
+  --pid-file="$work/my/pid" --port="$my_port" --bind-address=127.0.0.4 --skip-name-resolve --log-error="$work/my/error.log" \
+  --innodb-buffer-pool-size=64M --innodb-flush-log-at-trx-commit=0 > "$work/my/out" 2>&1 &
+my_pid=$!
+wait_for "MariaDB to accept connections" mariadb --no-defaults -S "$work/my/sock" -u root -e "select 1"
+mariadb --no-defaults -S "$work/my/sock" -u root -e "
+  create database shop;
+  create table shop.customers (id int primary key, name varchar(64), email varchar(128));
+  insert into shop.customers values (1, 'Ada Lovelace', 'ada@example.com'), (2, 'Alan Turing', 'alan@example.com');
+  create user 'ci'@'%' identified by 'ci-password';
+  grant all on shop.* to 'ci'@'%';"
+echo "running; table shop.customers and user ci created"
 
 step "Setup: sluiced on cgroup $cgroup, intercepting 127.0.0.2:$pg_port and 127.0.0.3:$pg_port"
 # A local OIDC issuer stands in for GitHub's (outside this machine): its
@@ -128,6 +147,34 @@ policy "ci-jobs" {
   mask "contact-details" {
     columns = ["users.email"]
     detect  = ["email"] # where the column's origin is lost, as in upper(email)
+    using   = "email"
+  }
+}
+
+# A MariaDB server: the same rules in MySQL's terms.
+target "demo-mariadb" {
+  protocol = "mysql"
+  address  = ["127.0.0.4:$my_port"]
+}
+
+policy "ci-jobs-mariadb" {
+  targets = ["demo-mariadb"]
+  when    = process.uid == 0
+
+  deny "no-ddl" {
+    when   = contains(["drop", "truncate", "alter"], sql.kind)
+    reason = "schema changes go through migrations"
+  }
+
+  hold "deletes" {
+    when      = sql.kind == "delete"
+    approvers = ["local-admin"]
+    timeout   = "2m"
+    reason    = "deleting customer rows needs a human"
+  }
+
+  mask "contact-details" {
+    columns = ["customers.email"]
     using   = "email"
   }
 }
@@ -179,6 +226,14 @@ test "root may read, with contact details masked" {
   query       = "SELECT email FROM users"
   expect      = "mask"
   expect_rule = "ci-jobs/mask/contact-details"
+}
+
+test "MariaDB: DROP is refused" {
+  target      = "demo-mariadb"
+  process     = { uid = 0 }
+  query       = "DROP TABLE customers"
+  expect      = "deny"
+  expect_rule = "ci-jobs-mariadb/deny/no-ddl"
 }
 
 test "others get the default" {
@@ -316,13 +371,30 @@ printf '$ curl -s http://127.0.0.1:%s/metrics | grep ...\n' "$metrics_port"
 curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -E '^sluice_(flows_total|verdicts_total|holds_pending|statement_latency_seconds_count)' | head -14
 run "$BIN/sluice" status --socket "$work/sluiced.sock"
 
-step "10. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
+step "10. MariaDB: the unchanged mariadb client at the server's real address gets the same guard in MySQL's terms: ERROR 1227 (42000) for a DROP, masked emails, a DELETE held for a human, all recorded"
+my_job() { run_job mariadb --no-defaults -h 127.0.0.4 -P "$my_port" -u ci -pci-password shop "$@"; }
+my_job -e "DROP TABLE customers" || true
+my_job -e "SELECT id, name, email FROM customers ORDER BY id"
+in_job mariadb --no-defaults -h 127.0.0.4 -P "$my_port" -u ci -pci-password shop -e "DELETE FROM customers WHERE id = 2" > "$work/my-held.out" 2>&1 &
+held=$!
+wait_for "the held DELETE to show in sluice approvals list" has_hold
+id=$(held_id)
+run "$BIN/sluice" approvals list --socket "$work/sluiced.sock"
+run "$BIN/sluice" deny "$id" --socket "$work/sluiced.sock" --comment "not from CI"
+wait "$held" || true
+echo "-- the job after the refusal:"
+cat "$work/my-held.out"
+my_job -e "SELECT COUNT(*) AS customers FROM customers"
+my=$("$BIN/sluice" sessions list --socket "$work/sluiced.sock" --json | awk -F'"' '/"id":/ { id = $4 } /"target": "demo-mariadb"/ { last = id } END { print last }')
+run "$BIN/sluice" sessions show --socket "$work/sluiced.sock" "$my"
+
+step "11. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
 kill -9 "$sluiced_pid"; wait "$sluiced_pid" 2>/dev/null || true; sluiced_pid=""
 run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(refused, as it should be)"
 
-step "11. sluice uninstall removes the pinned hooks"
+step "12. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
 run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 'after uninstall: direct again'"
 
 step "Not in this demo yet"
-echo "Jobs inside containers (Docker or Kubernetes executors); MySQL, SSH and Kubernetes decoders."
+echo "Jobs inside containers (Docker or Kubernetes executors); SSH and Kubernetes decoders."

@@ -354,7 +354,7 @@ asciicast (for asciinema).`,
 			if !slices.Contains(exportFormats, format) {
 				return usageErrorf("--format %q: want one of %s", format, strings.Join(exportFormats, ", "))
 			}
-			_, events, d, err := detail(daemon, args[0])
+			sess, events, d, err := detail(daemon, args[0])
 			if err != nil {
 				return err
 			}
@@ -378,8 +378,13 @@ asciicast (for asciinema).`,
 				var client, server netip.AddrPort
 				if client, server, err = export.Endpoints(events); err == nil {
 					err = export.WritePCAP(w, events, client, server)
-					if err == nil && server.Port() != 5432 {
-						fmt.Fprintf(cmd.ErrOrStderr(), "the server port is %d: decode with tshark -d tcp.port==%d,pgsql\n", server.Port(), server.Port())
+					// tshark knows each protocol by its usual port.
+					dissector, port := "pgsql", uint16(5432)
+					if sess.Protocol == "mysql" {
+						dissector, port = "mysql", 3306
+					}
+					if err == nil && server.Port() != port {
+						fmt.Fprintf(cmd.ErrOrStderr(), "the server port is %d: decode with tshark -d tcp.port==%d,%s\n", server.Port(), server.Port(), dissector)
 					}
 				}
 			}

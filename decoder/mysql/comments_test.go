@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -257,4 +258,80 @@ func serverResult(db *sql.DB, q string) string {
 		return "ERR"
 	}
 	return fmt.Sprintf("%d columns: %s", len(cols), strings.Join(out, ", "))
+}
+
+// TestClassifyAgainstMariaDB checks the classifier end to end (pre-pass
+// and parser) against MariaDB 10.11: random texts hide a call of
+// LAST_INSERT_ID(42), which sets what LAST_INSERT_ID() returns next, among
+// strings and comments of every kind. Whenever the server ran the call
+// and the classifier accepted the text, last_insert_id must be among its
+// functions.
+func TestClassifyAgainstMariaDB(t *testing.T) {
+	my := testenv.StartMariaDB(t, testenv.MariaDBOptions{NoTLS: true})
+	cfg := gomysql.NewConfig()
+	cfg.User, cfg.Passwd = testenv.MariaDBAppUser, testenv.MariaDBAppPassword
+	cfg.Net, cfg.Addr, cfg.DBName = "tcp", my.HostPort(), testenv.MariaDBDatabase
+	cfg.Timeout = 10 * time.Second
+	conn, err := gomysql.NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(conn)
+	defer db.Close()
+	db.SetMaxOpenConns(1) // LAST_INSERT_ID is the session's
+	version := serverVersion(t, my.Version)
+
+	const call = ", LAST_INSERT_ID(42)"
+	pieces := []string{" ", "'", "\"", "`", "\\", "/*", "*/", "/*!", "/*M!", "/*!50700", "/*!100000", "/*M!999999",
+		"--", "-- ", "#", "\n", "-", "''", "\\'", "/*+", "'a'", "\"b\"", "`c`", call, call, call}
+	r := rand.New(rand.NewSource(3))
+	n := 4000
+	if testing.Short() {
+		n = 0
+	}
+	for _, m := range []struct {
+		mode string
+		d    Dialect
+	}{
+		{"", Dialect{MariaDB: true, Version: version}},
+		{"NO_BACKSLASH_ESCAPES", Dialect{MariaDB: true, Version: version, NoBackslashEscapes: true}},
+	} {
+		if _, err := db.Exec("SET SESSION sql_mode = '" + m.mode + "'"); err != nil {
+			t.Fatal(err)
+		}
+		ran, seen := 0, 0
+		for i := 0; i < n; i++ {
+			var b strings.Builder
+			b.WriteString("SELECT 1")
+			for k := r.Intn(6) + 1; k > 0; k-- {
+				b.WriteString(pieces[r.Intn(len(pieces))])
+			}
+			q := b.String()
+			if _, err := db.Exec("SELECT LAST_INSERT_ID(0)"); err != nil {
+				t.Fatal(err)
+			}
+			if serverResult(db, q) == "ERR" {
+				continue
+			}
+			var id int
+			if err := db.QueryRow("SELECT LAST_INSERT_ID()").Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			st, err := ClassifyIn(m.d, q)
+			if err != nil {
+				continue
+			}
+			listed := slices.Contains(st.Functions, "last_insert_id")
+			if id == 42 {
+				ran++
+				if !listed {
+					t.Errorf("[%s] %q: the server ran LAST_INSERT_ID(42), the classifier says %+v", m.mode, q, st)
+				}
+			}
+			if listed {
+				seen++
+			}
+		}
+		t.Logf("[%s] %d texts ran the call and classified; %d classified with it", m.mode, ran, seen)
+	}
 }

@@ -1,6 +1,10 @@
-// Package mysql holds Sluice's MySQL wire code. This build has no MySQL
-// decoder yet: what is here is the refusal a ruleset may ask for, which
-// needs nothing of the protocol but its first packet.
+// Package mysql speaks the MySQL protocol (MySQL and MariaDB servers) for
+// the proxy: the greeting and the login relayed with TLS on either hop,
+// every command decided by the ruleset (COM_QUERY and COM_STMT_PREPARE
+// classified with TiDB's MySQL parser, classify.go), results masked by
+// the column origins their definitions carry, and its own ERR packets
+// for whatever it refuses. The shared layer (package decoder) does the
+// deciding, the holds, the masking plans, TLS and the recording tap.
 package mysql
 
 import (
@@ -40,4 +44,18 @@ func AppendRefusal(b []byte, rule, reason string) []byte {
 	b = append(b, byte(n), byte(n>>8), byte(n>>16), 0) // length, sequence 0
 	b = append(b, 0xff, codeHostNotPrivileged&0xff, codeHostNotPrivileged>>8)
 	return append(b, msg...)
+}
+
+// codeTooManyConnections is ER_CON_COUNT_ERROR (1040), "Too many
+// connections", which a full server sends in place of its greeting.
+const codeTooManyConnections = 1040
+
+// RefuseBusy answers a client past the daemon's cap on open sessions as
+// a full server does: an ERR packet in place of the greeting, error 1040,
+// naming the cap and its setting. Nothing reaches the server. It closes c.
+func RefuseBusy(c net.Conn, limit int) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	msg := fmt.Sprintf("sluice: too many sessions through the proxy (max_sessions = %d); close idle connections or raise max_sessions", limit)
+	c.Write(framed(appendErr(nil, codeTooManyConnections, "", msg, false), 0))
 }

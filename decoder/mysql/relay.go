@@ -1,0 +1,497 @@
+package mysql
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/decoder"
+	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/enforcer/mask"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+// The command phase is half duplex: the client sends one command, the
+// server answers it whole, then the next command. One goroutine runs it,
+// reading a command, deciding it, and relaying the server's answer
+// before it reads the next; a client that sends commands without waiting
+// has them read and decided one at a time, as the server would. (There
+// is no pipelining to keep apart, unlike PostgreSQL's extended protocol,
+// whose two-loop runner stays in decoder/postgres.)
+
+// maxStatements bounds the prepared statements a session keeps; the
+// server's own default bound (max_prepared_stmt_count) is 16382 for the
+// whole server.
+const maxStatements = 16384
+
+// relay is the command phase of one session.
+type relay struct {
+	s      *session
+	cr, sr *packetReader
+	cw, sw *packetWriter
+
+	stmts map[uint32]*stmt
+	plans decoder.Plans[colKey]
+	// lastMasker is the masker of the last masked command: a later
+	// error's message goes through its detectors too.
+	lastMasker *mask.Masker
+	rowBuf     []byte
+	valBuf     []byte
+	notify     decoder.Notify
+}
+
+// stmt is a prepared statement the server acknowledged.
+type stmt struct {
+	c       *decoder.Command
+	nparams int
+	// An open cursor's columns and result state, for COM_STMT_FETCH.
+	cursor *result
+}
+
+func newRelay(s *session, lg *login) *relay {
+	r := &relay{s: s, cr: lg.cr, sr: lg.sr, cw: lg.cw, sw: lg.sw, stmts: map[uint32]*stmt{}}
+	r.plans.Origins = origins
+	r.notify = func(id, msg string) {
+		// MySQL has no message a server sends while a command runs: the
+		// client waits in silence, and the hold is in the log and in
+		// sluice approvals.
+		s.p.Log.Info("statement held for approval", "hold", id, "message", msg)
+	}
+	return r
+}
+
+// run relays commands until either side ends.
+func (r *relay) run() error {
+	for {
+		b, _, err := r.cr.next()
+		if err != nil {
+			var pe *ProtocolError
+			if errors.As(err, &pe) {
+				r.fail(codeHandshake, stateHandshake, "sluice: "+pe.Msg)
+				return err
+			}
+			if errClosed(err) {
+				return nil
+			}
+			return err
+		}
+		if len(b) == 0 {
+			r.fail(codeUnknownCom, stateHandshake, "sluice: an empty command")
+			return &ProtocolError{Msg: "an empty command"}
+		}
+		done, err := r.command(b)
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// command handles one command from the client. done ends the session
+// cleanly (COM_QUIT).
+func (r *relay) command(b []byte) (done bool, err error) {
+	switch b[0] {
+	case comQuit:
+		r.forward(b)
+		return true, nil
+	case comQuery:
+		text := string(b[1:])
+		c := r.decideText(text)
+		if c.Blocked() {
+			return false, r.deny(c)
+		}
+		if err := r.forward(b); err != nil {
+			return false, err
+		}
+		return false, r.results(c, false, nil)
+	case comStmtPrepare:
+		return false, r.prepare(b)
+	case comStmtExecute:
+		return false, r.execute(b)
+	case comStmtFetch:
+		return false, r.fetch(b)
+	case comStmtSendLongData:
+		if r.stmtOf(b) == nil {
+			// No answer is owed for long data: the execute that follows
+			// gets the error.
+			return false, nil
+		}
+		return false, r.forward(b)
+	case comStmtClose:
+		if len(b) >= 5 {
+			delete(r.stmts, le32(b[1:]))
+		}
+		return false, r.forward(b)
+	case comStmtReset:
+		st := r.stmtOf(b)
+		if st == nil {
+			return false, r.unknownStmt()
+		}
+		st.cursor = nil
+		if err := r.forward(b); err != nil {
+			return false, err
+		}
+		return false, r.single(nil)
+	case comInitDB:
+		// The same as USE db, and decided as such.
+		return false, r.simple(b, "USE "+quoteIdent(string(b[1:])))
+	case comFieldList:
+		table, _, _ := cstring(append(b[1:len(b):len(b)], 0))
+		return false, r.fieldList(b, "SHOW COLUMNS FROM "+quoteIdent(string(table)))
+	case comProcessInfo:
+		c := r.decideText("SHOW PROCESSLIST")
+		if c.Blocked() {
+			return false, r.deny(c)
+		}
+		if err := r.forward(b); err != nil {
+			return false, err
+		}
+		return false, r.results(c, false, nil)
+	case comProcessKill:
+		if len(b) < 5 {
+			return false, r.malformed("COM_PROCESS_KILL")
+		}
+		return false, r.simple(b, "KILL "+strconv.FormatUint(uint64(le32(b[1:])), 10))
+	case comShutdown:
+		return false, r.simple(b, "SHUTDOWN")
+	case comCreateDB:
+		return false, r.simple(b, "CREATE DATABASE "+quoteIdent(string(b[1:])))
+	case comDropDB:
+		return false, r.simple(b, "DROP DATABASE "+quoteIdent(string(b[1:])))
+	case comPing, comStatistics, comSetOption:
+		if err := r.forward(b); err != nil {
+			return false, err
+		}
+		return false, r.single(nil)
+	case comResetConnection:
+		// The server forgets the session's prepared statements.
+		clear(r.stmts)
+		if err := r.forward(b); err != nil {
+			return false, err
+		}
+		return false, r.single(nil)
+	case comChangeUser:
+		// A new login on the same connection would need its identity
+		// decided anew; the proxy refuses it and ends the session, as a
+		// server does after a failed change of user.
+		r.fail(codeHandshake, stateHandshake, "sluice: COM_CHANGE_USER is not relayed; open a new connection as the other user")
+		return true, nil
+	case comBinlogDump, comBinlogDumpGTID, comRegisterSlave, comTableDump:
+		return false, r.replication(b)
+	}
+	r.fail(codeUnknownCom, stateHandshake, fmt.Sprintf("sluice: command 0x%02x is not relayed", b[0]))
+	return false, nil
+}
+
+// classify classifies text in the session's dialect. A text that lexes
+// differently under the settings a session can change without the proxy
+// seeing it at once (sql_mode's NO_BACKSLASH_ESCAPES, which the server's
+// status tells only after the statement that set it, and ANSI_QUOTES,
+// which no status tells) is refused: the parts of a string or a quoted
+// name, and so of an executable comment, would be the server's to choose.
+func (r *relay) classify(text string) (ruleset.Statement, error) {
+	d := r.s.dialect
+	st, err := r.s.p.Classify(d, text)
+	if err != nil || !strings.ContainsAny(text, "\\\"") {
+		return st, err
+	}
+	for _, alt := range []Dialect{
+		{MariaDB: d.MariaDB, Version: d.Version, NoBackslashEscapes: !d.NoBackslashEscapes, ANSIQuotes: d.ANSIQuotes},
+		{MariaDB: d.MariaDB, Version: d.Version, NoBackslashEscapes: d.NoBackslashEscapes, ANSIQuotes: !d.ANSIQuotes},
+		{MariaDB: d.MariaDB, Version: d.Version, NoBackslashEscapes: !d.NoBackslashEscapes, ANSIQuotes: !d.ANSIQuotes},
+	} {
+		st2, err := r.s.p.Classify(alt, text)
+		if err != nil || !sameStatement(st, st2) {
+			return ruleset.Statement{}, errors.New("the statement reads differently under another sql_mode (NO_BACKSLASH_ESCAPES or ANSI_QUOTES): its quoting is ambiguous")
+		}
+	}
+	return st, nil
+}
+
+// sameStatement reports whether two classifications decide alike.
+func sameStatement(a, b ruleset.Statement) bool {
+	return a.Kind == b.Kind && a.HasWhere == b.HasWhere && a.HasLimit == b.HasLimit &&
+		slices.Equal(a.Tables, b.Tables) && slices.Equal(a.Functions, b.Functions) && slices.Equal(a.Flags, b.Flags)
+}
+
+// decide makes the command of text and its classification, decides it,
+// and waits on a hold. The caller refuses it when Blocked.
+func (r *relay) decide(text string, st ruleset.Statement, err error) *decoder.Command {
+	if err == nil {
+		st.Text = text
+	}
+	c := &decoder.Command{Cmd: enforcer.Command{Text: text, Statement: st, ClassifyErr: err}}
+	r.s.decider.Decide(c)
+	r.s.decider.AwaitHold(r.s.ctx, c, r.notify)
+	return c
+}
+
+// decideText classifies text and decides it (decide).
+func (r *relay) decideText(text string) *decoder.Command {
+	st, err := r.classify(text)
+	return r.decide(text, st, err)
+}
+
+// simple decides a command known by the statement it stands for and
+// relays its one-packet answer.
+func (r *relay) simple(b []byte, text string) error {
+	c := r.decideText(text)
+	if c.Blocked() {
+		return r.deny(c)
+	}
+	if err := r.forward(b); err != nil {
+		return err
+	}
+	return r.single(c)
+}
+
+// forward sends a client packet to the server as a new exchange.
+func (r *relay) forward(b []byte) error {
+	r.sw.seq = 0
+	if err := r.sw.write(b); err != nil {
+		return err
+	}
+	return r.sw.flush()
+}
+
+// single relays a one-packet answer (OK, ERR, EOF or a string).
+func (r *relay) single(c *decoder.Command) error {
+	start := time.Now()
+	b, _, err := r.sr.next()
+	if err != nil {
+		return r.serverErr(err)
+	}
+	r.cw.seq = 1
+	code := ""
+	if len(b) > 0 {
+		switch b[0] {
+		case 0x00:
+			r.status(okStatus(b))
+		case 0xff:
+			b, code = r.maskErr(c, b)
+		case 0xfe:
+			r.status(eofStatus(b), nil)
+		}
+	}
+	if err := r.cw.write(b); err != nil {
+		return err
+	}
+	if c != nil {
+		r.s.p.Session.Done(&c.Cmd, c.Verdict, enforcer.Outcome{Duration: time.Since(start), ErrCode: code})
+	}
+	return r.cw.flush()
+}
+
+// status notes a server status: the session's NO_BACKSLASH_ESCAPES.
+func (r *relay) status(st uint16, err error) {
+	if err == nil {
+		r.s.dialect.NoBackslashEscapes = st&statusNoBackslashEscapes != 0
+	}
+}
+
+// deny tells the client its command was refused. The server never saw
+// it, and the session goes on.
+func (r *relay) deny(c *decoder.Command) error {
+	d := c.Verdict.Decision
+	msg := fmt.Sprintf("sluice: statement denied by rule %q: %s", d.Rule.ID, d.Reason)
+	if c.Verdict.Action == ruleset.Hold {
+		msg = fmt.Sprintf("sluice: statement needs approval under rule %q, and this session cannot wait for one: denied (%s)", d.Rule.ID, d.Reason)
+	}
+	r.cw.seq = 1
+	if err := r.cw.write(appendErr(nil, codeDenied, stateDenied, msg, true)); err != nil {
+		return err
+	}
+	return r.cw.flush()
+}
+
+// fail sends an ERR packet answering the command at hand.
+func (r *relay) fail(code uint16, state, msg string) {
+	r.cw.seq = 1
+	r.cw.write(appendErr(nil, code, state, msg, true))
+	r.cw.flush()
+}
+
+// malformed refuses a command too short for its fields.
+func (r *relay) malformed(name string) error {
+	r.fail(codeUnknownCom, stateHandshake, "sluice: a malformed "+name)
+	return nil
+}
+
+// unknownStmt answers a command about a prepared statement the proxy
+// never saw acknowledged, as the server would (ER_UNKNOWN_STMT_HANDLER).
+func (r *relay) unknownStmt() error {
+	r.fail(1243, "HY000", "sluice: unknown prepared statement handler")
+	return nil
+}
+
+// stmtOf returns the prepared statement a COM_STMT_* command names.
+func (r *relay) stmtOf(b []byte) *stmt {
+	if len(b) < 5 {
+		return nil
+	}
+	return r.stmts[le32(b[1:])]
+}
+
+// serverErr ends the session on a server-side failure, telling the
+// client.
+func (r *relay) serverErr(err error) error {
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		r.fail(codeConnKilled, stateConnKilled, "sluice: the server sent an invalid packet: "+pe.Msg)
+	} else if !errClosed(err) {
+		r.fail(codeConnKilled, stateConnKilled, "sluice: lost the connection to the server")
+	}
+	return err
+}
+
+// prepare decides a COM_STMT_PREPARE and relays the server's answer,
+// keeping the statement for its executions.
+func (r *relay) prepare(b []byte) error {
+	text := string(b[1:])
+	c := r.decideText(text)
+	if c.Blocked() {
+		return r.deny(c)
+	}
+	if len(r.stmts) >= maxStatements {
+		r.fail(1461, "42000", fmt.Sprintf("sluice: a session may keep at most %d prepared statements", maxStatements))
+		return nil
+	}
+	if err := r.forward(b); err != nil {
+		return err
+	}
+	p, _, err := r.sr.next()
+	if err != nil {
+		return r.serverErr(err)
+	}
+	r.cw.seq = 1
+	if len(p) > 0 && p[0] == 0xff {
+		p, _ = r.maskErr(c, p)
+		if err := r.cw.write(p); err != nil {
+			return err
+		}
+		return r.cw.flush()
+	}
+	if len(p) < 12 || p[0] != 0x00 {
+		return r.serverErr(&ProtocolError{Msg: "a malformed COM_STMT_PREPARE answer"})
+	}
+	id := le32(p[1:])
+	ncols, nparams := int(le16(p[5:])), int(le16(p[7:]))
+	if err := r.cw.write(p); err != nil {
+		return err
+	}
+	// The parameters' and the columns' definitions, each list ended by
+	// an EOF: passed on as they are (they hold no data).
+	for _, n := range []int{nparams, ncols} {
+		if n == 0 {
+			continue
+		}
+		for i := 0; i <= n; i++ {
+			d, _, err := r.sr.next()
+			if err != nil {
+				return r.serverErr(err)
+			}
+			if err := r.cw.write(d); err != nil {
+				return err
+			}
+		}
+	}
+	r.stmts[id] = &stmt{c: c, nparams: nparams}
+	return r.cw.flush()
+}
+
+// execute relays a COM_STMT_EXECUTE of a statement decided at prepare.
+func (r *relay) execute(b []byte) error {
+	st := r.stmtOf(b)
+	if st == nil {
+		return r.unknownStmt()
+	}
+	st.cursor = nil
+	if st.c.Blocked() {
+		return r.deny(st.c) // never: a blocked statement is never prepared
+	}
+	if err := r.forward(b); err != nil {
+		return err
+	}
+	return r.results(st.c, true, st)
+}
+
+// fetch relays a COM_STMT_FETCH from an open cursor.
+func (r *relay) fetch(b []byte) error {
+	st := r.stmtOf(b)
+	if st == nil || st.cursor == nil {
+		if st == nil {
+			return r.unknownStmt()
+		}
+		// No cursor the proxy knows the columns of: the rows could not
+		// be masked.
+		r.fail(codeDenied, stateDenied, "sluice: COM_STMT_FETCH without an open cursor")
+		return nil
+	}
+	if err := r.forward(b); err != nil {
+		return err
+	}
+	res := st.cursor
+	res.start = time.Now()
+	r.cw.seq = 1
+	status, err := r.rows(res)
+	if err != nil || res.ended {
+		st.cursor = nil
+		return err
+	}
+	if status&statusCursorExists == 0 {
+		st.cursor = nil
+	}
+	return r.cw.flush()
+}
+
+// fieldList decides a COM_FIELD_LIST and relays its column definitions.
+func (r *relay) fieldList(b []byte, text string) error {
+	c := r.decideText(text)
+	if c.Blocked() {
+		return r.deny(c)
+	}
+	if err := r.forward(b); err != nil {
+		return err
+	}
+	r.cw.seq = 1
+	for {
+		p, _, err := r.sr.next()
+		if err != nil {
+			return r.serverErr(err)
+		}
+		if len(p) > 0 && p[0] == 0xff {
+			p, _ = r.maskErr(c, p)
+		}
+		if err := r.cw.write(p); err != nil {
+			return err
+		}
+		if len(p) == 0 || p[0] == 0xff || isEOF(p) {
+			return r.cw.flush()
+		}
+	}
+}
+
+// replication decides a request for the binary log (or a table dump).
+// The proxy never relays a replication stream: an allowed one is refused
+// too, since it cannot be decoded.
+func (r *relay) replication(b []byte) error {
+	names := map[byte]string{comBinlogDump: "COM_BINLOG_DUMP", comBinlogDumpGTID: "COM_BINLOG_DUMP_GTID",
+		comRegisterSlave: "COM_REGISTER_SLAVE", comTableDump: "COM_TABLE_DUMP"}
+	c := r.decide("<"+names[b[0]]+">", ruleset.Statement{Kind: KindReplication, Flags: []string{FlagBinlogDump}}, nil)
+	if c.Blocked() {
+		return r.deny(c)
+	}
+	r.fail(codeDenied, stateDenied, "sluice: replication streams are not relayed")
+	return nil
+}
+
+// Replication requests' classification.
+const (
+	KindReplication = "replication"
+	FlagBinlogDump  = "binlog_dump"
+)
+
+// quoteIdent quotes a name as a MySQL identifier.
+func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
