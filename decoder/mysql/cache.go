@@ -93,7 +93,12 @@ func normalizer(d Dialect) decoder.Normalizer {
 	if d.NoBackslashEscapes || d.ANSIQuotes || d.multibyteTrail() {
 		return func(string) (string, error) { return "", errNoNormalize }
 	}
-	return func(text string) (string, error) {
+	return func(text string) (norm string, err error) {
+		defer func() {
+			if recover() != nil { // as the parser can (see classifyAll)
+				norm, err = "", errNoNormalize
+			}
+		}()
 		expanded, hints, err := expand(d, text)
 		if err != nil {
 			return "", err
@@ -101,7 +106,7 @@ func normalizer(d Dialect) decoder.Normalizer {
 		if hints || strings.Contains(expanded, sentinel) {
 			return "", errNoNormalize
 		}
-		norm := parser.Normalize(expanded+"\n"+sentinel, perrors.RedactLogEnable)
+		norm = parser.Normalize(expanded+"\n"+sentinel, perrors.RedactLogEnable)
 		cut, ok := strings.CutSuffix(norm, "`"+sentinel+"`")
 		if !ok {
 			return "", errNoNormalize

@@ -199,6 +199,8 @@ func TestClassifyErrors(t *testing.T) {
 		"SET sql_mode = 'NO_BACKSLASH_ESCAPES'; SELECT 'a\\'", // the second is lexed under a mode we cannot know
 		"SET NAMES gbk; SELECT 1",
 		"PREPARE s FROM 'SELEC 1'",
+		"SELECT 0000000000000000000000000000000000000000000000000000000000000018700000000000000000", // TiDB's parser panics
+		"PREPARE s FROM 'SELECT 0000000000000000000000000000000000000000000000000000000000000018700000000000000000'",
 	} {
 		if st, err := Classify(sql); err == nil {
 			t.Errorf("Classify(%q) = %+v, want an error", sql, st)
