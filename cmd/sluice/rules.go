@@ -324,8 +324,8 @@ func rulesExplain(stdout, stderr io.Writer, path string, f *explainFlags) error 
 	ex := rs.Explain(&in)
 	d := ex.Decision
 	st := in.Statement
-	fmt.Fprintf(stdout, "statement: kind=%s tables=[%s] functions=[%s] has_where=%t has_limit=%t\n",
-		st.Kind, strings.Join(st.Tables, " "), strings.Join(st.Functions, " "), st.HasWhere, st.HasLimit)
+	fmt.Fprintf(stdout, "statement: kind=%s tables=[%s] functions=[%s] flags=[%s] has_where=%t has_limit=%t\n",
+		st.Kind, strings.Join(st.Tables, " "), strings.Join(st.Functions, " "), strings.Join(st.Flags, " "), st.HasWhere, st.HasLimit)
 	fmt.Fprintf(stdout, "decision: %s by %s\n", d.Action, d.Rule)
 	fmt.Fprintf(stdout, "reason: %s\n", d.Reason)
 	if d.Hold != nil {

@@ -62,7 +62,7 @@ func TestRulesCheckInvalid(t *testing.T) {
 }
 
 func TestRulesCheckExamples(t *testing.T) {
-	for _, d := range []string{"readonly-ci", "migration-job", "monitor-rollout"} {
+	for _, d := range []string{"readonly-ci", "migration-job", "monitor-rollout", "mysql-shop"} {
 		dir := filepath.Join(rulesets, d)
 		code, out, errOut := rules(t, "check", dir)
 		if code != 0 || !strings.HasPrefix(out, dir+": ok: ") {
