@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sluicehq/sluice/ruleset"
@@ -368,6 +369,14 @@ func TestErrorsAreTyped(t *testing.T) {
 	}
 	if _, err := Classify("ADMIN SHOW DDL"); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("ADMIN: %v, want ErrUnsupported", err)
+	}
+	deep := "SELECT " + strings.Repeat("(", maxParens+1) + "1" + strings.Repeat(")", maxParens+1)
+	if _, err := Classify(deep); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("%d parentheses deep: %v, want ErrUnsupported", maxParens+1, err)
+	}
+	ok := "SELECT " + strings.Repeat("(", maxParens) + "1" + strings.Repeat(")", maxParens)
+	if _, err := Classify(ok); err != nil {
+		t.Errorf("%d parentheses deep: %v", maxParens, err)
 	}
 }
 

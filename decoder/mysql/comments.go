@@ -120,6 +120,13 @@ func (d Dialect) multibyteTrail() bool {
 	return false
 }
 
+// maxParens bounds how deeply a text nests parentheses. TiDB's parser
+// takes seconds over a few megabytes of nested subqueries before the
+// walker's own bound could refuse them; MariaDB refuses a SELECT nested
+// more than 63 deep, and no statement a person or a program writes nests
+// expressions a thousand deep.
+const maxParens = 1000
+
 // expander is one pass over a text.
 type expander struct {
 	d      Dialect
@@ -144,9 +151,18 @@ func (x *expander) run(verify bool) error {
 	x.verify = verify
 	s := x.s
 	inExec := -1 // offset of the executable comment being lexed as code
+	parens := 0
 	for i := 0; i < len(s); {
 		c := s[i]
 		switch {
+		case c == '(':
+			if parens++; parens > maxParens {
+				return fmt.Errorf("%w: more than %d parentheses deep", ErrUnsupported, maxParens)
+			}
+			i++
+		case c == ')':
+			parens--
+			i++
 		case c == '\'' || c == '"' || c == '`':
 			end, err := x.quoted(i)
 			if err != nil {
