@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -419,19 +421,113 @@ func TestEngineRecording(t *testing.T) {
 	}
 }
 
-// TestEngineLocalInfile: the server is never told the client may send
-// files, so LOAD DATA LOCAL fails on the server's own terms and no file
-// crosses.
+// TestEngineLocalInfile: LOAD DATA LOCAL INFILE works when a rule allows
+// it (the client's file reaches the server, its name and size are
+// recorded), is refused by a rule that denies it, and a server that asks
+// for a file the statement does not name ends the session with nothing
+// sent (TestEngineHostileInfileRequest).
 func TestEngineLocalInfile(t *testing.T) {
 	e := newMyEnv(t)
-	h := e.harness(t, engineRules(""), decodertest.Options{})
-	c := driver(t, h, testenv.MariaDBAppUser, testenv.MariaDBAppPassword, func(cfg *gomysql.Config) { cfg.AllowAllFiles = true })
-	_, err := c.ExecContext(ctx10(t), "LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE people")
-	if err == nil {
-		t.Fatal("LOAD DATA LOCAL succeeded")
+	file := filepath.Join(t.TempDir(), "people.tsv")
+	if err := os.WriteFile(file, []byte("50\tFile Person\tfile@example.com\t000-00-0000\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	if got := names(t, c, "SELECT name FROM people WHERE id = 1"); len(got) != 1 {
-		t.Fatalf("after LOAD DATA LOCAL: %q", got)
+	load := fmt.Sprintf("LOAD DATA LOCAL INFILE '%s' INTO TABLE people", file)
+	t.Run("allowed", func(t *testing.T) {
+		h := e.harness(t, engineRules(""), decodertest.Options{Record: record.Commands})
+		c := driver(t, h, testenv.MariaDBAppUser, testenv.MariaDBAppPassword, func(cfg *gomysql.Config) { cfg.AllowAllFiles = true })
+		if _, err := c.ExecContext(ctx10(t), load); err != nil {
+			t.Fatalf("an allowed LOAD DATA LOCAL: %v", err)
+		}
+		if got := names(t, c, "SELECT name FROM people WHERE id = 50"); len(got) != 1 || got[0] != "File Person" {
+			t.Fatalf("the loaded row: %q", got)
+		}
+		c.Raw(func(any) error { return sqldriver.ErrBadConn })
+		c.Close()
+		h.Wait()
+		noted := false
+		for _, ev := range h.Recorder.EventsOf(record.TypeNote) {
+			noted = noted || ev.Text == file && strings.Contains(ev.Reason, "44 bytes")
+		}
+		if !noted {
+			t.Fatalf("no note of the file and its size in %v", h.Recorder.EventsOf(record.TypeNote))
+		}
+	})
+	t.Run("denied", func(t *testing.T) {
+		h := e.harness(t, engineRules(`
+  deny "no-local-files" {
+    when = contains(sql.flags, "load_data_local")
+  }
+`), decodertest.Options{})
+		c := driver(t, h, testenv.MariaDBAppUser, testenv.MariaDBAppPassword, func(cfg *gomysql.Config) { cfg.AllowAllFiles = true })
+		_, err := c.ExecContext(ctx10(t), strings.Replace(load, "LOCAL", "/*!*/ LOCAL", 1))
+		denied(t, "LOAD DATA /*!*/ LOCAL", err, "ci/deny/no-local-files")
+		if h.Tap.Contains("File Person") || h.Tap.Contains("LOAD DATA") {
+			t.Fatal("the denied LOAD DATA LOCAL or its file reached the server")
+		}
+	})
+}
+
+// TestEngineHostileInfileRequest: a server that answers a SELECT by asking
+// the client for /etc/passwd (what a hostile or impersonated server can
+// do) gets nothing: the client is told and the session ends. A scripted
+// server stands in for the hostile one, since no real server misbehaves so.
+func TestEngineHostileInfileRequest(t *testing.T) {
+	testenv.RequireRoot(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		w := newPacketWriter(c)
+		r := newPacketReader(c, 1<<20)
+		// A greeting: protocol 10, version, id, scramble, caps.
+		g := append([]byte{10}, "10.11.19-MariaDB\x00"...)
+		g = append(g, 1, 0, 0, 0)
+		g = append(g, "abcdefgh\x00"...)
+		caps := uint32(capProtocol41 | capSecureConnection | capPluginAuth | capLocalFiles | capTransactions)
+		g = append(g, byte(caps), byte(caps>>8), 45, 2, 0, byte(caps>>16), byte(caps>>24), 21)
+		g = append(g, make([]byte, 10)...)
+		g = append(g, "ijklmnopqrst\x00mysql_native_password\x00"...)
+		w.write(g)
+		w.flush()
+		r.next() // the handshake response: accepted whatever it says
+		w.seq = 2
+		w.write([]byte{0, 0, 0, 2, 0, 0, 0})
+		w.flush()
+		r.next() // the query
+		w.seq = 1
+		w.write(append([]byte{0xfb}, "/etc/passwd"...))
+		w.flush()
+		rest, _, _ := r.next()
+		got <- append([]byte(nil), rest...)
+	}()
+	p, _ := decoder.Lookup(ruleset.ProtoMySQL)
+	h := decodertest.Start(t, decodertest.Options{Handler: p.New(decoder.Env{}), Rules: strings.Replace(engineRules(""), `"prefer"`, `"disable"`, 1),
+		Target: "my", Upstream: ln.Addr().String()})
+	r, w := rawLogin(t, h, capLocalFiles)
+	ans := rawCommand(t, r, w, append([]byte{comQuery}, "SELECT 1"...))
+	if len(ans) == 0 || ans[0] != 0xff || !strings.Contains(string(parseErr(ans).msg), "/etc/passwd") {
+		t.Fatalf("the client got %q, want an ERR naming the refused request", ans)
+	}
+	if b, _, err := r.next(); err == nil {
+		t.Fatalf("the session goes on after a hostile file request: %q", b)
+	}
+	select {
+	case b := <-got:
+		if len(b) != 0 {
+			t.Fatalf("the server got %q after its request, want nothing", b)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the scripted server never saw the session end")
 	}
 }
 
@@ -564,8 +660,8 @@ func TestEngineRefusesWithdrawnCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g.caps&(capCompress|capLocalFiles|capDeprecateEOF) != 0 {
-		t.Fatalf("the greeting offers capabilities the proxy cannot read: %s", capList(g.caps&(capCompress|capLocalFiles|capDeprecateEOF)))
+	if g.caps&(capCompress|capDeprecateEOF) != 0 {
+		t.Fatalf("the greeting offers capabilities the proxy cannot read: %s", capList(g.caps&(capCompress|capDeprecateEOF)))
 	}
 	w := newPacketWriter(h.Client)
 	resp := make([]byte, 32)

@@ -39,17 +39,23 @@ const (
 // every other one is withdrawn from the server's greeting, and a client
 // that asks for one anyway is refused. Among those withdrawn:
 // compression (CLIENT_COMPRESS, zstd), so that no packet goes by
-// undecoded; CLIENT_LOCAL_FILES, so that the server never asks the
-// client for a file (LOAD DATA LOCAL INFILE, refused); CLIENT_DEPRECATE_EOF,
-// optional result metadata and query attributes, which change how
-// results and commands are framed; and MariaDB's extended capabilities
-// (progress reports, bulk execution, cached and extended metadata), whose
-// field sits in the greeting's reserved bytes and is cleared there.
+// undecoded; CLIENT_DEPRECATE_EOF, optional result metadata and query
+// attributes, which change how results and commands are framed; and
+// MariaDB's extended capabilities (progress reports, bulk execution,
+// cached and extended metadata), whose field sits in the greeting's
+// reserved bytes and is cleared there. CLIENT_LOCAL_FILES passes: the
+// server's request for a client file is relayed only for an allowed LOAD
+// DATA LOCAL INFILE naming that same file (localInfile).
 const capsUnderstood = capLongPassword | capFoundRows | capLongFlag | capConnectWithDB | capNoSchema |
-	capODBC | capIgnoreSpace | capProtocol41 | capInteractive | capSSL | capIgnoreSigpipe |
+	capODBC | capLocalFiles | capIgnoreSpace | capProtocol41 | capInteractive | capSSL | capIgnoreSigpipe |
 	capTransactions | capReserved | capSecureConnection | capMultiStatements | capMultiResults |
 	capPSMultiResults | capPluginAuth | capConnectAttrs | capPluginAuthLenenc | capExpiredPasswords |
 	capSessionTrack
+
+// capsFraming are the withdrawn capabilities that change how packets are
+// framed or read: a client that asks for one the greeting did not offer
+// is refused, since it would send what the proxy cannot decode.
+const capsFraming = capCompress | capDeprecateEOF | 1<<25 | 1<<26 | 1<<27 | 1<<28 | 1<<29
 
 // capNames names the capabilities the decoder withdraws, for the error a
 // client that asks for one anyway gets.

@@ -1,7 +1,6 @@
 package mysql
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -54,7 +53,7 @@ func (r *relay) results(c *decoder.Command, binary bool, st *stmt) error {
 	}()
 	r.cw.seq = 1
 	for {
-		p, _, err := r.sr.next()
+		p, seq, err := r.sr.next()
 		if err != nil {
 			return r.serverErr(err)
 		}
@@ -79,13 +78,12 @@ func (r *relay) results(c *decoder.Command, binary bool, st *stmt) error {
 			}
 			return r.cw.flush()
 		case 0xfb:
-			// LOCAL INFILE: the server asks the client for a file. The
-			// proxy never lets the server ask (CLIENT_LOCAL_FILES is
-			// withdrawn upstream), so a server that does is not trusted
-			// with the rest of the session.
-			r.fail(codeDenied, stateDenied, "sluice: the server asked the client for a local file, which the proxy does not relay")
-			code = stateDenied
-			return errors.New("the server sent a LOCAL INFILE request")
+			// LOCAL INFILE: the server asks the client for a file.
+			if err := r.localInfile(c, p, seq); err != nil {
+				code = stateDenied
+				return err
+			}
+			continue
 		}
 		res := &result{c: c, binary: binary, start: start}
 		status, err := r.resultSet(p, res, st)

@@ -282,18 +282,20 @@ func (s *session) login(ctx context.Context) (*login, error) {
 		return nil, err
 	}
 	s.user, s.database = hr.user, hr.database
-	if extra := ccaps &^ offer &^ capLocalFiles; extra&^capSSL != 0 {
+	if extra := ccaps & capsFraming &^ offer; extra != 0 {
 		// The client asks for framing the proxy withdrew (compression,
-		// say): what it would send could not be decoded.
-		s.loginErr(cw, cseq+1, codeHandshake, stateHandshake, "sluice: the client asks for capabilities the proxy does not relay: "+capList(extra&^capSSL))
+		// say): what it would send could not be decoded. Other bits the
+		// greeting did not offer are dropped below, as a server ignores
+		// them.
+		s.loginErr(cw, cseq+1, codeHandshake, stateHandshake, "sluice: the client asks for capabilities the proxy does not relay: "+capList(extra))
 		return nil, fmt.Errorf("client capabilities not offered: %s", capList(extra))
 	}
 	if ccaps&capProtocol41 == 0 {
 		s.loginErr(cw, cseq+1, codeHandshake, stateHandshake, "sluice: the client speaks a protocol older than 4.1, which the proxy does not relay")
 		return nil, errors.New("client without CLIENT_PROTOCOL_41")
 	}
-	// CLIENT_LOCAL_FILES never goes upstream: the server must not ask
-	// for a file (see capsUnderstood).
+	// What both sides can speak: the client's wishes among what the
+	// proxy offered (see capsUnderstood).
 	s.caps = ccaps & offer &^ capSSL
 
 	// 3. The server hop: TLS when the target's mode and the server say
