@@ -8,8 +8,7 @@ package mysql
 // Kinds reuse PostgreSQL's words where the meaning is the same:
 //
 //	select       SELECT, TABLE, VALUES, a set operation (UNION ...), DO
-//	             (evaluates expressions and drops the result), and
-//	             SELECT ... INTO @variables
+//	             (evaluates expressions and drops the result)
 //	copy_out     SELECT ... INTO OUTFILE: writes rows to a server file,
 //	             as COPY ... TO a file does (flag into_outfile). INTO
 //	             DUMPFILE does not parse (TiDB's parser lacks it): denied.
@@ -59,10 +58,11 @@ package mysql
 //
 // A statement the parser rejects is an error and the caller denies it.
 // That includes MariaDB syntax TiDB's parser lacks (RETURNING, FOR
-// SYSTEM_TIME, sequences, EXECUTE IMMEDIATE, HANDLER, INSTALL PLUGIN,
-// SET STATEMENT ... FOR, CREATE TRIGGER, ...), and statements only TiDB
-// has (BACKUP, IMPORT INTO, ADMIN, SPLIT, ...), which the parser accepts
-// but this classifier refuses.
+// SYSTEM_TIME, EXECUTE IMMEDIATE, HANDLER, INSTALL PLUGIN, SET STATEMENT
+// ... FOR, CREATE TRIGGER, ...) and MySQL syntax it lacks too (SELECT ...
+// INTO @variable or DUMPFILE, CHECK TABLE, XA, SET PERSIST). Statements
+// only TiDB has (BACKUP, IMPORT INTO, ADMIN, SPLIT, ...) parse, but this
+// classifier refuses them.
 
 import (
 	"errors"
