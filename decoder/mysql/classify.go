@@ -649,8 +649,9 @@ func withOf(n ast.Node) *ast.WithClause {
 }
 
 // with walks each CTE's query with the names it can see: those before it,
-// and itself too in a WITH RECURSIVE; then every name is in scope for the
-// rest of the statement that owns the clause.
+// or every one of the clause in a WITH RECURSIVE; then every name is in
+// scope for the rest of the statement that owns the clause. Names compare
+// case-insensitively, as MariaDB 10.11 compares them.
 func (w *walker) with(n *ast.WithClause) error {
 	if len(w.scopes) == 0 || !w.owns(n) {
 		// A WITH no node withOf knows owns: its names shadow nothing,
@@ -666,7 +667,7 @@ func (w *walker) with(n *ast.WithClause) error {
 	for i, cte := range n.CTEs {
 		visible := i
 		if n.IsRecursive {
-			visible = i + 1
+			visible = len(n.CTEs) // MariaDB 10.11: later ones too
 		}
 		scope.names = scope.names[:0]
 		for _, c := range n.CTEs[:visible] {

@@ -13,10 +13,12 @@ import (
 // TestClassify covers every kind and the shapes that hide tables and
 // calls. Checked on MariaDB 10.11.19: a non-recursive CTE's own name in
 // its body is the base table ("WITH user AS (SELECT * FROM user) ..."
-// wants a database selected), `LOAD_FILE`(...) and {fn LOAD_FILE(...)}
-// read the file, mysql.USER is not mysql.user (lower_case_table_names=0:
-// reporting names lower-cased over-matches, never under-matches), and
-// LOAD_FİLE or ſLEEP are no functions (no Unicode folding of names).
+// wants a database selected), a CTE sees the ones after it only in a WITH
+// RECURSIVE, CTE names compare case-insensitively, `LOAD_FILE`(...) and
+// {fn LOAD_FILE(...)} read the file, mysql.USER is not mysql.user
+// (lower_case_table_names=0: reporting names lower-cased over-matches,
+// never under-matches), and LOAD_FİLE or ſLEEP are no functions (no
+// Unicode folding of names).
 func TestClassify(t *testing.T) {
 	const (
 		admin   = FlagUserAdmin
@@ -45,6 +47,8 @@ func TestClassify(t *testing.T) {
 		{"cte chain", "WITH a AS (SELECT * FROM t1), b AS (SELECT * FROM a) SELECT * FROM b", S{Kind: "select", Tables: []string{"t1"}}},
 		{"cte sees only earlier ctes", "WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a", S{Kind: "select", Tables: []string{"b"}}},
 		{"recursive cte", "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r", S{Kind: "select"}},
+		{"recursive sees later ctes", "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT * FROM s) SELECT * FROM a", S{Kind: "select", Tables: []string{"s"}}},
+		{"cte names ignore case", "WITH Recent AS (SELECT * FROM events) SELECT * FROM RECENT", S{Kind: "select", Tables: []string{"events"}}},
 		{"qualified name is a table", "WITH t AS (SELECT 1) SELECT * FROM db.t", S{Kind: "select", Tables: []string{"db.t"}}},
 		{"cte in a subquery", "SELECT * FROM x WHERE a IN (WITH c AS (SELECT * FROM y) SELECT * FROM c)", S{Kind: "select", Tables: []string{"x", "y"}, HasWhere: true}},
 		{"union", "SELECT a FROM t1 UNION SELECT b FROM t2 LIMIT 3", S{Kind: "select", Tables: []string{"t1", "t2"}, HasLimit: true}},
