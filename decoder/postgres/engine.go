@@ -123,56 +123,45 @@ type session struct {
 	ctx                    context.Context
 	nonce                  string
 	tap                    decoder.WireTap // records the client hop from the end of the login (openTap)
-	closeOnce              sync.Once
-	// connMu guards cconn, up and cancelKey against close, which runs on
-	// the context's AfterFunc goroutine while the session goroutine may
-	// still be setting them (the only writer; its own reads need no lock).
-	connMu sync.Mutex
-	closed bool // close has run: a connection set after it is closed at once
+	conns                  decoder.Conns   // both hops, closed by close from any goroutine
+	// keyMu guards cancelKey and keyDone against close, which runs on the
+	// context's AfterFunc goroutine while the session goroutine may still
+	// be registering the key.
+	keyMu   sync.Mutex
+	keyDone bool // close has run: a key found later is not registered
 }
 
-// setCconn and setUp change what close acts on. A connection set after
-// close ran (the context ended while the session was still starting) is
-// closed at once, so it cannot outlive the session.
-func (s *session) setCconn(c net.Conn) { s.cconn = s.track(c) }
-func (s *session) setUp(c net.Conn)    { s.up = s.track(c) }
+// setCconn and setUp change what close acts on (decoder.Conns): a
+// connection set after close ran (the context ended while the session was
+// still starting) is closed at once, so it cannot outlive the session.
+func (s *session) setCconn(c net.Conn) { s.cconn = s.conns.Client(c) }
+func (s *session) setUp(c net.Conn)    { s.up = s.conns.Server(c) }
 
-func (s *session) track(c net.Conn) net.Conn {
-	s.connMu.Lock()
-	closed := s.closed
-	s.connMu.Unlock()
-	if closed {
-		c.Close()
+// registerCancelKey registers the session's cancel key for cancel
+// requests, for close to forget; not once the session closed, since
+// nothing would remove it then.
+func (s *session) registerCancelKey(k string) {
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	if s.keyDone || s.p.Cancels == nil {
+		return
 	}
-	return c
-}
-
-// setCancelKey records the session's cancel key for close to forget.
-func (s *session) setCancelKey(k string) {
-	s.connMu.Lock()
 	s.cancelKey = k
-	s.connMu.Unlock()
+	s.p.Cancels.add(k, s.p.Dial)
 }
 
 // close ends the session's connections and forgets its cancel key. It is
 // safe to call from any goroutine, more than once.
 func (s *session) close() {
-	s.closeOnce.Do(func() {
-		s.connMu.Lock()
-		s.closed = true
-		cconn, up, key := s.cconn, s.up, s.cancelKey
-		s.connMu.Unlock()
-		if key != "" && s.p.Cancels != nil {
-			s.p.Cancels.remove(key)
-		}
-		if cconn != nil {
-			cconn.Close()
-		}
-		s.client.Close()
-		if up != nil {
-			up.Close()
-		}
-	})
+	s.keyMu.Lock()
+	key := s.cancelKey
+	s.cancelKey, s.keyDone = "", true
+	s.keyMu.Unlock()
+	if key != "" && s.p.Cancels != nil {
+		s.p.Cancels.remove(key)
+	}
+	s.conns.Close()
+	s.client.Close()
 }
 
 func (s *session) run(ctx context.Context) error {

@@ -224,10 +224,7 @@ func (s *session) backendKey(b []byte) {
 	}
 	cr := pgproto3.CancelRequest{ProcessID: binary.BigEndian.Uint32(b), SecretKey: append([]byte(nil), b[4:]...)}
 	s.cancelPacket, _ = cr.Encode(nil)
-	if s.p.Cancels != nil {
-		s.setCancelKey(cancelKey(cr.ProcessID, cr.SecretKey))
-		s.p.Cancels.add(s.cancelKey, s.p.Dial)
-	}
+	s.registerCancelKey(cancelKey(cr.ProcessID, cr.SecretKey))
 }
 
 // fatalDetail writes a FATAL ErrorResponse with a detail and flushes.
