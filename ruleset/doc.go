@@ -161,6 +161,30 @@
 //     pg_settings. RESET search_path and SET search_path TO DEFAULT return
 //     to the configured value and are not flagged.
 //
+// The MySQL classifier (decoder/mysql; go doc there for the kinds) sets:
+//
+//   - into_outfile: SELECT ... INTO OUTFILE (kind copy_out).
+//   - load_file: a LOAD_FILE call.
+//   - dangerous_function: load_file and the lib_mysqludf_sys functions
+//     (sys_exec, sys_eval, sys_get, sys_set).
+//   - load_data, load_data_local: LOAD DATA INFILE from a server file,
+//     or LOCAL from the client's (kind copy_in).
+//   - system_variable_write: a write to a GLOBAL or PERSIST variable, or
+//     to a session variable other than the ones drivers set as
+//     housekeeping.
+//   - lexing_change: a change of how the server reads the session's next
+//     statements (sql_mode, the client character set).
+//   - user_admin: CREATE, ALTER, DROP or RENAME USER or ROLE, GRANT,
+//     REVOKE, SET PASSWORD, SET DEFAULT ROLE.
+//   - dynamic_sql: SQL-level PREPARE ... FROM and EXECUTE, whose SQL is
+//     not known from the text.
+//   - replace: REPLACE (kind delete: it deletes the rows it collides
+//     with).
+//   - server_admin: KILL, FLUSH, SHUTDOWN, RESTART, BINLOG, ALTER
+//     INSTANCE.
+//   - binlog_dump: a replication request (COM_BINLOG_DUMP and the like),
+//     with kind replication.
+//
 // For example: deny { when = length(sql.flags) > 0 }.
 //
 // # Undecoded protocols
