@@ -23,11 +23,12 @@ const hide = ", LOAD_FILE(0x2f) "
 //   - classification never panics, and the cache agrees with it;
 //   - the expansion is a fixed point: expanding it again changes nothing
 //     (it holds no comment the server did not see);
-//   - whatever s is, LOAD_FILE inside an executable comment that runs
-//     (leading: the first thing in the text; trailing: after s, once s
-//     has closed its strings and comments and a newline has ended any line
-//     comment) is in the classification's flags, unless classification
-//     fails. A parser that ended a string or comment elsewhere than the
+//   - whatever s is, LOAD_FILE, INTO OUTFILE or LOAD DATA LOCAL before it,
+//     in or around an executable comment, is in the classification's
+//     flags unless classification fails;
+//   - so is LOAD_FILE inside an executable comment, or in plain code,
+//     after s, once s has closed its strings and comments and a newline
+//     has ended any line comment. A parser that ended a string or comment elsewhere than the
 //     pre-pass did would lose the call: this is the pre-pass and the
 //     parser checked against each other.
 func FuzzClassify(f *testing.F) {
@@ -57,9 +58,16 @@ func FuzzClassify(f *testing.F) {
 		}
 
 		// Leading: the comment opens the text, so it runs.
-		text := "/*! SELECT 1" + hide + "*/ " + s
-		if st, err := ClassifyIn(d, text); err == nil && !slices.Contains(st.Flags, FlagLoadFile) {
-			t.Fatalf("ClassifyIn(%+v, %q) = %+v: the leading comment's LOAD_FILE is missing", d, text, st)
+		for _, lead := range []struct{ text, flag string }{
+			{"/*! SELECT 1" + hide + "*/ ", FlagLoadFile},
+			{"/*!SELECT 1 FROM t INTO OUTFILE '/tmp/x'*/ ", FlagIntoOutfile},
+			{"LOAD DATA /*!*/ LOCAL INFILE '/etc/passwd' INTO TABLE t ", FlagLoadDataLocal},
+			{"LOAD DATA /*!LOCAL*/ INFILE '/etc/passwd' INTO TABLE t ", FlagLoadDataLocal},
+		} {
+			text := lead.text + s
+			if st, err := ClassifyIn(d, text); err == nil && !slices.Contains(st.Flags, lead.flag) {
+				t.Fatalf("ClassifyIn(%+v, %q) = %+v: %s is missing", d, text, st, lead.flag)
+			}
 		}
 		// Trailing: only when s leaves the lexer outside strings and
 		// comments.
@@ -71,7 +79,7 @@ func FuzzClassify(f *testing.F) {
 		if d.MariaDB {
 			marker = "/*M!"
 		}
-		text = prefix + marker + hide + "*/"
+		text := prefix + marker + hide + "*/"
 		if st, err := ClassifyIn(d, text); err == nil && !slices.Contains(st.Flags, FlagLoadFile) {
 			t.Fatalf("ClassifyIn(%+v, %q) = %+v: the trailing comment's LOAD_FILE is missing", d, text, st)
 		}
