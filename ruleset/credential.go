@@ -18,7 +18,7 @@ import (
 // with credential blocks, in order, each with an optional when:
 //
 //	target "prod" {
-//	  protocol = "postgres"
+//	  protocol = "postgres" # or "mysql"
 //	  address  = ["10.0.0.5:5432"]
 //	  credential "deployer" {
 //	    user          = "deployer"
@@ -235,8 +235,8 @@ func (c *compiler) credential(t *Target, b *hcl.Block) {
 		cr.Policies = list
 		c.credPolicies = append(c.credPolicies, credPolicyRefs{cr: cr, names: list, ranges: ranges})
 	}
-	if t.Protocol != ProtoPostgres {
-		c.errorf(b.DefRange, "Credential injection not supported", "Credential injection is implemented for postgres targets; %s targets authenticate with the client's own credentials.", t.Protocol)
+	if t.Protocol != ProtoPostgres && t.Protocol != ProtoMySQL {
+		c.errorf(b.DefRange, "Credential injection not supported", "Credential injection is implemented for postgres and mysql targets; %s targets authenticate with the client's own credentials.", t.Protocol)
 	}
 	t.Credentials = append(t.Credentials, cr)
 }

@@ -57,8 +57,12 @@ type Params struct {
 type Stats struct {
 	BytesFromClient, BytesToClient int64
 	User, Database                 string
-	ServerVersion                  string
-	ClientTLS, UpstreamTLS         bool
+	// ClientUser is the user the client named when a credential was
+	// injected in its place (then User is the credential's), and
+	// Credential that credential's name.
+	ClientUser, Credential string
+	ServerVersion          string
+	ClientTLS, UpstreamTLS bool
 }
 
 // loginTimeout bounds each read of the login, from either side.
@@ -74,7 +78,8 @@ const maxAuthRoundTrips = 32
 
 // Serve runs one client session: the server's greeting, relayed with the
 // capabilities the decoder cannot read withdrawn; TLS on either hop;
-// authentication relayed between client and server; then every command
+// authentication relayed between client and server, or answered by the
+// proxy with a credential the ruleset grants (inject.go); then every command
 // decided until either side ends. It owns p.Client and closes it. The
 // client hears of denials and failures as MySQL ERR packets.
 func Serve(ctx context.Context, p Params) (Stats, error) {
@@ -91,6 +96,7 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	err := s.run(ctx)
 	c := s.client.Counts()
 	return Stats{BytesFromClient: c.ClientToServer, BytesToClient: c.ServerToClient, User: s.user, Database: s.database,
+		ClientUser: s.clientUser, Credential: s.credential,
 		ServerVersion: s.version, ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS}, err
 }
 
@@ -105,6 +111,7 @@ type session struct {
 	ctx     context.Context
 
 	user, database         string
+	clientUser, credential string // the user the client named and the credential injected in its place
 	version                string
 	dialect                Dialect
 	clientTLS, upstreamTLS bool
@@ -298,15 +305,37 @@ func (s *session) login(ctx context.Context) (*login, error) {
 	// proxy offered (see capsUnderstood).
 	s.caps = ccaps & offer &^ capSSL
 
+	// How the server hop authenticates: with the client's own answer, or
+	// with a credential the ruleset grants this job (see inject.go). A
+	// flow refused one is told now, before anything is sent the server.
+	inj, err := s.injection(cw, cseq+1)
+	if err != nil {
+		return nil, err
+	}
+	var secret []byte
+	if inj != nil {
+		s.clientUser, s.user, s.credential = hr.user, inj.User, inj.Name
+		var wipe func()
+		if secret, wipe, err = s.fetchSecret(ctx, inj, cw, cseq+1); err != nil {
+			return nil, err
+		}
+		defer wipe()
+	}
+
 	// 3. The server hop: TLS when the target's mode and the server say
-	// so, then the response with the agreed capabilities.
+	// so, then the response with the agreed capabilities: the client's,
+	// or the proxy's own with an injected credential.
 	sr := newPacketReader(s.up, maxLoginPacket)
 	sw := newPacketWriter(s.up)
 	sseq := byte(1)
+	reqCaps := s.caps // what the TLS request says: the response's capabilities
+	if inj != nil {
+		reqCaps = injectedCaps(s.caps, g.caps, hr.database)
+	}
 	if upTLS {
 		ssl := make([]byte, 32)
 		copy(ssl, resp[:32])
-		put32(ssl, s.caps|capSSL)
+		put32(ssl, reqCaps|capSSL)
 		clear(ssl[28:32]) // MariaDB's extended capabilities
 		sw.seq = sseq
 		if err := sw.write(ssl); err != nil {
@@ -325,6 +354,19 @@ func (s *session) login(ctx context.Context) (*login, error) {
 		sr = newPacketReader(s.up, maxLoginPacket)
 		sw = newPacketWriter(s.up)
 		sseq++
+	}
+	if inj != nil {
+		// 4. Authentication answered by the proxy; the client hears the
+		// outcome only.
+		err := s.injectAuth(inj, secret, g, reqCaps, resp, hr.database, cw, sr, sw, sseq, cseq)
+		clear(resp) // the client's answer, never used
+		if err != nil {
+			return nil, err
+		}
+		s.cconn.SetReadDeadline(time.Time{})
+		s.up.SetReadDeadline(time.Time{})
+		cr.max, sr.max = s.p.MaxMessage, s.p.MaxMessage
+		return &login{cr: cr, sr: sr, cw: cw, sw: sw}, nil
 	}
 	upCaps := s.caps
 	if upTLS {
