@@ -310,6 +310,39 @@ func TestInjectRefused(t *testing.T) {
 	}
 }
 
+// TestInjectPassThrough: what is not the proxy's to refuse reaches the
+// client as the server or the client's own login would have it. In
+// monitor mode a flow granted nothing logs in with its own credentials;
+// an injected login to a database its account may not use gets the
+// server's own error (1044), not a refusal of the credential.
+func TestInjectPassThrough(t *testing.T) {
+	e := newMyEnv(t)
+	t.Run("monitor mode", func(t *testing.T) {
+		rules := "mode = \"monitor\"\n" + injectRules(testenv.MariaDBTLSUser, "require")
+		h, _ := injectHarness(t, e.my.HostPort(), e.ca, rules, testenv.MariaDBTLSPassword, decodertest.Options{})
+		c := driver(t, h, testenv.MariaDBAppUser, testenv.MariaDBAppPassword, nil)
+		if got := names(t, c, "SELECT CURRENT_USER()"); len(got) != 1 || got[0] != testenv.MariaDBAppUser+"@%" {
+			t.Fatalf("CURRENT_USER() = %q, want the client's own %s@%%", got, testenv.MariaDBAppUser)
+		}
+		if f := fieldsOf(endSession(t, h, c).Fields); f["credential"] != nil {
+			t.Errorf("a relayed login logged credential %v", f["credential"])
+		}
+	})
+	t.Run("a database the account may not use", func(t *testing.T) {
+		h, _ := injectHarness(t, e.my.HostPort(), e.ca, injectRules(testenv.MariaDBAppUser, "disable"), testenv.MariaDBAppPassword,
+			decodertest.Options{Identity: acmeAPI})
+		name := fmt.Sprintf("harness%d", dialers.Add(1))
+		gomysql.RegisterDialContext(name, func(ctx context.Context, addr string) (net.Conn, error) { return h.Client, nil })
+		db, _ := sql.Open("mysql", fmt.Sprintf("%s:%s@%s(x)/no_such_db", intruderUser, intruderPassword, name))
+		defer db.Close()
+		err := db.PingContext(ctx10(t))
+		var me *gomysql.MySQLError
+		if !errors.As(err, &me) || me.Number != 1044 || strings.Contains(me.Message, "sluice") {
+			t.Fatalf("an injected login to another database: %v, want the server's own 1044", err)
+		}
+	})
+}
+
 // TestInjectClientSpeaksOtherPlugin: a client whose handshake response
 // answers with another plugin than the greeting's (a MySQL 8 client's
 // caching_sha2_password to MariaDB's mysql_native_password), which a
