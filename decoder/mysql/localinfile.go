@@ -77,8 +77,11 @@ func (r *relay) localInfile(c *decoder.Command, p []byte, seq byte) error {
 	r.sw.seq = seq + 1
 	var size int64
 	for {
-		b, _, err := r.cr.next()
+		b, bseq, err := r.cr.next()
 		if err != nil {
+			return err
+		}
+		if err := r.recordClient(b, bseq); err != nil {
 			return err
 		}
 		r.cw.seq++

@@ -3,6 +3,7 @@ package mysql
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/mask"
+	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -63,10 +65,44 @@ func newRelay(s *session, lg *login) *relay {
 	return r
 }
 
+// The recording of the client hop (decoder.WireTap): what the client is
+// sent is recorded as it is written (tapWrites, on the connection); what
+// it sends is recorded packet by packet as the relay reads it
+// (recordClient), so that a packet that must not be recorded never is: a
+// COM_CHANGE_USER, which carries a password's proof, is left out.
+
+// tapWrites is the client connection's tap: only what the client is sent.
+func (s *session) tapWrites(dir string, b []byte) error {
+	if dir == record.DirClientToServer {
+		return nil
+	}
+	return s.tap.Tap(dir, b)
+}
+
+// recordClient records a packet the client sent (its payload b, its
+// first frame's sequence id), framed as it crossed the wire.
+func (r *relay) recordClient(b []byte, seq byte) error {
+	if !r.s.p.Session.WantsWire() {
+		return nil
+	}
+	var buf []byte
+	for {
+		n := min(len(b), maxPiece)
+		buf = append(buf, byte(n), byte(n>>8), byte(n>>16), seq)
+		buf = append(buf, b[:n]...)
+		seq++
+		b = b[n:]
+		if n < maxPiece {
+			break
+		}
+	}
+	return r.s.tap.Tap(record.DirClientToServer, buf)
+}
+
 // run relays commands until either side ends.
 func (r *relay) run() error {
 	for {
-		b, _, err := r.cr.next()
+		b, seq, err := r.cr.next()
 		if err != nil {
 			var pe *ProtocolError
 			if errors.As(err, &pe) {
@@ -81,6 +117,12 @@ func (r *relay) run() error {
 		if len(b) == 0 {
 			r.fail(codeUnknownCom, stateHandshake, "sluice: an empty command")
 			return &ProtocolError{Msg: "an empty command"}
+		}
+		if b[0] != comChangeUser {
+			if err := r.recordClient(b, seq); err != nil {
+				r.fail(codeConnKilled, stateConnKilled, "sluice: the session cannot be recorded")
+				return err
+			}
 		}
 		done, err := r.command(b)
 		if err != nil || done {
@@ -105,7 +147,9 @@ func (r *relay) command(b []byte) (done bool, err error) {
 		if err := r.forward(b); err != nil {
 			return false, err
 		}
-		return false, r.results(c, false, nil)
+		err := r.results(c, false, nil)
+		r.lexingChanged(c)
+		return false, err
 	case comStmtPrepare:
 		return false, r.prepare(b)
 	case comStmtExecute:
@@ -173,15 +217,59 @@ func (r *relay) command(b []byte) (done bool, err error) {
 		}
 		return false, r.single(nil)
 	case comChangeUser:
-		// A new login on the same connection would need its identity
-		// decided anew; the proxy refuses it and ends the session, as a
-		// server does after a failed change of user.
-		r.fail(codeHandshake, stateHandshake, "sluice: COM_CHANGE_USER is not relayed; open a new connection as the other user")
-		return true, nil
+		return r.changeUser(b)
 	case comBinlogDump, comBinlogDumpGTID, comRegisterSlave, comTableDump:
 		return false, r.replication(b)
 	}
 	r.fail(codeUnknownCom, stateHandshake, fmt.Sprintf("sluice: command 0x%02x is not relayed", b[0]))
+	return false, nil
+}
+
+// changeUser relays a COM_CHANGE_USER: a new login on the same
+// connection, as another database user. The flow's identity (its
+// process, its CI job) and so its policies stay what they are; the new
+// user is logged and noted in the recording, and the login is relayed
+// as the first one was (authenticate). The server forgets the session's
+// prepared statements, and so does the proxy. It is refused, and the
+// session ended, where the login's answer would be recorded (the session
+// records wire bytes, and the packet carries the password's proof) or
+// where the proxy logged in with an injected credential (the client holds
+// no password to change with). done is set when the session ends.
+func (r *relay) changeUser(b []byte) (done bool, err error) {
+	refuse := ""
+	switch {
+	case r.s.p.Session.WantsWire():
+		refuse = "the session records its wire bytes, and a new login's answer must not be recorded"
+	case r.s.injected():
+		refuse = "the session logged in with a credential Sluice injected"
+	}
+	if refuse != "" {
+		clear(b)
+		r.fail(codeHandshake, stateHandshake, "sluice: COM_CHANGE_USER is not relayed here ("+refuse+"); open a new connection as the other user")
+		return true, nil
+	}
+	user, _, err := cstring(b[1:])
+	if err != nil {
+		r.fail(codeHandshake, stateHandshake, "sluice: a malformed COM_CHANGE_USER")
+		return true, &ProtocolError{Msg: "a malformed COM_CHANGE_USER"}
+	}
+	newUser, oldUser := string(user), r.s.user
+	err = r.forward(b)
+	clear(b)
+	if err != nil {
+		return true, err
+	}
+	clear(r.stmts)
+	if err := r.s.authenticate(r.cr, r.cw, r.sr, r.sw, 0); err != nil {
+		r.s.p.Log.Info("COM_CHANGE_USER refused by the server; session ended", "db_user", oldUser, "new_db_user", newUser, "error", err)
+		return true, nil
+	}
+	r.s.cconn.SetReadDeadline(time.Time{})
+	r.s.up.SetReadDeadline(time.Time{})
+	r.s.user = newUser
+	r.s.p.Log.Info("COM_CHANGE_USER: the session goes on as another database user", "db_user", oldUser, "new_db_user", newUser)
+	r.s.p.Session.Record(record.Metadata, record.Event{Type: record.TypeNote,
+		Reason: fmt.Sprintf("COM_CHANGE_USER: the session goes on as database user %q (was %q)", newUser, oldUser)})
 	return false, nil
 }
 
@@ -414,7 +502,9 @@ func (r *relay) execute(b []byte) error {
 	if err := r.forward(b); err != nil {
 		return err
 	}
-	return r.results(st.c, true, st)
+	err := r.results(st.c, true, st)
+	r.lexingChanged(st.c)
+	return err
 }
 
 // fetch relays a COM_STMT_FETCH from an open cursor.
@@ -495,3 +585,33 @@ const (
 
 // quoteIdent quotes a name as a MySQL identifier.
 func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
+
+// charsetSet finds the character set a SET NAMES, SET CHARACTER SET or a
+// write to character_set_client names.
+var charsetSet = regexp.MustCompile("(?i)\\b(?:names|character\\s+set|charset|character_set_client\\s*:?=)\\s*['\"`]?([a-z0-9_]+)")
+
+// lexingChanged follows a statement that changes how the server reads the
+// session's next statements (flag lexing_change) once it ran. sql_mode's
+// switches are covered by classify (every text is read under each); the
+// client character set is the one a statement names, and one the proxy
+// cannot name is taken to be one whose two-byte characters may end in a
+// backslash (gbk), so that a text whose reading would depend on it is
+// refused rather than misread.
+func (r *relay) lexingChanged(c *decoder.Command) {
+	if c == nil || !hasFlag(c.Cmd.Statement.Flags, FlagLexingChange) {
+		return
+	}
+	m := charsetSet.FindStringSubmatch(c.Cmd.Text)
+	if m == nil && strings.Contains(strings.ToLower(c.Cmd.Text), "sql_mode") {
+		return // sql_mode only: covered by classify
+	}
+	cs := "gbk"
+	if m != nil && !strings.EqualFold(m[1], "default") {
+		cs = strings.ToLower(m[1])
+	}
+	r.s.dialect.Charset = cs
+}
+
+// injected reports whether the session logged in with a credential
+// Sluice injected.
+func (s *session) injected() bool { return s.credential != "" }

@@ -279,7 +279,7 @@ func (s *session) login(ctx context.Context) (*login, error) {
 	if s.p.Session.WantsWire() {
 		// What the client sends and receives from here on, in the
 		// clear (after TLS), recorded once the tap opens.
-		s.setCconn(decoder.Tapped(s.cconn, s.tap.Tap))
+		s.setCconn(decoder.Tapped(s.cconn, s.tapWrites))
 	}
 	cw = newPacketWriter(s.cconn)
 	cr := newPacketReader(s.cconn, maxLoginPacket)
@@ -423,14 +423,14 @@ func (s *session) authenticate(cr *packetReader, cw *packetWriter, sr *packetRea
 		cw.seq = byte(int(seq) - delta)
 		switch b[0] {
 		case 0x00:
-			// Recording starts with the server's OK: what the client
-			// sent that is read but not yet relayed is recorded first.
+			// Recording starts with the server's OK. What the client
+			// sends is recorded packet by packet as the relay reads it
+			// (recordClient), so nothing is pending here.
 			if s.tap.Waiting() {
 				if err := cw.flush(); err != nil {
 					return err
 				}
-				pending, _ := cr.r.Peek(cr.r.Buffered())
-				if err := s.tap.Open(pending); err != nil {
+				if err := s.tap.Open(nil); err != nil {
 					s.loginErr(cw, cw.seq, codeConnKilled, stateConnKilled, "sluice: the session cannot be recorded")
 					return err
 				}
