@@ -2,7 +2,7 @@
 // place of the client's own credentials: from a root-only file, an
 // environment variable of the daemon, or a command the daemon runs to get
 // a short-lived secret. It knows nothing of wire protocols, so every
-// decoder that injects credentials (PostgreSQL today; MySQL and SSH later)
+// decoder that injects credentials (PostgreSQL and MySQL today; SSH later)
 // shares it.
 //
 // Secrets are handled as byte slices that the caller wipes after use; a
