@@ -68,7 +68,13 @@ my_stop() {
 # target on 127.0.0.8).
 my_ruleset() {
   if [ -z "$my_port" ]; then cat; return; fi
-  sed -e "s|address   = \\[\"\\*:3306\"\\]|address   = [\"$my_host:$my_port\"]|"
+  local rules
+  rules=$(sed -e "s|address *= \\[\"\\*:3306\"\\]|address = [\"$my_host:$my_port\"]|")
+  # A mysql target that missed the substitution would leave the commands
+  # mode going direct, and the table would show it as free.
+  grep -q "\"$my_host:$my_port\"" <<<"$rules" ||
+    { echo "bench: the default ruleset's mysql target (*:3306) was not found" >&2; exit 1; }
+  printf '%s\n' "$rules"
   printf 'target "opaque-mysql" {\n  protocol = "tcp"\n  address  = ["%s:%s"]\n}\n' "$my_opaque_host" "$my_port"
 }
 

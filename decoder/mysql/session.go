@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -55,14 +54,8 @@ type Params struct {
 
 // Stats are a session's totals, for the flow log.
 type Stats struct {
-	BytesFromClient, BytesToClient int64
-	User, Database                 string
-	// ClientUser is the user the client named when a credential was
-	// injected in its place (then User is the credential's), and
-	// Credential that credential's name.
-	ClientUser, Credential string
-	ServerVersion          string
-	ClientTLS, UpstreamTLS bool
+	decoder.SessionStats
+	ServerVersion string
 }
 
 // loginTimeout bounds each read of the login, from either side.
@@ -95,9 +88,9 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	defer s.close()
 	err := s.run(ctx)
 	c := s.client.Counts()
-	return Stats{BytesFromClient: c.ClientToServer, BytesToClient: c.ServerToClient, User: s.user, Database: s.database,
-		ClientUser: s.clientUser, Credential: s.credential,
-		ServerVersion: s.version, ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS}, err
+	return Stats{SessionStats: decoder.SessionStats{BytesFromClient: c.ClientToServer, BytesToClient: c.ServerToClient,
+		User: s.user, Database: s.database, ClientUser: s.clientUser, Credential: s.credential,
+		ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS}, ServerVersion: s.version}, err
 }
 
 // session is one client connection's state.
@@ -116,41 +109,18 @@ type session struct {
 	dialect                Dialect
 	clientTLS, upstreamTLS bool
 	caps                   uint32 // the capabilities both hops agreed
-
-	closeOnce sync.Once
-	connMu    sync.Mutex
-	closed    bool
+	conns                  decoder.Conns
 }
 
-func (s *session) setCconn(c net.Conn) { s.cconn = s.track(c) }
-func (s *session) setUp(c net.Conn)    { s.up = s.track(c) }
-
-// track returns c, closed at once when the session already closed.
-func (s *session) track(c net.Conn) net.Conn {
-	s.connMu.Lock()
-	closed := s.closed
-	s.connMu.Unlock()
-	if closed {
-		c.Close()
-	}
-	return c
-}
+// setCconn and setUp change what close acts on (decoder.Conns): a
+// connection set after close ran is closed at once.
+func (s *session) setCconn(c net.Conn) { s.cconn = s.conns.Client(c) }
+func (s *session) setUp(c net.Conn)    { s.up = s.conns.Server(c) }
 
 // close ends both hops; safe from any goroutine, more than once.
 func (s *session) close() {
-	s.closeOnce.Do(func() {
-		s.connMu.Lock()
-		s.closed = true
-		cconn, up := s.cconn, s.up
-		s.connMu.Unlock()
-		if cconn != nil {
-			cconn.Close()
-		}
-		s.client.Close()
-		if up != nil {
-			up.Close()
-		}
-	})
+	s.conns.Close()
+	s.client.Close()
 }
 
 func (s *session) run(ctx context.Context) error {

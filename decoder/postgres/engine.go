@@ -72,15 +72,7 @@ type Params struct {
 
 // Stats are a session's totals, for the flow log.
 type Stats struct {
-	BytesFromClient int64
-	BytesToClient   int64
-	User, Database  string
-	// ClientUser is the user the client named when a credential was
-	// injected in its place (then User is the credential's), and
-	// Credential that credential's name.
-	ClientUser, Credential string
-	ClientTLS              bool
-	UpstreamTLS            bool
+	decoder.SessionStats
 }
 
 // Serve runs one client session: startup (TLS negotiation on both hops,
@@ -99,11 +91,11 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	s.tap.Session = p.Session
 	defer s.close()
 	err := s.run(ctx)
-	st := Stats{
+	st := Stats{decoder.SessionStats{
 		BytesFromClient: s.client.Counts().ClientToServer, BytesToClient: s.client.Counts().ServerToClient,
 		User: s.user, Database: s.database, ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS,
 		ClientUser: s.clientUser, Credential: s.credential,
-	}
+	}}
 	return st, err
 }
 

@@ -53,12 +53,6 @@ func newHandler(env decoder.Env) decoder.Handler {
 			MaxMessage: env.MaxMessage,
 			Log:        flog,
 		})
-		statements, denied := sess.Counts()
-		fields := []any{"db_user", st.User, "database", st.Database, "statements", statements, "denied", denied,
-			"client_tls", st.ClientTLS, "upstream_tls", st.UpstreamTLS}
-		if st.Credential != "" {
-			fields = append(fields, "credential", st.Credential, "client_user", st.ClientUser)
-		}
-		return decoder.Result{BytesFromClient: st.BytesFromClient, BytesToClient: st.BytesToClient, Err: err, Fields: fields}
+		return st.Result(sess, err)
 	}
 }
