@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/sluicehq/sluice/internal/tlsutil"
 )
 
@@ -88,4 +90,37 @@ func handshake(ctx context.Context, tc *tls.Conn, hop string) (*tls.Conn, error)
 		return nil, fmt.Errorf("%s tls handshake: %w", hop, err)
 	}
 	return tc, nil
+}
+
+// UpstreamSettings are the TLS settings of the proxy's own hop to a
+// flow's server (UpstreamTLS): Config to use, whether to Attempt TLS, and
+// whether it is Required (the session ends when the server declines).
+type UpstreamSettings struct {
+	Config   *tls.Config
+	Attempt  bool
+	Required bool
+}
+
+// ServeFunc serves one decoded flow: client is the job's connection
+// reporting the address it dialed (AsDialed), up the target's upstream
+// TLS settings and log the flow's logger.
+type ServeFunc func(ctx context.Context, f *Flow, client net.Conn, dial DialFunc, up UpstreamSettings, log hclog.Logger) Result
+
+// DecodedHandler makes a protocol's Handler of serve: each flow gets its logger
+// (env.Log named with the flow and its target), its target's upstream TLS
+// settings (a flow whose settings cannot be built is closed, with the
+// error in its Result) and its client as dialed.
+func DecodedHandler(env Env, serve ServeFunc) Handler {
+	if env.Log == nil {
+		env.Log = hclog.NewNullLogger()
+	}
+	return func(ctx context.Context, f *Flow, client net.Conn, dial DialFunc) Result {
+		cfg, attempt, required, err := UpstreamTLS(f)
+		if err != nil {
+			client.Close()
+			return Result{Err: fmt.Errorf("upstream tls: %w", err)}
+		}
+		return serve(ctx, f, AsDialed(client, f), dial, UpstreamSettings{Config: cfg, Attempt: attempt, Required: required},
+			env.Log.With("flow", f.ID, "target", f.Target.Name))
+	}
 }

@@ -2,7 +2,6 @@ package mysql
 
 import (
 	"context"
-	"fmt"
 	"net"
 
 	"github.com/hashicorp/go-hclog"
@@ -28,28 +27,19 @@ func init() {
 func newHandler(env decoder.Env) decoder.Handler {
 	cache := NewCache(0)
 	masks := mask.NewCache(env.MaskKey)
-	if env.Log == nil {
-		env.Log = hclog.NewNullLogger()
-	}
-	return func(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc) decoder.Result {
-		flog := env.Log.With("flow", f.ID, "target", f.Target.Name)
-		cfg, attempt, required, err := decoder.UpstreamTLS(f)
-		if err != nil {
-			client.Close()
-			return decoder.Result{Err: fmt.Errorf("upstream tls: %w", err)}
-		}
+	return decoder.DecodedHandler(env, func(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc, up decoder.UpstreamSettings, flog hclog.Logger) decoder.Result {
 		sess := f.Session
 		st, err := Serve(ctx, Params{
-			Client:     decoder.AsDialed(client, f),
+			Client:     client,
 			Dial:       dial,
 			Session:    sess,
 			Classify:   cache.Classify,
-			Upstream:   UpstreamTLS{Config: cfg, Attempt: attempt, Required: required},
+			Upstream:   UpstreamTLS(up),
 			ClientTLS:  env.ClientTLS,
 			Masks:      masks,
 			MaxMessage: env.MaxMessage,
 			Log:        flog,
 		})
 		return st.Result(sess, err, "server_version", st.ServerVersion)
-	}
+	})
 }

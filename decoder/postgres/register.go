@@ -2,9 +2,9 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"net"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/ruleset"
@@ -33,20 +33,14 @@ func newHandler(env decoder.Env) decoder.Handler {
 		clientTLS = clientTLS.Clone()
 		clientTLS.NextProtos = []string{"postgresql"} // PostgreSQL 17 clients offer it
 	}
-	return func(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc) decoder.Result {
-		flog := env.Log.With("flow", f.ID, "target", f.Target.Name)
-		cfg, attempt, required, err := decoder.UpstreamTLS(f)
-		if err != nil {
-			client.Close()
-			return decoder.Result{Err: fmt.Errorf("upstream tls: %w", err)}
-		}
+	return decoder.DecodedHandler(env, func(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc, up decoder.UpstreamSettings, flog hclog.Logger) decoder.Result {
 		sess := f.Session
 		st, err := Serve(ctx, Params{
-			Client:     decoder.AsDialed(client, f),
+			Client:     client,
 			Dial:       dial,
 			Session:    sess,
 			Classify:   cache.Classify,
-			Upstream:   UpstreamTLS{Config: cfg, Attempt: attempt, Required: required},
+			Upstream:   UpstreamTLS(up),
 			ClientTLS:  clientTLS,
 			Cancels:    cancels,
 			Masks:      masks,
@@ -54,5 +48,5 @@ func newHandler(env decoder.Env) decoder.Handler {
 			Log:        flog,
 		})
 		return st.Result(sess, err)
-	}
+	})
 }
