@@ -172,12 +172,13 @@ func (r *relay) rows(res *result) (uint16, error) {
 		res.rows++
 		res.bytes += int64(len(p))
 		if refused, v := r.s.decider.CheckResult(r.s.ctx, c, &res.gate, res.rows, res.bytes, r.notify); refused {
-			// The row and the rest must not reach the client. Without a
-			// credential of its own the proxy cannot KILL QUERY on a side
-			// connection: the rest is read and dropped.
+			// The row and the rest must not reach the client: the query
+			// is stopped on the server where the proxy can (kill.go), and
+			// the rest is read and dropped.
 			res.rows--
 			res.bytes -= int64(len(p))
 			res.ended, res.code = true, stateDenied
+			r.stopResult()
 			if err := r.drain(); err != nil {
 				return 0, err
 			}
@@ -190,6 +191,7 @@ func (r *relay) rows(res *result) (uint16, error) {
 			if p, err = r.maskRow(res, p); err != nil {
 				res.ended, res.code = true, stateDenied
 				r.s.p.Log.Error("masked result refused: it cannot be masked", "error", err, "statement", c.Cmd.Text)
+				r.stopResult()
 				if err := r.drain(); err != nil {
 					return 0, err
 				}

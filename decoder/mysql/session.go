@@ -108,7 +108,9 @@ type session struct {
 	version                string
 	dialect                Dialect
 	clientTLS, upstreamTLS bool
-	caps                   uint32 // the capabilities both hops agreed
+	caps                   uint32              // the capabilities both hops agreed
+	connID                 uint32              // the server's id of the session's connection (KILL QUERY names it)
+	inj                    *enforcer.Injection // the credential the session logged in with, if any
 	conns                  decoder.Conns
 }
 
@@ -175,7 +177,7 @@ func (s *session) login(ctx context.Context) (*login, error) {
 		s.refuseGreeting(codeHandshake, "sluice: the database sent a greeting the proxy cannot read: "+err.Error())
 		return nil, err
 	}
-	s.version = g.version
+	s.version, s.connID = g.version, g.connID()
 	s.dialect.MariaDB, s.dialect.Version = parseServerVersion(g.version)
 	s.dialect.NoBackslashEscapes = g.status&statusNoBackslashEscapes != 0
 
@@ -279,6 +281,7 @@ func (s *session) login(ctx context.Context) (*login, error) {
 	// with a credential the ruleset grants this job (see inject.go). A
 	// flow refused one is told now, before anything is sent the server.
 	inj, err := s.injection(cw, cseq+1)
+	s.inj = inj
 	if err != nil {
 		return nil, err
 	}
@@ -525,6 +528,15 @@ func parseGreeting(b []byte) (greeting, error) {
 		}
 	}
 	return g, nil
+}
+
+// connID returns the connection id the greeting names.
+func (g greeting) connID() uint32 {
+	at := 1 + len(g.version) + 1
+	if len(g.raw) < at+4 {
+		return 0
+	}
+	return le32(g.raw[at:])
 }
 
 // withCaps returns the greeting with capabilities caps, and MariaDB's
