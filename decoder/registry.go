@@ -32,6 +32,12 @@ type Protocol struct {
 	// Busy tells a client that too many sessions are open (limit is the
 	// cap). Nil closes the connection.
 	Busy func(c net.Conn, limit int)
+	// Dissector and Port are how Wireshark knows the protocol: its
+	// dissector's name and the port it expects it on, for sluice export
+	// --format pcap's hint when a session's server used another port.
+	// Empty: no hint.
+	Dissector string
+	Port      uint16
 	// Classify turns a command's text into what the ruleset decides on,
 	// for sluice rules test and explain. Nil: the protocol's commands are
 	// not classified from text, and a rule test must give a statement.

@@ -69,7 +69,7 @@ func TestDemo(t *testing.T) {
 		{9, []string{`ok\s+daemon`, `ok\s+pins`, `sluice_flows_total\{outcome="served"`, `sluice_verdicts_total\{rule="ci-jobs/deny/no-ddl",verdict="deny"\}`, `sluice_statement_latency_seconds_count`}, nil},
 		{10, []string{`ERROR 1227 \(42000\).*sluice: statement denied by rule "ci-jobs-mariadb/deny/no-ddl"`,
 			`\n1\tAda Lovelace\t` + masked, `pending\s+before\s+ci-jobs-mariadb/hold/deletes`,
-			`(?s)after the refusal:\s*\nERROR 1227 \(42000\).*ci-jobs-mariadb/hold/deletes`, `customers\n2\n`, `\[deny\]`},
+			`(?s)after the refusal:.*ERROR 1227 \(42000\)[^\n]*ci-jobs-mariadb/hold/deletes`, `customers\n2\n`, `\[deny\]`},
 			[]string{`\t(ada|alan)@example\.com`}},
 		{11, []string{`Connection refused`}, []string{`\n1\n`}},
 		{12, []string{`interception removed`, `after uninstall: direct again`}, nil},

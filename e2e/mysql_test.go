@@ -133,10 +133,12 @@ func TestMySQLClient(t *testing.T) {
 	}
 	if _, err := exec.LookPath("tshark"); err == nil {
 		pcap := filepath.Join(t.TempDir(), "s.pcap")
+		port := strings.TrimPrefix(my.HostPort(), my.Addr+":")
 		if out, err := d.Sluice(t, "export", id, "--socket", d.Socket, "--format", "pcap", "-o", pcap); err != nil {
 			t.Fatalf("export pcap: %v\n%s", err, out)
+		} else if !strings.Contains(out, "decode with tshark -d tcp.port=="+port+",mysql") {
+			t.Errorf("export pcap names no mysql dissector hint:\n%s", out)
 		}
-		port := strings.TrimPrefix(my.HostPort(), my.Addr+":")
 		dec, err := exec.Command("tshark", "-r", pcap, "-d", "tcp.port=="+port+",mysql", "-Y", "mysql.query", "-T", "fields", "-e", "mysql.query").CombinedOutput()
 		if err != nil || !strings.Contains(string(dec), "SELECT") && !strings.Contains(string(dec), "SHOW") {
 			t.Errorf("tshark on the exported pcap: %v\n%s", err, dec)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/enforcer/export"
 	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/enforcer/store"
@@ -379,12 +380,9 @@ asciicast (for asciinema).`,
 				if client, server, err = export.Endpoints(events); err == nil {
 					err = export.WritePCAP(w, events, client, server)
 					// tshark knows each protocol by its usual port.
-					dissector, port := "pgsql", uint16(5432)
-					if sess.Protocol == "mysql" {
-						dissector, port = "mysql", 3306
-					}
-					if err == nil && server.Port() != port {
-						fmt.Fprintf(cmd.ErrOrStderr(), "the server port is %d: decode with tshark -d tcp.port==%d,%s\n", server.Port(), server.Port(), dissector)
+					p, _ := decoder.Lookup(sess.Protocol)
+					if err == nil && p.Dissector != "" && server.Port() != p.Port {
+						fmt.Fprintf(cmd.ErrOrStderr(), "the server port is %d: decode with tshark -d tcp.port==%d,%s\n", server.Port(), server.Port(), p.Dissector)
 					}
 				}
 			}

@@ -18,6 +18,9 @@ func init() {
 		Refuse:   Refuse,
 		Busy:     RefuseBusy,
 		Classify: Classify,
+		// Wireshark's name and port for the protocol.
+		Dissector: "mysql",
+		Port:      3306,
 	})
 }
 

@@ -17,6 +17,9 @@ func init() {
 		Refuse:   Refuse,
 		Busy:     RefuseBusy,
 		Classify: Classify,
+		// Wireshark's name and port for the protocol.
+		Dissector: "pgsql",
+		Port:      5432,
 	})
 }
 
