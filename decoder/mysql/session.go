@@ -22,11 +22,7 @@ import (
 // UpstreamTLS says how to secure the proxy's own connection to the
 // server: Attempt uses TLS whenever the server's greeting offers it;
 // Required ends the session when it does not.
-type UpstreamTLS struct {
-	Config   *tls.Config
-	Attempt  bool
-	Required bool
-}
+type UpstreamTLS = decoder.UpstreamSettings
 
 // Params are one session's parts.
 type Params struct {

@@ -36,11 +36,7 @@ const (
 // UpstreamTLS says how to secure the proxy's own connection to the server:
 // attempt sends an SSLRequest with cfg; required ends the session when the
 // server declines.
-type UpstreamTLS struct {
-	Config   *tls.Config
-	Attempt  bool
-	Required bool
-}
+type UpstreamTLS = decoder.UpstreamSettings
 
 // Params are one session's parts, supplied by the interceptor.
 type Params struct {

@@ -279,14 +279,7 @@ func (my *MariaDB) stop() {
 	if my.process == nil || my.process.Process == nil {
 		return
 	}
-	pgid := my.process.Process.Pid
-	syscall.Kill(-pgid, syscall.SIGTERM)
-	select {
-	case <-my.done:
-	case <-time.After(15 * time.Second):
-		syscall.Kill(-pgid, syscall.SIGKILL)
-		<-my.done
-	}
+	stopGroup(my.process, my.done, syscall.SIGTERM, 15*time.Second)
 	my.process = nil
 }
 

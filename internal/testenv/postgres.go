@@ -212,15 +212,22 @@ func (pg *Postgres) stop(t testing.TB) {
 	if pg.process == nil || pg.process.Process == nil {
 		return
 	}
-	pgid := pg.process.Process.Pid
-	syscall.Kill(-pgid, syscall.SIGQUIT)
-	select {
-	case <-pg.done:
-	case <-time.After(10 * time.Second):
-		syscall.Kill(-pgid, syscall.SIGKILL)
-		<-pg.done
-	}
+	stopGroup(pg.process, pg.done, syscall.SIGQUIT, 10*time.Second)
 	pg.process = nil
+}
+
+// stopGroup sends sig to the process group of cmd, which the test
+// started as a group leader, and waits for done (closed when cmd was
+// waited for); after grace it kills the group.
+func stopGroup(cmd *exec.Cmd, done <-chan struct{}, sig syscall.Signal, grace time.Duration) {
+	pgid := cmd.Process.Pid
+	syscall.Kill(-pgid, sig)
+	select {
+	case <-done:
+	case <-time.After(grace):
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-done
+	}
 }
 
 // Admin runs SQL as the superuser over the unix socket, which is never
