@@ -229,23 +229,19 @@ func (r *relay) command(b []byte) (done bool, err error) {
 // connection, as another database user. The flow's identity (its
 // process, its CI job) and so its policies stay what they are; the new
 // user is logged and noted in the recording, and the login is relayed
-// as the first one was (authenticate). The server forgets the session's
-// prepared statements, and so does the proxy. It is refused, and the
-// session ended, where the login's answer would be recorded (the session
-// records wire bytes, and the packet carries the password's proof) or
-// where the proxy logged in with an injected credential (the client holds
-// no password to change with). done is set when the session ends.
+// as the first one was (authenticate). Like the first login, it is left
+// out of the wire recording: the packet and the client's answers carry
+// the password's proof (the run loop does not record a COM_CHANGE_USER,
+// and authenticate reads the answers without recording them); what the
+// client is sent (nonces, the server's OK) is recorded as written. The
+// server forgets the session's prepared statements, and so does the
+// proxy. It is refused, and the session ended, where the proxy logged in
+// with an injected credential: the client holds no password to change
+// with. done is set when the session ends.
 func (r *relay) changeUser(b []byte) (done bool, err error) {
-	refuse := ""
-	switch {
-	case r.s.p.Session.WantsWire():
-		refuse = "the session records its wire bytes, and a new login's answer must not be recorded"
-	case r.s.injected():
-		refuse = "the session logged in with a credential Sluice injected"
-	}
-	if refuse != "" {
+	if r.s.injected() {
 		clear(b)
-		r.fail(codeHandshake, stateHandshake, "sluice: COM_CHANGE_USER is not relayed here ("+refuse+"); open a new connection as the other user")
+		r.fail(codeHandshake, stateHandshake, "sluice: COM_CHANGE_USER is not relayed here (the session logged in with a credential Sluice injected); open a new connection as the other user")
 		return true, nil
 	}
 	user, _, err := cstring(b[1:])
