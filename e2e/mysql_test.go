@@ -116,7 +116,8 @@ func TestMySQLClient(t *testing.T) {
 		t.Errorf("mysql flow line %v, want db_user %s", fl, testenv.MariaDBAppUser)
 	}
 
-	// The sessions are recorded, and a pcap export decodes as MySQL.
+	// The sessions are recorded and export as PostgreSQL's do; a pcap
+	// export decodes as MySQL.
 	var id string
 	testenv.WaitFor(t, 10*time.Second, "a sealed mysql session", func() bool {
 		for _, s := range listSessions(t, d) {
@@ -130,6 +131,18 @@ func TestMySQLClient(t *testing.T) {
 	show, err := d.Sluice(t, "sessions", "show", "--socket", d.Socket, id)
 	if err != nil || !strings.Contains(show, "my") {
 		t.Fatalf("sessions show: %v\n%s", err, show)
+	}
+	// The same exports as PostgreSQL's: JSON lines, asciicast, replay.
+	if out, err := d.Sluice(t, "export", id, "--socket", d.Socket, "--format", "jsonl"); err != nil ||
+		!strings.Contains(out, `"type":"statement"`) || !strings.Contains(out, `"session":"`+id+`"`) {
+		t.Errorf("export jsonl: %v\n%s", err, out)
+	}
+	if out, err := d.Sluice(t, "export", id, "--socket", d.Socket, "--format", "asciicast"); err != nil ||
+		!strings.HasPrefix(out, `{"version":2`) || !strings.Contains(out, "SHOW SESSION STATUS") && !strings.Contains(out, "SELECT") {
+		t.Errorf("export asciicast: %v\n%s", err, out)
+	}
+	if out, err := d.Sluice(t, "replay", "--socket", d.Socket, "--speed", "1000", id); err != nil || !strings.Contains(out, "=> ") {
+		t.Errorf("replay: %v\n%s", err, out)
 	}
 	if _, err := exec.LookPath("tshark"); err == nil {
 		pcap := filepath.Join(t.TempDir(), "s.pcap")
