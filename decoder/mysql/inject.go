@@ -17,6 +17,7 @@ import (
 	"filippo.io/edwards25519"
 
 	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/enforcer/credential"
 	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/ruleset"
 )
@@ -397,52 +398,43 @@ func (s *session) sendSecret(sw *packetWriter, seq byte, payload []byte) error {
 // SHA1(password) XOR SHA1(scramble || SHA1(SHA1(password))). An empty
 // password answers empty.
 func nativeAnswer(password, scramble []byte) []byte {
-	if len(password) == 0 {
-		return []byte{}
-	}
-	h := sha1.New()
-	h.Write(password)
-	var stage1, stage2 [sha1.Size]byte
-	h.Sum(stage1[:0])
-	h.Reset()
-	h.Write(stage1[:])
-	h.Sum(stage2[:0])
-	h.Reset()
-	h.Write(scramble)
-	h.Write(stage2[:])
-	out := h.Sum(make([]byte, 0, sha1.Size))
-	scrubHash(h)
-	for i := range out {
-		out[i] ^= stage1[i]
-	}
-	clear(stage1[:])
-	clear(stage2[:])
-	return out
+	return xorAnswer(sha1.New(), password, scramble, true)
 }
 
 // sha2Scramble is caching_sha2_password's fast-path answer:
 // SHA256(password) XOR SHA256(SHA256(SHA256(password)) || scramble).
 func sha2Scramble(password, scramble []byte) []byte {
+	return xorAnswer(sha256.New(), password, scramble, false)
+}
+
+// xorAnswer is the scheme both plugins share, with h's hash H:
+// H(password) XOR H(scramble || H(H(password))) when scrambleFirst, else
+// H(password) XOR H(H(H(password)) || scramble). An empty password
+// answers empty. The intermediate hashes are cleared and h scrubbed.
+func xorAnswer(h hash.Hash, password, scramble []byte, scrambleFirst bool) []byte {
 	if len(password) == 0 {
 		return []byte{}
 	}
-	h := sha256.New()
 	h.Write(password)
-	var stage1, stage2 [sha256.Size]byte
-	h.Sum(stage1[:0])
+	stage1 := h.Sum(nil)
 	h.Reset()
-	h.Write(stage1[:])
-	h.Sum(stage2[:0])
+	h.Write(stage1)
+	stage2 := h.Sum(nil)
 	h.Reset()
-	h.Write(stage2[:])
-	h.Write(scramble)
-	out := h.Sum(make([]byte, 0, sha256.Size))
-	scrubHash(h)
+	if scrambleFirst {
+		h.Write(scramble)
+		h.Write(stage2)
+	} else {
+		h.Write(stage2)
+		h.Write(scramble)
+	}
+	out := h.Sum(nil)
+	credential.ScrubHash(h)
 	for i := range out {
 		out[i] ^= stage1[i]
 	}
-	clear(stage1[:])
-	clear(stage2[:])
+	clear(stage1)
+	clear(stage2)
 	return out
 }
 
@@ -499,7 +491,7 @@ func ed25519Answer(password, nonce []byte) []byte {
 	h.Write(nonce)
 	var digest [sha512.Size]byte
 	h.Sum(digest[:0])
-	scrubHash(h)
+	credential.ScrubHash(h)
 	r, err := edwards25519.NewScalar().SetUniformBytes(digest[:])
 	clear(digest[:])
 	if err != nil {
@@ -518,17 +510,4 @@ func ed25519Answer(password, nonce []byte) []byte {
 	}
 	S := edwards25519.NewScalar().MultiplyAdd(k, a, r)
 	return append(R, S.Bytes()...)
-}
-
-// scrubHash overwrites what a standard-library SHA digest holds of its
-// input: Reset overwrites the chaining state, and a zero block written as
-// one byte and then the rest goes through (and so overwrites) the
-// partial-block buffer, which Reset leaves as it was.
-func scrubHash(h hash.Hash) {
-	var zero [128]byte
-	n := min(h.BlockSize(), len(zero))
-	h.Reset()
-	h.Write(zero[:1])
-	h.Write(zero[1:n])
-	h.Reset()
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/enforcer/credential"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -202,7 +203,7 @@ func md5Password(password []byte, user string, salt []byte) []byte {
 	var inner [md5.Size]byte
 	var innerHex [2 * md5.Size]byte
 	h.Sum(inner[:0])
-	scrub(h)
+	credential.ScrubHash(h)
 	hex.Encode(innerHex[:], inner[:])
 	clear(inner[:])
 	h.Write(innerHex[:])
@@ -210,7 +211,7 @@ func md5Password(password []byte, user string, salt []byte) []byte {
 	clear(innerHex[:])
 	var outer [md5.Size]byte
 	h.Sum(outer[:0])
-	scrub(h)
+	credential.ScrubHash(h)
 	out := make([]byte, 0, 3+2*md5.Size+1)
 	out = append(out, "md5"...)
 	out = hex.AppendEncode(out, outer[:])

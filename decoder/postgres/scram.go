@@ -13,6 +13,8 @@ import (
 	"hash"
 	"strconv"
 	"strings"
+
+	"github.com/sluicehq/sluice/enforcer/credential"
 )
 
 // scramClient is the client side of SCRAM-SHA-256 (RFC 5802, RFC 7677)
@@ -274,8 +276,8 @@ func (m *keyedMAC) sum(dst []byte, parts ...[]byte) []byte {
 func (m *keyedMAC) wipe() {
 	clear(m.ipad[:])
 	clear(m.opad[:])
-	scrub(m.inner)
-	scrub(m.outer)
+	credential.ScrubHash(m.inner)
+	credential.ScrubHash(m.outer)
 }
 
 // sha256Wiped returns SHA-256(b), scrubbing the digest that held b.
@@ -283,21 +285,6 @@ func sha256Wiped(b []byte) []byte {
 	h := sha256.New()
 	h.Write(b)
 	out := h.Sum(make([]byte, 0, sha256.Size))
-	scrub(h)
+	credential.ScrubHash(h)
 	return out
-}
-
-// scrub overwrites what a standard-library MD5 or SHA-2 digest holds of
-// its input: Reset overwrites the chaining state, and a zero block written
-// as one byte and then the rest goes through (and so overwrites) the
-// partial-block buffer, which Reset leaves as it was. It relies on those
-// digests buffering a partial block in one array. Copies that Sum makes of
-// the state on its own stack are out of reach.
-func scrub(h hash.Hash) {
-	var zero [128]byte
-	n := min(h.BlockSize(), len(zero))
-	h.Reset()
-	h.Write(zero[:1])
-	h.Write(zero[1:n])
-	h.Reset()
 }
