@@ -115,9 +115,8 @@ func (s *session) fetchSecret(ctx context.Context, inj *enforcer.Injection, cw *
 // refuseLogin ends the login with an ERR 1045 (28000) of sequence id seq.
 // A recording starts here, as at a server's ERR.
 func (s *session) refuseLogin(cw *packetWriter, seq byte, msg string) {
-	if s.tap.Waiting() {
-		cw.flush()
-		s.tap.Open(nil)
+	if s.openTap(cw, seq) != nil {
+		return // the client was told the session cannot be recorded
 	}
 	s.loginErr(cw, seq, codeAccessDenied, stateAccessDenied, msg)
 }
@@ -248,14 +247,8 @@ func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, g greeting,
 			// Recording starts with the server's OK, as in a relayed
 			// login; the relay records what the client sends from here
 			// on, packet by packet.
-			if s.tap.Waiting() {
-				if err := cw.flush(); err != nil {
-					return err
-				}
-				if err := s.tap.Open(nil); err != nil {
-					s.loginErr(cw, cseq, codeConnKilled, stateConnKilled, "sluice: the session cannot be recorded")
-					return err
-				}
+			if err := s.openTap(cw, cseq); err != nil {
+				return err
 			}
 			s.p.Session.Record(record.Metadata, record.Event{Type: record.TypeNote, Verdict: "allow", Rule: inj.Rule,
 				Reason: "logged in with injected credential " + inj.Name,
@@ -280,9 +273,8 @@ func (s *session) injectAuth(inj *enforcer.Injection, secret []byte, g greeting,
 			}
 			// Anything else (no such database, too many connections) is
 			// the server's own answer, as the client would have had it.
-			if s.tap.Waiting() {
-				cw.flush()
-				s.tap.Open(nil)
+			if err := s.openTap(cw, cseq); err != nil {
+				return err
 			}
 			cw.seq = cseq
 			cw.write(b)

@@ -117,14 +117,21 @@ func (r *relay) resultSet(p []byte, res *result, st *stmt) (uint16, error) {
 	if err := r.cw.write(p); err != nil {
 		return 0, err
 	}
-	res.cols = make([]colKey, n)
-	for i := range res.cols {
+	// The definitions name the columns' origins, which only a masked
+	// result needs (maskRow); others pass them on unread.
+	masked := res.c.Masker != nil
+	if masked {
+		res.cols = make([]colKey, n)
+	}
+	for i := uint64(0); i < n; i++ {
 		d, _, err := r.sr.next()
 		if err != nil {
 			return 0, r.serverErr(err)
 		}
-		if res.cols[i], err = parseColumn(d); err != nil {
-			return 0, r.serverErr(err)
+		if masked {
+			if res.cols[i], err = parseColumn(d); err != nil {
+				return 0, r.serverErr(err)
+			}
 		}
 		if err := r.cw.write(d); err != nil {
 			return 0, err

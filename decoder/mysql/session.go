@@ -395,14 +395,8 @@ func (s *session) authenticate(cr *packetReader, cw *packetWriter, sr *packetRea
 			// Recording starts with the server's OK. What the client
 			// sends is recorded packet by packet as the relay reads it
 			// (recordClient), so nothing is pending here.
-			if s.tap.Waiting() {
-				if err := cw.flush(); err != nil {
-					return err
-				}
-				if err := s.tap.Open(nil); err != nil {
-					s.loginErr(cw, cw.seq, codeConnKilled, stateConnKilled, "sluice: the session cannot be recorded")
-					return err
-				}
+			if err := s.openTap(cw, cw.seq); err != nil {
+				return err
 			}
 			if st, err := okStatus(b); err == nil {
 				s.dialect.NoBackslashEscapes = st&statusNoBackslashEscapes != 0
@@ -412,9 +406,8 @@ func (s *session) authenticate(cr *packetReader, cw *packetWriter, sr *packetRea
 			}
 			return cw.flush()
 		case 0xff:
-			if s.tap.Waiting() {
-				cw.flush()
-				s.tap.Open(nil)
+			if err := s.openTap(cw, cw.seq); err != nil {
+				return err
 			}
 			cw.write(b)
 			cw.flush()
@@ -444,6 +437,26 @@ func (s *session) authenticate(cr *packetReader, cw *packetWriter, sr *packetRea
 			return err
 		}
 	}
+}
+
+// openTap starts recording the client hop at the server's verdict on a
+// login (decoder.WireTap): what the client was sent until then is flushed
+// unrecorded. What the client sends is recorded packet by packet as the
+// relay reads it (recordClient), so nothing is pending here. A recording
+// that cannot start ends the session: the client gets an ERR with
+// sequence id seq.
+func (s *session) openTap(cw *packetWriter, seq byte) error {
+	if !s.tap.Waiting() {
+		return nil
+	}
+	if err := cw.flush(); err != nil {
+		return err
+	}
+	if err := s.tap.Open(nil); err != nil {
+		s.loginErr(cw, seq, codeConnKilled, stateConnKilled, "sluice: the session cannot be recorded")
+		return err
+	}
+	return nil
 }
 
 // refuseGreeting answers the client, before any greeting, with an ERR
