@@ -129,12 +129,7 @@ func StartMariaDB(t testing.TB, o MariaDBOptions) *MariaDB {
 		o.Host = "127.0.0.1"
 	}
 
-	dir, err := os.MkdirTemp("", "sluice-mariadb-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	os.Chown(dir, uid, gid)
+	dir := serverDir(t, "sluice-mariadb-", uid, gid)
 	my := &MariaDB{Addr: o.Host, Dir: dir, Socket: filepath.Join(dir, "mariadbd.sock")}
 	t.Cleanup(func() { my.stop(); os.RemoveAll(dir) })
 	data, tmp := filepath.Join(dir, "data"), filepath.Join(dir, "tmp")

@@ -87,12 +87,7 @@ func StartPostgres(t testing.TB, o PostgresOptions) *Postgres {
 	if o.Auth == "" {
 		o.Auth = "trust"
 	}
-	dir, err := os.MkdirTemp("", "sluice-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	os.Chown(dir, uid, gid)
+	dir := serverDir(t, "sluice-pg-", uid, gid)
 	pg := &Postgres{Host: o.Host, Dir: dir, User: "postgres", bindir: bindir, netns: o.Netns}
 	t.Cleanup(func() { pg.stop(t); os.RemoveAll(dir) })
 
@@ -214,6 +209,19 @@ func (pg *Postgres) stop(t testing.TB) {
 	}
 	stopGroup(pg.process, pg.done, syscall.SIGQUIT, 10*time.Second)
 	pg.process = nil
+}
+
+// serverDir makes a private server's directory under the temporary
+// directory, readable by all (clients reach its socket) and owned by the
+// user the server runs as. The caller removes it.
+func serverDir(t testing.TB, prefix string, uid, gid int) string {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	os.Chown(dir, uid, gid)
+	return dir
 }
 
 // stopGroup sends sig to the process group of cmd, which the test
