@@ -3,7 +3,6 @@ package mysql
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -582,30 +581,18 @@ const (
 // quoteIdent quotes a name as a MySQL identifier.
 func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
 
-// charsetSet finds the character set a SET NAMES, SET CHARACTER SET or a
-// write to character_set_client names.
-var charsetSet = regexp.MustCompile("(?i)\\b(?:names|character\\s+set|charset|character_set_client\\s*:?=)\\s*['\"`]?([a-z0-9_]+)")
-
 // lexingChanged follows a statement that changes how the server reads the
 // session's next statements (flag lexing_change) once it ran. sql_mode's
 // switches are covered by classify (every text is read under each); the
-// client character set is the one a statement names, and one the proxy
-// cannot name is taken to be one whose two-byte characters may end in a
-// backslash (gbk), so that a text whose reading would depend on it is
-// refused rather than misread.
+// client character set is the one the statement names, read with the
+// server's grammar (clientCharset).
 func (r *relay) lexingChanged(c *decoder.Command) {
 	if c == nil || !hasFlag(c.Cmd.Statement.Flags, FlagLexingChange) {
 		return
 	}
-	m := charsetSet.FindStringSubmatch(c.Cmd.Text)
-	if m == nil && strings.Contains(strings.ToLower(c.Cmd.Text), "sql_mode") {
-		return // sql_mode only: covered by classify
+	if cs, changed := clientCharset(r.s.dialect, c.Cmd.Text); changed {
+		r.s.dialect.Charset = cs
 	}
-	cs := "gbk"
-	if m != nil && !strings.EqualFold(m[1], "default") {
-		cs = strings.ToLower(m[1])
-	}
-	r.s.dialect.Charset = cs
 }
 
 // injected reports whether the session logged in with a credential
