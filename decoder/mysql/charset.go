@@ -1,6 +1,7 @@
 package mysql
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/pingcap/tidb/pkg/parser"
@@ -20,19 +21,7 @@ const unknownCharset = "gbk"
 // A value that is not a plain name (DEFAULT, an expression, a variable)
 // is unknownCharset, and so is any text that does not parse.
 func clientCharset(d Dialect, text string) (charset string, changed bool) {
-	expanded, _, err := expand(d, text)
-	if err != nil {
-		return unknownCharset, true
-	}
-	p := parser.New() // rare: a fresh parser rather than the pool's
-	defer func() {
-		if recover() != nil {
-			charset, changed = unknownCharset, true // the parser's panics, as in classifyAll
-		}
-	}()
-	p.SetSQLMode(d.sqlMode())
-	p.SetMariaDB(d.MariaDB)
-	stmts, _, err := p.ParseSQL(expanded)
+	stmts, err := parseAs(d, text)
 	if err != nil {
 		return unknownCharset, true
 	}
@@ -52,6 +41,28 @@ func clientCharset(d Dialect, text string) (charset string, changed bool) {
 		}
 	}
 	return charset, changed
+}
+
+// parseAs parses text as the server of dialect d reads it (executable
+// comments applied), for the few commands the relay reads again after
+// their classification (a client file's name, a character set). It
+// uses a fresh parser rather than the pool's; a panic of the parser is
+// an error, as in classifyAll.
+func parseAs(d Dialect, text string) (stmts []ast.StmtNode, err error) {
+	expanded, _, err := expand(d, text)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			stmts, err = nil, fmt.Errorf("%w: the parser failed: %v", ErrUnsupported, r)
+		}
+	}()
+	p := parser.New()
+	p.SetSQLMode(d.sqlMode())
+	p.SetMariaDB(d.MariaDB)
+	stmts, _, err = p.ParseSQL(expanded)
+	return stmts, err
 }
 
 // nameOf is the character set an assignment's value names, lower-cased,

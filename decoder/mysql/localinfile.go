@@ -3,7 +3,6 @@ package mysql
 import (
 	"fmt"
 
-	"github.com/pingcap/tidb/pkg/parser"
 	"github.com/pingcap/tidb/pkg/parser/ast"
 
 	"github.com/sluicehq/sluice/decoder"
@@ -27,20 +26,8 @@ import (
 // localInfilePath returns the client file text asks for when it is a
 // single LOAD DATA LOCAL INFILE statement, as the server of dialect d
 // reads it (executable comments applied), or "" otherwise.
-func localInfilePath(d Dialect, text string) (path string) {
-	expanded, _, err := expand(d, text)
-	if err != nil {
-		return ""
-	}
-	p := parser.New() // rare: a fresh parser rather than the pool's
-	defer func() {
-		if recover() != nil {
-			path = "" // the parser's panics deny, as in classifyAll
-		}
-	}()
-	p.SetSQLMode(d.sqlMode())
-	p.SetMariaDB(d.MariaDB)
-	stmts, _, err := p.ParseSQL(expanded)
+func localInfilePath(d Dialect, text string) string {
+	stmts, err := parseAs(d, text)
 	if err != nil || len(stmts) != 1 {
 		return ""
 	}
