@@ -313,7 +313,9 @@ run_job "$work/pgxclient" "postgres://postgres@127.0.0.2:$pg_port/postgres?sslmo
 step "5. A held statement: a COPY export waits for a human; the job's log says how to approve it, and it runs (masked) once approved"
 PGSSLMODE=disable in_job setpriv --reuid=65534 --regid=65534 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "COPY users TO STDOUT" > "$work/held.out" 2>&1 &
 held=$!
-held_id() { "$BIN/sluice" approvals list --socket "$work/sluiced.sock" --json | awk -F'"' '/"ID"|"id"/ { print $4; exit }'; }
+# held_id: the ID of a pending hold (approvals list also shows recent
+# decisions, in no fixed order).
+held_id() { "$BIN/sluice" approvals list --socket "$work/sluiced.sock" --json | awk -F'"' '/"ID":/ { id = $4 } /"State": "pending"/ { print id; exit }'; }
 has_hold() { [ -n "$(held_id)" ]; }
 wait_for "the held COPY to show in sluice approvals list" has_hold
 id=$(held_id)
