@@ -16,6 +16,8 @@ packages=(
   sysbench              # make bench: the MySQL workloads (oltp_point_select, oltp_read_only)
   pgbouncer             # make bench: the proxy users already run
   curl                  # the demo scrapes sluiced's /metrics
+  docker.io             # container jobs: tests and the demo start a private dockerd (testenv.StartDocker)
+  busybox-static        # the userland of the test image, built from local files (no registry)
   systemd               # packaging test: systemd-analyze verify on the units (nothing is started)
   git make ca-certificates
 )
@@ -49,6 +51,19 @@ if ((${#missing[@]})); then
     chmod 755 "$policy"
   fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# docker.io enables the system daemon (and the containerd it brings) at
+# boot. Tests and the demo never use it: each starts its own dockerd with
+# its data, sockets and containers below a temporary directory, so the
+# system units stay disabled (and, per policy-rc.d above, stopped).
+if command -v systemctl >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  for unit in docker.service docker.socket containerd.service; do
+    if systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+      echo "install-deps: disabling $unit (tests run their own dockerd)"
+      systemctl disable "$unit" 2>/dev/null || true
+    fi
+  done
 fi
 
 if ! command -v go >/dev/null 2>&1; then
