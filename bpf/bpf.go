@@ -31,6 +31,11 @@ type (
 	// Config is the runtime configuration the programs read. Enabled == 0
 	// makes every connect to a target fail.
 	Config = connect4Config
+	// NetCfg says where connects made in other network namespaces
+	// (containers) are sent: Addr4 (network order) and Addr6 on the host's
+	// loopback device, for sockets outside HostNetns. A zero field means
+	// none, and such connects to a target are refused.
+	NetCfg = connect4Netcfg
 )
 
 // Stat indexes the programs' per-CPU counters in Objects.Stats.
@@ -44,6 +49,8 @@ const (
 	StatDeniedProxyDirect
 	StatHandedOver
 	StatHandoverFailed
+	StatDeniedNetns
+	StatRedirectedNetns
 	statMax
 )
 
@@ -55,6 +62,8 @@ var StatNames = [...]string{
 	StatDeniedProxyDirect: "denied_proxy_direct",
 	StatHandedOver:        "handed_over",
 	StatHandoverFailed:    "handover_failed",
+	StatDeniedNetns:       "denied_netns",
+	StatRedirectedNetns:   "redirected_netns",
 }
 
 // TargetPrefixBase is the part of TargetKey.Prefixlen taken by the port and
@@ -83,6 +92,7 @@ type Objects struct {
 	ByPeer   *ebpf.Map // PeerKey -> Origin, written by sockops
 	Stats    *ebpf.Map // per-CPU counters indexed by Stat
 	SkOrig   *ebpf.Map // socket storage: original destination, for getpeername
+	NetCfg   *ebpf.Map // array of one NetCfg
 }
 
 // Load loads the three programs. Their maps are pinned under pinDir, which
@@ -94,6 +104,9 @@ func Load(pinDir string) (*Objects, error) {
 		return nil, fmt.Errorf("create pin directory: %w", err)
 	}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	if err := dropStaleStats(pinDir); err != nil {
+		return nil, err
+	}
 
 	var c4 connect4Objects
 	if err := loadConnect4Objects(&c4, opts); err != nil {
@@ -144,7 +157,35 @@ func Load(pinDir string) (*Objects, error) {
 		ByPeer:       c4.SluiceByPeer,
 		Stats:        c4.SluiceStats,
 		SkOrig:       c4.SluiceSkOrig,
+		NetCfg:       c4.SluiceNetcfg,
 	}, nil
+}
+
+// dropStaleStats removes a pinned counter map of another size (versions
+// before the map had room for new counters). Counters are the only state
+// that may be lost across an upgrade; every other map keeps its layout, so
+// targets, configuration and in-flight origins are re-adopted.
+func dropStaleStats(pinDir string) error {
+	pin := pinDir + "/sluice_stats"
+	m, err := ebpf.LoadPinnedMap(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned counters: %w", err)
+	}
+	defer m.Close()
+	spec, err := loadConnect4()
+	if err != nil {
+		return fmt.Errorf("load connect4 spec: %w", err)
+	}
+	if m.MaxEntries() == spec.Maps["sluice_stats"].MaxEntries {
+		return nil
+	}
+	if err := os.Remove(pin); err != nil {
+		return fmt.Errorf("remove outdated counters pin: %w", err)
+	}
+	return nil
 }
 
 func loadError(what string, err error) error {
@@ -163,7 +204,7 @@ func loadError(what string, err error) error {
 func (o *Objects) Close() error {
 	var errs []error
 	for _, c := range []interface{ Close() error }{o.Connect4, o.Connect6, o.SockOps, o.GetPeername4, o.GetPeername6,
-		o.Targets, o.Config, o.ByCookie, o.ByPeer, o.Stats, o.SkOrig} {
+		o.Targets, o.Config, o.ByCookie, o.ByPeer, o.Stats, o.SkOrig, o.NetCfg} {
 		errs = append(errs, c.Close())
 	}
 	return errors.Join(errs...)
@@ -190,4 +231,4 @@ func (o *Objects) ReadStats() (map[string]uint64, error) {
 func Names() []string { return StatNames[:] }
 
 // MapNames lists the names under which Load pins maps.
-var MapNames = []string{"sluice_targets", "sluice_config", "sluice_by_cookie", "sluice_by_peer", "sluice_stats", "sluice_sk_orig"}
+var MapNames = []string{"sluice_targets", "sluice_config", "sluice_by_cookie", "sluice_by_peer", "sluice_stats", "sluice_sk_orig", "sluice_netcfg"}

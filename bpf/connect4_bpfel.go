@@ -22,6 +22,14 @@ type connect4Config struct {
 	Pad2      uint32
 }
 
+type connect4Netcfg struct {
+	_         structs.HostLayout
+	HostNetns uint64
+	Addr4     uint32
+	Pad       uint32
+	Addr6     [16]uint8
+}
+
 type connect4OrigDst struct {
 	_    structs.HostLayout
 	Addr [16]uint8
@@ -73,6 +81,7 @@ const (
 	connect4MapSluiceByCookie  = "sluice_by_cookie"
 	connect4MapSluiceByPeer    = "sluice_by_peer"
 	connect4MapSluiceConfig    = "sluice_config"
+	connect4MapSluiceNetcfg    = "sluice_netcfg"
 	connect4MapSluiceSkOrig    = "sluice_sk_orig"
 	connect4MapSluiceStats     = "sluice_stats"
 	connect4MapSluiceTargets   = "sluice_targets"
@@ -131,6 +140,7 @@ type connect4MapSpecs struct {
 	SluiceByCookie *ebpf.MapSpec `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.MapSpec `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.MapSpec `ebpf:"sluice_config"`
+	SluiceNetcfg   *ebpf.MapSpec `ebpf:"sluice_netcfg"`
 	SluiceSkOrig   *ebpf.MapSpec `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.MapSpec `ebpf:"sluice_stats"`
 	SluiceTargets  *ebpf.MapSpec `ebpf:"sluice_targets"`
@@ -165,6 +175,7 @@ type connect4Maps struct {
 	SluiceByCookie *ebpf.Map `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.Map `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.Map `ebpf:"sluice_config"`
+	SluiceNetcfg   *ebpf.Map `ebpf:"sluice_netcfg"`
 	SluiceSkOrig   *ebpf.Map `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.Map `ebpf:"sluice_stats"`
 	SluiceTargets  *ebpf.Map `ebpf:"sluice_targets"`
@@ -175,6 +186,7 @@ func (m *connect4Maps) Close() error {
 		m.SluiceByCookie,
 		m.SluiceByPeer,
 		m.SluiceConfig,
+		m.SluiceNetcfg,
 		m.SluiceSkOrig,
 		m.SluiceStats,
 		m.SluiceTargets,

@@ -22,6 +22,14 @@ type getpeername6Config struct {
 	Pad2      uint32
 }
 
+type getpeername6Netcfg struct {
+	_         structs.HostLayout
+	HostNetns uint64
+	Addr4     uint32
+	Pad       uint32
+	Addr6     [16]uint8
+}
+
 type getpeername6OrigDst struct {
 	_    structs.HostLayout
 	Addr [16]uint8
@@ -73,6 +81,7 @@ const (
 	getpeername6MapSluiceByCookie      = "sluice_by_cookie"
 	getpeername6MapSluiceByPeer        = "sluice_by_peer"
 	getpeername6MapSluiceConfig        = "sluice_config"
+	getpeername6MapSluiceNetcfg        = "sluice_netcfg"
 	getpeername6MapSluiceSkOrig        = "sluice_sk_orig"
 	getpeername6MapSluiceStats         = "sluice_stats"
 	getpeername6MapSluiceTargets       = "sluice_targets"
@@ -131,6 +140,7 @@ type getpeername6MapSpecs struct {
 	SluiceByCookie *ebpf.MapSpec `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.MapSpec `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.MapSpec `ebpf:"sluice_config"`
+	SluiceNetcfg   *ebpf.MapSpec `ebpf:"sluice_netcfg"`
 	SluiceSkOrig   *ebpf.MapSpec `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.MapSpec `ebpf:"sluice_stats"`
 	SluiceTargets  *ebpf.MapSpec `ebpf:"sluice_targets"`
@@ -165,6 +175,7 @@ type getpeername6Maps struct {
 	SluiceByCookie *ebpf.Map `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.Map `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.Map `ebpf:"sluice_config"`
+	SluiceNetcfg   *ebpf.Map `ebpf:"sluice_netcfg"`
 	SluiceSkOrig   *ebpf.Map `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.Map `ebpf:"sluice_stats"`
 	SluiceTargets  *ebpf.Map `ebpf:"sluice_targets"`
@@ -175,6 +186,7 @@ func (m *getpeername6Maps) Close() error {
 		m.SluiceByCookie,
 		m.SluiceByPeer,
 		m.SluiceConfig,
+		m.SluiceNetcfg,
 		m.SluiceSkOrig,
 		m.SluiceStats,
 		m.SluiceTargets,

@@ -81,7 +81,29 @@ enum stat {
 	STAT_DENIED_PROXY_DIRECT,
 	STAT_HANDED_OVER, /* sockops moved an origin to the peer map */
 	STAT_HANDOVER_FAILED,
+	STAT_DENIED_NETNS, /* a target connect from another network namespace, and no address there reaches the proxy */
+	STAT_REDIRECTED_NETNS, /* redirected from another network namespace to the container address */
 	STAT_MAX,
+};
+
+/* The stats map has room for counters added later: a pinned map whose size
+ * changed could not be re-adopted by a newer daemon. */
+#define STATS_ROOM 32
+
+/* Where connects made in other network namespaces (containers) go. The
+ * proxy listens on 127.0.0.1 and ::1 of the daemon's own network
+ * namespace, host_netns; in any other namespace those are that namespace's
+ * own loopback, so the redirect goes to addr4 / addr6 instead: addresses
+ * on the host's loopback device that the daemon has checked are local, so
+ * a container reaches them through its default route. A field left 0
+ * means "none": a target connect that would need it is refused. The map is
+ * separate from sluice_config so that pins of older versions stay
+ * compatible. */
+struct netcfg {
+	__u64 host_netns; /* netns cookie of the daemon's namespace; 0: not known */
+	__u32 addr4;      /* network order; 0: none */
+	__u32 pad;
+	__u8 addr6[16];   /* all zero: none */
 };
 
 struct {
@@ -119,11 +141,19 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STAT_MAX);
+	__uint(max_entries, STATS_ROOM);
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct netcfg);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_netcfg SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -144,6 +174,22 @@ static __always_inline struct config *get_config(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&sluice_config, &zero);
+}
+
+static __always_inline struct netcfg *get_netcfg(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sluice_netcfg, &zero);
+}
+
+/* foreign_netns reports whether the connect is made in a network namespace
+ * other than the daemon's. Unknown (no cookie written) counts as the
+ * daemon's, which is how versions without containers behaved. */
+static __always_inline int foreign_netns(void *ctx, struct netcfg *nc)
+{
+	if (!nc || nc->host_netns == 0)
+		return 0;
+	return bpf_get_netns_cookie(ctx) != nc->host_netns;
 }
 
 /* lookup_target finds the target for a destination: exact port first, then

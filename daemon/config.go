@@ -47,6 +47,7 @@ type fileConfig struct {
 	LiveExport     *liveConfig      `hcl:"live_export,block"`
 	Remote         *remoteConfig    `hcl:"remote_api,block"`
 	Approvals      *approvalsConfig `hcl:"approvals,block"`
+	Containers     *containersBlock `hcl:"containers,block"`
 }
 
 // discoverConfig is the discover block: where to look for runner services
@@ -95,6 +96,36 @@ type logConfig struct {
 	Format string `hcl:"format,optional"` // auto, json, text
 }
 
+// containersBlock is the containers block as written.
+type containersBlock struct {
+	Cgroup       string  `hcl:"cgroup"`
+	DockerSocket *string `hcl:"docker_socket,optional"`
+	AddressIPv4  *string `hcl:"address_ipv4,optional"`
+	AddressIPv6  *string `hcl:"address_ipv6,optional"`
+	Outside      string  `hcl:"outside,optional"`
+}
+
+// Containers is the validated containers block: container jobs.
+type Containers struct {
+	// Cgroup is the container runtime's cgroup parent (relative to the
+	// cgroup2 mount). The daemon creates it if missing and hooks it like a
+	// configured cgroup, so every container the runtime starts below it
+	// is intercepted from its first connect.
+	Cgroup string
+	// DockerSocket is the Docker Engine API socket, for attribution and
+	// for the watch on containers outside Cgroup; "" turns both off.
+	DockerSocket string
+	// Addr4 and Addr6 are the container addresses (see
+	// interceptor.AddLocalAddr); an invalid Addr6 means no IPv6.
+	Addr4, Addr6 netip.Addr
+	// Kill kills a container found outside the hooked cgroups (outside =
+	// "kill"); otherwise it is only alerted ("alert").
+	Kill bool
+}
+
+// DefaultDockerSocket is where Docker's API is when the block names none.
+const DefaultDockerSocket = "/run/docker.sock"
+
 // config is the validated configuration.
 type Config struct {
 	// Path is the config file the settings were read from.
@@ -137,6 +168,8 @@ type Config struct {
 	Remote *remoteConfig
 	// Approvals configures approval holds.
 	Approvals approvalsConfig
+	// Containers, when set, intercepts container jobs.
+	Containers *Containers
 }
 
 // discovery is the validated discover block.
@@ -343,6 +376,9 @@ func ParseConfig(path string, src []byte) (*Config, hcl.Diagnostics, map[string]
 		}
 		c.MetricsAddr = fc.MetricsAddr
 	}
+	if cb := fc.Containers; cb != nil {
+		diags = append(diags, c.setContainers(cb)...)
+	}
 	if fc.RulesPublicKey != "" {
 		b, err := os.ReadFile(fc.RulesPublicKey)
 		if err == nil {
@@ -355,6 +391,63 @@ func ParseConfig(path string, src []byte) (*Config, hcl.Diagnostics, map[string]
 		c.RulesKeyPath = fc.RulesPublicKey
 	}
 	return c, diags, p.Files()
+}
+
+// setContainers validates the containers block.
+func (c *Config) setContainers(cb *containersBlock) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	bad := func(summary, detail string) {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail})
+	}
+	cc := &Containers{Cgroup: strings.TrimPrefix(filepath.Clean("/"+cb.Cgroup), "/"), DockerSocket: DefaultDockerSocket,
+		Addr4: interceptor.DefaultContainerAddr4, Addr6: interceptor.DefaultContainerAddr6, Kill: true}
+	if cc.Cgroup == "" {
+		bad("Invalid containers cgroup", fmt.Sprintf("cgroup %q is the root of the hierarchy. Name the cgroup the container runtime puts containers under (its cgroup-parent), such as sluice-containers.", cb.Cgroup))
+	}
+	for _, cg := range c.Cgroups {
+		if cg == cc.Cgroup || strings.HasPrefix(cc.Cgroup, cg+"/") || strings.HasPrefix(cg, cc.Cgroup+"/") {
+			bad("Invalid containers cgroup", fmt.Sprintf("containers cgroup %q and the hooked cgroup %q are nested: give the containers a cgroup of their own, beside the runner's.", cc.Cgroup, cg))
+		}
+	}
+	if cb.DockerSocket != nil {
+		cc.DockerSocket = *cb.DockerSocket
+	}
+	addr := func(name string, v *string, def netip.Addr, v6 bool) netip.Addr {
+		if v == nil {
+			return def
+		}
+		if *v == "" || *v == "none" {
+			if !v6 {
+				bad("Invalid containers "+name, "containers need an IPv4 address to reach the proxy; give one, such as "+def.String()+".")
+			}
+			return netip.Addr{}
+		}
+		a, err := netip.ParseAddr(*v)
+		switch {
+		case err != nil:
+			bad("Invalid containers "+name, fmt.Sprintf("%s %q is not an IP address.", name, *v))
+		case a.Is6() != v6 || a.Is4In6():
+			bad("Invalid containers "+name, fmt.Sprintf("%s %q is not an IPv%s address.", name, *v, map[bool]string{true: "6", false: "4"}[v6]))
+		case a.IsLoopback() || a.IsUnspecified() || a.IsMulticast():
+			bad("Invalid containers "+name, fmt.Sprintf("%s %s: a container has loopback of its own, so the proxy must be at a unicast address outside loopback (the default is %s).", name, a, def))
+		}
+		return a
+	}
+	cc.Addr4 = addr("address_ipv4", cb.AddressIPv4, interceptor.DefaultContainerAddr4, false)
+	cc.Addr6 = addr("address_ipv6", cb.AddressIPv6, interceptor.DefaultContainerAddr6, true)
+	switch cb.Outside {
+	case "", "kill":
+	case "alert":
+		cc.Kill = false
+	default:
+		bad("Invalid containers outside", fmt.Sprintf("outside %q: use kill (the default: a container outside the hooked cgroups is killed and alerted) or alert.", cb.Outside))
+	}
+	c.Containers = cc
+	if !diags.HasErrors() {
+		// Hooked like a configured cgroup (status lists it with them).
+		c.Cgroups = append(c.Cgroups, cc.Cgroup)
+	}
+	return diags
 }
 
 // attrRange returns the range of the top-level attribute name in f, or

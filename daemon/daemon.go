@@ -11,9 +11,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
 	"os/user"
@@ -33,6 +35,7 @@ import (
 	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/interceptor"
+	"github.com/sluicehq/sluice/interceptor/containers"
 	"github.com/sluicehq/sluice/interceptor/identity"
 	"github.com/sluicehq/sluice/internal/api"
 	"github.com/sluicehq/sluice/internal/tlsutil"
@@ -82,7 +85,31 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 	// Listen takes the sockets a socket unit passed (and unsets the
 	// variables that say so).
 	activated := os.Getenv("LISTEN_FDS") != "" && os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid())
-	lns, err := interceptor.Listen(cfg.ProxyPort, log.Named("proxy"))
+	var containerAddrs []netip.Addr
+	var cc Containers
+	if cfg.Containers != nil {
+		cc = *cfg.Containers
+		// The addresses containers reach the proxy at go on lo first, and
+		// are checked to be local, before anything listens on them or the
+		// hooks send connects there.
+		for _, a := range []netip.Addr{cc.Addr4, cc.Addr6} {
+			if !a.IsValid() {
+				continue
+			}
+			if err := interceptor.AddLocalAddr(a); err != nil {
+				return RuntimeError(err, fmt.Sprintf("give the containers block in %s an address this host can put on lo (address_ipv4, address_ipv6 = \"none\" for no IPv6)", cfg.Path), "container address")
+			}
+			containerAddrs = append(containerAddrs, a)
+		}
+		// The runtime's cgroup parent exists before the runtime makes it,
+		// so that the hooks are on it before its first container.
+		if mount, err := interceptor.Cgroup2Mount(); err == nil {
+			if err := os.Mkdir(filepath.Join(mount, cc.Cgroup), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				log.Error("cannot create the containers cgroup", "cgroup", cc.Cgroup, "error", err)
+			}
+		}
+	}
+	lns, err := interceptor.Listen(cfg.ProxyPort, containerAddrs, log.Named("proxy"))
 	if err != nil {
 		if errno := syscall.Errno(0); activated && !errors.As(err, &errno) {
 			// Not the kernel refusing a listener: the passed sockets do
@@ -105,6 +132,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 	// 3. Attach or re-adopt the hooks.
 	ic, err := interceptor.Attach(interceptor.Config{
 		Name: cfg.Name, Cgroups: cfg.Cgroups, ProxyPort: cfg.ProxyPort, Mark: cfg.Mark,
+		ContainerAddr4: cc.Addr4, ContainerAddr6: cc.Addr6,
 		Logger: log.Named("interceptor"),
 	}, rs.Targets())
 	if err != nil {
@@ -149,13 +177,22 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		met.watchUnhooked(disc.unhookedCount)
 		sessions = met.wrapSessions(rec.open)
 	}
+	var docker *containers.Docker
+	if cfg.Containers != nil && cfg.Containers.DockerSocket != "" {
+		docker = containers.NewDocker(cfg.Containers.DockerSocket)
+	}
 	proxy := &interceptor.Proxy{
 		FlowContext: flowCtx,
 		IC:          ic,
 		Rules:       rm.store.Current,
 		Sessions:    sessions,
-		Identify: func(ctx context.Context, pid uint32) interceptor.Identity {
-			r := idr.Resolve(ctx, pid)
+		Identify: func(ctx context.Context, f *interceptor.Flow) interceptor.Identity {
+			var r identity.Result
+			if cg, ok := containers.CgroupOf(f.Process.Cgroup); ok {
+				r = idr.ResolveContainer(ctx, f.Process.TGID, cg)
+			} else {
+				r = idr.Resolve(ctx, f.Process.TGID)
+			}
 			if met != nil {
 				met.identity(r)
 			}
@@ -163,8 +200,12 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 			if r.Job.Kind != "" {
 				id.Job = r.Job.String()
 			}
+			if c := f.Process.Container; c != nil && id.Reason != "" {
+				id.Reason = fmt.Sprintf("container %s (%s): %s", c.Name, c.Image, id.Reason)
+			}
 			return id
 		},
+		Container:   dockerAttribution(docker),
 		Log:         log.Named("proxy"),
 		MaxSessions: cfg.MaxSessions,
 		Handlers:    map[string]interceptor.Handler{},
@@ -289,6 +330,26 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		defer wg.Done()
 		resolveLoop(ctx, ic, rm.store, log)
 	}()
+	if docker != nil {
+		w := &containers.Watcher{
+			Docker: docker,
+			Hooked: func() []string {
+				var out []string
+				for _, h := range ic.Cgroups() {
+					out = append(out, h.Path)
+				}
+				return out
+			},
+			Kill:       cfg.Containers.Kill,
+			Log:        log.Named("containers"),
+			OnUnhooked: met.containerUnhooked,
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.Run(ctx)
+		}()
+	}
 	<-ctx.Done()
 	log.Info("sluiced stopping; pinned hooks stay in place and refuse connections until a daemon is back")
 	wg.Wait()

@@ -62,6 +62,12 @@ type want struct {
 // scan hooks every wanted cgroup that is not hooked yet.
 func (d *discoverer) scan() {
 	d.ic.Prune()
+	// A container address someone took off lo would send containers'
+	// connects to the default route: it is put back, or withdrawn from
+	// the hooks (containers' connects to targets are then refused).
+	if err := d.ic.CheckContainerAddrs(); err != nil {
+		d.log.Error("container address", "error", err)
+	}
 	var wants []want
 	for _, cg := range d.cfg.Cgroups {
 		wants = append(wants, want{cgroup: cg, source: interceptor.SourceConfig, runner: runners.Runner{Kind: runners.Classify(filepath.Base(cg)), Unit: filepath.Base(cg)}})

@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/interceptor"
+	"github.com/sluicehq/sluice/interceptor/containers"
 	"github.com/sluicehq/sluice/interceptor/identity"
 	"github.com/sluicehq/sluice/ruleset"
 )
@@ -32,6 +33,7 @@ type metrics struct {
 	refused  *prometheus.CounterVec // sessions refused before serving, by reason
 	verdicts *prometheus.CounterVec
 	idents   *prometheus.CounterVec
+	unhooked *prometheus.CounterVec // containers found outside the hooked cgroups
 	latency  prometheus.Histogram
 	observer *enforcer.Observer
 
@@ -65,6 +67,10 @@ func newMetrics(broker *approve.Broker) *metrics {
 			Name: "sluice_identity_resolutions_total",
 			Help: "Workload identity resolutions (one per accepted flow) by level (oidc, unverified, none) and result.",
 		}, []string{"level", "result"}),
+		unhooked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_containers_unhooked_total",
+			Help: "Containers found running outside the hooked cgroups (started with a cgroup parent of their own), by what was done: killed, alerted (outside = \"alert\"), or kill_failed.",
+		}, []string{"action"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sluice_statement_latency_seconds",
 			Help:    "Per allowed statement: seconds from the proxy forwarding it to the server (after its verdict, and after approval when it was held) until its result had ended at the proxy; server execution, relaying and masking the result, and any hold of the result. Denied statements are not observed.",
@@ -79,7 +85,10 @@ func newMetrics(broker *approve.Broker) *metrics {
 		Done:    func(o enforcer.Outcome) { m.latency.Observe(o.Duration.Seconds()) },
 	}
 	m.refused.WithLabelValues(reasonMaxSessions) // exported as 0 from the start
-	m.reg.MustRegister(m.flows, m.refused, m.verdicts, m.idents, m.latency, m,
+	for _, a := range []string{"killed", "alerted", "kill_failed"} {
+		m.unhooked.WithLabelValues(a) // exported as 0 from the start
+	}
+	m.reg.MustRegister(m.flows, m.refused, m.verdicts, m.idents, m.unhooked, m.latency, m,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -156,6 +165,22 @@ func (m *metrics) flowEnd(e interceptor.FlowEnd) {
 	if e.Outcome == interceptor.OutcomeDenied {
 		m.verdicts.WithLabelValues(e.Rule, ruleset.Deny.String()).Inc()
 	}
+}
+
+// containerUnhooked counts a container found outside the hooked cgroups.
+// It is safe on a nil *metrics (no metrics_addr).
+func (m *metrics) containerUnhooked(u containers.Unhooked) {
+	if m == nil {
+		return
+	}
+	action := "alerted"
+	switch {
+	case u.Killed:
+		action = "killed"
+	case u.Err != nil:
+		action = "kill_failed"
+	}
+	m.unhooked.WithLabelValues(action).Inc()
 }
 
 // identity counts one resolution.

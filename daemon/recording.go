@@ -107,6 +107,14 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		"identity.level": f.Identity.Level, "identity.job": f.Identity.Job, "identity.reason": f.Identity.Reason,
 		"ruleset": f.Match.Ruleset().Digest(), "record_level": level.String(),
 	}
+	fields["netns"] = strconv.FormatUint(f.Process.Netns, 10)
+	if c := f.Process.Container; c != nil {
+		fields["container.id"], fields["container.name"], fields["container.image"], fields["container.runtime"] = c.ID, c.Name, c.Image, c.Runtime
+		for k, v := range c.Labels {
+			fields["container.label."+k] = v
+		}
+		idx.Container, idx.Image = c.ID, c.Image
+	}
 	for k, v := range f.Identity.Claims {
 		fields["claim."+k] = v
 	}

@@ -20,6 +20,26 @@ type Process struct {
 	CgroupID uint64
 	Comm     string
 	Exe      string
+	// Cgroup is the process's cgroup2 path, as /proc/PID/cgroup gives it.
+	Cgroup string
+	// Netns is the inode number of the process's network namespace (as
+	// `ls -l /proc/PID/ns/net` shows it); HostNetns says it is the
+	// daemon's own.
+	Netns     uint64
+	HostNetns bool
+	// Container is the container the process runs in; nil for none.
+	Container *Container
+}
+
+// Container is what the container runtime says of a flow's container.
+type Container struct {
+	ID      string
+	Name    string
+	Image   string
+	Runtime string
+	// Labels are the runtime's labels (a CI runner's among them). They are
+	// set by whoever started the container: hints, never identity.
+	Labels map[string]string
 }
 
 // Flow is one redirected connection.

@@ -81,7 +81,7 @@ func TestInstallWritesConfig(t *testing.T) {
 			root := cg.Rel + "/system.slice"
 			cfg := filepath.Join(t.TempDir(), "etc", "sluiced.hcl")
 
-			out, code := sluiceCLI(t, "install", "--root", root, "--config", cfg)
+			out, code := sluiceCLI(t, "install", "--containers", "off", "--root", root, "--config", cfg)
 			if code != 0 {
 				t.Fatalf("sluice install exited %d:\n%s", code, out)
 			}
@@ -99,7 +99,7 @@ func TestInstallWritesConfig(t *testing.T) {
 				t.Errorf("written config lacks the defaults:\n%s", first)
 			}
 
-			out, code = sluiceCLI(t, "install", "--root", root, "--config", cfg)
+			out, code = sluiceCLI(t, "install", "--containers", "off", "--root", root, "--config", cfg)
 			if code != 0 || !strings.Contains(out, "config "+cfg+" unchanged") {
 				t.Errorf("second install exited %d:\n%s\nwant \"unchanged\"", code, out)
 			}
@@ -116,14 +116,14 @@ func TestInstallNoRunner(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	cg.Child(t, "system.slice/ssh.service")
 	cfg := filepath.Join(t.TempDir(), "sluiced.hcl")
-	out, code := sluiceCLI(t, "install", "--root", cg.Rel+"/system.slice", "--config", cfg)
+	out, code := sluiceCLI(t, "install", "--containers", "off", "--root", cg.Rel+"/system.slice", "--config", cfg)
 	if code == 0 || !strings.Contains(out, "no CI runner service found under") || !strings.Contains(out, "Nothing was written") {
 		t.Errorf("install without a runner exited %d:\n%s", code, out)
 	}
 	if _, err := os.Stat(cfg); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("install without a runner wrote %s (%v)", cfg, err)
 	}
-	out, code = sluiceCLI(t, "install", "--root", cg.Rel+"/no.slice", "--config", cfg)
+	out, code = sluiceCLI(t, "install", "--containers", "off", "--root", cg.Rel+"/no.slice", "--config", cfg)
 	if code == 0 || !strings.Contains(out, "does not exist") {
 		t.Errorf("install with a missing root exited %d:\n%s", code, out)
 	}
@@ -142,7 +142,7 @@ func TestInstallThenDiscover(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{
 		Rules: tcpRules("pg", pg.Addr()),
 		BeforeStart: func(d *testenv.Daemon) {
-			if out, code := sluiceCLI(t, "install", "--root", root, "--config", d.Config); code != 0 || !strings.Contains(out, "updated "+d.Config) {
+			if out, code := sluiceCLI(t, "install", "--containers", "off", "--root", root, "--config", d.Config); code != 0 || !strings.Contains(out, "updated "+d.Config) {
 				t.Fatalf("sluice install on the daemon's config exited %d:\n%s", code, out)
 			}
 		},

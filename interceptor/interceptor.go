@@ -14,6 +14,7 @@ package interceptor
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"sync"
 
@@ -50,6 +51,12 @@ type Config struct {
 	ProxyPort uint16
 	// Mark is set with SO_MARK on upstream sockets. Default DefaultMark.
 	Mark uint32
+	// ContainerAddr4 and ContainerAddr6, when set, are where connects made
+	// in other network namespaces (containers) are sent: addresses on this
+	// host's loopback device that the proxy also listens on (AddLocalAddr
+	// puts them there). Attach refuses one the kernel does not deliver
+	// locally. Unset, such connects to a target are refused.
+	ContainerAddr4, ContainerAddr6 netip.Addr
 	// Logger receives attach and sync messages. Default: a null logger.
 	Logger hclog.Logger
 }
@@ -131,6 +138,10 @@ func Attach(cfg Config, targets []*Target) (*Interceptor, error) {
 	if err := ic.SyncTargets(targets); err != nil {
 		objs.Close()
 		return nil, err
+	}
+	if err := ic.writeNetCfg(cfg.ContainerAddr4, cfg.ContainerAddr6); err != nil {
+		objs.Close()
+		return nil, fmt.Errorf("attach: %w", err)
 	}
 	if err := ic.writeConfig(true); err != nil {
 		objs.Close()

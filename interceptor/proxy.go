@@ -96,11 +96,16 @@ type Proxy struct {
 	// recording cannot be written) refuses the flow: fail closed. Nil
 	// gives unrecorded sessions.
 	Sessions func(ctx context.Context, f *Flow, connect ruleset.Decision) (s *enforcer.Session, end func(Result), err error)
-	// Identify returns the workload identity of the connecting process.
-	// Nil gives every flow the unverified level with process facts only.
-	Identify func(ctx context.Context, pid uint32) Identity
-	Handlers map[string]Handler
-	Refusers map[string]Refuser
+	// Identify returns the workload identity of the connecting process
+	// (f.Process is filled in, its container too). Nil gives every flow the
+	// unverified level with process facts only.
+	Identify func(ctx context.Context, f *Flow) Identity
+	// Container returns the container whose cgroup is cgroup, or nil when
+	// it is no container's (or the runtime does not know it). Nil: no
+	// container attribution.
+	Container func(ctx context.Context, cgroup string) *decoder.Container
+	Handlers  map[string]Handler
+	Refusers  map[string]Refuser
 	// MaxSessions caps the flows open at once (0: DefaultMaxSessions).
 	// A connection past it is refused with Busy's answer for its
 	// protocol (PostgreSQL's "too many connections"), or closed.
@@ -251,10 +256,16 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		Dest:   netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port),
 		Process: Process{
 			PID: o.Pid, TGID: o.Tgid, UID: o.Uid, GID: o.Gid, CgroupID: o.CgroupId,
-			Comm: cString(o.Comm[:]),
-			Exe:  readExe(o.Tgid),
+			Comm:   cString(o.Comm[:]),
+			Exe:    readExe(o.Tgid),
+			Cgroup: readCgroup(o.Tgid),
 		},
 		Start: time.Now(),
+	}
+	f.Process.Netns = readNetns(o.Tgid, o.Pid)
+	f.Process.HostNetns = f.Process.Netns != 0 && f.Process.Netns == hostNetns()
+	if p.Container != nil && f.Process.Cgroup != "" {
+		f.Process.Container = p.Container(ctx, f.Process.Cgroup)
 	}
 	log := p.Log.With("flow", f.ID)
 	t, ok := p.IC.TargetByID(o.TargetId, f.Dest)
@@ -280,13 +291,13 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	// ends here. Per-statement decisions are the decoder's.
 	f.Identity = Identity{Identity: ruleset.Identity{Level: ruleset.LevelUnverified}, Reason: "workload identity is not configured"}
 	if p.Identify != nil {
-		f.Identity = p.Identify(ctx, f.Process.TGID)
+		f.Identity = p.Identify(ctx, f)
 	}
 	f.Facts = ruleset.Flow{
 		Identity: f.Identity.Identity,
 		Process: ruleset.Process{
 			PID: int64(f.Process.TGID), UID: int64(f.Process.UID), GID: int64(f.Process.GID),
-			Exe: f.Process.Exe, Comm: f.Process.Comm, Cgroup: readCgroup(f.Process.TGID),
+			Exe: f.Process.Exe, Comm: f.Process.Comm, Cgroup: f.Process.Cgroup,
 		},
 		Target: ruleset.Endpoint{Name: t.Name, Protocol: t.Protocol, Addr: f.Dest},
 	}
@@ -318,7 +329,8 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			p.denied.Add(1)
 			log.Warn("flow denied", "target", t.Name, "orig_dst", f.Dest.String(), "rule", d.Rule.ID, "reason", d.Reason,
 				"pid", f.Process.TGID, "uid", f.Process.UID, "comm", f.Process.Comm, "exe", f.Process.Exe,
-				"identity", f.Identity.Level, "job", f.Identity.Job, "identity_reason", f.Identity.Reason)
+				"identity", f.Identity.Level, "job", f.Identity.Job, "identity_reason", f.Identity.Reason,
+				"netns", f.Process.Netns, "container_id", containerID(f))
 			if refuse := p.Refusers[t.Protocol]; refuse != nil {
 				refuse(c, d.Rule.ID, d.Reason)
 			} else {
@@ -346,10 +358,14 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		"orig_dst", f.Dest.String(), "client", f.Client.String(),
 		"pid", f.Process.TGID, "tid", f.Process.PID, "uid", f.Process.UID, "gid", f.Process.GID,
 		"cgroup_id", f.Process.CgroupID, "comm", f.Process.Comm, "exe", f.Process.Exe,
+		"netns", f.Process.Netns, "host_netns", f.Process.HostNetns,
 		"bytes_from_client", res.BytesFromClient, "bytes_to_client", res.BytesToClient,
 		"duration_ms", time.Since(f.Start).Milliseconds(),
 	}
 	kv = append(kv, res.Fields...)
+	if c := f.Process.Container; c != nil {
+		kv = append(kv, "container_id", c.ID, "container_name", c.Name, "container_image", c.Image, "container_runtime", c.Runtime)
+	}
 	if f.Identity.Level != ruleset.LevelOIDC {
 		kv = append(kv, "identity_reason", f.Identity.Reason)
 	} else {
@@ -450,6 +466,31 @@ func readCgroup(pid uint32) string {
 	}
 	return ""
 }
+
+func containerID(f *Flow) string {
+	if f.Process.Container == nil {
+		return ""
+	}
+	return f.Process.Container.ID
+}
+
+// readNetns returns the inode of the network namespace of thread tid of
+// process pid (a thread may have entered another one), or 0.
+func readNetns(pid, tid uint32) uint64 {
+	p := "/proc/" + strconv.FormatUint(uint64(pid), 10)
+	for _, path := range []string{p + "/task/" + strconv.FormatUint(uint64(tid), 10) + "/ns/net", p + "/ns/net"} {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err == nil {
+			return st.Ino
+		}
+	}
+	return 0
+}
+
+var hostNetnsOnce = sync.OnceValue(func() uint64 { return readNetns(uint32(os.Getpid()), uint32(os.Getpid())) })
+
+// hostNetns is the inode of the daemon's own network namespace.
+func hostNetns() uint64 { return hostNetnsOnce() }
 
 func readExe(pid uint32) string {
 	exe, err := os.Readlink("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/exe")

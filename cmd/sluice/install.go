@@ -34,6 +34,9 @@ type installOptions struct {
 	root, path      string
 	rootSet         bool // --root was given
 	dryRun, noStart bool
+	// containers: auto, on or off; dockerConfig is Docker's daemon.json;
+	// driver its cgroup driver (auto: detect).
+	containers, dockerConfig, driver string
 }
 
 func newInstallCmd() *cobra.Command {
@@ -60,6 +63,9 @@ edits to the config stay.`,
 	cmd.Flags().StringVar(&o.path, "config", packagedConfig, "sluiced's config `FILE` to write")
 	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "print what would be written, write nothing")
 	cmd.Flags().BoolVar(&o.noStart, "no-start", false, "write the config but do not enable or restart sluiced")
+	cmd.Flags().StringVar(&o.containers, "containers", "auto", "set up container jobs: `auto` (when Docker is installed), on or off")
+	cmd.Flags().StringVar(&o.dockerConfig, "docker-config", defaultDockerConfig, "Docker's daemon.json `FILE`, where install sets cgroup-parent")
+	cmd.Flags().StringVar(&o.driver, "cgroup-driver", "auto", "Docker's cgroup `DRIVER`: auto, systemd or cgroupfs")
 	return cmd
 }
 
@@ -99,7 +105,12 @@ func install(o *installOptions, stdout, stderr io.Writer) int {
 		return 1
 	}
 	exists := err == nil
-	next, err := mergeInstallConfig(old, *path, found, *root, rootSet || !exists)
+	containersCgroup, err := installContainers(o.containers, o.dockerConfig, o.driver, *dryRun, stdout, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice install:", err)
+		return 1
+	}
+	next, err := mergeInstallConfig(old, *path, found, *root, rootSet || !exists, containersCgroup)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice install:", err)
 		return 1
@@ -168,7 +179,7 @@ func systemdRunning() bool {
 // install twice writes nothing the second time). A cgroup an operator
 // listed stays listed; install only adds. setRoot also sets the discover
 // block's root.
-func mergeInstallConfig(old []byte, name string, found []runners.Runner, root string, setRoot bool) ([]byte, error) {
+func mergeInstallConfig(old []byte, name string, found []runners.Runner, root string, setRoot bool, containersCgroup string) ([]byte, error) {
 	if len(bytes.TrimSpace(old)) == 0 {
 		old = []byte(installTemplate)
 	}
@@ -248,6 +259,9 @@ func mergeInstallConfig(old []byte, name string, found []runners.Runner, root st
 			}
 			changed = true
 		}
+	}
+	if mergeContainersBlock(f, body, containersCgroup) {
+		changed = true
 	}
 	if !changed {
 		return old, nil

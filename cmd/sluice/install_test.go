@@ -1,6 +1,10 @@
 package main
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -8,6 +12,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 
+	"github.com/sluicehq/sluice/daemon"
 	"github.com/sluicehq/sluice/interceptor/runners"
 )
 
@@ -18,7 +23,7 @@ func TestMergeInstallConfig(t *testing.T) {
 	gh := runners.Runner{Kind: runners.GitHub, Unit: "actions.runner.acme-api.r1.service", Cgroup: "system.slice/actions.runner.acme-api.r1.service"}
 	bk := runners.Runner{Kind: runners.Buildkite, Unit: "buildkite-agent@1.service", Cgroup: `system.slice/system-buildkite\x2dagent.slice/buildkite-agent@1.service`}
 
-	first, err := mergeInstallConfig(nil, "sluiced.hcl", []runners.Runner{gh}, "system.slice", true)
+	first, err := mergeInstallConfig(nil, "sluiced.hcl", []runners.Runner{gh}, "system.slice", true, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,14 +37,14 @@ func TestMergeInstallConfig(t *testing.T) {
 			t.Errorf("new config lacks %q:\n%s", want, first)
 		}
 	}
-	again, err := mergeInstallConfig(first, "sluiced.hcl", []runners.Runner{gh}, "system.slice", false)
+	again, err := mergeInstallConfig(first, "sluiced.hcl", []runners.Runner{gh}, "system.slice", false, "")
 	if err != nil || string(again) != string(first) {
 		t.Errorf("second run changed the file (err %v):\n%s", err, again)
 	}
 
 	edited := strings.Replace(string(first), `data_dir   = "/var/lib/sluice"`, "data_dir = \"/srv/sluice\" # ours\nlog {\n  level = \"debug\"\n}", 1)
 	edited = strings.Replace(edited, `  "system.slice/actions.runner.acme-api.r1.service",`, "  \"system.slice/actions.runner.acme-api.r1.service\",\n  \"custom.slice/ci.scope\",", 1)
-	merged, err := mergeInstallConfig([]byte(edited), "sluiced.hcl", []runners.Runner{gh, bk}, "system.slice", false)
+	merged, err := mergeInstallConfig([]byte(edited), "sluiced.hcl", []runners.Runner{gh, bk}, "system.slice", false, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +63,57 @@ func TestMergeInstallConfig(t *testing.T) {
 		t.Errorf("cgroups read back as %#v, want gh, custom, buildkite", v)
 	}
 
-	if _, err := mergeInstallConfig([]byte("cgroups = [\n"), "sluiced.hcl", []runners.Runner{gh}, "system.slice", false); err == nil || !strings.Contains(err.Error(), "not valid HCL") {
+	if _, err := mergeInstallConfig([]byte("cgroups = [\n"), "sluiced.hcl", []runners.Runner{gh}, "system.slice", false, ""); err == nil || !strings.Contains(err.Error(), "not valid HCL") {
 		t.Errorf("broken file: err %v, want it refused", err)
+	}
+}
+
+// TestInstallContainers: install sets Docker's cgroup-parent beside the
+// settings already in daemon.json, refuses to replace one an operator
+// chose, and adds a containers block hooking that parent, which sluiced's
+// config accepts; a second run changes neither file.
+func TestInstallContainers(t *testing.T) {
+	dir := t.TempDir()
+	dc := filepath.Join(dir, "docker", "daemon.json")
+	os.MkdirAll(filepath.Dir(dc), 0o755)
+	os.WriteFile(dc, []byte(`{"log-driver": "journald", "exec-opts": ["native.cgroupdriver=systemd"]}`), 0o644)
+	var out, errb strings.Builder
+	cg, err := installContainers("on", dc, "auto", false, &out, &errb)
+	if err != nil || cg != "sluice.slice/sluice-containers.slice" {
+		t.Fatalf("installContainers = %q, %v; want the systemd slice (exec-opts names the systemd driver)", cg, err)
+	}
+	var conf map[string]any
+	b, _ := os.ReadFile(dc)
+	if err := json.Unmarshal(b, &conf); err != nil || conf["cgroup-parent"] != "sluice-containers.slice" || conf["log-driver"] != "journald" {
+		t.Fatalf("daemon.json = %s (%v): want cgroup-parent set and log-driver kept", b, err)
+	}
+	out.Reset()
+	if _, err := installContainers("on", dc, "auto", false, &out, &errb); err != nil || !strings.Contains(out.String(), "already") {
+		t.Errorf("second run: %v, %q; want daemon.json left as it is", err, out.String())
+	}
+
+	os.WriteFile(dc, []byte(`{"cgroup-parent": "/elsewhere"}`), 0o644)
+	if _, err := installContainers("on", dc, "cgroupfs", false, &out, &errb); err == nil || !strings.Contains(err.Error(), `cgroup-parent "/elsewhere" already`) {
+		t.Errorf("an operator's cgroup-parent: err %v, want a refusal naming it", err)
+	}
+	if cg, err := installContainers("off", dc, "cgroupfs", false, &out, &errb); cg != "" || err != nil {
+		t.Errorf("--containers off = %q, %v", cg, err)
+	}
+
+	gh := runners.Runner{Kind: runners.GitHub, Unit: "actions.runner.acme-api.r1.service", Cgroup: "system.slice/actions.runner.acme-api.r1.service"}
+	first, err := mergeInstallConfig(nil, "sluiced.hcl", []runners.Runner{gh}, "system.slice", true, "sluice-containers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, diags, _ := daemon.ParseConfig("sluiced.hcl", first)
+	if diags.HasErrors() || c.Containers == nil || c.Containers.Cgroup != "sluice-containers" || !c.Containers.Kill {
+		t.Fatalf("installed config:\n%s\nparses to %+v, %v; want a containers block hooking sluice-containers, killing what is outside", first, c.Containers, diags)
+	}
+	if !slices.Contains(c.Cgroups, "sluice-containers") {
+		t.Errorf("hooked cgroups %q lack the containers cgroup", c.Cgroups)
+	}
+	again, _ := mergeInstallConfig(first, "sluiced.hcl", []runners.Runner{gh}, "system.slice", false, "sluice-containers")
+	if string(again) != string(first) {
+		t.Errorf("second merge changed the config:\n%s", again)
 	}
 }

@@ -50,6 +50,9 @@ type Session struct {
 	Comm     string    `json:"comm"`
 	Exe      string    `json:"exe,omitempty"`
 	DBUser   string    `json:"db_user,omitempty"`
+	// Container and Image name the container the client ran in, if any.
+	Container string `json:"container,omitempty"`
+	Image     string `json:"image,omitempty"`
 	// Identity: the level and, when verified, the CI claims responders
 	// search by.
 	IdentityLevel string `json:"identity_level"`

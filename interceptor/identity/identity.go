@@ -45,6 +45,12 @@ const (
 	KindGitHub  = "github"  // anchored at a Runner.Worker process
 	KindGitLab  = "gitlab"  // anchored at the job shell under gitlab-runner
 	KindGeneric = "generic" // anchored at the job shell under another JobParents runner
+	// KindContainer: anchored at the outermost process of a container that
+	// runs no job process of the host (a `docker run` from a job, a GitLab
+	// docker executor's build container, a GitHub job container's step).
+	// Its token is a GitHub job's request variables when its environment
+	// has them, else Config.TokenVariable.
+	KindContainer = "container"
 )
 
 // GitHubIssuer is GitHub Actions' OIDC issuer, the default issuer.
@@ -419,8 +425,33 @@ func (r *Resolver) Resolve(ctx context.Context, pid uint32) Result {
 		return none(OutcomeNoJob, "no CI job ancestor")
 	}
 	i := len(chain) - 1
-	key := JobKey{PID: chain[i].pid, Start: chain[i].start, Kind: kind}
+	return r.resolveChain(ctx, JobKey{PID: chain[i].pid, Start: chain[i].start, Kind: kind}, chain)
+}
 
+// ResolveContainer returns the identity of the process pid, which runs in
+// a container whose processes are in the cgroup container (a path as
+// /proc/PID/cgroup gives it) and below. Its job is anchored at the
+// outermost ancestor still in the container: the container's init for its
+// own processes, the exec'd process for `docker exec` (a GitHub job
+// container's steps), so each gets the environment it was started with.
+func (r *Resolver) ResolveContainer(ctx context.Context, pid uint32, container string) Result {
+	if r.ctx.Err() != nil {
+		return none(OutcomeClosed, "identity resolver closed")
+	}
+	chain, err := containerChain(r.cfg.ProcRoot, pid, container)
+	if errors.Is(err, errGone) {
+		return none(OutcomeGone, "connecting process has exited")
+	}
+	if err != nil {
+		return none(OutcomeProcError, fmt.Sprintf("cannot read the connecting process: %v", err))
+	}
+	i := len(chain) - 1
+	return r.resolveChain(ctx, JobKey{PID: chain[i].pid, Start: chain[i].start, Kind: KindContainer}, chain)
+}
+
+// resolveChain returns the job key's identity, from the cache or by a
+// lookup along chain (the connecting process up to the anchor).
+func (r *Resolver) resolveChain(ctx context.Context, key JobKey, chain []proc) Result {
 	now := r.now()
 	r.mu.Lock()
 	e := r.jobs[key]
@@ -547,6 +578,11 @@ func (r *Resolver) lookup(ctx context.Context, key JobKey, path []proc) (Result,
 			}
 			continue
 		}
+		if tokenEnv == nil && key.Kind == KindContainer && env[envRequestURL] != "" {
+			// A GitHub job container's step: the runner passes the
+			// request variables to what it runs there.
+			want, tokenEnv = envRequestURL, env
+		}
 		if tokenEnv == nil && env[want] != "" {
 			tokenEnv = env
 		}
@@ -572,13 +608,15 @@ func (r *Resolver) lookup(ctx context.Context, key JobKey, path []proc) (Result,
 			res.Reason = "job lacks " + envRequestURL + ": the workflow needs permissions: id-token: write"
 		case key.Kind == KindGitLab:
 			res.Reason = fmt.Sprintf("job lacks %s: the job needs id_tokens: %s: aud: %s", want, want, r.cfg.GitHubAudience)
+		case key.Kind == KindContainer:
+			res.Reason = fmt.Sprintf("the container's environment has no job token: neither %s (a GitHub job's step with id-token: write) nor %s (an ID token, as GitLab's id_tokens gives)", envRequestURL, want)
 		default:
 			res.Reason = fmt.Sprintf("job lacks %s: the job's environment needs an ID token in %s", want, want)
 		}
 		return res, retry
 	}
 	raw := tokenEnv[want]
-	if key.Kind == KindGitHub {
+	if want == envRequestURL {
 		bearer := tokenEnv[envRequestToken]
 		if bearer == "" {
 			res.Reason, res.Outcome = "job lacks "+envRequestToken+": the workflow needs permissions: id-token: write", OutcomeNoToken

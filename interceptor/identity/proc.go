@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -118,6 +119,70 @@ func findJob(root string, pid uint32, isAnchor func(p, parent proc, hasParent bo
 		p = parent
 	}
 	return nil, "", nil
+}
+
+// containerChain walks from pid up its live ancestry while the processes
+// are in the cgroup container or below it, and returns them nearest first;
+// the last is the container's outermost process. pid itself must be in
+// the container.
+func containerChain(root string, pid uint32, container string) ([]proc, error) {
+	in := func(pid uint32) (bool, error) {
+		cg, err := readCgroup(root, pid)
+		if err != nil {
+			return false, err
+		}
+		return cg == container || strings.HasPrefix(cg, strings.TrimSuffix(container, "/")+"/"), nil
+	}
+	p, err := readStat(root, pid)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := in(pid)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("pid %d is not in container cgroup %s", pid, container)
+	}
+	chain := []proc{p}
+	for len(chain) < maxDepth && p.ppid != 0 {
+		parent, err := readStat(root, p.ppid)
+		if errors.Is(err, errGone) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if parent.start > p.start {
+			break // the parent's pid was reused: p was reparented
+		}
+		if ok, err := in(parent.pid); err != nil && !errors.Is(err, errGone) {
+			return nil, err
+		} else if !ok {
+			break
+		}
+		chain = append(chain, parent)
+		p = parent
+	}
+	return chain, nil
+}
+
+// readCgroup returns the cgroup2 path of pid (the "0::" line of
+// /proc/PID/cgroup).
+func readCgroup(root string, pid uint32) (string, error) {
+	b, err := os.ReadFile(root + "/" + strconv.FormatUint(uint64(pid), 10) + "/cgroup")
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+		return "", errGone
+	}
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			return rest, nil
+		}
+	}
+	return "", fmt.Errorf("pid %d has no cgroup2 path", pid)
 }
 
 // alive reports whether pid still is the process that started at start.
