@@ -48,6 +48,13 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"unknown attribute", "cgroup = \"r\"\nproxy_prot = 1\n", `Unsupported argument`},
 		{"missing key file", "cgroup = \"r\"\nrules_public_key = \"/nonexistent/key.pub\"\n", "Invalid rules_public_key"},
 		{"bad log format", "cgroup = \"r\"\nlog {\n  format = \"xml\"\n}\n", "use auto, json or text"},
+		{"containers without cgroup", "cgroup = \"r\"\ncontainers {\n}\n", `The argument "cgroup" is required`},
+		{"containers in the runner's cgroup", "cgroup = \"r\"\ncontainers {\n  cgroup = \"r/docker\"\n}\n", "are nested"},
+		{"containers at the root", "cgroup = \"r\"\ncontainers {\n  cgroup = \"/\"\n}\n", "Invalid containers cgroup"},
+		{"container address on loopback", "cgroup = \"r\"\ncontainers {\n  cgroup = \"c\"\n  address_ipv4 = \"127.0.0.9\"\n}\n", "a container has loopback of its own"},
+		{"container address of the wrong family", "cgroup = \"r\"\ncontainers {\n  cgroup = \"c\"\n  address_ipv6 = \"10.0.0.1\"\n}\n", "is not an IPv6 address"},
+		{"no container IPv4 address", "cgroup = \"r\"\ncontainers {\n  cgroup = \"c\"\n  address_ipv4 = \"none\"\n}\n", "need an IPv4 address"},
+		{"bad outside", "cgroup = \"r\"\ncontainers {\n  cgroup = \"c\"\n  outside = \"ignore\"\n}\n", "use kill"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,6 +63,31 @@ func TestLoadConfigErrors(t *testing.T) {
 				t.Errorf("diagnostics %q, want one containing %q", diags.Error(), tc.want)
 			}
 		})
+	}
+}
+
+// TestLoadConfigContainers: a containers block hooks its cgroup beside the
+// runner's, with the default addresses, Docker socket and kill; IPv6 can
+// be turned off and outside set to alert.
+func TestLoadConfigContainers(t *testing.T) {
+	c, diags, _ := loadConfig(writeConfig(t, "cgroup = \"r\"\ncontainers {\n  cgroup = \"/sluice-containers/\"\n}\n"))
+	if diags.HasErrors() {
+		t.Fatal(diags.Error())
+	}
+	cc := c.Containers
+	if cc == nil || cc.Cgroup != "sluice-containers" || cc.DockerSocket != DefaultDockerSocket || !cc.Kill ||
+		cc.Addr4 != interceptor.DefaultContainerAddr4 || cc.Addr6 != interceptor.DefaultContainerAddr6 {
+		t.Errorf("containers = %+v; want the defaults", cc)
+	}
+	if len(c.Cgroups) != 2 || c.Cgroups[1] != "sluice-containers" {
+		t.Errorf("hooked cgroups %q; want the runner's and the containers'", c.Cgroups)
+	}
+	c, diags, _ = loadConfig(writeConfig(t, "cgroup = \"r\"\ncontainers {\n  cgroup = \"c\"\n  address_ipv6 = \"none\"\n  docker_socket = \"\"\n  outside = \"alert\"\n}\n"))
+	if diags.HasErrors() {
+		t.Fatal(diags.Error())
+	}
+	if cc := c.Containers; cc.Addr6.IsValid() || cc.Kill || cc.DockerSocket != "" {
+		t.Errorf("containers = %+v; want no IPv6 address, no Docker, alert only", cc)
 	}
 }
 

@@ -2,11 +2,38 @@ package daemon
 
 import (
 	"context"
+	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/interceptor/containers"
+	"github.com/sluicehq/sluice/internal/api"
 )
+
+// containerState is what status says of container jobs.
+type containerState struct {
+	runtimeErr atomic.Value // string
+	unhooked   atomic.Uint64
+}
+
+func (s *containerState) status(cfg *Config, addrs []netip.Addr) *api.Containers {
+	cc := cfg.Containers
+	if cc == nil {
+		return nil
+	}
+	out := &api.Containers{Cgroup: cc.Cgroup, DockerSocket: cc.DockerSocket, Outside: "alert", Unhooked: s.unhooked.Load()}
+	if cc.Kill {
+		out.Outside = "kill"
+	}
+	for _, a := range addrs {
+		out.Addresses = append(out.Addresses, a.String())
+	}
+	if e, _ := s.runtimeErr.Load().(string); e != "" {
+		out.RuntimeError = e
+	}
+	return out
+}
 
 // maxLabels bounds the runtime labels a flow carries into its recording;
 // maxLabelLen bounds each value.

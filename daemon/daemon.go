@@ -178,6 +178,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		sessions = met.wrapSessions(rec.open)
 	}
 	var docker *containers.Docker
+	cst := &containerState{}
 	if cfg.Containers != nil && cfg.Containers.DockerSocket != "" {
 		docker = containers.NewDocker(cfg.Containers.DockerSocket)
 	}
@@ -258,6 +259,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 	started := time.Now()
 	apiSrv, err := startAPI(cfg, log.Named("api"), rm, rec, func() api.Status {
 		st := statusOf(cfg, ic, disc, proxy, rm.store, started)
+		st.Containers = cst.status(cfg, containerAddrs)
 		for _, r := range broker.List() {
 			if r.State == approve.StatePending {
 				st.Holds = append(st.Holds, api.Hold{ID: r.ID, Rule: r.Rule, Target: r.Target, Stage: r.Stage, Statement: r.Statement, Deadline: r.Deadline})
@@ -331,6 +333,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		resolveLoop(ctx, ic, rm.store, log)
 	}()
 	if docker != nil {
+		cst.runtimeErr.Store("not followed yet")
 		w := &containers.Watcher{
 			Docker: docker,
 			Hooked: func() []string {
@@ -340,9 +343,19 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 				}
 				return out
 			},
-			Kill:       cfg.Containers.Kill,
-			Log:        log.Named("containers"),
-			OnUnhooked: met.containerUnhooked,
+			Kill: cfg.Containers.Kill,
+			Log:  log.Named("containers"),
+			OnUnhooked: func(u containers.Unhooked) {
+				cst.unhooked.Add(1)
+				met.containerUnhooked(u)
+			},
+			OnError: func(err error) {
+				msg := ""
+				if err != nil {
+					msg = err.Error()
+				}
+				cst.runtimeErr.Store(msg)
+			},
 		}
 		wg.Add(1)
 		go func() {

@@ -217,6 +217,12 @@ func TestContainerJob(t *testing.T) {
 			}
 		})
 	}
+	// The proxy's container address is no way around the hooks: a
+	// container's direct connect to it is refused.
+	out, err := e.docker(t, append([]string{"run", "--rm", "--network", user.Name, e.image}, e.psqlArgs(e.proxy4.String(), int(e.d.Port), "select 1")...)...)
+	if err == nil || !strings.Contains(out, "Operation not permitted") {
+		t.Errorf("psql from a container straight to the container address %s:%d: %v: %q; want EPERM", e.proxy4, e.d.Port, err, out)
+	}
 	if n := admin(t, e.pg, "select count(*) from users"); n != "1" {
 		t.Errorf("users has %s rows after the denied DROPs, want 1", n)
 	}
@@ -306,6 +312,17 @@ func TestContainerOutsideHookedCgroup(t *testing.T) {
 		if l.Message() == "container outside the hooked cgroups: its connections would not be intercepted" && l.String("container_name") == stay {
 			t.Errorf("the container under the hooked parent was reported: %v", l)
 		}
+	}
+	st, err := e.d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := st.Containers; c == nil || c.Unhooked != 1 || c.RuntimeError != "" || c.Outside != "kill" || c.Cgroup != e.ctrs.Rel {
+		t.Errorf("status containers = %+v; want the hooked cgroup, Docker followed, one container found outside and killed", c)
+	}
+	out, _ := e.d.Sluice(t, "status", "--socket", e.d.Socket)
+	if !strings.Contains(out, "containers:  cgroup "+e.ctrs.Rel+" hooked") || !strings.Contains(out, "kill (1 found)") {
+		t.Errorf("sluice status:\n%s\nwant the containers line", out)
 	}
 }
 

@@ -86,6 +86,16 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 			fmt.Fprintf(w, "cgroup:      %s (id %d, %s)\n", c.Path, c.ID, c.Source)
 		}
 		fmt.Fprintf(w, "proxy port:  %d (127.0.0.1 and ::1)\n", d.ProxyPort)
+		if c := d.Containers; c != nil {
+			fmt.Fprintf(w, "containers:  cgroup %s hooked; proxy at %s for other network namespaces; outside the cgroup: %s (%d found)\n",
+				c.Cgroup, strings.Join(c.Addresses, ", "), c.Outside, c.Unhooked)
+			switch {
+			case c.DockerSocket == "":
+				fmt.Fprintln(w, "             no runtime API: containers are known by id only, and none outside the cgroup is found")
+			case c.RuntimeError != "":
+				fmt.Fprintf(w, "WARNING:     cannot follow Docker at %s: %s; containers started outside the hooked cgroup are not found until it is back\n", c.DockerSocket, c.RuntimeError)
+			}
+		}
 		// Each redirected connect the daemon accepted is served, denied,
 		// refused or turned away past max_sessions; the kernel's
 		// "redirected" below counts the same connects since the pins were

@@ -47,6 +47,26 @@ type Status struct {
 	Flows     Flows             `json:"flows"`
 	Kernel    map[string]uint64 `json:"kernel_counters"`
 	Holds     []Hold            `json:"pending_holds"`
+	// Containers is the state of container jobs; nil without a
+	// containers block.
+	Containers *Containers `json:"containers,omitempty"`
+}
+
+// Containers says how container jobs are covered.
+type Containers struct {
+	// Cgroup is the runtime's cgroup parent sluiced hooks.
+	Cgroup string `json:"cgroup"`
+	// Addresses are the container addresses the proxy listens on.
+	Addresses []string `json:"addresses"`
+	// DockerSocket is the runtime API followed; RuntimeError why it cannot
+	// be followed now ("" when it is).
+	DockerSocket string `json:"docker_socket,omitempty"`
+	RuntimeError string `json:"runtime_error,omitempty"`
+	// Outside is what is done to a container outside the hooked cgroups
+	// (kill or alert); Unhooked counts those found since the daemon
+	// started.
+	Outside  string `json:"outside"`
+	Unhooked uint64 `json:"unhooked"`
 }
 
 // Cgroup is a hooked cgroup as status shows it: its path relative to the
