@@ -42,6 +42,15 @@ const (
 	maxLabelLen = 256
 )
 
+// clip bounds a label's key or value (whoever starts a container chooses
+// them) to maxLabelLen bytes.
+func clip(s string) string {
+	if len(s) > maxLabelLen {
+		return s[:maxLabelLen]
+	}
+	return s
+}
+
 // dockerAttribution returns the proxy's container lookup: the container
 // id from the process's cgroup, then its name, image and labels from
 // Docker. A container the runtime cannot describe keeps its id. Without a
@@ -69,10 +78,7 @@ func dockerAttribution(d *containers.Docker) func(ctx context.Context, cgroup st
 				if len(out.Labels) == maxLabels {
 					break
 				}
-				if len(v) > maxLabelLen {
-					v = v[:maxLabelLen]
-				}
-				out.Labels[k] = v
+				out.Labels[clip(k)] = clip(v)
 			}
 		}
 		return out
