@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -323,6 +324,19 @@ func TestContainerOutsideHookedCgroup(t *testing.T) {
 	out, _ := e.d.Sluice(t, "status", "--socket", e.d.Socket)
 	if !strings.Contains(out, "containers:  cgroup "+e.ctrs.Rel+" hooked") || !strings.Contains(out, "kill (1 found)") {
 		t.Errorf("sluice status:\n%s\nwant the containers line", out)
+	}
+	// Doctor checks Docker's cgroup-parent against the block, and warns
+	// about the container found outside.
+	dc := filepath.Join(t.TempDir(), "daemon.json")
+	os.WriteFile(dc, []byte(`{"cgroup-parent": "/elsewhere"}`), 0o644)
+	out, _ = e.d.Sluice(t, "doctor", "--config", e.d.Config, "--docker-config", dc)
+	if !regexp.MustCompile(`(?m)^FAIL  containers .*cgroup-parent is "/elsewhere"`).MatchString(out) {
+		t.Errorf("doctor with Docker's cgroup-parent elsewhere:\n%s\nwant a containers FAIL", out)
+	}
+	os.WriteFile(dc, []byte(`{"cgroup-parent": "/`+e.ctrs.Rel+`"}`), 0o644)
+	out, _ = e.d.Sluice(t, "doctor", "--config", e.d.Config, "--docker-config", dc)
+	if !regexp.MustCompile(`(?m)^warn  containers .*1 containers were found outside`).MatchString(out) {
+		t.Errorf("doctor after a container was found outside:\n%s\nwant a containers warning", out)
 	}
 }
 

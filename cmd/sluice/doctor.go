@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -47,30 +48,32 @@ const (
 )
 
 func newDoctorCmd() *cobra.Command {
-	var configPath, name, socket string
+	var configPath, name, socket, dockerConfig string
 	cmd := &cobra.Command{
 		Use:   "doctor",
-		Short: "Check kernel, cgroup2, pins, daemon, hooked cgroups, proxy, ruleset, clock, disk; say what to fix",
+		Short: "Check kernel, cgroup2, pins, daemon, hooked cgroups, proxy, ruleset, containers, clock, disk; say what to fix",
 		Long: `Check the installation the way an operator would, one line per check (ok,
 warn or FAIL), each warning and failure followed by the fix: the kernel's
 eBPF support, the cgroup2 mount and the runner cgroups, the pinned hooks,
 the daemon and the cgroups it could not hook, the proxy listener, the
-ruleset, the clock's sync state, free disk space for recordings and the
+ruleset, container jobs (Docker's cgroup-parent against the containers
+block, and whether sluiced follows Docker), the clock's sync state, free disk space for recordings and the
 metrics endpoint. Exit 1 when any check FAILs.`,
 		Args: noArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			return doctor(cmd.OutOrStdout(), configPath, name, socket)
+			return doctor(cmd.OutOrStdout(), configPath, name, socket, dockerConfig)
 		}),
 	}
 	cmd.Flags().StringVar(&configPath, "config", "/etc/sluice/sluiced.hcl", "read the daemon's config from `FILE`")
 	cmd.Flags().StringVar(&name, "name", "", "installation `NAME` (default: the config's, else \"default\")")
 	cmd.Flags().StringVar(&socket, "socket", "", "talk to the daemon on its API socket at `PATH` (default: the config's api_socket)")
+	cmd.Flags().StringVar(&dockerConfig, "docker-config", defaultDockerConfig, "Docker's daemon.json `FILE`, to check its cgroup-parent")
 	return cmd
 }
 
 // doctor runs every check and prints one line per finding, each non-ok
 // one followed by its fix. It fails (exit 1) when any finding is a FAIL.
-func doctor(stdout io.Writer, configPath, name, socket string) error {
+func doctor(stdout io.Writer, configPath, name, socket, dockerConfig string) error {
 	var out []finding
 	add := func(f finding) { out = append(out, f) }
 
@@ -113,6 +116,7 @@ func doctor(stdout io.Writer, configPath, name, socket string) error {
 	}
 	add(checkProxy(port, pins))
 	add(checkRuleset(st))
+	add(checkContainers(cfg, st, configPath, dockerConfig))
 	add(checkClock())
 	add(checkDisk(cfg.DataDir))
 	if cfg.MetricsAddr != "" {
@@ -335,6 +339,71 @@ func checkHooked(st *api.Status, configPath string) finding {
 	f.fix = fmt.Sprintf("start the runner service (its cgroup appears when it runs; sluiced hooks it then), "+
 		"or correct cgroups in %s (sluice install writes them), or let a discover block find the runners", configPath)
 	return f
+}
+
+// checkContainers: with Docker on the host, its containers must be under
+// the containers cgroup sluiced hooks, and sluiced must be following it.
+func checkContainers(cfg *daemon.Config, st *api.Status, configPath, dockerConfig string) finding {
+	f := finding{check: "containers"}
+	cc := cfg.Containers
+	if cc == nil {
+		if !dockerInstalled() {
+			f.level, f.detail = levelOK, "no container runtime on this host"
+			return f
+		}
+		f.level, f.detail = levelWarn, "Docker is installed but "+configPath+" has no containers block: containers that jobs start are NOT intercepted"
+		f.fix = "run sluice install (it sets Docker's cgroup-parent and writes the containers block), then restart dockerd and sluiced"
+		return f
+	}
+	var conf struct {
+		CgroupParent string `json:"cgroup-parent"`
+	}
+	b, err := os.ReadFile(dockerConfig)
+	if err == nil {
+		err = json.Unmarshal(b, &conf)
+	}
+	switch {
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		f.level, f.detail = levelWarn, fmt.Sprintf("cannot read Docker's %s: %v", dockerConfig, err)
+		f.fix = "make it valid JSON; sluice install sets cgroup-parent in it"
+		return f
+	case dockerInstalled() && hookedFor(conf.CgroupParent) != cc.Cgroup:
+		f.level = levelFail
+		f.detail = fmt.Sprintf("Docker's cgroup-parent is %q (%s), but sluiced hooks %s for containers: Docker's containers are outside it and get killed", conf.CgroupParent, dockerConfig, cc.Cgroup)
+		f.fix = "run sluice install (it sets cgroup-parent to match), then restart dockerd"
+		return f
+	}
+	if st != nil && st.Containers != nil {
+		if e := st.Containers.RuntimeError; e != "" {
+			f.level, f.detail = levelWarn, fmt.Sprintf("sluiced cannot follow Docker at %s: %s; containers started outside %s are not found meanwhile", st.Containers.DockerSocket, e, cc.Cgroup)
+			f.fix = "start dockerd, or correct docker_socket in the containers block of " + configPath
+			return f
+		}
+		if n := st.Containers.Unhooked; n > 0 {
+			f.level, f.detail = levelWarn, fmt.Sprintf("%d containers were found outside %s since sluiced started (%s)", n, cc.Cgroup, st.Containers.Outside)
+			f.fix = "see sluiced's log for \"container outside the hooked cgroups\": a job ran docker run --cgroup-parent, or containers predate dockerd's restart after install"
+			return f
+		}
+	}
+	f.level, f.detail = levelOK, fmt.Sprintf("containers under %s are hooked; proxy at %s for them", cc.Cgroup, cc.Addr4)
+	return f
+}
+
+// hookedFor is the cgroup (relative to the cgroup2 mount) Docker puts
+// containers under for its cgroup-parent: "/a/b" is a/b with the cgroupfs
+// driver; "x-y.slice" is x.slice/x-y.slice with the systemd driver.
+func hookedFor(parent string) string {
+	if !strings.HasSuffix(parent, ".slice") || strings.Contains(parent, "/") {
+		return strings.Trim(parent, "/")
+	}
+	name := strings.TrimSuffix(parent, ".slice")
+	var parts []string
+	for i := range name {
+		if name[i] == '-' {
+			parts = append(parts, name[:i]+".slice")
+		}
+	}
+	return strings.Join(append(parts, parent), "/")
 }
 
 func checkRuleset(st *api.Status) finding {

@@ -52,3 +52,19 @@ func TestDoctorDisk(t *testing.T) {
 		t.Errorf("disk check: %+v", f)
 	}
 }
+
+// TestHookedFor: Docker's cgroup-parent maps to the cgroup it puts
+// containers under, for both drivers, as install writes them.
+func TestHookedFor(t *testing.T) {
+	for _, driver := range []string{"cgroupfs", "systemd"} {
+		parent, hooked := containerParent(driver)
+		if got := hookedFor(parent); got != hooked {
+			t.Errorf("%s: hookedFor(%q) = %q, want %q", driver, parent, got, hooked)
+		}
+	}
+	for in, want := range map[string]string{"/a/b": "a/b", "x.slice": "x.slice", "a-b-c.slice": "a.slice/a-b.slice/a-b-c.slice", "": ""} {
+		if got := hookedFor(in); got != want {
+			t.Errorf("hookedFor(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
