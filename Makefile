@@ -53,7 +53,7 @@ test-unit:
 test-race:
 	$(GO) test -race -short -count=1 -timeout 15m $(PKGS)
 
-## demo: build, start a private PostgreSQL, a private MariaDB and sluiced on a private cgroup, show intercepted psql and mariadb
+## demo: build, start a private PostgreSQL, a private MariaDB, a private dockerd and sluiced on private cgroups, show intercepted psql, mariadb and a container job
 demo: deps build
 	./scripts/demo.sh
 

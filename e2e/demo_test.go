@@ -17,8 +17,9 @@ import (
 // runs) with the binaries under test, and checks that each numbered step
 // shows what the README's numbered claim says it shows: the demo is the
 // README's proof, so a change that breaks a claim fails here. Needs root
-// (the demo makes its own cgroup, attaches to it and starts a private
-// PostgreSQL); it removes everything it made.
+// (the demo makes its own cgroups, attaches to them and starts a private
+// PostgreSQL, MariaDB and dockerd) and Docker (the docker.io package);
+// it removes everything it made.
 func TestDemo(t *testing.T) {
 	testenv.RequireRoot(t)
 	bin := testenv.Binaries(t)
@@ -48,8 +49,8 @@ func TestDemo(t *testing.T) {
 		}
 		steps[n] = text[m[0]:end]
 	}
-	if len(steps) != 12 {
-		t.Fatalf("the demo showed %d numbered steps, want 12 (the README's claims)\n%s", len(steps), text)
+	if len(steps) != 13 {
+		t.Fatalf("the demo showed %d numbered steps, want 13 (the README's claims)\n%s", len(steps), text)
 	}
 	masked := `[0-9a-f]{8}@example\.com`
 	for _, c := range []struct {
@@ -66,13 +67,19 @@ func TestDemo(t *testing.T) {
 		{6, []string{`statements 6, denied 2`, `=> BEGIN;\n\s+\[allow\]`, `\[deny\] rule ci-jobs/deny/no-bulk-delete`, `ok, sealed`}, []string{`=> BEGIN;\n\s+\[mask\]`, `ALTERED|altered`}},
 		{7, []string{` app\s+\|\s+2`, `authenticated with an injected credential`, `connection denied by rule "default"`, `the app password appears in no log line and no recording`}, nil},
 		{8, []string{`ok: 3 targets`, `5 passed, 0 failed`, `decision: deny by ci-jobs/deny/no-ddl`, `connection denied by rule "default"`, `"@message":"flow denied"`, `oops\.hcl:1:\d+: error`, `(?s)old rules still refuse a DROP:.*42501: sluice: statement denied by rule "ci-jobs/deny/no-ddl"`}, nil},
-		{9, []string{`ok\s+daemon`, `ok\s+pins`, `sluice_flows_total\{outcome="served"`, `sluice_verdicts_total\{rule="ci-jobs/deny/no-ddl",verdict="deny"\}`, `sluice_statement_latency_seconds_count`}, nil},
+		{9, []string{`ok\s+daemon`, `ok\s+pins`, `ok\s+containers`, `sluice_flows_total\{outcome="served"`, `sluice_verdicts_total\{rule="ci-jobs/deny/no-ddl",verdict="deny"\}`, `sluice_statement_latency_seconds_count`}, nil},
 		{10, []string{`ERROR 1227 \(42000\).*sluice: statement denied by rule "ci-jobs-mariadb/deny/no-ddl"`,
 			`\n1\tAda Lovelace\t` + masked, `pending\s+before\s+ci-jobs-mariadb/hold/deletes`,
 			`(?s)after the refusal:.*ERROR 1227 \(42000\)[^\n]*ci-jobs-mariadb/hold/deletes`, `customers\n2\n`, `\[deny\]`},
 			[]string{`\t(ada|alan)@example\.com`}},
-		{11, []string{`Connection refused`}, []string{`\n1\n`}},
-		{12, []string{`interception removed`, `after uninstall: direct again`}, nil},
+		{11, []string{`^== 11\. Container jobs: a docker run of psql from the job`,
+			`docker run --rm --name ci-job-drop .*psql .*DROP TABLE users\nERROR:  42501: sluice: statement denied by rule "ci-jobs/deny/no-ddl"`,
+			`\n\s+1 \| ` + masked,
+			`"@message":"flow".*"container_id":"[0-9a-f]{64}","container_image":"sluice-demo/psql:1","container_name":"/?ci-job-drop".*"denied":1.*"host_netns":false`,
+			`users still there \(checked directly\): 2`},
+			[]string{`(ada|alan)@example\.com`, `WARNING: IPv4 forwarding`}},
+		{12, []string{`Connection refused`}, []string{`\n1\n`}},
+		{13, []string{`interception removed`, `after uninstall: direct again`}, nil},
 	} {
 		s := steps[c.step]
 		for _, w := range c.want {
