@@ -36,6 +36,24 @@ type (
 	// loopback device, for sockets outside HostNetns. A zero field means
 	// none, and such connects to a target are refused.
 	NetCfg = connect4Netcfg
+	// JobMark is a job task's mark (task storage).
+	JobMark = jobsJobMark
+	// TamperEvent is one event of the tamper ring buffer.
+	TamperEvent = jobsTamperEvent
+)
+
+// NetCfgScoped in NetCfg.Flags: the connect programs act for job tasks
+// only (they are attached at a scope above the job cgroups).
+const NetCfgScoped = 1
+
+// Tamper kinds (TamperEvent.Kind), as in jobs.c.
+const (
+	TamperCgroupMove = 1
+	TamperSignal     = 2
+	TamperPtrace     = 3
+	TamperBPF        = 4
+	TamperModule     = 5
+	TamperPin        = 6
 )
 
 // Stat indexes the programs' per-CPU counters in Objects.Stats.
@@ -93,6 +111,19 @@ type Objects struct {
 	Stats    *ebpf.Map // per-CPU counters indexed by Stat
 	SkOrig   *ebpf.Map // socket storage: original destination, for getpeername
 	NetCfg   *ebpf.Map // array of one NetCfg
+
+	// Job marks and tamper events (jobs.c): tracing programs, attached
+	// by the interceptor.
+	Fork         *ebpf.Program // tp_btf/sched_process_fork
+	Exec         *ebpf.Program // tp_btf/sched_process_exec
+	CgroupAttach *ebpf.Program // tp_btf/cgroup_attach_task
+	Signal       *ebpf.Program // tp_btf/signal_generate
+	SysEnter     *ebpf.Program // tp_btf/sys_enter
+	Marks        *ebpf.Map     // task storage: JobMark
+	JobCgroups   *ebpf.Map     // cgroup id -> 1: the job cgroups
+	Protect      *ebpf.Map     // tgid -> 1: processes whose signals and ptrace are tampering
+	Syscalls     *ebpf.Map     // syscall number -> tamper kind (| path argument << 8)
+	Tamper       *ebpf.Map     // ring buffer of TamperEvent
 }
 
 // Load loads the three programs. Their maps are pinned under pinDir, which
@@ -138,12 +169,25 @@ func Load(pinDir string) (*Objects, error) {
 		g4.Close()
 		return nil, loadError("getpeername6", err)
 	}
+	var jo jobsObjects
+	if err := loadJobsObjects(&jo, opts); err != nil {
+		c4.Close()
+		c6.Close()
+		so.Close()
+		g4.Close()
+		g6.Close()
+		return nil, loadError("jobs", err)
+	}
 	// The other collections opened their own descriptors of the same
 	// pinned maps; keep connect4's and drop theirs.
 	c6.connect6Maps.Close()
 	so.sockopsMaps.Close()
 	g4.getpeername4Maps.Close()
 	g6.getpeername6Maps.Close()
+	for _, m := range []*ebpf.Map{jo.SluiceByCookie, jo.SluiceByPeer, jo.SluiceConfig, jo.SluiceJobcg, jo.SluiceMarks,
+		jo.SluiceNetcfg, jo.SluiceSkOrig, jo.SluiceStats, jo.SluiceTargets} {
+		m.Close()
+	}
 
 	return &Objects{
 		Connect4:     c4.SluiceConnect4,
@@ -158,6 +202,16 @@ func Load(pinDir string) (*Objects, error) {
 		Stats:        c4.SluiceStats,
 		SkOrig:       c4.SluiceSkOrig,
 		NetCfg:       c4.SluiceNetcfg,
+		Fork:         jo.SluiceFork,
+		Exec:         jo.SluiceExec,
+		CgroupAttach: jo.SluiceCgroupAttach,
+		Signal:       jo.SluiceSignal,
+		SysEnter:     jo.SluiceSysEnter,
+		Marks:        c4.SluiceMarks,
+		JobCgroups:   c4.SluiceJobcg,
+		Protect:      jo.SluiceProtect,
+		Syscalls:     jo.SluiceSyscalls,
+		Tamper:       jo.SluiceTamper,
 	}, nil
 }
 
@@ -204,7 +258,8 @@ func loadError(what string, err error) error {
 func (o *Objects) Close() error {
 	var errs []error
 	for _, c := range []interface{ Close() error }{o.Connect4, o.Connect6, o.SockOps, o.GetPeername4, o.GetPeername6,
-		o.Targets, o.Config, o.ByCookie, o.ByPeer, o.Stats, o.SkOrig, o.NetCfg} {
+		o.Targets, o.Config, o.ByCookie, o.ByPeer, o.Stats, o.SkOrig, o.NetCfg,
+		o.Fork, o.Exec, o.CgroupAttach, o.Signal, o.SysEnter, o.Marks, o.JobCgroups, o.Protect, o.Syscalls, o.Tamper} {
 		errs = append(errs, c.Close())
 	}
 	return errors.Join(errs...)
@@ -231,4 +286,5 @@ func (o *Objects) ReadStats() (map[string]uint64, error) {
 func Names() []string { return StatNames[:] }
 
 // MapNames lists the names under which Load pins maps.
-var MapNames = []string{"sluice_targets", "sluice_config", "sluice_by_cookie", "sluice_by_peer", "sluice_stats", "sluice_sk_orig", "sluice_netcfg"}
+var MapNames = []string{"sluice_targets", "sluice_config", "sluice_by_cookie", "sluice_by_peer", "sluice_stats", "sluice_sk_orig", "sluice_netcfg",
+	"sluice_marks", "sluice_jobcg", "sluice_protect", "sluice_syscalls", "sluice_tamper"}

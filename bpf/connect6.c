@@ -18,6 +18,8 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	__u16 port = bpf_ntohs(ctx->user_port);
 	struct config *cfg = get_config();
 	struct netcfg *nc = get_netcfg();
+	if (!job_task() && nc && (nc->flags & NETCFG_SCOPED))
+		return VERDICT_PASS;
 	int foreign = foreign_netns(ctx, nc);
 
 	int mapped = ip[0] == 0 && ip[1] == 0 && ip[2] == bpf_htonl(0xffff);

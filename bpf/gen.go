@@ -8,3 +8,4 @@ package bpf
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I./headers" -target bpfel sockops sockops.c
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I./headers" -target bpfel getpeername4 getpeername4.c
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I./headers" -target bpfel getpeername6 getpeername6.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I./headers" -target bpfel -type tamper_event -type job_mark jobs jobs.c

@@ -22,11 +22,18 @@ type getpeername6Config struct {
 	Pad2      uint32
 }
 
+type getpeername6JobMark struct {
+	_         structs.HostLayout
+	JobCgroup uint64
+	Flags     uint32
+	Pad       uint32
+}
+
 type getpeername6Netcfg struct {
 	_         structs.HostLayout
 	HostNetns uint64
 	Addr4     uint32
-	Pad       uint32
+	Flags     uint32
 	Addr6     [16]uint8
 }
 
@@ -81,6 +88,8 @@ const (
 	getpeername6MapSluiceByCookie      = "sluice_by_cookie"
 	getpeername6MapSluiceByPeer        = "sluice_by_peer"
 	getpeername6MapSluiceConfig        = "sluice_config"
+	getpeername6MapSluiceJobcg         = "sluice_jobcg"
+	getpeername6MapSluiceMarks         = "sluice_marks"
 	getpeername6MapSluiceNetcfg        = "sluice_netcfg"
 	getpeername6MapSluiceSkOrig        = "sluice_sk_orig"
 	getpeername6MapSluiceStats         = "sluice_stats"
@@ -140,6 +149,8 @@ type getpeername6MapSpecs struct {
 	SluiceByCookie *ebpf.MapSpec `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.MapSpec `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.MapSpec `ebpf:"sluice_config"`
+	SluiceJobcg    *ebpf.MapSpec `ebpf:"sluice_jobcg"`
+	SluiceMarks    *ebpf.MapSpec `ebpf:"sluice_marks"`
 	SluiceNetcfg   *ebpf.MapSpec `ebpf:"sluice_netcfg"`
 	SluiceSkOrig   *ebpf.MapSpec `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.MapSpec `ebpf:"sluice_stats"`
@@ -175,6 +186,8 @@ type getpeername6Maps struct {
 	SluiceByCookie *ebpf.Map `ebpf:"sluice_by_cookie"`
 	SluiceByPeer   *ebpf.Map `ebpf:"sluice_by_peer"`
 	SluiceConfig   *ebpf.Map `ebpf:"sluice_config"`
+	SluiceJobcg    *ebpf.Map `ebpf:"sluice_jobcg"`
+	SluiceMarks    *ebpf.Map `ebpf:"sluice_marks"`
 	SluiceNetcfg   *ebpf.Map `ebpf:"sluice_netcfg"`
 	SluiceSkOrig   *ebpf.Map `ebpf:"sluice_sk_orig"`
 	SluiceStats    *ebpf.Map `ebpf:"sluice_stats"`
@@ -186,6 +199,8 @@ func (m *getpeername6Maps) Close() error {
 		m.SluiceByCookie,
 		m.SluiceByPeer,
 		m.SluiceConfig,
+		m.SluiceJobcg,
+		m.SluiceMarks,
 		m.SluiceNetcfg,
 		m.SluiceSkOrig,
 		m.SluiceStats,

@@ -102,9 +102,35 @@ enum stat {
 struct netcfg {
 	__u64 host_netns; /* netns cookie of the daemon's namespace; 0: not known */
 	__u32 addr4;      /* network order; 0: none */
-	__u32 pad;
+	__u32 flags;      /* NETCFG_* */
 	__u8 addr6[16];   /* all zero: none */
 };
+
+/* NETCFG_SCOPED: the connect programs are attached to a scope cgroup that
+ * holds the job cgroups and the places a job may move to; they act only for
+ * job tasks (marked, or in a job cgroup) and leave every other task's
+ * connects alone. */
+#define NETCFG_SCOPED 1
+
+/* Kernel types the job programs read, relocated against the running
+ * kernel's BTF at load (CO-RE); only the fields used are declared. */
+#define __pai __attribute__((preserve_access_index))
+struct task_struct {
+	int pid;
+	int tgid;
+} __pai;
+
+/* A job task's mark, in its task storage: set when a task of a job cgroup
+ * forks, execs or connects (and by the daemon for the tasks already there),
+ * inherited by every child, and kept wherever the task moves. */
+struct job_mark {
+	__u64 job_cgroup; /* the job cgroup the mark came from */
+	__u32 flags;
+	__u32 pad;
+};
+
+/* The deepest cgroup level at which a job cgroup is looked for. */
+#define MAX_CGROUP_LEVEL 16
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -156,6 +182,23 @@ struct {
 } sluice_netcfg SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct job_mark);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_marks SEC(".maps");
+
+/* The job cgroups (runner and container cgroups) by cgroup id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_jobcg SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
@@ -190,6 +233,36 @@ static __always_inline int foreign_netns(void *ctx, struct netcfg *nc)
 	if (!nc || nc->host_netns == 0)
 		return 0;
 	return bpf_get_netns_cookie(ctx) != nc->host_netns;
+}
+
+/* current_job_cgroup returns the job cgroup the current task is in (at any
+ * depth below it), or 0. */
+static __always_inline __u64 current_job_cgroup(void)
+{
+	for (int level = 1; level < MAX_CGROUP_LEVEL; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+		if (id == 0)
+			return 0;
+		if (bpf_map_lookup_elem(&sluice_jobcg, &id))
+			return id;
+	}
+	return 0;
+}
+
+/* job_task reports whether the current task belongs to a job: it carries a
+ * mark, or it is in a job cgroup, and then gets one. */
+static __always_inline int job_task(void)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	if (bpf_task_storage_get(&sluice_marks, t, 0, 0))
+		return 1;
+	__u64 cg = current_job_cgroup();
+	if (!cg)
+		return 0;
+	struct job_mark *m = bpf_task_storage_get(&sluice_marks, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (m)
+		m->job_cgroup = cg;
+	return 1;
 }
 
 /* lookup_target finds the target for a destination: exact port first, then

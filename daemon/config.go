@@ -30,6 +30,7 @@ type fileConfig struct {
 	Name           string           `hcl:"name,optional"`
 	Cgroup         string           `hcl:"cgroup,optional"`
 	Cgroups        []string         `hcl:"cgroups,optional"`
+	Scope          string           `hcl:"scope,optional"`
 	Discover       *discoverConfig  `hcl:"discover,block"`
 	ProxyPort      int              `hcl:"proxy_port,optional"`
 	DataDir        string           `hcl:"data_dir,optional"`
@@ -134,6 +135,9 @@ type Config struct {
 	// Cgroups are the cgroups to hook (cgroup and cgroups of the file),
 	// relative to the cgroup2 mount.
 	Cgroups []string
+	// Scope, when set, is the cgroup the connect programs attach to, above
+	// the job cgroups (interceptor.Config.Scope).
+	Scope string
 	// Discover, when set, finds runner services and hooks their cgroups.
 	Discover  *discovery
 	ProxyPort uint16
@@ -379,6 +383,20 @@ func ParseConfig(path string, src []byte) (*Config, hcl.Diagnostics, map[string]
 	if cb := fc.Containers; cb != nil {
 		diags = append(diags, c.setContainers(cb)...)
 	}
+	if fc.Scope != "" {
+		c.Scope = strings.TrimPrefix(filepath.Clean("/"+fc.Scope), "/")
+		for _, cg := range c.Cgroups {
+			if c.Scope == "" || !strings.HasPrefix(cg, c.Scope+"/") {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid scope",
+					Detail: fmt.Sprintf("the runner cgroup %q is not below scope %q: the scope must hold every job cgroup (and the places a job may move to), and must not be the root of the hierarchy on a machine sluiced shares with other work.", cg, fc.Scope)})
+			}
+		}
+		if c.Discover != nil && c.Scope != "" && !strings.HasPrefix(c.Discover.Root+"/", c.Scope+"/") {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid scope",
+				Detail: fmt.Sprintf("discover root %q is not below scope %q.", c.Discover.Root, fc.Scope)})
+		}
+	}
+
 	if fc.RulesPublicKey != "" {
 		b, err := os.ReadFile(fc.RulesPublicKey)
 		if err == nil {

@@ -54,6 +54,9 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"container address on loopback", "cgroup = \"r\"\ncontainers {\n  cgroup = \"c\"\n  address_ipv4 = \"127.0.0.9\"\n}\n", "a container has loopback of its own"},
 		{"container address of the wrong family", "cgroup = \"r\"\ncontainers {\n  cgroup = \"c\"\n  address_ipv6 = \"10.0.0.1\"\n}\n", "is not an IPv6 address"},
 		{"no container IPv4 address", "cgroup = \"r\"\ncontainers {\n  cgroup = \"c\"\n  address_ipv4 = \"none\"\n}\n", "need an IPv4 address"},
+		{"runner outside the scope", "cgroup = \"a/r\"\nscope = \"b\"\n", "Invalid scope"},
+		{"scope is the runner", "cgroup = \"a\"\nscope = \"a\"\n", "Invalid scope"},
+		{"containers outside the scope", "cgroup = \"a/r\"\nscope = \"a\"\ncontainers {\n  cgroup = \"c\"\n}\n", "is not below scope"},
 		{"bad outside", "cgroup = \"r\"\ncontainers {\n  cgroup = \"c\"\n  outside = \"ignore\"\n}\n", "use kill"},
 	}
 	for _, tc := range cases {

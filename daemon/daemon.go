@@ -131,7 +131,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 
 	// 3. Attach or re-adopt the hooks.
 	ic, err := interceptor.Attach(interceptor.Config{
-		Name: cfg.Name, Cgroups: cfg.Cgroups, ProxyPort: cfg.ProxyPort, Mark: cfg.Mark,
+		Name: cfg.Name, Cgroups: cfg.Cgroups, Scope: cfg.Scope, ProxyPort: cfg.ProxyPort, Mark: cfg.Mark,
 		ContainerAddr4: cc.Addr4, ContainerAddr6: cc.Addr6,
 		Logger: log.Named("interceptor"),
 	}, rs.Targets())
@@ -331,6 +331,15 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 	go func() {
 		defer wg.Done()
 		resolveLoop(ctx, ic, rm.store, log)
+	}()
+	// Tamper events: the kernel's, those written while no daemon ran first.
+	rep := &tamperReporter{log: log.Named("tamper"), met: met, rec: rec, broker: broker, idr: idr}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := ic.TamperEvents(ctx, func(ev interceptor.TamperEvent) { rep.report(ctx, ev) }); err != nil {
+			log.Error("cannot read the kernel's tamper events", "error", err)
+		}
 	}()
 	if docker != nil {
 		cst.runtimeErr.Store("not followed yet")

@@ -34,6 +34,7 @@ type metrics struct {
 	verdicts *prometheus.CounterVec
 	idents   *prometheus.CounterVec
 	unhooked *prometheus.CounterVec // containers found outside the hooked cgroups
+	tampered *prometheus.CounterVec // tamper events by kind
 	latency  prometheus.Histogram
 	observer *enforcer.Observer
 
@@ -71,6 +72,10 @@ func newMetrics(broker *approve.Broker) *metrics {
 			Name: "sluice_containers_unhooked_total",
 			Help: "Containers found running outside the hooked cgroups (started with a cgroup parent of their own), by what was done: killed, alerted (outside = \"alert\"), or kill_failed.",
 		}, []string{"action"}),
+		tampered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_tamper_events_total",
+			Help: "What job processes did against Sluice, by kind: cgroup_move (left the job cgroup), signal_sluiced, ptrace_sluiced, bpf (called bpf()), module_load, pin_removal (removed a path under /sys/fs/bpf), config_change. Each is also logged at error level and recorded.",
+		}, []string{"kind"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sluice_statement_latency_seconds",
 			Help:    "Per allowed statement: seconds from the proxy forwarding it to the server (after its verdict, and after approval when it was held) until its result had ended at the proxy; server execution, relaying and masking the result, and any hold of the result. Denied statements are not observed.",
@@ -88,7 +93,10 @@ func newMetrics(broker *approve.Broker) *metrics {
 	for _, a := range []string{"killed", "alerted", "kill_failed"} {
 		m.unhooked.WithLabelValues(a) // exported as 0 from the start
 	}
-	m.reg.MustRegister(m.flows, m.refused, m.verdicts, m.idents, m.unhooked, m.latency, m,
+	for _, k := range append(interceptor.TamperKinds(), "config_change") {
+		m.tampered.WithLabelValues(k)
+	}
+	m.reg.MustRegister(m.flows, m.refused, m.verdicts, m.idents, m.unhooked, m.tampered, m.latency, m,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -165,6 +173,14 @@ func (m *metrics) flowEnd(e interceptor.FlowEnd) {
 	if e.Outcome == interceptor.OutcomeDenied {
 		m.verdicts.WithLabelValues(e.Rule, ruleset.Deny.String()).Inc()
 	}
+}
+
+// tamper counts a tamper event. It is safe on a nil *metrics.
+func (m *metrics) tamper(kind string) {
+	if m == nil {
+		return
+	}
+	m.tampered.WithLabelValues(kind).Inc()
 }
 
 // containerUnhooked counts a container found outside the hooked cgroups.

@@ -19,6 +19,8 @@ const (
 	SourceConfig = "config"
 	// SourceDiscovered: runner discovery found the cgroup.
 	SourceDiscovered = "discovered"
+	// SourceScope: the configuration's scope, above the job cgroups.
+	SourceScope = "scope"
 	// SourcePinned: an earlier daemon hooked it, and its pinned links
 	// were re-adopted; neither the configuration nor discovery names it
 	// now. Only `sluice uninstall` removes such a hook.
@@ -32,6 +34,9 @@ var (
 	// ErrCovered is returned by AddCgroup for a cgroup below a hooked one:
 	// its connects are already intercepted.
 	ErrCovered = errors.New("cgroup is already covered by a hooked parent")
+	// ErrOutsideScope is returned by AddCgroup for a job cgroup outside
+	// the configured scope, where no program would see its tasks.
+	ErrOutsideScope = errors.New("cgroup is outside the scope cgroup")
 	// ErrContainsHooked is returned by AddCgroup for a cgroup above a
 	// hooked one: the programs would run twice on the inner cgroup's
 	// connects, and the second run refuses the first one's redirect.
@@ -126,6 +131,21 @@ func (ic *Interceptor) AddCgroup(rel, source string) (bool, error) {
 		return false, fmt.Errorf("hook %s: %w", rel, err)
 	}
 	clean := cleanRel(rel)
+
+	if source != SourceScope {
+		scope := cleanRel(ic.cfg.Scope)
+		if ic.cfg.Scope != "" && (!within(clean, scope) || clean == scope) {
+			return false, fmt.Errorf("hook %s: %w (%s)", rel, ErrOutsideScope, scope)
+		}
+		// Every configured or discovered cgroup is a job cgroup.
+		if err := ic.addJobCgroup(clean, id); err != nil {
+			return false, err
+		}
+		if ic.cfg.Scope != "" {
+			// The scope's programs cover it.
+			return false, nil
+		}
+	}
 
 	ic.hookMu.Lock()
 	defer ic.hookMu.Unlock()
@@ -329,6 +349,7 @@ func (ic *Interceptor) adoptCgroupLocked(id uint64) error {
 // detached the links with it) and returns them. Live hooks are never
 // touched; only Uninstall removes those.
 func (ic *Interceptor) Prune() []HookedCgroup {
+	ic.pruneJobCgroups()
 	ic.hookMu.Lock()
 	defer ic.hookMu.Unlock()
 	var gone []HookedCgroup

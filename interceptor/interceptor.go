@@ -19,6 +19,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/sluicehq/sluice/bpf"
@@ -51,6 +52,12 @@ type Config struct {
 	ProxyPort uint16
 	// Mark is set with SO_MARK on upstream sockets. Default DefaultMark.
 	Mark uint32
+	// Scope, when set, is a cgroup above the job cgroups (Cgroups) where
+	// the connect programs are attached instead of on each job cgroup:
+	// they act for job tasks only (marked, or in a job cgroup), so a job
+	// task that moves anywhere below Scope stays intercepted, and other
+	// tasks below it are left alone. The job cgroups must be below it.
+	Scope string
 	// ContainerAddr4 and ContainerAddr6, when set, are where connects made
 	// in other network namespaces (containers) are sent: addresses on this
 	// host's loopback device that the proxy also listens on (AddLocalAddr
@@ -90,6 +97,11 @@ type Interceptor struct {
 
 	mu      sync.Mutex
 	targets *targetTable
+
+	tracing []link.Link // the job programs' links
+
+	jobMu sync.Mutex
+	jobs  map[uint64]string // job cgroups: id -> path
 }
 
 // Attach probes the kernel, loads the programs, writes targets and
@@ -151,6 +163,21 @@ func Attach(cfg Config, targets []*Target) (*Interceptor, error) {
 		ic.Close()
 		return nil, err
 	}
+	if err := ic.writeJobConfig(); err != nil {
+		ic.Close()
+		return nil, err
+	}
+	// The job programs mark before any connect program acts on marks.
+	if err := ic.attachTracing(); err != nil {
+		ic.Close()
+		return nil, err
+	}
+	if cfg.Scope != "" {
+		if _, err := ic.AddCgroup(cfg.Scope, SourceScope); err != nil {
+			ic.Close()
+			return nil, fmt.Errorf("attach: scope: %w", err)
+		}
+	}
 	for _, rel := range cfg.Cgroups {
 		if _, err := ic.AddCgroup(rel, SourceConfig); err != nil {
 			if errors.Is(err, ErrCgroupMissing) {
@@ -208,6 +235,9 @@ func (ic *Interceptor) Close() error {
 		h.links = nil
 	}
 	ic.hookMu.Unlock()
+	for _, l := range ic.tracing {
+		errs = append(errs, l.Close())
+	}
 	errs = append(errs, ic.objs.Close())
 	return errors.Join(errs...)
 }

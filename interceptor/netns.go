@@ -126,6 +126,9 @@ func (ic *Interceptor) writeNetCfg(a4, a6 netip.Addr) error {
 		return fmt.Errorf("read the daemon's network namespace cookie: %w", err)
 	}
 	nc := bpf.NetCfg{HostNetns: cookie}
+	if ic.cfg.Scope != "" {
+		nc.Flags |= bpf.NetCfgScoped
+	}
 	if a := a4; a.IsValid() {
 		if !a.Is4() {
 			return fmt.Errorf("container address %s is not IPv4", a)

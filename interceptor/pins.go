@@ -169,6 +169,22 @@ func Uninstall(name string) ([]string, error) {
 		os.Remove(filepath.Join(dir, "cgroups", e.Name()))
 	}
 	os.Remove(filepath.Join(dir, "cgroups"))
+	// The job programs' links: unpinned, they end with the last holder
+	// (a running daemon's at its exit).
+	tr, _ := os.ReadDir(tracingPinDir(name))
+	for _, e := range tr {
+		p := filepath.Join(tracingPinDir(name), e.Name())
+		if l, err := link.LoadPinnedLink(p, nil); err == nil {
+			l.Detach()
+			l.Close()
+		}
+		if err := os.Remove(p); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", p, err))
+		} else {
+			removed = append(removed, p)
+		}
+	}
+	os.Remove(tracingPinDir(name))
 	for _, e := range ents {
 		p := filepath.Join(dir, e.Name())
 		if e.IsDir() || isLinkPin(e.Name()) {

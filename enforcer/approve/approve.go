@@ -123,12 +123,40 @@ type Outcome struct {
 const (
 	EventRequest  = "request"  // a request is waiting
 	EventDecision = "decision" // a request ended (approved, denied, expired or cancelled)
+	EventAlert    = "alert"    // a security alert (Event.Alert), not about a request
 )
 
 // Event is what a Notifier is told.
 type Event struct {
-	Kind    string  // EventRequest or EventDecision
-	Request Request // a copy
+	Kind    string  // EventRequest, EventDecision or EventAlert
+	Request Request // a copy; zero for EventAlert
+	Alert   *Alert  // EventAlert only
+}
+
+// Alert is a security event the approvers are told of, such as a job
+// tampering with Sluice.
+type Alert struct {
+	Kind    string // what happened, one word (cgroup_move, signal_sluiced, ...)
+	Summary string // one sentence
+	Time    time.Time
+	// Fields are the details: the process, its job identity, the target.
+	Fields map[string]string
+}
+
+// Alert delivers a to the notifier, on the broker's goroutine. It does
+// nothing without a notifier or after Close.
+func (b *Broker) Alert(a Alert) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.notify == nil || b.closed {
+		return
+	}
+	ev := Event{Kind: EventAlert, Alert: &a}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.notify(b.ctx, ev)
+	}()
 }
 
 // Notifier delivers an event to people. The broker calls it on its own

@@ -2,6 +2,7 @@ package approve
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 )
@@ -26,6 +27,21 @@ type (
 		Text string `json:"text"`
 	}
 )
+
+// slackAlert is an alert as a Slack message: the summary, then the fields.
+func slackAlert(a *Alert) slackMsg {
+	keys := make([]string, 0, len(a.Fields))
+	for k := range a.Fields {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString(":rotating_light: Sluice alert (" + a.Kind + "): " + a.Summary)
+	for _, k := range keys {
+		b.WriteString("\n" + k + ": " + a.Fields[k])
+	}
+	return slackMsg{Text: b.String()}
+}
 
 // slackMessage summarises an event for people: what is held, where, for
 // whom, and the commands to decide; or how it ended.

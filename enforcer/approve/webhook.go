@@ -88,9 +88,14 @@ func webhook(target, format string, client *http.Client, log hclog.Logger, p ret
 		}
 		var body []byte
 		var merr error
-		if format == FormatSlack {
+		switch {
+		case ev.Kind == EventAlert && format == FormatSlack:
+			body, merr = json.Marshal(slackAlert(ev.Alert))
+		case ev.Kind == EventAlert:
+			body, merr = json.Marshal(jsonAlertEvent{Kind: EventAlert, Alert: jsonAlert{Kind: ev.Alert.Kind, Summary: ev.Alert.Summary, Time: ev.Alert.Time.UTC(), Fields: ev.Alert.Fields}})
+		case format == FormatSlack:
 			body, merr = json.Marshal(slackMessage(ev))
-		} else {
+		default:
 			body, merr = json.Marshal(jsonMessage(ev))
 		}
 		if merr != nil {
@@ -156,6 +161,17 @@ func post(ctx context.Context, client *http.Client, target string, body []byte, 
 // The JSON format's wire types. Their field names are the stable schema
 // documented in the package doc: only ever add to them.
 type (
+	// jsonAlertEvent is an alert's body: {"kind": "alert", "alert": {...}}.
+	jsonAlertEvent struct {
+		Kind  string    `json:"kind"`
+		Alert jsonAlert `json:"alert"`
+	}
+	jsonAlert struct {
+		Kind    string            `json:"kind"`
+		Summary string            `json:"summary"`
+		Time    time.Time         `json:"time"`
+		Fields  map[string]string `json:"fields"`
+	}
 	jsonEvent struct {
 		Kind           string      `json:"kind"`
 		Request        jsonRequest `json:"request"`

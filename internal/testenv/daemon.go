@@ -229,6 +229,21 @@ func (d *Daemon) Start(t testing.TB) {
 	t.Fatalf("sluiced did not come up in 20s:\n%s", log)
 }
 
+// WaitExit waits (at most 10 s, failing the test) for a daemon something
+// else killed to exit, so that Start can start it again.
+func (d *Daemon) WaitExit(t testing.TB) {
+	t.Helper()
+	if d.cmd == nil {
+		return
+	}
+	select {
+	case <-d.done:
+		d.cmd = nil
+	case <-time.After(10 * time.Second):
+		t.Fatalf("sluiced (pid %d) did not exit within 10s", d.cmd.Process.Pid)
+	}
+}
+
 // UseSluiced makes the next Start run the daemon binary at path, as a
 // package upgrade replaces it.
 func (d *Daemon) UseSluiced(path string) { d.sluiced = path }
@@ -333,6 +348,23 @@ func (d *Daemon) Logs(t testing.TB) []LogLine {
 		}
 	}
 	return lines
+}
+
+// WaitLogMatch is WaitLog for a line match accepts, whatever its message.
+func (d *Daemon) WaitLogMatch(t testing.TB, match func(LogLine) bool) LogLine {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, l := range d.Logs(t) {
+			if match(l) {
+				return l
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line matched within 5s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // WaitLog waits up to 5s for a log line with message msg for which match

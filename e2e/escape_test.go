@@ -1,0 +1,197 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/enforcer/store"
+	"github.com/sluicehq/sluice/internal/testenv"
+)
+
+// tamperer builds the tamper helper once.
+func tamperer(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(testenv.Binaries(t), "tamperer")
+	if _, err := os.Stat(bin); err == nil {
+		return bin
+	}
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/sluicehq/sluice/e2e/tamperer").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build tamperer: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// rootJob is a runner host whose jobs run as root: a scope cgroup the test
+// made, holding the runner's cgroup and the places a job may flee to, and
+// sluiced with the scope set (its connect programs on the scope, acting
+// for job tasks only).
+type rootJob struct {
+	scope, runner, flee *testenv.Cgroup
+	pg                  *testenv.Postgres
+	d                   *testenv.Daemon
+}
+
+func startRootJob(t *testing.T, body string) *rootJob {
+	t.Helper()
+	j := &rootJob{scope: testenv.NewCgroup(t)}
+	j.runner = j.scope.Child(t, "runner")
+	j.flee = j.scope.Child(t, "flee")
+	j.pg = testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	admin(t, j.pg, "create table t(i int); create table other(i int);")
+	j.d = testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: j.runner, Rules: pgRules(j.pg.Addr()),
+		Body: fmt.Sprintf("scope = %q\nmetrics_addr = %q\n", j.scope.Rel, "127.0.0.1:"+strconv.Itoa(testenv.FreePort(t, "127.0.0.1"))) + body})
+	return j
+}
+
+// job runs script with sh as a root job process: started in the runner's
+// cgroup. PSQL in the script is psql against the protected server.
+func (j *rootJob) job(t *testing.T, script string) (string, error) {
+	t.Helper()
+	psql := strings.Join(j.pg.PsqlArgs("", 0, ""), " ")
+	psql = strings.TrimSuffix(psql, " -Atc ")
+	script = strings.ReplaceAll(script, "PSQL", psql+" -v VERBOSITY=verbose -Atc")
+	out, err := j.runner.Run(t, "sh", "-c", script)
+	return strings.TrimSpace(out), err
+}
+
+// denied reports whether out is the DROP refused by Sluice.
+func denied(out string) bool {
+	return strings.Contains(out, "42501") && strings.Contains(out, "no-drop")
+}
+
+// TestEscapeMatrix: a root job that leaves its cgroup every way it can
+// stays intercepted (its DROP is refused by the rule, the table stays) or
+// is refused, never direct; a process that never was a job's, in the same
+// places, is left alone.
+func TestEscapeMatrix(t *testing.T) {
+	j := startRootJob(t, "")
+	procs := func(cg *testenv.Cgroup) string { return filepath.Join(cg.Path, "cgroup.procs") }
+	for _, tc := range []struct {
+		name, script string
+		refused      bool // refused (unreachable) rather than intercepted
+	}{
+		{"stay", `PSQL 'drop table t'`, false},
+		{"move-to-sibling", `echo $$ > ` + procs(j.flee) + ` && PSQL 'drop table t'`, false},
+		{"move-to-scope", `echo $$ > ` + procs(j.scope) + ` && PSQL 'drop table t'`, false},
+		// The grandchild outlives both its parents; the job waits (10 s at
+		// most) for the line it writes last.
+		{"move-then-double-fork", `f=$(mktemp) && echo $$ > ` + procs(j.flee) + ` && setsid sh -c "(PSQL 'drop table t' > $f 2>&1; echo finished >> $f) &" && ` +
+			`for i in $(seq 100); do grep -q finished $f && break; sleep 0.1; done; cat $f; rm -f $f`, false},
+		{"new-child-cgroup-of-sibling", `mkdir -p ` + filepath.Join(j.flee.Path, "deeper") + ` && echo $$ > ` + filepath.Join(j.flee.Path, "deeper", "cgroup.procs") + ` && PSQL 'drop table t'`, false},
+		{"unshare-cgroup-namespace", `unshare -C sh -c "PSQL 'drop table t'"`, false},
+		{"unshare-net-namespace", `unshare -n sh -c "PSQL 'drop table t'"`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := j.job(t, tc.script)
+			switch {
+			case tc.refused:
+				if err == nil || denied(out) || !(strings.Contains(out, "Connection refused") || strings.Contains(out, "Network is unreachable") || strings.Contains(out, "Operation not permitted")) {
+					t.Errorf("job %s: err %v, output %q; want the connection refused", tc.name, err, out)
+				}
+			case !denied(out):
+				t.Errorf("job %s: err %v, output %q; want the DROP refused by no-drop (42501)", tc.name, err, out)
+			}
+			if n := admin(t, j.pg, "select count(*) from pg_tables where tablename = 't'"); n != "1" {
+				t.Fatalf("after job %s, table t is gone: the DROP went direct", tc.name)
+			}
+		})
+	}
+	// Cleanup of the deeper cgroup the job made (the job is gone).
+	os.Remove(filepath.Join(j.flee.Path, "deeper"))
+
+	// A process that never was a job's, in the sibling cgroup, under the
+	// same scope: untouched, its DROP goes to the server.
+	args := j.pg.PsqlArgs("", 0, "drop table other")
+	out, err := j.flee.Run(t, args[0], args[1:]...)
+	if err != nil {
+		t.Fatalf("psql outside any job: %v\n%s", err, out)
+	}
+	if n := admin(t, j.pg, "select count(*) from pg_tables where tablename = 'other'"); n != "0" {
+		t.Errorf("a process that never was a job's was intercepted: table other still there")
+	}
+
+	// Each move out of the job cgroup is a tamper alert with the mover's
+	// pid: log line, metric and recording.
+	l := j.d.WaitLog(t, "tamper: a job process was moved out of its job cgroup", func(l testenv.LogLine) bool {
+		return strings.HasSuffix(l.String("to_cgroup"), j.flee.Rel)
+	})
+	if l.String("pid") == "" || l.String("comm") != "sh" || l.String("job_cgroup") != j.runner.Rel || l.String("session") == "" {
+		t.Errorf("tamper alert %v: want the mover's pid and comm, its job cgroup %s and a recording", l, j.runner.Rel)
+	}
+	var moves int
+	for _, s := range listSessions(t, j.d) {
+		if s.Protocol == "tamper" && s.Target == "cgroup_move" {
+			moves++
+		}
+	}
+	if moves != 4 {
+		t.Errorf("%d cgroup_move recordings, want 4 (sibling, scope, double fork's mover, deeper)", moves)
+	}
+}
+
+// TestTamperMatrix: each thing a root job does against Sluice produces
+// exactly one alert of its kind, with the job's pid, in the log, the
+// metric and a recording; killing sluiced is reported by the next one.
+func TestTamperMatrix(t *testing.T) {
+	j := startRootJob(t, "")
+	bin := tamperer(t)
+	pid := strconv.Itoa(j.d.PID())
+	pinDir := "/sys/fs/bpf/sluice/" + j.d.Name
+	cases := []struct{ kind, args string }{
+		{"signal_sluiced", "signal " + pid + " 18"}, // SIGCONT: reported, harmless
+		{"ptrace_sluiced", "ptrace " + pid},
+		{"bpf", "bpf"},
+		{"module_load", "module"},
+		{"pin_removal", "unlink " + pinDir + "/sluice_stats"},
+	}
+	for _, tc := range cases {
+		out, err := j.job(t, bin+" "+tc.args+"; echo job=$$")
+		if err != nil {
+			t.Fatalf("tamperer %s: %v\n%s", tc.args, err, out)
+		}
+		l := j.d.WaitLogMatch(t, func(l testenv.LogLine) bool {
+			return strings.HasPrefix(l.Message(), "tamper: ") && l.String("kind") == tc.kind
+		})
+		if l.String("comm") != "tamperer" || l.String("identity") == "" || l.String("session") == "" {
+			t.Errorf("%s alert %v: want the tamperer's pid, its identity level and a recording", tc.kind, l)
+		}
+	}
+	counts := map[string]int{}
+	for _, l := range j.d.Logs(t) {
+		if strings.HasPrefix(l.Message(), "tamper: ") {
+			counts[l.String("kind")]++
+		}
+	}
+	for _, tc := range cases {
+		if counts[tc.kind] != 1 {
+			t.Errorf("%d %s alerts, want exactly 1 (all: %v)", counts[tc.kind], tc.kind, counts)
+		}
+	}
+
+	// kill -9 of sluiced by the job: the kernel writes the alert while no
+	// daemon runs; the next daemon reports it.
+	out, err := j.job(t, "kill -9 "+pid+"; echo killed")
+	if err != nil || !strings.Contains(out, "killed") {
+		t.Fatalf("kill -9 sluiced: %v %q", err, out)
+	}
+	j.d.WaitExit(t)
+	j.d.Start(t)
+	l := j.d.WaitLog(t, "tamper: a job process sent a signal to sluiced", func(l testenv.LogLine) bool { return l.String("signal") == "9" })
+	if l.String("target_pid") != pid || l.String("comm") != "kill" && l.String("comm") != "sh" {
+		t.Errorf("kill alert %v: want the old sluiced %s as the target, from the job's kill", l, pid)
+	}
+	var found bool
+	for _, s := range listSessions(t, j.d) {
+		found = found || (s.Protocol == "tamper" && s.Target == "signal_sluiced" && s.Status == store.StatusSealed && s.Start.Before(time.Now()))
+	}
+	if !found {
+		t.Errorf("no recording of the signal alert")
+	}
+}
