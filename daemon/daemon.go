@@ -255,11 +255,14 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		}()
 	}
 
+	rep := &tamperReporter{log: log.Named("tamper"), met: met, rec: rec, broker: broker, idr: idr}
+
 	// 4. Control API.
 	started := time.Now()
 	apiSrv, err := startAPI(cfg, log.Named("api"), rm, rec, func() api.Status {
 		st := statusOf(cfg, ic, disc, proxy, rm.store, started)
 		st.Containers = cst.status(cfg, containerAddrs)
+		st.Tamper = rep.counts()
 		for _, r := range broker.List() {
 			if r.State == approve.StatePending {
 				st.Holds = append(st.Holds, api.Hold{ID: r.ID, Rule: r.Rule, Target: r.Target, Stage: r.Stage, Statement: r.Statement, Deadline: r.Deadline})
@@ -333,7 +336,6 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		resolveLoop(ctx, ic, rm.store, log)
 	}()
 	// Tamper events: the kernel's, those written while no daemon ran first.
-	rep := &tamperReporter{log: log.Named("tamper"), met: met, rec: rec, broker: broker, idr: idr}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -501,6 +503,10 @@ func statusOf(cfg *Config, ic *interceptor.Interceptor, disc *discoverer, p *int
 	}
 	for _, h := range ic.Cgroups() {
 		st.Cgroups = append(st.Cgroups, api.Cgroup{Path: h.Path, ID: h.ID, Source: h.Source})
+	}
+	st.Scope = cfg.Scope
+	for _, j := range ic.JobCgroups() {
+		st.JobCgroups = append(st.JobCgroups, api.Cgroup{Path: j.Path, ID: j.ID, Source: "job"})
 	}
 	if len(st.Cgroups) > 0 {
 		st.Cgroup = st.Cgroups[0].Path

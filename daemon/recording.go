@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -35,6 +36,55 @@ type recorder struct {
 	broker *approve.Broker
 	// secrets reads the credentials the ruleset injects.
 	secrets *credential.Store
+
+	// byJob are the recorded sessions open now, by job (identity's job
+	// key), so that a tamper alert is also written into its job's
+	// recordings.
+	jobMu sync.Mutex
+	byJob map[string]map[*enforcer.Session]struct{}
+}
+
+// trackJob adds (or, with add false, removes) an open session of job.
+func (r *recorder) trackJob(job string, s *enforcer.Session, add bool) {
+	if job == "" {
+		return
+	}
+	r.jobMu.Lock()
+	defer r.jobMu.Unlock()
+	if add {
+		if r.byJob == nil {
+			r.byJob = map[string]map[*enforcer.Session]struct{}{}
+		}
+		if r.byJob[job] == nil {
+			r.byJob[job] = map[*enforcer.Session]struct{}{}
+		}
+		r.byJob[job][s] = struct{}{}
+		return
+	}
+	delete(r.byJob[job], s)
+	if len(r.byJob[job]) == 0 {
+		delete(r.byJob, job)
+	}
+}
+
+// noteJob writes ev into every open recording of job; it returns how many.
+func (r *recorder) noteJob(job string, ev record.Event) int {
+	if job == "" {
+		return 0
+	}
+	r.jobMu.Lock()
+	sessions := make([]*enforcer.Session, 0, len(r.byJob[job]))
+	for s := range r.byJob[job] {
+		sessions = append(sessions, s)
+	}
+	r.jobMu.Unlock()
+	n := 0
+	for _, s := range sessions {
+		if s.Record(record.Metadata, ev) == nil {
+			n++
+		}
+	}
+	return n
 }
 
 func newRecorder(cfg *Config, log hclog.Logger) (*recorder, error) {
@@ -130,7 +180,9 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		w.Close()
 		return nil, nil, fmt.Errorf("index session: %w", err)
 	}
+	r.trackJob(f.Identity.Job, sess, true)
 	end := func(res interceptor.Result) {
+		r.trackJob(f.Identity.Job, sess, false)
 		reason := ""
 		if res.Err != nil {
 			reason = res.Err.Error()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -31,6 +32,9 @@ var tamperSummary = map[string]string{
 // the approvals webhook. It never blocks the kernel's reader for long: the
 // identity lookup is bounded.
 type tamperReporter struct {
+	mu    sync.Mutex
+	count map[string]uint64
+
 	log    hclog.Logger
 	met    *metrics
 	rec    *recorder
@@ -38,7 +42,27 @@ type tamperReporter struct {
 	idr    *identity.Resolver
 }
 
+// counts returns the alerts reported since the daemon started, by kind.
+func (t *tamperReporter) counts() map[string]uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.count) == 0 {
+		return nil
+	}
+	out := make(map[string]uint64, len(t.count))
+	for k, v := range t.count {
+		out[k] = v
+	}
+	return out
+}
+
 func (t *tamperReporter) report(ctx context.Context, ev interceptor.TamperEvent) {
+	t.mu.Lock()
+	if t.count == nil {
+		t.count = map[string]uint64{}
+	}
+	t.count[ev.Kind]++
+	t.mu.Unlock()
 	ictx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	id := t.idr.Resolve(ictx, ev.PID)
 	cancel()
@@ -88,6 +112,10 @@ func (t *tamperReporter) report(ctx context.Context, ev interceptor.TamperEvent)
 		kv = append(kv, "recording_error", err)
 	} else {
 		kv = append(kv, "session", session)
+	}
+	if n := t.rec.noteJob(fields["identity.job"], record.Event{Type: record.TypeNote, Time: ev.Time, Kind: "tamper:" + ev.Kind,
+		Verdict: "alert", Reason: summary, Fields: fields}); n > 0 {
+		kv = append(kv, "job_sessions", n)
 	}
 	t.log.Error("tamper: "+summary, kv...)
 	t.met.tamper(ev.Kind)

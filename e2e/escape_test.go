@@ -125,6 +125,13 @@ func TestEscapeMatrix(t *testing.T) {
 	if l.String("pid") == "" || l.String("comm") != "sh" || l.String("job_cgroup") != j.runner.Rel || l.String("session") == "" {
 		t.Errorf("tamper alert %v: want the mover's pid and comm, its job cgroup %s and a recording", l, j.runner.Rel)
 	}
+	st, err := j.d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Scope != j.scope.Rel || len(st.JobCgroups) != 1 || st.JobCgroups[0].Path != j.runner.Rel || st.Tamper["cgroup_move"] != 4 {
+		t.Errorf("status scope %q, job cgroups %v, tamper %v; want the scope, the runner's cgroup, 4 cgroup moves", st.Scope, st.JobCgroups, st.Tamper)
+	}
 	var moves int
 	for _, s := range listSessions(t, j.d) {
 		if s.Protocol == "tamper" && s.Target == "cgroup_move" {
@@ -175,6 +182,43 @@ func TestTamperMatrix(t *testing.T) {
 		}
 	}
 
+	// A job with a session open: the alert is also written into that
+	// session's recording. The job is a Runner.Worker (GitHub's job
+	// process), so both its psql and its tamperer belong to one job.
+	flag := filepath.Join(t.TempDir(), "go")
+	psql := strings.Join(j.pg.PsqlArgs("", 0, "select pg_sleep(3)"), " ")
+	psql = strings.Replace(psql, "-Atc select pg_sleep(3)", "-Atc 'select pg_sleep(3)'", 1)
+	job, done := j.runner.Command(t.Context(), runnerWorker(t), "-c",
+		psql+" & while [ ! -e "+flag+" ]; do sleep 0.05; done; "+bin+" bpf; wait")
+	defer done()
+	if err := job.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the job's session to open", func() bool {
+		st, err := j.d.Status()
+		return err == nil && st.Flows.Active == 1
+	})
+	os.WriteFile(flag, nil, 0o644)
+	if err := job.Wait(); err != nil {
+		t.Fatalf("job with a session: %v", err)
+	}
+	l := j.d.WaitLogMatch(t, func(l testenv.LogLine) bool {
+		return strings.HasPrefix(l.Message(), "tamper: ") && l.String("kind") == "bpf" && strings.HasPrefix(l.String("job"), "github:")
+	})
+	if l.String("job_sessions") != "1" {
+		t.Errorf("alert %v: want it written into the job's one open session", l)
+	}
+	var noted bool
+	for _, s := range listSessions(t, j.d) {
+		if s.Protocol == "postgres" {
+			show, _ := j.d.Sluice(t, "sessions", "show", "--socket", j.d.Socket, s.ID)
+			noted = noted || strings.Contains(show, "-- note: a job process called bpf()")
+		}
+	}
+	if !noted {
+		t.Errorf("no PostgreSQL session's recording holds the tamper note")
+	}
+
 	// kill -9 of sluiced by the job: the kernel writes the alert while no
 	// daemon runs; the next daemon reports it.
 	out, err := j.job(t, "kill -9 "+pid+"; echo killed")
@@ -183,7 +227,7 @@ func TestTamperMatrix(t *testing.T) {
 	}
 	j.d.WaitExit(t)
 	j.d.Start(t)
-	l := j.d.WaitLog(t, "tamper: a job process sent a signal to sluiced", func(l testenv.LogLine) bool { return l.String("signal") == "9" })
+	l = j.d.WaitLog(t, "tamper: a job process sent a signal to sluiced", func(l testenv.LogLine) bool { return l.String("signal") == "9" })
 	if l.String("target_pid") != pid || l.String("comm") != "kill" && l.String("comm") != "sh" {
 		t.Errorf("kill alert %v: want the old sluiced %s as the target, from the job's kill", l, pid)
 	}

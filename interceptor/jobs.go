@@ -323,3 +323,32 @@ func bootTime(ns uint64) time.Time {
 	}
 	return time.Now().Add(-time.Duration(uint64(ts.Nano()) - ns))
 }
+
+// JobTask reports whether pid is a job task (its thread group leader
+// carries a mark), and the job cgroup of its mark. A process that is gone
+// is not.
+func (ic *Interceptor) JobTask(pid uint32) (bool, uint64) {
+	fd, err := unix.PidfdOpen(int(pid), 0)
+	if err != nil {
+		return false, 0
+	}
+	defer unix.Close(fd)
+	var m bpf.JobMark
+	if err := ic.objs.Marks.Lookup(uint32(fd), &m); err != nil {
+		return false, 0
+	}
+	return true, m.JobCgroup
+}
+
+// TamperEvent is also how the daemon reports what it finds itself (a
+// configuration file changed by a job task): NewTamperEvent fills in the
+// job cgroup of pid's mark.
+func (ic *Interceptor) NewTamperEvent(kind string, pid uint32, path string) (TamperEvent, bool) {
+	ok, cg := ic.JobTask(pid)
+	if !ok {
+		return TamperEvent{}, false
+	}
+	comm, _ := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/comm")
+	return TamperEvent{Kind: kind, Time: time.Now(), PID: pid, TID: pid, Comm: strings.TrimSpace(string(comm)), Path: path,
+		JobCgroup: cg, JobCgroupPath: ic.JobCgroupPath(cg)}, true
+}

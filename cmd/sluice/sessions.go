@@ -201,7 +201,7 @@ func sessionsShow(stdout io.Writer, sess *store.Session, events []record.Event, 
 	return export.Transcript(stdout, events)
 }
 
-func sortedKeys(m map[string]string) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)

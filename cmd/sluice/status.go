@@ -85,6 +85,20 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 		for _, c := range d.Cgroups {
 			fmt.Fprintf(w, "cgroup:      %s (id %d, %s)\n", c.Path, c.ID, c.Source)
 		}
+		if d.Scope != "" {
+			var jobs []string
+			for _, j := range d.JobCgroups {
+				jobs = append(jobs, j.Path)
+			}
+			fmt.Fprintf(w, "scope:       %s: job tasks from %s are intercepted anywhere below it\n", d.Scope, strings.Join(jobs, ", "))
+		}
+		if len(d.Tamper) > 0 {
+			var kinds []string
+			for _, k := range sortedKeys(d.Tamper) {
+				kinds = append(kinds, fmt.Sprintf("%s %d", k, d.Tamper[k]))
+			}
+			fmt.Fprintf(w, "WARNING:     tamper alerts since the daemon started: %s (see sluiced's log, \"tamper:\")\n", strings.Join(kinds, ", "))
+		}
 		fmt.Fprintf(w, "proxy port:  %d (127.0.0.1 and ::1)\n", d.ProxyPort)
 		if c := d.Containers; c != nil {
 			fmt.Fprintf(w, "containers:  cgroup %s hooked; proxy at %s for other network namespaces; outside the cgroup: %s (%d found)\n",

@@ -47,6 +47,13 @@ type Status struct {
 	Flows     Flows             `json:"flows"`
 	Kernel    map[string]uint64 `json:"kernel_counters"`
 	Holds     []Hold            `json:"pending_holds"`
+	// Scope is the cgroup the connect programs are attached to when the
+	// config sets one; JobCgroups are the cgroups whose tasks are marked
+	// as job tasks (the runners' and containers').
+	Scope      string   `json:"scope,omitempty"`
+	JobCgroups []Cgroup `json:"job_cgroups,omitempty"`
+	// Tamper counts the tamper alerts since the daemon started, by kind.
+	Tamper map[string]uint64 `json:"tamper,omitempty"`
 	// Containers is the state of container jobs; nil without a
 	// containers block.
 	Containers *Containers `json:"containers,omitempty"`
