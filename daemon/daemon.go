@@ -343,6 +343,13 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 			log.Error("cannot read the kernel's tamper events", "error", err)
 		}
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := watchConfig(ctx, cfg, ic, func(ev interceptor.TamperEvent) { rep.report(ctx, ev) }, log.Named("configwatch")); err != nil {
+			log.Error("cannot watch the configuration files for changes by jobs", "error", err)
+		}
+	}()
 	if docker != nil {
 		cst.runtimeErr.Store("not followed yet")
 		w := &containers.Watcher{

@@ -170,6 +170,27 @@ func TestTamperMatrix(t *testing.T) {
 			t.Errorf("%s alert %v: want the tamperer's pid, its identity level and a recording", tc.kind, l)
 		}
 	}
+	// A job appends to the ruleset: config_change. The test (an operator,
+	// no job) does the same: no alert.
+	rules := filepath.Join(j.d.RulesDir, "rules.hcl")
+	if out, err := j.job(t, "echo '# edited by a job' >> "+rules); err != nil {
+		t.Fatalf("job edits the ruleset: %v %q", err, out)
+	}
+	l := j.d.WaitLogMatch(t, func(l testenv.LogLine) bool {
+		return strings.HasPrefix(l.Message(), "tamper: ") && l.String("kind") == "config_change"
+	})
+	if l.String("path") != rules || l.String("comm") != "sh" || l.String("session") == "" {
+		t.Errorf("config_change alert %v: want the rules file and the job's shell", l)
+	}
+	f, err := os.OpenFile(rules, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("# edited by the operator\n")
+	f.Close()
+	j.d.WaitLog(t, "configuration file changed", func(l testenv.LogLine) bool { return l.String("pid") == strconv.Itoa(os.Getpid()) })
+	cases = append(cases, struct{ kind, args string }{"config_change", ""})
+
 	counts := map[string]int{}
 	for _, l := range j.d.Logs(t) {
 		if strings.HasPrefix(l.Message(), "tamper: ") {
@@ -202,7 +223,7 @@ func TestTamperMatrix(t *testing.T) {
 	if err := job.Wait(); err != nil {
 		t.Fatalf("job with a session: %v", err)
 	}
-	l := j.d.WaitLogMatch(t, func(l testenv.LogLine) bool {
+	l = j.d.WaitLogMatch(t, func(l testenv.LogLine) bool {
 		return strings.HasPrefix(l.Message(), "tamper: ") && l.String("kind") == "bpf" && strings.HasPrefix(l.String("job"), "github:")
 	})
 	if l.String("job_sessions") != "1" {
