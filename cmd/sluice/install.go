@@ -37,6 +37,10 @@ type installOptions struct {
 	// containers: auto, on or off; dockerConfig is Docker's daemon.json;
 	// driver its cgroup driver (auto: detect).
 	containers, dockerConfig, driver string
+	// harden writes the hardening drop-in for each runner unit under
+	// systemdDir.
+	harden     bool
+	systemdDir string
 }
 
 func newInstallCmd() *cobra.Command {
@@ -66,6 +70,8 @@ edits to the config stay.`,
 	cmd.Flags().StringVar(&o.containers, "containers", "auto", "set up container jobs: `auto` (when Docker is installed), on or off")
 	cmd.Flags().StringVar(&o.dockerConfig, "docker-config", defaultDockerConfig, "Docker's daemon.json `FILE`, where install sets cgroup-parent")
 	cmd.Flags().StringVar(&o.driver, "cgroup-driver", "auto", "Docker's cgroup `DRIVER`: auto, systemd or cgroupfs")
+	cmd.Flags().BoolVar(&o.harden, "harden", false, "also write a systemd drop-in for each runner service so that its jobs cannot become root, move cgroups, call bpf(), load modules or reach Sluice's files")
+	cmd.Flags().StringVar(&o.systemdDir, "systemd-dir", defaultSystemdDir, "`DIR` where --harden writes <unit>.d/"+hardenDropIn)
 	return cmd
 }
 
@@ -105,6 +111,14 @@ func install(o *installOptions, stdout, stderr io.Writer) int {
 		return 1
 	}
 	exists := err == nil
+	if o.harden {
+		written, err := installHarden(o.systemdDir, found, *dryRun, stdout)
+		if err != nil {
+			fmt.Fprintln(stderr, "sluice install: --harden:", err)
+			return 1
+		}
+		reloadHardened(written, found, o.systemdDir, stdout, stderr)
+	}
 	containersCgroup, err := installContainers(o.containers, o.dockerConfig, o.driver, *dryRun, stdout, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice install:", err)

@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -115,5 +117,65 @@ func TestInstallContainers(t *testing.T) {
 	again, _ := mergeInstallConfig(first, "sluiced.hcl", []runners.Runner{gh}, "system.slice", false, "sluice-containers")
 	if string(again) != string(first) {
 		t.Errorf("second merge changed the config:\n%s", again)
+	}
+}
+
+// TestInstallHarden: --harden writes one drop-in per runner unit, which
+// names every protection, and leaves it alone on a second run.
+func TestInstallHarden(t *testing.T) {
+	dir := t.TempDir()
+	found := []runners.Runner{{Kind: runners.GitHub, Unit: "actions.runner.acme-api.r1.service"}, {Kind: runners.GitLab, Unit: "gitlab-runner.service"}}
+	var out strings.Builder
+	written, err := installHarden(dir, found, false, &out)
+	if err != nil || len(written) != 2 {
+		t.Fatalf("installHarden = %v, %v; want two drop-ins", written, err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "gitlab-runner.service.d", hardenDropIn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"NoNewPrivileges=yes", "ProtectControlGroups=yes", "ProtectKernelModules=yes", "CAP_BPF", "CAP_SYS_PTRACE", "InaccessiblePaths=-/sys/fs/bpf -/etc/sluice"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("drop-in lacks %q:\n%s", want, b)
+		}
+	}
+	out.Reset()
+	if written, err := installHarden(dir, found, false, &out); err != nil || len(written) != 0 || strings.Count(out.String(), "already in place") != 2 {
+		t.Errorf("second run wrote %v (%v):\n%s", written, err, out.String())
+	}
+}
+
+// TestHardenDropInVerifies: systemd reads every line of the drop-in (an
+// unknown or misspelled key would be ignored, silently leaving the runner
+// unhardened) and applies the capability bounding set.
+func TestHardenDropInVerifies(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Skip("no systemd-analyze (make deps installs it)")
+	}
+	dir := t.TempDir()
+	unit := filepath.Join(dir, "fake-runner.service")
+	os.WriteFile(unit, []byte("[Unit]\nDescription=runner\n[Service]\nExecStart=/bin/true\n"), 0o644)
+	if _, err := installHarden(dir, []runners.Runner{{Unit: "fake-runner.service"}}, false, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("systemd-analyze", "verify", "--man=no", unit)
+	cmd.Env = append(os.Environ(), "SYSTEMD_LOG_LEVEL=debug")
+	out, _ := cmd.CombinedOutput()
+	if !strings.Contains(string(out), "DropIn Path: "+filepath.Join(dir, "fake-runner.service.d", hardenDropIn)) {
+		t.Fatalf("systemd did not read the drop-in:\n%s", out)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, hardenDropIn+":") {
+			t.Errorf("systemd complains about the drop-in: %s", l)
+		}
+	}
+	var bounding string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "CapabilityBoundingSet:") {
+			bounding = l
+		}
+	}
+	if bounding == "" || strings.Contains(bounding, "cap_sys_admin") || strings.Contains(bounding, "cap_bpf") || strings.Contains(bounding, "cap_sys_ptrace") {
+		t.Errorf("bounding set %q still holds what the drop-in removes", bounding)
 	}
 }
