@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,17 +40,18 @@ type rootJob struct {
 	scope, runner, flee *testenv.Cgroup
 	pg                  *testenv.Postgres
 	d                   *testenv.Daemon
+	metrics             string
 }
 
 func startRootJob(t *testing.T, body string) *rootJob {
 	t.Helper()
-	j := &rootJob{scope: testenv.NewCgroup(t)}
+	j := &rootJob{scope: testenv.NewCgroup(t), metrics: "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t, "127.0.0.1"))}
 	j.runner = j.scope.Child(t, "runner")
 	j.flee = j.scope.Child(t, "flee")
 	j.pg = testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
 	admin(t, j.pg, "create table t(i int); create table other(i int);")
 	j.d = testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: j.runner, Rules: pgRules(j.pg.Addr()),
-		Body: fmt.Sprintf("scope = %q\nmetrics_addr = %q\n", j.scope.Rel, "127.0.0.1:"+strconv.Itoa(testenv.FreePort(t, "127.0.0.1"))) + body})
+		Body: fmt.Sprintf("scope = %q\nmetrics_addr = %q\n", j.scope.Rel, j.metrics) + body})
 	return j
 }
 
@@ -147,7 +152,22 @@ func TestEscapeMatrix(t *testing.T) {
 // exactly one alert of its kind, with the job's pid, in the log, the
 // metric and a recording; killing sluiced is reported by the next one.
 func TestTamperMatrix(t *testing.T) {
-	j := startRootJob(t, "")
+	// The approvals webhook and the live export hear of every alert.
+	hooks := make(chan map[string]any, 64)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var m map[string]any
+		b, _ := io.ReadAll(r.Body)
+		json.Unmarshal(b, &m)
+		hooks <- m
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	liveFile := filepath.Join(t.TempDir(), "events.jsonl")
+	j := startRootJob(t, fmt.Sprintf("approvals {\n  webhook = \"http://%s/hook\"\n}\nlive_export {\n  file = %q\n}\n", ln.Addr(), liveFile))
 	bin := tamperer(t)
 	pid := strconv.Itoa(j.d.PID())
 	pinDir := "/sys/fs/bpf/sluice/" + j.d.Name
@@ -179,8 +199,11 @@ func TestTamperMatrix(t *testing.T) {
 	l := j.d.WaitLogMatch(t, func(l testenv.LogLine) bool {
 		return strings.HasPrefix(l.Message(), "tamper: ") && l.String("kind") == "config_change"
 	})
-	if l.String("path") != rules || l.String("comm") != "sh" || l.String("session") == "" {
-		t.Errorf("config_change alert %v: want the rules file and the job's shell", l)
+	// The shell may be gone by the time sluiced reads the event: its pid
+	// and its job cgroup (from the kernel's mark) are what is certain.
+	gone := strings.Contains(l.String("comm"), "exited before sluiced could tell")
+	if l.String("path") != rules || l.String("pid") == "" || (l.String("job_cgroup") != j.runner.Rel && !gone) || l.String("session") == "" {
+		t.Errorf("config_change alert %v: want the rules file, the job's pid and job cgroup", l)
 	}
 	f, err := os.OpenFile(rules, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
@@ -202,6 +225,31 @@ func TestTamperMatrix(t *testing.T) {
 			t.Errorf("%d %s alerts, want exactly 1 (all: %v)", counts[tc.kind], tc.kind, counts)
 		}
 	}
+	ss := scrape(t, "http://"+j.metrics+"/metrics")
+	for _, tc := range cases {
+		if v, _ := value(ss, "sluice_tamper_events_total", map[string]string{"kind": tc.kind}); v != 1 {
+			t.Errorf("sluice_tamper_events_total{kind=%q} = %v, want 1", tc.kind, v)
+		}
+	}
+	heard := map[string]int{}
+	testenv.WaitFor(t, 10*time.Second, "the webhook to hear every alert", func() bool {
+		for len(hooks) > 0 {
+			m := <-hooks
+			if a, ok := m["alert"].(map[string]any); ok && m["kind"] == "alert" {
+				heard[fmt.Sprint(a["kind"])]++
+			}
+		}
+		return len(heard) == len(cases)
+	})
+	testenv.WaitFor(t, 10*time.Second, "the live export to carry every alert", func() bool {
+		b, _ := os.ReadFile(liveFile)
+		for _, tc := range cases {
+			if !strings.Contains(string(b), "tamper:"+tc.kind) {
+				return false
+			}
+		}
+		return true
+	})
 
 	// A job with a session open: the alert is also written into that
 	// session's recording. The job is a Runner.Worker (GitHub's job
