@@ -38,6 +38,8 @@ struct tamper_event {
 	__u32 pid;        /* the actor: thread group id */
 	__u32 tid;
 	__u32 target;     /* the moved task, or the protected process */
+	__u32 ppid;       /* the actor's parent (thread group id) */
+	__u32 pad;
 	char comm[16];
 	char path[64];    /* cgroup path, or the unlinked path */
 };
@@ -99,6 +101,7 @@ static __always_inline struct tamper_event *reserve(__u32 kind, struct job_mark 
 	e->pid = pt >> 32;
 	e->tid = (__u32)pt;
 	e->target = 0;
+	e->ppid = bpf_get_current_task_btf()->real_parent->tgid;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->path[0] = 0;
 	return e;

@@ -76,6 +76,8 @@ type jobsTamperEvent struct {
 	Pid       uint32
 	Tid       uint32
 	Target    uint32
+	Ppid      uint32
+	Pad       uint32
 	Comm      [16]int8
 	Path      [64]int8
 }

@@ -118,6 +118,7 @@ struct netcfg {
 struct task_struct {
 	int pid;
 	int tgid;
+	struct task_struct *real_parent;
 } __pai;
 
 /* A job task's mark, in its task storage: set when a task of a job cgroup

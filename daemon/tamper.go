@@ -65,6 +65,14 @@ func (t *tamperReporter) report(ctx context.Context, ev interceptor.TamperEvent)
 	t.mu.Unlock()
 	ictx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	id := t.idr.Resolve(ictx, ev.PID)
+	if id.Outcome == identity.OutcomeGone && ev.PPID != 0 {
+		// A short-lived actor (a kill, a one-shot tool) is often gone by
+		// now; its parent, usually the job's shell, belongs to the same job.
+		id = t.idr.Resolve(ictx, ev.PPID)
+		if id.Reason != "" {
+			id.Reason = "the process has exited; identity of its parent: " + id.Reason
+		}
+	}
 	cancel()
 	summary := tamperSummary[ev.Kind]
 	if summary == "" {
@@ -72,7 +80,7 @@ func (t *tamperReporter) report(ctx context.Context, ev interceptor.TamperEvent)
 	}
 	fields := map[string]string{
 		"kind": ev.Kind, "pid": strconv.FormatUint(uint64(ev.PID), 10), "tid": strconv.FormatUint(uint64(ev.TID), 10),
-		"comm": ev.Comm, "job_cgroup": ev.JobCgroupPath, "identity.level": id.Identity.Level, "identity.reason": id.Reason,
+		"comm": ev.Comm, "ppid": strconv.FormatUint(uint64(ev.PPID), 10), "job_cgroup": ev.JobCgroupPath, "identity.level": id.Identity.Level, "identity.reason": id.Reason,
 		"time": ev.Time.UTC().Format(time.RFC3339Nano),
 	}
 	if id.Job.Kind != "" {

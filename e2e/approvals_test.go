@@ -112,21 +112,9 @@ func pendingHold(t *testing.T, d *testenv.Daemon) approve.Request {
 func TestApprovalHolds(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
-	hooks := make(chan map[string]any, 16)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var m map[string]any
-		b, _ := io.ReadAll(r.Body)
-		json.Unmarshal(b, &m)
-		hooks <- m
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	hookAddr, hooks := webhookReceiver(t, 16)
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: holdRules(pg.Addr()),
-		Body: fmt.Sprintf("approvals {\n  webhook = \"http://%s/hook\"\n}\n", ln.Addr())})
+		Body: fmt.Sprintf("approvals {\n  webhook = \"http://%s/hook\"\n}\n", hookAddr)})
 	admin(t, pg, "create table users(id int, email text); insert into users select i, 'p'||i||'@example.com' from generate_series(1, 5000) i")
 	uid := nobody(t)
 	copyArgs := pg.PsqlArgs("", 0, "COPY (SELECT id FROM users WHERE id <= 3 ORDER BY id) TO STDOUT")
@@ -229,6 +217,25 @@ func TestApprovalHolds(t *testing.T) {
 	if kinds["request"] < 4 || kinds["decision"] < 4 {
 		t.Errorf("webhook deliveries %v, want every request and decision", kinds)
 	}
+}
+
+// webhookReceiver serves a webhook on loopback until the test ends and
+// hands each delivery's JSON body to the channel (of capacity n).
+func webhookReceiver(t *testing.T, n int) (addr string, hooks chan map[string]any) {
+	hooks = make(chan map[string]any, n)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var m map[string]any
+		b, _ := io.ReadAll(r.Body)
+		json.Unmarshal(b, &m)
+		hooks <- m
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String(), hooks
 }
 
 // countDataRows decodes a recording's server-to-client wire events and

@@ -1,13 +1,8 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,18 +14,7 @@ import (
 )
 
 // tamperer builds the tamper helper once.
-func tamperer(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(testenv.Binaries(t), "tamperer")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/sluicehq/sluice/e2e/tamperer").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build tamperer: %v\n%s", err, out)
-	}
-	return bin
-}
+func tamperer(t *testing.T) string { return helperBinary(t, "tamperer") }
 
 // rootJob is a runner host whose jobs run as root: a scope cgroup the test
 // made, holding the runner's cgroup and the places a job may flee to, and
@@ -153,21 +137,9 @@ func TestEscapeMatrix(t *testing.T) {
 // metric and a recording; killing sluiced is reported by the next one.
 func TestTamperMatrix(t *testing.T) {
 	// The approvals webhook and the live export hear of every alert.
-	hooks := make(chan map[string]any, 64)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var m map[string]any
-		b, _ := io.ReadAll(r.Body)
-		json.Unmarshal(b, &m)
-		hooks <- m
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	hookAddr, hooks := webhookReceiver(t, 64)
 	liveFile := filepath.Join(t.TempDir(), "events.jsonl")
-	j := startRootJob(t, fmt.Sprintf("approvals {\n  webhook = \"http://%s/hook\"\n}\nlive_export {\n  file = %q\n}\n", ln.Addr(), liveFile))
+	j := startRootJob(t, fmt.Sprintf("approvals {\n  webhook = \"http://%s/hook\"\n}\nlive_export {\n  file = %q\n}\n", hookAddr, liveFile))
 	bin := tamperer(t)
 	pid := strconv.Itoa(j.d.PID())
 	pinDir := "/sys/fs/bpf/sluice/" + j.d.Name

@@ -115,19 +115,23 @@ func TestPostgresDenySimple(t *testing.T) {
 	}
 }
 
-// pgxclient builds the pgx test client once.
-func pgxclient(t *testing.T) string {
+// helperBinary builds the e2e helper program e2e/<name> once per test
+// binary and returns its path.
+func helperBinary(t *testing.T, name string) string {
 	t.Helper()
-	bin := filepath.Join(testenv.Binaries(t), "pgxclient")
+	bin := filepath.Join(testenv.Binaries(t), name)
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/sluicehq/sluice/e2e/pgxclient").CombinedOutput()
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/sluicehq/sluice/e2e/"+name).CombinedOutput()
 	if err != nil {
-		t.Fatalf("build pgxclient: %v\n%s", err, out)
+		t.Fatalf("build %s: %v\n%s", name, err, out)
 	}
 	return bin
 }
+
+// pgxclient builds the pgx test client once.
+func pgxclient(t *testing.T) string { return helperBinary(t, "pgxclient") }
 
 func runPgx(t *testing.T, cg *testenv.Cgroup, dsn, scenario string) map[string]string {
 	t.Helper()

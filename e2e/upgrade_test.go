@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,18 +16,7 @@ import (
 )
 
 // connloop builds the connection loop client once.
-func connloop(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(testenv.Binaries(t), "connloop")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/sluicehq/sluice/e2e/connloop").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build connloop: %v\n%s", err, out)
-	}
-	return bin
-}
+func connloop(t *testing.T) string { return helperBinary(t, "connloop") }
 
 // TestUpgradeNoDirectConnection replaces the daemon binary the way a
 // package upgrade does (the old daemon is stopped with SIGTERM, the new

@@ -260,8 +260,10 @@ func TamperKinds() []string {
 type TamperEvent struct {
 	Kind string
 	Time time.Time
-	// PID and TID are the acting task; Comm its name.
-	PID, TID uint32
+	// PID and TID are the acting task; Comm its name; PPID its parent's
+	// process id when the kernel reported it (the job's identity is looked
+	// up through the parent when the actor is gone).
+	PID, TID, PPID uint32
 	Comm     string
 	// Target is the moved task (cgroup_move), the protected process
 	// (signal_sluiced, ptrace_sluiced) or the bpf() command.
@@ -302,7 +304,7 @@ func (ic *Interceptor) TamperEvents(ctx context.Context, fn func(TamperEvent)) e
 		// The record is the kernel's struct tamper_event, in this
 		// machine's byte order and layout.
 		e = *(*bpf.TamperEvent)(unsafe.Pointer(&rec.RawSample[0]))
-		ev := TamperEvent{Kind: tamperKinds[e.Kind], Time: bootTime(e.TimeNs), PID: e.Pid, TID: e.Tid,
+		ev := TamperEvent{Kind: tamperKinds[e.Kind], Time: bootTime(e.TimeNs), PID: e.Pid, TID: e.Tid, PPID: e.Ppid,
 			Comm: cString(e.Comm[:]), Target: e.Target, Arg: e.Arg, Path: cString(e.Path[:]),
 			JobCgroup: e.JobCgroup, JobCgroupPath: ic.JobCgroupPath(e.JobCgroup)}
 		if ev.Kind == "" {
