@@ -218,6 +218,14 @@ func TestContainerJob(t *testing.T) {
 			}
 		})
 	}
+	// A container an operator starts (not from a job: the docker client
+	// runs outside the runner's cgroup) is Docker's like any other, in the
+	// hooked cgroup parent: intercepted too, by design.
+	op := testenv.RandName("operator-")
+	if out, err := e.dk.Run(t, append([]string{"run", "--rm", "--name", op, "--network", user.Name, e.image}, e.psqlArgs(pg4.String(), e.pg.Port, "drop table users")...)...); err == nil || !strings.Contains(out, "42501") {
+		t.Errorf("an operator's container: %v: %q; want its DROP refused too (every container of the hooked Docker is intercepted)", err, out)
+	}
+
 	// The proxy's container address is no way around the hooks: a
 	// container's direct connect to it is refused.
 	out, err := e.docker(t, append([]string{"run", "--rm", "--network", user.Name, e.image}, e.psqlArgs(e.proxy4.String(), int(e.d.Port), "select 1")...)...)
