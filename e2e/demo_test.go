@@ -49,8 +49,8 @@ func TestDemo(t *testing.T) {
 		}
 		steps[n] = text[m[0]:end]
 	}
-	if len(steps) != 13 {
-		t.Fatalf("the demo showed %d numbered steps, want 13 (the README's claims)\n%s", len(steps), text)
+	if len(steps) != 14 {
+		t.Fatalf("the demo showed %d numbered steps, want 14 (the README's claims)\n%s", len(steps), text)
 	}
 	masked := `[0-9a-f]{8}@example\.com`
 	for _, c := range []struct {
@@ -78,8 +78,16 @@ func TestDemo(t *testing.T) {
 			`"@message":"flow".*"container_id":"[0-9a-f]{64}","container_image":"sluice-demo/psql:1","container_name":"/?ci-job-drop".*"denied":1.*"host_netns":false`,
 			`users still there \(checked directly\): 2`},
 			[]string{`(ada|alan)@example\.com`, `WARNING: IPv4 forwarding`}},
-		{12, []string{`Connection refused`}, []string{`\n1\n`}},
-		{13, []string{`interception removed`, `after uninstall: direct again`}, nil},
+		// The job's shell is in the cgroup it fled to when its psql's DROP
+		// is refused; the move is alerted, recorded and counted.
+		{12, []string{`^== 12\. A root job that moves itself out of its cgroup is still intercepted`,
+			`\n0::/sluice-demo-\d+/elsewhere\nERROR:  42501: sluice: statement denied by rule "ci-jobs/deny/no-ddl"`,
+			`"@message":"tamper: a job process was moved out of its job cgroup".*"job_cgroup":"sluice-demo-\d+/runner".*"kind":"cgroup_move".*"pid":\d+.*"to_cgroup":"/?sluice-demo-\d+/elsewhere"`,
+			`sealed\s+cgroup_move\s+sh\[\d+\] uid 0`, `target\s+cgroup_move \(tamper\)`,
+			`\nsluice_tamper_events_total\{kind="cgroup_move"\} 1\n`},
+			[]string{`\nDROP TABLE\n`}},
+		{13, []string{`Connection refused`}, []string{`\n1\n`}},
+		{14, []string{`interception removed`, `after uninstall: direct again`}, nil},
 	} {
 		s := steps[c.step]
 		for _, w := range c.want {

@@ -2,7 +2,8 @@
 # The README's demo: a private PostgreSQL on 127.0.0.2, sluiced hooked to a
 # private cgroup, and psql inside that cgroup reaching the database through
 # Sluice without being told; a private dockerd whose containers, started by
-# a job, get the same. Everything it creates is removed on exit.
+# a job, get the same; a root job that leaves its cgroup, still intercepted
+# and reported. Everything it creates is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,9 +84,14 @@ free_port() {
 work=$(mktemp -d /tmp/sluice-demo.XXXXXX)
 chmod 755 "$work"
 name="demo$$"
-cgroup="sluice-demo-$$"
-# Docker's cgroup parent, beside the runner's cgroup; sluiced hooks it too.
-ctr_cgroup="sluice-demo-$$-containers"
+# sluiced's scope, a cgroup above the job cgroups (sluiced itself runs
+# outside it): the runner's cgroup, where every job of the demo runs;
+# Docker's cgroup parent beside it, a job cgroup as well; and a cgroup
+# of no job's, where step 12's job flees to.
+scope="sluice-demo-$$"
+cgroup="$scope/runner"
+ctr_cgroup="$scope/containers"
+elsewhere="$scope/elsewhere"
 dk="$work/docker"
 dk_sock="$dk/docker.sock"
 image="sluice-demo/psql:1"
@@ -150,12 +156,12 @@ cleanup() {
   [ -n "$my_pid" ] && kill "$my_pid" 2>/dev/null && wait "$my_pid" 2>/dev/null
   "$BIN/sluice" uninstall --name "$name" >/dev/null
   [ -f "$work/pg/postmaster.pid" ] && su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1
-  [ -d "$mount/$cgroup" ] && rmdir "$mount/$cgroup"
-  # The containers' cgroup parent in every hierarchy (runc makes it in each
-  # v1 one on a hybrid host), with the containers' cgroups left in it.
+  # The scope and every cgroup below it, children first, in every
+  # hierarchy: runc makes the containers' cgroup parent in each v1 one on a
+  # hybrid host, with the containers' cgroups left in it.
   local m
   for m in $(cgroup_mounts); do
-    [ -d "$m/$ctr_cgroup" ] && find "$m/$ctr_cgroup" -depth -type d -exec rmdir {} \;
+    [ -d "$m/$scope" ] && find "$m/$scope" -depth -type d -exec rmdir {} \;
   done
   # The lo addresses: the demo's own, and the container address sluiced
   # put there (sluice uninstall leaves it, as it would on a runner).
@@ -270,7 +276,7 @@ done
 tar -C "$root" --numeric-owner -cf - . | dk import --change 'ENV PATH=/bin:/usr/bin' --change 'CMD ["/bin/sh"]' - "$image" >/dev/null
 echo "image $image: busybox and $pgbin/psql with its libraries ($(du -sm "$root" | cut -f1) MB), built with docker import"
 
-step "Setup: sluiced on cgroup $cgroup and, for containers, $ctr_cgroup, intercepting 127.0.0.2:$pg_port, 127.0.0.3:$pg_port and $ctr_db:$pg_port"
+step "Setup: sluiced with scope $scope, for jobs of cgroup $cgroup and, for containers, $ctr_cgroup, intercepting 127.0.0.2:$pg_port, 127.0.0.3:$pg_port and $ctr_db:$pg_port"
 # A local OIDC issuer stands in for GitHub's (outside this machine): its
 # tokens say repository acme/api, ref refs/heads/main.
 ${GO:-go} build -o "$work/demoissuer" ./e2e/demoissuer
@@ -278,7 +284,7 @@ ${GO:-go} build -o "$work/demoissuer" ./e2e/demoissuer
 issuer_pid=$!
 wait_for "the demo OIDC issuer" test -s "$work/issuer.env"
 eval "$(head -1 "$work/issuer.env")"
-mkdir -p "$mount/$cgroup" "$work/rules"
+mkdir -p "$mount/$cgroup" "$mount/$elsewhere" "$work/rules"
 cat > "$work/rules/demo.hcl" <<HCL
 # The demo's ruleset: one PostgreSQL database that jobs running as root may
 # read and write but never drop from; anything else gets the default deny.
@@ -412,6 +418,9 @@ HCL
 cat > "$work/sluiced.hcl" <<HCL
 name       = "$name"
 cgroup     = "$cgroup"
+# The connect programs sit on the scope and act for job tasks (marked in
+# the kernel), wherever below it they move.
+scope      = "$scope"
 proxy_port = $proxy_port
 data_dir   = "$work/data"
 api_socket = "$work/sluiced.sock"
@@ -586,11 +595,26 @@ echo "-- sluiced's flow line for the DROP's container: its id, name and image, i
 log_line flow '"container_name":"/\?ci-job-drop"'
 run psql -X -h "$work" -p "$pg_port" -U postgres -Atc "SELECT 'users still there (checked directly): ' || count(*) FROM users"
 
-step "12. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
+step "12. A root job that moves itself out of its cgroup is still intercepted (its DROP is refused), and the move is a tamper alert: log line, recording, metric"
+# The job's shell moves itself into $elsewhere, a cgroup of no job's
+# below the scope; its psql is still a job's, by the kernel's mark.
+flee='echo $$ > '"$mount/$elsewhere"'/cgroup.procs; grep ^0:: /proc/self/cgroup; psql -X -h 127.0.0.2 -p '"$pg_port"' -U postgres -v VERBOSITY=verbose -c "DROP TABLE users"'
+printf "\$ sluice run --cgroup %s -- sh -c '%s'\n" "$cgroup" "$flee"
+in_job sh -c "$flee" || true
+echo "-- sluiced's alert (the kernel writes each move to a ring buffer pinned in bpffs: one made while sluiced is down is reported by the next sluiced):"
+log_line "tamper: a job process was moved out of its job cgroup" "\"to_cgroup\":\"[^\"]*$elsewhere\""
+echo "-- its recording, sealed like a session's:"
+run "$BIN/sluice" sessions list --socket "$work/sluiced.sock" --target cgroup_move
+moved=$("$BIN/sluice" sessions list --socket "$work/sluiced.sock" --target cgroup_move --json | awk -F'"' '/"id":/ { print $4; exit }')
+run "$BIN/sluice" sessions show --socket "$work/sluiced.sock" "$moved"
+printf '$ curl -s http://127.0.0.1:%s/metrics | grep %s\n' "$metrics_port" "'^sluice_tamper_events_total{kind=\"cgroup_move\"}'"
+curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep '^sluice_tamper_events_total{kind="cgroup_move"}'
+
+step "13. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
 kill -9 "$sluiced_pid"; wait "$sluiced_pid" 2>/dev/null || true; sluiced_pid=""
 run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(refused, as it should be)"
 
-step "13. sluice uninstall removes the pinned hooks"
+step "14. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
 run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 'after uninstall: direct again'"
 

@@ -263,6 +263,15 @@ func checkPins(name string, cfg *daemon.Config) (*interceptor.PinStatus, finding
 	if lost {
 		f.level = levelWarn
 		f.fix = "the hooked cgroup no longer exists (the runner's service restarted?): restart sluiced so it hooks the runner's current cgroup"
+	} else if cfg.Scope != "" {
+		// With a scope, the programs are on the scope alone.
+		for _, l := range ps.Links {
+			if l.Cgroup != "/"+cfg.Scope {
+				f.level = levelWarn
+				f.fix = fmt.Sprintf("the config's scope is %s but a hook is on %s: restart sluiced to hook the scope", cfg.Scope, l.Cgroup)
+				break
+			}
+		}
 	} else if len(cfg.Cgroups) > 0 && cfg.Discover == nil {
 		// Every hook should be on a configured cgroup (with discovery,
 		// the daemon hooks others too).
