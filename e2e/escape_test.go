@@ -75,6 +75,8 @@ func TestEscapeMatrix(t *testing.T) {
 			`for i in $(seq 100); do grep -q finished $f && break; sleep 0.1; done; cat $f; rm -f $f`, false},
 		{"new-child-cgroup-of-sibling", `mkdir -p ` + filepath.Join(j.flee.Path, "deeper") + ` && echo $$ > ` + filepath.Join(j.flee.Path, "deeper", "cgroup.procs") + ` && PSQL 'drop table t'`, false},
 		{"unshare-cgroup-namespace", `unshare -C sh -c "PSQL 'drop table t'"`, false},
+		{"unshare-user-namespace", `unshare -U -r sh -c "PSQL 'drop table t'"`, false},
+		{"move-then-unshare-all", `echo $$ > ` + procs(j.flee) + ` && unshare -U -r -C -p -f --mount-proc sh -c "PSQL 'drop table t'"`, false},
 		{"unshare-net-namespace", `unshare -n sh -c "PSQL 'drop table t'"`, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -118,8 +120,8 @@ func TestEscapeMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Scope != j.scope.Rel || len(st.JobCgroups) != 1 || st.JobCgroups[0].Path != j.runner.Rel || st.Tamper["cgroup_move"] != 4 {
-		t.Errorf("status scope %q, job cgroups %v, tamper %v; want the scope, the runner's cgroup, 4 cgroup moves", st.Scope, st.JobCgroups, st.Tamper)
+	if st.Scope != j.scope.Rel || len(st.JobCgroups) != 1 || st.JobCgroups[0].Path != j.runner.Rel || st.Tamper["cgroup_move"] != 5 {
+		t.Errorf("status scope %q, job cgroups %v, tamper %v; want the scope, the runner's cgroup, 5 cgroup moves", st.Scope, st.JobCgroups, st.Tamper)
 	}
 	var moves int
 	for _, s := range listSessions(t, j.d) {
@@ -127,8 +129,8 @@ func TestEscapeMatrix(t *testing.T) {
 			moves++
 		}
 	}
-	if moves != 4 {
-		t.Errorf("%d cgroup_move recordings, want 4 (sibling, scope, double fork's mover, deeper)", moves)
+	if moves != 5 {
+		t.Errorf("%d cgroup_move recordings, want 5 (sibling, scope, double fork's mover, deeper, unshare's mover)", moves)
 	}
 }
 
