@@ -264,7 +264,7 @@ type TamperEvent struct {
 	// process id when the kernel reported it (the job's identity is looked
 	// up through the parent when the actor is gone).
 	PID, TID, PPID uint32
-	Comm     string
+	Comm           string
 	// Target is the moved task (cgroup_move), the protected process
 	// (signal_sluiced, ptrace_sluiced) or the bpf() command.
 	Target uint32
