@@ -354,10 +354,19 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		cst.runtimeErr.Store("not followed yet")
 		w := &containers.Watcher{
 			Docker: docker,
+			// Where a container's processes are intercepted: a job
+			// cgroup, or a cgroup hooked as a whole. Not just anywhere
+			// below a scope: there only job tasks are, and a container's
+			// processes are started by the runtime, not by a job task.
 			Hooked: func() []string {
 				var out []string
+				for _, j := range ic.JobCgroups() {
+					out = append(out, j.Path)
+				}
 				for _, h := range ic.Cgroups() {
-					out = append(out, h.Path)
+					if h.Source != interceptor.SourceScope {
+						out = append(out, h.Path)
+					}
 				}
 				return out
 			},

@@ -112,7 +112,7 @@ func startContainerEnvRules(t *testing.T, pgHost netip.Addr, extra string, rules
 	e.proxy4 = freeAddr(t, netip.MustParsePrefix("198.19.255.0/24"))
 	e.proxy6 = freeAddr(t, netip.MustParsePrefix("fdc5:51c3:7e59::/64"))
 	body := fmt.Sprintf("containers {\n  cgroup = %q\n  docker_socket = %q\n  address_ipv4 = %q\n  address_ipv6 = %q\n}\n%s",
-		e.ctrs.Rel, e.dk.Socket, e.proxy4, e.proxy6, extra)
+		e.ctrs.Rel, e.dk.Socket, e.proxy4, e.proxy6, strings.ReplaceAll(extra, "$PARENT", e.parent.Rel))
 	e.d = testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: e.runner, Rules: rules(e.pg.Addr()), Body: body})
 	for _, a := range []netip.Addr{e.proxy4, e.proxy6} {
 		if !testenv.IsLocal(a) {
@@ -293,8 +293,17 @@ func TestContainerSluicedKilled(t *testing.T) {
 // parent of its own (`docker run --cgroup-parent`), outside the hooked
 // one, is killed and reported; one under the hooked parent is left alone.
 func TestContainerOutsideHookedCgroup(t *testing.T) {
+	t.Run("hooked", func(t *testing.T) { testContainerOutside(t, "") })
+	// With a scope (jobs with root), the parent holding the runner's and
+	// the containers' cgroups carries the hooks, acting for job tasks only:
+	// a container elsewhere below it runs no job task, so it is outside
+	// too.
+	t.Run("scope", func(t *testing.T) { testContainerOutside(t, "scope = \"$PARENT\"\n") })
+}
+
+func testContainerOutside(t *testing.T, extra string) {
 	pg4 := testenv.LocalAddr(t)
-	e := startContainerEnv(t, pg4, "")
+	e := startContainerEnv(t, pg4, extra)
 	flee := e.parent.Child(t, "flee")
 	stay := testenv.RandName("stay-")
 	if out, err := e.docker(t, "run", "-d", "--name", stay, "--network", "none", e.image, "sleep", "600"); err != nil {
