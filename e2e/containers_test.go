@@ -287,6 +287,18 @@ func TestContainerSluicedKilled(t *testing.T) {
 		t.Fatalf("psql after sluiced is back: %v: %q", err, out)
 	}
 	e.d.WaitLog(t, "flow", func(l testenv.LogLine) bool { return l.String("container_name") == name })
+
+	// sluice uninstall takes the container addresses off lo with the hooks.
+	e.d.Stop(t)
+	out, err = e.d.Sluice(t, "uninstall", "--name", e.d.Name)
+	if err != nil || !strings.Contains(out, "container address "+e.proxy4.String()+" on lo") {
+		t.Errorf("sluice uninstall: %v\n%s\nwant the container addresses removed", err, out)
+	}
+	for _, a := range []netip.Addr{e.proxy4, e.proxy6} {
+		if testenv.IsLocal(a) {
+			t.Errorf("container address %s is still on lo after sluice uninstall", a)
+		}
+	}
 }
 
 // TestContainerOutsideHookedCgroup: a container started with a cgroup

@@ -3,6 +3,7 @@ package interceptor
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -145,6 +146,31 @@ func Uninstall(name string) ([]string, error) {
 	}
 	var removed []string
 	var errs []error
+	// The container addresses sluiced put on lo, as the hooks knew them:
+	// without the hooks nothing is sent there any more.
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "sluice_netcfg"), nil); err == nil {
+		var nc bpf.NetCfg
+		if m.Lookup(uint32(0), &nc) == nil {
+			var addrs []netip.Addr
+			if nc.Addr4 != 0 {
+				addrs = append(addrs, netip.AddrFrom4([4]byte{byte(nc.Addr4), byte(nc.Addr4 >> 8), byte(nc.Addr4 >> 16), byte(nc.Addr4 >> 24)}))
+			}
+			if a := netip.AddrFrom16(nc.Addr6); nc.Addr6 != [16]byte{} {
+				addrs = append(addrs, a)
+			}
+			for _, a := range addrs {
+				if CheckLocal(a) != nil {
+					continue
+				}
+				if err := RemoveLocalAddr(a); err != nil {
+					errs = append(errs, err)
+				} else {
+					removed = append(removed, "container address "+a.String()+" on lo")
+				}
+			}
+		}
+		m.Close()
+	}
 	// Links first, so nothing is redirected through half-removed maps.
 	for _, p := range linkPins(dir) {
 		l, err := link.LoadPinnedLink(p, nil)

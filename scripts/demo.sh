@@ -164,7 +164,8 @@ cleanup() {
     [ -d "$m/$scope" ] && find "$m/$scope" -depth -type d -exec rmdir {} \;
   done
   # The lo addresses: the demo's own, and the container address sluiced
-  # put there (sluice uninstall leaves it, as it would on a runner).
+  # put there (sluice uninstall takes that one off too; this is for a demo
+  # that ended before it ran).
   local a
   for a in "${added_addrs[@]}"; do ip addr del "$a/32" dev lo 2>/dev/null; done
   local i
