@@ -128,3 +128,24 @@ func TestLoadConfigMaxSessions(t *testing.T) {
 		t.Errorf("max_sessions = 5: got %d (%v)", c.MaxSessions, diags)
 	}
 }
+
+// TestInContainersCgroup: only a cgroup below the containers block's is a
+// container's; a job's own cgroup named like a container id is not.
+func TestInContainersCgroup(t *testing.T) {
+	id := strings.Repeat("ab", 32)
+	cfg := &Config{Containers: &Containers{Cgroup: "sluice-containers"}}
+	for path, want := range map[string]bool{
+		"/sluice-containers/" + id:                     true,
+		"/sluice-containers/" + id + "/init.scope":     true,
+		"/system.slice/actions.runner.x.service/" + id: false,
+		"/sluice-containers-evil/" + id:                false,
+		"/sluice-containers":                           false,
+	} {
+		if got := inContainersCgroup(cfg, path); got != want {
+			t.Errorf("inContainersCgroup(%q) = %v, want %v", path, got, want)
+		}
+	}
+	if inContainersCgroup(&Config{}, "/sluice-containers/"+id) {
+		t.Errorf("without a containers block nothing is a container")
+	}
+}

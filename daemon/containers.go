@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -51,12 +52,27 @@ func clip(s string) string {
 	return s
 }
 
+// inContainersCgroup reports whether a process cgroup path is below the
+// containers block's cgroup: only there does a cgroup named like a
+// container id belong to the runtime. Elsewhere a job could name a cgroup
+// of its own that way to pass for a container.
+func inContainersCgroup(cfg *Config, cgroup string) bool {
+	if cfg.Containers == nil {
+		return false
+	}
+	rel := strings.Trim(cgroup, "/")
+	return strings.HasPrefix(rel, cfg.Containers.Cgroup+"/")
+}
+
 // dockerAttribution returns the proxy's container lookup: the container
 // id from the process's cgroup, then its name, image and labels from
 // Docker. A container the runtime cannot describe keeps its id. Without a
 // Docker client only the id is known.
-func dockerAttribution(d *containers.Docker) func(ctx context.Context, cgroup string) *decoder.Container {
+func dockerAttribution(cfg *Config, d *containers.Docker) func(ctx context.Context, cgroup string) *decoder.Container {
 	return func(ctx context.Context, cgroup string) *decoder.Container {
+		if !inContainersCgroup(cfg, cgroup) {
+			return nil
+		}
 		id, ok := containers.IDFromCgroup(cgroup)
 		if !ok {
 			return nil

@@ -189,7 +189,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		Sessions:    sessions,
 		Identify: func(ctx context.Context, f *interceptor.Flow) interceptor.Identity {
 			var r identity.Result
-			if cg, ok := containers.CgroupOf(f.Process.Cgroup); ok {
+			if cg, ok := containers.CgroupOf(f.Process.Cgroup); ok && inContainersCgroup(cfg, f.Process.Cgroup) {
 				r = idr.ResolveContainer(ctx, f.Process.TGID, cg)
 			} else {
 				r = idr.Resolve(ctx, f.Process.TGID)
@@ -206,7 +206,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 			}
 			return id
 		},
-		Container:   dockerAttribution(docker),
+		Container:   dockerAttribution(cfg, docker),
 		Log:         log.Named("proxy"),
 		MaxSessions: cfg.MaxSessions,
 		Handlers:    map[string]interceptor.Handler{},
