@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // ErrNoCgroup2 is returned when the machine has no cgroup2 mount.
@@ -73,16 +75,11 @@ func CgroupID(dir string) (uint64, error) {
 
 // SelfCgroup returns this process's cgroup2 path relative to the mount.
 func SelfCgroup() (string, error) {
-	b, err := os.ReadFile("/proc/self/cgroup")
+	cg, err := procfs.Cgroup("/proc", 0)
 	if err != nil {
 		return "", fmt.Errorf("read own cgroup: %w", err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			return rest, nil
-		}
-	}
-	return "", errors.New("read own cgroup: no cgroup2 entry")
+	return cg, nil
 }
 
 // within reports whether cgroup a is b or below it.

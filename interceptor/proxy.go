@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 	"github.com/sluicehq/sluice/bpf"
 	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -455,16 +455,8 @@ func cString(b []int8) string {
 
 // readCgroup returns the cgroup2 path of a process, or "" if it is gone.
 func readCgroup(pid uint32) string {
-	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/cgroup")
-	if err != nil {
-		return ""
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			return rest
-		}
-	}
-	return ""
+	cg, _ := procfs.Cgroup("/proc", int(pid))
+	return cg
 }
 
 func containerID(f *Flow) string {

@@ -3,13 +3,12 @@ package containers
 import (
 	"context"
 	"errors"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // Unhooked is a running container whose processes no hook sees.
@@ -135,7 +134,7 @@ func (w *Watcher) Check(ctx context.Context, id string) {
 	if root == "" {
 		root = "/proc"
 	}
-	cg, err := cgroupOf(root, c.Pid)
+	cg, err := procfs.Cgroup(root, c.Pid)
 	if err != nil {
 		return
 	}
@@ -168,18 +167,4 @@ func (w *Watcher) Check(ctx context.Context, id string) {
 	if w.OnUnhooked != nil {
 		w.OnUnhooked(u)
 	}
-}
-
-// cgroupOf returns the cgroup2 path of pid.
-func cgroupOf(root string, pid int) (string, error) {
-	b, err := os.ReadFile(root + "/" + strconv.Itoa(pid) + "/cgroup")
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			return rest, nil
-		}
-	}
-	return "", errors.New("no cgroup2 path")
 }

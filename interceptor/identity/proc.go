@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // proc is one process as /proc/<pid>/stat describes it.
@@ -170,19 +172,11 @@ func containerChain(root string, pid uint32, container string) ([]proc, error) {
 // readCgroup returns the cgroup2 path of pid (the "0::" line of
 // /proc/PID/cgroup).
 func readCgroup(root string, pid uint32) (string, error) {
-	b, err := os.ReadFile(root + "/" + strconv.FormatUint(uint64(pid), 10) + "/cgroup")
+	cg, err := procfs.Cgroup(root, int(pid))
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
 		return "", errGone
 	}
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			return rest, nil
-		}
-	}
-	return "", fmt.Errorf("pid %d has no cgroup2 path", pid)
+	return cg, err
 }
 
 // alive reports whether pid still is the process that started at start.
