@@ -14,7 +14,7 @@ int sluice_connect4(struct bpf_sock_addr *ctx)
 	struct config *cfg = get_config();
 	struct netcfg *nc = get_netcfg();
 	/* Attached at a scope, the program acts for job tasks only. */
-	if (!job_task() && nc && (nc->flags & NETCFG_SCOPED))
+	if (nc && (nc->flags & NETCFG_SCOPED) && !job_task())
 		return VERDICT_PASS;
 	int foreign = foreign_netns(ctx, nc);
 	int loopback = (bpf_ntohl(dst) >> 24) == 127;

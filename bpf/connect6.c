@@ -18,7 +18,7 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	__u16 port = bpf_ntohs(ctx->user_port);
 	struct config *cfg = get_config();
 	struct netcfg *nc = get_netcfg();
-	if (!job_task() && nc && (nc->flags & NETCFG_SCOPED))
+	if (nc && (nc->flags & NETCFG_SCOPED) && !job_task())
 		return VERDICT_PASS;
 	int foreign = foreign_netns(ctx, nc);
 

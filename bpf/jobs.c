@@ -3,8 +3,9 @@
 /* Job marks and tamper events.
  *
  * A job's tasks carry a mark in task storage (sluice.h: job_task): set when
- * a task of a job cgroup forks, execs or connects, inherited by every child
- * at fork, and kept wherever a task moves, so the connect programs (attached
+ * a task of a job cgroup forks or execs (under a scope also when it
+ * connects), inherited by every child at fork, and kept wherever a task
+ * moves, so the connect programs (attached
  * at a scope above the job cgroups) still know a job task that left its
  * cgroup, through a double fork, setsid or unshare as well.
  *

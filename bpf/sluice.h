@@ -122,8 +122,9 @@ struct task_struct {
 } __pai;
 
 /* A job task's mark, in its task storage: set when a task of a job cgroup
- * forks, execs or connects (and by the daemon for the tasks already there),
- * inherited by every child, and kept wherever the task moves. */
+ * forks or execs (under a scope also when it connects), and by the daemon
+ * for the tasks already there; inherited by every child, and kept wherever
+ * the task moves. */
 struct job_mark {
 	__u64 job_cgroup; /* the job cgroup the mark came from */
 	__u32 flags;

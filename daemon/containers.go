@@ -64,6 +64,16 @@ func inContainersCgroup(cfg *Config, cgroup string) bool {
 	return strings.HasPrefix(rel, cfg.Containers.Cgroup+"/")
 }
 
+// containersCgroupOf returns the container's own cgroup for a process
+// below the containers cgroup; ok is false for every other process, which
+// costs one prefix comparison on the flow's path.
+func containersCgroupOf(cfg *Config, cgroup string) (string, bool) {
+	if !inContainersCgroup(cfg, cgroup) {
+		return "", false
+	}
+	return containers.CgroupOf(cgroup)
+}
+
 // dockerAttribution returns the proxy's container lookup: the container
 // id from the process's cgroup, then its name, image and labels from
 // Docker. A container the runtime cannot describe keeps its id. Without a

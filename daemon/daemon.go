@@ -189,7 +189,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		Sessions:    sessions,
 		Identify: func(ctx context.Context, f *interceptor.Flow) interceptor.Identity {
 			var r identity.Result
-			if cg, ok := containers.CgroupOf(f.Process.Cgroup); ok && inContainersCgroup(cfg, f.Process.Cgroup) {
+			if cg, ok := containersCgroupOf(cfg, f.Process.Cgroup); ok {
 				r = idr.ResolveContainer(ctx, f.Process.TGID, cg)
 			} else {
 				r = idr.Resolve(ctx, f.Process.TGID)

@@ -24,8 +24,8 @@ import (
 // Job marks.
 //
 // The kernel marks every task of a job (bpf/jobs.c): a task of a job cgroup
-// (the runners' and the containers' cgroups) that forks, execs or connects
-// is marked in its task storage, and every child of a marked task is
+// (the runners' and the containers' cgroups) that forks or execs (under a
+// scope also one that connects) is marked in its task storage, and every child of a marked task is
 // marked at fork. A mark stays wherever the task moves. With a Scope, the
 // connect programs are attached to that cgroup alone and act for marked
 // tasks (and tasks of job cgroups) only, so a job task that moved itself
