@@ -378,7 +378,7 @@ func testContainerOutside(t *testing.T, extra string) {
 func TestContainerJobIdentity(t *testing.T) {
 	is := testenv.NewIssuer(t)
 	pg4 := testenv.LocalAddr(t)
-	idBody := fmt.Sprintf("identity {\n  issuer %q {\n    audience = \"sluice\"\n  }\n  token_host_allowlist = [\"127.0.0.1\"]\n  ca_file = %q\n}\n", is.URL, is.CAFile)
+	idBody := identityBlock(is, "")
 	e := startContainerEnvRules(t, pg4, idBody, func(addr string) string {
 		return fmt.Sprintf(`target "pg" {
   protocol = "postgres"

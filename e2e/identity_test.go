@@ -34,6 +34,16 @@ func runnerWorker(t *testing.T) string {
 	return p
 }
 
+// identityBlock is the daemon's identity block trusting the test issuer
+// (audience sluice, its token endpoint on loopback), with issuerExtra
+// added to the issuer (bound_claims, say).
+func identityBlock(is *testenv.Issuer, issuerExtra string) string {
+	if issuerExtra != "" {
+		issuerExtra = "    " + issuerExtra + "\n"
+	}
+	return fmt.Sprintf("identity {\n  issuer %q {\n    audience = \"sluice\"\n%s  }\n  token_host_allowlist = [\"127.0.0.1\"]\n  ca_file = %q\n}\n", is.URL, issuerExtra, is.CAFile)
+}
+
 // TestIdentityGitHubJob: psql run by a job under a Runner.Worker whose
 // environment lets it request a GitHub-shaped OIDC token carries the
 // token's verified claims; a ruleset that allows only refs/heads/main
@@ -57,7 +67,7 @@ default {
   reason = "only main of acme/api may reach this database"
 }
 `, pg.Addr())
-	body := fmt.Sprintf("identity {\n  issuer %q {\n    audience = \"sluice\"\n    bound_claims = { runner_environment = \"self-hosted\" }\n  }\n  token_host_allowlist = [\"127.0.0.1\"]\n  ca_file = %q\n}\n", is.URL, is.CAFile)
+	body := identityBlock(is, "bound_claims = { runner_environment = \"self-hosted\" }")
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: rules, Body: body})
 	worker := runnerWorker(t)
 

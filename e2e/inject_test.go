@@ -77,7 +77,7 @@ func TestCredentialInjection(t *testing.T) {
 	if err := os.WriteFile(readonlyCmd, []byte("#!/bin/sh\nprintf '%s\\n' '"+readonlySecret+"'\n"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	body := fmt.Sprintf("identity {\n  issuer %q {\n    audience = \"sluice\"\n  }\n  token_host_allowlist = [\"127.0.0.1\"]\n  ca_file = %q\n}\n", is.URL, is.CAFile)
+	body := identityBlock(is, "")
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: injectionRules(pg.Addr(), deployerFile, readonlyCmd), Body: body})
 	worker := runnerWorker(t)
 
@@ -194,7 +194,7 @@ policy "ci" {
   credential "app" {}
 }
 `, pg.Addr())
-	body := fmt.Sprintf("identity {\n  issuer %q {\n    audience = \"sluice\"\n  }\n  token_host_allowlist = [\"127.0.0.1\"]\n  ca_file = %q\n}\n", is.URL, is.CAFile)
+	body := identityBlock(is, "")
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: rules, Body: body, Env: []string{"APP_DB_PASSWORD=" + md5Secret}})
 	worker := runnerWorker(t)
 	is.SetClaims(map[string]any{"sub": "repo:acme/api:ref:refs/heads/main", "repository": "acme/api", "ref": "refs/heads/main"})

@@ -71,7 +71,7 @@ func TestMySQLCredentialInjection(t *testing.T) {
 	if err := os.WriteFile(deployerFile, []byte(testenv.MariaDBAppPassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	body := fmt.Sprintf("identity {\n  issuer %q {\n    audience = \"sluice\"\n  }\n  token_host_allowlist = [\"127.0.0.1\"]\n  ca_file = %q\n}\n", is.URL, is.CAFile)
+	body := identityBlock(is, "")
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: myInjectionRules(my.HostPort(), deployerFile), Body: body,
 		Env: []string{"MY_READONLY_PASSWORD=" + testenv.MariaDBEdPassword}})
 	worker := runnerWorker(t)
