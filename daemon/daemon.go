@@ -353,25 +353,10 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 	if docker != nil {
 		cst.runtimeErr.Store("not followed yet")
 		w := &containers.Watcher{
-			Docker: docker,
-			// Where a container's processes are intercepted: a job
-			// cgroup, or a cgroup hooked as a whole. Not just anywhere
-			// below a scope: there only job tasks are, and a container's
-			// processes are started by the runtime, not by a job task.
-			Hooked: func() []string {
-				var out []string
-				for _, j := range ic.JobCgroups() {
-					out = append(out, j.Path)
-				}
-				for _, h := range ic.Cgroups() {
-					if h.Source != interceptor.SourceScope {
-						out = append(out, h.Path)
-					}
-				}
-				return out
-			},
-			Kill: cfg.Containers.Kill,
-			Log:  log.Named("containers"),
+			Docker:  docker,
+			Covered: ic.Intercepts,
+			Kill:    cfg.Containers.Kill,
+			Log:     log.Named("containers"),
 			OnUnhooked: func(u containers.Unhooked) {
 				cst.unhooked.Add(1)
 				met.containerUnhooked(u)

@@ -228,6 +228,24 @@ func (ic *Interceptor) InJobCgroup(path string) bool {
 	return false
 }
 
+// Intercepts reports whether the connects of every process of a cgroup (a
+// path as /proc/PID/cgroup gives it) are intercepted: it is a job cgroup or
+// below one, or below a cgroup hooked as a whole. Not merely below the
+// scope: there only job tasks are, and a process started by a service (a
+// container's, started by its runtime) is none.
+func (ic *Interceptor) Intercepts(path string) bool {
+	if ic.InJobCgroup(path) {
+		return true
+	}
+	rel := cleanRel(path)
+	for _, h := range ic.Cgroups() {
+		if h.Source != SourceScope && within(rel, h.Path) {
+			return true
+		}
+	}
+	return false
+}
+
 // JobCgroupPath names a job cgroup by id ("" when unknown).
 func (ic *Interceptor) JobCgroupPath(id uint64) string {
 	ic.jobMu.Lock()

@@ -3,7 +3,6 @@ package containers
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"time"
 
@@ -35,9 +34,9 @@ type Unhooked struct {
 // (`docker run --cgroup-parent` elsewhere) as fast as the runtime tells.
 type Watcher struct {
 	Docker *Docker
-	// Hooked returns the hooked cgroups, relative to the cgroup2 mount
-	// (no leading slash).
-	Hooked func() []string
+	// Covered reports whether the processes of a cgroup (a path as
+	// /proc/PID/cgroup gives it) are intercepted.
+	Covered func(cgroup string) bool
 	// Kill kills a container outside the hooked cgroups.
 	Kill bool
 	// OnUnhooked is called for each container found outside them.
@@ -138,11 +137,8 @@ func (w *Watcher) Check(ctx context.Context, id string) {
 	if err != nil {
 		return
 	}
-	rel := strings.TrimPrefix(cg, "/")
-	for _, h := range w.Hooked() {
-		if rel == h || strings.HasPrefix(rel, h+"/") {
-			return
-		}
+	if w.Covered(cg) {
+		return
 	}
 	w.mu.Lock()
 	if w.reported == nil {
