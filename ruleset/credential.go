@@ -60,8 +60,29 @@ type Credential struct {
 	Source SecretSource
 	// Policies may grant this credential; "*" means any policy.
 	Policies []string
-	Range    hcl.Range
+	// SSHAuth is how an ssh target's credential logs in: SSHPassword
+	// (the secret is a password), SSHPrivateKey (an OpenSSH or PEM
+	// private key) or SSHCertificate (the secret is an SSH user CA's
+	// private key, and each session logs in with a new key and a
+	// certificate minted for it). Empty on other protocols.
+	SSHAuth string
+	// CertTTL is how long a minted certificate is valid
+	// (SSHCertificate only); DefaultCertTTL when not set.
+	CertTTL time.Duration
+	Range   hcl.Range
 }
+
+// SSH credential kinds (Credential.SSHAuth).
+const (
+	SSHPassword    = "password"
+	SSHPrivateKey  = "private_key"
+	SSHCertificate = "certificate"
+)
+
+// DefaultCertTTL is how long a per-session SSH certificate is valid unless
+// the credential says otherwise: long enough to log in, short enough to be
+// useless when copied.
+const DefaultCertTTL = 5 * time.Minute
 
 // SecretSource says where a credential's secret is read. Exactly one of
 // File, Env and Command is set.

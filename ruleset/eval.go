@@ -72,6 +72,64 @@ type Statement struct {
 	HasWhere bool
 	HasLimit bool
 	Text     string
+	// SSH is what an ssh flow's decoder reports of one request (the ssh
+	// and sftp facets); nil for every other protocol.
+	SSH *SSHRequest
+}
+
+// SSH request kinds (SSHRequest.Kind, ssh.kind in rules).
+const (
+	SSHShell        = "shell"
+	SSHExec         = "exec"
+	SSHSubsystem    = "subsystem"
+	SSHDirectTCPIP  = "direct_tcpip"
+	SSHTCPIPForward = "tcpip_forward"
+	SSHAgentForward = "agent_forward"
+	SSHX11          = "x11"
+)
+
+// SSHRequest is one request of an ssh session as its decoder saw it:
+// opening a shell, running a command, starting a subsystem, a forward
+// (either way), agent forwarding or X11, or one file operation of an
+// SFTP subsystem. Statement.Kind is Kind, except for SFTP operations,
+// whose Statement.Kind is "sftp".
+type SSHRequest struct {
+	// User is the user name the job asked to log in as.
+	User string
+	// Kind is one of the SSH* kinds above. SFTP operations have Kind
+	// subsystem and Subsystem "sftp".
+	Kind string
+	// Command is an exec request's command line, as sent.
+	Command string
+	// Argv is Command's words when it is one simple command of literal
+	// words (no pipes, lists, substitutions or expansions); nil otherwise.
+	Argv []string
+	// Programs are the base names of every program the command line runs,
+	// as a POSIX shell parses it (each command of a pipeline or list,
+	// command substitutions included), in order, without duplicates.
+	// Names that are not literal (built by an expansion) show as "?".
+	Programs []string
+	// Subsystem is a subsystem request's name (sftp).
+	Subsystem string
+	// ForwardHost and ForwardPort are a forward's target: where a
+	// direct_tcpip channel connects from the host (ssh -L, -D, -W), or
+	// the address a tcpip_forward asks the host to listen on (ssh -R). A
+	// unix socket forward has the socket's path and port 0.
+	ForwardHost string
+	ForwardPort int
+	// Env are the names of the environment variables the job asked to
+	// set on the channel, sorted.
+	Env []string
+	// Pty says the channel asked for a terminal, of type Term.
+	Pty  bool
+	Term string
+	// SFTPOp is an SFTP operation (open, read, write, remove, rename,
+	// mkdir, rmdir, setstat, symlink, link, list, stat, readlink,
+	// realpath), SFTPPath its path and SFTPTarget the second path of a
+	// rename, link or symlink. SFTPOp is empty except on SFTP operations.
+	SFTPOp     string
+	SFTPPath   string
+	SFTPTarget string
 }
 
 // KindConnect is the statement kind for decisions about a connection

@@ -135,6 +135,11 @@ type Target struct {
 	// Credentials are injected in place of the client's own; a target
 	// with any accepts only sessions granted one (see Match.Grant).
 	Credentials []*Credential
+	// KnownHosts is, for ssh targets, the absolute path of an OpenSSH
+	// known_hosts file that the hosts' keys (or their host CA, with
+	// @cert-authority) are checked against when Sluice logs in to them
+	// itself. Required on an ssh target with credentials.
+	KnownHosts string
 	// Range is where the target block is defined.
 	Range hcl.Range
 }
