@@ -1,6 +1,7 @@
 package decoder
 
 import (
+	"crypto"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -57,6 +58,10 @@ type Env struct {
 	MaxMessage int
 	// Log is the daemon's logger, named after the protocol.
 	Log hclog.Logger
+	// SSHHostCA signs the host certificates the SSH decoder presents to
+	// jobs (data_dir/ssh_host_ca, trusted through the @cert-authority line
+	// sluice install writes). Nil: ssh flows cannot be decoded.
+	SSHHostCA crypto.Signer
 }
 
 var (
