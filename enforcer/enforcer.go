@@ -82,6 +82,9 @@ type Outcome struct {
 	// Skipped is set when the command never ran (an earlier error in the
 	// same batch).
 	Skipped bool
+	// Fields are recorded with the result (an SSH channel's number); nil
+	// for most protocols. Not modified after Done.
+	Fields map[string]string
 }
 
 // HoldRequest is a statement waiting for approval.
@@ -259,6 +262,17 @@ func (s *Session) Wire(dir string, b []byte) error {
 	return s.Record(s.level, record.Event{Type: record.TypeWire, Dir: dir, Data: b})
 }
 
+// WireStream records bytes of one stream of a multiplexed session (an
+// SSH channel's stdin, stdout, stderr or terminal), named by fields,
+// which must not be modified afterwards (one map per stream, reused).
+// Like Wire, it records only at the full level.
+func (s *Session) WireStream(dir string, fields map[string]string, b []byte) error {
+	if !s.WantsWire() || len(b) == 0 {
+		return nil
+	}
+	return s.Record(s.level, record.Event{Type: record.TypeWire, Dir: dir, Data: b, Fields: fields})
+}
+
 // Decide returns the verdict for a command and records it. A command that
 // could not be classified is denied in enforce mode: an unparsable
 // statement is never passed through unseen. Once recording has failed,
@@ -275,7 +289,9 @@ func (s *Session) Decide(c *Command) Verdict {
 			Rule: &ruleset.Rule{ID: "sluice/unparsable", Action: ruleset.Deny}}
 		d.Monitor = s.match.Ruleset().Mode() == ruleset.Monitor
 		d.Record = ruleset.RecordCommands
-	case s.match.ByClassification():
+	case s.match.ByClassification() && c.Statement.SSH == nil:
+		// The key of a decision by classification is SQL's (kind,
+		// tables, functions, flags): an SSH request is decided alone.
 		d = s.decideByClass(c)
 	default:
 		d = s.match.Decide(&c.Statement, ruleset.Result{})
@@ -416,7 +432,7 @@ func (s *Session) levelFor(d ruleset.Decision) record.Level {
 // Done reports how an allowed command ended, and records it.
 func (s *Session) Done(c *Command, v Verdict, o Outcome) {
 	s.Record(s.levelFor(v.Decision), record.Event{Type: record.TypeResult, Kind: c.Statement.Kind,
-		Rows: o.Rows, Bytes: o.Bytes, DurationUS: o.Duration.Microseconds(), ErrCode: o.ErrCode})
+		Rows: o.Rows, Bytes: o.Bytes, DurationUS: o.Duration.Microseconds(), ErrCode: o.ErrCode, Fields: o.Fields})
 	if s.Observer != nil && s.Observer.Done != nil {
 		s.Observer.Done(o)
 	}
