@@ -22,9 +22,10 @@ var allowed = map[string][]string{
 	"internal/procfs":  {},
 	"bpf":              {},
 	"internal/api":     {},
-	"cmd":              {"daemon", "interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/version"},
-	"daemon":           {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/version"},
+	"cmd":              {"daemon", "interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/sshca", "internal/version"},
+	"daemon":           {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/sshca", "internal/version"},
 	"internal/tlsutil": {},
+	"internal/sshca":   {},
 	"internal/version": {},
 	"packaging":        {"packaging", "internal/version"},
 }
