@@ -8,6 +8,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,7 @@ import (
 	"github.com/sluicehq/sluice/interceptor/containers"
 	"github.com/sluicehq/sluice/interceptor/identity"
 	"github.com/sluicehq/sluice/internal/api"
+	"github.com/sluicehq/sluice/internal/sshca"
 	"github.com/sluicehq/sluice/internal/tlsutil"
 	"github.com/sluicehq/sluice/ruleset"
 )
@@ -153,6 +155,10 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 	if err != nil {
 		return dataDirError(cfg, err)
 	}
+	sshHostCA, err := loadSSHHostCA(cfg, log.Named("ssh"))
+	if err != nil {
+		return dataDirError(cfg, err)
+	}
 	rec, err := newRecorder(cfg, log.Named("recorder"))
 	if err != nil {
 		return dataDirError(cfg, err)
@@ -216,7 +222,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 	// Every protocol of this build (decoder/all), from the registry: its
 	// decoder, or the undecoded handler that relays or refuses as each
 	// target says; its refusals in its own terms.
-	env := decoder.Env{ClientTLS: ca.ServerConfig(), MaskKey: maskKey, MaxMessage: cfg.MaxMessage}
+	env := decoder.Env{ClientTLS: ca.ServerConfig(), MaskKey: maskKey, MaxMessage: cfg.MaxMessage, SSHHostCA: sshHostCA}
 	for _, p := range decoder.Protocols() {
 		env.Log = log.Named(p.Name)
 		if p.New != nil {
@@ -421,6 +427,29 @@ func preflight(cfg *Config) error {
 func dataDirError(cfg *Config, err error) error {
 	return RuntimeError(err, fmt.Sprintf("check that root can write data_dir %s (with systemd, that it is under ReadWritePaths) and that its file system is not full", cfg.DataDir),
 		"prepare data_dir %s", cfg.DataDir)
+}
+
+// loadSSHHostCA loads the SSH host CA from data_dir/ssh_host_ca, creating
+// it when sluice install has not (the same key either way), and logs
+// when this runner's ssh clients do not trust it through the system-wide
+// known_hosts file: then they refuse the host certificates the SSH decoder
+// presents. An operator who trusts it some other way can ignore that.
+func loadSSHHostCA(cfg *Config, log hclog.Logger) (ed25519.PrivateKey, error) {
+	path := filepath.Join(cfg.DataDir, sshca.KeyFile)
+	key, created, err := sshca.LoadOrCreate(path)
+	if err != nil {
+		return nil, err
+	}
+	pub := key.Public().(ed25519.PublicKey)
+	if created {
+		log.Info("created the SSH host CA", "path", path, "public_key", sshca.PublicLine(pub))
+	}
+	if kh, err := os.ReadFile(sshca.DefaultKnownHosts); err == nil && sshca.Trusted(kh, pub) {
+		return key, nil
+	}
+	log.Info("the system known_hosts file does not trust the SSH host CA: ssh clients will refuse Sluice's host certificates; run sluice install, or add the line sluice ssh-ca prints",
+		"known_hosts", sshca.DefaultKnownHosts, "line", sshca.KnownHostsLine(pub))
+	return key, nil
 }
 
 // listenError classifies a listener that could not be opened for what:
