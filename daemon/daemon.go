@@ -543,7 +543,10 @@ func statusOf(cfg *Config, ic *interceptor.Interceptor, disc *discoverer, p *int
 	}
 	rs := store.Current()
 	for _, t := range rs.Targets() {
-		at := api.Target{Name: t.Name, Protocol: t.Protocol, Decoded: decoder.Decodes(t.Protocol), Mode: decoder.ModeOf(t).String()}
+		at := api.Target{Name: t.Name, Protocol: t.Protocol, Decoded: decoder.ModeOf(t) == decoder.Decoded, Mode: decoder.ModeOf(t).String()}
+		if !at.Decoded && t.Protocol != ruleset.ProtoTCP {
+			at.Why = decoder.WhyUndecoded(t)
+		}
 		if !at.Decoded {
 			at.Undecoded, at.Rule = t.Undecoded, decoder.UndecodedRule(t)
 		}

@@ -171,11 +171,11 @@ func (r *rules) warnUndecoded(rs *ruleset.Ruleset) {
 	for _, t := range rs.Targets() {
 		switch decoder.ModeOf(t) {
 		case decoder.RelayedUndecoded:
-			r.log.Info("target's protocol has no decoder in this build: its flows are relayed without inspection",
-				"target", t.Name, "protocol", t.Protocol, "undecoded", t.Undecoded)
+			r.log.Info("target's flows cannot be decoded: they are relayed without inspection",
+				"target", t.Name, "protocol", t.Protocol, "why", decoder.WhyUndecoded(t), "undecoded", t.Undecoded)
 		case decoder.RefusedUndecoded:
-			r.log.Warn("target's protocol has no decoder in this build: its flows are refused",
-				"target", t.Name, "protocol", t.Protocol, "undecoded", t.Undecoded, "rule", decoder.UndecodedRule(t))
+			r.log.Warn("target's flows cannot be decoded: they are refused",
+				"target", t.Name, "protocol", t.Protocol, "why", decoder.WhyUndecoded(t), "undecoded", t.Undecoded, "rule", decoder.UndecodedRule(t))
 		}
 	}
 }

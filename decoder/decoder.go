@@ -78,7 +78,7 @@ func ModeOf(t *ruleset.Target) Mode {
 	switch {
 	case p.Opaque:
 		return Opaque
-	case p.New != nil:
+	case p.New != nil && (p.Decodes == nil || p.Decodes(t)):
 		return Decoded
 	case t.Undecoded == ruleset.UndecodedRelay:
 		return RelayedUndecoded
@@ -91,6 +91,16 @@ func ModeOf(t *ruleset.Target) Mode {
 func Decodes(protocol string) bool {
 	p, _ := Lookup(protocol)
 	return p.New != nil
+}
+
+// WhyUndecoded says why t's flows are not decoded: this build has no
+// decoder for its protocol, or the decoder cannot decode this target.
+func WhyUndecoded(t *ruleset.Target) string {
+	p, _ := Lookup(t.Protocol)
+	if p.New != nil && p.NotDecoded != "" {
+		return p.NotDecoded
+	}
+	return "this build has no " + t.Protocol + " decoder"
 }
 
 // UndecodedRule is the rule ID a refusal of t's undecoded flows names: the

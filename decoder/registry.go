@@ -23,6 +23,13 @@ type Protocol struct {
 	// New builds the protocol's flow handler once per daemon, from the
 	// daemon's shared parts. Nil: this build does not decode the protocol.
 	New func(Env) Handler
+	// Decodes, when set, says which of the protocol's targets New can
+	// decode (an ssh target needs a credential for Sluice to log in
+	// with); the flows of the others are relayed undecoded or refused as
+	// each target says, for the reason NotDecoded gives. Nil: every
+	// target, when New is set.
+	Decodes    func(*ruleset.Target) bool
+	NotDecoded string
 	// Opaque marks a protocol relayed byte for byte by design (tcp): its
 	// flows count as served, and nothing about them is undecoded.
 	Opaque bool

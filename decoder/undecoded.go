@@ -11,7 +11,8 @@ import (
 )
 
 // Undecoded returns the handler for the flows of a protocol this build cannot
-// decode, as the flow's target says (ruleset.Target.Undecoded). Relayed,
+// decode (or of a target its decoder cannot decode, WhyUndecoded), as the
+// flow's target says (ruleset.Target.Undecoded). Relayed,
 // the bytes pass unread and the session records metadata only, whatever
 // its record level: without a decoder Sluice cannot tell where a
 // protocol's authentication ends, and the wire may carry a password.
@@ -27,9 +28,9 @@ func Undecoded(refuse Refuser, log hclog.Logger) Handler {
 		fields := []any{"inspected", false, "undecoded", t.Undecoded}
 		if ModeOf(t) == RefusedUndecoded {
 			rule := UndecodedRule(t)
-			reason := fmt.Sprintf("this build has no %s decoder and target %s refuses flows it cannot inspect", t.Protocol, t.Name)
+			reason := fmt.Sprintf("%s, and target %s refuses flows it cannot inspect", WhyUndecoded(t), t.Name)
 			if f.Match.Ruleset().Mode() != ruleset.Monitor {
-				flog.Warn("flow refused: this build has no decoder for the protocol", "rule", rule, "reason", reason)
+				flog.Warn("flow refused: it cannot be decoded", "rule", rule, "reason", reason)
 				if refuse != nil {
 					refuse(client, rule, reason)
 				} else {
@@ -37,9 +38,9 @@ func Undecoded(refuse Refuser, log hclog.Logger) Handler {
 				}
 				return Result{Err: fmt.Errorf("refused by rule %s: %s", rule, reason), Fields: append(fields, "rule", rule)}
 			}
-			flog.Warn("flow would be refused (monitor mode): this build has no decoder for the protocol", "rule", rule, "reason", reason)
+			flog.Warn("flow would be refused (monitor mode): it cannot be decoded", "rule", rule, "reason", reason)
 		}
-		flog.Info("flow not inspected: this build has no decoder for the protocol; relaying it opaquely")
+		flog.Info("flow not inspected: relaying it opaquely", "why", WhyUndecoded(t))
 		up, err := dial(ctx)
 		if err != nil {
 			client.Close()

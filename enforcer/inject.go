@@ -3,6 +3,7 @@ package enforcer
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/sluicehq/sluice/enforcer/credential"
 	"github.com/sluicehq/sluice/enforcer/record"
@@ -61,4 +62,17 @@ func (s *Session) Injection() (*Injection, error) {
 	s.Record(record.Metadata, record.Event{Type: record.TypeNote, Verdict: "allow", Rule: g.Rule,
 		Reason: "credential " + c.Name + " injected", Fields: map[string]string{"credential": c.Name, "user": c.User, "source": c.Source.Kind()}})
 	return &Injection{Name: c.Name, User: c.User, Rule: g.Rule, cred: c, secrets: s.Secrets}, nil
+}
+
+// SSHAuth is how an ssh target's credential logs in: ruleset.SSHPassword,
+// SSHPrivateKey or SSHCertificate (empty on other protocols).
+func (in *Injection) SSHAuth() string { return in.cred.SSHAuth }
+
+// CertTTL is how long a certificate minted for an SSHCertificate
+// credential is valid.
+func (in *Injection) CertTTL() time.Duration {
+	if in.cred.CertTTL > 0 {
+		return in.cred.CertTTL
+	}
+	return ruleset.DefaultCertTTL
 }

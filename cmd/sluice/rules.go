@@ -375,11 +375,11 @@ func flowMode(t *ruleset.Target, kind string, mode ruleset.Mode) string {
 	case decoder.Opaque:
 		s = m.String() + " (tcp targets are never decoded; flows are recorded as metadata)"
 	case decoder.RelayedUndecoded:
-		s = fmt.Sprintf("%s: this build has no %s decoder and undecoded = %q (%s); the flow is relayed uninspected and recorded as metadata",
-			m, t.Protocol, t.Undecoded, where)
+		s = fmt.Sprintf("%s: %s and undecoded = %q (%s); the flow is relayed uninspected and recorded as metadata",
+			m, decoder.WhyUndecoded(t), t.Undecoded, where)
 	case decoder.RefusedUndecoded:
-		s = fmt.Sprintf("%s: this build has no %s decoder and undecoded = %q (%s); every connection is refused by rule %s",
-			m, t.Protocol, t.Undecoded, where, decoder.UndecodedRule(t))
+		s = fmt.Sprintf("%s: %s and undecoded = %q (%s); every connection is refused by rule %s",
+			m, decoder.WhyUndecoded(t), t.Undecoded, where, decoder.UndecodedRule(t))
 		if mode == ruleset.Monitor {
 			s += " (monitor mode: logged, then relayed uninspected)"
 		}

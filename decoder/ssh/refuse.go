@@ -1,10 +1,15 @@
-// Package ssh holds Sluice's SSH wire code. This build has no SSH decoder
-// yet: what is here is the refusal a ruleset may ask for, which needs only
-// the unencrypted start of the protocol (RFC 4253).
+// Package ssh decodes SSH for the proxy with golang.org/x/crypto/ssh:
+// Sluice is the server towards the job (a host certificate from the
+// runner's Sluice host CA) and the client towards the host (the
+// credential the ruleset grants), and every channel and request between
+// them is decided by the ruleset (proxy.go, session.go, sftp.go). Flows
+// it cannot log in for are relayed or refused as their target says; a
+// refusal needs only the unencrypted start of the protocol (RFC 4253).
 package ssh
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -30,9 +35,17 @@ const (
 // is read and dropped before closing, so the close is a FIN and not a
 // reset that could discard the message in the client's kernel.
 func Refuse(c net.Conn, rule, reason string) {
+	refuse(c, "sluice: connection refused by rule "+rule+": "+reason)
+}
+
+// refuse ends a connection before key exchange with an SSH disconnect
+// whose description is desc. What the client sent meanwhile is read and
+// dropped before closing, so the close is a FIN and not a reset that
+// could discard the message in the client's kernel.
+func refuse(c net.Conn, desc string) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(AppendRefusal(nil, rule, reason)); err != nil {
+	if _, err := c.Write(appendDisconnect(nil, desc)); err != nil {
 		return
 	}
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
@@ -45,7 +58,19 @@ func Refuse(c net.Conn, rule, reason string) {
 // AppendRefusal appends what Refuse sends to b: the version line and the
 // disconnect packet.
 func AppendRefusal(b []byte, rule, reason string) []byte {
-	desc := "sluice: connection refused by rule " + rule + ": " + reason
+	return appendDisconnect(b, "sluice: connection refused by rule "+rule+": "+reason)
+}
+
+// RefuseBusy tells a client past the daemon's cap on open sessions why it
+// is refused, as a disconnect ("too many connections") before key
+// exchange. It closes c.
+func RefuseBusy(c net.Conn, limit int) {
+	refuse(c, fmt.Sprintf("sluice: too many sessions through the proxy (max_sessions = %d); close idle connections or raise max_sessions", limit))
+}
+
+// appendDisconnect appends a version line and an unencrypted disconnect
+// message with desc to b.
+func appendDisconnect(b []byte, desc string) []byte {
 	if len(desc) > maxDescription {
 		desc = desc[:maxDescription]
 	}

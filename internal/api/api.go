@@ -112,10 +112,12 @@ type Target struct {
 	Name      string   `json:"name"`
 	Protocol  string   `json:"protocol"`
 	Addresses []string `json:"addresses"`
-	// Decoded is false when this build has no decoder for the protocol:
-	// the target's flows are then relayed uninspected or refused, as
-	// Undecoded says.
-	Decoded bool `json:"decoded"`
+	// Decoded is false when the target's flows cannot be decoded (this
+	// build has no decoder for the protocol, or an ssh target has no
+	// credential for Sluice to log in with, as Why says): they are then
+	// relayed uninspected or refused, as Undecoded says.
+	Decoded bool   `json:"decoded"`
+	Why     string `json:"why,omitempty"`
 	// Mode is what the target's flows get in this build: "decoded",
 	// "relayed opaquely" (tcp), "relayed opaquely (undecoded)" or
 	// "refused undecoded".
