@@ -2,7 +2,8 @@ package e2e
 
 // The tests here need, besides root: OpenSSH's sshd and ssh, git and bash
 // (scripts/install-deps.sh installs them). Their undecoded protocols are
-// ssh and k8s, which this build has no decoder for. Servers listen on the
+// k8s, which this build has no decoder for, and ssh to targets without a
+// credential for Sluice to log in with. Servers listen on the
 // real ports 22 and 6443, where the embedded default ruleset's "*:22" and
 // "*:6443" targets catch them, on a test host in a network namespace the
 // test creates, so a machine's own sshd or Kubernetes API server on those
@@ -37,7 +38,7 @@ func needPrivileged(t *testing.T) {
 	testenv.RequireRoot(t) // skips under -short, even with SLUICE_E2E=required
 }
 
-const notInspected = "flow not inspected: this build has no decoder for the protocol; relaying it opaquely"
+const notInspected = "flow not inspected: relaying it opaquely"
 
 // listenIn listens on h's address and port inside h's network namespace.
 func listenIn(t *testing.T, h *testenv.Host, port int) net.Listener {
@@ -326,8 +327,8 @@ func TestUndecodedDefaultRelays(t *testing.T) {
 		t.Errorf("status targets %+v: want ssh and kubernetes relayed undecoded", st.Targets)
 	}
 	out, _ = d.Sluice(t, "doctor", "--config", d.Config)
-	if !strings.Contains(out, "relayed without inspection (no decoder in this build): ") || !strings.Contains(out, "ssh (ssh), kubernetes (k8s)") ||
-		strings.Contains(out, "refused for lack of a decoder") {
+	if !strings.Contains(out, "relayed without inspection: ") || !strings.Contains(out, "ssh (ssh: the target has no credential for Sluice to log in to the host with), kubernetes (k8s: no decoder in this build)") ||
+		strings.Contains(out, "refused, since they cannot be decoded") {
 		t.Errorf("sluice doctor does not list ssh and kubernetes as relayed without inspection, and nothing as refused:\n%s", out)
 	}
 }
@@ -377,14 +378,14 @@ func TestUndecodedOperatorRefuses(t *testing.T) {
 	}
 	out, err = runIn(t, cg, nil, "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
 		"-o", "UserKnownHostsFile=/dev/null", "git@"+sshHost, "true")
-	want := "Received disconnect from " + sshHost + " port 22:1: sluice: connection refused by rule target/git/undecoded: this build has no ssh decoder and target git refuses flows it cannot inspect"
+	want := "Received disconnect from " + sshHost + " port 22:1: sluice: connection refused by rule target/git/undecoded: the target has no credential for Sluice to log in to the host with, and target git refuses flows it cannot inspect"
 	if err == nil || !strings.Contains(out, want) {
 		t.Errorf("ssh from the cgroup: %v: %q, want it to contain %q", err, out, want)
 	}
 
 	for _, target := range []string{"kube", "git"} {
 		rule := "target/" + target + "/undecoded"
-		l := d.WaitLog(t, "flow refused: this build has no decoder for the protocol", func(l testenv.LogLine) bool { return l.String("target") == target })
+		l := d.WaitLog(t, "flow refused: it cannot be decoded", func(l testenv.LogLine) bool { return l.String("target") == target })
 		if l["@level"] != "warn" || l.String("rule") != rule || !strings.Contains(l.String("reason"), "no "+l.String("protocol")+" decoder") {
 			t.Errorf("%s: refusal line %v, want warn naming rule %s", target, l, rule)
 		}
@@ -417,7 +418,7 @@ func TestUndecodedRefuseMonitorMode(t *testing.T) {
 	if err != nil || strings.TrimSpace(out) != "k8s-test-server|ping" {
 		t.Fatalf("connection to %s:6443 in monitor mode: %v: %q", kubeHost, err, out)
 	}
-	l := d.WaitLog(t, "flow would be refused (monitor mode): this build has no decoder for the protocol", nil)
+	l := d.WaitLog(t, "flow would be refused (monitor mode): it cannot be decoded", nil)
 	if l["@level"] != "warn" || l.String("rule") != "target/kube/undecoded" {
 		t.Errorf("monitor-mode line %v, want warn naming target/kube/undecoded", l)
 	}

@@ -54,7 +54,7 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	if p.Log == nil {
 		p.Log = hclog.NewNullLogger()
 	}
-	s := &session{p: p, sess: p.Flow.Session, chanStreams: map[uint32]*streams{}}
+	s := &session{p: p, sess: p.Flow.Session}
 	s.decider = decoder.Decider{Session: s.sess, Masks: p.Masks}
 	cc := &decoder.CountConn{Conn: p.Client}
 	err := s.run(ctx, cc)
@@ -87,7 +87,6 @@ type session struct {
 	agent, x11 bool
 	// noMoreSessions is set by the client's no-more-sessions request.
 	noMoreSessions bool
-	chanStreams    map[uint32]*streams
 	nextChan       uint32
 	wg             sync.WaitGroup
 }
@@ -484,11 +483,21 @@ type streams struct {
 // stdout and stderr, or tty both ways when it has a terminal ("data" both
 // ways for a forward).
 func (s *session) newStreams(kind string, pty bool) *streams {
+	return streamsOf(s.allocChannel(), kind, pty)
+}
+
+// allocChannel numbers a channel for the recording: 0, 1, ... in the
+// order the session opened them.
+func (s *session) allocChannel() string {
 	s.mu.Lock()
 	n := s.nextChan
 	s.nextChan++
 	s.mu.Unlock()
-	ch := strconv.FormatUint(uint64(n), 10)
+	return strconv.FormatUint(uint64(n), 10)
+}
+
+// streamsOf names channel ch's streams.
+func streamsOf(ch, kind string, pty bool) *streams {
 	st := &streams{channel: ch}
 	mk := func(name string) map[string]string { return map[string]string{"channel": ch, "stream": name} }
 	switch {

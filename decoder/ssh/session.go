@@ -41,8 +41,9 @@ func passedEnv(name string) bool {
 
 // sessChan is one session channel.
 type sessChan struct {
-	s  *session
-	ch ssh.Channel
+	s   *session
+	ch  ssh.Channel
+	num string // the channel's number in the recording
 
 	pty             []byte // the pty-req payload, replayed upstream
 	term            string
@@ -63,7 +64,7 @@ func (s *session) serveSession(nc ssh.NewChannel) {
 	if err != nil {
 		return
 	}
-	sc := &sessChan{s: s, ch: ch, env: map[string]string{}}
+	sc := &sessChan{s: s, ch: ch, env: map[string]string{}, num: s.allocChannel()}
 	sc.serve(reqs)
 }
 
@@ -88,7 +89,7 @@ func (sc *sessChan) serve(reqs <-chan *ssh.Request) {
 			}
 			sc.pty, sc.term = req.Payload, p.Term
 			s.sess.Record(record.Metadata, record.Event{Type: record.TypeNote, Reason: "pty-req", Fields: map[string]string{
-				"term": p.Term, "cols": strconv.FormatUint(uint64(p.Cols), 10), "rows": strconv.FormatUint(uint64(p.Rows), 10)}})
+				"channel": sc.num, "term": p.Term, "cols": strconv.FormatUint(uint64(p.Cols), 10), "rows": strconv.FormatUint(uint64(p.Rows), 10)}})
 			req.Reply(true, nil)
 		case "env":
 			var e struct{ Name, Value string }
@@ -130,7 +131,7 @@ func (sc *sessChan) serve(reqs <-chan *ssh.Request) {
 			var w struct{ Cols, Rows, Width, Height uint32 }
 			if ssh.Unmarshal(req.Payload, &w) == nil {
 				s.sess.Record(record.Metadata, record.Event{Type: record.TypeNote, Reason: "window-change", Fields: map[string]string{
-					"channel": sc.channel(), "cols": strconv.FormatUint(uint64(w.Cols), 10), "rows": strconv.FormatUint(uint64(w.Rows), 10)}})
+					"channel": sc.num, "cols": strconv.FormatUint(uint64(w.Cols), 10), "rows": strconv.FormatUint(uint64(w.Rows), 10)}})
 			}
 			sc.forward(req)
 		case "signal", "break":
@@ -154,13 +155,6 @@ func (sc *sessChan) serve(reqs <-chan *ssh.Request) {
 		<-sc.relayDone
 	}
 	sc.ch.Close()
-}
-
-func (sc *sessChan) channel() string {
-	if sc.st == nil {
-		return ""
-	}
-	return sc.st.channel
 }
 
 // forward passes a request on to the host's channel once it is open.
@@ -229,7 +223,7 @@ func (sc *sessChan) start(req *ssh.Request) {
 		}
 		kind, text, subsystem = ruleset.SSHSubsystem, "subsystem "+m.Name, m.Name
 	}
-	sc.st = s.newStreams(kind, sc.pty != nil)
+	sc.st = streamsOf(sc.num, kind, sc.pty != nil)
 	c := s.command(kind, text, func(r *ruleset.SSHRequest) {
 		sc.fill(r)
 		r.Command, r.Subsystem = command, subsystem
