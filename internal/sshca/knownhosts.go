@@ -32,7 +32,7 @@ var plainName = regexp.MustCompile(`^[A-Za-z0-9._@:+-]+$`)
 // without it is never touched. An empty name is DefaultName; a name with
 // characters other than letters, digits and ._@:+- is quoted.
 func Marker(name string) string {
-	const m = "# sluice: SSH host CA of this runner (sluice install; removed by sluice uninstall"
+	const m = markerPrefix
 	switch {
 	case name == "" || name == DefaultName:
 		return m + ")"
@@ -42,6 +42,8 @@ func Marker(name string) string {
 		return m + " --name " + strconv.Quote(name) + ")"
 	}
 }
+
+const markerPrefix = "# sluice: SSH host CA of this runner (sluice install; removed by sluice uninstall"
 
 // Change is what an edit of a known_hosts file did.
 type Change int
@@ -108,12 +110,13 @@ type block struct {
 	hasLine bool
 }
 
-// blocks returns the managed entries of installation name in lines.
-func blocks(lines []line, name string) []block {
+// blocks returns the managed entries of installation name in lines, or
+// of every installation when all is set.
+func blocks(lines []line, name string, all bool) []block {
 	marker := Marker(name)
 	var out []block
 	for i := 0; i < len(lines); i++ {
-		if lines[i].text != marker {
+		if lines[i].text != marker && !(all && strings.HasPrefix(lines[i].text, markerPrefix)) {
 			continue
 		}
 		b := block{at: i}
@@ -131,17 +134,19 @@ func blocks(lines []line, name string) []block {
 // data stays as it was. The installation's existing line is replaced in
 // place when it names another key or was edited; further copies of it are
 // dropped. Without one, the marker and the line are appended, unless a line
-// the installation did not write trusts pub already (Present). data is
-// returned as it is when nothing changes.
+// no installation wrote (an operator's) trusts pub already (Present).
+// Another installation's line for the same key does not count: each
+// installation's line goes with that installation. data is returned as it
+// is when nothing changes.
 func AddLine(data []byte, name string, pub ed25519.PublicKey) ([]byte, Change) {
 	want := KnownHostsLine(pub)
 	lines := splitLines(data)
-	bs := blocks(lines, name)
+	bs := blocks(lines, name, false)
 	if len(bs) == 1 && bs[0].hasLine && lines[bs[0].at+1].text == want {
 		return data, Unchanged
 	}
 	if len(bs) == 0 {
-		if Trusted(data, pub) {
+		if unmanaged, _ := removeBlocks(data, "", true); Trusted(unmanaged, pub) {
 			return data, Present
 		}
 		out := bytes.Clone(data)
@@ -184,8 +189,13 @@ func AddLine(data []byte, name string, pub ed25519.PublicKey) ([]byte, Change) {
 // when it holds none. Lines the installation did not write stay, even one
 // that trusts the same key.
 func RemoveLine(data []byte, name string) ([]byte, Change) {
+	return removeBlocks(data, name, false)
+}
+
+// removeBlocks is RemoveLine, for every installation when all is set.
+func removeBlocks(data []byte, name string, all bool) ([]byte, Change) {
 	lines := splitLines(data)
-	bs := blocks(lines, name)
+	bs := blocks(lines, name, all)
 	if len(bs) == 0 {
 		return data, Unchanged
 	}

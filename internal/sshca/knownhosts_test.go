@@ -62,6 +62,7 @@ func TestAddRemoveLine(t *testing.T) {
 		{"an operator's line", other + KnownHostsLine(k1) + "\n", k1, other + KnownHostsLine(k1) + "\n", Present, other + KnownHostsLine(k1) + "\n", Unchanged},
 		{"an operator's line for a few hosts only", "@cert-authority *.corp " + PublicLine(k1) + "\n", k1, "@cert-authority *.corp " + PublicLine(k1) + "\n" + block("", k1), Added, "@cert-authority *.corp " + PublicLine(k1) + "\n", Removed},
 		{"another installation's line stays", block("ci", k2), k1, block("ci", k2) + block("", k1), Added, block("ci", k2), Removed},
+		{"another installation's line for the same key", block("ci", k1), k1, block("ci", k1) + block("", k1), Added, block("ci", k1), Removed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, change := AddLine([]byte(tc.old), "default", tc.key)
