@@ -22,6 +22,7 @@ import (
 	"github.com/sluicehq/sluice/daemon"
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/internal/api"
+	"github.com/sluicehq/sluice/internal/sshca"
 )
 
 // Check levels, as doctor prints them.
@@ -48,22 +49,24 @@ const (
 )
 
 func newDoctorCmd() *cobra.Command {
-	var configPath, name, socket, dockerConfig, sudoers string
+	var configPath, name, socket, dockerConfig, sudoers, sshKnownHosts string
 	cmd := &cobra.Command{
 		Use:   "doctor",
-		Short: "Check kernel, cgroup2, pins, daemon, hooked cgroups, proxy, ruleset, containers, root, clock, disk; say what to fix",
+		Short: "Check kernel, cgroup2, pins, daemon, hooked cgroups, proxy, ruleset, containers, SSH host CA, root, clock, disk; say what to fix",
 		Long: `Check the installation the way an operator would, one line per check (ok,
 warn or FAIL), each warning and failure followed by the fix: the kernel's
 eBPF support, the cgroup2 mount and the runner cgroups, the pinned hooks,
 the daemon and the cgroups it could not hook, the proxy listener, the
 ruleset, container jobs (Docker's cgroup-parent against the containers
-block, and whether sluiced follows Docker), whether jobs can become root
+block, and whether sluiced follows Docker), whether the runner's ssh
+clients trust the SSH host CA (its @cert-authority line in the system-wide
+known_hosts file, a file ssh reads), whether jobs can become root
 (the runner runs as root, or its user has passwordless sudo), the clock's
 sync state, free disk space for recordings and the metrics endpoint. Exit 1
 when any check FAILs.`,
 		Args: noArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			return doctor(cmd.OutOrStdout(), configPath, name, socket, dockerConfig, sudoers)
+			return doctor(cmd.OutOrStdout(), configPath, name, socket, dockerConfig, sudoers, sshKnownHosts)
 		}),
 	}
 	cmd.Flags().StringVar(&configPath, "config", "/etc/sluice/sluiced.hcl", "read the daemon's config from `FILE`")
@@ -71,12 +74,13 @@ when any check FAILs.`,
 	cmd.Flags().StringVar(&socket, "socket", "", "talk to the daemon on its API socket at `PATH` (default: the config's api_socket)")
 	cmd.Flags().StringVar(&dockerConfig, "docker-config", defaultDockerConfig, "Docker's daemon.json `FILE`, to check its cgroup-parent")
 	cmd.Flags().StringVar(&sudoers, "sudoers", defaultSudoers, "sudo's policy `FILE` (its includes are followed), to check whether the runner's user has passwordless sudo")
+	cmd.Flags().StringVar(&sshKnownHosts, "ssh-known-hosts", sshca.DefaultKnownHosts, "the system-wide known_hosts `FILE` that must trust the SSH host CA")
 	return cmd
 }
 
 // doctor runs every check and prints one line per finding, each non-ok
 // one followed by its fix. It fails (exit 1) when any finding is a FAIL.
-func doctor(stdout io.Writer, configPath, name, socket, dockerConfig, sudoers string) error {
+func doctor(stdout io.Writer, configPath, name, socket, dockerConfig, sudoers, sshKnownHosts string) error {
 	var out []finding
 	add := func(f finding) { out = append(out, f) }
 
@@ -120,6 +124,7 @@ func doctor(stdout io.Writer, configPath, name, socket, dockerConfig, sudoers st
 	add(checkProxy(port, pins))
 	add(checkRuleset(st))
 	add(checkContainers(cfg, st, configPath, dockerConfig))
+	add(checkSSHCA(cfg, sshKnownHosts, sshGlobalKnownHosts()))
 	add(checkRoot(cfg, st, configPath, sudoers))
 	add(checkClock())
 	add(checkDisk(cfg.DataDir))

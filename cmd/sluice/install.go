@@ -20,6 +20,7 @@ import (
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/interceptor/runners"
 	"github.com/sluicehq/sluice/internal/api"
+	"github.com/sluicehq/sluice/internal/sshca"
 )
 
 // Defaults written into a new config; they are sluiced's own defaults,
@@ -41,6 +42,9 @@ type installOptions struct {
 	// systemdDir.
 	harden     bool
 	systemdDir string
+	// ssh (on or off) adds the SSH host CA's @cert-authority line to the
+	// known_hosts file sshKnownHosts.
+	ssh, sshKnownHosts string
 }
 
 func newInstallCmd() *cobra.Command {
@@ -50,12 +54,18 @@ func newInstallCmd() *cobra.Command {
 		Short: "Find the runner services, write sluiced's config, start sluiced",
 		Long: `Find the CI runner services of this host (GitHub Actions, GitLab, Buildkite,
 Jenkins, under --root), write their cgroups into sluiced's config so that they
-are hooked, and, on a host run by systemd whose packaged unit reads that
-config, enable and (re)start sluiced.socket and sluiced.service: one command
-after the package. Running it again only adds what is new; an operator's
-edits to the config stay.`,
+are hooked, create the SSH host CA in the config's data_dir and add its
+@cert-authority line to /etc/ssh/ssh_known_hosts (so the runner's ssh
+clients accept the host certificates Sluice presents), and, on a host run
+by systemd whose packaged unit reads that config, enable and (re)start
+sluiced.socket and sluiced.service: one command after the package. Running
+it again only adds what is new; an operator's edits to the config and to
+the known_hosts file stay.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkSSHMode(o.ssh); err != nil {
+				return err
+			}
 			o.rootSet = cmd.Flags().Changed("root")
 			if code := install(o, cmd.OutOrStdout(), cmd.ErrOrStderr()); code != 0 {
 				return exitStatus(code)
@@ -72,13 +82,16 @@ edits to the config stay.`,
 	cmd.Flags().StringVar(&o.driver, "cgroup-driver", "auto", "Docker's cgroup `DRIVER`: auto, systemd or cgroupfs")
 	cmd.Flags().BoolVar(&o.harden, "harden", false, "also write a systemd drop-in for each runner service so that its jobs cannot become root, move cgroups, call bpf(), load modules or reach Sluice's files")
 	cmd.Flags().StringVar(&o.systemdDir, "systemd-dir", defaultSystemdDir, "`DIR` where --harden writes <unit>.d/"+hardenDropIn)
+	cmd.Flags().StringVar(&o.ssh, "ssh", "on", "add the SSH host CA's @cert-authority line to the known_hosts file: `on` or off (then sluice ssh-ca prints the line)")
+	cmd.Flags().StringVar(&o.sshKnownHosts, "ssh-known-hosts", sshca.DefaultKnownHosts, "the system-wide known_hosts `FILE` the line goes in")
 	return cmd
 }
 
 // install finds the runner services of the host, writes sluiced's config
-// so that their cgroups are hooked and, on a host run by systemd whose
-// packaged unit reads that config, enables and (re)starts sluiced.socket
-// and sluiced.service. It returns the exit status.
+// so that their cgroups are hooked, creates the SSH host CA and has the
+// known_hosts file trust it and, on a host run by systemd whose packaged
+// unit reads that config, enables and (re)starts sluiced.socket and
+// sluiced.service. It returns the exit status.
 func install(o *installOptions, stdout, stderr io.Writer) int {
 	root, path, dryRun, noStart, rootSet := &o.root, &o.path, &o.dryRun, &o.noStart, o.rootSet
 	mount, err := interceptor.Cgroup2Mount()
@@ -127,6 +140,13 @@ func install(o *installOptions, stdout, stderr io.Writer) int {
 	next, err := mergeInstallConfig(old, *path, found, *root, rootSet || !exists, containersCgroup)
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice install:", err)
+		return 1
+	}
+	// The CA goes in the data_dir of the config about to be written, and
+	// its line in known_hosts before sluiced starts: the daemon loads the
+	// same key.
+	if err := installSSH(o.ssh, o.sshKnownHosts, *path, next, *dryRun, stdout); err != nil {
+		fmt.Fprintln(stderr, "sluice install: ssh:", err)
 		return 1
 	}
 	changed := !exists || !bytes.Equal(old, next)

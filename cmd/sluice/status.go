@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/interceptor"
 	"github.com/sluicehq/sluice/internal/api"
+	"github.com/sluicehq/sluice/internal/sshca"
 )
 
 func newStatusCmd() *cobra.Command {
@@ -173,16 +174,22 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 }
 
 func newUninstallCmd() *cobra.Command {
-	var name string
+	var name, ssh, sshKnownHosts string
 	cmd := &cobra.Command{
 		Use:   "uninstall",
 		Short: "Detach and unpin interception (the only way to remove it)",
 		Long: `Detach the eBPF hooks and remove the pins of an installation. A stopped or
 crashed daemon leaves interception in place (connects from the hooked
 cgroups are refused until it is back); this command is the only way to
-remove it. It does not stop sluiced or remove the package.`,
+remove it. It also removes the SSH host CA's @cert-authority line that
+sluice install wrote for the installation to /etc/ssh/ssh_known_hosts (the
+CA key stays in data_dir, with the recordings and their keys). It does not
+stop sluiced or remove the package.`,
 		Args: noArgs,
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			if err := checkSSHMode(ssh); err != nil {
+				return err
+			}
 			stdout := cmd.OutOrStdout()
 			removed, err := interceptor.Uninstall(name)
 			for _, p := range removed {
@@ -196,9 +203,11 @@ remove it. It does not stop sluiced or remove the package.`,
 			} else {
 				fmt.Fprintf(stdout, "interception removed for %q\n", name)
 			}
-			return nil
+			return uninstallSSH(ssh, sshKnownHosts, name, stdout)
 		}),
 	}
 	cmd.Flags().StringVar(&name, "name", "default", "installation `NAME` (pin directory under /sys/fs/bpf/sluice)")
+	cmd.Flags().StringVar(&ssh, "ssh", "on", "remove the SSH host CA's @cert-authority line install wrote: `on` or off")
+	cmd.Flags().StringVar(&sshKnownHosts, "ssh-known-hosts", sshca.DefaultKnownHosts, "the known_hosts `FILE` install wrote the line to")
 	return cmd
 }
