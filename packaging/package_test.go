@@ -9,6 +9,7 @@ package packaging
 import (
 	"bufio"
 	"compress/gzip"
+	"crypto/ed25519"
 	"errors"
 	"io"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/sshca"
 	"github.com/sluicehq/sluice/internal/testenv"
 )
 
@@ -345,6 +347,49 @@ func TestPackage(t *testing.T) {
 		}
 		if !strings.Contains(string(out), "sluice uninstall") || !strings.Contains(string(out), "default") {
 			t.Errorf("prerm says %q, want the pinned installation and `sluice uninstall`", out)
+		}
+	})
+
+	t.Run("postrm remove takes out the SSH CA lines", func(t *testing.T) {
+		// Every installation's line sluice install wrote goes, with its
+		// marker; an operator's own lines stay byte for byte. A stub
+		// systemctl keeps the script off the host's systemd.
+		dir := t.TempDir()
+		bin := filepath.Join(dir, "bin")
+		os.Mkdir(bin, 0o755)
+		os.WriteFile(filepath.Join(bin, "systemctl"), []byte("#!/bin/sh\nexit 0\n"), 0o755)
+		const mine = "# deploy hosts\ngit.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+		k1, _, _ := ed25519.GenerateKey(nil)
+		k2, _, _ := ed25519.GenerateKey(nil)
+		data, _ := sshca.AddLine([]byte(mine), "default", k1)
+		data, _ = sshca.AddLine(data, "ci test", k2)
+		operator := "@cert-authority *.corp " + sshca.PublicLine(k1) + "\n"
+		data = append(data, operator...)
+		kh := filepath.Join(dir, "ssh_known_hosts")
+		os.WriteFile(kh, data, 0o644)
+		postrmRemove := func() (string, error) {
+			cmd := exec.Command("sh", filepath.Join(b.control, "postrm"), "remove")
+			cmd.Env = append(os.Environ(), "SLUICE_SSH_KNOWN_HOSTS="+kh, "PATH="+bin+":"+os.Getenv("PATH"))
+			out, err := cmd.CombinedOutput()
+			return string(out), err
+		}
+		out, err := postrmRemove()
+		if err != nil || !strings.Contains(out, "removed the SSH host CA's @cert-authority line from "+kh) {
+			t.Fatalf("postrm remove: %v\n%s", err, out)
+		}
+		if got, _ := os.ReadFile(kh); string(got) != mine+operator {
+			t.Errorf("known_hosts after postrm remove:\n%s\nwant:\n%s", got, mine+operator)
+		}
+		if fi, _ := os.Stat(kh); fi.Mode().Perm() != 0o644 {
+			t.Errorf("mode %v, want 0644 kept", fi.Mode().Perm())
+		}
+		// Without Sluice's lines the file is not rewritten.
+		before, _ := os.Stat(kh)
+		if out, err := postrmRemove(); err != nil || strings.Contains(out, "removed") {
+			t.Errorf("second postrm remove: %v\n%s", err, out)
+		}
+		if after, _ := os.Stat(kh); !os.SameFile(before, after) {
+			t.Error("a file without Sluice's lines was rewritten")
 		}
 	})
 
