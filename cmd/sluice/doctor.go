@@ -434,20 +434,24 @@ func checkRuleset(st *api.Status) finding {
 	r := st.Ruleset
 	f.level, f.detail = levelOK, fmt.Sprintf("generation %d from %s, mode %s, %d targets, loaded %s",
 		r.Generation, r.Source, r.Mode, len(st.Targets), r.Loaded.Format(time.RFC3339))
-	// Targets this build cannot decode: refused ones break the jobs that
-	// use them, relayed ones pass uninspected.
+	// Targets whose flows cannot be decoded: refused ones break the jobs
+	// that use them, relayed ones pass uninspected.
 	var refused, relayed []string
 	for _, t := range st.Targets {
+		why := t.Why
+		if why == "" {
+			why = "no decoder in this build"
+		}
 		switch {
 		case t.Decoded:
 		case t.Undecoded == "relay":
-			relayed = append(relayed, t.Name+" ("+t.Protocol+")")
+			relayed = append(relayed, fmt.Sprintf("%s (%s: %s)", t.Name, t.Protocol, why))
 		default:
-			refused = append(refused, fmt.Sprintf("%s (%s, rule %s)", t.Name, t.Protocol, t.Rule))
+			refused = append(refused, fmt.Sprintf("%s (%s: %s; rule %s)", t.Name, t.Protocol, why, t.Rule))
 		}
 	}
 	if len(relayed) > 0 {
-		f.detail += "; relayed without inspection (no decoder in this build): " + strings.Join(relayed, ", ")
+		f.detail += "; relayed without inspection: " + strings.Join(relayed, ", ")
 	}
 	switch {
 	case r.LastError != nil:
@@ -461,7 +465,7 @@ func checkRuleset(st *api.Status) finding {
 		f.fix = `set mode = "enforce" in the ruleset once the logged verdicts look right`
 	case len(refused) > 0:
 		f.level = levelWarn
-		f.detail += "; refused for lack of a decoder in this build: " + strings.Join(refused, ", ")
+		f.detail += "; refused, since they cannot be decoded: " + strings.Join(refused, ", ")
 		f.fix = `jobs that reach these targets fail; if that is not intended, set undecoded = "relay" on the targets (their flows then pass uninspected, with metadata recorded) or remove them from the ruleset`
 	}
 	return f

@@ -46,7 +46,7 @@ policy "all" {
 	}{
 		{"pg", nil, "flow: decoded (this build decodes postgres)\n"},
 		{"raw", nil, "flow: relayed opaquely (tcp targets are never decoded; flows are recorded as metadata)\n"},
-		{"git", nil, `flow: relayed opaquely (undecoded): this build has no ssh decoder and undecoded = "relay" (at ` +
+		{"git", nil, `flow: relayed opaquely (undecoded): the target has no credential for Sluice to log in to the host with and undecoded = "relay" (at ` +
 			filepath.Join(dir, "r.hcl") + `:12); the flow is relayed uninspected and recorded as metadata` + "\n"},
 		{"kube", nil, `flow: refused undecoded: this build has no k8s decoder and undecoded = "refuse" (by default); every connection is refused by rule target/kube/undecoded` + "\n"},
 		{"kube", []string{"--kind", "drop"}, "; this statement would never be seen, so the decision above does not apply to it\n"},
@@ -65,17 +65,17 @@ func TestDoctorUndecoded(t *testing.T) {
 	st := &api.Status{Targets: []api.Target{
 		{Name: "pg", Protocol: "postgres", Decoded: true},
 		{Name: "kube", Protocol: "k8s", Undecoded: "refuse", Rule: "target/kube/undecoded"},
-		{Name: "git", Protocol: "ssh", Undecoded: "relay", Rule: "target/git/undecoded"},
+		{Name: "git", Protocol: "ssh", Undecoded: "relay", Rule: "target/git/undecoded", Why: "the target has no credential for Sluice to log in to the host with"},
 	}}
 	st.Ruleset.Mode = "enforce"
 	f := checkRuleset(st)
-	if f.level != levelWarn || !strings.Contains(f.detail, "refused for lack of a decoder in this build: kube (k8s, rule target/kube/undecoded)") ||
-		!strings.Contains(f.detail, "relayed without inspection (no decoder in this build): git (ssh)") || !strings.Contains(f.fix, `undecoded = "relay"`) {
+	if f.level != levelWarn || !strings.Contains(f.detail, "refused, since they cannot be decoded: kube (k8s: no decoder in this build; rule target/kube/undecoded)") ||
+		!strings.Contains(f.detail, "relayed without inspection: git (ssh: the target has no credential for Sluice to log in to the host with)") || !strings.Contains(f.fix, `undecoded = "relay"`) {
 		t.Errorf("doctor ruleset finding: %+v", f)
 	}
 	st.Targets = st.Targets[:1:1]
 	st.Targets = append(st.Targets, api.Target{Name: "git", Protocol: "ssh", Undecoded: "relay"})
-	if f := checkRuleset(st); f.level != levelOK || !strings.Contains(f.detail, "git (ssh)") {
+	if f := checkRuleset(st); f.level != levelOK || !strings.Contains(f.detail, "git (ssh: ") {
 		t.Errorf("doctor with only relayed undecoded targets: %+v, want ok naming git", f)
 	}
 }
