@@ -12,10 +12,11 @@ import (
 
 // Credential injection: a target may hold credentials that the proxy
 // authenticates to the real server with, so that jobs never hold the
-// database password. A credential names where its secret lives (a
-// root-only file, an environment variable of the daemon, or a command the
-// daemon runs) and which policies may use it; a policy grants credentials
-// with credential blocks, in order, each with an optional when:
+// database password or the SSH key. A credential names where its secret
+// lives (a root-only file, an environment variable of the daemon, or a
+// command the daemon runs) and which policies may use it; a policy grants
+// credentials with credential blocks, in order, each with an optional
+// when:
 //
 //	target "prod" {
 //	  protocol = "postgres" # or "mysql"
@@ -34,17 +35,43 @@ import (
 //	}
 //
 //	policy "acme-api" {
-//	  targets = ["prod"]
+//	  targets = ["prod", "web"]
 //	  when    = identity.repository == "acme/api"
 //	  credential "deployer" { when = identity.ref == "refs/heads/main" }
 //	  credential "ci_readonly" {}
+//	  credential "deploy" {}
+//	}
+//
+// An ssh target's credential logs in to the host with a password
+// (password_*), a private key (key_file, key_env or key_command, OpenSSH
+// or PEM), or a certificate minted for each session and signed by an SSH
+// user CA that the hosts trust, whose private key the key_* source then
+// reads. ssh_auth says which; it defaults to "private_key" with a key_*
+// source and "password" with a password_* one, and "certificate" must be
+// set. cert_ttl (between 1m and 24h, default 5m) is how long each
+// certificate stays valid. Since Sluice logs in to the host itself, an ssh
+// target with credentials must name the known_hosts file its host keys
+// are checked against:
+//
+//	target "web" {
+//	  protocol    = "ssh"
+//	  address     = ["10.0.1.0/24:22"]
+//	  known_hosts = "/etc/sluice/known_hosts"
+//	  credential "deploy" {
+//	    user     = "deploy"
+//	    ssh_auth = "certificate"
+//	    key_file = "/etc/sluice/secrets/ssh-user-ca"
+//	    cert_ttl = "2m"
+//	    policies = ["acme-api"]
+//	  }
 //	}
 //
 // A target with at least one credential accepts only injected sessions:
 // a flow to it is refused unless its job has a verified (oidc) identity
 // and a matched policy grants it one of the target's credentials. The
 // first grant that applies wins, in policy order and then block order.
-// Credentials are never written in the ruleset itself.
+// Credentials are never written in the ruleset itself. k8s and tcp
+// targets take no credentials.
 
 // Credential is one credential a target offers for injection. The secret
 // itself is not part of the ruleset: Source says where the daemon reads it
@@ -54,9 +81,10 @@ type Credential struct {
 	Name string
 	// Target is the name of the target that defines it.
 	Target string
-	// User is the user name the proxy authenticates as.
+	// User is the user name the proxy authenticates (or logs in) as.
 	User string
-	// Source is where the secret comes from.
+	// Source is where the secret comes from: a password, or on an ssh
+	// target (key_file, key_env, key_command) an SSH private key.
 	Source SecretSource
 	// Policies may grant this credential; "*" means any policy.
 	Policies []string
@@ -173,6 +201,11 @@ var credentialSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "password_file"},
 	{Name: "password_env"},
 	{Name: "password_command"},
+	{Name: "key_file"},
+	{Name: "key_env"},
+	{Name: "key_command"},
+	{Name: "ssh_auth"},
+	{Name: "cert_ttl"},
 	{Name: "cache_for"},
 	{Name: "policies", Required: true},
 	{Name: "description"},
@@ -181,6 +214,73 @@ var credentialSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 }}
 
 var grantSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "when"}}}
+
+// injecting are the protocols whose decoders inject credentials.
+var injecting = []string{ProtoPostgres, ProtoMySQL, ProtoSSH}
+
+// sshAuths are the values of ssh_auth.
+var sshAuths = []string{SSHPassword, SSHPrivateKey, SSHCertificate}
+
+// Bounds of cert_ttl: a certificate must outlive the login, and should
+// not outlive a working day.
+const (
+	minCertTTL = time.Minute
+	maxCertTTL = 24 * time.Hour
+)
+
+// secretAttr is one attribute naming where a credential's secret is read.
+type secretAttr struct {
+	name string
+	key  bool // key_*: an SSH private key, for ssh targets only
+	set  func(c *compiler, cr *Credential, a *hcl.Attribute)
+}
+
+// secretAttrs are the secret sources, password_* and key_*: each kind of
+// source (file, env, command) fills the same field of SecretSource,
+// whichever secret it holds.
+var secretAttrs = []secretAttr{
+	{"password_file", false, (*compiler).secretFile},
+	{"password_env", false, (*compiler).secretEnv},
+	{"password_command", false, (*compiler).secretCommand},
+	{"key_file", true, (*compiler).secretFile},
+	{"key_env", true, (*compiler).secretEnv},
+	{"key_command", true, (*compiler).secretCommand},
+}
+
+func (c *compiler) secretFile(cr *Credential, a *hcl.Attribute) {
+	if s, ok := c.str(a); ok {
+		if !filepath.IsAbs(s) {
+			c.errorf(a.Expr.Range(), "Relative path", "%s must be an absolute path, such as \"/etc/sluice/secrets/%s\".", a.Name, cr.Name)
+		}
+		cr.Source.File = filepath.Clean(s)
+	}
+}
+
+func (c *compiler) secretEnv(cr *Credential, a *hcl.Attribute) {
+	if s, ok := c.str(a); ok {
+		if s == "" || strings.ContainsAny(s, "= \t") {
+			example := "PROD_DEPLOYER_PASSWORD"
+			if strings.HasPrefix(a.Name, "key_") {
+				example = "DEPLOY_SSH_KEY"
+			}
+			c.errorf(a.Expr.Range(), "Invalid variable name", "%s must name an environment variable of the daemon, such as %q.", a.Name, example)
+		}
+		cr.Source.Env = s
+	}
+}
+
+func (c *compiler) secretCommand(cr *Credential, a *hcl.Attribute) {
+	if list, _, ok := c.strList(a); ok {
+		if len(list) == 0 || !filepath.IsAbs(list[0]) {
+			program := "/usr/local/bin/db-token"
+			if strings.HasPrefix(a.Name, "key_") {
+				program = "/usr/local/bin/ssh-key"
+			}
+			c.errorf(a.Expr.Range(), "Invalid command", "%s is a program and its arguments, run without a shell; the program must be an absolute path, such as [%q, %q].", a.Name, program, cr.Name)
+		}
+		cr.Source.Command = list
+	}
+}
 
 // credential compiles a target's credential block.
 func (c *compiler) credential(t *Target, b *hcl.Block) {
@@ -195,52 +295,125 @@ func (c *compiler) credential(t *Target, b *hcl.Block) {
 	content, d := b.Body.Content(credentialSchema)
 	c.diags = append(c.diags, d...)
 	cr := &Credential{Name: name, Target: t.Name, Range: b.DefRange}
+	ssh := t.Protocol == ProtoSSH
 	if a := content.Attributes["password"]; a != nil {
-		c.errorf(a.NameRange, "Secret in the ruleset", "Rulesets are pushed, reviewed and stored in version control, so they never hold secrets: read the password with password_file (a root-only file), password_env (a variable of the daemon) or password_command.")
+		how := "read the password with password_file (a root-only file), password_env (a variable of the daemon) or password_command"
+		if ssh {
+			how += ", or an SSH private key with key_file, key_env or key_command"
+		}
+		c.errorf(a.NameRange, "Secret in the ruleset", "Rulesets are pushed, reviewed and stored in version control, so they never hold secrets: %s.", how)
 	}
 	if a := content.Attributes["user"]; a != nil {
 		if s, ok := c.str(a); ok {
 			if s == "" {
-				c.errorf(a.Expr.Range(), "Empty user", "A credential needs the database user name it authenticates as.")
+				what := "the database user name it authenticates as"
+				if ssh {
+					what = "the user name it logs in to the host as"
+				}
+				c.errorf(a.Expr.Range(), "Empty user", "A credential needs %s.", what)
 			}
 			cr.User = s
 		}
 	}
-	sources := 0
-	if a := content.Attributes["password_file"]; a != nil {
-		sources++
-		if s, ok := c.str(a); ok {
-			if !filepath.IsAbs(s) {
-				c.errorf(a.Expr.Range(), "Relative path", "password_file must be an absolute path, such as \"/etc/sluice/secrets/%s\".", name)
+
+	// Exactly one secret source; key_* on ssh targets only.
+	var sources []*hcl.Attribute
+	var password, key *hcl.Attribute // the first of each kind
+	misplaced := false
+	for _, sa := range secretAttrs {
+		a := content.Attributes[sa.name]
+		if a == nil {
+			continue
+		}
+		sources = append(sources, a)
+		if sa.key && !ssh {
+			misplaced = true
+			if hasString(injecting, t.Protocol) { // else refused as a whole below
+				c.errorf(a.NameRange, "SSH key on a "+t.Protocol+" target", "%s reads an SSH private key, which only ssh targets log in with; a %s credential reads its password with password_file, password_env or password_command.", sa.name, t.Protocol)
 			}
-			cr.Source.File = filepath.Clean(s)
+			continue
+		}
+		switch {
+		case sa.key && key == nil:
+			key = a
+		case !sa.key && password == nil:
+			password = a
+		}
+		sa.set(c, cr, a)
+	}
+	if len(sources) != 1 && content.Attributes["password"] == nil && !misplaced {
+		names := make([]string, len(sources))
+		for i, a := range sources {
+			names[i] = a.Name
+		}
+		had := fmt.Sprintf("this one has %d", len(sources))
+		if len(sources) > 1 {
+			had = "this one has " + protocolWords(names, "and") + "; keep one"
+		}
+		if ssh {
+			c.errorf(b.DefRange, "One secret source", "A credential of an ssh target reads its secret from exactly one of password_file, password_env, password_command (a password) or key_file, key_env, key_command (an SSH private key, or with ssh_auth = \"certificate\" the user CA's key that signs each session's certificate); %s.", had)
+		} else {
+			c.errorf(b.DefRange, "One password source", "A credential reads its password from exactly one of password_file, password_env or password_command; %s.", had)
 		}
 	}
-	if a := content.Attributes["password_env"]; a != nil {
-		sources++
-		if s, ok := c.str(a); ok {
-			if s == "" || strings.ContainsAny(s, "= \t") {
-				c.errorf(a.Expr.Range(), "Invalid variable name", "password_env must name an environment variable of the daemon, such as \"PROD_DEPLOYER_PASSWORD\".")
-			}
-			cr.Source.Env = s
+
+	// How an ssh credential logs in.
+	if ssh {
+		switch {
+		case key != nil:
+			cr.SSHAuth = SSHPrivateKey
+		case password != nil:
+			cr.SSHAuth = SSHPassword
 		}
 	}
-	if a := content.Attributes["password_command"]; a != nil {
-		sources++
-		if list, _, ok := c.strList(a); ok {
-			if len(list) == 0 || !filepath.IsAbs(list[0]) {
-				c.errorf(a.Expr.Range(), "Invalid command", "password_command is a program and its arguments, run without a shell; the program must be an absolute path, such as [\"/usr/local/bin/db-token\", \"%s\"].", name)
+	authAttr := content.Attributes["ssh_auth"]
+	authOK := false
+	switch {
+	case authAttr == nil:
+	case ssh:
+		if s, ok := c.keyword(authAttr, sshAuths); ok {
+			cr.SSHAuth, authOK = s, true
+		}
+	case hasString(injecting, t.Protocol):
+		c.errorf(authAttr.NameRange, "ssh_auth on a "+t.Protocol+" target", "ssh_auth says how Sluice logs in to an ssh target's hosts; a %s credential always logs in with its password. Remove ssh_auth.", t.Protocol)
+	}
+	if authOK {
+		switch {
+		case cr.SSHAuth == SSHPassword && key != nil:
+			c.errorf(authAttr.Expr.Range(), "Password login with a key", "ssh_auth = \"password\" logs in with a password, but this credential reads an SSH private key (%s). Remove ssh_auth to log in with the key, or read a password with password_file, password_env or password_command instead.", key.Name)
+		case cr.SSHAuth == SSHPrivateKey && password != nil:
+			c.errorf(authAttr.Expr.Range(), "Key login with a password", "ssh_auth = \"private_key\" logs in with an SSH private key, but this credential reads a password (%s). Read the key with key_file, key_env or key_command instead, or set ssh_auth = \"password\".", password.Name)
+		case cr.SSHAuth == SSHCertificate && key == nil:
+			what := "no key"
+			if password != nil {
+				what = "a password (" + password.Name + ")"
 			}
-			cr.Source.Command = list
+			c.errorf(authAttr.Expr.Range(), "Certificate login without a CA key", "ssh_auth = \"certificate\" signs a new certificate for each session with the private key of an SSH user CA that the hosts trust (TrustedUserCAKeys), but this credential reads %s. Read the CA's private key with key_file, key_env or key_command.", what)
 		}
 	}
-	if sources != 1 && content.Attributes["password"] == nil {
-		c.errorf(b.DefRange, "One password source", "A credential reads its password from exactly one of password_file, password_env or password_command; this one has %d.", sources)
+	if cr.SSHAuth == SSHCertificate {
+		cr.CertTTL = DefaultCertTTL
 	}
+	if a := content.Attributes["cert_ttl"]; a != nil {
+		if d, ok := c.duration(a); ok {
+			switch {
+			case authAttr != nil && !authOK:
+				// ssh_auth itself is wrong, and reported.
+			case cr.SSHAuth != SSHCertificate:
+				c.errorf(a.NameRange, "cert_ttl needs a certificate login", "cert_ttl is how long the certificate minted for each session stays valid, so it applies only with ssh_auth = \"certificate\" on an ssh target; remove it, or set ssh_auth = \"certificate\" and read the user CA's key with key_file, key_env or key_command.")
+			case d < minCertTTL || d > maxCertTTL:
+				c.errorf(a.Expr.Range(), "Invalid cert_ttl", "cert_ttl must be between %s and %s, long enough to log in and short enough to be useless when copied; got %s. Leave it out for %s.",
+					shortDuration(minCertTTL), shortDuration(maxCertTTL), shortDuration(d), shortDuration(DefaultCertTTL))
+			default:
+				cr.CertTTL = d
+			}
+		}
+	}
+
 	if a := content.Attributes["cache_for"]; a != nil {
 		if d, ok := c.duration(a); ok {
 			if cr.Source.Command == nil {
-				c.errorf(a.NameRange, "cache_for needs a command", "cache_for applies to password_command only: files and variables are read for every session, so replacing them rotates the secret at once.")
+				c.errorf(a.NameRange, "cache_for needs a command", "cache_for applies to password_command and key_command only: files and variables are read for every session, so replacing them rotates the secret at once.")
 			}
 			if d < 0 || d > 24*time.Hour {
 				c.errorf(a.Expr.Range(), "Invalid cache_for", "cache_for must be between 0s and 24h; got %s.", d)
@@ -256,10 +429,22 @@ func (c *compiler) credential(t *Target, b *hcl.Block) {
 		cr.Policies = list
 		c.credPolicies = append(c.credPolicies, credPolicyRefs{cr: cr, names: list, ranges: ranges})
 	}
-	if t.Protocol != ProtoPostgres && t.Protocol != ProtoMySQL {
-		c.errorf(b.DefRange, "Credential injection not supported", "Credential injection is implemented for postgres and mysql targets; %s targets authenticate with the client's own credentials.", t.Protocol)
+	if !hasString(injecting, t.Protocol) {
+		c.errorf(b.DefRange, "Credential injection not supported", "Credential injection is implemented for %s targets; %s targets authenticate with the client's own credentials.", protocolWords(injecting, "and"), t.Protocol)
 	}
 	t.Credentials = append(t.Credentials, cr)
+}
+
+// shortDuration writes d as a ruleset would: "5m", "24h", "1m30s".
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // credPolicyRefs are a credential's policies list, checked once every

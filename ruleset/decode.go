@@ -2,6 +2,7 @@ package ruleset
 
 import (
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -35,6 +36,7 @@ var targetSchema = &hcl.BodySchema{
 		{Name: "upstream_tls"},
 		{Name: "resolve_every"},
 		{Name: "undecoded"},
+		{Name: "known_hosts"},
 		{Name: "description"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{{Type: "credential", LabelNames: []string{"name"}}},
@@ -259,7 +261,11 @@ func (c *compiler) target(b *hcl.Block) {
 	if a := content.Attributes["upstream_tls"]; a != nil {
 		if m, ok := c.keyword(a, tlsModes); ok {
 			if (t.Protocol == ProtoSSH || t.Protocol == ProtoTCP) && m != TLSDisable {
-				c.errorf(a.Expr.Range(), "upstream_tls not supported", "%s targets are relayed with their own end-to-end encryption, so upstream_tls can only be \"disable\"; remove it.", t.Protocol)
+				why := "tcp targets are relayed as they are, with whatever encryption their protocol brings"
+				if t.Protocol == ProtoSSH {
+					why = "ssh targets are encrypted by SSH itself, on both hops when Sluice decodes them"
+				}
+				c.errorf(a.Expr.Range(), "upstream_tls not supported", "%s, so upstream_tls can only be \"disable\"; remove it.", why)
 			}
 			t.UpstreamTLS = m
 		}
@@ -284,8 +290,24 @@ func (c *compiler) target(b *hcl.Block) {
 			t.ResolveEvery = d
 		}
 	}
+	knownHosts := content.Attributes["known_hosts"]
+	if a := knownHosts; a != nil {
+		if s, ok := c.str(a); ok {
+			switch {
+			case t.Protocol != ProtoSSH && t.Protocol != "":
+				c.errorf(a.NameRange, "known_hosts not supported", "known_hosts lists the host keys Sluice checks when it logs in to an ssh target's hosts itself; a %s target has none. Remove it.", t.Protocol)
+			case !filepath.IsAbs(s):
+				c.errorf(a.Expr.Range(), "Relative path", "known_hosts must be an absolute path, such as \"/etc/sluice/known_hosts\".")
+			default:
+				t.KnownHosts = filepath.Clean(s)
+			}
+		}
+	}
 	for _, cb := range content.Blocks {
 		c.credential(t, cb)
+	}
+	if t.Protocol == ProtoSSH && len(t.Credentials) > 0 && knownHosts == nil {
+		c.errorf(b.DefRange, "Missing known_hosts", "Target %s injects credentials, so Sluice logs in to its hosts itself and must check their host keys as ssh would. Set known_hosts to an OpenSSH known_hosts file holding the hosts' keys, or a @cert-authority line for their host CA, such as known_hosts = \"/etc/sluice/known_hosts\" (ssh-keyscan HOST prints a host's keys: check their fingerprints before you add them).", t.Name)
 	}
 	c.rs.targets = append(c.rs.targets, t)
 	c.rs.byName[name] = t

@@ -43,7 +43,7 @@ type Ruleset struct {
 	custom   map[string]*regexp.Regexp // detector blocks by name
 	identity []string                  // identity attributes the expressions use, sorted
 	slow     bool                      // some expression needs HCL's evaluator
-	// readsText is set when some expression reads statement.text (or the
+	// readsText is set when some expression reads sql.text (or the
 	// whole statement object): decisions may then differ between
 	// statements that classify the same.
 	readsText bool
@@ -86,8 +86,10 @@ const (
 	TLSVerifyFull = "verify-full"
 )
 
-// What a target's flows get while the build has no decoder for its
-// protocol (Target.Undecoded). Nothing of such a flow is inspected: no
+// What a target's flows get while they are not decoded (Target.Undecoded):
+// the build has no decoder for its protocol, or the decoder cannot decode
+// this target (an ssh target without credentials, since Sluice must log
+// in to the host itself). Nothing of such a flow is inspected: no
 // statement, command or request is decided, and no rule about one fires.
 const (
 	// UndecodedRelay relays the flow's bytes unread, as a tcp target's
@@ -123,22 +125,26 @@ type Target struct {
 	// ResolveEvery is how often hostnames in Addresses are re-resolved into
 	// the kernel's target map; DefaultResolveEvery unless set.
 	ResolveEvery time.Duration
-	// Undecoded says what the target's flows get while the build has no
-	// decoder for Protocol: UndecodedRelay or UndecodedRefuse. It
-	// defaults to UndecodedRefuse, and has no effect once the protocol
-	// is decoded. It is empty for tcp targets, which are always relayed
-	// opaquely.
+	// Undecoded says what the target's flows get while they are not
+	// decoded, because the build has no decoder for Protocol or its
+	// decoder cannot decode this target (ssh without Credentials):
+	// UndecodedRelay or UndecodedRefuse. It defaults to UndecodedRefuse,
+	// and has no effect on flows that are decoded. It is empty for tcp
+	// targets, which are always relayed opaquely.
 	Undecoded string
 	// UndecodedRange is where undecoded is set; nil when it is the
 	// default.
 	UndecodedRange *hcl.Range
 	// Credentials are injected in place of the client's own; a target
-	// with any accepts only sessions granted one (see Match.Grant).
+	// with any accepts only sessions granted one (see Match.Grant). An
+	// ssh target is decoded only with credentials: Sluice logs in to
+	// the host itself.
 	Credentials []*Credential
 	// KnownHosts is, for ssh targets, the absolute path of an OpenSSH
 	// known_hosts file that the hosts' keys (or their host CA, with
 	// @cert-authority) are checked against when Sluice logs in to them
-	// itself. Required on an ssh target with credentials.
+	// itself. Required on an ssh target with credentials; empty on other
+	// protocols, which may not set it.
 	KnownHosts string
 	// Range is where the target block is defined.
 	Range hcl.Range
