@@ -55,6 +55,10 @@ policy "ops" {
 		{Kind: "update", HasWhere: true, Functions: []string{"pg_sleep", "pg_catalog.pg_read_file"}},
 		{Kind: "show"},
 		{Kind: "connect"},
+		{Kind: SSHExec, Text: "pg_dump prod", SSH: &SSHRequest{Kind: SSHExec, Command: "pg_dump prod", Argv: []string{"pg_dump", "prod"}, Programs: []string{"pg_dump"}}},
+		{Kind: SSHDirectTCPIP, SSH: &SSHRequest{Kind: SSHDirectTCPIP, ForwardHost: "db", ForwardPort: 5432}},
+		{Kind: SSHShell, SSH: &SSHRequest{Kind: SSHShell, User: "deploy", Pty: true, Term: "xterm", Env: []string{"LANG"}}},
+		{Kind: KindSFTP, SSH: &SSHRequest{Kind: SSHSubsystem, Subsystem: "sftp", SFTPOp: "remove", SFTPPath: "/srv/x"}},
 	}
 	results := []Result{{}, {Known: true}, {Known: true, Rows: 20000, Bytes: 1 << 20}}
 	for i, c := range claims {
@@ -63,7 +67,7 @@ policy "ops" {
 				in := &Input{Statement: st, Result: res}
 				in.Identity = Identity{Level: []string{LevelOIDC, LevelUnverified, ""}[i], Claims: c}
 				in.Process = Process{PID: int64(j), UID: int64(k * 1000), GID: int64(i * 3), Comm: []string{"psql", "migrate", "flyway"}[k]}
-				in.Target = Endpoint{Name: []string{"db", "db2", "prod-db", "replica", "app-db", "warehouse", "orders-mysql", "cluster"}[j%8], Protocol: []string{"postgres", "mysql", "k8s"}[k]}
+				in.Target = Endpoint{Name: []string{"db", "db2", "prod-db", "replica", "app-db", "warehouse", "orders-mysql", "cluster"}[j%8], Protocol: []string{"postgres", "mysql", "k8s", "ssh"}[(j+k)%4]}
 				if j%2 == 0 {
 					in.Target.Addr = netip.MustParseAddrPort("10.30.0.9:5432")
 				}

@@ -16,7 +16,18 @@
 //	  address       = ["10.0.0.5:5432", "10.1.0.0/16:5432", "db.internal:5432-5433", "*:5432"]
 //	  upstream_tls  = "verify-full"  # disable, prefer, require, verify-ca, verify-full
 //	  resolve_every = "1m"           # how often hostnames are re-resolved
-//	  undecoded     = "refuse"       # while no decoder: "refuse" (default) or "relay"
+//	  undecoded     = "refuse"       # while not decoded: "refuse" (default) or "relay"
+//	}
+//
+//	target "deploy" {
+//	  protocol    = "ssh"
+//	  address     = ["10.0.1.0/24:22"]
+//	  known_hosts = "/etc/sluice/known_hosts" # host keys Sluice checks when it logs in
+//	  credential "deploy" {                  # see Credential: decoded only with one
+//	    user     = "deploy"
+//	    key_file = "/etc/sluice/secrets/deploy-key"
+//	    policies = ["*"]
+//	  }
 //	}
 //
 //	policy "ci-main-readonly" {
@@ -66,7 +77,8 @@
 // unit), target.* (name, protocol, address, ip, port), result.* (rows,
 // bytes) and the protocol facets (see Facets below): sql.* (kind,
 // tables, functions, flags, has_where, has_limit, text; see Statements
-// below), also written statement.*, its older name; with the functions
+// below), also written statement.*, its older name, and ssh.* and sftp.*
+// (see SSH below); with the functions
 // glob, any_glob, all_glob, regex, cidr_contains, anytrue, alltrue,
 // contains, length, strlen, lower, upper, concat, join, split,
 // trimprefix and trimsuffix. HCL has no "in"
@@ -88,16 +100,18 @@
 //
 //	facet  protocols        attributes
 //	sql    postgres, mysql  kind, tables, functions, flags, has_where, has_limit, text
-//	ssh    ssh              reserved: user, kind, command, subsystem, forwards
+//	ssh    ssh              user, kind, command, argv, programs, subsystem,
+//	                        forward_host, forward_port, env, pty, term
+//	sftp   ssh              op, path, target
 //	k8s    k8s              reserved: verb, group, resource, subresource, namespace, name
 //
 // statement.* is the older name of sql.*, kept as an alias: the same
 // attributes, the same values and the same compiled evaluation, so every
 // ruleset written before facets decides as it did, without a warning.
 // Write sql.* in new rules. Diagnostics about an attribute name the
-// variable as the rule wrote it. A reserved facet (ssh, k8s) is a load
-// error until the build has that protocol's decoder; until then such
-// targets' flows are decided at connect, on the common variables.
+// variable as the rule wrote it. A reserved facet (k8s) is a load error
+// until the build has that protocol's decoder; until then such targets'
+// flows are decided at connect, on the common variables.
 //
 // A facet only describes commands on its protocols' targets, so a rule
 // (deny, hold, mask or allow) may use one only in a policy that covers
@@ -115,9 +129,12 @@
 // tcp targets are never decoded: their only decision is the connection
 // (kind "connect"), which a block without a when decides, so sql.* is an
 // error in a policy that covers only tcp targets too. A test block's
-// query is classified into sql.*, so a query for a target of another
-// protocol is a load error as well; a test's statement = { ... } stays
-// accepted on any target, as before facets.
+// query is classified by the target protocol's decoder (the Classifier
+// given to RunTests): into sql.* on postgres and mysql targets, into an
+// exec request (ssh.*) on ssh targets; a query for a k8s or tcp target is
+// a load error. A test's statement = { ... } stays accepted on any
+// target, as before facets, and ssh = { ... } and sftp = { ... } describe
+// an SSH request on an ssh target (see SSH).
 //
 // # Statements
 //
@@ -187,13 +204,66 @@
 //
 // For example: deny { when = length(sql.flags) > 0 }.
 //
+// # SSH
+//
+// An ssh target's flows are decoded when Sluice can log in to its hosts
+// itself: the target holds credentials (see Credential; a proxy cannot
+// pass the job's own public-key login through) and names in known_hosts
+// the file the hosts' keys are checked against. Every request of such a
+// session is decided as one command, with ssh.*:
+//
+//   - kind: shell, exec, subsystem, direct_tcpip (ssh -L, -D, -W,
+//     ProxyJump), tcpip_forward (ssh -R), agent_forward or x11.
+//   - user: the user name the job asked to log in as (Sluice logs in
+//     as the granted credential's user).
+//   - command: an exec request's command line, as sent. argv: its words
+//     when it is one simple command of literal words, else empty.
+//     programs: the base names of every program it runs, as a POSIX
+//     shell parses it (each command of a pipeline or list, command
+//     substitutions, through wrappers such as env, sudo and sh -c), in
+//     order, without duplicates; "?" for a name built by an expansion.
+//   - subsystem: a subsystem request's name, such as sftp.
+//   - forward_host, forward_port: where a direct_tcpip channel connects
+//     from the host, or the address a tcpip_forward asks the host to
+//     listen on (a unix socket: its path, and port 0).
+//   - env: the names of the environment variables the job asked to set,
+//     sorted. pty, term: whether it asked for a terminal, and its type.
+//
+// Each operation of an sftp subsystem is decided too, with sftp.op (open,
+// read, write, remove, rename, mkdir, rmdir, setstat, symlink, link, list,
+// stat, readlink, realpath), sftp.path and sftp.target (the second path
+// of a rename, link or symlink); its ssh.kind is subsystem and
+// ssh.subsystem sftp, and records show its kind as "sftp". sftp.* is
+// empty on every other request, and both facets are empty on other
+// protocols' statements. For example:
+//
+//	deny "tunnels" { when = contains(["direct_tcpip", "tcpip_forward"], ssh.kind) }
+//	deny "dumps" {
+//	  when = ssh.kind == "exec" && any_glob(["pg_dump*", "mysqldump"], ssh.programs)
+//	}
+//	deny "releases" { when = sftp.op == "remove" && glob("/srv/releases/*", sftp.path) }
+//
+// An ssh target without credentials is not decoded: its flows are relayed
+// or refused as its undecoded attribute says (see Undecoded protocols).
+//
+// A test block describes an SSH request with ssh = { kind = "exec",
+// command = "...", argv = [...], programs = [...], user = "...", ... }
+// (any ssh.* attribute; kind is required) and an SFTP operation with
+// sftp = { op = "remove", path = "/srv/x" } (an ssh object beside it may
+// set user, env and pty). Both are taken as given, as statement is:
+// programs are not derived from command. query = "pg_dump prod" on an
+// ssh target is classified instead, as the SSH decoder reads an exec
+// command line.
+//
 // # Undecoded protocols
 //
 // A target's protocol may have no decoder in the build that runs it (see
-// the daemon's README for which are decoded). Nothing of such a flow is
-// inspected, so no rule about statements, commands or results can fire
-// on it; the flow is still matched by policy and default at connect. The
-// target's undecoded attribute says what happens then:
+// the daemon's README for which are decoded), or its decoder may be
+// unable to decode this target (an ssh target without credentials, see
+// SSH). Nothing of such a flow is inspected, so no rule about statements,
+// commands or results can fire on it; the flow is still matched by
+// policy and default at connect. The target's undecoded attribute says
+// what happens then:
 //
 //   - "refuse", the default: the flow is refused in the protocol's own
 //     terms where there is a way to say so before decoding (MySQL: an
@@ -206,7 +276,8 @@
 //     the flow's metadata (process, identity, destination, bytes,
 //     duration) is logged and recorded; the log says the flow was not
 //     inspected. The embedded default ruleset relays, so installing
-//     Sluice never breaks a pipeline by itself.
+//     Sluice never breaks a pipeline by itself (git over ssh included:
+//     its ssh target has no credentials).
 //
 // In monitor mode a refusal is logged and the flow is relayed. tcp
 // targets are always relayed and take no undecoded attribute.
@@ -265,6 +336,13 @@
 // and ip_address; a top-level detector "name" { pattern = "RE2" } block
 // adds one. Its pattern is compiled at load, must not match empty text,
 // and its name must not be a built-in one.
+//
+// On ssh targets a mask applies its detectors to the output of an exec
+// without a terminal, line by line (columns mean nothing there). A shell,
+// a terminal or a subsystem (SFTP included) that a mask fires on is
+// refused, since its bytes cannot be rewritten safely: in a policy that
+// covers ssh targets, scope masks with when = contains(["postgres",
+// "mysql"], target.protocol), as the default ruleset does.
 //
 // using names the function applied to a masked value or a detected span:
 //

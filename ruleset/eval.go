@@ -88,6 +88,10 @@ const (
 	SSHX11          = "x11"
 )
 
+// KindSFTP is Statement.Kind of an SFTP operation, whose SSHRequest has
+// Kind SSHSubsystem, Subsystem "sftp" and the operation in SFTPOp.
+const KindSFTP = "sftp"
+
 // SSHRequest is one request of an ssh session as its decoder saw it:
 // opening a shell, running a command, starting a subsystem, a forward
 // (either way), agent forwarding or X11, or one file operation of an
@@ -243,12 +247,18 @@ func (m *Match) Policies() []string {
 // Ruleset returns the ruleset the flow was matched against.
 func (m *Match) Ruleset() *Ruleset { return m.rs }
 
-// ByClassification reports whether this flow's decisions depend on a
+// ByClassification reports whether this flow's decisions depend on a SQL
 // statement only through its classification: no expression reads
-// statement.text, so two statements with equal Kind, Tables, Functions,
-// Flags, HasWhere and HasLimit get the same decision (and, with equal
-// counts, the same result decision). A caller may then keep decisions
-// per classification.
+// sql.text (or statement.text), so two SQL statements with equal Kind,
+// Tables, Functions, Flags, HasWhere and HasLimit get the same decision
+// (and, with equal counts, the same result decision). A caller may then
+// keep decisions per classification.
+//
+// It speaks of SQL statements only, those whose Statement.SSH is nil.
+// An ssh request is described by Statement.SSH (ssh.* and sftp.*), which
+// that key leaves out, so two requests of equal Kind may be decided
+// differently whatever this returns: decide each with Decide, never from
+// a cache keyed on the classification.
 func (m *Match) ByClassification() bool { return !m.rs.readsText }
 
 // Decide decides one statement on the matched flow.

@@ -12,8 +12,10 @@ import (
 // A facet is a protocol family's own variable in when expressions: what
 // its decoder reports about one command, beside the variables every
 // protocol shares (identity, process, target and result). sql.* is the
-// SQL statement of a postgres or mysql flow; ssh.* and k8s.* are
-// reserved for the decoders that will fill them.
+// SQL statement of a postgres or mysql flow; ssh.* is one request of an
+// ssh session (a shell, a command, a subsystem, a forward) and sftp.* one
+// file operation of its SFTP subsystem; k8s.* is reserved for the decoder
+// that will fill it.
 //
 // facets is the one place facets are defined. The checks (checkVars,
 // checkFacetTargets, the test blocks'), the type check, the compiled fast
@@ -21,7 +23,7 @@ import (
 // protocol adds its facet by adding one entry here, plus the field its
 // decoder fills in env (and Input) for the getters to read.
 type facet struct {
-	// name is the variable: sql, ssh, k8s.
+	// name is the variable: sql, ssh, sftp, k8s.
 	name string
 	// aliases are older names of the same variable, with the same
 	// attributes, values, stage and compiled path. statement is sql's.
@@ -34,8 +36,14 @@ type facet struct {
 	attrs []facetAttr
 	// text is the attribute holding the command's raw text, if any: a
 	// ruleset that reads it is not decided by classification alone
-	// (Match.ByClassification).
+	// (Match.ByClassification). Only sql has one: the enforcer keeps
+	// decisions by classification for SQL statements alone, and decides
+	// every ssh request by itself.
 	text string
+	// classified is set when a test block's query for a target of the
+	// facet's protocols is classified into it, by the Classifier the
+	// caller of RunTests gives (backed by the protocol's decoder).
+	classified bool
 	// reserved is set, instead of attrs, for a facet whose decoder this
 	// build does not have: the diagnostic's detail when a rule uses it.
 	reserved string
@@ -53,21 +61,20 @@ type facetAttr struct {
 	get  cfn
 }
 
-// facets lists every facet. The ssh and k8s issues replace their reserved
-// entries with attributes:
+// facets lists every facet. The k8s issue replaces its reserved entry
+// with attributes (k8s, protocol k8s: verb, group, resource, subresource,
+// namespace, name). (DESIGN.md, "One engine, many protocols".)
 //
-//   - ssh (protocol ssh): user, kind (session, exec, subsystem,
-//     forward), command, subsystem, forwards.
-//   - k8s (protocol k8s): verb, group, resource, subresource, namespace,
-//     name.
-//
-// (DESIGN.md, "One engine, many protocols".)
+// The ssh and sftp getters read Statement.SSH, which is nil on every other
+// protocol's statements (and on a test's statement = { ... }): they then
+// read zero values, as sql.* reads an empty Statement.
 var facets = []*facet{
 	{
-		name:      varSQL,
-		aliases:   []string{varStatement},
-		protocols: []string{ProtoPostgres, ProtoMySQL},
-		text:      "text",
+		name:       varSQL,
+		aliases:    []string{varStatement},
+		protocols:  []string{ProtoPostgres, ProtoMySQL},
+		text:       "text",
+		classified: true,
 		attrs: []facetAttr{
 			{"kind", kStr, func(en *env) (val, error) { return val{k: kStr, s: en.st.Kind}, nil }},
 			{"tables", kList, func(en *env) (val, error) { return val{k: kList, l: en.st.Tables}, nil }},
@@ -79,9 +86,36 @@ var facets = []*facet{
 		},
 	},
 	{
-		name:      "ssh",
+		name:       varSSH,
+		protocols:  []string{ProtoSSH},
+		classified: true,
+		attrs: []facetAttr{
+			sshStr("user", func(r *SSHRequest) string { return r.User }),
+			sshStr("kind", func(r *SSHRequest) string { return r.Kind }),
+			sshStr("command", func(r *SSHRequest) string { return r.Command }),
+			sshList("argv", func(r *SSHRequest) []string { return r.Argv }),
+			sshList("programs", func(r *SSHRequest) []string { return r.Programs }),
+			sshStr("subsystem", func(r *SSHRequest) string { return r.Subsystem }),
+			sshStr("forward_host", func(r *SSHRequest) string { return r.ForwardHost }),
+			{"forward_port", kNum, func(en *env) (val, error) {
+				if en.st.SSH == nil {
+					return val{k: kNum}, nil
+				}
+				return val{k: kNum, n: float64(en.st.SSH.ForwardPort)}, nil
+			}},
+			sshList("env", func(r *SSHRequest) []string { return r.Env }),
+			{"pty", kBool, func(en *env) (val, error) { return val{k: kBool, b: en.st.SSH != nil && en.st.SSH.Pty}, nil }},
+			sshStr("term", func(r *SSHRequest) string { return r.Term }),
+		},
+	},
+	{
+		name:      varSFTP,
 		protocols: []string{ProtoSSH},
-		reserved:  "ssh.* is reserved for the SSH decoder, which this build does not have; rules about SSH commands arrive with it. Until then an ssh target's flows are decided at connect, on identity, process and target.",
+		attrs: []facetAttr{
+			sshStr("op", func(r *SSHRequest) string { return r.SFTPOp }),
+			sshStr("path", func(r *SSHRequest) string { return r.SFTPPath }),
+			sshStr("target", func(r *SSHRequest) string { return r.SFTPTarget }),
+		},
 	},
 	{
 		name:      "k8s",
@@ -90,14 +124,40 @@ var facets = []*facet{
 	},
 }
 
-// varSQL is the sql facet's variable; varStatement is its older alias.
-const varSQL = "sql"
+// sshStr is a string attribute read from Statement.SSH: "" when it is nil.
+func sshStr(name string, get func(*SSHRequest) string) facetAttr {
+	return facetAttr{name, kStr, func(en *env) (val, error) {
+		if en.st.SSH == nil {
+			return val{k: kStr}, nil
+		}
+		return val{k: kStr, s: get(en.st.SSH)}, nil
+	}}
+}
+
+// sshList is a list attribute read from Statement.SSH: empty when it is
+// nil.
+func sshList(name string, get func(*SSHRequest) []string) facetAttr {
+	return facetAttr{name, kList, func(en *env) (val, error) {
+		if en.st.SSH == nil {
+			return val{k: kList}, nil
+		}
+		return val{k: kList, l: get(en.st.SSH)}, nil
+	}}
+}
+
+// The facets' variables; varStatement (expr.go) is sql's older alias.
+const (
+	varSQL  = "sql"
+	varSSH  = "ssh"
+	varSFTP = "sftp"
+)
 
 // facetByRoot maps every facet name and alias to its facet.
 var facetByRoot = map[string]*facet{}
 
-// sqlFacet is the facet the Statement fills.
-var sqlFacet *facet
+// sqlFacet, sshFacet and sftpFacet are the facets a test block fills
+// (statement, ssh and sftp).
+var sqlFacet, sshFacet, sftpFacet *facet
 
 func init() {
 	for _, f := range facets {
@@ -116,7 +176,7 @@ func init() {
 			}
 		}
 	}
-	sqlFacet = facetByRoot[varSQL]
+	sqlFacet, sshFacet, sftpFacet = facetByRoot[varSQL], facetByRoot[varSSH], facetByRoot[varSFTP]
 }
 
 // ctyKind is the cty type of a compiled value kind.

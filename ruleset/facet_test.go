@@ -247,17 +247,13 @@ func facetInputs() []*Input {
 	return out
 }
 
-// TestReservedFacets: ssh.* and k8s.* are load-time errors on the
-// variable, wherever they are used and whatever follows them.
+// TestReservedFacets: k8s.* is a load-time error on the variable,
+// wherever it is used and whatever follows it.
 func TestReservedFacets(t *testing.T) {
 	tests := []struct {
 		name, src, summary, detail string
 		line, col                  int
 	}{
-		{"ssh in deny", `policy "p" {
-  targets = ["git"]
-  deny { when = ssh.command == "rm -rf /" }
-}`, "ssh is reserved", "ssh.* is reserved for the SSH decoder, which this build does not have; rules about SSH commands arrive with it", 3, 17},
 		{"k8s in hold", `policy "p" {
   targets = ["kube"]
   hold {
@@ -265,21 +261,21 @@ func TestReservedFacets(t *testing.T) {
     approvers = ["group:x"]
   }
 }`, "k8s is reserved", "k8s.* is reserved for the Kubernetes API decoder", 4, 37},
-		{"whole ssh object", `policy "p" {
+		{"whole k8s object", `policy "p" {
   targets = ["*"]
   mask {
-    when    = length(ssh) > 0
+    when    = length(k8s) > 0
     columns = ["x"]
   }
-}`, "ssh is reserved", "reserved for the SSH decoder", 4, 22},
+}`, "k8s is reserved", "reserved for the Kubernetes API decoder", 4, 22},
 		{"unknown k8s attribute", `policy "p" {
   targets = ["kube"]
   deny { when = k8s.nope == "x" }
 }`, "k8s is reserved", "reserved for the Kubernetes API decoder", 3, 17},
-		{"ssh in a policy when", `policy "p" {
-  targets = ["git"]
-  when    = ssh.user == "git"
-}`, "ssh is reserved", "reserved for the SSH decoder", 3, 13},
+		{"k8s in a policy when", `policy "p" {
+  targets = ["kube"]
+  when    = k8s.namespace == "prod"
+}`, "k8s is reserved", "reserved for the Kubernetes API decoder", 3, 13},
 		{"k8s in an allow, by index", `policy "p" {
   targets = ["kube"]
   allow { when = k8s["verb"] == "get" }
@@ -301,6 +297,170 @@ func TestReservedFacets(t *testing.T) {
 				t.Errorf("range %v is %d columns wide, want the 3 of the variable", d.Subject, w)
 			}
 		})
+	}
+}
+
+// sshConditions cover every ssh and sftp attribute, on both evaluation
+// paths.
+var sshConditions = []struct {
+	cond string
+	fast bool
+}{
+	{`ssh.kind == "exec" && contains(ssh.programs, "pg_dump")`, true},
+	{`contains(["direct_tcpip", "tcpip_forward"], ssh.kind) && ssh.forward_port == 5432`, true},
+	{`glob("*.internal", ssh.forward_host) || ssh.forward_port >= 6000`, true},
+	{`ssh.user == "root" || upper(ssh.user) == "DEPLOY"`, true},
+	{`regex("^sudo ", ssh.command) || ssh["subsystem"] == "sftp"`, true},
+	{`length(ssh.argv) == 2 && any_glob(["/etc/*"], ssh.argv)`, true},
+	{`contains(ssh.env, "LD_PRELOAD") || length(ssh.env) > 2`, true},
+	{`ssh.pty && ssh.term != "dumb"`, true},
+	{`!ssh.pty && ssh.kind == "shell"`, true},
+	{`sftp.op == "remove" && glob("/srv/*", sftp.path)`, true},
+	{`sftp.op == "rename" && sftp.target == "/etc/passwd"`, true},
+	{`ssh.kind == "exec" && result.bytes > 100`, true},
+	{`anytrue([for p in ssh.programs : glob("mysql*", p)])`, false},
+	{`strlen(ssh.command) > 20 || strlen(sftp.path) > 10`, false},
+	{`join(" ", ssh.argv) == "cat /etc/app.conf"`, false},
+	{`[ssh][0].forward_port == 22 || [sftp][0].op == "write"`, false},
+	{`(ssh.pty ? ssh.term : ssh.kind) == "xterm"`, true},
+	{`ssh.argv == [] || sftp.path == "/srv/a-long-path"`, false},
+}
+
+// sshInputs are ssh requests, and statements without one.
+func sshInputs() []*Input {
+	reqs := []*SSHRequest{
+		nil,
+		{User: "deploy", Kind: SSHExec, Command: "cat /etc/app.conf", Argv: []string{"cat", "/etc/app.conf"}, Programs: []string{"cat"}},
+		{User: "root", Kind: SSHExec, Command: "sudo -u postgres pg_dump prod | gzip", Programs: []string{"sudo", "pg_dump", "gzip"}, Env: []string{"LANG", "LC_ALL", "LD_PRELOAD"}},
+		{User: "git", Kind: SSHExec, Command: "mysqldump shop", Argv: []string{"mysqldump", "shop"}, Programs: []string{"mysqldump"}},
+		{User: "Deploy", Kind: SSHShell, Pty: true, Term: "xterm"},
+		{Kind: SSHShell, Pty: true, Term: "dumb", Env: []string{"LANG"}},
+		{Kind: SSHShell},
+		{Kind: SSHSubsystem, Subsystem: "sftp"},
+		{Kind: SSHSubsystem, Subsystem: "sftp", SFTPOp: "remove", SFTPPath: "/srv/releases/1"},
+		{Kind: SSHSubsystem, Subsystem: "sftp", SFTPOp: "rename", SFTPPath: "/tmp/x", SFTPTarget: "/etc/passwd"},
+		{Kind: SSHSubsystem, Subsystem: "sftp", SFTPOp: "write", SFTPPath: "/srv/a-long-path"},
+		{Kind: SSHDirectTCPIP, ForwardHost: "db.internal", ForwardPort: 5432},
+		{Kind: SSHDirectTCPIP, ForwardHost: "/run/docker.sock"},
+		{Kind: SSHTCPIPForward, ForwardHost: "localhost", ForwardPort: 22},
+		{Kind: SSHTCPIPForward, ForwardHost: "0.0.0.0", ForwardPort: 6001},
+		{Kind: SSHAgentForward},
+		{Kind: SSHX11},
+	}
+	results := []Result{{}, {Known: true, Bytes: 1000}}
+	var out []*Input
+	for _, r := range reqs {
+		for _, res := range results {
+			in := &Input{Result: res}
+			in.Target = Endpoint{Name: "git", Protocol: ProtoSSH, Addr: netip.MustParseAddrPort("10.0.0.7:22")}
+			in.Identity = Identity{Level: LevelOIDC, Claims: map[string]string{"repository": "acme/api"}}
+			if r != nil {
+				in.Statement = Statement{Kind: r.Kind, Text: r.Command, SSH: r}
+				if r.SFTPOp != "" {
+					in.Statement.Kind = KindSFTP
+				}
+			} else {
+				// A SQL statement on a target the same policy covers:
+				// both facets are empty.
+				in.Target = Endpoint{Name: "pg", Protocol: ProtoPostgres}
+				in.Statement = Statement{Kind: "select", Tables: []string{"users"}}
+			}
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
+// sshReference evaluates x with HCL in a context built here, field by
+// field from the SSHRequest: an oracle independent of the facet table.
+func sshReference(t *testing.T, rs *Ruleset, x *expr, in *Input) string {
+	t.Helper()
+	id, proc, tgt := rs.flowValues(&in.Flow)
+	r := in.Statement.SSH
+	if r == nil {
+		r = &SSHRequest{}
+	}
+	list := func(l []string) cty.Value {
+		if len(l) == 0 {
+			return cty.ListValEmpty(cty.String)
+		}
+		vals := make([]cty.Value, len(l))
+		for i, s := range l {
+			vals[i] = cty.StringVal(s)
+		}
+		return cty.ListVal(vals)
+	}
+	res := cty.UnknownVal(cty.Object(map[string]cty.Type{"rows": cty.Number, "bytes": cty.Number}))
+	if in.Result.Known {
+		res = cty.ObjectVal(map[string]cty.Value{"rows": cty.NumberIntVal(in.Result.Rows), "bytes": cty.NumberIntVal(in.Result.Bytes)})
+	}
+	ctx := &hcl.EvalContext{
+		Variables: map[string]cty.Value{
+			"identity": id, "process": proc, "target": tgt, "result": res,
+			"ssh": cty.ObjectVal(map[string]cty.Value{
+				"user": cty.StringVal(r.User), "kind": cty.StringVal(r.Kind), "command": cty.StringVal(r.Command),
+				"argv": list(r.Argv), "programs": list(r.Programs), "subsystem": cty.StringVal(r.Subsystem),
+				"forward_host": cty.StringVal(r.ForwardHost), "forward_port": cty.NumberIntVal(int64(r.ForwardPort)),
+				"env": list(r.Env), "pty": cty.BoolVal(r.Pty), "term": cty.StringVal(r.Term),
+			}),
+			"sftp": cty.ObjectVal(map[string]cty.Value{
+				"op": cty.StringVal(r.SFTPOp), "path": cty.StringVal(r.SFTPPath), "target": cty.StringVal(r.SFTPTarget),
+			}),
+		},
+		Functions: rs.funcs,
+	}
+	v, diags := x.e.Value(ctx)
+	fired, pending := false, false
+	switch {
+	case diags.HasErrors():
+	case v.Type() == cty.Bool && !v.IsKnown():
+		pending = true
+	case v.Type() == cty.Bool && !v.IsNull():
+		fired = v.True()
+	default:
+		t.Fatalf("%#v is not a boolean", v)
+	}
+	return fmt.Sprintf("fired %t pending %t err %t", fired, pending, diags.HasErrors())
+}
+
+// TestSSHFacets: every ssh.* and sftp.* condition decides the same
+// compiled, through HCL and in a reference context built field by field,
+// for ssh requests of every kind and for SQL statements (no SSHRequest,
+// so empty facets, never a panic).
+func TestSSHFacets(t *testing.T) {
+	var sb strings.Builder
+	sb.WriteString(facetTargets)
+	sb.WriteString("policy \"mixed\" {\n  targets = [\"pg\", \"git\"]\n")
+	for i, c := range sshConditions {
+		if i%2 == 0 {
+			fmt.Fprintf(&sb, "  deny \"r%d\" { when = %s }\n", i, c.cond)
+		} else {
+			fmt.Fprintf(&sb, "  hold \"r%d\" {\n    when = %s\n    approvers = [\"group:x\"]\n  }\n", i, c.cond)
+		}
+	}
+	sb.WriteString("}\n")
+	rs := mustParse(t, map[string]string{"r.hcl": sb.String()})
+	if rs.readsText {
+		t.Error("reading ssh.command marks the ruleset as reading SQL text")
+	}
+	for i, c := range sshConditions {
+		x := ruleExpr(t, rs, i)
+		if (x.fast != nil) != c.fast {
+			t.Errorf("%s: compiled %t, want %t", c.cond, x.fast != nil, c.fast)
+		}
+		fired := 0
+		for _, in := range sshInputs() {
+			ref := sshReference(t, rs, x, in)
+			if got := evalBoth(rs, x, in); got != [2]string{ref, ref} {
+				t.Errorf("%s: (compiled, HCL) %v, the reference %s for %+v %+v", c.cond, got, ref, in.Statement, in.Statement.SSH)
+			}
+			if strings.HasPrefix(ref, "fired true") {
+				fired++
+			}
+		}
+		if fired == 0 {
+			t.Errorf("%s: fires on no input; the test does not exercise it", c.cond)
+		}
 	}
 }
 
@@ -362,6 +522,29 @@ func TestFacetTargets(t *testing.T) {
   }
 }`, summary: "sql used on a policy without postgres or mysql targets",
 			detail: []string{"covers targets kube (k8s) and raw (tcp)"}, line: 4, col: 24},
+		{name: "ssh on ssh", src: `policy "p" {
+  targets = ["git"]
+  deny { when = ssh.kind == "exec" && contains(ssh.programs, "pg_dump") }
+  deny { when = sftp.op == "remove" }
+}`},
+		{name: "ssh on every target", src: `policy "p" {
+  targets = ["*"]
+  hold {
+    when      = target.protocol == "ssh" && ssh.kind == "shell"
+    approvers = ["group:x"]
+  }
+}`},
+		{name: "ssh without an ssh target", src: `policy "p" {
+  targets = ["pg", "raw"]
+  deny { when = target.protocol == "ssh" && ssh.kind == "direct_tcpip" }
+}`, summary: "ssh used on a policy without ssh targets",
+			detail: []string{"covers targets pg (postgres) and raw (tcp)", "ssh.* is filled only on ssh flows", `target.protocol == "ssh" does not change that`, "Move the rule to a policy for the ssh targets"},
+			line:   3, col: 45},
+		{name: "sftp without an ssh target, in an allow", src: `policy "p" {
+  targets = ["my"]
+  allow { when = glob("/srv/*", sftp.path) }
+}`, summary: "sftp used on a policy without ssh targets",
+			detail: []string{"covers target my (mysql)", "sftp.* is filled only on ssh flows"}, line: 3, col: 33},
 		{name: "unknown target: only that is reported", src: `policy "p" {
   targets = ["gti"]
   deny { when = sql.kind == "drop" }
@@ -441,7 +624,39 @@ func TestFacetDiagnostics(t *testing.T) {
 		{`policy "p" {
   targets = ["pg"]
   deny { when = protocol.kind == "drop" }
-}`, "Unknown variable", "protocol facets sql (older name statement), ssh and k8s", 3, 17},
+}`, "Unknown variable", "protocol facets sql (older name statement), ssh, sftp and k8s", 3, 17},
+		{`policy "p" {
+  targets = ["git"]
+  deny { when = ssh.comand == "x" }
+}`, "Unsupported attribute", `ssh has no attribute "comand". Did you mean "command"?`, 3, 20},
+		{`policy "p" {
+  targets = ["git"]
+  deny { when = ssh.nothing_like_it == "x" }
+}`, "Unsupported attribute", "Its attributes are argv, command, env, forward_host, forward_port, kind, programs, pty, subsystem, term, user.", 3, 20},
+		{`policy "p" {
+  targets = ["git"]
+  deny { when = sftp.pth == "/" }
+}`, "Unsupported attribute", `sftp has no attribute "pth". Did you mean "path"?`, 3, 21},
+		{`policy "p" {
+  targets = ["git"]
+  when    = ssh.user == "git"
+}`, "Statement variables not allowed here", "but not ssh", 3, 13},
+		{`policy "p" {
+  targets = ["git"]
+  deny { when = ssh.programs == "pg_dump" }
+}`, "List compared with a single value", "write contains(list, value)", 3, 17},
+		{`policy "p" {
+  targets = ["git"]
+  deny { when = ssh.forward_port == 5432 && ssh.pty && ssh.term != "dumb" }
+}`, "", "", 0, 0},
+		{`policy "p" {
+  targets = ["git"]
+  deny { when = ssh.forward_port > "x" }
+}`, "Invalid operand", "a number is required", 3, 36},
+		{`policy "p" {
+  targets = ["git"]
+  allow { when = ssh.env }
+}`, "Condition is not a boolean", "", 3, 18},
 		{`policy "p" {
   targets = ["pg"]
   allow { when = sql.kind }
@@ -450,6 +665,12 @@ func TestFacetDiagnostics(t *testing.T) {
 	for _, tt := range tests {
 		_, diags := Parse(map[string][]byte{"t.hcl": []byte(facetTargets), "x.hcl": []byte(tt.src)})
 		errs := errorsOf(diags)
+		if tt.summary == "" {
+			if len(errs) > 0 {
+				t.Errorf("%s: want the ruleset to load: %v", tt.src, diags)
+			}
+			continue
+		}
 		if len(errs) != 1 {
 			t.Errorf("%s: got %d errors, want 1: %v", tt.src, len(errs), diags)
 			continue
@@ -462,7 +683,8 @@ func TestFacetDiagnostics(t *testing.T) {
 }
 
 // TestFacetTestBlocks: a test's query must be for a target whose
-// statements are classified; a statement stays accepted on any target.
+// commands are classified (postgres, mysql, ssh); a statement stays
+// accepted on any target.
 func TestFacetTestBlocks(t *testing.T) {
 	tests := []struct {
 		name, src, summary string
@@ -472,17 +694,17 @@ func TestFacetTestBlocks(t *testing.T) {
   target = "git"
   query  = "rm -rf /"
   expect = "deny"
-}`, "Query for a target without SQL", 3, 12},
+}`, "", 0, 0},
 		{"query for k8s", `test "t" {
   target = "kube"
   query  = "GET /api/v1/secrets"
   expect = "deny"
-}`, "Query for a target without SQL", 3, 12},
+}`, "Query for a target without a classifier", 3, 12},
 		{"query for tcp", `test "t" {
   target = "raw"
   query  = "SELECT 1"
   expect = "deny"
-}`, "Query for a target without SQL", 3, 12},
+}`, "Query for a target without a classifier", 3, 12},
 		{"query for mysql", `test "t" {
   target = "my"
   query  = "SELECT 1"
@@ -491,6 +713,11 @@ func TestFacetTestBlocks(t *testing.T) {
 		{"statement for k8s", `test "t" {
   target    = "kube"
   statement = { kind = "get", tables = ["secrets"] }
+  expect    = "deny"
+}`, "", 0, 0},
+		{"statement for ssh", `test "t" {
+  target    = "git"
+  statement = { kind = "exec" }
   expect    = "deny"
 }`, "", 0, 0},
 		{"connection of ssh", `test "t" {
@@ -513,7 +740,7 @@ func TestFacetTestBlocks(t *testing.T) {
 			}
 			d := errs[0]
 			if d.Summary != tt.summary || d.Subject.Filename != "x.hcl" || d.Subject.Start.Line != tt.line || d.Subject.Start.Column != tt.col ||
-				!strings.Contains(d.Detail, "cannot be classified") {
+				!strings.Contains(d.Detail, "cannot be classified") || !strings.Contains(d.Detail, "postgres, mysql and ssh") {
 				t.Errorf("got %q (%s) at %v, want %q at x.hcl:%d:%d", d.Summary, d.Detail, d.Subject, tt.summary, tt.line, tt.col)
 			}
 		})
@@ -546,7 +773,7 @@ func TestFacetTable(t *testing.T) {
 			t.Errorf("facet %s: text attribute %q is not one of its attributes", f.name, f.text)
 		}
 	}
-	for _, name := range []string{"sql", "statement", "ssh", "k8s"} {
+	for _, name := range []string{"sql", "statement", "ssh", "sftp", "k8s"} {
 		if !seen[name] {
 			t.Errorf("no facet is called %s", name)
 		}
@@ -603,9 +830,14 @@ func TestFacetByClassification(t *testing.T) {
 		{`sql["text"] == ""`, true},
 		{`statement["kind"] == "select"`, false},
 		{`length([sql][0].tables) > 0`, true},
+		// ssh requests are never decided by classification (the
+		// enforcer decides each alone), so reading their command line
+		// does not stop SQL statements from being.
+		{`ssh.command == "x" || length(ssh.argv) > 0`, false},
+		{`[ssh][0].command == "x" || sftp["path"] == "/"`, false},
 	}
 	for _, tt := range tests {
-		rs := mustParse(t, map[string]string{"t.hcl": facetTargets, "x.hcl": fmt.Sprintf("policy \"p\" {\n  targets = [\"pg\"]\n  deny { when = %s }\n}\n", tt.cond)})
+		rs := mustParse(t, map[string]string{"t.hcl": facetTargets, "x.hcl": fmt.Sprintf("policy \"p\" {\n  targets = [\"pg\", \"git\"]\n  deny { when = %s }\n}\n", tt.cond)})
 		if got := !rs.Match(Flow{Target: Endpoint{Name: "pg", Protocol: ProtoPostgres}}).ByClassification(); got != tt.byText {
 			t.Errorf("%s: reads the text %t, want %t", tt.cond, got, tt.byText)
 		}

@@ -21,6 +21,8 @@ var testSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "process"},
 	{Name: "query"},
 	{Name: "statement"},
+	{Name: "ssh"},
+	{Name: "sftp"},
 	{Name: "result"},
 	{Name: "expect", Required: true},
 	{Name: "expect_rule"},
@@ -44,10 +46,12 @@ type ruleTest struct {
 	expectCred string
 }
 
-// Classifier turns a statement's text into a Statement for a protocol
-// ("postgres", "mysql", ...). The CLI passes one backed by the protocol
-// decoders' parsers, so this package stays free of SQL parsing. An error
-// fails the test that needed it.
+// Classifier turns a command's text into a Statement for a protocol
+// ("postgres", "mysql", "ssh"): a SQL statement, or for ssh an exec
+// request (Statement.SSH) running the text as its command line. The CLI
+// passes one backed by the protocol decoders' parsers, so this package
+// stays free of SQL and shell parsing. An error fails the test that
+// needed it.
 type Classifier func(protocol, text string) (Statement, error)
 
 // TestResult is the outcome of one test block.
@@ -174,16 +178,36 @@ func (c *compiler) test(b *hcl.Block) {
 		p.Exe, p.Comm, p.Cgroup, p.Unit = strAttr(vals, "exe"), strAttr(vals, "comm"), strAttr(vals, "cgroup"), strAttr(vals, "unit")
 	}
 	q, st := content.Attributes["query"], content.Attributes["statement"]
+	sshA, sftpA := content.Attributes["ssh"], content.Attributes["sftp"]
+	tg := c.rs.byName[t.in.Target.Name]
 	switch {
 	case q != nil && st != nil:
 		c.errorf(st.NameRange, "Conflicting arguments", "Give a test either query (text for the protocol's classifier) or statement (an already classified statement), not both.")
+	case (q != nil || st != nil) && (sshA != nil || sftpA != nil):
+		other, req := q, sshA
+		if other == nil {
+			other = st
+		}
+		if req == nil {
+			req = sftpA
+		}
+		c.errorf(req.NameRange, "Conflicting arguments", "Give a test one request: query (text for the protocol's classifier), statement (an already classified SQL statement), or ssh and sftp (an already classified SSH request); this one also has %s. For an ssh target, query = \"pg_dump prod\" is classified as an exec request running that command line.", other.Name)
 	case q != nil:
 		t.query, t.hasQuery = c.str(q)
-		if tg := c.rs.byName[t.in.Target.Name]; tg != nil && !sqlFacet.speaks(tg.Protocol) {
-			c.errorf(q.Expr.Range(), "Query for a target without SQL",
-				"Target %s speaks %s, and only %s statements are classified (into %s.*): a query for it cannot be classified. Leave query out to test the connection decision, or test a %s target.",
-				tg.Name, tg.Protocol, protocolWords(sqlFacet.protocols, "and"), sqlFacet.name, protocolWords(sqlFacet.protocols, "or"))
+		if tg != nil && !slices.ContainsFunc(facets, func(f *facet) bool { return f.classified && f.speaks(tg.Protocol) }) {
+			var protos, vars []string
+			for _, f := range facets {
+				if f.classified {
+					protos = append(protos, f.protocols...)
+					vars = append(vars, f.name+".*")
+				}
+			}
+			c.errorf(q.Expr.Range(), "Query for a target without a classifier",
+				"Target %s speaks %s, and only %s commands are classified from text (into %s): a query for it cannot be classified. Leave query out to test the connection decision, or give statement = { kind = \"...\" }.",
+				tg.Name, tg.Protocol, protocolWords(protos, "and"), protocolWords(vars, "and"))
 		}
+	case sshA != nil || sftpA != nil:
+		c.sshRequest(t, tg, sshA, sftpA)
 	case st != nil:
 		// statement stays accepted on every target: rulesets written
 		// before facets describe other protocols' commands with it.
@@ -234,6 +258,90 @@ func (c *compiler) test(b *hcl.Block) {
 		}
 	}
 	c.rs.tests = append(c.rs.tests, t)
+}
+
+// sshKinds are the values of ssh.kind.
+var sshKinds = []string{SSHShell, SSHExec, SSHSubsystem, SSHDirectTCPIP, SSHTCPIPForward, SSHAgentForward, SSHX11}
+
+// sftpOps are the values of sftp.op (SSHRequest.SFTPOp).
+var sftpOps = []string{"open", "read", "write", "remove", "rename", "mkdir", "rmdir", "setstat", "symlink", "link", "list", "stat", "readlink", "realpath"}
+
+// sshRequest fills a test's Statement.SSH from its ssh and sftp objects:
+// an SSH request as its decoder reports it, already classified (programs
+// are not derived from command here; a query is). With sftp, the request
+// is one SFTP operation: kind subsystem, subsystem sftp, Statement.Kind
+// "sftp".
+func (c *compiler) sshRequest(t *ruleTest, tg *Target, sshA, sftpA *hcl.Attribute) {
+	if tg != nil && tg.Protocol != ProtoSSH {
+		a := sshA
+		if a == nil {
+			a = sftpA
+		}
+		c.errorf(a.NameRange, "SSH request for a "+tg.Protocol+" target", "Target %s speaks %s, and %s describes a request of an ssh session. Test an ssh target, or give this one a query or a statement.", tg.Name, tg.Protocol, a.Name)
+		return
+	}
+	r := &SSHRequest{}
+	if sshA != nil {
+		vals := c.object(sshA, sshFacet.typ.AttributeTypes(), nil)
+		r.User, r.Kind, r.Command = strAttr(vals, "user"), strAttr(vals, "kind"), strAttr(vals, "command")
+		r.Argv, r.Programs = listAttr(vals, "argv"), listAttr(vals, "programs")
+		r.Subsystem, r.ForwardHost, r.Term = strAttr(vals, "subsystem"), strAttr(vals, "forward_host"), strAttr(vals, "term")
+		r.Env, r.Pty = sortedSet(listAttr(vals, "env")), boolAttr(vals, "pty")
+		if v, ok := vals["forward_port"]; ok {
+			bf := v.AsBigFloat()
+			n, acc := bf.Int64()
+			if !bf.IsInt() || acc != 0 || n < 0 || n > 65535 {
+				c.errorf(itemRange(sshA, "forward_port"), "Invalid port", "ssh.forward_port must be a port number, from 0 (a unix socket forward) to 65535.")
+			}
+			r.ForwardPort = int(n)
+		}
+		_, hasKind := vals["kind"]
+		switch {
+		case hasKind && !hasString(sshKinds, r.Kind):
+			detail := fmt.Sprintf("ssh.kind must be one of %s; got %q.", quoteList(sshKinds), r.Kind)
+			if sg := suggest(r.Kind, sshKinds); sg != "" {
+				detail += fmt.Sprintf(" Did you mean %q?", sg)
+			}
+			c.errorf(itemRange(sshA, "kind"), "Invalid value for ssh.kind", "%s", detail)
+		case !hasKind && sftpA == nil && vals != nil:
+			c.errorf(sshA.Expr.Range(), "Missing attribute", "ssh needs kind, the request's kind: one of %s.", quoteList(sshKinds))
+		case sftpA != nil && hasKind && r.Kind != SSHSubsystem:
+			c.errorf(itemRange(sshA, "kind"), "Conflicting arguments", "sftp describes an operation of the sftp subsystem, so ssh.kind is %q; remove ssh.kind, or sftp to test a %s request.", SSHSubsystem, r.Kind)
+		case sftpA != nil && r.Subsystem != "" && r.Subsystem != "sftp":
+			c.errorf(itemRange(sshA, "subsystem"), "Conflicting arguments", "sftp describes an operation of the sftp subsystem, so ssh.subsystem is \"sftp\"; remove ssh.subsystem, or sftp to test a request of the %s subsystem.", r.Subsystem)
+		}
+	}
+	t.in.Statement.Kind = r.Kind
+	if r.Kind == SSHExec {
+		t.in.Statement.Text = r.Command
+	}
+	if sftpA != nil {
+		vals := c.object(sftpA, sftpFacet.typ.AttributeTypes(), []string{"op"})
+		r.Kind, r.Subsystem = SSHSubsystem, "sftp"
+		r.SFTPOp, r.SFTPPath, r.SFTPTarget = strAttr(vals, "op"), strAttr(vals, "path"), strAttr(vals, "target")
+		if _, ok := vals["op"]; ok && !hasString(sftpOps, r.SFTPOp) {
+			detail := fmt.Sprintf("sftp.op must be one of %s; got %q.", quoteList(sftpOps), r.SFTPOp)
+			if sg := suggest(r.SFTPOp, sftpOps); sg != "" {
+				detail += fmt.Sprintf(" Did you mean %q?", sg)
+			}
+			c.errorf(itemRange(sftpA, "op"), "Invalid value for sftp.op", "%s", detail)
+		}
+		t.in.Statement.Kind = KindSFTP
+	}
+	t.in.Statement.SSH = r
+}
+
+// itemRange is the range of the value of key in an object attribute, or
+// the attribute's value when it has no such item.
+func itemRange(a *hcl.Attribute, key string) hcl.Range {
+	if oc, ok := a.Expr.(*hclsyntax.ObjectConsExpr); ok {
+		for _, item := range oc.Items {
+			if k, d := item.KeyExpr.Value(nil); !d.HasErrors() && k.Type() == cty.String && !k.IsNull() && k.AsString() == key {
+				return item.ValueExpr.Range()
+			}
+		}
+	}
+	return a.Expr.Range()
 }
 
 // object decodes a static object attribute. With a schema, keys must be
