@@ -3,16 +3,24 @@
 # refuses destructive SQL, PostgreSQL's escapes to server files,
 # programs, other servers (dblink) and search_path, and MySQL's to server
 # files, administration and the binary log, holds bulk exports
-# for a human, masks secrets and personal data in results, and records
-# everything.
+# for a human, masks secrets and personal data in SQL results, and records
+# everything. Its SSH rules refuse port, agent and X11 forwarding and
+# database dumps in decoded SSH sessions, and allow shells, commands and
+# sftp.
 #
-# It never breaks a pipeline by itself: a target whose protocol has no
-# decoder in the running build (undecoded = "relay") is relayed
-# uninspected, its metadata logged and recorded. An operator's ruleset
-# that leaves undecoded out refuses such flows instead.
+# It never breaks a pipeline by itself: a target whose flows are not
+# decoded (undecoded = "relay") is relayed uninspected, its metadata
+# logged and recorded. An operator's ruleset that leaves undecoded out
+# refuses such flows instead. Its own ssh target is one: ssh flows are
+# decoded only when the operator gives the target credentials (Sluice
+# logs in to the host itself) and known_hosts, and this one has neither,
+# so git, scp and ssh keep working, relayed opaquely and recorded as
+# metadata. With this target its SSH rules decide nothing: they are the
+# ones to copy into a ruleset whose ssh targets have credentials.
 #
 # Its rules read SQL statements through sql.*, the facet of postgres and
-# mysql targets (statement.* is its older name, and means the same).
+# mysql targets (statement.* is its older name, and means the same), and
+# SSH requests through ssh.*, the facet of ssh targets.
 
 mode = "enforce"
 
@@ -97,7 +105,26 @@ policy "baseline" {
     reason    = "bulk exports need a security approver"
   }
 
+  deny "ssh-tunnels" {
+    when   = target.protocol == "ssh" && contains(["direct_tcpip", "tcpip_forward", "agent_forward", "x11"], ssh.kind)
+    reason = "port forwarding (ssh -L, -R, -D, -W, ProxyJump), agent forwarding and X11 are not allowed from CI"
+  }
+
+  deny "ssh-database-dumps" {
+    when = target.protocol == "ssh" && ssh.kind == "exec" && (
+      contains(ssh.programs, "pg_dump") ||
+      contains(ssh.programs, "pg_dumpall") ||
+      contains(ssh.programs, "mysqldump") ||
+      contains(ssh.programs, "mariadb-dump")
+    )
+    reason = "database dumps are not allowed over SSH, where no SQL rule sees them; connect to the database through a postgres or mysql target instead"
+  }
+
+  # SQL results only: masking an SSH byte stream would corrupt git
+  # packfiles and scp transfers, and on a shell or sftp the mask verdict
+  # refuses the request.
   mask "secrets-and-personal-data" {
+    when   = contains(["postgres", "mysql"], target.protocol)
     detect = ["secret", "jwt", "aws_access_key", "private_key", "card_number", "iban", "ssn", "email", "phone"]
     using  = "redact"
   }
@@ -349,4 +376,85 @@ test "default denies EXECUTE p when p was never prepared" {
   query       = "EXECUTE p"
   expect      = "deny"
   expect_rule = "baseline/deny/code-in-the-database"
+}
+
+# SSH requests, as the SSH decoder reports them where the operator's ssh
+# target has credentials (this file's own ssh target relays undecoded).
+
+test "default refuses ssh -L" {
+  target      = "ssh"
+  ssh         = { kind = "direct_tcpip", forward_host = "db.internal", forward_port = 5432 }
+  expect      = "deny"
+  expect_rule = "baseline/deny/ssh-tunnels"
+}
+
+test "default refuses ssh -R" {
+  target      = "ssh"
+  ssh         = { kind = "tcpip_forward", forward_host = "localhost", forward_port = 8080 }
+  expect      = "deny"
+  expect_rule = "baseline/deny/ssh-tunnels"
+}
+
+test "default refuses agent forwarding" {
+  target      = "ssh"
+  ssh         = { kind = "agent_forward" }
+  expect      = "deny"
+  expect_rule = "baseline/deny/ssh-tunnels"
+}
+
+test "default refuses X11 forwarding" {
+  target      = "ssh"
+  ssh         = { kind = "x11" }
+  expect      = "deny"
+  expect_rule = "baseline/deny/ssh-tunnels"
+}
+
+test "default allows and records an exec" {
+  target        = "ssh"
+  ssh           = { kind = "exec", user = "deploy", command = "cat /etc/app.conf", argv = ["cat", "/etc/app.conf"], programs = ["cat"] }
+  expect        = "allow"
+  expect_rule   = "baseline/default"
+  expect_record = "full"
+}
+
+test "default allows a shell" {
+  target      = "ssh"
+  ssh         = { kind = "shell", pty = true, term = "xterm-256color" }
+  expect      = "allow"
+  expect_rule = "baseline/default"
+}
+
+test "default allows the sftp subsystem" {
+  target      = "ssh"
+  ssh         = { kind = "subsystem", subsystem = "sftp" }
+  expect      = "allow"
+  expect_rule = "baseline/default"
+}
+
+test "default allows an sftp upload" {
+  target      = "ssh"
+  sftp        = { op = "write", path = "/srv/app/release.tar.gz" }
+  expect      = "allow"
+  expect_rule = "baseline/default"
+}
+
+test "default refuses pg_dump over ssh" {
+  target      = "ssh"
+  query       = "pg_dump prod"
+  expect      = "deny"
+  expect_rule = "baseline/deny/ssh-database-dumps"
+}
+
+test "default refuses a dump piped through ssh" {
+  target      = "ssh"
+  query       = "sudo -u postgres pg_dumpall | gzip"
+  expect      = "deny"
+  expect_rule = "baseline/deny/ssh-database-dumps"
+}
+
+test "default refuses mysqldump, already classified" {
+  target      = "ssh"
+  ssh         = { kind = "exec", command = "mysqldump shop", argv = ["mysqldump", "shop"], programs = ["mysqldump"] }
+  expect      = "deny"
+  expect_rule = "baseline/deny/ssh-database-dumps"
 }
