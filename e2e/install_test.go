@@ -81,7 +81,9 @@ func TestInstallWritesConfig(t *testing.T) {
 			root := cg.Rel + "/system.slice"
 			cfg := filepath.Join(t.TempDir(), "etc", "sluiced.hcl")
 
-			out, code := sluiceCLI(t, "install", "--containers", "off", "--root", root, "--config", cfg)
+			// --ssh off: this config's data_dir is the default one, where
+			// the SSH host CA must not be created by a test.
+			out, code := sluiceCLI(t, "install", "--containers", "off", "--ssh", "off", "--root", root, "--config", cfg)
 			if code != 0 {
 				t.Fatalf("sluice install exited %d:\n%s", code, out)
 			}
@@ -99,7 +101,7 @@ func TestInstallWritesConfig(t *testing.T) {
 				t.Errorf("written config lacks the defaults:\n%s", first)
 			}
 
-			out, code = sluiceCLI(t, "install", "--containers", "off", "--root", root, "--config", cfg)
+			out, code = sluiceCLI(t, "install", "--containers", "off", "--ssh", "off", "--root", root, "--config", cfg)
 			if code != 0 || !strings.Contains(out, "config "+cfg+" unchanged") {
 				t.Errorf("second install exited %d:\n%s\nwant \"unchanged\"", code, out)
 			}
@@ -116,14 +118,14 @@ func TestInstallNoRunner(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	cg.Child(t, "system.slice/ssh.service")
 	cfg := filepath.Join(t.TempDir(), "sluiced.hcl")
-	out, code := sluiceCLI(t, "install", "--containers", "off", "--root", cg.Rel+"/system.slice", "--config", cfg)
+	out, code := sluiceCLI(t, "install", "--containers", "off", "--ssh", "off", "--root", cg.Rel+"/system.slice", "--config", cfg)
 	if code == 0 || !strings.Contains(out, "no CI runner service found under") || !strings.Contains(out, "Nothing was written") {
 		t.Errorf("install without a runner exited %d:\n%s", code, out)
 	}
 	if _, err := os.Stat(cfg); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("install without a runner wrote %s (%v)", cfg, err)
 	}
-	out, code = sluiceCLI(t, "install", "--containers", "off", "--root", cg.Rel+"/no.slice", "--config", cfg)
+	out, code = sluiceCLI(t, "install", "--containers", "off", "--ssh", "off", "--root", cg.Rel+"/no.slice", "--config", cfg)
 	if code == 0 || !strings.Contains(out, "does not exist") {
 		t.Errorf("install with a missing root exited %d:\n%s", code, out)
 	}
@@ -139,14 +141,22 @@ func TestInstallThenDiscover(t *testing.T) {
 	gh := cg.Child(t, "system.slice/actions.runner.acme-api.runner1.service")
 	root := cg.Rel + "/system.slice"
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	// The system-wide known_hosts file ssh clients read, stood in for by
+	// one of the test's: install trusts the daemon's SSH host CA there.
+	knownHosts := filepath.Join(t.TempDir(), "ssh_known_hosts")
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{
 		Rules: tcpRules("pg", pg.Addr()),
 		BeforeStart: func(d *testenv.Daemon) {
-			if out, code := sluiceCLI(t, "install", "--containers", "off", "--root", root, "--config", d.Config); code != 0 || !strings.Contains(out, "updated "+d.Config) {
+			if out, code := sluiceCLI(t, "install", "--containers", "off", "--ssh-known-hosts", knownHosts, "--root", root, "--config", d.Config); code != 0 || !strings.Contains(out, "updated "+d.Config) {
 				t.Fatalf("sluice install on the daemon's config exited %d:\n%s", code, out)
 			}
 		},
 	})
+	out, _ := sluiceCLI(t, "ssh-ca", "--config", d.Config)
+	line, _, _ := strings.Cut(out, "\n") // then a hint on stderr
+	if kh, _ := os.ReadFile(knownHosts); !strings.HasPrefix(line, "@cert-authority * ssh-ed25519 ") || !strings.Contains(string(kh), strings.TrimSpace(line)) {
+		t.Errorf("install did not trust the daemon's SSH host CA (%q) in %s:\n%s", line, knownHosts, kh)
+	}
 	// The test's own settings survived the merge (else the daemon would
 	// not answer on the test's socket at all).
 	conf, _ := os.ReadFile(d.Config)

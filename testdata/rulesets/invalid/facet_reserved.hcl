@@ -1,9 +1,9 @@
-# want 8:17 "ssh is reserved"
-target "bastion" {
-  protocol = "ssh"
-  address  = ["10.0.0.7:22"]
+# want 8:17 "k8s is reserved"
+target "cluster" {
+  protocol = "k8s"
+  address  = ["10.0.0.8:6443"]
 }
 policy "p" {
-  targets = ["bastion"]
-  deny { when = ssh.command == "sudo su" }
+  targets = ["cluster"]
+  deny { when = k8s.verb == "delete" }
 }
