@@ -269,6 +269,7 @@ func (s *session) directForward(nc ssh.NewChannel, host string, port int) {
 	c := s.command(ruleset.SSHDirectTCPIP, "direct-tcpip "+target, func(r *ruleset.SSHRequest) {
 		r.ForwardHost, r.ForwardPort = host, port
 	})
+	unmaskable(c, "a forward's bytes")
 	if !s.allowed(c, nil) {
 		nc.Reject(ssh.Prohibited, refusal(c))
 		return
@@ -405,6 +406,7 @@ func (s *session) remoteForward(r *ssh.Request, host string, port int, key strin
 	c := s.command(ruleset.SSHTCPIPForward, "tcpip-forward "+key, func(q *ruleset.SSHRequest) {
 		q.ForwardHost, q.ForwardPort = host, port
 	})
+	unmaskable(c, "a forward's bytes")
 	if !s.allowed(c, nil) {
 		// A global request's failure carries no message: the refusal is
 		// in the log and the recording.
@@ -445,11 +447,21 @@ func (s *session) command(kind, text string, fill func(*ruleset.SSHRequest)) *de
 	}
 	stKind := kind
 	if req.SFTPOp != "" {
-		stKind = "sftp"
+		stKind = ruleset.KindSFTP
 	}
 	c := &decoder.Command{Cmd: enforcer.Command{Text: text, Statement: ruleset.Statement{Kind: stKind, Text: text, SSH: req}}}
 	s.decider.Decide(c)
 	return c
+}
+
+// unmaskable refuses a mask verdict on a request whose data Sluice cannot
+// mask (a forward's bytes, a terminal, SFTP file data): what the rules
+// say to mask never passes unmasked.
+func unmaskable(c *decoder.Command, what string) {
+	if c.Verdict.Action == ruleset.Mask {
+		c.Verdict.Action = ruleset.Deny
+		c.Verdict.Decision.Reason = "the mask rules cannot be applied to " + what + ": " + c.Verdict.Decision.Reason
+	}
 }
 
 // allowed waits on a hold, then reports whether c may go on. notify tells

@@ -113,6 +113,7 @@ func (sc *sessChan) serve(reqs <-chan *ssh.Request) {
 				kind, text = ruleset.SSHAgentForward, "auth-agent-req"
 			}
 			c := s.command(kind, text, sc.fill)
+			unmaskable(c, "forwarded connections")
 			ok := s.allowed(c, nil)
 			if ok && kind == ruleset.SSHX11 {
 				sc.x11, sc.x11Payload = true, req.Payload
@@ -231,11 +232,10 @@ func (sc *sessChan) start(req *ssh.Request) {
 			r.Argv, r.Programs = ParseCommand(command)
 		}
 	})
-	if c.Verdict.Action == ruleset.Mask && (kind != ruleset.SSHExec || sc.pty != nil) {
+	if kind != ruleset.SSHExec || sc.pty != nil {
 		// Masking works on lines of a command's output; a terminal's
 		// screen and a subsystem's packets cannot be rewritten safely.
-		c.Verdict.Action = ruleset.Deny
-		c.Verdict.Decision.Reason = "the mask rules cannot be applied to a terminal or a subsystem (they apply to an exec's output only): " + c.Verdict.Decision.Reason
+		unmaskable(c, "a terminal or a subsystem (they apply to the output of an exec without a terminal)")
 	}
 	// The start is answered first, so that the job's ssh shows what is
 	// written on stderr next: the hold's notice, or the refusal.

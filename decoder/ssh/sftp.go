@@ -94,10 +94,7 @@ func (h *sftpHandler) decide(op, path, target, text string) (*decoder.Command, e
 		h.sc.fill(r)
 		r.Subsystem, r.SFTPOp, r.SFTPPath, r.SFTPTarget = "sftp", op, path, target
 	})
-	if c.Verdict.Action == ruleset.Mask {
-		c.Verdict.Action = ruleset.Deny
-		c.Verdict.Decision.Reason = "the mask rules cannot be applied to SFTP file data: " + c.Verdict.Decision.Reason
-	}
+	unmaskable(c, "SFTP file data")
 	if !s.allowed(c, func(_, msg string) { h.sc.notice(msg) }) {
 		msg := refusal(c)
 		h.sc.notice(msg)
