@@ -512,6 +512,7 @@ func (c *compiler) rule(p *policy, kind Action, sb *hclsyntax.Block, index int) 
 // when checks a when attribute's variables now and queues its type check.
 func (c *compiler) when(a *hcl.Attribute, use exprUse) *expr {
 	st, d := checkVars(a.Expr, use, c.idAttrs)
+	d = append(d, c.checkFuncs(a.Expr)...)
 	c.diags = append(c.diags, d...)
 	if readsStatementText(a.Expr) {
 		c.rs.readsText = true
@@ -521,6 +522,38 @@ func (c *compiler) when(a *hcl.Attribute, use exprUse) *expr {
 		c.pending = append(c.pending, pendingExpr{x: x, attr: a.Range})
 	}
 	return x
+}
+
+// checkFuncs reports every call of a function the ruleset language does
+// not have. The type check alone can miss one: HCL does not evaluate the
+// right side of && and || when the left is unknown, so a misspelt
+// function there would only fail at run time (denying, but unannounced).
+func (c *compiler) checkFuncs(e hcl.Expression) hcl.Diagnostics {
+	node, ok := e.(hclsyntax.Node)
+	if !ok {
+		return nil
+	}
+	return hclsyntax.VisitAll(node, func(n hclsyntax.Node) hcl.Diagnostics {
+		call, ok := n.(*hclsyntax.FunctionCallExpr)
+		if !ok {
+			return nil
+		}
+		if _, known := c.rs.funcs[call.Name]; known {
+			return nil
+		}
+		names := make([]string, 0, len(c.rs.funcs))
+		for name := range c.rs.funcs {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		return hcl.Diagnostics{{
+			Severity:   hcl.DiagError,
+			Summary:    "Call to unknown function",
+			Detail:     fmt.Sprintf("There is no function named %q. The functions are %s.", call.Name, strings.Join(names, ", ")),
+			Subject:    call.NameRange.Ptr(),
+			Expression: e,
+		}}
+	})
 }
 
 // typeCheck runs every queued when expression against typed unknowns.
