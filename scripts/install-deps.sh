@@ -11,6 +11,8 @@ packages=(
   iproute2 util-linux   # ip netns for test hosts, setpriv
   tshark                # e2e: exported recordings decode as PostgreSQL
   openssh-server openssh-client  # e2e: git over ssh relayed by the default ruleset (sshd run by the test)
+  rsync                 # e2e: rsync over ssh through the SSH decoder (and testenv.StartSSHD's own test)
+  asciinema             # e2e: SSH terminal recordings exported as asciicast play (asciinema cat)
   mariadb-client        # e2e and decoder/mysql: the refusal as a real client prints it
   mariadb-server        # private test servers (testenv.StartMariaDB) and make bench (10.11 on Debian 12)
   sysbench              # make bench: the MySQL workloads (oltp_point_select, oltp_read_only)
