@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sluicehq/sluice/decoder"
@@ -42,6 +43,9 @@ func Classify(text string) (ruleset.Statement, error) {
 // newHandler serves the flows of ssh targets: decoded where the target
 // has credentials, otherwise as the target's undecoded setting says.
 func newHandler(env decoder.Env) decoder.Handler {
+	if env.Log == nil {
+		env.Log = hclog.NewNullLogger()
+	}
 	undecoded := decoder.Undecoded(Refuse, env.Log)
 	masks := mask.NewCache(env.MaskKey)
 	// The host key is the daemon's, new at every start: the job's client

@@ -47,7 +47,15 @@ func (sc *sessChan) sftp(c *decoder.Command, up ssh.Channel, upReqs <-chan *ssh.
 		home = "/"
 	}
 	h := &sftpHandler{sc: sc, client: client}
-	srv := sftp.NewRequestServer(sc.ch, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
+	// The request server closes what it serves when it is done; the
+	// channel must stay open for the exit status, so it gets a Close that
+	// does nothing.
+	rwc := struct {
+		io.Reader
+		io.Writer
+		io.Closer
+	}{sc.ch, sc.ch, io.NopCloser(nil)}
+	srv := sftp.NewRequestServer(rwc, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
 		sftp.WithStartDirectory(home))
 	err = srv.Serve()
 	srv.Close()

@@ -1,0 +1,258 @@
+package ssh
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sluicehq/sluice/decoder"
+	"github.com/sluicehq/sluice/decoder/decodertest"
+	"github.com/sluicehq/sluice/enforcer/credential"
+	"github.com/sluicehq/sluice/enforcer/record"
+	"github.com/sluicehq/sluice/internal/testenv"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+// The engine tests run the decoder between Go's SSH client (over the
+// harness's client hop) and OpenSSH's sshd on loopback, logging in with a
+// certificate minted per session from a user CA the sshd trusts.
+
+const engineRules = `
+mode = "enforce"
+target "host" {
+  protocol    = "ssh"
+  address     = [%q]
+  known_hosts = %q
+  credential "deploy" {
+    user     = "deploy"
+    ssh_auth = "certificate"
+    key_file = %q
+    policies = ["*"]
+  }
+}
+policy "ci" {
+  targets = ["*"]
+  record  = "full"
+  credential "deploy" {}
+  deny "dumps" {
+    when   = contains(ssh.programs, "pg_dump")
+    reason = "database dumps do not leave over ssh"
+  }
+  deny "tunnels" {
+    when   = contains(["direct_tcpip", "tcpip_forward", "agent_forward", "x11"], ssh.kind)
+    reason = "no tunnels from CI"
+  }
+  deny "etc" {
+    when   = sftp.op != "" && glob("/etc/*", sftp.path)
+    reason = "system files stay on the host"
+  }
+  hold "big-output" {
+    when      = ssh.kind == "exec" && result.bytes > 100000
+    approvers = ["group:security"]
+    reason    = "large outputs need a human"
+  }
+}
+default { action = "deny" }
+`
+
+type engine struct {
+	h      *decodertest.Harness
+	sshd   *testenv.SSHD
+	hostCA ed25519.PrivateKey
+	client *ssh.Client
+}
+
+// startEngine starts sshd, the decoder and a Go SSH client through it.
+func startEngine(t *testing.T) *engine {
+	t.Helper()
+	testenv.RequireRoot(t)
+	if _, err := exec.LookPath("/usr/sbin/sshd"); err != nil {
+		t.Skip("no sshd (apt-get install openssh-server)")
+	}
+	dir := t.TempDir()
+	caPub, caPriv, _ := ed25519.GenerateKey(rand.Reader)
+	caFile := filepath.Join(dir, "user_ca")
+	block, err := ssh.MarshalPrivateKey(caPriv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{Users: []string{"deploy"}, TrustedUserCAKeys: []ssh.PublicKey{mustPub(t, caPub)}})
+	kh := filepath.Join(dir, "known_hosts")
+	if err := os.WriteFile(kh, []byte(sshd.KnownHostsLine()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, hostCA, _ := ed25519.GenerateKey(rand.Reader)
+	p, _ := decoder.Lookup(ruleset.ProtoSSH)
+	handler := p.New(decoder.Env{SSHHostCA: hostCA, MaskKey: make([]byte, 32)})
+	h := decodertest.Start(t, decodertest.Options{
+		Handler: func(ctx context.Context, f *decoder.Flow, c net.Conn, dial decoder.DialFunc) decoder.Result {
+			f.Session.Secrets = credential.NewStore()
+			f.Identity.Job = "github:42@7"
+			return handler(ctx, f, c, dial)
+		},
+		Rules:    fmt.Sprintf(engineRules, sshd.Addr, kh, caFile),
+		Target:   "host",
+		Upstream: sshd.Addr,
+		Identity: ruleset.Identity{Level: ruleset.LevelOIDC, Claims: map[string]string{"repository": "acme/api", "ref": "refs/heads/main"}},
+		Record:   record.Full,
+		Timeout:  20 * time.Second,
+	})
+	caSigner, _ := ssh.NewSignerFromSigner(hostCA)
+	checker := &ssh.CertChecker{IsHostAuthority: func(k ssh.PublicKey, _ string) bool {
+		return bytes.Equal(k.Marshal(), caSigner.PublicKey().Marshal())
+	}}
+	conn, chans, reqs, err := ssh.NewClientConn(h.Client, sshd.Addr, &ssh.ClientConfig{
+		User:              "deploy",
+		HostKeyCallback:   checker.CheckHostKey,
+		HostKeyAlgorithms: []string{ssh.CertAlgoED25519v01},
+		Timeout:           20 * time.Second,
+	})
+	if err != nil {
+		t.Fatalf("ssh through the decoder: %v", err)
+	}
+	c := ssh.NewClient(conn, chans, reqs)
+	t.Cleanup(func() { c.Close() })
+	return &engine{h: h, sshd: sshd, hostCA: hostCA, client: c}
+}
+
+func mustPub(t *testing.T, k ed25519.PublicKey) ssh.PublicKey {
+	p, err := ssh.NewPublicKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// run runs cmd and returns its stdout, stderr and exit status.
+func (e *engine) run(t *testing.T, cmd string) (string, string, int) {
+	t.Helper()
+	s, err := e.client.NewSession()
+	if err != nil {
+		t.Fatalf("new session: %v", err)
+	}
+	defer s.Close()
+	var out, errb bytes.Buffer
+	s.Stdout, s.Stderr = &out, &errb
+	err = s.Run(cmd)
+	status := 0
+	var ee *ssh.ExitError
+	switch {
+	case errors.As(err, &ee):
+		status = ee.ExitStatus()
+	case err != nil:
+		t.Fatalf("run %q: %v", cmd, err)
+	}
+	return out.String(), errb.String(), status
+}
+
+func TestEngineExec(t *testing.T) {
+	e := startEngine(t)
+	out, errOut, status := e.run(t, "echo hello; echo oops >&2; exit 3")
+	if out != "hello\n" || errOut != "oops\n" || status != 3 {
+		t.Fatalf("exec: stdout %q stderr %q status %d; want hello, oops, 3", out, errOut, status)
+	}
+	marker := filepath.Join(t.TempDir(), "ran")
+	out, errOut, status = e.run(t, "pg_dump prod; touch "+marker)
+	if status != deniedStatus || out != "" || !strings.Contains(errOut, "denied by rule ci/deny/dumps: database dumps do not leave over ssh") {
+		t.Fatalf("denied exec: stdout %q stderr %q status %d", out, errOut, status)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the denied command ran on the host")
+	}
+	// The session stays usable.
+	if out, _, status := e.run(t, "echo again"); out != "again\n" || status != 0 {
+		t.Fatalf("after a denial: %q %d", out, status)
+	}
+	// The host logged the session certificate with the job in its key id.
+	e.sshd.WaitLog(t, `ID sluice job=github:42@7 repository=acme/api ref=refs/heads/main identity=oidc flow=1 credential=deploy`)
+	e.client.Close()
+	e.h.Wait()
+	var sawDeny, sawExit bool
+	for _, ev := range e.h.Recorder.Events() {
+		switch {
+		case ev.Type == record.TypeStatement && ev.Verdict == "deny" && ev.Rule == "ci/deny/dumps":
+			sawDeny = true
+		case ev.Type == record.TypeResult && ev.ErrCode == "exit 3" && ev.Fields["channel"] == "0":
+			sawExit = true
+		}
+	}
+	if !sawDeny || !sawExit {
+		t.Fatalf("recording lacks the denial (%v) or the exit status (%v): %+v", sawDeny, sawExit, e.h.Recorder.Events())
+	}
+}
+
+func TestEngineForwardsRefused(t *testing.T) {
+	e := startEngine(t)
+	_, err := e.client.Dial("tcp", "127.0.0.1:5432")
+	if err == nil || !strings.Contains(err.Error(), "administratively prohibited") || !strings.Contains(err.Error(), "ci/deny/tunnels") {
+		t.Fatalf("direct-tcpip: %v, want a prohibited open failure naming the rule", err)
+	}
+	if _, err := e.client.Listen("tcp", "127.0.0.1:0"); err == nil {
+		t.Fatal("a remote forward was allowed")
+	}
+	s, _ := e.client.NewSession()
+	defer s.Close()
+	if ok, err := s.SendRequest("auth-agent-req@openssh.com", true, nil); ok || err != nil {
+		t.Fatalf("agent forwarding: %v %v, want refused", ok, err)
+	}
+}
+
+func TestEngineSFTP(t *testing.T) {
+	e := startEngine(t)
+	c, err := sftp.NewClient(e.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	f, err := c.Create(p)
+	if err != nil {
+		t.Fatalf("create %s: %#v", p, err)
+	}
+	data := bytes.Repeat([]byte("sluice "), 50000)
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	got, err := os.ReadFile(p)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("file written through sftp: %d bytes, %v", len(got), err)
+	}
+	r, err := c.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := io.ReadAll(r)
+	r.Close()
+	if err != nil || !bytes.Equal(back, data) {
+		t.Fatalf("file read through sftp: %d bytes, %v", len(back), err)
+	}
+	if _, err := c.Open("/etc/hostname"); err == nil || !errors.Is(err, os.ErrPermission) {
+		t.Fatalf("open /etc/hostname: %v, want permission denied", err)
+	}
+	if err := c.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); !os.IsNotExist(err) {
+		t.Fatalf("removed through sftp, but: %v", err)
+	}
+}
