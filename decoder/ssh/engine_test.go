@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,8 @@ import (
 
 	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/decoder/decodertest"
+	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/enforcer/credential"
 	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/internal/testenv"
@@ -61,6 +64,11 @@ policy "ci" {
     when   = sftp.op != "" && glob("/etc/*", sftp.path)
     reason = "system files stay on the host"
   }
+  hold "deploys" {
+    when      = ssh.command == "echo deployed"
+    approvers = ["group:security"]
+    reason    = "deploys need a human"
+  }
   hold "big-output" {
     when      = ssh.kind == "exec" && result.bytes > 100000
     approvers = ["group:security"]
@@ -78,7 +86,8 @@ type engine struct {
 }
 
 // startEngine starts sshd, the decoder and a Go SSH client through it.
-func startEngine(t *testing.T) *engine {
+// holder, when given, waits on hold verdicts.
+func startEngine(t *testing.T, holder ...func(context.Context, enforcer.HoldRequest) enforcer.HoldOutcome) *engine {
 	t.Helper()
 	testenv.RequireRoot(t)
 	if _, err := exec.LookPath("/usr/sbin/sshd"); err != nil {
@@ -102,7 +111,7 @@ func startEngine(t *testing.T) *engine {
 	_, hostCA, _ := ed25519.GenerateKey(rand.Reader)
 	p, _ := decoder.Lookup(ruleset.ProtoSSH)
 	handler := p.New(decoder.Env{SSHHostCA: hostCA, MaskKey: make([]byte, 32)})
-	h := decodertest.Start(t, decodertest.Options{
+	opts := decodertest.Options{
 		Handler: func(ctx context.Context, f *decoder.Flow, c net.Conn, dial decoder.DialFunc) decoder.Result {
 			f.Session.Secrets = credential.NewStore()
 			f.Identity.Job = "github:42@7"
@@ -114,7 +123,11 @@ func startEngine(t *testing.T) *engine {
 		Identity: ruleset.Identity{Level: ruleset.LevelOIDC, Claims: map[string]string{"repository": "acme/api", "ref": "refs/heads/main"}},
 		Record:   record.Full,
 		Timeout:  20 * time.Second,
-	})
+	}
+	if len(holder) > 0 {
+		opts.Holder = holder[0]
+	}
+	h := decodertest.Start(t, opts)
 	caSigner, _ := ssh.NewSignerFromSigner(hostCA)
 	checker := &ssh.CertChecker{IsHostAuthority: func(k ssh.PublicKey, _ string) bool {
 		return bytes.Equal(k.Marshal(), caSigner.PublicKey().Marshal())
@@ -255,4 +268,79 @@ func TestEngineSFTP(t *testing.T) {
 	if _, err := os.Stat(p); !os.IsNotExist(err) {
 		t.Fatalf("removed through sftp, but: %v", err)
 	}
+}
+
+// syncBuf is a buffer the session's goroutines write and the test reads.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func TestEngineHolds(t *testing.T) {
+	t.Run("command approved", func(t *testing.T) {
+		broker := approve.NewBroker(approve.Options{})
+		t.Cleanup(func() { broker.Close(context.Background()) })
+		e := startEngine(t, decodertest.BrokerHolder(broker, time.Minute))
+		s, err := e.client.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out, errb syncBuf
+		s.Stdout, s.Stderr = &out, &errb
+		done := make(chan error, 1)
+		go func() { done <- s.Run("echo deployed") }()
+		testenv.WaitFor(t, 10*time.Second, "the hold's notice on stderr", func() bool {
+			return strings.Contains(errb.String(), "held for approval") && len(broker.List()) == 1
+		})
+		if out.String() != "" {
+			t.Fatalf("the held command ran before approval: %q", out.String())
+		}
+		if _, err := broker.Decide(broker.List()[0].ID, approve.Approver{Kind: approve.KindOIDC, Subject: "sec", Groups: []string{"security"}}, true, ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil || out.String() != "deployed\n" {
+			t.Fatalf("approved command: %v, stdout %q stderr %q", err, out.String(), errb.String())
+		}
+	})
+	t.Run("command expires", func(t *testing.T) {
+		broker := approve.NewBroker(approve.Options{})
+		t.Cleanup(func() { broker.Close(context.Background()) })
+		e := startEngine(t, decodertest.BrokerHolder(broker, 300*time.Millisecond))
+		out, errOut, status := e.run(t, "echo deployed")
+		if status != deniedStatus || out != "" || !strings.Contains(errOut, "held for approval") || !strings.Contains(errOut, "by rule ci/hold/deploys") {
+			t.Fatalf("expired hold: stdout %q stderr %q status %d", out, errOut, status)
+		}
+	})
+	t.Run("output stopped at the limit", func(t *testing.T) {
+		broker := approve.NewBroker(approve.Options{})
+		t.Cleanup(func() { broker.Close(context.Background()) })
+		e := startEngine(t, decodertest.BrokerHolder(broker, 300*time.Millisecond))
+		out, errOut, status := e.run(t, "head -c 1000000 /dev/zero")
+		if status != deniedStatus || len(out) > 100000 || !strings.Contains(errOut, "was stopped after") || !strings.Contains(errOut, "ci/hold/big-output") {
+			t.Fatalf("output hold: %d bytes out, stderr %q, status %d; want at most 100000 bytes, the rule, status %d", len(out), errOut, status, deniedStatus)
+		}
+		// Below the limit, output passes whole.
+		if out, _, status := e.run(t, "head -c 50000 /dev/zero"); len(out) != 50000 || status != 0 {
+			t.Fatalf("small output: %d bytes, status %d", len(out), status)
+		}
+	})
+	t.Run("no approvals configured", func(t *testing.T) {
+		e := startEngine(t)
+		out, errOut, status := e.run(t, "echo deployed")
+		if status != deniedStatus || out != "" || !strings.Contains(errOut, "ci/hold/deploys") {
+			t.Fatalf("hold without approvals: stdout %q stderr %q status %d", out, errOut, status)
+		}
+	})
 }
