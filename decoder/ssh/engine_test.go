@@ -344,3 +344,35 @@ func TestEngineHolds(t *testing.T) {
 		}
 	})
 }
+
+// TestEngineChannelCap: a job cannot open channels without bound; the
+// ones past the cap are refused and the session goes on.
+func TestEngineChannelCap(t *testing.T) {
+	e := startEngine(t)
+	var open []*ssh.Session
+	defer func() {
+		for _, s := range open {
+			s.Close()
+		}
+	}()
+	for i := 0; i < maxChannels; i++ {
+		s, err := e.client.NewSession()
+		if err != nil {
+			t.Fatalf("channel %d: %v", i, err)
+		}
+		open = append(open, s)
+	}
+	if _, err := e.client.NewSession(); err == nil || !strings.Contains(err.Error(), "at most 64 channels") {
+		t.Fatalf("channel past the cap: %v", err)
+	}
+	open[0].Close()
+	open = open[1:]
+	testenv.WaitFor(t, 10*time.Second, "a channel slot freed", func() bool {
+		s, err := e.client.NewSession()
+		if err != nil {
+			return false
+		}
+		open = append(open, s)
+		return true
+	})
+}

@@ -87,6 +87,7 @@ type session struct {
 	agent, x11 bool
 	// noMoreSessions is set by the client's no-more-sessions request.
 	noMoreSessions bool
+	open           int // channels open now (maxChannels)
 	nextChan       uint32
 	wg             sync.WaitGroup
 }
@@ -174,10 +175,15 @@ func (s *session) clientLoop(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Reque
 				chans = nil
 				return
 			}
+			if !s.openChannel() {
+				nc.Reject(ssh.ResourceShortage, fmt.Sprintf("sluice: at most %d channels may be open at once in one session", maxChannels))
+				continue
+			}
 			s.channels.Add(1)
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
+				defer s.closeChannel()
 				s.clientChannel(nc)
 			}()
 		case r, ok := <-reqs:
@@ -202,9 +208,14 @@ func (s *session) upstreamLoop(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Req
 				chans = nil
 				return
 			}
+			if !s.openChannel() {
+				nc.Reject(ssh.ResourceShortage, "too many channels")
+				continue
+			}
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
+				defer s.closeChannel()
 				s.upstreamChannel(nc)
 			}()
 		case r, ok := <-reqs:
@@ -434,6 +445,27 @@ func (s *session) remoteForward(r *ssh.Request, host string, port int, key strin
 	}
 	s.mu.Unlock()
 	r.Reply(true, payload)
+}
+
+// maxChannels bounds the channels open at once in one session, both ways:
+// each holds goroutines and buffers.
+const maxChannels = 64
+
+// openChannel counts a channel in, unless maxChannels are open.
+func (s *session) openChannel() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open >= maxChannels {
+		return false
+	}
+	s.open++
+	return true
+}
+
+func (s *session) closeChannel() {
+	s.mu.Lock()
+	s.open--
+	s.mu.Unlock()
 }
 
 // maxForwards bounds the remote forwards one session keeps.
