@@ -64,6 +64,11 @@ policy "ci" {
     when   = sftp.op != "" && glob("/etc/*", sftp.path)
     reason = "system files stay on the host"
   }
+  mask "config-secrets" {
+    when   = ssh.kind == "exec" && contains(ssh.programs, "cat")
+    detect = ["email", "aws_access_key"]
+    using  = "redact"
+  }
   hold "deploys" {
     when      = ssh.command == "echo deployed"
     approvers = ["group:security"]
@@ -375,4 +380,36 @@ func TestEngineChannelCap(t *testing.T) {
 		open = append(open, s)
 		return true
 	})
+}
+
+// TestEngineMaskedOutput: a mask rule on an exec masks its output line by
+// line, on stdout and stderr, while the rest passes byte for byte.
+func TestEngineMaskedOutput(t *testing.T) {
+	e := startEngine(t)
+	dir := t.TempDir()
+	f := filepath.Join(dir, "app.conf")
+	conf := "listen = 8080\nadmin = ops@example.com\nkey = AKIAIOSFODNN7EXAMPLE\n"
+	if err := os.WriteFile(f, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, status := e.run(t, "cat "+f+"; cat "+f+" >&2")
+	if status != 0 || !strings.HasPrefix(out, "listen = 8080\n") || strings.Contains(out, "ops@example.com") || strings.Contains(out, "AKIAIOSFODNN7EXAMPLE") ||
+		strings.Contains(errOut, "ops@example.com") || !strings.Contains(errOut, "listen = 8080") {
+		t.Fatalf("masked cat: stdout %q stderr %q status %d", out, errOut, status)
+	}
+	// Without the mask rule (no cat), the same bytes pass unchanged.
+	if out, _, _ := e.run(t, "tail -n +1 "+f); out != conf {
+		t.Fatalf("unmasked tail: %q", out)
+	}
+	// A terminal cannot be masked: refused.
+	s, _ := e.client.NewSession()
+	defer s.Close()
+	var errb syncBuf
+	s.Stderr = &errb
+	if err := s.RequestPty("xterm", 24, 80, ssh.TerminalModes{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run("cat " + f); err == nil || !strings.Contains(errb.String(), "cannot be applied to a terminal") {
+		t.Fatalf("masked cat on a terminal: %v %q", err, errb.String())
+	}
 }
