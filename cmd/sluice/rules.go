@@ -312,6 +312,9 @@ func rulesExplain(stdout, stderr io.Writer, path string, f *explainFlags) error 
 			return err
 		}
 		in.Statement = st
+	case f.kind != "" && t.Protocol == ruleset.ProtoSSH:
+		// An ssh request of that kind (direct_tcpip, shell, ...).
+		in.Statement = ruleset.Statement{Kind: f.kind, SSH: &ruleset.SSHRequest{Kind: f.kind}}
 	case f.kind != "":
 		in.Statement = ruleset.Statement{Kind: f.kind, Tables: f.tables}
 	default:
@@ -324,8 +327,13 @@ func rulesExplain(stdout, stderr io.Writer, path string, f *explainFlags) error 
 	ex := rs.Explain(&in)
 	d := ex.Decision
 	st := in.Statement
-	fmt.Fprintf(stdout, "statement: kind=%s tables=[%s] functions=[%s] flags=[%s] has_where=%t has_limit=%t\n",
-		st.Kind, strings.Join(st.Tables, " "), strings.Join(st.Functions, " "), strings.Join(st.Flags, " "), st.HasWhere, st.HasLimit)
+	if r := st.SSH; r != nil {
+		fmt.Fprintf(stdout, "request: ssh kind=%s command=%q argv=[%s] programs=[%s]\n",
+			r.Kind, r.Command, strings.Join(r.Argv, " "), strings.Join(r.Programs, " "))
+	} else {
+		fmt.Fprintf(stdout, "statement: kind=%s tables=[%s] functions=[%s] flags=[%s] has_where=%t has_limit=%t\n",
+			st.Kind, strings.Join(st.Tables, " "), strings.Join(st.Functions, " "), strings.Join(st.Flags, " "), st.HasWhere, st.HasLimit)
+	}
 	fmt.Fprintf(stdout, "decision: %s by %s\n", d.Action, d.Rule)
 	fmt.Fprintf(stdout, "reason: %s\n", d.Reason)
 	if d.Hold != nil {

@@ -222,3 +222,38 @@ func TestRulesExplainCredential(t *testing.T) {
 		}
 	}
 }
+
+// TestRulesExplainSSH: explain on an ssh target classifies --query as the
+// exec request the decoder would see, and --kind as a request of that kind.
+func TestRulesExplainSSH(t *testing.T) {
+	dir := t.TempDir()
+	src, err := os.ReadFile("../../ruleset/default.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "default.hcl"), src, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--query", "sudo -u postgres pg_dump prod | gzip"},
+			[]string{`request: ssh kind=exec command="sudo -u postgres pg_dump prod | gzip" argv=[] programs=[sudo pg_dump gzip]`, "decision: deny by baseline/deny/ssh-database-dumps"}},
+		{[]string{"--query", "cat /etc/app.conf"},
+			[]string{`argv=[cat /etc/app.conf] programs=[cat]`, "decision: allow by baseline/default"}},
+		{[]string{"--kind", "direct_tcpip"},
+			[]string{"request: ssh kind=direct_tcpip", "decision: deny by baseline/deny/ssh-tunnels",
+				"flow: relayed opaquely (undecoded): the target has no credential for Sluice to log in to the host with"}},
+	} {
+		code, out, errOut := rules(t, append([]string{"explain", dir, "--target", "ssh"}, tt.args...)...)
+		if code != 0 {
+			t.Errorf("%v: exit %d: %s", tt.args, code, errOut)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: output lacks %q:\n%s", tt.args, w, out)
+			}
+		}
+	}
+}
