@@ -18,8 +18,9 @@ import (
 // shows what the README's numbered claim says it shows: the demo is the
 // README's proof, so a change that breaks a claim fails here. Needs root
 // (the demo makes its own cgroups, attaches to them and starts a private
-// PostgreSQL, MariaDB and dockerd) and Docker (the docker.io package);
-// it removes everything it made.
+// PostgreSQL, MariaDB, dockerd and sshd), Docker (the docker.io package)
+// and OpenSSH (openssh-server, openssh-client); it removes everything it
+// made.
 func TestDemo(t *testing.T) {
 	testenv.RequireRoot(t)
 	bin := testenv.Binaries(t)
@@ -49,8 +50,8 @@ func TestDemo(t *testing.T) {
 		}
 		steps[n] = text[m[0]:end]
 	}
-	if len(steps) != 14 {
-		t.Fatalf("the demo showed %d numbered steps, want 14 (the README's claims)\n%s", len(steps), text)
+	if len(steps) != 15 {
+		t.Fatalf("the demo showed %d numbered steps, want 15 (the README's claims)\n%s", len(steps), text)
 	}
 	masked := `[0-9a-f]{8}@example\.com`
 	for _, c := range []struct {
@@ -66,7 +67,7 @@ func TestDemo(t *testing.T) {
 		{5, []string{`pending\s+before\s+ci-jobs/hold/exports`, `held for approval`, `approved`, `(?s)after approval:.*\n1\t` + masked}, []string{`\t(ada|alan)@example\.com`}},
 		{6, []string{`statements 6, denied 2`, `=> BEGIN;\n\s+\[allow\]`, `\[deny\] rule ci-jobs/deny/no-bulk-delete`, `ok, sealed`}, []string{`=> BEGIN;\n\s+\[mask\]`, `ALTERED|altered`}},
 		{7, []string{` app\s+\|\s+2`, `authenticated with an injected credential`, `connection denied by rule "default"`, `the app password appears in no log line and no recording`}, nil},
-		{8, []string{`ok: 3 targets`, `5 passed, 0 failed`, `decision: deny by ci-jobs/deny/no-ddl`, `connection denied by rule "default"`, `"@message":"flow denied"`, `oops\.hcl:1:\d+: error`, `(?s)old rules still refuse a DROP:.*42501: sluice: statement denied by rule "ci-jobs/deny/no-ddl"`}, nil},
+		{8, []string{`ok: 4 targets`, `8 passed, 0 failed`, `decision: deny by ci-jobs/deny/no-ddl`, `connection denied by rule "default"`, `"@message":"flow denied"`, `oops\.hcl:1:\d+: error`, `(?s)old rules still refuse a DROP:.*42501: sluice: statement denied by rule "ci-jobs/deny/no-ddl"`}, nil},
 		{9, []string{`ok\s+daemon`, `ok\s+pins`, `ok\s+containers`, `sluice_flows_total\{outcome="served"`, `sluice_verdicts_total\{rule="ci-jobs/deny/no-ddl",verdict="deny"\}`, `sluice_statement_latency_seconds_count`}, nil},
 		{10, []string{`ERROR 1227 \(42000\).*sluice: statement denied by rule "ci-jobs-mariadb/deny/no-ddl"`,
 			`\n1\tAda Lovelace\t` + masked, `pending\s+before\s+ci-jobs-mariadb/hold/deletes`,
@@ -86,8 +87,26 @@ func TestDemo(t *testing.T) {
 			`sealed\s+cgroup_move\s+sh\[\d+\] uid 0`, `target\s+cgroup_move \(tamper\)`,
 			`\nsluice_tamper_events_total\{kind="cgroup_move"\} 1\n`},
 			[]string{`\nDROP TABLE\n`}},
-		{13, []string{`Connection refused`}, []string{`\n1\n`}},
-		{14, []string{`interception removed`, `after uninstall: direct again`}, nil},
+		// The job's ssh at the deploy host's real address: Sluice logs in
+		// with a certificate naming the job (in sshd's own log), runs the
+		// command, refuses the dump and the tunnel by rule, and records
+		// the shell, which exports as asciicast v2. The host's /etc
+		// changes stay in sshd's mount namespace.
+		{13, []string{`^== 13\. SSH: `,
+			`\n@cert-authority \* ssh-ed25519 \S+ sluice-ssh-host-ca\n`,
+			`\$ ssh \$SSH_OPTS deploy@127\.0\.0\.5 'cat /etc/app\.conf'\n# the deploy host's application config\nlisten = 8080\nlog_level = info\n`,
+			`\nAccepted publickey for deploy from \S+ port \d+ ssh2: ED25519-CERT SHA256:\S+ ID sluice job=github:\S+ repository=acme/api ref=refs/heads/main run_id=1001 (\S+ )*identity=oidc flow=\d+ credential=deploy \(serial \d+\) CA ED25519 `,
+			`\nsluice: pg_dump -U postgres prod denied by rule acme-api-deploy/deny/ssh-database-dumps: database dumps are not allowed over SSH[^\n]*\nexit status 1; prod\.sql: 0 bytes\n`,
+			`\$ cat tunnel\.log\npsql: error: connection to server at "127\.0\.0\.1", port \d+ failed: server closed the connection unexpectedly`,
+			`\nchannel \d+: open failed: administratively prohibited: sluice: direct-tcpip 127\.0\.0\.2:\d+ denied by rule acme-api-deploy/deny/ssh-tunnels: `,
+			`\| ssh \$SSH_OPTS -tt deploy@127\.0\.0\.5\n(?s:.*)\nlog_level = debug\n`,
+			`sealed\s+deploy-host\s+127\.0\.0\.5:\d+\s+ssh\[\d+\] uid 0\s+oidc acme/api@main run 1001`,
+			`recording sealed, level full`, `-- note: credential deploy injected \(rule acme-api-deploy/credential/deploy\)`, `\n=> shell\n\s+\[allow\]`,
+			`\n\$ head -3 shell\.cast\n\{"version":2,"width":\d+,"height":\d+,`,
+			`this machine's own /etc has no user deploy and no app\.conf`},
+			[]string{`Host key verification failed`, `Permission denied`, `Could not chdir`}},
+		{14, []string{`Connection refused`}, []string{`\n1\n`}},
+		{15, []string{`interception removed`, `after uninstall: direct again`}, nil},
 	} {
 		s := steps[c.step]
 		for _, w := range c.want {

@@ -3,7 +3,9 @@
 # private cgroup, and psql inside that cgroup reaching the database through
 # Sluice without being told; a private dockerd whose containers, started by
 # a job, get the same; a root job that leaves its cgroup, still intercepted
-# and reported. Everything it creates is removed on exit.
+# and reported; a job's ssh to a private sshd on 127.0.0.5, which Sluice
+# logs in to with a certificate minted for the job, deciding every command.
+# Everything it creates is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,11 @@ docker_cli=/usr/bin/docker
 for b in containerd containerd-shim-runc-v2 runc; do command -v "$b" >/dev/null || missing_docker "$b"; done
 busybox=$(command -v busybox) || { echo "demo: busybox not found: install the busybox-static package (make deps does)" >&2; exit 1; }
 if ldd "$busybox" >/dev/null 2>&1; then echo "demo: $busybox is linked dynamically: install the busybox-static package" >&2; exit 1; fi
+# The SSH step's host is OpenSSH's sshd (the openssh-server package),
+# started by its absolute path: it re-executes itself for each connection.
+sshd_bin=/usr/sbin/sshd
+[ -x "$sshd_bin" ] || { echo "demo: $sshd_bin not found: install the openssh-server package (make deps does)" >&2; exit 1; }
+for b in ssh ssh-keygen; do command -v "$b" >/dev/null || { echo "demo: $b not found: install the openssh-client package (make deps does)" >&2; exit 1; }; done
 # Two addresses this host does not have yet, put on lo for the demo and
 # removed at its end: where PostgreSQL also listens for containers (in a
 # container, 127.0.0.x is the container's own loopback), and sluiced's
@@ -103,8 +110,13 @@ pg_port=$(free_port)
 proxy_port=$(free_port "$pg_port")
 metrics_port=$(free_port "$pg_port" "$proxy_port")
 my_port=$(free_port "$pg_port" "$proxy_port" "$metrics_port")
+ssh_port=$(free_port "$pg_port" "$proxy_port" "$metrics_port" "$my_port")
+ssh_host=127.0.0.5
+ssh_dir="$work/ssh"
 sluiced_pid=""
 my_pid=""
+sshd_pid=""
+sshd_ns=""
 issuer_pid=""
 dockerd_pid=""
 added_addrs=()
@@ -116,6 +128,11 @@ host_paths=(/etc/docker /etc/docker/key.json /run/docker /run/docker/plugins
   /run/containerd /run/containerd/s /run/containerd/fifo /run/containerd/runc)
 created_paths=()
 for p in "${host_paths[@]}"; do [ -e "$p" ] || [ -L "$p" ] || created_paths+=("$p"); done
+# sshd's privilege separation directory, compiled into Debian's sshd: it
+# refuses to start without it. Made if missing, and removed at the end
+# only when no other sshd has started using it meanwhile.
+privsep=/run/sshd
+privsep_made=""
 
 # dk ARGS...: the docker client, talking to the demo's dockerd only.
 dk() { DOCKER_HOST="unix://$dk_sock" DOCKER_CONFIG="$dk/cli" "$docker_cli" "$@"; }
@@ -148,10 +165,50 @@ stop_docker() {
   awk -v d="$work/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
 }
 
+# stop_sshd: every process in the demo's sshd's mount namespace, which
+# only it and what it started are in (the listener, each connection's sshd
+# and the sessions below them; sshd gives each connection a session of
+# its own, out of reach of a process-group kill): SIGTERM, then SIGKILL to
+# what is left after 5 s. The namespace, with its overlay over /etc and
+# its other mounts, goes with the last of them.
+stop_sshd() {
+  [ -n "$sshd_pid" ] || return 0
+  local ns=$sshd_ns p i pids
+  # A demo that stopped while sshd was starting never read the namespace:
+  # it is the pid's (setpriv, then unshare, then sh, then sshd), once
+  # unshare has made it.
+  [ -n "$ns" ] || ns=$(readlink "/proc/$sshd_pid/ns/mnt" 2>/dev/null)
+  if [ -z "$ns" ] || [ "$ns" = "$(readlink /proc/$$/ns/mnt)" ]; then
+    kill -KILL "$sshd_pid" 2>/dev/null
+  else
+    for i in $(seq 100); do
+      pids=()
+      for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && pids+=("${p#/proc/}")
+      done
+      [ ${#pids[@]} = 0 ] && break
+      case $i in
+        1) kill -TERM "${pids[@]}" 2>/dev/null ;;
+        51) kill -KILL "${pids[@]}" 2>/dev/null ;;
+        100) echo "demo: sshd's processes ${pids[*]} survived SIGKILL" >&2 ;;
+      esac
+      sleep 0.1
+    done
+  fi
+  wait "$sshd_pid" 2>/dev/null
+  sshd_pid=""
+}
+
 cleanup() {
   set +e
   [ -n "$sluiced_pid" ] && kill "$sluiced_pid" 2>/dev/null && wait "$sluiced_pid" 2>/dev/null
   stop_docker
+  stop_sshd
+  if [ -n "$privsep_made" ]; then
+    local other="" p
+    for p in /proc/[0-9]*; do [ "$(readlink "$p/exe" 2>/dev/null)" = "$sshd_bin" ] && other=1 && break; done
+    [ -n "$other" ] || rmdir "$privsep" 2>/dev/null
+  fi
   [ -n "$issuer_pid" ] && kill "$issuer_pid" 2>/dev/null && wait "$issuer_pid" 2>/dev/null
   [ -n "$my_pid" ] && kill "$my_pid" 2>/dev/null && wait "$my_pid" 2>/dev/null
   "$BIN/sluice" uninstall --name "$name" >/dev/null
@@ -217,6 +274,79 @@ mariadb --no-defaults -S "$work/my/sock" -u root -e "
   grant all on shop.* to 'ci'@'%';"
 echo "running; table shop.customers and user ci created"
 
+step "Setup: a private OpenSSH sshd on $ssh_host:$ssh_port, the deploy host: it trusts the demo's SSH user CA, and its user deploy and /etc/app.conf exist only for it"
+mkdir -p "$ssh_dir/etc-upper" "$ssh_dir/etc-work" "$ssh_dir/home/deploy" "$ssh_dir/var-log" "$work/job"
+# The user CA: its private key is the credential Sluice signs each
+# session's certificate with, root's alone like the app password (sluiced
+# refuses a secret others may read); sshd trusts its public key.
+ssh-keygen -q -t ed25519 -N "" -C "sluice demo user CA" -f "$work/secrets/user-ca"
+cp "$work/secrets/user-ca.pub" "$ssh_dir/trusted_user_ca_keys"
+ssh-keygen -q -t ed25519 -N "" -C "sshd@$ssh_host" -f "$ssh_dir/ssh_host_ed25519_key"
+# The host key Sluice checks when it logs in, as ssh would have pinned it.
+printf '[%s]:%s %s\n' "$ssh_host" "$ssh_port" "$(cut -d' ' -f1,2 "$ssh_dir/ssh_host_ed25519_key.pub")" > "$work/sluice_known_hosts"
+# sshd sees an overlay over /etc, in a mount namespace of its own, whose
+# upper layer holds the deploy host's app.conf, and passwd and shadow with
+# a user deploy added: an alias of root (uid 0, hence PermitRootLogin yes
+# below), its shadow field "*" matching no password without locking the
+# account. This machine's /etc is never written.
+{ grep -v '^deploy:' /etc/passwd; echo "deploy:x:0:0:deploy:$ssh_dir/home/deploy:/bin/sh"; } > "$ssh_dir/etc-upper/passwd"
+(umask 077; { grep -v '^deploy:' /etc/shadow; echo 'deploy:*:::::::'; } > "$ssh_dir/etc-upper/shadow")
+chown --reference=/etc/shadow "$ssh_dir/etc-upper/shadow"
+chmod --reference=/etc/shadow "$ssh_dir/etc-upper/shadow"
+printf '# the deploy host'"'"'s application config\nlisten = 8080\nlog_level = info\n' > "$ssh_dir/etc-upper/app.conf"
+# The login records sshd writes for a terminal session (wtmp, btmp,
+# lastlog under /var/log, and /run/utmp where the machine has one) go to
+# stand-ins in the same namespace.
+touch "$ssh_dir/var-log/wtmp" "$ssh_dir/var-log/btmp" "$ssh_dir/var-log/lastlog" "$ssh_dir/utmp"
+cat > "$ssh_dir/sshd_config" <<CONF
+# The demo's deploy host (no /etc/ssh file is read). Logins only with a
+# certificate from the demo's user CA; forwarding stays allowed here, so
+# that the refusals below are Sluice's.
+ListenAddress $ssh_host:$ssh_port
+HostKey $ssh_dir/ssh_host_ed25519_key
+PidFile none
+LogLevel VERBOSE
+TrustedUserCAKeys $ssh_dir/trusted_user_ca_keys
+AuthorizedKeysFile none
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin yes
+UsePAM no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+Subsystem sftp internal-sftp
+CONF
+chmod 600 "$ssh_dir/sshd_config"
+[ -d "$privsep" ] || { mkdir -m 755 "$privsep"; privsep_made=1; }
+# Killed with this script if it dies without its cleanup (each
+# connection's sshd then ends with its client); sshd -e logs to the file.
+# shellcheck disable=SC2016 # $1 and $2 are the inner sh's arguments
+setpriv --pdeathsig KILL unshare --mount --propagation private -- sh -c '
+  mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/etc-upper,workdir=$1/etc-work" /etc || exit 1
+  if [ -d /var/log ]; then mount --bind "$1/var-log" /var/log || exit 1; fi
+  if [ -f /run/utmp ]; then mount --bind "$1/utmp" /run/utmp || exit 1; fi
+  exec "$2" -D -e -f "$1/sshd_config"' sh "$ssh_dir" "$sshd_bin" > "$ssh_dir/sshd.log" 2>&1 &
+sshd_pid=$!
+for i in $(seq 200); do
+  grep -q "Server listening on" "$ssh_dir/sshd.log" && break
+  if ! kill -0 "$sshd_pid" 2>/dev/null || [ "$i" = 200 ]; then
+    echo "demo: the private sshd did not listen within 10 s; its log:" >&2; cat "$ssh_dir/sshd.log" >&2; exit 1
+  fi
+  sleep 0.05
+done
+sshd_ns=$(readlink "/proc/$sshd_pid/ns/mnt")
+[ "$sshd_ns" != "$(readlink /proc/$$/ns/mnt)" ] || { echo "demo: sshd is not in a mount namespace of its own" >&2; exit 1; }
+# host_etc: what this machine's own /etc, outside sshd's namespace, has
+# of the deploy host's user and file.
+host_etc() {
+  local u=no f=no
+  grep -q '^deploy:' /etc/passwd && u=a
+  [ -e /etc/app.conf ] && f=an
+  echo "this machine's own /etc has $u user deploy and $f app.conf"
+}
+echo "running (pid $sshd_pid) in mount namespace $sshd_ns; $(host_etc)"
+
 step "Setup: a private dockerd (its own data root and socket in $dk; no iptables rules, IP forwarding or NAT) putting containers in cgroup $ctr_cgroup, and a psql image built from this machine's files"
 mkdir -p "$dk/cli" "$mount/$ctr_cgroup"
 # Docker's cgroup parent goes in its daemon.json, as sluice install puts
@@ -277,7 +407,7 @@ done
 tar -C "$root" --numeric-owner -cf - . | dk import --change 'ENV PATH=/bin:/usr/bin' --change 'CMD ["/bin/sh"]' - "$image" >/dev/null
 echo "image $image: busybox and $pgbin/psql with its libraries ($(du -sm "$root" | cut -f1) MB), built with docker import"
 
-step "Setup: sluiced with scope $scope, for jobs of cgroup $cgroup and, for containers, $ctr_cgroup, intercepting 127.0.0.2:$pg_port, 127.0.0.3:$pg_port and $ctr_db:$pg_port"
+step "Setup: sluiced with scope $scope, for jobs of cgroup $cgroup and, for containers, $ctr_cgroup, intercepting 127.0.0.2:$pg_port, 127.0.0.3:$pg_port, $ctr_db:$pg_port and $ssh_host:$ssh_port"
 # A local OIDC issuer stands in for GitHub's (outside this machine): its
 # tokens say repository acme/api, ref refs/heads/main.
 ${GO:-go} build -o "$work/demoissuer" ./e2e/demoissuer
@@ -372,6 +502,50 @@ policy "acme-api-main" {
   }
 }
 
+# The deploy host, over SSH. Sluice logs in to it itself, with a
+# certificate it mints for each session from the user CA the host trusts
+# (the job's identity in its key id), and checks the host's key against
+# known_hosts: jobs hold no key.
+target "deploy-host" {
+  protocol    = "ssh"
+  address     = ["$ssh_host:$ssh_port"]
+  known_hosts = "$work/sluice_known_hosts"
+
+  credential "deploy" {
+    user     = "deploy"
+    ssh_auth = "certificate"
+    key_file = "$work/secrets/user-ca"
+    policies = ["acme-api-deploy"]
+  }
+}
+
+# Jobs of acme/api, granted the deploy credential on main. Every request
+# of their sessions is decided, by the default ruleset's SSH rules
+# (ruleset/default.hcl), and recorded in full: a shell as a terminal.
+policy "acme-api-deploy" {
+  targets = ["deploy-host"]
+  when    = identity.repository == "acme/api"
+  record  = "full"
+  credential "deploy" {
+    when = identity.ref == "refs/heads/main"
+  }
+
+  deny "ssh-tunnels" {
+    when   = contains(["direct_tcpip", "tcpip_forward", "agent_forward", "x11"], ssh.kind)
+    reason = "port forwarding (ssh -L, -R, -D, -W, ProxyJump), agent forwarding and X11 are not allowed from CI"
+  }
+
+  deny "ssh-database-dumps" {
+    when = ssh.kind == "exec" && (
+      contains(ssh.programs, "pg_dump") ||
+      contains(ssh.programs, "pg_dumpall") ||
+      contains(ssh.programs, "mysqldump") ||
+      contains(ssh.programs, "mariadb-dump")
+    )
+    reason = "database dumps are not allowed over SSH, where no SQL rule sees them; connect to the database through a postgres or mysql target instead"
+  }
+}
+
 default {
   action = "deny"
   reason = "no policy for this job"
@@ -406,6 +580,30 @@ test "MariaDB: DROP is refused" {
   query       = "DROP TABLE customers"
   expect      = "deny"
   expect_rule = "ci-jobs-mariadb/deny/no-ddl"
+}
+
+test "SSH: main of acme/api runs a command on the deploy host as deploy" {
+  target            = "deploy-host"
+  identity          = { repository = "acme/api", ref = "refs/heads/main" }
+  query             = "cat /etc/app.conf"
+  expect            = "allow"
+  expect_credential = "deploy"
+}
+
+test "SSH: a database dump over ssh is refused" {
+  target      = "deploy-host"
+  identity    = { repository = "acme/api", ref = "refs/heads/main" }
+  query       = "pg_dump -U postgres prod"
+  expect      = "deny"
+  expect_rule = "acme-api-deploy/deny/ssh-database-dumps"
+}
+
+test "SSH: a tunnel to the database is refused" {
+  target      = "deploy-host"
+  identity    = { repository = "acme/api", ref = "refs/heads/main" }
+  ssh         = { kind = "direct_tcpip", forward_host = "127.0.0.2", forward_port = $pg_port }
+  expect      = "deny"
+  expect_rule = "acme-api-deploy/deny/ssh-tunnels"
 }
 
 test "others get the default" {
@@ -611,13 +809,65 @@ run "$BIN/sluice" sessions show --socket "$work/sluiced.sock" "$moved"
 printf '$ curl -s http://127.0.0.1:%s/metrics | grep %s\n' "$metrics_port" "'^sluice_tamper_events_total{kind=\"cgroup_move\"}'"
 curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep '^sluice_tamper_events_total{kind="cgroup_move"}'
 
-step "13. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
+step "13. SSH: a job's ssh to the deploy host's real address goes through Sluice, which logs in with a certificate minted for the job: a command runs and is recorded, a pg_dump and an ssh -L tunnel are refused by rules, and a shell on a terminal is recorded and exported for asciinema"
+echo "-- a runner's ssh clients trust Sluice's SSH host CA through this line, which sluice install writes into /etc/ssh/ssh_known_hosts; the demo's job reads it from a file of its own instead:"
+printf '$ sluice ssh-ca --config %s > %s\n' "$work/sluiced.hcl" "$work/job/ssh_known_hosts"
+"$BIN/sluice" ssh-ca --config "$work/sluiced.hcl" > "$work/job/ssh_known_hosts"
+cat "$work/job/ssh_known_hosts"
+ssh_opts="-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=$work/job/ssh_known_hosts -o UserKnownHostsFile=/dev/null -p $ssh_port"
+echo "-- the job's ssh options, in its SSH_OPTS: no ssh config and no key of its own; the host is checked strictly, against that line alone:"
+echo "SSH_OPTS=\"$ssh_opts\""
+# ssh_job SCRIPT: SCRIPT, shown line by line, run by sh as a GitHub job of
+# acme/api on main (step 7's Runner.Worker, with the token request
+# variables), in $work/job, which is also its HOME (no keys there).
+ssh_job() {
+  printf '%s\n' "$1" | sed 's/^/$ /'
+  ACTIONS_ID_TOKEN_REQUEST_URL="$TOKEN_URL" ACTIONS_ID_TOKEN_REQUEST_TOKEN="$REQUEST_TOKEN" \
+    in_job env -C "$work/job" HOME="$work/job" SSH_OPTS="$ssh_opts" "$work/Runner.Worker" -c "$1"
+}
+echo "-- as a job of acme/api on main, a command on the deploy host:"
+ssh_job "ssh \$SSH_OPTS deploy@$ssh_host 'cat /etc/app.conf'"
+echo "-- the deploy host's sshd log: Sluice logged in as deploy with a certificate it minted for this session, its key id naming the job:"
+wait_for "sshd to log the certificate login" grep -q "Accepted publickey for deploy " "$ssh_dir/sshd.log"
+grep "Accepted publickey for deploy " "$ssh_dir/sshd.log" | tail -1 | tr -d '\r'
+echo "-- a database dump over ssh, where no SQL rule would see it: refused by the rule before it runs; the job's ssh exits 1, naming the rule:"
+ssh_job "ssh \$SSH_OPTS deploy@$ssh_host 'pg_dump -U postgres prod' > prod.sql
+echo \"exit status \$?; prod.sql: \$(wc -c < prod.sql) bytes\""
+tunnel_port=$(free_port "$pg_port" "$proxy_port" "$metrics_port" "$my_port" "$ssh_port")
+echo "-- a tunnel (ssh -L) to the database Sluice guards: the listener comes up on the runner, the channel through it is refused (-W, -D and ProxyJump open the same kind of channel):"
+ssh_job "ssh \$SSH_OPTS -f -N -M -S ctl -E tunnel.log -o ExitOnForwardFailure=yes -L 127.0.0.1:$tunnel_port:127.0.0.2:$pg_port deploy@$ssh_host
+psql -X -h 127.0.0.1 -p $tunnel_port -U postgres -Atc 'select count(*) from users'
+ssh \$SSH_OPTS -S ctl -O exit deploy@$ssh_host
+cat tunnel.log"
+echo "-- a shell on a terminal (ssh -tt, its keystrokes from a pipe here):"
+ssh_job "printf 'sed -i s/info/debug/ /etc/app.conf\\ncat /etc/app.conf\\nexit\\n' | ssh \$SSH_OPTS -tt deploy@$ssh_host" 2>&1 | tr -d '\r'
+echo "-- recorded, each with the job's identity; the shell's session, the newest, at level full:"
+run "$BIN/sluice" sessions list --socket "$work/sluiced.sock" --target deploy-host
+newest_ssh() { "$BIN/sluice" sessions list --socket "$work/sluiced.sock" --target deploy-host --limit 1 --json; }
+newest_ssh_sealed() { newest_ssh | grep -q '"status": "sealed"'; }
+wait_for "the shell session's recording to be sealed" newest_ssh_sealed
+shell=$(newest_ssh | awk -F'"' '/"id":/ { print $4; exit }')
+run "$BIN/sluice" sessions show --socket "$work/sluiced.sock" "$shell"
+printf '$ sluice export %s --format asciicast -o shell.cast\n' "$shell"
+"$BIN/sluice" export "$shell" --socket "$work/sluiced.sock" --format asciicast -o "$work/job/shell.cast"
+printf '$ head -3 shell.cast\n'
+head -3 "$work/job/shell.cast"
+if command -v asciinema >/dev/null && command -v script >/dev/null; then
+  # asciinema opens the terminal; script(1) gives it one.
+  printf '$ asciinema cat shell.cast | tail -4   (asciinema %s, on a terminal script(1) makes)\n' "$(asciinema --version | awk '{ print $2 }')"
+  (cd "$work/job" && timeout 30 script -qc "asciinema cat shell.cast" /dev/null < /dev/null) | tr -d '\r' | tail -4
+else
+  echo "(asciicast v2: asciinema play shell.cast plays it; asciinema is not installed here)"
+fi
+echo "-- the deploy host's changes stayed on it: $(host_etc)"
+
+step "14. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
 kill -9 "$sluiced_pid"; wait "$sluiced_pid" 2>/dev/null || true; sluiced_pid=""
 run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(refused, as it should be)"
 
-step "14. sluice uninstall removes the pinned hooks"
+step "15. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
 run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 'after uninstall: direct again'"
 
 step "Not in this demo yet"
-echo "Jobs in Kubernetes executors' pods and in containers of runtimes other than Docker; SSH and Kubernetes decoders."
+echo "Jobs in Kubernetes executors' pods and in containers of runtimes other than Docker; the Kubernetes decoder."
