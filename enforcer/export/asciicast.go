@@ -29,8 +29,10 @@ type asciicastHeader struct {
 }
 
 // WriteAsciicast writes the session as an asciicast v2 recording
-// (https://docs.asciinema.org/manual/asciicast/v2/) that asciinema play
-// shows as the transcript typed out in recorded time: a header line, then
+// (https://docs.asciinema.org/manual/asciicast/v2/). An SSH session is
+// written as its terminal and its commands' output (writeSSHAsciicast).
+// Any other session is what asciinema play shows as the transcript typed
+// out in recorded time: a header line, then
 // one [time, "o", text] output event per rendered event, with time in
 // seconds since hdr.Start (or since the first event when hdr.Start is
 // zero). Times never decrease; an event earlier than the one before it is
@@ -38,6 +40,9 @@ type asciicastHeader struct {
 // width and height are the terminal size, DefaultWidth and DefaultHeight
 // when 0 or less; the transcript is not wrapped to them.
 func WriteAsciicast(w io.Writer, hdr record.Header, events []record.Event, width, height int) error {
+	if isSSH(events) {
+		return writeSSHAsciicast(w, hdr, events, width, height)
+	}
 	if width <= 0 {
 		width = DefaultWidth
 	}

@@ -89,9 +89,21 @@ func Replay(ctx context.Context, w io.Writer, events []record.Event, speed float
 // integrity events render as nothing.
 func render(events []record.Event) []chunk {
 	var out []chunk
+	ssh := isSSH(events)
+	var sshOut sshOutput
 	for i := range events {
 		e := &events[i]
 		var b strings.Builder
+		switch e.Type {
+		case record.TypeWire:
+			if ssh {
+				sshOut.render(&b, e)
+			}
+		}
+		if ssh && (e.Type == record.TypeStatement || e.Type == record.TypeResult || e.Type == record.TypeNote || e.Type == record.TypeError || e.Type == record.TypeSessionEnd) {
+			// A line of Sluice's starts on a line of its own.
+			sshOut.endLines(&b)
+		}
 		switch e.Type {
 		case record.TypeSessionStart:
 			b.WriteString("-- session started " + e.Time.UTC().Format(time.RFC3339Nano))
@@ -106,7 +118,11 @@ func render(events []record.Event) []chunk {
 			writeStatement(&b, e)
 			writeVerdict(&b, e)
 		case record.TypeResult:
-			b.WriteString("   (" + outcome(e) + ")\n")
+			o := outcome(e)
+			if ssh {
+				o = sshOutcome(e)
+			}
+			b.WriteString("   (" + o + ")\n")
 		case record.TypeError:
 			b.WriteString("!! ERROR")
 			if e.ErrCode != "" {
