@@ -102,6 +102,10 @@ func TestDemo(t *testing.T) {
 			`\| ssh \$SSH_OPTS -tt deploy@127\.0\.0\.5\n(?s:.*)\nlog_level = debug\n`,
 			`sealed\s+deploy-host\s+127\.0\.0\.5:\d+\s+ssh\[\d+\] uid 0\s+oidc acme/api@main run 1001`,
 			`recording sealed, level full`, `-- note: credential deploy injected \(rule acme-api-deploy/credential/deploy\)`, `\n=> shell\n\s+\[allow\]`,
+			// sessions show plays the terminal back; the cast holds what
+			// was typed and what the terminal showed.
+			`\n   \| log_level = debug\n(?s:.*)\(exit 0, \d+ bytes, `,
+			`\n\[[0-9.]+, "i", "sed -i s/info/debug/ /etc/app\.conf\\n`,
 			`\n\$ head -3 shell\.cast\n\{"version":2,"width":\d+,"height":\d+,`,
 			`this machine's own /etc has no user deploy and no app\.conf`},
 			[]string{`Host key verification failed`, `Permission denied`, `Could not chdir`}},

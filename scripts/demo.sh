@@ -856,6 +856,7 @@ if command -v asciinema >/dev/null && command -v script >/dev/null; then
   # asciinema opens the terminal; script(1) gives it one.
   printf '$ asciinema cat shell.cast | tail -4   (asciinema %s, on a terminal script(1) makes)\n' "$(asciinema --version | awk '{ print $2 }')"
   (cd "$work/job" && timeout 30 script -qc "asciinema cat shell.cast" /dev/null < /dev/null) | tr -d '\r' | tail -4
+  echo # the recording ends at the shell's last prompt, mid-line
 else
   echo "(asciicast v2: asciinema play shell.cast plays it; asciinema is not installed here)"
 fi
