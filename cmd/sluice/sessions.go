@@ -390,7 +390,7 @@ asciicast (for asciinema).`,
 		}),
 	}
 	daemon = addDaemonFlags(cmd.Flags())
-	cmd.Flags().StringVar(&format, "format", "jsonl", "output `FORMAT`: jsonl (SIEMs), pcap (Wireshark, tshark; needs record level full) or asciicast (asciinema)")
+	cmd.Flags().StringVar(&format, "format", "jsonl", "output `FORMAT`: jsonl (SIEMs), pcap (Wireshark, tshark; needs record level full; not for ssh sessions) or asciicast (asciinema)")
 	cmd.Flags().StringVarP(&out, "output", "o", "", "write to `FILE` (default: standard output)")
 	return cmd
 }

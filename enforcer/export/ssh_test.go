@@ -3,6 +3,8 @@ package export
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -112,5 +114,14 @@ func TestSSHTranscript(t *testing.T) {
 	}
 	if strings.Contains(got, "SQLSTATE") || strings.Contains(got, "rows") {
 		t.Errorf("an SSH transcript speaks of SQL:\n%s", got)
+	}
+}
+
+func TestSSHNoPCAP(t *testing.T) {
+	_, ev := sshSession()
+	var b bytes.Buffer
+	err := WritePCAP(&b, ev, netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("127.0.0.5:22"))
+	if !errors.Is(err, ErrNotAStream) || b.Len() != 0 {
+		t.Fatalf("pcap of an SSH session: %v, %d bytes written", err, b.Len())
 	}
 }
