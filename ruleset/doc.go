@@ -229,9 +229,10 @@
 //   - env: the names of the environment variables the job asked to set,
 //     sorted. pty, term: whether it asked for a terminal, and its type.
 //
-// Each operation of an sftp subsystem is decided too, with sftp.op (open,
-// read, write, remove, rename, mkdir, rmdir, setstat, symlink, link, list,
-// stat, readlink, realpath), sftp.path and sftp.target (the second path
+// Each operation of an sftp subsystem is decided too, with sftp.op (read
+// or write for opening a file: write when it may change it, by writing,
+// appending, creating or truncating; remove, rename, mkdir, rmdir,
+// setstat, symlink, link, list, stat, readlink), sftp.path and sftp.target (the second path
 // of a rename, link or symlink); its ssh.kind is subsystem and
 // ssh.subsystem sftp, and records show its kind as "sftp". sftp.* is
 // empty on every other request, and both facets are empty on other

@@ -127,10 +127,12 @@ type SSHRequest struct {
 	// Pty says the channel asked for a terminal, of type Term.
 	Pty  bool
 	Term string
-	// SFTPOp is an SFTP operation (open, read, write, remove, rename,
-	// mkdir, rmdir, setstat, symlink, link, list, stat, readlink,
-	// realpath), SFTPPath its path and SFTPTarget the second path of a
-	// rename, link or symlink. SFTPOp is empty except on SFTP operations.
+	// SFTPOp is an SFTP operation: read or write (the opening of a file
+	// for reading, or for writing, appending, creating or truncating;
+	// its bytes are the result), remove, rename, mkdir, rmdir, setstat,
+	// symlink, link, list, stat or readlink. SFTPPath is its path and
+	// SFTPTarget the second path of a rename, link or symlink. SFTPOp is
+	// empty except on SFTP operations.
 	SFTPOp     string
 	SFTPPath   string
 	SFTPTarget string

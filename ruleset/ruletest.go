@@ -264,7 +264,7 @@ func (c *compiler) test(b *hcl.Block) {
 var sshKinds = []string{SSHShell, SSHExec, SSHSubsystem, SSHDirectTCPIP, SSHTCPIPForward, SSHAgentForward, SSHX11}
 
 // sftpOps are the values of sftp.op (SSHRequest.SFTPOp).
-var sftpOps = []string{"open", "read", "write", "remove", "rename", "mkdir", "rmdir", "setstat", "symlink", "link", "list", "stat", "readlink", "realpath"}
+var sftpOps = []string{"read", "write", "remove", "rename", "mkdir", "rmdir", "setstat", "symlink", "link", "list", "stat", "readlink"}
 
 // sshRequest fills a test's Statement.SSH from its ssh and sftp objects:
 // an SSH request as its decoder reports it, already classified (programs

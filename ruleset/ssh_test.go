@@ -184,7 +184,7 @@ func TestSSHRuleTestDiagnostics(t *testing.T) {
   target = "git"
   sftp   = { op = "delete", path = "/x" }
   expect = "deny"
-}`, "Invalid value for sftp.op", `sftp.op must be one of "open", "read"`, 3, 19},
+}`, "Invalid value for sftp.op", `sftp.op must be one of "read", "write"`, 3, 19},
 		{"sftp with another kind", `test "t" {
   target = "git"
   ssh    = { kind = "exec" }

@@ -231,6 +231,18 @@ func TestEngineForwardsRefused(t *testing.T) {
 	if ok, err := s.SendRequest("auth-agent-req@openssh.com", true, nil); ok || err != nil {
 		t.Fatalf("agent forwarding: %v %v, want refused", ok, err)
 	}
+	x11 := ssh.Marshal(struct {
+		Single        bool
+		Proto, Cookie string
+		Screen        uint32
+	}{false, "MIT-MAGIC-COOKIE-1", "00112233445566778899aabbccddeeff", 0})
+	if ok, err := s.SendRequest("x11-req", true, x11); ok || err != nil {
+		t.Fatalf("X11 forwarding: %v %v, want refused", ok, err)
+	}
+	// The session's channel still runs a command.
+	if out, err := s.Output("echo still-here"); err != nil || string(out) != "still-here\n" {
+		t.Fatalf("after the refusals: %v %q", err, out)
+	}
 }
 
 func TestEngineSFTP(t *testing.T) {

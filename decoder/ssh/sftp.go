@@ -185,7 +185,13 @@ func (h *sftpHandler) open(r *sftp.Request) (*hostFile, error) {
 	if r.Method == "Get" {
 		flags = sftp.FileOpenFlags{Read: true}
 	}
-	c, err := h.decide("open", r.Filepath, "", openText(r.Filepath, flags))
+	// Rules tell reads from writes by the operation: an open that may
+	// change the file (write, append, create, truncate) is a write.
+	op := "read"
+	if flags.Write || flags.Append || flags.Creat || flags.Trunc {
+		op = "write"
+	}
+	c, err := h.decide(op, r.Filepath, "", openText(r.Filepath, flags))
 	if err != nil {
 		return nil, err
 	}
