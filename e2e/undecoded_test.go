@@ -327,7 +327,7 @@ func TestUndecodedDefaultRelays(t *testing.T) {
 		t.Errorf("status targets %+v: want ssh and kubernetes relayed undecoded", st.Targets)
 	}
 	out, _ = d.Sluice(t, "doctor", "--config", d.Config)
-	if !strings.Contains(out, "relayed without inspection: ") || !strings.Contains(out, "ssh (ssh: the target has no credential for Sluice to log in to the host with), kubernetes (k8s: no decoder in this build)") ||
+	if !strings.Contains(out, "relayed without inspection: ") || !strings.Contains(out, "ssh (ssh: the target has no credential for Sluice to log in to the host with), kubernetes (k8s: this build has no k8s decoder)") ||
 		strings.Contains(out, "refused, since they cannot be decoded") {
 		t.Errorf("sluice doctor does not list ssh and kubernetes as relayed without inspection, and nothing as refused:\n%s", out)
 	}
@@ -383,10 +383,11 @@ func TestUndecodedOperatorRefuses(t *testing.T) {
 		t.Errorf("ssh from the cgroup: %v: %q, want it to contain %q", err, out, want)
 	}
 
+	why := map[string]string{"kube": "this build has no k8s decoder", "git": "the target has no credential for Sluice to log in to the host with"}
 	for _, target := range []string{"kube", "git"} {
 		rule := "target/" + target + "/undecoded"
 		l := d.WaitLog(t, "flow refused: it cannot be decoded", func(l testenv.LogLine) bool { return l.String("target") == target })
-		if l["@level"] != "warn" || l.String("rule") != rule || !strings.Contains(l.String("reason"), "no "+l.String("protocol")+" decoder") {
+		if l["@level"] != "warn" || l.String("rule") != rule || !strings.Contains(l.String("reason"), why[target]) {
 			t.Errorf("%s: refusal line %v, want warn naming rule %s", target, l, rule)
 		}
 		f := flowLine(t, d, target)
@@ -399,7 +400,7 @@ func TestUndecodedOperatorRefuses(t *testing.T) {
 	}
 
 	out, _ = d.Sluice(t, "doctor", "--config", d.Config)
-	if !strings.Contains(out, "refused for lack of a decoder in this build: kube (k8s, rule target/kube/undecoded), git (ssh, rule target/git/undecoded)") {
+	if !strings.Contains(out, "refused, since they cannot be decoded: kube (k8s: this build has no k8s decoder; rule target/kube/undecoded), git (ssh: the target has no credential for Sluice to log in to the host with; rule target/git/undecoded)") {
 		t.Errorf("sluice doctor does not list the refused targets:\n%s", out)
 	}
 }
