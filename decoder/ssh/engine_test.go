@@ -57,7 +57,9 @@ policy "ci" {
     reason = "database dumps do not leave over ssh"
   }
   deny "tunnels" {
-    when   = contains(["direct_tcpip", "tcpip_forward", "agent_forward", "x11"], ssh.kind)
+    when   = contains(["direct_tcpip", "tcpip_forward", "agent_forward", "x11"], ssh.kind) && !(
+      (ssh.kind == "direct_tcpip" && ssh.forward_host == "127.0.0.1" && ssh.forward_port == %d) ||
+      (ssh.kind == "tcpip_forward" && ssh.forward_host == "127.0.0.1"))
     reason = "no tunnels from CI"
   }
   deny "etc" {
@@ -88,6 +90,7 @@ type engine struct {
 	sshd   *testenv.SSHD
 	hostCA ed25519.PrivateKey
 	client *ssh.Client
+	echo   int // the port of the one forward the rules allow
 }
 
 // startEngine starts sshd, the decoder and a Go SSH client through it.
@@ -114,6 +117,7 @@ func startEngine(t *testing.T, holder ...func(context.Context, enforcer.HoldRequ
 		t.Fatal(err)
 	}
 	_, hostCA, _ := ed25519.GenerateKey(rand.Reader)
+	echo := echoPort(t)
 	p, _ := decoder.Lookup(ruleset.ProtoSSH)
 	handler := p.New(decoder.Env{SSHHostCA: hostCA, MaskKey: make([]byte, 32)})
 	opts := decodertest.Options{
@@ -122,7 +126,7 @@ func startEngine(t *testing.T, holder ...func(context.Context, enforcer.HoldRequ
 			f.Identity.Job = "github:42@7"
 			return handler(ctx, f, c, dial)
 		},
-		Rules:    fmt.Sprintf(engineRules, sshd.Addr, kh, caFile),
+		Rules:    fmt.Sprintf(engineRules, sshd.Addr, kh, caFile, echo),
 		Target:   "host",
 		Upstream: sshd.Addr,
 		Identity: ruleset.Identity{Level: ruleset.LevelOIDC, Claims: map[string]string{"repository": "acme/api", "ref": "refs/heads/main"}},
@@ -148,7 +152,7 @@ func startEngine(t *testing.T, holder ...func(context.Context, enforcer.HoldRequ
 	}
 	c := ssh.NewClient(conn, chans, reqs)
 	t.Cleanup(func() { c.Close() })
-	return &engine{h: h, sshd: sshd, hostCA: hostCA, client: c}
+	return &engine{h: h, sshd: sshd, hostCA: hostCA, client: c, echo: echo}
 }
 
 func mustPub(t *testing.T, k ed25519.PublicKey) ssh.PublicKey {
@@ -223,7 +227,7 @@ func TestEngineForwardsRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "administratively prohibited") || !strings.Contains(err.Error(), "ci/deny/tunnels") {
 		t.Fatalf("direct-tcpip: %v, want a prohibited open failure naming the rule", err)
 	}
-	if _, err := e.client.Listen("tcp", "127.0.0.1:0"); err == nil {
+	if _, err := e.client.Listen("tcp", "0.0.0.0:0"); err == nil {
 		t.Fatal("a remote forward was allowed")
 	}
 	s, _ := e.client.NewSession()
@@ -424,4 +428,80 @@ func TestEngineMaskedOutput(t *testing.T) {
 	if err := s.Run("cat " + f); err == nil || !strings.Contains(errb.String(), "cannot be applied to a terminal") {
 		t.Fatalf("masked cat on a terminal: %v %q", err, errb.String())
 	}
+}
+
+// echoPort starts a TCP echo server on loopback for the test and returns
+// its port: the one forward the engine's rules allow.
+func echoPort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// echoRoundTrip writes a line to c and reads it back.
+func echoRoundTrip(t *testing.T, c net.Conn, line string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, line); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(line))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != line {
+		t.Fatalf("echo: %q %v", buf, err)
+	}
+}
+
+// TestEngineForwardsAllowed: forwards a rule allows work both ways: a
+// direct-tcpip channel to the allowed port (ssh -L), and a remote listen
+// whose connections come back as forwarded-tcpip channels (ssh -R).
+func TestEngineForwardsAllowed(t *testing.T) {
+	e := startEngine(t)
+	c, err := e.client.Dial("tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(e.echo)))
+	if err != nil {
+		t.Fatalf("allowed direct-tcpip: %v", err)
+	}
+	echoRoundTrip(t, c, "through -L\n")
+	c.Close()
+
+	ln, err := e.client.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("allowed remote forward: %v", err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	// The host listens (sshd, on this machine): a connection to it comes
+	// back through Sluice to the client's echo.
+	rc, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
+	if err != nil {
+		t.Fatalf("dial the remote forward's listener %s: %v", ln.Addr(), err)
+	}
+	defer rc.Close()
+	echoRoundTrip(t, rc, "through -R\n")
 }

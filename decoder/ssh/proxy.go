@@ -285,25 +285,39 @@ func (s *session) directForward(nc ssh.NewChannel, host string, port int) {
 		nc.Reject(ssh.Prohibited, refusal(c))
 		return
 	}
-	uch, ureqs, err := s.up.OpenChannel(nc.ChannelType(), nc.ExtraData())
+	start := time.Now()
+	if n, ok := s.bridge(nc, s.up.OpenChannel, true); ok {
+		s.sess.Done(&c.Cmd, c.Verdict, enforcer.Outcome{Bytes: n, Duration: time.Since(start)})
+	}
+}
+
+// bridge opens nc's twin on the other side with open, accepts nc, and
+// relays the two until both directions end. fromJob says nc is the job's
+// (its twin the host's). It returns the bytes sent to the job, and false
+// when the twin could not be opened: nc is then refused with the other
+// side's reason.
+func (s *session) bridge(nc ssh.NewChannel, open func(string, []byte) (ssh.Channel, <-chan *ssh.Request, error), fromJob bool) (int64, bool) {
+	twin, twinReqs, err := open(nc.ChannelType(), nc.ExtraData())
 	if err != nil {
 		if oe, ok := err.(*ssh.OpenChannelError); ok {
 			nc.Reject(oe.Reason, oe.Message)
 		} else {
 			nc.Reject(ssh.ConnectionFailed, err.Error())
 		}
-		return
+		return 0, false
 	}
 	ch, reqs, err := nc.Accept()
 	if err != nil {
-		uch.Close()
-		return
+		twin.Close()
+		return 0, false
 	}
-	go ssh.DiscardRequests(ureqs)
+	go ssh.DiscardRequests(twinReqs)
 	go ssh.DiscardRequests(reqs)
-	start := time.Now()
-	n := s.pipe(ch, uch, s.newStreams("data", false))
-	s.sess.Done(&c.Cmd, c.Verdict, enforcer.Outcome{Bytes: n, Duration: time.Since(start)})
+	job, host := ch, twin
+	if !fromJob {
+		job, host = twin, ch
+	}
+	return s.pipe(job, host, s.newStreams("data", false)), true
 }
 
 // upstreamChannel relays a channel the host opens back, when the ruleset
@@ -340,23 +354,7 @@ func (s *session) upstreamChannel(nc ssh.NewChannel) {
 		nc.Reject(ssh.Prohibited, "sluice: not allowed")
 		return
 	}
-	ch, reqs, err := s.client.OpenChannel(nc.ChannelType(), nc.ExtraData())
-	if err != nil {
-		if oe, ok := err.(*ssh.OpenChannelError); ok {
-			nc.Reject(oe.Reason, oe.Message)
-		} else {
-			nc.Reject(ssh.ConnectionFailed, err.Error())
-		}
-		return
-	}
-	uch, ureqs, err := nc.Accept()
-	if err != nil {
-		ch.Close()
-		return
-	}
-	go ssh.DiscardRequests(ureqs)
-	go ssh.DiscardRequests(reqs)
-	s.pipe(ch, uch, s.newStreams("data", false))
+	s.bridge(nc, s.client.OpenChannel, false)
 }
 
 // clientGlobal answers the job's global requests: remote forwards are
