@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/sluicehq/sluice/internal/atomicfile"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -86,7 +87,7 @@ func LoadOrCreateKeys(dataDir string) (*Keys, error) {
 	pubPath := filepath.Join(dataDir, PublicKeyFile)
 	want := MarshalPublicKey(k.pub)
 	if have, err := os.ReadFile(pubPath); err != nil || !bytes.Equal(have, want) {
-		if err := writeFileAtomic(pubPath, want, 0o644); err != nil {
+		if err := atomicfile.Write(pubPath, want, 0o644); err != nil {
 			return nil, fmt.Errorf("write recording public key: %w", err)
 		}
 	}
@@ -120,7 +121,7 @@ func createKeys(dataDir, keyPath string) (*Keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create recording key: %w", err)
 	}
-	tmp, err := writeTemp(dataDir, ruleset.MarshalPrivateKey(priv), 0o600)
+	tmp, err := atomicfile.WriteTemp(dataDir, ".tmp-recording-key-", ruleset.MarshalPrivateKey(priv), 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create recording key: %w", err)
 	}
@@ -131,56 +132,8 @@ func createKeys(dataDir, keyPath string) (*Keys, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("create recording key: %w", err)
 	}
-	if err := syncDir(dataDir); err != nil {
+	if err := atomicfile.SyncDir(dataDir); err != nil {
 		return nil, fmt.Errorf("create recording key: %w", err)
 	}
 	return NewKeys(priv), nil
-}
-
-// writeTemp writes data to a new synced temporary file in dir.
-func writeTemp(dir string, data []byte, perm os.FileMode) (string, error) {
-	f, err := os.CreateTemp(dir, ".tmp-recording-key-")
-	if err != nil {
-		return "", err
-	}
-	name := f.Name()
-	err = f.Chmod(perm)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(name)
-		return "", err
-	}
-	return name, nil
-}
-
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := writeTemp(filepath.Dir(path), data, perm)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/sluicehq/sluice/internal/atomicfile"
 )
 
 // Header is the first frame of a recording.
@@ -497,7 +499,7 @@ func (w *Writer) flushSync() error {
 		return fmt.Errorf("fsync: %w", err)
 	}
 	for len(w.syncDirs) > 0 {
-		if err := syncDir(w.syncDirs[0]); err != nil {
+		if err := atomicfile.SyncDir(w.syncDirs[0]); err != nil {
 			return fmt.Errorf("fsync directory: %w", err)
 		}
 		w.syncDirs = w.syncDirs[1:]

@@ -15,19 +15,20 @@ const mod = "github.com/sluicehq/sluice"
 // import directly. internal/testenv and test files are not checked: tests
 // may reach anything.
 var allowed = map[string][]string{
-	"ruleset":          {},
-	"enforcer":         {"ruleset", "enforcer"},
-	"decoder":          {"enforcer", "ruleset", "decoder", "internal/tlsutil"},
-	"interceptor":      {"bpf", "decoder", "enforcer", "ruleset", "internal/api", "internal/procfs"},
-	"internal/procfs":  {},
-	"bpf":              {},
-	"internal/api":     {},
-	"cmd":              {"daemon", "interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/sshca", "internal/version"},
-	"daemon":           {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/sshca", "internal/version"},
-	"internal/tlsutil": {},
-	"internal/sshca":   {},
-	"internal/version": {},
-	"packaging":        {"packaging", "internal/version"},
+	"ruleset":             {},
+	"enforcer":            {"ruleset", "enforcer", "internal/atomicfile"},
+	"decoder":             {"enforcer", "ruleset", "decoder", "internal/tlsutil"},
+	"interceptor":         {"bpf", "decoder", "enforcer", "ruleset", "internal/api", "internal/procfs"},
+	"internal/procfs":     {},
+	"bpf":                 {},
+	"internal/api":        {},
+	"cmd":                 {"daemon", "interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/sshca", "internal/atomicfile", "internal/version"},
+	"daemon":              {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/sshca", "internal/version"},
+	"internal/tlsutil":    {},
+	"internal/sshca":      {"internal/atomicfile"},
+	"internal/atomicfile": {},
+	"internal/version":    {},
+	"packaging":           {"packaging", "internal/version"},
 }
 
 // bpfThirdParty is the only outside module bpf may import.

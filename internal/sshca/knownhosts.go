@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sluicehq/sluice/internal/atomicfile"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -303,7 +304,7 @@ func writeAtomic(path string, data []byte, perm os.FileMode, uid, gid int) error
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tmp, err := writeTemp(dir, "."+filepath.Base(path)+".tmp*", data, perm)
+	tmp, err := atomicfile.WriteTemp(dir, "."+filepath.Base(path)+".tmp*", data, perm)
 	if err != nil {
 		return err
 	}
@@ -320,5 +321,5 @@ func writeAtomic(path string, data []byte, perm os.FileMode, uid, gid int) error
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sluicehq/sluice/internal/atomicfile"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -67,7 +68,7 @@ func LoadOrCreate(path string) (key ed25519.PrivateKey, created bool, err error)
 	if err != nil {
 		return nil, false, fmt.Errorf("create ssh host ca: %w", err)
 	}
-	tmp, err := writeTemp(dir, "."+filepath.Base(path)+".tmp*", pem.EncodeToMemory(block), 0o600)
+	tmp, err := atomicfile.WriteTemp(dir, "."+filepath.Base(path)+".tmp*", pem.EncodeToMemory(block), 0o600)
 	if err != nil {
 		return nil, false, fmt.Errorf("create ssh host ca: %w", err)
 	}
@@ -78,7 +79,7 @@ func LoadOrCreate(path string) (key ed25519.PrivateKey, created bool, err error)
 	} else if err != nil {
 		return nil, false, fmt.Errorf("create ssh host ca: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return nil, false, fmt.Errorf("create ssh host ca: %w", err)
 	}
 	return key, true, nil
@@ -158,42 +159,4 @@ func PublicLine(pub ed25519.PublicKey) string {
 // ssh-ed25519 AAAA... sluice-ssh-host-ca", without a newline.
 func KnownHostsLine(pub ed25519.PublicKey) string {
 	return "@cert-authority * " + PublicLine(pub)
-}
-
-// writeTemp writes data to a new synced temporary file in dir, named
-// after pattern, with mode perm (set with chmod, so the umask does not
-// apply), and returns its name.
-func writeTemp(dir, pattern string, data []byte, perm os.FileMode) (string, error) {
-	f, err := os.CreateTemp(dir, pattern)
-	if err != nil {
-		return "", err
-	}
-	name := f.Name()
-	err = f.Chmod(perm)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(name)
-		return "", err
-	}
-	return name, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
