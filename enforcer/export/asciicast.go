@@ -21,43 +21,67 @@ const (
 
 // asciicastHeader is the first line of an asciicast v2 file.
 type asciicastHeader struct {
-	Version   int    `json:"version"`
-	Width     int    `json:"width"`
-	Height    int    `json:"height"`
-	Timestamp int64  `json:"timestamp,omitempty"`
-	Title     string `json:"title,omitempty"`
+	Version   int               `json:"version"`
+	Width     int               `json:"width"`
+	Height    int               `json:"height"`
+	Timestamp int64             `json:"timestamp,omitempty"`
+	Title     string            `json:"title,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
 }
 
 // WriteAsciicast writes the session as an asciicast v2 recording
-// (https://docs.asciinema.org/manual/asciicast/v2/). An SSH session is
-// written as its terminal and its commands' output (writeSSHAsciicast).
-// Any other session is what asciinema play shows as the transcript typed
-// out in recorded time: a header line, then
-// one [time, "o", text] output event per rendered event, with time in
-// seconds since hdr.Start (or since the first event when hdr.Start is
-// zero). Times never decrease; an event earlier than the one before it is
-// shown with the previous time. Lines end in "\r\n" as a terminal expects.
-// width and height are the terminal size, DefaultWidth and DefaultHeight
-// when 0 or less; the transcript is not wrapped to them.
+// (https://docs.asciinema.org/manual/asciicast/v2/): a header line, then
+// one [time, code, data] event per line, with time in seconds since
+// hdr.Start (or since the first event when hdr.Start is zero). Times never
+// decrease; an event earlier than the one before it is given the previous
+// time. width and height are the terminal size; 0 or less means the
+// session's own, else DefaultWidth and DefaultHeight.
+//
+// An SSH session is written as the terminal the job saw: a channel's
+// terminal output as "o" events and what was typed as "i" events, byte
+// for byte (a UTF-8 character split across recorded pieces kept whole,
+// invalid bytes as U+FFFD), in the size and TERM of the first terminal's
+// pty-req, with "r" events for window changes; commands without a
+// terminal as a prompt line, their output and their exit status;
+// refusals and SFTP operations as lines (see the package documentation).
+//
+// Any other session is its transcript typed out in recorded time: one
+// "o" event per rendered event, lines ending in "\r\n" as a terminal
+// expects, not wrapped to the width.
 func WriteAsciicast(w io.Writer, hdr record.Header, events []record.Event, width, height int) error {
-	if isSSH(events) {
-		return writeSSHAsciicast(w, hdr, events, width, height)
-	}
-	if width <= 0 {
-		width = DefaultWidth
-	}
-	if height <= 0 {
-		height = DefaultHeight
-	}
-	chunks := render(events)
-	start := hdr.Start
-	if start.IsZero() && len(chunks) > 0 {
-		start = chunks[0].at
-	}
 	h := asciicastHeader{Version: 2, Width: width, Height: height, Title: "sluice session " + hdr.Session}
+	var out []termEvent
+	if isSSH(events) {
+		t := sshTerminal(events)
+		if h.Width <= 0 {
+			h.Width = t.cols
+		}
+		if h.Height <= 0 {
+			h.Height = t.rows
+		}
+		if t.term != "" {
+			h.Env = map[string]string{"TERM": t.term}
+		}
+		out = t.events
+	} else {
+		for _, c := range render(events) {
+			out = append(out, termEvent{at: c.at, code: "o", data: strings.ReplaceAll(c.text, "\n", "\r\n")})
+		}
+	}
+	if h.Width <= 0 {
+		h.Width = DefaultWidth
+	}
+	if h.Height <= 0 {
+		h.Height = DefaultHeight
+	}
+	start := hdr.Start
+	if start.IsZero() && len(out) > 0 {
+		start = out[0].at
+	}
 	if !start.IsZero() {
 		h.Timestamp = start.Unix()
 	}
+
 	bw := bufio.NewWriter(w)
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -67,14 +91,14 @@ func WriteAsciicast(w io.Writer, hdr record.Header, events []record.Event, width
 	}
 	bw.Write(buf.Bytes())
 	var last time.Duration
-	for _, c := range chunks {
-		if d := c.at.Sub(start); d > last {
+	for _, e := range out {
+		if d := e.at.Sub(start); d > last {
 			last = d
 		}
-		// [seconds, "o", text], the time in fixed notation (never 1e-06).
+		// [seconds, "o", data], the time in fixed notation (never 1e-06).
 		buf.Reset()
-		buf.WriteString("[" + strconv.FormatFloat(last.Seconds(), 'f', 6, 64) + `, "o", `)
-		if err := enc.Encode(strings.ReplaceAll(c.text, "\n", "\r\n")); err != nil {
+		buf.WriteString("[" + strconv.FormatFloat(last.Seconds(), 'f', 6, 64) + `, "` + e.code + `", `)
+		if err := enc.Encode(e.data); err != nil {
 			return fmt.Errorf("write asciicast event: %w", err)
 		}
 		buf.Truncate(buf.Len() - 1) // Encode's newline

@@ -1,7 +1,8 @@
 // Package export renders a session recording (package record) in formats
 // other tools read: JSON lines for SIEMs, a pcap capture for Wireshark and
 // tshark, an asciicast v2 terminal recording, and a plain-text transcript
-// that Replay prints paced by the recorded timing.
+// that Replay prints paced by the recorded timing. SSH sessions have forms
+// of their own (see SSH sessions below).
 //
 // Every function takes the events as Open or NewReader returned them, in
 // recording order, and writes to a caller's io.Writer; none of them closes
@@ -23,17 +24,25 @@
 //	                      session_end, note, checkpoint, seal
 //	text         string   statement text or server error message
 //	text_bytes   number   original length of text when it was cut
-//	kind         string   statement kind (select, insert, ddl ...)
+//	kind         string   statement kind (select, insert, ddl ...; for
+//	                      SSH the request's: shell, exec, subsystem,
+//	                      direct_tcpip, tcpip_forward, agent_forward,
+//	                      x11, or sftp for an SFTP file operation)
 //	verdict      string   allow, mask, hold or deny
 //	rule         string   id of the deciding rule
 //	reason       string   why, in a sentence Sluice or the ruleset wrote
 //	rows         number   rows returned or affected
 //	bytes        number   result bytes
 //	duration_us  number   duration in microseconds
-//	err_code     string   the server's error code (a PostgreSQL SQLSTATE)
+//	err_code     string   the server's error code (a PostgreSQL SQLSTATE;
+//	                      for an SSH channel "exit N" or "signal NAME",
+//	                      for an SFTP operation "sftp N")
 //	dir          string   wire direction: c2s (client to server) or s2c
 //	data         string   wire bytes, standard base64 with padding
-//	fields       object   string to string facts (session_start, ...)
+//	fields       object   string to string facts (session_start, notes;
+//	                      an SSH channel's events: "channel", and on
+//	                      wire events "stream": stdin, stdout, stderr,
+//	                      tty, or data for a forward)
 //	sig          string   checkpoint or seal signature, standard base64
 //
 // Which fields each type carries is documented on record.Event. The names
@@ -58,6 +67,37 @@
 // bytes and integrity events are not shown. Text comes from clients and
 // servers, so control characters in it are escaped (\x1b, \r ...) and
 // invalid UTF-8 replaced before it can reach a terminal.
+//
+// # SSH sessions
+//
+// A session whose session_start names protocol "ssh" is requests on
+// channels rather than statements on one connection. Its transcript shows
+// each request ("=> make test", "=> open /srv/app.tar (read)") with its
+// verdict, each channel's end as "(exit 3, 120 bytes, 2.000 ms)" and an
+// SFTP operation's as its bytes or "failed: no such file (sftp 2)", notes
+// with their fields (the login's user and credential, a terminal's size),
+// and at level full what the job was shown: a terminal's output and a
+// command's stdout as "   | " lines, its stderr as "   ! " lines, as a
+// terminal would show them (carriage returns, backspaces and line erases
+// applied, colours and other escape sequences dropped, what is left
+// escaped), at most MaxShownOutput bytes of each. What the job sent is not
+// shown. Output or an end that does not follow its own request is
+// introduced by "<= TEXT (channel N)".
+//
+// WriteAsciicast and Replay play an SSH session as the terminal the job
+// saw: a channel's terminal byte for byte, commands without one as a
+// "$ COMMAND" line and their output, refusals as the "sluice: ... denied
+// by rule ..." line the job was sent, and other requests as "-- TEXT"
+// lines. Only JSON lines carry what the job sent on a command's stdin.
+//
+// The channel of a request is the one its event names. Where it names
+// none, the order of the events tells: a request that follows a
+// terminal's pty-req is that channel's, and otherwise the first channel
+// to show output or end takes the oldest allowed request still without
+// one, which channels opened at once can get wrong.
+//
+// WritePCAP refuses an SSH session with ErrNotAStream: what is recorded
+// is the channels' decrypted contents, not the connection's packets.
 package export
 
 import (
@@ -71,6 +111,10 @@ import (
 // ErrNoWire means the events hold no wire bytes to export: the session was
 // recorded below level full, or no bytes crossed the connection.
 var ErrNoWire = errors.New("recording has no wire bytes (record level full keeps them)")
+
+// ErrNotAStream is WritePCAP's error for a session recorded as channels
+// (SSH) rather than as the bytes of one TCP stream.
+var ErrNotAStream = errors.New("an SSH session is recorded as its channels' decrypted contents, not as one TCP stream: export it as jsonl (every byte, by channel and stream) or asciicast (the terminal and the commands' output)")
 
 // Endpoints returns the client and server addresses of a session from its
 // session_start event's "client" and "orig_dst" fields, for WritePCAP.

@@ -1,7 +1,6 @@
 package export
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -65,10 +64,6 @@ var (
 // It returns ErrNoWire, having written nothing, when no event carries wire
 // bytes, and ErrNotAStream for an SSH session, whose recorded bytes are
 // its channels' decrypted contents, not a TCP stream Wireshark could read.
-// ErrNotAStream is WritePCAP's error for a session recorded as channels
-// (SSH) rather than as the bytes of one TCP stream.
-var ErrNotAStream = errors.New("an SSH session is recorded as its channels' decrypted contents, not as one TCP stream: export it as jsonl (every byte, by channel and stream) or asciicast (the terminal and the commands' output)")
-
 func WritePCAP(w io.Writer, events []record.Event, client, server netip.AddrPort) error {
 	if isSSH(events) {
 		return ErrNotAStream

@@ -44,7 +44,12 @@ func Transcript(w io.Writer, events []record.Event) error {
 // fast; speed 0 or less means 1, and math.Inf(1) writes everything at once.
 // It blocks until the whole transcript is written and returns nil, or until
 // ctx is done and returns ctx.Err(). What it writes in full equals
-// Transcript's output.
+// Transcript's output, except for an SSH session.
+//
+// An SSH session is played as its terminal instead: the output events of
+// WriteAsciicast, raw, paced the same way, as asciinema play would show
+// them. The terminal's bytes are the host's, escape sequences included,
+// and reach w unchanged; Transcript is the escaped form.
 func Replay(ctx context.Context, w io.Writer, events []record.Event, speed float64) error {
 	if speed <= 0 || math.IsNaN(speed) {
 		speed = 1
@@ -55,8 +60,12 @@ func Replay(ctx context.Context, w io.Writer, events []record.Event, speed float
 			timer.Stop()
 		}
 	}()
+	chunks := render(events)
+	if isSSH(events) {
+		chunks = sshTerminal(events).output()
+	}
 	var prev time.Time
-	for i, c := range render(events) {
+	for i, c := range chunks {
 		if i > 0 {
 			gap := min(c.at.Sub(prev), MaxReplayGap)
 			if d := time.Duration(float64(gap) / speed); d > 0 {
@@ -88,64 +97,25 @@ func Replay(ctx context.Context, w io.Writer, events []record.Event, speed float
 // render turns the events a person reads into lines. Wire bytes and
 // integrity events render as nothing.
 func render(events []record.Event) []chunk {
+	if isSSH(events) {
+		return renderSSH(events)
+	}
 	var out []chunk
-	ssh := isSSH(events)
-	var sshOut sshOutput
 	for i := range events {
 		e := &events[i]
 		var b strings.Builder
 		switch e.Type {
-		case record.TypeWire:
-			if ssh {
-				sshOut.render(&b, e)
-			}
-		}
-		if ssh && (e.Type == record.TypeStatement || e.Type == record.TypeResult || e.Type == record.TypeNote || e.Type == record.TypeError || e.Type == record.TypeSessionEnd) {
-			// A line of Sluice's starts on a line of its own.
-			sshOut.endLines(&b)
-		}
-		switch e.Type {
 		case record.TypeSessionStart:
-			b.WriteString("-- session started " + e.Time.UTC().Format(time.RFC3339Nano))
-			for _, k := range slices.Sorted(maps.Keys(e.Fields)) {
-				b.WriteString(" " + safe(k) + "=" + quoteField(e.Fields[k]))
-			}
-			b.WriteString("\n")
-			if e.Verdict != "" && e.Verdict != "allow" {
-				writeVerdict(&b, e)
-			}
+			writeSessionStart(&b, e)
 		case record.TypeStatement:
 			writeStatement(&b, e)
 			writeVerdict(&b, e)
 		case record.TypeResult:
-			o := outcome(e)
-			if ssh {
-				o = sshOutcome(e)
-			}
-			b.WriteString("   (" + o + ")\n")
+			b.WriteString("   (" + outcome(e) + ")\n")
 		case record.TypeError:
-			b.WriteString("!! ERROR")
-			if e.ErrCode != "" {
-				b.WriteString(" " + safe(e.ErrCode))
-			}
-			msg := e.Text
-			if msg == "" {
-				msg = e.Reason
-			}
-			if msg != "" {
-				b.WriteString(": " + indent(safe(msg), "   "))
-			}
-			b.WriteString("\n")
+			writeError(&b, e)
 		case record.TypeNote:
-			b.WriteString("-- note:")
-			for _, s := range []string{e.Reason, e.Text} {
-				if s != "" {
-					b.WriteString(" " + indent(safe(s), "   "))
-				}
-			}
-			if e.Rule != "" {
-				b.WriteString(" (rule " + safe(e.Rule) + ")")
-			}
+			writeNote(&b, e)
 			b.WriteString("\n")
 		case record.TypeSessionEnd:
 			b.WriteString("-- session ended")
@@ -162,6 +132,54 @@ func render(events []record.Event) []chunk {
 		}
 	}
 	return out
+}
+
+// writeSessionStart writes "-- session started TIME k=v ..." and the
+// connection's verdict when it was not allowed.
+func writeSessionStart(b *strings.Builder, e *record.Event) {
+	b.WriteString("-- session started " + e.Time.UTC().Format(time.RFC3339Nano))
+	writeFields(b, e.Fields)
+	b.WriteString("\n")
+	if e.Verdict != "" && e.Verdict != "allow" {
+		writeVerdict(b, e)
+	}
+}
+
+// writeFields writes " k=v" for each field, in key order.
+func writeFields(b *strings.Builder, fields map[string]string) {
+	for _, k := range slices.Sorted(maps.Keys(fields)) {
+		b.WriteString(" " + safe(k) + "=" + quoteField(fields[k]))
+	}
+}
+
+// writeError writes "!! ERROR CODE: message".
+func writeError(b *strings.Builder, e *record.Event) {
+	b.WriteString("!! ERROR")
+	if e.ErrCode != "" {
+		b.WriteString(" " + safe(e.ErrCode))
+	}
+	msg := e.Text
+	if msg == "" {
+		msg = e.Reason
+	}
+	if msg != "" {
+		b.WriteString(": " + indent(safe(msg), "   "))
+	}
+	b.WriteString("\n")
+}
+
+// writeNote writes "-- note: reason text (rule ID)", without the line's
+// end.
+func writeNote(b *strings.Builder, e *record.Event) {
+	b.WriteString("-- note:")
+	for _, s := range []string{e.Reason, e.Text} {
+		if s != "" {
+			b.WriteString(" " + indent(safe(s), "   "))
+		}
+	}
+	if e.Rule != "" {
+		b.WriteString(" (rule " + safe(e.Rule) + ")")
+	}
 }
 
 func writeStatement(b *strings.Builder, e *record.Event) {
