@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -139,7 +138,7 @@ func TestRecordingSurvivesKill9(t *testing.T) {
 	defer done()
 	cmd.Args = append(cmd.Args, "-At")
 	stdin, _ := cmd.StdinPipe()
-	var out lockedBuffer
+	var out testenv.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -338,22 +337,4 @@ func remoteCredentials(t *testing.T, d *testenv.Daemon, is *testenv.Issuer) (ca 
 		os.WriteFile(p, []byte(is.Sign(t, claims)), 0o600)
 		return p
 	}
-}
-
-// lockedBuffer is a strings.Builder a command writes while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

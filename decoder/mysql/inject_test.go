@@ -88,30 +88,12 @@ policy "others" {
 // acmeAPI is a verified identity the rules grant the credential to.
 var acmeAPI = ruleset.Identity{Level: ruleset.LevelOIDC, Claims: map[string]string{"repository": "acme/api"}}
 
-// syncBuffer collects the log lines of the handler's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // injectHarness serves one flow to upstream (host:port) with rules; the
 // session reads the credential's secret from a store where injectEnv is
 // secret ("" for unset). Every log line goes to the returned buffer.
-func injectHarness(t *testing.T, upstream string, ca *tlsutil.CA, rules, secret string, o decodertest.Options) (*decodertest.Harness, *syncBuffer) {
+func injectHarness(t *testing.T, upstream string, ca *tlsutil.CA, rules, secret string, o decodertest.Options) (*decodertest.Harness, *testenv.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	o.Log = hclog.New(&hclog.LoggerOptions{Name: "inject", Level: hclog.Debug, Output: logs})
 	p, ok := decoder.Lookup(ruleset.ProtoMySQL)
 	if !ok || p.New == nil {
@@ -189,7 +171,7 @@ func fieldsOf(kv []any) map[string]any {
 
 // noSecret asserts that secret is in none of the log lines, the
 // recording's events, or the recording's file.
-func noSecret(t *testing.T, h *decodertest.Harness, logs *syncBuffer, secret string) {
+func noSecret(t *testing.T, h *decodertest.Harness, logs *testenv.Buffer, secret string) {
 	t.Helper()
 	if strings.Contains(logs.String(), secret) {
 		t.Error("the secret is in the log")

@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -291,24 +290,6 @@ func TestEngineSFTP(t *testing.T) {
 	}
 }
 
-// syncBuf is a buffer the session's goroutines write and the test reads.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestEngineHolds(t *testing.T) {
 	t.Run("command approved", func(t *testing.T) {
 		broker := approve.NewBroker(approve.Options{})
@@ -318,7 +299,7 @@ func TestEngineHolds(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out, errb syncBuf
+		var out, errb testenv.Buffer
 		s.Stdout, s.Stderr = &out, &errb
 		done := make(chan error, 1)
 		go func() { done <- s.Run("echo deployed") }()
@@ -420,7 +401,7 @@ func TestEngineMaskedOutput(t *testing.T) {
 	// A terminal cannot be masked: refused.
 	s, _ := e.client.NewSession()
 	defer s.Close()
-	var errb syncBuf
+	var errb testenv.Buffer
 	s.Stderr = &errb
 	if err := s.RequestPty("xterm", 24, 80, ssh.TerminalModes{}); err != nil {
 		t.Fatal(err)

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -66,7 +65,7 @@ type SSHD struct {
 	Dir string
 
 	users   []string
-	log     *syncBuffer // replaced at each start
+	log     *Buffer // replaced at each start
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when the listener has been waited for
 	mountNS string        // readlink of /proc/<pid>/ns/mnt of sshd's processes
@@ -350,10 +349,10 @@ func (s *SSHD) start(bin, conf string, binds []sshdBind) error {
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Dir = s.Dir
-	s.log = &syncBuffer{}
+	s.log = &Buffer{}
 	// The log is read until every process holding the pipe (each
 	// connection's sshd logs to it too) has closed it.
-	go s.log.ReadFrom(r)
+	go s.log.Drain(r)
 
 	started := make(chan error, 1)
 	exited := make(chan struct{})
@@ -716,32 +715,4 @@ func writeFile(t testing.TB, path, content string, mode os.FileMode) {
 	if err := os.Chmod(path, mode); err != nil { // whatever the umask
 		t.Fatal(err)
 	}
-}
-
-// syncBuffer is a bytes.Buffer that goroutines may share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-// ReadFrom copies r into the buffer until r ends, without holding the
-// lock while it waits for r.
-func (b *syncBuffer) ReadFrom(r *os.File) {
-	defer r.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := r.Read(buf)
-		b.mu.Lock()
-		b.b.Write(buf[:n])
-		b.mu.Unlock()
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
