@@ -24,6 +24,7 @@ import (
 	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/enforcer/store"
 	"github.com/sluicehq/sluice/internal/api"
+	"github.com/sluicehq/sluice/ruleset"
 )
 
 // verdicts are the values sessions list --verdict accepts.
@@ -144,7 +145,13 @@ func newSessionsShowCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show ID",
 		Short: "A session's transcript: who, where, statements, verdicts, rows",
-		Args:  argsNamed("ID"),
+		Long: `Show a session: who, where and when, then its transcript: each statement
+(for ssh each request: shell, command, SFTP operation, forward) with its
+verdict and result. At record level full an ssh session's transcript also
+shows what its terminals showed and its commands' stdout (| lines) and
+stderr (! lines), with control characters escaped; sluice replay plays the
+terminal itself, and sluice export --format asciicast writes it for asciinema.`,
+		Args: argsNamed("ID"),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			sess, events, d, err := detail(daemon, args[0])
 			if err != nil {
@@ -197,7 +204,13 @@ func sessionsShow(stdout io.Writer, sess *store.Session, events []record.Event, 
 			fmt.Fprintf(stdout, "          unverified hint %s = %s\n", strings.TrimPrefix(k, "hint."), start[k])
 		}
 	}
-	fmt.Fprintf(stdout, "statements %d, denied %d\n\n", sess.Statements, sess.Denied)
+	// An SSH session's statements are its requests: channels, commands,
+	// forwards and SFTP operations.
+	counted := "statements"
+	if sess.Protocol == ruleset.ProtoSSH {
+		counted = "requests"
+	}
+	fmt.Fprintf(stdout, "%s %d, denied %d\n\n", counted, sess.Statements, sess.Denied)
 	return export.Transcript(stdout, events)
 }
 
@@ -318,7 +331,12 @@ func newReplayCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "replay ID",
 		Short: "Print a session's transcript paced by the recorded timing",
-		Args:  argsNamed("ID"),
+		Long: `Print a session's transcript paced by the recorded timing (pauses over 2s
+are cut to 2s, then divided by --speed). An ssh session is played as its
+terminal instead, as asciinema play would: the raw bytes its terminals
+showed (escape sequences included), its commands' output after a $ line,
+refusals and other requests as lines.`,
+		Args: argsNamed("ID"),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			if speed <= 0 {
 				return usageErrorf("--speed %v: want a number above 0 (2 is twice as fast, 0.5 half as fast)", speed)
@@ -348,8 +366,10 @@ func newExportCmd() *cobra.Command {
 		Use:   "export ID [--format jsonl|pcap|asciicast] [-o FILE]",
 		Short: "Export a recording for SIEMs (jsonl), Wireshark (pcap) or asciinema",
 		Long: `Export the recording ID: jsonl (one event per line, for SIEMs), pcap (the
-session's packets for Wireshark and tshark; needs record level full) or
-asciicast (for asciinema).`,
+session's packets for Wireshark and tshark; needs record level full; not
+for ssh sessions, whose recording holds their channels' decrypted data) or
+asciicast (for asciinema: an ssh session's terminal and commands as the job
+saw them, any other session's transcript typed out).`,
 		Args: argsNamed("ID"),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			if !slices.Contains(exportFormats, format) {
@@ -358,6 +378,10 @@ asciicast (for asciinema).`,
 			sess, events, d, err := detail(daemon, args[0])
 			if err != nil {
 				return err
+			}
+			if format == "pcap" && sess.Protocol == ruleset.ProtoSSH {
+				// Said before -o makes a file.
+				return fmt.Errorf("--format pcap: %w", export.ErrNotAStream)
 			}
 			var hdr record.Header
 			json.Unmarshal(d.Header, &hdr)
