@@ -4,10 +4,11 @@
 #
 # One private PostgreSQL (listening on 127.0.0.2 and 127.0.0.3), PgBouncer
 # in session mode on 127.0.0.4 (pool >= clients), one private MariaDB
-# (127.0.0.7 and 127.0.0.8, bench/mysql.sh), and sluiced on a private
-# cgroup with four targets: 127.0.0.2 decoded as PostgreSQL, 127.0.0.7 as
-# MySQL (relayed undecoded while the build has no MySQL decoder), 127.0.0.3
-# and 127.0.0.8 relayed opaquely. Modes:
+# (127.0.0.7 and 127.0.0.8, bench/mysql.sh), one private OpenSSH sshd
+# (127.0.0.9, bench/ssh.sh), and sluiced on a private cgroup with five
+# targets: 127.0.0.2 decoded as PostgreSQL, 127.0.0.7 as MySQL (relayed
+# undecoded while the build has no MySQL decoder), 127.0.0.9 as SSH with a
+# certificate credential, 127.0.0.3 and 127.0.0.8 relayed opaquely. Modes:
 #   direct     pgbench or sysbench straight to 127.0.0.2 or 127.0.0.7 (outside the cgroup)
 #   pgbouncer  through PgBouncer
 #   opaque     through Sluice's opaque TCP relay
@@ -16,6 +17,8 @@
 #   full       the default ruleset with record = "full"
 # PostgreSQL workloads are pgbench's; MySQL ones are sysbench's
 # oltp_point_select and oltp_read_only (direct, opaque and commands only).
+# SSH workloads are scp of a 200 MB file and 500 sequential ssh execs
+# (direct and commands only).
 # Each workload runs every mode in turn, ROUNDS times, interleaved; the
 # tables show medians, min-max and the ratio to direct. Run as root.
 #
@@ -25,7 +28,9 @@
 #                          # people, wide; my-point-<threads> and my-ro-<threads>
 #                          # for MySQL, threads 1 or 8; IDLE=0 skips the idle
 #                          # sessions) and modes; MariaDB starts only when
-#                          # a my- workload is selected
+#                          # a my- workload is selected; ssh-scp, ssh-scp-O
+#                          # and ssh-exec for SSH, whose sshd starts only
+#                          # when one is selected
 #   MY_PS=disable ...      # sysbench sends every query as text, no prepared statements
 #   PERF=/tmp/prof ...     # also record a perf profile of the proxy in each
 #                          # proxied run: /tmp/prof/<workload>-<mode>-<round>.data
@@ -51,6 +56,8 @@ go build -o "$BIN/pgxclient" ./e2e/pgxclient
 . bench/lib.sh # the cd above put us at the repository root
 # shellcheck source=bench/mysql.sh
 . bench/mysql.sh
+# shellcheck source=bench/ssh.sh
+. bench/ssh.sh
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX); chmod 755 "$work"
 name="bench$$"; cgroup="sluice-bench-$$"
 mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
@@ -66,6 +73,7 @@ cleanup() {
   "$BIN/sluice" uninstall --name "$name" >/dev/null
   su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1
   my_stop
+  ssh_stop
   rmdir "$mount/$cgroup" 2>/dev/null
   rm -rf "$work"
 }
@@ -109,6 +117,8 @@ bouncer_pid=$(cat "$work/pgbouncer.pid")
 
 # MariaDB, with sysbench's tables (bench/mysql.sh), when a MySQL workload runs.
 if my_wanted; then my_start "$pg_port" "$proxy_port" "$bouncer_port"; fi
+# sshd, the OIDC issuer its jobs need, and the payload (bench/ssh.sh), when an SSH workload runs.
+if ssh_wanted; then ssh_start "$pg_port" "$proxy_port" "$bouncer_port" "$my_port"; fi
 
 if [ -n "${FLOOR:-}" ]; then
   # The relays keep sluiced's runtime setting (cmd/sluiced/sysmon.go).
@@ -128,6 +138,7 @@ ruleset() { # record level, extra mask block
       -e "s|record  = \"full\"|record  = \"$1\"|" \
       -e "s|result.rows > 10000|result.rows > 1000000000|" ruleset/default.hcl | my_ruleset
   printf 'target "opaque" {\n  protocol = "tcp"\n  address  = ["127.0.0.3:%s"]\n}\n' "$pg_port"
+  ssh_ruleset "$1"
   if [ "$2" = masks ]; then
     printf 'policy "bench-masks" {\n  targets = ["postgres"]\n  mask "columns" {\n    columns = ["people.email", "wide.email", "pgbench_accounts.filler"]\n    using   = "hash"\n  }\n}\n'
   fi
@@ -135,6 +146,7 @@ ruleset() { # record level, extra mask block
 ruleset commands none > "$work/rules/default.hcl"
 current="commands none"
 start_sluiced
+if ssh_wanted; then ssh_identity; fi
 
 generation() { "$BIN/sluice" status --json --socket "$work/sluiced.sock" | awk -F': ' '/"generation"/ { gsub(/,/, "", $2); print $2; exit }'; }
 use_rules() { # mode (called in this shell, never in a subshell: it keeps $current)
@@ -257,6 +269,9 @@ for c in 1 8; do
   my_workload "my-point-$c" "$MY_MODES" oltp_point_select "$c"
   my_workload "my-ro-$c" "$MY_MODES" oltp_read_only "$c"
 done
+ssh_workload ssh-scp scp
+ssh_workload ssh-scp-O scp-O
+ssh_workload ssh-exec exec
 
 if [ "$IDLE" -gt 0 ]; then
   # Idle sessions: IDLE connections held open through Sluice; daemon RSS.
@@ -294,5 +309,6 @@ done
 [ -n "${Q["my-point-1 direct"]:-}${Q["my-ro-1 direct"]:-}" ] && echo
 my_latency my-point-1
 my_latency my-ro-1
+ssh_tables
 [ "$IDLE" -gt 0 ] && echo "Idle sessions: ${n_open:-0} held open through Sluice; sluiced RSS $((rss_before / 1024)) MiB before, $((rss_idle / 1024)) MiB with them open"
 echo "Suite time: $(( $(date +%s) - start ))s"
