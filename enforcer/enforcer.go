@@ -29,6 +29,14 @@ type Command struct {
 	// could not be classified (the decision is then a deny).
 	Statement   ruleset.Statement
 	ClassifyErr error
+	// Unmaskable, when set, says why the decoder cannot mask this
+	// command's results (an SSH terminal, an SFTP file): a mask verdict
+	// is then a deny, decided and recorded as one.
+	Unmaskable string
+	// Fields are recorded with the command's statement event (an SSH
+	// channel's number); nil for most protocols. Not modified after
+	// Decide.
+	Fields map[string]string
 
 	// result is DecideResult's last allow or mask verdict on this command
 	// and the counts it holds for (ruleset.Match.ResultSpan), so that a
@@ -296,6 +304,10 @@ func (s *Session) Decide(c *Command) Verdict {
 	default:
 		d = s.match.Decide(&c.Statement, ruleset.Result{})
 	}
+	if c.Unmaskable != "" && d.Action == ruleset.Mask {
+		d.Action = ruleset.Deny
+		d.Reason = "the mask rules cannot be applied to " + c.Unmaskable + ": " + d.Reason
+	}
 	v := s.verdict(c, d)
 	if v.Action != ruleset.Deny && s.RecordingFailed() != nil {
 		// The verdict's own event could not be recorded: the command
@@ -415,7 +427,7 @@ func (s *Session) verdict(c *Command, d ruleset.Decision) Verdict {
 		s.log.Warn("statement would be "+d.Action.String()+" (monitor mode)", "rule", d.Rule.ID, "kind", c.Statement.Kind, "statement", clip(c.Text))
 	}
 	s.Record(s.levelFor(d), record.Event{Type: record.TypeStatement, Kind: c.Statement.Kind, Text: c.Text,
-		Verdict: d.Action.String(), Rule: d.Rule.ID, Reason: d.Reason})
+		Verdict: d.Action.String(), Rule: d.Rule.ID, Reason: d.Reason, Fields: c.Fields})
 	return v
 }
 

@@ -409,6 +409,16 @@ func TestEngineMaskedOutput(t *testing.T) {
 	if err := s.Run("cat " + f); err == nil || !strings.Contains(errb.String(), "cannot be applied to a terminal") {
 		t.Fatalf("masked cat on a terminal: %v %q", err, errb.String())
 	}
+	// The recording says what was enforced: a deny, on its channel.
+	e.client.Close()
+	e.h.Wait()
+	var verdicts []string
+	for _, ev := range e.h.Recorder.EventsOf(record.TypeStatement) {
+		verdicts = append(verdicts, ev.Fields["channel"]+":"+ev.Verdict)
+	}
+	if got := strings.Join(verdicts, " "); got != "0:mask 1:allow 2:deny" {
+		t.Errorf("recorded statements (channel:verdict) %s, want 0:mask 1:allow 2:deny", got)
+	}
 }
 
 // echoPort starts a TCP echo server on loopback for the test and returns

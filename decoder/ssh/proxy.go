@@ -277,18 +277,21 @@ func (s *session) directForward(nc ssh.NewChannel, host string, port int) {
 	if port == 0 {
 		target = host
 	}
-	c := s.command(ruleset.SSHDirectTCPIP, "direct-tcpip "+target, func(r *ruleset.SSHRequest) {
+	num := s.allocChannel()
+	c := s.command(ruleset.SSHDirectTCPIP, "direct-tcpip "+target, reqInfo{unmaskable: "a forward's bytes", channel: num}, func(r *ruleset.SSHRequest) {
 		r.ForwardHost, r.ForwardPort = host, port
 	})
-	unmaskable(c, "a forward's bytes")
 	if !s.allowed(c, nil) {
 		nc.Reject(ssh.Prohibited, refusal(c))
 		return
 	}
 	start := time.Now()
-	if n, ok := s.bridge(nc, s.up.OpenChannel, true); ok {
-		s.sess.Done(&c.Cmd, c.Verdict, enforcer.Outcome{Bytes: n, Duration: time.Since(start)})
+	n, ok := s.bridge(nc, num, s.up.OpenChannel, true)
+	o := enforcer.Outcome{Bytes: n, Duration: time.Since(start), Fields: map[string]string{"channel": num}}
+	if !ok {
+		o.ErrCode = "open failed"
 	}
+	s.sess.Done(&c.Cmd, c.Verdict, o)
 }
 
 // bridge opens nc's twin on the other side with open, accepts nc, and
@@ -296,7 +299,7 @@ func (s *session) directForward(nc ssh.NewChannel, host string, port int) {
 // (its twin the host's). It returns the bytes sent to the job, and false
 // when the twin could not be opened: nc is then refused with the other
 // side's reason.
-func (s *session) bridge(nc ssh.NewChannel, open func(string, []byte) (ssh.Channel, <-chan *ssh.Request, error), fromJob bool) (int64, bool) {
+func (s *session) bridge(nc ssh.NewChannel, num string, open func(string, []byte) (ssh.Channel, <-chan *ssh.Request, error), fromJob bool) (int64, bool) {
 	twin, twinReqs, err := open(nc.ChannelType(), nc.ExtraData())
 	if err != nil {
 		if oe, ok := err.(*ssh.OpenChannelError); ok {
@@ -317,7 +320,7 @@ func (s *session) bridge(nc ssh.NewChannel, open func(string, []byte) (ssh.Chann
 	if !fromJob {
 		job, host = twin, ch
 	}
-	return s.pipe(job, host, s.newStreams("data", false)), true
+	return s.pipe(job, host, streamsOf(num, "data", false)), true
 }
 
 // upstreamChannel relays a channel the host opens back, when the ruleset
@@ -354,7 +357,7 @@ func (s *session) upstreamChannel(nc ssh.NewChannel) {
 		nc.Reject(ssh.Prohibited, "sluice: not allowed")
 		return
 	}
-	s.bridge(nc, s.client.OpenChannel, false)
+	s.bridge(nc, s.allocChannel(), s.client.OpenChannel, false)
 }
 
 // clientGlobal answers the job's global requests: remote forwards are
@@ -412,10 +415,9 @@ func (s *session) remoteForward(r *ssh.Request, host string, port int, key strin
 		r.Reply(err == nil && ok, payload)
 		return
 	}
-	c := s.command(ruleset.SSHTCPIPForward, "tcpip-forward "+key, func(q *ruleset.SSHRequest) {
+	c := s.command(ruleset.SSHTCPIPForward, "tcpip-forward "+key, reqInfo{unmaskable: "a forward's bytes"}, func(q *ruleset.SSHRequest) {
 		q.ForwardHost, q.ForwardPort = host, port
 	})
-	unmaskable(c, "a forward's bytes")
 	if !s.allowed(c, nil) {
 		// A global request's failure carries no message: the refusal is
 		// in the log and the recording.
@@ -469,29 +471,30 @@ func (s *session) closeChannel() {
 // maxForwards bounds the remote forwards one session keeps.
 const maxForwards = 64
 
-// command builds and decides one request of the session.
-func (s *session) command(kind, text string, fill func(*ruleset.SSHRequest)) *decoder.Command {
-	req := &ruleset.SSHRequest{User: s.clientUser, Kind: kind}
-	if fill != nil {
-		fill(req)
-	}
-	stKind := kind
-	if req.SFTPOp != "" {
-		stKind = ruleset.KindSFTP
-	}
-	c := &decoder.Command{Cmd: enforcer.Command{Text: text, Statement: ruleset.Statement{Kind: stKind, Text: text, SSH: req}}}
-	s.decider.Decide(c)
-	return c
+// reqInfo says what a request's recording and decision need beyond what
+// rules see: the channel it belongs to, and why its data cannot be
+// masked (a mask verdict is then a deny).
+type reqInfo struct {
+	channel, unmaskable string
 }
 
-// unmaskable refuses a mask verdict on a request whose data Sluice cannot
-// mask (a forward's bytes, a terminal, SFTP file data): what the rules
-// say to mask never passes unmasked.
-func unmaskable(c *decoder.Command, what string) {
-	if c.Verdict.Action == ruleset.Mask {
-		c.Verdict.Action = ruleset.Deny
-		c.Verdict.Decision.Reason = "the mask rules cannot be applied to " + what + ": " + c.Verdict.Decision.Reason
+// command builds and decides one request of the session.
+func (s *session) command(kind, text string, o reqInfo, fill func(*ruleset.SSHRequest)) *decoder.Command {
+	r := &ruleset.SSHRequest{User: s.clientUser, Kind: kind}
+	if fill != nil {
+		fill(r)
 	}
+	stKind := kind
+	if r.SFTPOp != "" {
+		stKind = ruleset.KindSFTP
+	}
+	c := &decoder.Command{Cmd: enforcer.Command{Text: text, Statement: ruleset.Statement{Kind: stKind, Text: text, SSH: r},
+		Unmaskable: o.unmaskable}}
+	if o.channel != "" {
+		c.Cmd.Fields = map[string]string{"channel": o.channel}
+	}
+	s.decider.Decide(c)
+	return c
 }
 
 // allowed waits on a hold, then reports whether c may go on. notify tells

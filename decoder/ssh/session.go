@@ -112,8 +112,7 @@ func (sc *sessChan) serve(reqs <-chan *ssh.Request) {
 			if req.Type != "x11-req" {
 				kind, text = ruleset.SSHAgentForward, "auth-agent-req"
 			}
-			c := s.command(kind, text, sc.fill)
-			unmaskable(c, "forwarded connections")
+			c := s.command(kind, text, reqInfo{channel: sc.num, unmaskable: "forwarded connections"}, sc.fill)
 			ok := s.allowed(c, nil)
 			if ok && kind == ruleset.SSHX11 {
 				sc.x11, sc.x11Payload = true, req.Payload
@@ -225,18 +224,19 @@ func (sc *sessChan) start(req *ssh.Request) {
 		kind, text, subsystem = ruleset.SSHSubsystem, "subsystem "+m.Name, m.Name
 	}
 	sc.st = streamsOf(sc.num, kind, sc.pty != nil)
-	c := s.command(kind, text, func(r *ruleset.SSHRequest) {
+	// Masking works on lines of a command's output; a terminal's screen
+	// and a subsystem's packets cannot be rewritten safely.
+	o := reqInfo{channel: sc.num}
+	if kind != ruleset.SSHExec || sc.pty != nil {
+		o.unmaskable = "a terminal or a subsystem (they apply to the output of an exec without a terminal)"
+	}
+	c := s.command(kind, text, o, func(r *ruleset.SSHRequest) {
 		sc.fill(r)
 		r.Command, r.Subsystem = command, subsystem
 		if command != "" {
 			r.Argv, r.Programs = ParseCommand(command)
 		}
 	})
-	if kind != ruleset.SSHExec || sc.pty != nil {
-		// Masking works on lines of a command's output; a terminal's
-		// screen and a subsystem's packets cannot be rewritten safely.
-		unmaskable(c, "a terminal or a subsystem (they apply to the output of an exec without a terminal)")
-	}
 	// The start is answered first, so that the job's ssh shows what is
 	// written on stderr next: the hold's notice, or the refusal.
 	req.Reply(true, nil)
@@ -245,23 +245,30 @@ func (sc *sessChan) start(req *ssh.Request) {
 		sc.exit(deniedStatus)
 		return
 	}
+	// What the host refuses ends the channel as ssh ends one it cannot
+	// start: exit status 255, the reason on stderr, and in the recording.
+	started := time.Now()
+	failed := func(up ssh.Channel, msg string) {
+		if up != nil {
+			up.Close()
+		}
+		sc.notice(msg)
+		sc.exit(255)
+		s.sess.Done(&c.Cmd, c.Verdict, enforcer.Outcome{Duration: time.Since(started), ErrCode: "exit 255",
+			Fields: map[string]string{"channel": sc.num}})
+	}
 	up, upReqs, err := s.up.OpenChannel("session", nil)
 	if err != nil {
-		sc.notice("sluice: the host refused a session channel: " + err.Error())
-		sc.exit(255)
+		failed(nil, "sluice: the host refused a session channel: "+err.Error())
 		return
 	}
 	if msg := sc.replay(up); msg != "" {
-		up.Close()
-		sc.notice(msg)
-		sc.exit(255)
+		failed(up, msg)
 		return
 	}
 	ok, err := up.SendRequest(req.Type, true, req.Payload)
 	if err != nil || !ok {
-		up.Close()
-		sc.notice(fmt.Sprintf("sluice: the host refused the %s request", req.Type))
-		sc.exit(255)
+		failed(up, fmt.Sprintf("sluice: the host refused the %s request", req.Type))
 		return
 	}
 	sc.upMu.Lock()

@@ -98,11 +98,10 @@ func (h *sftpHandler) total() int64 {
 // sftp and scp show the channel's stderr, not the status message).
 func (h *sftpHandler) decide(op, path, target, text string) (*decoder.Command, error) {
 	s := h.sc.s
-	c := s.command(ruleset.SSHSubsystem, text, func(r *ruleset.SSHRequest) {
+	c := s.command(ruleset.SSHSubsystem, text, reqInfo{channel: h.sc.num, unmaskable: "SFTP file data"}, func(r *ruleset.SSHRequest) {
 		h.sc.fill(r)
 		r.Subsystem, r.SFTPOp, r.SFTPPath, r.SFTPTarget = "sftp", op, path, target
 	})
-	unmaskable(c, "SFTP file data")
 	if !s.allowed(c, func(_, msg string) { h.sc.notice(msg) }) {
 		msg := refusal(c)
 		h.sc.notice(msg)
@@ -117,10 +116,16 @@ func (h *sftpHandler) done(c *decoder.Command, start time.Time, bytes int64, err
 	if err != nil {
 		o.ErrCode = "sftp error"
 		var se *sftp.StatusError
-		if errors.As(err, &se) {
+		switch {
+		case errors.As(err, &se):
 			o.ErrCode = fmt.Sprintf("sftp %d", se.Code)
+		case errors.Is(err, fs.ErrNotExist):
+			o.ErrCode = "sftp 2" // SSH_FX_NO_SUCH_FILE, as pkg/sftp's client reports it
+		case errors.Is(err, fs.ErrPermission):
+			o.ErrCode = "sftp 3" // SSH_FX_PERMISSION_DENIED
 		}
 	}
+	o.Fields = map[string]string{"channel": h.sc.num}
 	h.sc.s.sess.Done(&c.Cmd, c.Verdict, o)
 }
 
