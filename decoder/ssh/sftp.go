@@ -1,6 +1,7 @@
 package ssh
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -34,7 +35,7 @@ func (sc *sessChan) sftp(c *decoder.Command, up ssh.Channel, upReqs <-chan *ssh.
 	start := time.Now()
 	go ssh.DiscardRequests(upReqs)
 	go io.Copy(sc.ch.Stderr(), up.Stderr())
-	client, err := sftp.NewClientPipe(up, up)
+	client, err := sftp.NewClientPipe(up, &packetWriter{w: up})
 	if err != nil {
 		sc.notice("sluice: the host's sftp subsystem did not answer: " + err.Error())
 		up.Close()
@@ -54,7 +55,7 @@ func (sc *sessChan) sftp(c *decoder.Command, up ssh.Channel, upReqs <-chan *ssh.
 		io.Reader
 		io.Writer
 		io.Closer
-	}{sc.ch, sc.ch, io.NopCloser(nil)}
+	}{sc.ch, &packetWriter{w: sc.ch}, io.NopCloser(nil)}
 	srv := sftp.NewRequestServer(rwc, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
 		sftp.WithStartDirectory(home))
 	err = srv.Serve()
@@ -422,4 +423,81 @@ func (l lister) ListAt(out []os.FileInfo, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// maxCoalesce is the largest SFTP packet packetWriter gathers.
+const maxCoalesce = 64 << 10
+
+// packetWriter gathers each SFTP packet into one Write. pkg/sftp writes a
+// packet as its header then its data, two writes that the SSH channel
+// would send as two SSH packets, each encrypted, MACed and written to the
+// socket on its own. It follows the stream's framing (a 4-byte length,
+// then that many bytes) whatever the writes' sizes; a packet larger than
+// maxCoalesce is passed through as it comes.
+type packetWriter struct {
+	w    io.Writer
+	buf  []byte // the packet gathered so far
+	want int    // its size, once its length is known
+	pass int    // bytes of a large packet still to pass through
+}
+
+func (p *packetWriter) Write(b []byte) (int, error) {
+	total := len(b)
+	for len(b) > 0 {
+		if p.pass > 0 {
+			k := min(p.pass, len(b))
+			if _, err := p.w.Write(b[:k]); err != nil {
+				return total - len(b), err
+			}
+			p.pass -= k
+			b = b[k:]
+			continue
+		}
+		if len(p.buf) == 0 && len(b) >= 4 {
+			// A whole packet in hand is written from b, uncopied.
+			if n := 4 + int(binary.BigEndian.Uint32(b)); n <= len(b) && n <= maxCoalesce {
+				if _, err := p.w.Write(b[:n]); err != nil {
+					return total - len(b), err
+				}
+				b = b[n:]
+				continue
+			}
+		}
+		if len(p.buf) < 4 {
+			k := min(4-len(p.buf), len(b))
+			p.buf = append(p.buf, b[:k]...)
+			b = b[k:]
+			if len(p.buf) < 4 {
+				break
+			}
+			p.want = 4 + int(binary.BigEndian.Uint32(p.buf))
+			if p.want > maxCoalesce {
+				_, err := p.w.Write(p.buf)
+				p.pass, p.buf, p.want = p.want-4, p.buf[:0], 0
+				if err != nil {
+					return total - len(b), err
+				}
+				continue
+			}
+		}
+		k := min(p.want-len(p.buf), len(b))
+		p.buf = append(p.buf, b[:k]...)
+		b = b[k:]
+		if len(p.buf) == p.want {
+			_, err := p.w.Write(p.buf)
+			p.buf, p.want = p.buf[:0], 0
+			if err != nil {
+				return total - len(b), err
+			}
+		}
+	}
+	return total, nil
+}
+
+// Close closes the writer beneath.
+func (p *packetWriter) Close() error {
+	if c, ok := p.w.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
 }
