@@ -21,6 +21,8 @@
 #   ssh-exec   SSH_EXECS (500) sequential `ssh root@127.0.0.9 true`
 # The targets: scp at least 0.8x direct throughput, at most 20 ms
 # added per exec. The tables say whether this run met them.
+# SSH_EXTRA_OPTS adds client options to both modes, for example
+# SSH_EXTRA_OPTS="-c aes128-gcm@openssh.com" to compare ciphers.
 
 SSH_MODES="direct commands"
 SSH_EXECS=${SSH_EXECS:-500}
@@ -197,7 +199,7 @@ HCL
 # sntrup761x25519-sha512, which makes a direct login here some 60 ms
 # slower and would flatter Sluice.
 ssh_opts() {
-  local o="-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/dev/null -o KexAlgorithms=curve25519-sha256"
+  local o="-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/dev/null -o KexAlgorithms=curve25519-sha256 ${SSH_EXTRA_OPTS:-}"
   case "$1" in
     direct) echo "$o -o GlobalKnownHostsFile=$ssh_dir/known_hosts -o IdentitiesOnly=yes -i $ssh_dir/client -o PubkeyAcceptedAlgorithms=ssh-ed25519-cert-v01@openssh.com" ;;
     *) echo "$o -o GlobalKnownHostsFile=$ssh_dir/sluice_known_hosts" ;;

@@ -125,6 +125,7 @@ func (s *session) run(ctx context.Context, cc net.Conn) error {
 		},
 		ServerVersion: version,
 	}
+	cfg.Ciphers = jobCiphers
 	for _, k := range keys {
 		cfg.AddHostKey(k)
 	}
@@ -446,6 +447,15 @@ func (s *session) remoteForward(r *ssh.Request, host string, port int, key strin
 	s.mu.Unlock()
 	r.Reply(true, payload)
 }
+
+// jobCiphers are the ciphers offered to the job: x/crypto/ssh's, less
+// chacha20-poly1305, which OpenSSH's client prefers and x/crypto runs
+// without assembly on amd64 (a third of the proxy's CPU in an scp through
+// it). OpenSSH then takes aes128-ctr (with an encrypt-then-MAC HMAC), and
+// clients that prefer GCM get it; every SSH client has one of the two.
+// Measured with bench/suite.sh ONLY=ssh-scp ROUNDS=1: 0.57x direct with
+// chacha20-poly1305, 0.65x with aes128-ctr.
+var jobCiphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr"}
 
 // maxChannels bounds the channels open at once in one session, both ways:
 // each holds goroutines and buffers.
