@@ -57,7 +57,7 @@ test-race:
 demo: deps build
 	./scripts/demo.sh
 
-## bench: Sluice vs direct vs PgBouncer (and MySQL vs direct), every mode, as ratios from one run (about 15 minutes)
+## bench: Sluice vs direct vs PgBouncer (and MySQL and SSH vs direct), every mode, as ratios from one run (about 22 minutes)
 bench: deps build
 	./bench/suite.sh
 
