@@ -164,44 +164,14 @@ func evalBoth(rs *Ruleset, x *expr, in *Input) [2]string {
 // facets: an oracle independent of the facet table.
 func referenceEval(t *testing.T, rs *Ruleset, x *expr, in *Input) string {
 	t.Helper()
-	id, proc, tgt := rs.flowValues(&in.Flow)
 	st := &in.Statement
-	list := func(l []string) cty.Value {
-		if len(l) == 0 {
-			return cty.ListValEmpty(cty.String)
-		}
-		vals := make([]cty.Value, len(l))
-		for i, s := range l {
-			vals[i] = cty.StringVal(s)
-		}
-		return cty.ListVal(vals)
-	}
-	res := cty.UnknownVal(cty.Object(map[string]cty.Type{"rows": cty.Number, "bytes": cty.Number}))
-	if in.Result.Known {
-		res = cty.ObjectVal(map[string]cty.Value{"rows": cty.NumberIntVal(in.Result.Rows), "bytes": cty.NumberIntVal(in.Result.Bytes)})
-	}
-	ctx := &hcl.EvalContext{
-		Variables: map[string]cty.Value{
-			"identity": id, "process": proc, "target": tgt, "result": res,
-			"statement": cty.ObjectVal(map[string]cty.Value{
-				"kind": cty.StringVal(st.Kind), "tables": list(st.Tables), "functions": list(st.Functions),
-				"flags": list(st.Flags), "has_where": cty.BoolVal(st.HasWhere), "has_limit": cty.BoolVal(st.HasLimit), "text": cty.StringVal(st.Text),
-			}),
-		},
-		Functions: rs.funcs,
-	}
-	v, diags := x.e.Value(ctx)
-	fired, pending := false, false
-	switch {
-	case diags.HasErrors():
-	case v.Type() == cty.Bool && !v.IsKnown():
-		pending = true
-	case v.Type() == cty.Bool && !v.IsNull():
-		fired = v.True()
-	default:
-		t.Fatalf("%#v is not a boolean", v)
-	}
-	return fmt.Sprintf("fired %t pending %t err %t", fired, pending, diags.HasErrors())
+	list := refList
+	vars := referenceVars(rs, in)
+	vars["statement"] = cty.ObjectVal(map[string]cty.Value{
+		"kind": cty.StringVal(st.Kind), "tables": list(st.Tables), "functions": list(st.Functions),
+		"flags": list(st.Flags), "has_where": cty.BoolVal(st.HasWhere), "has_limit": cty.BoolVal(st.HasLimit), "text": cty.StringVal(st.Text),
+	})
+	return referenceOutcome(t, x, &hcl.EvalContext{Variables: vars, Functions: rs.funcs})
 }
 
 func decisionString(d Decision) string {
@@ -375,40 +345,51 @@ func sshInputs() []*Input {
 // field from the SSHRequest: an oracle independent of the facet table.
 func sshReference(t *testing.T, rs *Ruleset, x *expr, in *Input) string {
 	t.Helper()
-	id, proc, tgt := rs.flowValues(&in.Flow)
 	r := in.Statement.SSH
 	if r == nil {
 		r = &SSHRequest{}
 	}
-	list := func(l []string) cty.Value {
-		if len(l) == 0 {
-			return cty.ListValEmpty(cty.String)
-		}
-		vals := make([]cty.Value, len(l))
-		for i, s := range l {
-			vals[i] = cty.StringVal(s)
-		}
-		return cty.ListVal(vals)
-	}
+	list := refList
+	vars := referenceVars(rs, in)
+	vars["ssh"] = cty.ObjectVal(map[string]cty.Value{
+		"user": cty.StringVal(r.User), "kind": cty.StringVal(r.Kind), "command": cty.StringVal(r.Command),
+		"argv": list(r.Argv), "programs": list(r.Programs), "subsystem": cty.StringVal(r.Subsystem),
+		"forward_host": cty.StringVal(r.ForwardHost), "forward_port": cty.NumberIntVal(int64(r.ForwardPort)),
+		"env": list(r.Env), "pty": cty.BoolVal(r.Pty), "term": cty.StringVal(r.Term),
+	})
+	vars["sftp"] = cty.ObjectVal(map[string]cty.Value{
+		"op": cty.StringVal(r.SFTPOp), "path": cty.StringVal(r.SFTPPath), "target": cty.StringVal(r.SFTPTarget),
+	})
+	return referenceOutcome(t, x, &hcl.EvalContext{Variables: vars, Functions: rs.funcs})
+}
+
+// referenceVars are the variables every protocol shares (identity,
+// process, target, result) for a reference evaluation.
+func referenceVars(rs *Ruleset, in *Input) map[string]cty.Value {
+	id, proc, tgt := rs.flowValues(&in.Flow)
 	res := cty.UnknownVal(cty.Object(map[string]cty.Type{"rows": cty.Number, "bytes": cty.Number}))
 	if in.Result.Known {
 		res = cty.ObjectVal(map[string]cty.Value{"rows": cty.NumberIntVal(in.Result.Rows), "bytes": cty.NumberIntVal(in.Result.Bytes)})
 	}
-	ctx := &hcl.EvalContext{
-		Variables: map[string]cty.Value{
-			"identity": id, "process": proc, "target": tgt, "result": res,
-			"ssh": cty.ObjectVal(map[string]cty.Value{
-				"user": cty.StringVal(r.User), "kind": cty.StringVal(r.Kind), "command": cty.StringVal(r.Command),
-				"argv": list(r.Argv), "programs": list(r.Programs), "subsystem": cty.StringVal(r.Subsystem),
-				"forward_host": cty.StringVal(r.ForwardHost), "forward_port": cty.NumberIntVal(int64(r.ForwardPort)),
-				"env": list(r.Env), "pty": cty.BoolVal(r.Pty), "term": cty.StringVal(r.Term),
-			}),
-			"sftp": cty.ObjectVal(map[string]cty.Value{
-				"op": cty.StringVal(r.SFTPOp), "path": cty.StringVal(r.SFTPPath), "target": cty.StringVal(r.SFTPTarget),
-			}),
-		},
-		Functions: rs.funcs,
+	return map[string]cty.Value{"identity": id, "process": proc, "target": tgt, "result": res}
+}
+
+// refList is a list of strings as HCL sees it.
+func refList(l []string) cty.Value {
+	if len(l) == 0 {
+		return cty.ListValEmpty(cty.String)
 	}
+	vals := make([]cty.Value, len(l))
+	for i, s := range l {
+		vals[i] = cty.StringVal(s)
+	}
+	return cty.ListVal(vals)
+}
+
+// referenceOutcome evaluates x in ctx and says whether it fired, is
+// pending on the result, or failed.
+func referenceOutcome(t *testing.T, x *expr, ctx *hcl.EvalContext) string {
+	t.Helper()
 	v, diags := x.e.Value(ctx)
 	fired, pending := false, false
 	switch {
