@@ -169,32 +169,10 @@ func (s *session) run(ctx context.Context, cc net.Conn) error {
 
 // clientLoop serves the job's channels and global requests.
 func (s *session) clientLoop(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
-	for chans != nil || reqs != nil {
-		select {
-		case nc, ok := <-chans:
-			if !ok {
-				chans = nil
-				return
-			}
-			if !s.openChannel() {
-				nc.Reject(ssh.ResourceShortage, fmt.Sprintf("sluice: at most %d channels may be open at once in one session", maxChannels))
-				continue
-			}
-			s.channels.Add(1)
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer s.closeChannel()
-				s.clientChannel(nc)
-			}()
-		case r, ok := <-reqs:
-			if !ok {
-				reqs = nil
-				continue
-			}
-			s.clientGlobal(r)
-		}
-	}
+	s.serveLoop(chans, reqs, func(nc ssh.NewChannel) {
+		s.channels.Add(1)
+		s.clientChannel(nc)
+	}, s.clientGlobal, fmt.Sprintf("sluice: at most %d channels may be open at once in one session", maxChannels))
 }
 
 // upstreamLoop serves what the host opens or asks: channels back for
@@ -202,31 +180,39 @@ func (s *session) clientLoop(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Reque
 // passed to the job (hostkeys-00@openssh.com would teach the job's client
 // the host's real keys).
 func (s *session) upstreamLoop(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
-	for chans != nil || reqs != nil {
+	s.serveLoop(chans, reqs, s.upstreamChannel, func(r *ssh.Request) {
+		if r.WantReply {
+			r.Reply(false, nil)
+		}
+	}, "too many channels")
+}
+
+// serveLoop serves one side's new channels, each on a goroutine of its
+// own within maxChannels (past it, refused with busy), and its global
+// requests in order, until the side's connection ends.
+func (s *session) serveLoop(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request, channel func(ssh.NewChannel), global func(*ssh.Request), busy string) {
+	for {
 		select {
 		case nc, ok := <-chans:
 			if !ok {
-				chans = nil
 				return
 			}
 			if !s.openChannel() {
-				nc.Reject(ssh.ResourceShortage, "too many channels")
+				nc.Reject(ssh.ResourceShortage, busy)
 				continue
 			}
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
 				defer s.closeChannel()
-				s.upstreamChannel(nc)
+				channel(nc)
 			}()
 		case r, ok := <-reqs:
 			if !ok {
-				reqs = nil
+				reqs = nil // a nil channel is never ready: channels go on
 				continue
 			}
-			if r.WantReply {
-				r.Reply(false, nil)
-			}
+			global(r)
 		}
 	}
 }
