@@ -301,7 +301,10 @@ func TestSSHFileTransfers(t *testing.T) {
 // its asciicast export plays the terminal back.
 func TestSSHShellRecorded(t *testing.T) {
 	e := startSSHEnv(t)
-	out, err := e.job("printf 'echo shell-says-$((6*7))\\nexit\\n' | " + e.ssh("-tt deploy@"+e.deploy.Host))
+	// The job's ssh runs on a terminal of its own (script(1) gives it
+	// one), so it asks for a remote terminal as an interactive ssh does;
+	// the keystrokes come through that terminal.
+	out, err := e.job("printf 'echo shell-says-$((6*7))\\nexit\\n' | script -qec " + shellQuote(e.ssh("-t deploy@"+e.deploy.Host)) + " /dev/null")
 	if err != nil || !strings.Contains(out, "shell-says-42") {
 		t.Fatalf("ssh -tt: %v\n%s", err, out)
 	}
@@ -370,6 +373,9 @@ func TestSSHKnownHosts(t *testing.T) {
 		t.Errorf("StrictHostKeyChecking=no: %v\n%s", err, out)
 	}
 }
+
+// shellQuote quotes s as one word for sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 func exitCode(err error) int {
 	if err == nil {
