@@ -136,7 +136,13 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 		}
 		for _, t := range d.Targets {
 			note := ""
-			if !t.Decoded {
+			switch {
+			case t.Decoded:
+			case t.Why != "":
+				note = "  [" + t.Mode + ": " + t.Why + "]"
+			case t.Protocol == "tcp":
+				note = "  [" + t.Mode + "]"
+			default:
 				note = "  [no decoder in this build: " + t.Mode + "]"
 			}
 			fmt.Fprintf(w, "target:      %s (%s) %s%s\n", t.Name, t.Protocol, strings.Join(t.Addresses, ", "), note)

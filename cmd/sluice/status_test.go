@@ -89,3 +89,26 @@ func TestUnreachableError(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusTargets: each target that is not decoded says what its flows
+// get and why.
+func TestStatusTargets(t *testing.T) {
+	st := &api.Status{PID: 42, Started: time.Now(), Targets: []api.Target{
+		{Name: "pg", Protocol: "postgres", Addresses: []string{"*:5432"}, Decoded: true, Mode: "decoded"},
+		{Name: "ssh", Protocol: "ssh", Addresses: []string{"*:22"}, Mode: "relayed opaquely (undecoded)", Why: "the target has no credential for Sluice to log in to the host with"},
+		{Name: "kube", Protocol: "k8s", Addresses: []string{"*:6443"}, Mode: "refused undecoded", Why: "this build has no k8s decoder"},
+		{Name: "raw", Protocol: "tcp", Addresses: []string{"*:9000"}, Mode: "relayed opaquely"},
+	}}
+	var out bytes.Buffer
+	printStatus(&out, st, "", nil, "default")
+	for _, w := range []string{
+		"target:      pg (postgres) *:5432\n",
+		"target:      ssh (ssh) *:22  [relayed opaquely (undecoded): the target has no credential for Sluice to log in to the host with]\n",
+		"target:      kube (k8s) *:6443  [refused undecoded: this build has no k8s decoder]\n",
+		"target:      raw (tcp) *:9000  [relayed opaquely]\n",
+	} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("status lacks %q:\n%s", w, out.String())
+		}
+	}
+}
