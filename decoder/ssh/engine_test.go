@@ -430,19 +430,23 @@ func echoPort(t *testing.T) int {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	go serveEcho(ln)
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// serveEcho echoes back what each connection ln accepts sends, until ln
+// is closed.
+func serveEcho(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			io.Copy(c, c)
+		}()
+	}
 }
 
 // echoRoundTrip writes a line to c and reads it back.
@@ -475,18 +479,7 @@ func TestEngineForwardsAllowed(t *testing.T) {
 		t.Fatalf("allowed remote forward: %v", err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	go serveEcho(ln)
 	// The host listens (sshd, on this machine): a connection to it comes
 	// back through Sluice to the client's echo.
 	rc, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)

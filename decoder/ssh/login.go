@@ -9,8 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -166,14 +166,13 @@ func login(ctx context.Context, f *decoder.Flow, dial decoder.DialFunc, inj *enf
 // (a host trusted through @cert-authority, or an unknown one, which the
 // callback refuses).
 func knownAlgorithms(hk ssh.HostKeyCallback, addr string) []string {
-	_, probe, _ := ed25519.GenerateKey(rand.Reader)
-	sig, err := ssh.NewSignerFromSigner(probe)
-	if err != nil {
+	probe := probeKey()
+	if probe == nil {
 		return nil
 	}
 	tcp, _ := net.ResolveTCPAddr("tcp", addr)
 	var ke *knownhosts.KeyError
-	if err := hk(addr, tcp, sig.PublicKey()); !errors.As(err, &ke) || len(ke.Want) == 0 {
+	if err := hk(addr, tcp, probe); !errors.As(err, &ke) || len(ke.Want) == 0 {
 		return nil
 	}
 	seen := map[string]bool{}
@@ -192,6 +191,20 @@ func knownAlgorithms(hk ssh.HostKeyCallback, addr string) []string {
 	}
 	return out
 }
+
+// probeKey is a key no known_hosts holds: shown to the callback, it makes
+// it list the keys it has for a host. Made once per daemon.
+var probeKey = sync.OnceValue(func() ssh.PublicKey {
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return nil
+	}
+	return k
+})
 
 // authMethod turns a credential's secret into how Sluice logs in.
 func authMethod(inj *enforcer.Injection, secret []byte, f *decoder.Flow) (ssh.AuthMethod, string, error) {
@@ -291,14 +304,4 @@ func keyIDRune(r rune) rune {
 		return '_'
 	}
 	return r
-}
-
-// sortedKeys returns m's keys in order.
-func sortedKeys(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -516,15 +516,8 @@ func refusal(c *decoder.Command) string {
 
 // streams are the recording fields of one channel's streams.
 type streams struct {
-	channel                      string
-	stdin, stdout, stderr, input map[string]string
-}
-
-// newStreams names a new channel's streams for the recording: stdin,
-// stdout and stderr, or tty both ways when it has a terminal ("data" both
-// ways for a forward).
-func (s *session) newStreams(kind string, pty bool) *streams {
-	return streamsOf(s.allocChannel(), kind, pty)
+	channel               string
+	stdin, stdout, stderr map[string]string
 }
 
 // allocChannel numbers a channel for the recording: 0, 1, ... in the
@@ -537,7 +530,9 @@ func (s *session) allocChannel() string {
 	return strconv.FormatUint(uint64(n), 10)
 }
 
-// streamsOf names channel ch's streams.
+// streamsOf names channel ch's streams for the recording: stdin, stdout
+// and stderr, or tty both ways when it has a terminal ("data" both ways
+// for a forward).
 func streamsOf(ch, kind string, pty bool) *streams {
 	st := &streams{channel: ch}
 	mk := func(name string) map[string]string { return map[string]string{"channel": ch, "stream": name} }

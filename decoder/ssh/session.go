@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -290,7 +292,7 @@ func (sc *sessChan) replay(up ssh.Channel) string {
 			return "sluice: the host refused a terminal (pty-req)"
 		}
 	}
-	for _, name := range sortedKeys(sc.env) {
+	for _, name := range slices.Sorted(maps.Keys(sc.env)) {
 		up.SendRequest("env", false, ssh.Marshal(struct{ Name, Value string }{name, sc.env[name]}))
 	}
 	if sc.x11 {
