@@ -75,6 +75,66 @@ type Statement struct {
 	// SSH is what an ssh flow's decoder reports of one request (the ssh
 	// and sftp facets); nil for every other protocol.
 	SSH *SSHRequest
+	// K8s is what a k8s flow's decoder reports of one Kubernetes API
+	// request (the k8s facet); nil for every other protocol.
+	K8s *K8sRequest
+}
+
+// Kubernetes API verbs (K8sRequest.Verb, k8s.verb in rules, and
+// Statement.Kind of a k8s request), as the API server names them: a
+// resource request gets one of the first eight, a request for anything
+// else (discovery, /version, /healthz, /openapi) its HTTP method in lower
+// case (get, post, ...).
+const (
+	K8sGet              = "get"
+	K8sList             = "list"
+	K8sWatch            = "watch"
+	K8sCreate           = "create"
+	K8sUpdate           = "update"
+	K8sPatch            = "patch"
+	K8sDelete           = "delete"
+	K8sDeleteCollection = "deletecollection"
+)
+
+// K8sRequest is one Kubernetes API request as its decoder resolved it,
+// the way the API server resolves it (k8s.io/apiserver's RequestInfo),
+// plus a few fields of the object a create, update or patch sends.
+// Statement.Kind is Verb.
+type K8sRequest struct {
+	// Verb is one of the K8s* verbs for a resource request; for other
+	// requests, the HTTP method in lower case.
+	Verb string
+	// IsResource says the request is for a resource (a path below /api
+	// or /apis naming one); false for discovery and the server's own
+	// paths.
+	IsResource bool
+	// Group is the API group ("" for the core group), Version its version.
+	Group, Version string
+	// Resource is the resource ("pods", "secrets"), Subresource its
+	// subresource ("exec", "attach", "portforward", "log", "proxy",
+	// "eviction", "scale", "status").
+	Resource, Subresource string
+	// Namespace is the request's namespace, "" for cluster-scoped
+	// resources and for requests across all namespaces.
+	Namespace string
+	// Name is the object's name, "" for lists, watches and creates.
+	Name string
+	// Path is the request's URL path.
+	Path string
+	// UserAgent is the client's User-Agent header.
+	UserAgent string
+	// ObjectKind is the kind of the object a create, update or patch
+	// sends ("Pod", "Deployment"), from its body; "" when there is none
+	// or it does not say.
+	ObjectKind string
+	// Images are the container images of the pod spec the body holds
+	// (a Pod, or a workload's pod template), init and ephemeral
+	// containers included, in order, without duplicates.
+	Images []string
+	// Privileged, HostPath and HostNetwork say the pod spec the body
+	// holds runs a privileged container, mounts a hostPath volume or
+	// uses the host's network.
+	Privileged, HostPath, HostNetwork bool
 }
 
 // SSH request kinds (SSHRequest.Kind, ssh.kind in rules).
