@@ -73,3 +73,10 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 go mod download
+
+# kube-apiserver, etcd and kubectl for the Kubernetes tests
+# (testenv.StartKube): built from source at the versions
+# internal/testenv/kubetools pins, into a cache keyed by them. The first
+# build takes about 20 minutes on 2 cores; later runs reuse the cache at
+# once. It prints the cache directory, which install-deps does not need.
+"$(dirname "$0")/build-kube.sh" >/dev/null
