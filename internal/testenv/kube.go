@@ -110,13 +110,6 @@ type Kube struct {
 
 // KubeOptions tune StartKube. The zero value is what most tests want.
 type KubeOptions struct {
-	// KubeletWebSockets makes the node declare the ExtendWebSocketsToKubelet
-	// feature (status.declaredFeatures), so that the API server proxies a
-	// client's WebSocket exec and attach (v5.channel.k8s.io) to the
-	// kubelet as they are, which then translates them itself. By default
-	// the node declares nothing and the API server translates them into
-	// SPDY towards the kubelet.
-	KubeletWebSockets bool
 	// ServerArgs are extra kube-apiserver flags, after StartKube's own
 	// (for a repeated flag, the last value wins).
 	ServerArgs []string
@@ -195,7 +188,7 @@ func StartKube(t testing.TB, o KubeOptions) *Kube {
 	if err != nil {
 		t.Fatalf("make a client: %v", err)
 	}
-	k.registerNode(t, o)
+	k.registerNode(t)
 	t.Logf("kube-apiserver ready at %s in %v", k.URL, time.Since(start).Round(time.Millisecond))
 	return k
 }
@@ -377,7 +370,7 @@ func (k *Kube) ready() bool {
 // registerNode creates KubeNode with the fake kubelet's address and port
 // and a Ready condition, as a kubelet registers itself. No node
 // controller runs, so it stays Ready.
-func (k *Kube) registerNode(t testing.TB, o KubeOptions) {
+func (k *Kube) registerNode(t testing.TB) {
 	t.Helper()
 	ctx := context.Background()
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: KubeNode, Labels: map[string]string{
@@ -403,9 +396,11 @@ func (k *Kube) registerNode(t testing.TB, o KubeOptions) {
 			ContainerRuntimeVersion: "fake://0",
 		},
 	}
-	if o.KubeletWebSockets {
-		created.Status.DeclaredFeatures = []string{"ExtendWebSocketsToKubelet"}
-	}
+	// The node declares no features (status.declaredFeatures): without
+	// ExtendWebSocketsToKubelet, the API server translates a client's
+	// WebSocket exec and attach (v5.channel.k8s.io) and port-forward
+	// tunnel into SPDY towards the kubelet, which is all the fake one
+	// speaks (a real kubelet that declares it translates them itself).
 	if _, err := k.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("set node %s's status: %v", KubeNode, err)
 	}

@@ -1,11 +1,17 @@
 package testenv
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -99,6 +105,71 @@ func TestKube(t *testing.T) {
 		}
 	})
 
+	t.Run("attach", func(t *testing.T) {
+		// The kubelet's container echoes its stdin, as cat would.
+		cmd := k.Command(k.AdminKubeconfig, "-n", "ci", "attach", "-i", "web", "-c", "app")
+		cmd.Stdin = strings.NewReader("ping\n")
+		out, err := cmd.Output()
+		if err != nil || string(out) != "ping\n" {
+			t.Errorf("kubectl attach -i: %v, output %q, want ping", err, out)
+		}
+	})
+
+	t.Run("logs", func(t *testing.T) {
+		k.Kubelet.SetLog("ci", "web", "app", "started\nserving\n")
+		if out := k.Run(t, "-n", "ci", "logs", "web"); out != "started\nserving\n" {
+			t.Errorf("kubectl logs: %q", out)
+		}
+	})
+
+	t.Run("port-forward", func(t *testing.T) {
+		// A server on this machine stands for the pod's: the kubelet
+		// forwards to 127.0.0.1.
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() { defer c.Close(); io.Copy(c, c) }()
+			}
+		}()
+		port := l.Addr().(*net.TCPAddr).Port
+		cmd := k.Command(k.AdminKubeconfig, "-n", "ci", "port-forward", "--address=127.0.0.1", "pod/web", ":"+strconv.Itoa(port))
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		// "Forwarding from 127.0.0.1:LOCAL -> PORT"
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		var local int
+		if _, serr := fmt.Sscanf(line, "Forwarding from 127.0.0.1:%d", &local); err != nil || serr != nil {
+			t.Fatalf("kubectl port-forward printed %q (%v); stderr %q", line, err, stderr.String())
+		}
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(local), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "through the tunnel")
+		got := make([]byte, len("through the tunnel"))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != "through the tunnel" {
+			t.Errorf("echo through kubectl port-forward: %q, %v; stderr %q", got, err, stderr.String())
+		}
+	})
+
 	t.Run("token", func(t *testing.T) {
 		k.ServiceAccount(t, "ci", "deployer")
 		tok := strings.TrimSpace(k.Run(t, "-n", "ci", "create", "token", "deployer"))
@@ -157,4 +228,14 @@ func TestKube(t *testing.T) {
 			t.Errorf("get secret ci/db with Client: %v", err)
 		}
 	})
+
+	// What the servers cost, for CI's sizing.
+	for _, p := range []*kubeProcess{k.server, k.etcd} {
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+		for _, line := range strings.Split(string(status), "\n") {
+			if strings.HasPrefix(line, "VmRSS:") || strings.HasPrefix(line, "VmHWM:") {
+				t.Logf("%s %s", filepath.Base(p.cmd.Path), strings.Join(strings.Fields(line), " "))
+			}
+		}
+	}
 }
