@@ -105,13 +105,13 @@ type Kube struct {
 
 	ca, clientCA *kubeCA
 	etcd, server *kubeProcess
-	saKey        *rsa.PrivateKey
 }
 
 // KubeOptions tune StartKube. The zero value is what most tests want.
 type KubeOptions struct {
-	// ServerArgs are extra kube-apiserver flags, after StartKube's own
-	// (for a repeated flag, the last value wins).
+	// ServerArgs are extra kube-apiserver flags, after StartKube's own:
+	// for a flag given twice, a single value's last one wins, and list
+	// values (--disable-admission-plugins) add up.
 	ServerArgs []string
 }
 
@@ -225,10 +225,11 @@ func (k *Kube) writeCredentials(t testing.TB) {
 	k.writePair(t, k.clientCA, kubeletClient, "apiserver-kubelet-client")
 
 	// TokenRequest signs service account tokens with this key.
-	if k.saKey, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, k.path("sa.key"), string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k.saKey)})), 0o600)
+	writeFile(t, k.path("sa.key"), string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)})), 0o600)
 
 	// token,user,uid,"group,group"
 	tokens := fmt.Sprintf("%s,%s,%s-uid,\"system:masters\"\n%s,%s,%s-uid\n",

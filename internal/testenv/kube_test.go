@@ -17,7 +17,9 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
 )
 
@@ -226,6 +228,21 @@ func TestKube(t *testing.T) {
 	t.Run("client-go", func(t *testing.T) {
 		if _, err := k.Client.CoreV1().Secrets("ci").Get(context.Background(), "db", metav1.GetOptions{}); err != nil {
 			t.Errorf("get secret ci/db with Client: %v", err)
+		}
+		user, err := kubernetes.NewForConfig(k.RESTConfig(k.UserToken))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = user.CoreV1().Secrets("ci").Get(context.Background(), "db", metav1.GetOptions{})
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("get secret ci/db as %s: %v, want Forbidden", KubeUser, err)
+		}
+	})
+
+	t.Run("apply", func(t *testing.T) {
+		k.Apply(t, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: ci\ndata:\n  mode: fast\n")
+		if out := k.Run(t, "-n", "ci", "get", "configmap", "settings", "-o", "jsonpath={.data.mode}"); out != "fast" {
+			t.Errorf("configmap ci/settings mode %q, want fast", out)
 		}
 	})
 
