@@ -68,6 +68,12 @@ func (s *Session) Injection() (*Injection, error) {
 // SSHPrivateKey or SSHCertificate (empty on other protocols).
 func (in *Injection) SSHAuth() string { return in.cred.SSHAuth }
 
+// K8sAuth is how a k8s target's credential authenticates to the API
+// server: ruleset.K8sToken (Secret is a bearer token) or
+// K8sClientCertificate (Secret is a PEM bundle of the client certificate,
+// its chain and its private key). Empty on other protocols.
+func (in *Injection) K8sAuth() string { return in.cred.K8sAuth }
+
 // CertTTL is how long a certificate minted for an SSHCertificate
 // credential is valid.
 func (in *Injection) CertTTL() time.Duration {

@@ -12,7 +12,7 @@ import (
 
 // Credential injection: a target may hold credentials that the proxy
 // authenticates to the real server with, so that jobs never hold the
-// database password or the SSH key. A credential names where its secret
+// database password, the SSH key or the cluster token. A credential names where its secret
 // lives (a root-only file, an environment variable of the daemon, or a
 // command the daemon runs) and which policies may use it; a policy grants
 // credentials with credential blocks, in order, each with an optional
@@ -66,12 +66,34 @@ import (
 //	  }
 //	}
 //
+// A k8s target's credential authenticates to the API server with a
+// bearer token (token_file, token_env or token_command, read as a
+// password is) or a client certificate (key_file, key_env or
+// key_command, reading one PEM bundle that holds the CERTIFICATE, with
+// its chain, and its PRIVATE KEY). k8s_auth says which, "token" or
+// "client_certificate", and defaults from the source; token_* is for k8s
+// targets only, and a k8s credential takes no password_*. Its user names
+// the identity the token or certificate belongs to (a user, or
+// system:serviceaccount:NAMESPACE:NAME), for the recording:
+//
+//	target "cluster" {
+//	  protocol    = "k8s"
+//	  address     = ["10.0.2.1:6443"]
+//	  upstream_ca = "/etc/sluice/ca/cluster.pem"
+//	  credential "deployer" {
+//	    user          = "system:serviceaccount:ci:deployer"
+//	    token_command = ["/usr/local/bin/kube-token", "deployer"]
+//	    cache_for     = "10m"
+//	    policies      = ["acme-api"]
+//	  }
+//	}
+//
 // A target with at least one credential accepts only injected sessions:
 // a flow to it is refused unless its job has a verified (oidc) identity
 // and a matched policy grants it one of the target's credentials. The
 // first grant that applies wins, in policy order and then block order.
-// Credentials are never written in the ruleset itself. k8s and tcp
-// targets take no credentials.
+// Credentials are never written in the ruleset itself. tcp targets take
+// no credentials.
 
 // Credential is one credential a target offers for injection. The secret
 // itself is not part of the ruleset: Source says where the daemon reads it
@@ -81,10 +103,14 @@ type Credential struct {
 	Name string
 	// Target is the name of the target that defines it.
 	Target string
-	// User is the user name the proxy authenticates (or logs in) as.
+	// User is the user name the proxy authenticates (or logs in) as. On
+	// a k8s target, whose token or certificate itself says who it is,
+	// User names that identity for the recording.
 	User string
-	// Source is where the secret comes from: a password, or on an ssh
-	// target (key_file, key_env, key_command) an SSH private key.
+	// Source is where the secret comes from: a password (password_*);
+	// on an ssh target (key_*) an SSH private key; on a k8s target a
+	// bearer token (token_*) or (key_*) a PEM bundle holding the client
+	// certificate, with its chain, and its private key.
 	Source SecretSource
 	// Policies may grant this credential; "*" means any policy.
 	Policies []string
@@ -97,6 +123,12 @@ type Credential struct {
 	// CertTTL is how long a minted certificate is valid
 	// (SSHCertificate only); DefaultCertTTL when not set.
 	CertTTL time.Duration
+	// K8sAuth is how a k8s target's credential authenticates to the API
+	// server: K8sToken (the secret is a bearer token, sent as
+	// Authorization: Bearer) or K8sClientCertificate (the secret is a PEM
+	// bundle of the client certificate, its chain and its private key,
+	// presented in the TLS handshake). Empty on other protocols.
+	K8sAuth string
 	Range   hcl.Range
 }
 
@@ -105,6 +137,12 @@ const (
 	SSHPassword    = "password"
 	SSHPrivateKey  = "private_key"
 	SSHCertificate = "certificate"
+)
+
+// Kubernetes credential kinds (Credential.K8sAuth).
+const (
+	K8sToken             = "token"
+	K8sClientCertificate = "client_certificate"
 )
 
 // DefaultCertTTL is how long a per-session SSH certificate is valid unless
@@ -204,7 +242,11 @@ var credentialSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "key_file"},
 	{Name: "key_env"},
 	{Name: "key_command"},
+	{Name: "token_file"},
+	{Name: "token_env"},
+	{Name: "token_command"},
 	{Name: "ssh_auth"},
+	{Name: "k8s_auth"},
 	{Name: "cert_ttl"},
 	{Name: "cache_for"},
 	{Name: "policies", Required: true},
@@ -216,10 +258,13 @@ var credentialSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 var grantSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "when"}}}
 
 // injecting are the protocols whose decoders inject credentials.
-var injecting = []string{ProtoPostgres, ProtoMySQL, ProtoSSH}
+var injecting = []string{ProtoPostgres, ProtoMySQL, ProtoSSH, ProtoK8s}
 
 // sshAuths are the values of ssh_auth.
 var sshAuths = []string{SSHPassword, SSHPrivateKey, SSHCertificate}
+
+// k8sAuths are the values of k8s_auth.
+var k8sAuths = []string{K8sToken, K8sClientCertificate}
 
 // Bounds of cert_ttl: a certificate must outlive the login, and should
 // not outlive a working day.
@@ -228,26 +273,44 @@ const (
 	maxCertTTL = 24 * time.Hour
 )
 
+// Kinds of secret a credential reads (secretAttr.kind).
+const (
+	secretPassword = "password" // password_*: a password
+	secretKey      = "key"      // key_*: an SSH private key, or a k8s client certificate and key
+	secretToken    = "token"    // token_*: a Kubernetes bearer token
+)
+
+// secretKinds says which kinds of secret each injecting protocol reads.
+var secretKinds = map[string][]string{
+	ProtoPostgres: {secretPassword},
+	ProtoMySQL:    {secretPassword},
+	ProtoSSH:      {secretPassword, secretKey},
+	ProtoK8s:      {secretToken, secretKey},
+}
+
 // secretAttr is one attribute naming where a credential's secret is read.
 type secretAttr struct {
 	name string
-	key  bool // key_*: an SSH private key, for ssh targets only
-	set  func(c *compiler, cr *Credential, a *hcl.Attribute)
+	kind string // secretPassword, secretKey or secretToken
+	set  func(c *compiler, cr *Credential, protocol string, a *hcl.Attribute)
 }
 
-// secretAttrs are the secret sources, password_* and key_*: each kind of
-// source (file, env, command) fills the same field of SecretSource,
-// whichever secret it holds.
+// secretAttrs are the secret sources, password_*, key_* and token_*:
+// each kind of source (file, env, command) fills the same field of
+// SecretSource, whichever secret it holds.
 var secretAttrs = []secretAttr{
-	{"password_file", false, (*compiler).secretFile},
-	{"password_env", false, (*compiler).secretEnv},
-	{"password_command", false, (*compiler).secretCommand},
-	{"key_file", true, (*compiler).secretFile},
-	{"key_env", true, (*compiler).secretEnv},
-	{"key_command", true, (*compiler).secretCommand},
+	{"password_file", secretPassword, (*compiler).secretFile},
+	{"password_env", secretPassword, (*compiler).secretEnv},
+	{"password_command", secretPassword, (*compiler).secretCommand},
+	{"key_file", secretKey, (*compiler).secretFile},
+	{"key_env", secretKey, (*compiler).secretEnv},
+	{"key_command", secretKey, (*compiler).secretCommand},
+	{"token_file", secretToken, (*compiler).secretFile},
+	{"token_env", secretToken, (*compiler).secretEnv},
+	{"token_command", secretToken, (*compiler).secretCommand},
 }
 
-func (c *compiler) secretFile(cr *Credential, a *hcl.Attribute) {
+func (c *compiler) secretFile(cr *Credential, _ string, a *hcl.Attribute) {
 	if s, ok := c.str(a); ok {
 		if !filepath.IsAbs(s) {
 			c.errorf(a.Expr.Range(), "Relative path", "%s must be an absolute path, such as \"/etc/sluice/secrets/%s\".", a.Name, cr.Name)
@@ -256,11 +319,16 @@ func (c *compiler) secretFile(cr *Credential, a *hcl.Attribute) {
 	}
 }
 
-func (c *compiler) secretEnv(cr *Credential, a *hcl.Attribute) {
+func (c *compiler) secretEnv(cr *Credential, protocol string, a *hcl.Attribute) {
 	if s, ok := c.str(a); ok {
 		if s == "" || strings.ContainsAny(s, "= \t") {
 			example := "PROD_DEPLOYER_PASSWORD"
-			if strings.HasPrefix(a.Name, "key_") {
+			switch {
+			case strings.HasPrefix(a.Name, "token_"):
+				example = "KUBE_CI_TOKEN"
+			case strings.HasPrefix(a.Name, "key_") && protocol == ProtoK8s:
+				example = "KUBE_CI_CLIENT_CERT"
+			case strings.HasPrefix(a.Name, "key_"):
 				example = "DEPLOY_SSH_KEY"
 			}
 			c.errorf(a.Expr.Range(), "Invalid variable name", "%s must name an environment variable of the daemon, such as %q.", a.Name, example)
@@ -269,17 +337,61 @@ func (c *compiler) secretEnv(cr *Credential, a *hcl.Attribute) {
 	}
 }
 
-func (c *compiler) secretCommand(cr *Credential, a *hcl.Attribute) {
+func (c *compiler) secretCommand(cr *Credential, protocol string, a *hcl.Attribute) {
 	if list, _, ok := c.strList(a); ok {
 		if len(list) == 0 || !filepath.IsAbs(list[0]) {
 			program := "/usr/local/bin/db-token"
-			if strings.HasPrefix(a.Name, "key_") {
+			switch {
+			case strings.HasPrefix(a.Name, "token_"):
+				program = "/usr/local/bin/kube-token"
+			case strings.HasPrefix(a.Name, "key_") && protocol == ProtoK8s:
+				program = "/usr/local/bin/kube-client-cert"
+			case strings.HasPrefix(a.Name, "key_"):
 				program = "/usr/local/bin/ssh-key"
 			}
 			c.errorf(a.Expr.Range(), "Invalid command", "%s is a program and its arguments, run without a shell; the program must be an absolute path, such as [%q, %q].", a.Name, program, cr.Name)
 		}
 		cr.Source.Command = list
 	}
+}
+
+// sourcesSentence says what a credential of protocol reads its secret
+// with, for diagnostics.
+func sourcesSentence(protocol string) string {
+	switch protocol {
+	case ProtoSSH:
+		return "a password (password_file, password_env or password_command) or an SSH private key (key_file, key_env or key_command)"
+	case ProtoK8s:
+		return "a bearer token (token_file, token_env or token_command) or a client certificate and its private key, in one PEM bundle (key_file, key_env or key_command)"
+	}
+	return "its password with password_file, password_env or password_command"
+}
+
+// withArticle is a protocol name after "a" or "an": "an ssh", "a k8s".
+func withArticle(protocol string) string {
+	if protocol == ProtoSSH {
+		return "an " + protocol
+	}
+	return "a " + protocol
+}
+
+// misplacedSecret reports a secret source that protocol's credentials do
+// not read.
+func (c *compiler) misplacedSecret(sa secretAttr, protocol string, a *hcl.Attribute) {
+	var what string
+	switch sa.kind {
+	case secretKey:
+		what = "reads an SSH private key (on an ssh target) or a client certificate and its key (on a k8s target)"
+	case secretToken:
+		what = "reads a bearer token, which only k8s targets authenticate with"
+	default:
+		what = "reads a password"
+	}
+	detail := fmt.Sprintf("%s %s; %s credential reads %s.", sa.name, what, withArticle(protocol), sourcesSentence(protocol))
+	if protocol == ProtoK8s && sa.kind == secretPassword {
+		detail = fmt.Sprintf("A Kubernetes API server takes no password: use token_%s to read a bearer token, or key_file, key_env or key_command to read a client certificate and its private key (one PEM bundle).", strings.TrimPrefix(sa.name, "password_"))
+	}
+	c.errorf(a.NameRange, fmt.Sprintf("%s on %s target", sa.name, withArticle(protocol)), "%s", detail)
 }
 
 // credential compiles a target's credential block.
@@ -295,11 +407,15 @@ func (c *compiler) credential(t *Target, b *hcl.Block) {
 	content, d := b.Body.Content(credentialSchema)
 	c.diags = append(c.diags, d...)
 	cr := &Credential{Name: name, Target: t.Name, Range: b.DefRange}
-	ssh := t.Protocol == ProtoSSH
+	ssh, k8s := t.Protocol == ProtoSSH, t.Protocol == ProtoK8s
+	injects := hasString(injecting, t.Protocol)
 	if a := content.Attributes["password"]; a != nil {
 		how := "read the password with password_file (a root-only file), password_env (a variable of the daemon) or password_command"
-		if ssh {
+		switch {
+		case ssh:
 			how += ", or an SSH private key with key_file, key_env or key_command"
+		case k8s:
+			how = "read a bearer token with token_file (a root-only file), token_env (a variable of the daemon) or token_command, or a client certificate and its key with key_file, key_env or key_command"
 		}
 		c.errorf(a.NameRange, "Secret in the ruleset", "Rulesets are pushed, reviewed and stored in version control, so they never hold secrets: %s.", how)
 	}
@@ -307,8 +423,11 @@ func (c *compiler) credential(t *Target, b *hcl.Block) {
 		if s, ok := c.str(a); ok {
 			if s == "" {
 				what := "the database user name it authenticates as"
-				if ssh {
+				switch {
+				case ssh:
 					what = "the user name it logs in to the host as"
+				case k8s:
+					what = "the name of the identity it authenticates to the API server as (the user or service account its token or certificate belongs to), for the recording"
 				}
 				c.errorf(a.Expr.Range(), "Empty user", "A credential needs %s.", what)
 			}
@@ -316,9 +435,9 @@ func (c *compiler) credential(t *Target, b *hcl.Block) {
 		}
 	}
 
-	// Exactly one secret source; key_* on ssh targets only.
+	// Exactly one secret source, of a kind the protocol reads.
 	var sources []*hcl.Attribute
-	var password, key *hcl.Attribute // the first of each kind
+	first := map[string]*hcl.Attribute{} // the first source of each kind
 	misplaced := false
 	for _, sa := range secretAttrs {
 		a := content.Attributes[sa.name]
@@ -326,21 +445,19 @@ func (c *compiler) credential(t *Target, b *hcl.Block) {
 			continue
 		}
 		sources = append(sources, a)
-		if sa.key && !ssh {
+		if !hasString(secretKinds[t.Protocol], sa.kind) {
 			misplaced = true
-			if hasString(injecting, t.Protocol) { // else refused as a whole below
-				c.errorf(a.NameRange, "SSH key on a "+t.Protocol+" target", "%s reads an SSH private key, which only ssh targets log in with; a %s credential reads its password with password_file, password_env or password_command.", sa.name, t.Protocol)
+			if injects { // else refused as a whole below
+				c.misplacedSecret(sa, t.Protocol, a)
 			}
 			continue
 		}
-		switch {
-		case sa.key && key == nil:
-			key = a
-		case !sa.key && password == nil:
-			password = a
+		if first[sa.kind] == nil {
+			first[sa.kind] = a
 		}
-		sa.set(c, cr, a)
+		sa.set(c, cr, t.Protocol, a)
 	}
+	password, key, token := first[secretPassword], first[secretKey], first[secretToken]
 	if len(sources) != 1 && content.Attributes["password"] == nil && !misplaced {
 		names := make([]string, len(sources))
 		for i, a := range sources {
@@ -350,14 +467,49 @@ func (c *compiler) credential(t *Target, b *hcl.Block) {
 		if len(sources) > 1 {
 			had = "this one has " + protocolWords(names, "and") + "; keep one"
 		}
-		if ssh {
+		switch {
+		case ssh:
 			c.errorf(b.DefRange, "One secret source", "A credential of an ssh target reads its secret from exactly one of password_file, password_env, password_command (a password) or key_file, key_env, key_command (an SSH private key, or with ssh_auth = \"certificate\" the user CA's key that signs each session's certificate); %s.", had)
-		} else {
+		case k8s:
+			c.errorf(b.DefRange, "One secret source", "A credential of a k8s target reads its secret from exactly one of token_file, token_env, token_command (a bearer token) or key_file, key_env, key_command (a PEM bundle holding the client certificate, with its chain, and its private key); %s.", had)
+		default:
 			c.errorf(b.DefRange, "One password source", "A credential reads its password from exactly one of password_file, password_env or password_command; %s.", had)
 		}
 	}
 
-	// How an ssh credential logs in.
+	c.sshAuth(cr, t, content, password, key)
+	c.k8sAuth(cr, t, content, key, token)
+
+	if a := content.Attributes["cache_for"]; a != nil {
+		if d, ok := c.duration(a); ok {
+			if cr.Source.Command == nil {
+				c.errorf(a.NameRange, "cache_for needs a command", "cache_for applies to password_command, key_command and token_command only: files and variables are read for every session, so replacing them rotates the secret at once.")
+			}
+			if d < 0 || d > 24*time.Hour {
+				c.errorf(a.Expr.Range(), "Invalid cache_for", "cache_for must be between 0s and 24h; got %s.", d)
+			}
+			cr.Source.CacheFor = d
+		}
+	}
+	if a := content.Attributes["policies"]; a != nil {
+		list, ranges, ok := c.strList(a)
+		if ok && len(list) == 0 {
+			c.errorf(a.Expr.Range(), "No policies", "List the policies that may grant this credential, or [\"*\"] for any policy.")
+		}
+		cr.Policies = list
+		c.credPolicies = append(c.credPolicies, credPolicyRefs{cr: cr, names: list, ranges: ranges})
+	}
+	if !injects {
+		c.errorf(b.DefRange, "Credential injection not supported", "Credential injection is implemented for %s targets; %s targets authenticate with the client's own credentials.", protocolWords(injecting, "and"), t.Protocol)
+	}
+	t.Credentials = append(t.Credentials, cr)
+}
+
+// sshAuth compiles how an ssh credential logs in (ssh_auth, defaulted
+// from its source) and for how long its certificates are valid
+// (cert_ttl).
+func (c *compiler) sshAuth(cr *Credential, t *Target, content *hcl.BodyContent, password, key *hcl.Attribute) {
+	ssh := t.Protocol == ProtoSSH
 	if ssh {
 		switch {
 		case key != nil:
@@ -374,6 +526,8 @@ func (c *compiler) credential(t *Target, b *hcl.Block) {
 		if s, ok := c.keyword(authAttr, sshAuths); ok {
 			cr.SSHAuth, authOK = s, true
 		}
+	case t.Protocol == ProtoK8s:
+		c.errorf(authAttr.NameRange, "ssh_auth on a k8s target", "ssh_auth says how Sluice logs in to an ssh target's hosts; a k8s credential says how it authenticates to the API server with k8s_auth (%q or %q), which defaults from its source. Remove ssh_auth.", K8sToken, K8sClientCertificate)
 	case hasString(injecting, t.Protocol):
 		c.errorf(authAttr.NameRange, "ssh_auth on a "+t.Protocol+" target", "ssh_auth says how Sluice logs in to an ssh target's hosts; a %s credential always logs in with its password. Remove ssh_auth.", t.Protocol)
 	}
@@ -409,30 +563,46 @@ func (c *compiler) credential(t *Target, b *hcl.Block) {
 			}
 		}
 	}
+}
 
-	if a := content.Attributes["cache_for"]; a != nil {
-		if d, ok := c.duration(a); ok {
-			if cr.Source.Command == nil {
-				c.errorf(a.NameRange, "cache_for needs a command", "cache_for applies to password_command and key_command only: files and variables are read for every session, so replacing them rotates the secret at once.")
-			}
-			if d < 0 || d > 24*time.Hour {
-				c.errorf(a.Expr.Range(), "Invalid cache_for", "cache_for must be between 0s and 24h; got %s.", d)
-			}
-			cr.Source.CacheFor = d
+// k8sAuth compiles how a k8s credential authenticates to the API server
+// (k8s_auth, defaulted from its source).
+func (c *compiler) k8sAuth(cr *Credential, t *Target, content *hcl.BodyContent, key, token *hcl.Attribute) {
+	k8s := t.Protocol == ProtoK8s
+	if k8s {
+		switch {
+		case token != nil:
+			cr.K8sAuth = K8sToken
+		case key != nil:
+			cr.K8sAuth = K8sClientCertificate
 		}
 	}
-	if a := content.Attributes["policies"]; a != nil {
-		list, ranges, ok := c.strList(a)
-		if ok && len(list) == 0 {
-			c.errorf(a.Expr.Range(), "No policies", "List the policies that may grant this credential, or [\"*\"] for any policy.")
+	a := content.Attributes["k8s_auth"]
+	switch {
+	case a == nil:
+		return
+	case !k8s:
+		if !hasString(injecting, t.Protocol) {
+			return // the block is refused as a whole
 		}
-		cr.Policies = list
-		c.credPolicies = append(c.credPolicies, credPolicyRefs{cr: cr, names: list, ranges: ranges})
+		how := fmt.Sprintf("a %s credential always logs in with its password", t.Protocol)
+		if t.Protocol == ProtoSSH {
+			how = "an ssh credential says how it logs in with ssh_auth"
+		}
+		c.errorf(a.NameRange, "k8s_auth on "+withArticle(t.Protocol)+" target", "k8s_auth says how Sluice authenticates to a k8s target's API server; %s. Remove k8s_auth.", how)
+		return
 	}
-	if !hasString(injecting, t.Protocol) {
-		c.errorf(b.DefRange, "Credential injection not supported", "Credential injection is implemented for %s targets; %s targets authenticate with the client's own credentials.", protocolWords(injecting, "and"), t.Protocol)
+	s, ok := c.keyword(a, k8sAuths)
+	if !ok {
+		return
 	}
-	t.Credentials = append(t.Credentials, cr)
+	cr.K8sAuth = s
+	switch {
+	case s == K8sToken && key != nil:
+		c.errorf(a.Expr.Range(), "Token authentication with a certificate", "k8s_auth = %q sends a bearer token, but this credential reads a client certificate and key (%s). Remove k8s_auth to authenticate with the certificate, or read the token with token_file, token_env or token_command instead.", K8sToken, key.Name)
+	case s == K8sClientCertificate && token != nil:
+		c.errorf(a.Expr.Range(), "Certificate authentication with a token", "k8s_auth = %q authenticates with a client certificate, but this credential reads a bearer token (%s). Read the certificate and its private key (one PEM bundle) with key_file, key_env or key_command instead, or set k8s_auth = %q.", K8sClientCertificate, token.Name, K8sToken)
+	}
 }
 
 // shortDuration writes d as a ruleset would: "5m", "24h", "1m30s".

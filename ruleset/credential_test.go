@@ -10,9 +10,9 @@ import (
 )
 
 // TestCredentialTargets: credential blocks are accepted on the targets
-// whose decoders inject them (postgres, mysql, ssh), and granted there as
-// on any other; the other protocols get one diagnostic at the block,
-// saying which protocols inject.
+// whose decoders inject them (postgres, mysql, ssh; k8s in
+// TestK8sCredentials), and granted there as on any other; tcp targets get
+// one diagnostic at the block, saying which protocols inject.
 func TestCredentialTargets(t *testing.T) {
 	src := func(protocol, port string) string {
 		knownHosts := ""
@@ -58,14 +58,14 @@ policy "p" {
 			}
 		})
 	}
-	for _, tc := range []struct{ protocol, port string }{{ProtoK8s, "6443"}, {ProtoTCP, "9000"}} {
+	for _, tc := range []struct{ protocol, port string }{{ProtoTCP, "9000"}} {
 		t.Run(tc.protocol, func(t *testing.T) {
 			_, diags := Parse(map[string][]byte{"c.hcl": []byte(src(tc.protocol, tc.port))})
 			if len(diags) != 1 || !diags.HasErrors() {
 				t.Fatalf("got %d diagnostics, want 1 error: %v", len(diags), diags)
 			}
 			d := diags[0]
-			wantDetail := "Credential injection is implemented for postgres, mysql and ssh targets; " + tc.protocol + " targets authenticate with the client's own credentials."
+			wantDetail := "Credential injection is implemented for postgres, mysql, ssh and k8s targets; " + tc.protocol + " targets authenticate with the client's own credentials."
 			if d.Summary != "Credential injection not supported" || d.Detail != wantDetail || d.Subject == nil ||
 				d.Subject.Filename != "c.hcl" || d.Subject.Start.Line != 5 || d.Subject.Start.Column != 3 {
 				t.Errorf("got %q %q at %v, want %q at c.hcl:5:3", d.Summary, d.Detail, d.Subject, wantDetail)
@@ -173,7 +173,7 @@ func TestSSHCredentialDiagnostics(t *testing.T) {
 		{"cert_ttl not a duration", sshTarget("key_file = \"/k\"\nssh_auth = \"certificate\"\ncert_ttl = \"5 minutes\""), "Invalid duration",
 			"cert_ttl must be a duration", 10, 12},
 		{"cache_for on a key file", sshTarget("key_file = \"/k\"\ncache_for = \"5m\""), "cache_for needs a command",
-			"cache_for applies to password_command and key_command only", 9, 1},
+			"cache_for applies to password_command, key_command and token_command only", 9, 1},
 		{"inline password", sshTarget("key_file = \"/k\"\npassword = \"hunter2\""), "Secret in the ruleset",
 			"or an SSH private key with key_file, key_env or key_command", 9, 1},
 		{"empty user", strings.Replace(sshTarget(`key_file = "/k"`), `user     = "deploy"`, `user     = ""`, 1), "Empty user",
@@ -186,7 +186,7 @@ func TestSSHCredentialDiagnostics(t *testing.T) {
     key_file = "/etc/sluice/secrets/app"
     policies = ["*"]
   }
-}`, "SSH key on a postgres target", "a postgres credential reads its password with password_file, password_env or password_command", 6, 5},
+}`, "key_file on a postgres target", "a postgres credential reads its password with password_file, password_env or password_command", 6, 5},
 		{"ssh_auth on mysql", `target "db" {
   protocol = "mysql"
   address  = ["10.0.0.5:3306"]

@@ -34,6 +34,7 @@ var targetSchema = &hcl.BodySchema{
 		{Name: "protocol", Required: true},
 		{Name: "address", Required: true},
 		{Name: "upstream_tls"},
+		{Name: "upstream_ca"},
 		{Name: "resolve_every"},
 		{Name: "undecoded"},
 		{Name: "known_hosts"},
@@ -270,6 +271,9 @@ func (c *compiler) target(b *hcl.Block) {
 			t.UpstreamTLS = m
 		}
 	}
+	if a := content.Attributes["upstream_ca"]; a != nil {
+		c.upstreamCA(t, a, content.Attributes["upstream_tls"] != nil)
+	}
 	if t.Protocol != ProtoTCP {
 		t.Undecoded = UndecodedRefuse
 	}
@@ -311,6 +315,36 @@ func (c *compiler) target(b *hcl.Block) {
 	}
 	c.rs.targets = append(c.rs.targets, t)
 	c.rs.byName[name] = t
+}
+
+// upstreamCA compiles a target's upstream_ca: the absolute path of the
+// CA bundle the proxy checks the real server's certificate against. The
+// file is read when a flow connects, not here. tlsSet says upstream_tls
+// is written, so a mode that verifies nothing is the user's own choice.
+func (c *compiler) upstreamCA(t *Target, a *hcl.Attribute, tlsSet bool) {
+	s, ok := c.str(a)
+	if !ok {
+		return
+	}
+	switch {
+	case t.Protocol == ProtoSSH:
+		c.errorf(a.NameRange, "upstream_ca not supported", "ssh targets are encrypted by SSH itself, and Sluice checks their hosts' keys against known_hosts; there is no certificate for upstream_ca to verify. Remove it.")
+	case t.Protocol == ProtoTCP:
+		c.errorf(a.NameRange, "upstream_ca not supported", "tcp targets are relayed as they are, so Sluice never sees their servers' certificates; remove upstream_ca.")
+	case t.Protocol == "":
+		// The protocol is wrong, and reported.
+	case !filepath.IsAbs(s):
+		c.errorf(a.Expr.Range(), "Relative path", "upstream_ca must be an absolute path, such as \"/etc/sluice/ca/%s.pem\".", t.Name)
+	case t.UpstreamTLS != TLSVerifyCA && t.UpstreamTLS != TLSVerifyFull && t.UpstreamTLS != "":
+		why := fmt.Sprintf("this target's upstream_tls is %q", t.UpstreamTLS)
+		if !tlsSet {
+			why = fmt.Sprintf("a %s target's upstream_tls is %q unless it says otherwise", t.Protocol, t.UpstreamTLS)
+		}
+		c.errorf(a.NameRange, "upstream_ca without verification", "upstream_ca is the CA bundle Sluice checks the server's certificate against, which it does only with upstream_tls = %q or %q, and %s. Set upstream_tls = %q (or %q), or remove upstream_ca.",
+			TLSVerifyFull, TLSVerifyCA, why, TLSVerifyFull, TLSVerifyCA)
+	default:
+		t.UpstreamCA = filepath.Clean(s)
+	}
 }
 
 func (c *compiler) defaultBlock(b *hcl.Block) {

@@ -6,7 +6,10 @@
 # for a human, masks secrets and personal data in SQL results, and records
 # everything. Its SSH rules refuse port, agent and X11 forwarding and
 # database dumps in decoded SSH sessions, and allow shells, commands and
-# sftp.
+# sftp. Its Kubernetes rules hold exec, attach and port-forward into pods
+# for a human, refuse reading secrets across all namespaces and deleting
+# namespaces, and mask secret values and secret-looking text in what the
+# API server sends back.
 #
 # It never breaks a pipeline by itself: a target whose flows are not
 # decoded (undecoded = "relay") is relayed uninspected, its metadata
@@ -19,8 +22,11 @@
 # ones to copy into a ruleset whose ssh targets have credentials.
 #
 # Its rules read SQL statements through sql.*, the facet of postgres and
-# mysql targets (statement.* is its older name, and means the same), and
-# SSH requests through ssh.*, the facet of ssh targets.
+# mysql targets (statement.* is its older name, and means the same), SSH
+# requests through ssh.*, the facet of ssh targets, and Kubernetes API
+# requests through k8s.*, the facet of k8s targets. Like the ssh target,
+# the kubernetes one relays its flows while they are not decoded, and its
+# rules decide them where they are.
 
 mode = "enforce"
 
@@ -118,6 +124,49 @@ policy "baseline" {
       contains(ssh.programs, "mariadb-dump")
     )
     reason = "database dumps are not allowed over SSH, where no SQL rule sees them; connect to the database through a postgres or mysql target instead"
+  }
+
+  # Kubernetes: a shell or a tunnel into a running pod reaches past
+  # every rule about API objects, so a person looks first.
+  hold "k8s-exec" {
+    when = target.protocol == "k8s" && k8s.group == "" && k8s.resource == "pods" && (
+      contains(["exec", "attach", "portforward"], k8s.subresource)
+    )
+    approvers = ["group:security"]
+    timeout   = "15m"
+    reason    = "exec, attach and port-forward into a pod need a security approver"
+  }
+
+  # kubectl get secrets -A: every credential of the cluster at once. (A
+  # get of one secret always names its namespace.)
+  deny "k8s-secrets-all-namespaces" {
+    when = target.protocol == "k8s" && (
+      k8s.group == "" && k8s.resource == "secrets" && k8s.namespace == "" &&
+      contains(["get", "list", "watch"], k8s.verb)
+    )
+    reason = "reading secrets across all namespaces is not allowed from CI; name the namespace (kubectl -n NAMESPACE)"
+  }
+
+  deny "k8s-namespace-deletion" {
+    when = target.protocol == "k8s" && (
+      k8s.group == "" && k8s.resource == "namespaces" &&
+      contains(["delete", "deletecollection"], k8s.verb)
+    )
+    reason = "deleting namespaces, and everything in them, is not allowed from CI"
+  }
+
+  # A Secret's values are masked whole; elsewhere (ConfigMap data, pod
+  # logs, pod env values) the detectors mask what looks secret or
+  # personal. Not on exec, attach, port-forward and the API server's
+  # proxy: their bytes are a stream the mask cannot rewrite, and a mask
+  # there would refuse them.
+  mask "k8s-secrets-and-personal-data" {
+    when = target.protocol == "k8s" && k8s.resource_request && k8s.verb != "proxy" && (
+      !contains(["exec", "attach", "portforward", "proxy"], k8s.subresource)
+    )
+    columns = ["secrets.data", "secrets.stringData"]
+    detect  = ["secret", "jwt", "aws_access_key", "private_key", "card_number", "iban", "ssn", "email", "phone"]
+    using   = "redact"
   }
 
   # SQL results only: masking an SSH byte stream would corrupt git
@@ -457,4 +506,93 @@ test "default refuses mysqldump, already classified" {
   ssh         = { kind = "exec", command = "mysqldump shop", argv = ["mysqldump", "shop"], programs = ["mysqldump"] }
   expect      = "deny"
   expect_rule = "baseline/deny/ssh-database-dumps"
+}
+
+# Kubernetes API requests, as the k8s decoder reports them (this file's
+# own kubernetes target relays while its flows are not decoded).
+
+test "default holds kubectl exec" {
+  target      = "kubernetes"
+  k8s         = { verb = "create", resource = "pods", subresource = "exec", namespace = "ci", name = "web-0" }
+  expect      = "hold"
+  expect_rule = "baseline/hold/k8s-exec"
+}
+
+test "default holds kubectl attach" {
+  target      = "kubernetes"
+  k8s         = { verb = "create", resource = "pods", subresource = "attach", namespace = "ci", name = "web-0" }
+  expect      = "hold"
+  expect_rule = "baseline/hold/k8s-exec"
+}
+
+test "default holds kubectl port-forward" {
+  target      = "kubernetes"
+  k8s         = { verb = "create", resource = "pods", subresource = "portforward", namespace = "ci", name = "db-0" }
+  expect      = "hold"
+  expect_rule = "baseline/hold/k8s-exec"
+}
+
+test "default refuses kubectl get secrets -A" {
+  target      = "kubernetes"
+  k8s         = { verb = "list", resource = "secrets", version = "v1", path = "/api/v1/secrets" }
+  expect      = "deny"
+  expect_rule = "baseline/deny/k8s-secrets-all-namespaces"
+}
+
+test "default refuses watching secrets across all namespaces" {
+  target      = "kubernetes"
+  k8s         = { verb = "watch", resource = "secrets", version = "v1" }
+  expect      = "deny"
+  expect_rule = "baseline/deny/k8s-secrets-all-namespaces"
+}
+
+test "default masks a secret read in its namespace" {
+  target      = "kubernetes"
+  k8s         = { verb = "get", resource = "secrets", version = "v1", namespace = "ci", name = "registry" }
+  expect      = "mask"
+  expect_rule = "baseline/mask/k8s-secrets-and-personal-data"
+}
+
+test "default refuses kubectl delete namespace" {
+  target      = "kubernetes"
+  k8s         = { verb = "delete", resource = "namespaces", version = "v1", name = "prod" }
+  expect      = "deny"
+  expect_rule = "baseline/deny/k8s-namespace-deletion"
+}
+
+test "default refuses deleting every namespace" {
+  target      = "kubernetes"
+  k8s         = { verb = "deletecollection", resource = "namespaces", version = "v1" }
+  expect      = "deny"
+  expect_rule = "baseline/deny/k8s-namespace-deletion"
+}
+
+test "default allows and records kubectl get pods in a namespace" {
+  target        = "kubernetes"
+  k8s           = { verb = "list", resource = "pods", version = "v1", namespace = "ci", path = "/api/v1/namespaces/ci/pods", user_agent = "kubectl/v1.31.0" }
+  expect        = "mask" # allowed: the k8s mask applies to everything read
+  expect_rule   = "baseline/mask/k8s-secrets-and-personal-data"
+  expect_record = "full"
+}
+
+test "default allows a deployment rollout" {
+  target      = "kubernetes"
+  k8s         = { verb = "patch", group = "apps", version = "v1", resource = "deployments", namespace = "ci", name = "web", object_kind = "Deployment", images = ["registry.example/web:1.2.3"] }
+  expect      = "mask"
+  expect_rule = "baseline/mask/k8s-secrets-and-personal-data"
+}
+
+test "default allows API discovery" {
+  target        = "kubernetes"
+  k8s           = { verb = "get", path = "/version" }
+  expect        = "allow"
+  expect_rule   = "baseline/default"
+  expect_record = "full"
+}
+
+test "default records a kubernetes connection in full" {
+  target        = "kubernetes"
+  expect        = "allow"
+  expect_rule   = "baseline/default"
+  expect_record = "full"
 }

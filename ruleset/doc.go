@@ -15,6 +15,7 @@
 //	  protocol      = "postgres"     # postgres, mysql, ssh, k8s, tcp
 //	  address       = ["10.0.0.5:5432", "10.1.0.0/16:5432", "db.internal:5432-5433", "*:5432"]
 //	  upstream_tls  = "verify-full"  # disable, prefer, require, verify-ca, verify-full
+//	  upstream_ca   = "/etc/sluice/ca/prod-db.pem" # verify against this CA, not the system roots
 //	  resolve_every = "1m"           # how often hostnames are re-resolved
 //	  undecoded     = "refuse"       # while not decoded: "refuse" (default) or "relay"
 //	}
@@ -77,8 +78,8 @@
 // unit), target.* (name, protocol, address, ip, port), result.* (rows,
 // bytes) and the protocol facets (see Facets below): sql.* (kind,
 // tables, functions, flags, has_where, has_limit, text; see Statements
-// below), also written statement.*, its older name, and ssh.* and sftp.*
-// (see SSH below); with the functions
+// below), also written statement.*, its older name, ssh.* and sftp.*
+// (see SSH below) and k8s.* (see Kubernetes below); with the functions
 // glob, any_glob, all_glob, regex, cidr_contains, anytrue, alltrue,
 // contains, length, strlen, lower, upper, concat, join, split,
 // trimprefix and trimsuffix. HCL has no "in"
@@ -103,15 +104,19 @@
 //	ssh    ssh              user, kind, command, argv, programs, subsystem,
 //	                        forward_host, forward_port, env, pty, term
 //	sftp   ssh              op, path, target
-//	k8s    k8s              reserved: verb, group, resource, subresource, namespace, name
+//	k8s    k8s              verb, resource_request, group, version, resource,
+//	                        subresource, namespace, name, path, user_agent,
+//	                        object_kind, images, privileged, host_path,
+//	                        host_network
 //
 // statement.* is the older name of sql.*, kept as an alias: the same
 // attributes, the same values and the same compiled evaluation, so every
 // ruleset written before facets decides as it did, without a warning.
 // Write sql.* in new rules. Diagnostics about an attribute name the
-// variable as the rule wrote it. A reserved facet (k8s) is a load error
-// until the build has that protocol's decoder; until then such targets'
-// flows are decided at connect, on the common variables.
+// variable as the rule wrote it. A facet is empty (its strings "", its
+// lists empty, its numbers 0, its bools false) on every other protocol's
+// commands and on connection decisions; on a target whose flows are not
+// decoded (see Undecoded protocols) no command is decided at all.
 //
 // A facet only describes commands on its protocols' targets, so a rule
 // (deny, hold, mask or allow) may use one only in a policy that covers
@@ -131,10 +136,12 @@
 // error in a policy that covers only tcp targets too. A test block's
 // query is classified by the target protocol's decoder (the Classifier
 // given to RunTests): into sql.* on postgres and mysql targets, into an
-// exec request (ssh.*) on ssh targets; a query for a k8s or tcp target is
-// a load error. A test's statement = { ... } stays accepted on any
-// target, as before facets, and ssh = { ... } and sftp = { ... } describe
-// an SSH request on an ssh target (see SSH).
+// exec request (ssh.*) on ssh targets, and from a request line ("GET
+// /api/v1/secrets") into a Kubernetes API request (k8s.*) on k8s
+// targets; a query for a tcp target is a load error. A test's statement = { ... } stays accepted on any
+// target, as before facets, ssh = { ... } and sftp = { ... } describe
+// an SSH request on an ssh target (see SSH), and k8s = { ... } a
+// Kubernetes API request on a k8s target (see Kubernetes).
 //
 // # Statements
 //
@@ -256,6 +263,67 @@
 // ssh target is classified instead, as the SSH decoder reads an exec
 // command line.
 //
+// # Kubernetes
+//
+// A k8s target's flows are requests to a Kubernetes API server. Each
+// request is decided as one command, resolved as the API server itself
+// resolves it (k8s.io/apiserver's RequestInfo), with k8s.*:
+//
+//   - verb: for a resource request, get, list, watch, create, update,
+//     patch, delete or deletecollection (proxy for the API server's old
+//     /proxy/ paths); for any other request its HTTP method in lower
+//     case (get, post, ...). It is also the request's Statement.Kind.
+//   - resource_request: the request names a resource (a path below /api
+//     or /apis); false for discovery, /version, /healthz, /openapi and
+//     the server's other own paths.
+//   - group ("" for the core group), version, resource ("pods",
+//     "secrets"), subresource ("exec", "attach", "portforward", "log",
+//     "proxy", "eviction", "scale", "status"), namespace ("" for
+//     cluster-scoped resources and for requests across all namespaces,
+//     kubectl -A), name ("" for lists, watches and creates).
+//   - path: the URL path; user_agent: the client's User-Agent.
+//   - object_kind: the kind of the object a create, update or patch
+//     sends ("Pod", "Deployment"), "" when the body does not say.
+//   - images: the container images of the pod spec the body holds (a
+//     Pod or a workload's pod template; init and ephemeral containers
+//     included), in order, without duplicates.
+//   - privileged, host_path, host_network: that pod spec runs a
+//     privileged container, mounts a hostPath volume, or uses the host's
+//     network.
+//
+// For example:
+//
+//	deny "all-secrets" {
+//	  when = k8s.resource == "secrets" && k8s.namespace == "" && contains(["list", "watch"], k8s.verb)
+//	}
+//	hold "exec" {
+//	  when      = k8s.resource == "pods" && contains(["exec", "attach", "portforward"], k8s.subresource)
+//	  approvers = ["group:sre"]
+//	}
+//	deny "host-access" { when = k8s.privileged || k8s.host_path || k8s.host_network }
+//	deny "foreign-images" {
+//	  when = anytrue([for i in k8s.images : !glob("registry.example.com/*", i)])
+//	}
+//
+// A k8s target verifies the API server's certificate (upstream_tls
+// defaults to verify-full there) against the system roots, or against
+// the CA bundle upstream_ca names, usually the cluster's own CA; postgres
+// and mysql targets may name one too, with upstream_tls verify-ca or
+// verify-full. Its credentials (see Credential) authenticate Sluice to
+// the API server with a bearer token (token_file, token_env,
+// token_command) or a client certificate (key_file, key_env,
+// key_command: one PEM bundle of the certificate, its chain and its
+// private key); k8s_auth, "token" or "client_certificate", says which,
+// and defaults from the source.
+//
+// A test block describes a request with k8s = { verb = "list", resource =
+// "secrets", namespace = "ci", ... } (any k8s.* attribute; verb is
+// required), taken as given; resource_request defaults to whether a
+// resource is named. query = "GET /api/v1/namespaces/ci/pods" on a k8s
+// target is resolved instead, as the API server resolves that request
+// line; without a body, object_kind, images and the pod spec's flags
+// stay empty.
+//
 // # Undecoded protocols
 //
 // A target's protocol may have no decoder in the build that runs it (see
@@ -337,6 +405,18 @@
 // and ip_address; a top-level detector "name" { pattern = "RE2" } block
 // adds one. Its pattern is compiled at load, must not match empty text,
 // and its name must not be a built-in one.
+//
+// On k8s targets a mask's columns name fields of what the API server
+// sends back, as "resource.field": the values of a Secret's data and
+// stringData are the columns secrets.data and secrets.stringData, a
+// ConfigMap's data and binaryData values configmaps.data and
+// configmaps.binaryData, a pod's log text pods.log and the values of a
+// pod spec's env pods.env; detectors apply to all of them. The default
+// ruleset masks secrets.data and secrets.stringData and runs the
+// database mask's detectors on the rest. exec, attach, portforward and
+// proxy carry byte streams rather than API objects, which a mask may not
+// be able to rewrite: the default ruleset scopes its k8s mask away from
+// them.
 //
 // On ssh targets a mask applies its detectors to the output of an exec
 // without a terminal, line by line (columns mean nothing there). A shell,

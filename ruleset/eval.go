@@ -316,12 +316,17 @@ func (m *Match) Ruleset() *Ruleset { return m.rs }
 // (and, with equal counts, the same result decision). A caller may then
 // keep decisions per classification.
 //
-// It speaks of SQL statements only, those whose Statement.SSH is nil.
-// An ssh request is described by Statement.SSH (ssh.* and sftp.*), which
-// that key leaves out, so two requests of equal Kind may be decided
-// differently whatever this returns: decide each with Decide, never from
-// a cache keyed on the classification.
-func (m *Match) ByClassification() bool { return !m.rs.readsText }
+// It speaks of SQL statements only, those whose Statement.SSH and
+// Statement.K8s are nil. An ssh request is described by Statement.SSH
+// (ssh.* and sftp.*) and a Kubernetes API request by Statement.K8s
+// (k8s.*), which that key leaves out, so two requests of equal Kind may
+// be decided differently: decide each with Decide, never from a cache
+// keyed on the classification. It returns false for a flow whose target
+// speaks a protocol with a facet of its own (ssh, k8s), so a caller that
+// only asks this cannot get it wrong.
+func (m *Match) ByClassification() bool {
+	return !m.rs.readsText && !ownFacet(m.flow.Target.Protocol)
+}
 
 // Decide decides one statement on the matched flow.
 func (m *Match) Decide(st *Statement, res Result) Decision { return m.decide(st, res, nil) }

@@ -14,8 +14,8 @@ import (
 // protocol shares (identity, process, target and result). sql.* is the
 // SQL statement of a postgres or mysql flow; ssh.* is one request of an
 // ssh session (a shell, a command, a subsystem, a forward) and sftp.* one
-// file operation of its SFTP subsystem; k8s.* is reserved for the decoder
-// that will fill it.
+// file operation of its SFTP subsystem; k8s.* is one request to a
+// Kubernetes API server.
 //
 // facets is the one place facets are defined. The checks (checkVars,
 // checkFacetTargets, the test blocks'), the type check, the compiled fast
@@ -46,6 +46,8 @@ type facet struct {
 	classified bool
 	// reserved is set, instead of attrs, for a facet whose decoder this
 	// build does not have: the diagnostic's detail when a rule uses it.
+	// No facet is reserved at present; a protocol may name its variable
+	// this way before its decoder arrives.
 	reserved string
 	// typ is the cty object type of attrs, built by init.
 	typ cty.Type
@@ -61,13 +63,12 @@ type facetAttr struct {
 	get  cfn
 }
 
-// facets lists every facet. The k8s issue replaces its reserved entry
-// with attributes (k8s, protocol k8s: verb, group, resource, subresource,
-// namespace, name). (DESIGN.md, "One engine, many protocols".)
+// facets lists every facet (DESIGN.md, "One engine, many protocols").
 //
-// The ssh and sftp getters read Statement.SSH, which is nil on every other
-// protocol's statements (and on a test's statement = { ... }): they then
-// read zero values, as sql.* reads an empty Statement.
+// The ssh and sftp getters read Statement.SSH, and the k8s getters
+// Statement.K8s, which are nil on every other protocol's statements (and
+// on a test's statement = { ... }): they then read zero values, as sql.*
+// reads an empty Statement.
 var facets = []*facet{
 	{
 		name:       varSQL,
@@ -118,10 +119,51 @@ var facets = []*facet{
 		},
 	},
 	{
-		name:      "k8s",
-		protocols: []string{ProtoK8s},
-		reserved:  "k8s.* is reserved for the Kubernetes API decoder, which this build does not have; rules about Kubernetes requests arrive with it. Until then a k8s target's flows are decided at connect, on identity, process and target.",
+		name:       varK8s,
+		protocols:  []string{ProtoK8s},
+		classified: true,
+		attrs: []facetAttr{
+			k8sStr("verb", func(r *K8sRequest) string { return r.Verb }),
+			k8sBool("resource_request", func(r *K8sRequest) bool { return r.IsResource }),
+			k8sStr("group", func(r *K8sRequest) string { return r.Group }),
+			k8sStr("version", func(r *K8sRequest) string { return r.Version }),
+			k8sStr("resource", func(r *K8sRequest) string { return r.Resource }),
+			k8sStr("subresource", func(r *K8sRequest) string { return r.Subresource }),
+			k8sStr("namespace", func(r *K8sRequest) string { return r.Namespace }),
+			k8sStr("name", func(r *K8sRequest) string { return r.Name }),
+			k8sStr("path", func(r *K8sRequest) string { return r.Path }),
+			k8sStr("user_agent", func(r *K8sRequest) string { return r.UserAgent }),
+			k8sStr("object_kind", func(r *K8sRequest) string { return r.ObjectKind }),
+			{"images", kList, func(en *env) (val, error) {
+				if en.st.K8s == nil {
+					return val{k: kList}, nil
+				}
+				return val{k: kList, l: en.st.K8s.Images}, nil
+			}},
+			k8sBool("privileged", func(r *K8sRequest) bool { return r.Privileged }),
+			k8sBool("host_path", func(r *K8sRequest) bool { return r.HostPath }),
+			k8sBool("host_network", func(r *K8sRequest) bool { return r.HostNetwork }),
+		},
 	},
+}
+
+// k8sStr is a string attribute read from Statement.K8s: "" when it is
+// nil.
+func k8sStr(name string, get func(*K8sRequest) string) facetAttr {
+	return facetAttr{name, kStr, func(en *env) (val, error) {
+		if en.st.K8s == nil {
+			return val{k: kStr}, nil
+		}
+		return val{k: kStr, s: get(en.st.K8s)}, nil
+	}}
+}
+
+// k8sBool is a bool attribute read from Statement.K8s: false when it is
+// nil.
+func k8sBool(name string, get func(*K8sRequest) bool) facetAttr {
+	return facetAttr{name, kBool, func(en *env) (val, error) {
+		return val{k: kBool, b: en.st.K8s != nil && get(en.st.K8s)}, nil
+	}}
 }
 
 // sshStr is a string attribute read from Statement.SSH: "" when it is nil.
@@ -150,14 +192,15 @@ const (
 	varSQL  = "sql"
 	varSSH  = "ssh"
 	varSFTP = "sftp"
+	varK8s  = "k8s"
 )
 
 // facetByRoot maps every facet name and alias to its facet.
 var facetByRoot = map[string]*facet{}
 
-// sqlFacet, sshFacet and sftpFacet are the facets a test block fills
-// (statement, ssh and sftp).
-var sqlFacet, sshFacet, sftpFacet *facet
+// sqlFacet, sshFacet, sftpFacet and k8sFacet are the facets a test block
+// fills (statement, ssh, sftp and k8s).
+var sqlFacet, sshFacet, sftpFacet, k8sFacet *facet
 
 func init() {
 	for _, f := range facets {
@@ -176,7 +219,14 @@ func init() {
 			}
 		}
 	}
-	sqlFacet, sshFacet, sftpFacet = facetByRoot[varSQL], facetByRoot[varSSH], facetByRoot[varSFTP]
+	sqlFacet, sshFacet, sftpFacet, k8sFacet = facetByRoot[varSQL], facetByRoot[varSSH], facetByRoot[varSFTP], facetByRoot[varK8s]
+}
+
+// ownFacet reports whether protocol's commands are described by a facet
+// other than sql: their Statement's SQL fields do not say all a rule may
+// read of them.
+func ownFacet(protocol string) bool {
+	return slices.ContainsFunc(facets, func(f *facet) bool { return f != sqlFacet && f.speaks(protocol) })
 }
 
 // ctyKind is the cty type of a compiled value kind.

@@ -217,59 +217,6 @@ func facetInputs() []*Input {
 	return out
 }
 
-// TestReservedFacets: k8s.* is a load-time error on the variable,
-// wherever it is used and whatever follows it.
-func TestReservedFacets(t *testing.T) {
-	tests := []struct {
-		name, src, summary, detail string
-		line, col                  int
-	}{
-		{"k8s in hold", `policy "p" {
-  targets = ["kube"]
-  hold {
-    when      = process.uid == 0 && k8s.verb == "delete"
-    approvers = ["group:x"]
-  }
-}`, "k8s is reserved", "k8s.* is reserved for the Kubernetes API decoder", 4, 37},
-		{"whole k8s object", `policy "p" {
-  targets = ["*"]
-  mask {
-    when    = length(k8s) > 0
-    columns = ["x"]
-  }
-}`, "k8s is reserved", "reserved for the Kubernetes API decoder", 4, 22},
-		{"unknown k8s attribute", `policy "p" {
-  targets = ["kube"]
-  deny { when = k8s.nope == "x" }
-}`, "k8s is reserved", "reserved for the Kubernetes API decoder", 3, 17},
-		{"k8s in a policy when", `policy "p" {
-  targets = ["kube"]
-  when    = k8s.namespace == "prod"
-}`, "k8s is reserved", "reserved for the Kubernetes API decoder", 3, 13},
-		{"k8s in an allow, by index", `policy "p" {
-  targets = ["kube"]
-  allow { when = k8s["verb"] == "get" }
-}`, "k8s is reserved", "reserved for the Kubernetes API decoder", 3, 18},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, diags := Parse(map[string][]byte{"t.hcl": []byte(facetTargets), "x.hcl": []byte(tt.src)})
-			errs := errorsOf(diags)
-			if len(errs) != 1 {
-				t.Fatalf("got %d errors, want 1: %v", len(errs), diags)
-			}
-			d := errs[0]
-			if d.Summary != tt.summary || !strings.Contains(d.Detail, tt.detail) || d.Subject == nil || d.Subject.Filename != "x.hcl" ||
-				d.Subject.Start.Line != tt.line || d.Subject.Start.Column != tt.col {
-				t.Errorf("got %q (%s) at %v, want %q containing %q at x.hcl:%d:%d", d.Summary, d.Detail, d.Subject, tt.summary, tt.detail, tt.line, tt.col)
-			}
-			if w := d.Subject.End.Column - d.Subject.Start.Column; w != 3 {
-				t.Errorf("range %v is %d columns wide, want the 3 of the variable", d.Subject, w)
-			}
-		})
-	}
-}
-
 // sshConditions cover every ssh and sftp attribute, on both evaluation
 // paths.
 var sshConditions = []struct {
@@ -664,7 +611,7 @@ func TestFacetDiagnostics(t *testing.T) {
 }
 
 // TestFacetTestBlocks: a test's query must be for a target whose
-// commands are classified (postgres, mysql, ssh); a statement stays
+// commands are classified (postgres, mysql, ssh, k8s); a statement stays
 // accepted on any target.
 func TestFacetTestBlocks(t *testing.T) {
 	tests := []struct {
@@ -680,7 +627,7 @@ func TestFacetTestBlocks(t *testing.T) {
   target = "kube"
   query  = "GET /api/v1/secrets"
   expect = "deny"
-}`, "Query for a target without a classifier", 3, 12},
+}`, "", 0, 0},
 		{"query for tcp", `test "t" {
   target = "raw"
   query  = "SELECT 1"
@@ -721,7 +668,7 @@ func TestFacetTestBlocks(t *testing.T) {
 			}
 			d := errs[0]
 			if d.Summary != tt.summary || d.Subject.Filename != "x.hcl" || d.Subject.Start.Line != tt.line || d.Subject.Start.Column != tt.col ||
-				!strings.Contains(d.Detail, "cannot be classified") || !strings.Contains(d.Detail, "postgres, mysql and ssh") {
+				!strings.Contains(d.Detail, "cannot be classified") || !strings.Contains(d.Detail, "postgres, mysql, ssh and k8s") {
 				t.Errorf("got %q (%s) at %v, want %q at x.hcl:%d:%d", d.Summary, d.Detail, d.Subject, tt.summary, tt.line, tt.col)
 			}
 		})
@@ -821,6 +768,13 @@ func TestFacetByClassification(t *testing.T) {
 		rs := mustParse(t, map[string]string{"t.hcl": facetTargets, "x.hcl": fmt.Sprintf("policy \"p\" {\n  targets = [\"pg\", \"git\"]\n  deny { when = %s }\n}\n", tt.cond)})
 		if got := !rs.Match(Flow{Target: Endpoint{Name: "pg", Protocol: ProtoPostgres}}).ByClassification(); got != tt.byText {
 			t.Errorf("%s: reads the text %t, want %t", tt.cond, got, tt.byText)
+		}
+		// Flows whose commands have a facet of their own are never
+		// decided by SQL's classification.
+		for _, tg := range []Endpoint{{Name: "git", Protocol: ProtoSSH}, {Name: "kube", Protocol: ProtoK8s}} {
+			if rs.Match(Flow{Target: tg}).ByClassification() {
+				t.Errorf("%s: a %s flow is decided by classification", tt.cond, tg.Protocol)
+			}
 		}
 	}
 }

@@ -122,6 +122,14 @@ type Target struct {
 	// defaults to prefer for postgres and mysql, verify-full for k8s and
 	// disable for ssh (which encrypts by itself) and tcp (relayed as is).
 	UpstreamTLS string
+	// UpstreamCA is the absolute path of a PEM bundle of CA certificates
+	// the proxy checks the real server's certificate against, with
+	// UpstreamTLS verify-ca or verify-full, in place of the system's
+	// roots (a cluster's own CA, a database's private CA). Empty for the
+	// system roots. Only k8s, postgres and mysql targets may set it; the
+	// decoder reads the file when a flow connects, so a missing or
+	// unreadable file fails that flow, not the load.
+	UpstreamCA string
 	// ResolveEvery is how often hostnames in Addresses are re-resolved into
 	// the kernel's target map; DefaultResolveEvery unless set.
 	ResolveEvery time.Duration

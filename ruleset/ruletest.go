@@ -23,6 +23,7 @@ var testSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "statement"},
 	{Name: "ssh"},
 	{Name: "sftp"},
+	{Name: "k8s"},
 	{Name: "result"},
 	{Name: "expect", Required: true},
 	{Name: "expect_rule"},
@@ -47,8 +48,11 @@ type ruleTest struct {
 }
 
 // Classifier turns a command's text into a Statement for a protocol
-// ("postgres", "mysql", "ssh"): a SQL statement, or for ssh an exec
-// request (Statement.SSH) running the text as its command line. The CLI
+// ("postgres", "mysql", "ssh", "k8s"): a SQL statement, for ssh an exec
+// request (Statement.SSH) running the text as its command line, and for
+// k8s the Kubernetes API request (Statement.K8s) of a request line such
+// as "GET /api/v1/namespaces/ci/pods", resolved as the API server
+// resolves it (without a body, so the object's fields stay empty). The CLI
 // passes one backed by the protocol decoders' parsers, so this package
 // stays free of SQL and shell parsing. An error fails the test that
 // needed it.
@@ -179,19 +183,19 @@ func (c *compiler) test(b *hcl.Block) {
 	}
 	q, st := content.Attributes["query"], content.Attributes["statement"]
 	sshA, sftpA := content.Attributes["ssh"], content.Attributes["sftp"]
+	k8sA := content.Attributes["k8s"]
 	tg := c.rs.byName[t.in.Target.Name]
 	switch {
 	case q != nil && st != nil:
 		c.errorf(st.NameRange, "Conflicting arguments", "Give a test either query (text for the protocol's classifier) or statement (an already classified statement), not both.")
+	case k8sA != nil && (q != nil || st != nil || sshA != nil || sftpA != nil):
+		other := firstAttr(q, st, sshA, sftpA)
+		c.errorf(k8sA.NameRange, "Conflicting arguments", "Give a test one request: k8s describes a Kubernetes API request, and this one also has %s. Write another test block for the other request.", other.Name)
 	case (q != nil || st != nil) && (sshA != nil || sftpA != nil):
-		other, req := q, sshA
-		if other == nil {
-			other = st
-		}
-		if req == nil {
-			req = sftpA
-		}
+		other, req := firstAttr(q, st), firstAttr(sshA, sftpA)
 		c.errorf(req.NameRange, "Conflicting arguments", "Give a test one request: query (text for the protocol's classifier), statement (an already classified SQL statement), or ssh and sftp (an already classified SSH request); this one also has %s. For an ssh target, query = \"pg_dump prod\" is classified as an exec request running that command line.", other.Name)
+	case k8sA != nil:
+		c.k8sRequest(t, tg, k8sA)
 	case q != nil:
 		t.query, t.hasQuery = c.str(q)
 		if tg != nil && !slices.ContainsFunc(facets, func(f *facet) bool { return f.classified && f.speaks(tg.Protocol) }) {
@@ -258,6 +262,59 @@ func (c *compiler) test(b *hcl.Block) {
 		}
 	}
 	c.rs.tests = append(c.rs.tests, t)
+}
+
+// firstAttr returns the first of attrs that is set.
+func firstAttr(attrs ...*hcl.Attribute) *hcl.Attribute {
+	for _, a := range attrs {
+		if a != nil {
+			return a
+		}
+	}
+	return nil
+}
+
+// k8sVerbs are the values of k8s.verb a test may give: the verbs of
+// resource requests (K8sGet ... K8sDeleteCollection, and proxy, which the
+// API server still names for its old /proxy/ paths), then the HTTP
+// methods, lower case, that name the verb of every other request.
+var k8sVerbs = []string{K8sGet, K8sList, K8sWatch, K8sCreate, K8sUpdate, K8sPatch, K8sDelete, K8sDeleteCollection, "proxy",
+	"post", "put", "head", "options"}
+
+// k8sRequest fills a test's Statement.K8s from its k8s object: a
+// Kubernetes API request as its decoder reports it, already resolved.
+// Statement.Kind is its verb. resource_request defaults to whether the
+// object names a resource, as the API server decides it from the path.
+func (c *compiler) k8sRequest(t *ruleTest, tg *Target, a *hcl.Attribute) {
+	if tg != nil && tg.Protocol != ProtoK8s {
+		c.errorf(a.NameRange, "Kubernetes request for a "+tg.Protocol+" target", "Target %s speaks %s, and k8s describes a request to a Kubernetes API server. Test a k8s target, or give this one a query or a statement.", tg.Name, tg.Protocol)
+		return
+	}
+	vals := c.object(a, k8sFacet.typ.AttributeTypes(), []string{"verb"})
+	r := &K8sRequest{
+		Verb: strAttr(vals, "verb"), Group: strAttr(vals, "group"), Version: strAttr(vals, "version"),
+		Resource: strAttr(vals, "resource"), Subresource: strAttr(vals, "subresource"),
+		Namespace: strAttr(vals, "namespace"), Name: strAttr(vals, "name"), Path: strAttr(vals, "path"),
+		UserAgent: strAttr(vals, "user_agent"), ObjectKind: strAttr(vals, "object_kind"),
+		Images:     listAttr(vals, "images"),
+		Privileged: boolAttr(vals, "privileged"), HostPath: boolAttr(vals, "host_path"), HostNetwork: boolAttr(vals, "host_network"),
+	}
+	r.IsResource = r.Resource != ""
+	if _, ok := vals["resource_request"]; ok {
+		r.IsResource = boolAttr(vals, "resource_request")
+	}
+	if _, ok := vals["verb"]; ok && !hasString(k8sVerbs, r.Verb) {
+		detail := fmt.Sprintf("k8s.verb must be one of %s; got %q.", quoteList(k8sVerbs), r.Verb)
+		if sg := suggest(r.Verb, k8sVerbs); sg != "" {
+			detail += fmt.Sprintf(" Did you mean %q?", sg)
+		}
+		c.errorf(itemRange(a, "verb"), "Invalid value for k8s.verb", "%s", detail)
+	}
+	if r.Subresource != "" && r.Resource == "" {
+		c.errorf(itemRange(a, "subresource"), "Subresource without a resource", "k8s.subresource %q is a subresource of a resource, such as resource = \"pods\", subresource = \"exec\"; add the resource.", r.Subresource)
+	}
+	t.in.Statement.Kind = r.Verb
+	t.in.Statement.K8s = r
 }
 
 // sshKinds are the values of ssh.kind.
