@@ -90,7 +90,11 @@ func TestKube(t *testing.T) {
 		}
 		defer ptmx.Close()
 		setWinsize(ptmx, remotecommand.TerminalSize{Width: 100, Height: 30})
-		cmd := k.Command(k.AdminKubeconfig, "-n", "ci", "exec", "-it", "web", "--", "sh", "-c", "test -t 0 && stty size")
+		// kubectl sends the size once the streams are up, so the command
+		// may start before it arrives, as on a real kubelet: it waits
+		// for it, for up to 5 s.
+		script := `test -t 0 || exit 9; for i in $(seq 50); do [ "$(stty size)" = "30 100" ] && break; sleep 0.1; done; stty size`
+		cmd := k.Command(k.AdminKubeconfig, "-n", "ci", "exec", "-it", "web", "--", "sh", "-c", script)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
 		if err := cmd.Start(); err != nil {

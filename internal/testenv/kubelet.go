@@ -33,8 +33,10 @@ import (
 //
 //   - /exec/{namespace}/{pod}/{container}?command=...: runs the command on
 //     this machine, as the test's user, in Dir, with a pseudo-terminal when
-//     tty=1 (resized as the client asks). Its exit status goes back to
-//     the client as the kubelet reports it (NonZeroExitCode).
+//     tty=1 (80x24, then resized as the client asks: kubectl's first size
+//     may come just after the command started, as on a real kubelet).
+//     Its exit status goes back to the client as the kubelet reports it
+//     (NonZeroExitCode).
 //   - /attach/...: behaves like a container whose process is cat: what
 //     the client sends on stdin comes back on stdout, until stdin ends.
 //   - /portForward/{namespace}/{pod}: forwards each requested port to
