@@ -315,6 +315,10 @@ func rulesExplain(stdout, stderr io.Writer, path string, f *explainFlags) error 
 	case f.kind != "" && t.Protocol == ruleset.ProtoSSH:
 		// An ssh request of that kind (direct_tcpip, shell, ...).
 		in.Statement = ruleset.Statement{Kind: f.kind, SSH: &ruleset.SSHRequest{Kind: f.kind}}
+	case f.kind != "" && t.Protocol == ruleset.ProtoK8s:
+		// A Kubernetes request with that verb; --query "GET /api/v1/..."
+		// says the rest.
+		in.Statement = ruleset.Statement{Kind: f.kind, K8s: &ruleset.K8sRequest{Verb: f.kind}}
 	case f.kind != "":
 		in.Statement = ruleset.Statement{Kind: f.kind, Tables: f.tables}
 	default:
@@ -330,6 +334,9 @@ func rulesExplain(stdout, stderr io.Writer, path string, f *explainFlags) error 
 	if r := st.SSH; r != nil {
 		fmt.Fprintf(stdout, "request: ssh kind=%s command=%q argv=[%s] programs=[%s]\n",
 			r.Kind, r.Command, strings.Join(r.Argv, " "), strings.Join(r.Programs, " "))
+	} else if k := st.K8s; k != nil {
+		fmt.Fprintf(stdout, "request: k8s verb=%s resource_request=%t group=%q version=%q resource=%q subresource=%q namespace=%q name=%q path=%q\n",
+			k.Verb, k.IsResource, k.Group, k.Version, k.Resource, k.Subresource, k.Namespace, k.Name, k.Path)
 	} else {
 		fmt.Fprintf(stdout, "statement: kind=%s tables=[%s] functions=[%s] flags=[%s] has_where=%t has_limit=%t\n",
 			st.Kind, strings.Join(st.Tables, " "), strings.Join(st.Functions, " "), strings.Join(st.Flags, " "), st.HasWhere, st.HasLimit)

@@ -257,3 +257,38 @@ func TestRulesExplainSSH(t *testing.T) {
 		}
 	}
 }
+
+// TestRulesExplainK8s: explain on a k8s target resolves --query as the
+// request line the decoder would see, and shows what rules read of it.
+func TestRulesExplainK8s(t *testing.T) {
+	dir := t.TempDir()
+	src, err := os.ReadFile("../../ruleset/default.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "default.hcl"), src, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--query", "GET /api/v1/secrets"},
+			[]string{`request: k8s verb=list resource_request=true group="" version="v1" resource="secrets" subresource="" namespace="" name="" path="/api/v1/secrets"`,
+				"decision: deny by baseline/deny/k8s-secrets-all-namespaces", "reason: reading secrets across all namespaces"}},
+		{[]string{"--query", "POST /api/v1/namespaces/ci/pods/web-0/exec"},
+			[]string{`resource="pods" subresource="exec" namespace="ci" name="web-0"`, "decision: hold by baseline/hold/k8s-exec"}},
+		{[]string{"--kind", "get"},
+			[]string{`request: k8s verb=get resource_request=false`, "decision: allow by baseline/default"}},
+	} {
+		code, out, errOut := rules(t, append([]string{"explain", dir, "--target", "kubernetes"}, tt.args...)...)
+		if code != 0 {
+			t.Errorf("%v: exit %d: %s", tt.args, code, errOut)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: output lacks %q:\n%s", tt.args, w, out)
+			}
+		}
+	}
+}
