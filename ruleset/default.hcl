@@ -25,8 +25,9 @@
 # mysql targets (statement.* is its older name, and means the same), SSH
 # requests through ssh.*, the facet of ssh targets, and Kubernetes API
 # requests through k8s.*, the facet of k8s targets. Like the ssh target,
-# the kubernetes one relays its flows while they are not decoded, and its
-# rules decide them where they are.
+# the kubernetes one relays the flows it cannot decode: Kubernetes flows
+# are decoded when the job's client trusts Sluice's CA (a kubeconfig from
+# sluice kubeconfig), and only then do its k8s rules decide them.
 
 mode = "enforce"
 

@@ -60,7 +60,8 @@ type Statement struct {
 	// Kind is a lower-case verb: select, insert, update, delete, merge,
 	// copy_in, copy_out, drop, truncate, alter, create, grant, revoke, set,
 	// show, transaction, explain, call, do, execute, lock, vacuum, other,
-	// or connect; other protocols add their own (for example exec for SSH).
+	// or connect; other protocols add their own (for example exec for SSH,
+	// and a Kubernetes request's verb).
 	Kind      string
 	Tables    []string // every table touched, schema-qualified when written so
 	Functions []string // every function called, schema-qualified when written so

@@ -38,7 +38,7 @@ type expr struct {
 // a string claim ("" when the token lacks it), and identity.level is the
 // identity level. The others are fixed objects. Beside these common
 // variables are the protocol facets (facet.go): sql, with statement its
-// older name, ssh and sftp, and the reserved k8s.
+// older name, ssh and sftp, and k8s.
 const (
 	varIdentity  = "identity"
 	varProcess   = "process"

@@ -38,7 +38,7 @@ type facet struct {
 	// ruleset that reads it is not decided by classification alone
 	// (Match.ByClassification). Only sql has one: the enforcer keeps
 	// decisions by classification for SQL statements alone, and decides
-	// every ssh request by itself.
+	// every ssh and k8s request by itself.
 	text string
 	// classified is set when a test block's query for a target of the
 	// facet's protocols is classified into it, by the Classifier the
