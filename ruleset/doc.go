@@ -265,9 +265,11 @@
 //
 // # Kubernetes
 //
-// A k8s target's flows are requests to a Kubernetes API server. Each
-// request is decided as one command, resolved as the API server itself
-// resolves it (k8s.io/apiserver's RequestInfo), with k8s.*:
+// A k8s target's flows are requests to a Kubernetes API server, decoded
+// when the job's client trusts Sluice's CA (see decoder/k8s; any other
+// flow is relayed or refused as the target's undecoded attribute says).
+// Each request is decided as one command, resolved as the API server
+// itself resolves it (k8s.io/apiserver's RequestInfo), with k8s.*:
 //
 //   - verb: for a resource request, get, list, watch, create, update,
 //     patch, delete or deletecollection (proxy for the API server's old
