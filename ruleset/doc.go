@@ -320,8 +320,9 @@
 //
 // A test block describes a request with k8s = { verb = "list", resource =
 // "secrets", namespace = "ci", ... } (any k8s.* attribute; verb is
-// required), taken as given; resource_request defaults to whether a
-// resource is named. query = "GET /api/v1/namespaces/ci/pods" on a k8s
+// required, and must be one the API server gives such a request: create,
+// not post, for a resource), taken as given; resource_request defaults to
+// whether a resource is named. query = "GET /api/v1/namespaces/ci/pods" on a k8s
 // target is resolved instead, as the API server resolves that request
 // line; without a body, object_kind, images and the pod spec's flags
 // stay empty.

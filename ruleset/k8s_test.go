@@ -356,6 +356,21 @@ func TestK8sRuleTestDiagnostics(t *testing.T) {
   k8s    = { verb = "GET", path = "/version" }
   expect = "deny"
 }`, "Invalid value for k8s.verb", `k8s.verb must be one of "get", "list"`, 3, 21},
+		{"method of a resource request", `test "t" {
+  target = "cluster"
+  k8s    = { verb = "post", resource = "pods" }
+  expect = "deny"
+}`, "HTTP method as a resource verb", "POST is create", 3, 21},
+		{"resource verb without a resource", `test "t" {
+  target = "cluster"
+  k8s    = { verb = "list", path = "/api/v1/pods" }
+  expect = "deny"
+}`, "Resource verb without a resource", `add resource = "pods"`, 3, 21},
+		{"said not a resource request", `test "t" {
+  target = "cluster"
+  k8s    = { verb = "watch", resource = "pods", resource_request = false }
+  expect = "deny"
+}`, "Resource verb without a resource", "this one names no resource", 3, 21},
 		{"unknown attribute", `test "t" {
   target = "cluster"
   k8s    = { verb = "get", kind = "Pod" }
@@ -363,19 +378,19 @@ func TestK8sRuleTestDiagnostics(t *testing.T) {
 }`, "Unsupported attribute", `k8s has no attribute "kind"`, 3, 28},
 		{"wrong type", `test "t" {
   target = "cluster"
-  k8s    = { verb = "create", images = "nginx" }
+  k8s    = { verb = "create", resource = "pods", images = "nginx" }
   expect = "deny"
-}`, "Incorrect value type", "k8s.images must be list of string", 3, 40},
+}`, "Incorrect value type", "k8s.images must be list of string", 3, 59},
 		{"bool as a string", `test "t" {
   target = "cluster"
-  k8s    = { verb = "create", privileged = "yes" }
+  k8s    = { verb = "create", resource = "pods", privileged = "yes" }
   expect = "deny"
-}`, "Incorrect value type", "k8s.privileged must be bool", 3, 44},
+}`, "Incorrect value type", "k8s.privileged must be bool", 3, 63},
 		{"subresource alone", `test "t" {
   target = "cluster"
-  k8s    = { verb = "create", subresource = "exec" }
+  k8s    = { verb = "get", subresource = "exec" }
   expect = "deny"
-}`, "Subresource without a resource", `such as resource = "pods", subresource = "exec"`, 3, 45},
+}`, "Subresource without a resource", `such as resource = "pods", subresource = "exec"`, 3, 42},
 		{"not an object", `test "t" {
   target = "cluster"
   k8s    = "get pods"

@@ -281,6 +281,13 @@ func firstAttr(attrs ...*hcl.Attribute) *hcl.Attribute {
 var k8sVerbs = []string{K8sGet, K8sList, K8sWatch, K8sCreate, K8sUpdate, K8sPatch, K8sDelete, K8sDeleteCollection, "proxy",
 	"post", "put", "head", "options"}
 
+// httpOnlyVerbs and resourceOnlyVerbs are the k8s verbs only requests for
+// no resource, and only resource requests, have.
+var (
+	httpOnlyVerbs     = []string{"post", "put", "head", "options"}
+	resourceOnlyVerbs = []string{K8sList, K8sWatch, K8sCreate, K8sUpdate, K8sDeleteCollection, "proxy"}
+)
+
 // k8sRequest fills a test's Statement.K8s from its k8s object: a
 // Kubernetes API request as its decoder reports it, already resolved.
 // Statement.Kind is its verb. resource_request defaults to whether the
@@ -303,12 +310,18 @@ func (c *compiler) k8sRequest(t *ruleTest, tg *Target, a *hcl.Attribute) {
 	if _, ok := vals["resource_request"]; ok {
 		r.IsResource = boolAttr(vals, "resource_request")
 	}
-	if _, ok := vals["verb"]; ok && !hasString(k8sVerbs, r.Verb) {
+	_, hasVerb := vals["verb"]
+	switch {
+	case hasVerb && !hasString(k8sVerbs, r.Verb):
 		detail := fmt.Sprintf("k8s.verb must be one of %s; got %q.", quoteList(k8sVerbs), r.Verb)
 		if sg := suggest(r.Verb, k8sVerbs); sg != "" {
 			detail += fmt.Sprintf(" Did you mean %q?", sg)
 		}
 		c.errorf(itemRange(a, "verb"), "Invalid value for k8s.verb", "%s", detail)
+	case hasVerb && r.IsResource && hasString(httpOnlyVerbs, r.Verb):
+		c.errorf(itemRange(a, "verb"), "HTTP method as a resource verb", "%q is the verb of a request for no resource; the API server names a resource request's verb: POST is create, PUT update, GET get, list or watch, DELETE delete or deletecollection. Write that verb, or leave resource out.", r.Verb)
+	case hasVerb && !r.IsResource && hasString(resourceOnlyVerbs, r.Verb):
+		c.errorf(itemRange(a, "verb"), "Resource verb without a resource", "%q is the verb of a resource request, and this one names no resource; add resource = \"pods\" (or the resource it is about), or give a request for no resource its HTTP method, such as \"get\" or \"post\".", r.Verb)
 	}
 	if r.Subresource != "" && r.Resource == "" {
 		c.errorf(itemRange(a, "subresource"), "Subresource without a resource", "k8s.subresource %q is a subresource of a resource, such as resource = \"pods\", subresource = \"exec\"; add the resource.", r.Subresource)
