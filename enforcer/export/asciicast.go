@@ -44,6 +44,9 @@ type asciicastHeader struct {
 // pty-req, with "r" events for window changes; commands without a
 // terminal as a prompt line, their output and their exit status;
 // refusals and SFTP operations as lines (see the package documentation).
+// A Kubernetes session is played the same way: an exec's terminal, or
+// its command line, stdout, stderr and exit, in the size of its first
+// window change, and the session's other API requests as lines.
 //
 // Any other session is its transcript typed out in recorded time: one
 // "o" event per rendered event, lines ending in "\r\n" as a terminal
@@ -51,8 +54,14 @@ type asciicastHeader struct {
 func WriteAsciicast(w io.Writer, hdr record.Header, events []record.Event, width, height int) error {
 	h := asciicastHeader{Version: 2, Width: width, Height: height, Title: "sluice session " + hdr.Session}
 	var out []termEvent
-	if isSSH(events) {
-		t := sshTerminal(events)
+	var t *sshTerm
+	switch {
+	case isSSH(events):
+		t = sshTerminal(events)
+	case isK8s(events):
+		t = k8sTerminal(events)
+	}
+	if t != nil {
 		if h.Width <= 0 {
 			h.Width = t.cols
 		}

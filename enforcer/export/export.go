@@ -98,6 +98,20 @@
 //
 // WritePCAP refuses an SSH session with ErrNotAStream: what is recorded
 // is the channels' decrypted contents, not the connection's packets.
+//
+// # Kubernetes sessions
+//
+// A session whose session_start names protocol "k8s" is API requests;
+// an exec, attach or port-forward among them upgrades the connection and
+// is recorded as streams, with the SSH channel's field names (see
+// k8s.go). WriteAsciicast and Replay play it as a terminal: an exec as
+// "$ COMMAND" and then its terminal byte for byte, or its stdout and
+// stderr and "[exit N]" when the command failed; the other requests as
+// "-- METHOD URI" lines and refusals as the "sluice: ... denied by rule
+// ..." line. Its transcript is the generic one (requests, verdicts,
+// results). WritePCAP refuses it with ErrNotAStream, as an SSH
+// session's: the recorded bytes are the decoded requests, bodies and
+// exec streams, not the TLS connection's packets.
 package export
 
 import (
@@ -112,9 +126,10 @@ import (
 // recorded below level full, or no bytes crossed the connection.
 var ErrNoWire = errors.New("recording has no wire bytes (record level full keeps them)")
 
-// ErrNotAStream is WritePCAP's error for a session recorded as channels
-// (SSH) rather than as the bytes of one TCP stream.
-var ErrNotAStream = errors.New("an SSH session is recorded as its channels' decrypted contents, not as one TCP stream: export it as jsonl (every byte, by channel and stream) or asciicast (the terminal and the commands' output)")
+// ErrNotAStream is WritePCAP's error for a session recorded as decoded
+// contents (an SSH session's channels, a Kubernetes session's requests
+// and exec streams) rather than as the bytes of one TCP stream.
+var ErrNotAStream = errors.New("an SSH or Kubernetes session is recorded as its decoded contents (channels, API requests, exec streams), not as one TCP stream: export it as jsonl (every byte, by channel and stream) or asciicast (the terminal and the commands' output)")
 
 // Endpoints returns the client and server addresses of a session from its
 // session_start event's "client" and "orig_dst" fields, for WritePCAP.

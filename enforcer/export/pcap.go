@@ -62,10 +62,12 @@ var (
 // recorded bytes are after masking.
 //
 // It returns ErrNoWire, having written nothing, when no event carries wire
-// bytes, and ErrNotAStream for an SSH session, whose recorded bytes are
-// its channels' decrypted contents, not a TCP stream Wireshark could read.
+// bytes, and ErrNotAStream for an SSH or a Kubernetes session, whose
+// recorded bytes are decoded contents (an SSH channel's, an API request
+// line and body, an exec's streams), not a TCP stream Wireshark could
+// read.
 func WritePCAP(w io.Writer, events []record.Event, client, server netip.AddrPort) error {
-	if isSSH(events) {
+	if isSSH(events) || isK8s(events) {
 		return ErrNotAStream
 	}
 	first, last := -1, -1

@@ -61,8 +61,11 @@ func Replay(ctx context.Context, w io.Writer, events []record.Event, speed float
 		}
 	}()
 	chunks := render(events)
-	if isSSH(events) {
+	switch {
+	case isSSH(events):
 		chunks = sshTerminal(events).output()
+	case isK8s(events):
+		chunks = k8sTerminal(events).output()
 	}
 	var prev time.Time
 	for i, c := range chunks {
