@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -98,9 +99,13 @@ type EmitFunc func(stream string, port int, data []byte)
 // says the direction (client to server: WebSocket frames are masked).
 //
 // emit is called, in order and from Write only, for each piece of stream
-// data: stream is StreamStdin, StreamStdout, StreamStderr, StreamError
-// (the status channel), StreamResize, StreamClose (v5.channel.k8s.io), or
-// for port-forward StreamData or StreamError with port set. For SPDY the
+// data (valid only during the call): stream is StreamStdin, StreamStdout,
+// StreamStderr, StreamError (the status channel), StreamResize (each
+// message whole), StreamClose (channel 255 of the binary protocols: v5's
+// close signal, which client-go's WebSocket client sends whatever the
+// version), or for port-forward StreamData or StreamError with port set;
+// StreamPing and StreamPong for non-empty pings and pongs, StreamUnknown
+// for a channel or streamType outside the protocol. For SPDY the
 // streams are named by the streamType (and port) headers of their
 // SYN_STREAM, which the client sends: a tap of the server's direction
 // made by NewTap alone never sees them and reports its data as
@@ -494,10 +499,11 @@ type channelSink struct {
 	stream string
 	carry  [4]byte // base64 characters not yet decoded
 	ncarry int
+	padded bool // the message's base64 has ended with padding
 	out    []byte
 }
 
-func (s *channelSink) start() { s.first, s.ncarry = true, 0 }
+func (s *channelSink) start() { s.first, s.ncarry, s.padded = true, 0, false }
 
 func (s *channelSink) data(b []byte) error {
 	if s.first {
@@ -545,8 +551,19 @@ func (s *channelSink) data(b []byte) error {
 	return nil
 }
 
-// decode decodes and emits whole groups of base64 characters.
+// decode decodes and emits whole groups of base64 characters. Padding
+// ends the message's base64 however its pieces were cut.
 func (s *channelSink) decode(b []byte) error {
+	if s.padded {
+		return fmt.Errorf("channel %s: data after padding: %w", s.stream, errBadBase64)
+	}
+	if bytes.ContainsAny(b, "\r\n") {
+		// encoding/base64 skips line breaks, which would make groups
+		// of four depend on where the pieces were cut; Kubernetes
+		// never sends them.
+		return fmt.Errorf("channel %s: line break in base64: %w", s.stream, errBadBase64)
+	}
+	s.padded = b[len(b)-1] == '='
 	if cap(s.out) < base64.StdEncoding.DecodedLen(len(b)) {
 		s.out = make([]byte, max(base64.StdEncoding.DecodedLen(len(b)), 3*64))
 	}
@@ -561,6 +578,9 @@ func (s *channelSink) decode(b []byte) error {
 func (s *channelSink) end() error {
 	if s.ncarry > 0 {
 		// Unpadded base64 at the end of the message.
+		if s.padded || bytes.ContainsAny(s.carry[:s.ncarry], "\r\n") {
+			return fmt.Errorf("channel %s: data after padding: %w", s.stream, errBadBase64)
+		}
 		if cap(s.out) < 3 {
 			s.out = make([]byte, 3*64)
 		}
@@ -737,6 +757,9 @@ func (d *spdyDecoder) feed(p []byte) ([]byte, int, error) {
 					d.failedAt = errTooLarge
 					return d.hdr[:], i, errTooLarge
 				}
+				if cap(d.ctl) < len(d.hdr)+length {
+					d.ctl = make([]byte, 0, len(d.hdr)+length)
+				}
 				d.ctl = append(d.ctl[:0], d.hdr[:]...)
 				d.ctlLeft = length
 				if length == 0 {
@@ -781,6 +804,9 @@ func (d *spdyDecoder) control() (err error) {
 	f, err := d.framer.ReadFrame()
 	if err != nil {
 		return fmt.Errorf("spdy control frame: %v: %w", err, errFrame)
+	}
+	if cap(d.ctl) > 64<<10 {
+		d.ctl = nil // a large frame's buffer is not kept
 	}
 	// Of the control frames only a SYN_STREAM says anything of the
 	// streams; SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS

@@ -93,7 +93,7 @@ type capture struct {
 }
 
 // startServer starts an httptest server whose connections are recorded.
-func startServer(t *testing.T, h http.Handler) (*httptest.Server, *recListener) {
+func startServer(t testing.TB, h http.Handler) (*httptest.Server, *recListener) {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
 	rl := &recListener{Listener: srv.Listener}
@@ -105,7 +105,7 @@ func startServer(t *testing.T, h http.Handler) (*httptest.Server, *recListener) 
 
 // upgraded waits until the server has closed the upgraded connection and
 // returns its capture.
-func upgraded(t *testing.T, rl *recListener) capture {
+func upgraded(t testing.TB, rl *recListener) capture {
 	t.Helper()
 	deadline := time.After(20 * time.Second)
 	for {
@@ -137,7 +137,7 @@ func upgraded(t *testing.T, rl *recListener) capture {
 }
 
 // split cuts the HTTP request and response off a connection's bytes.
-func split(t *testing.T, c2s, s2c []byte) capture {
+func split(t testing.TB, c2s, s2c []byte) capture {
 	t.Helper()
 	req, c2sRest, ok1 := bytes.Cut(c2s, []byte("\r\n\r\n"))
 	resp, s2cRest, ok2 := bytes.Cut(s2c, []byte("\r\n\r\n"))
@@ -342,15 +342,15 @@ type execCase struct {
 	handler func(*echoExec) http.Handler
 	// client runs the session against url; it returns the client's
 	// error (a non-zero exit is one).
-	client func(ctx context.Context, t *testing.T, url string, stdin string, tty bool, q remotecommand.TerminalSizeQueue) error
+	client func(ctx context.Context, t testing.TB, url string, stdin string, tty bool, q remotecommand.TerminalSizeQueue) error
 	tty    bool
 	exit   int
 	// upgrade and protocol are the negotiation the capture must show.
 	upgrade, protocol string
 }
 
-func clientGoWS(protocols ...string) func(context.Context, *testing.T, string, string, bool, remotecommand.TerminalSizeQueue) error {
-	return func(ctx context.Context, t *testing.T, u, stdin string, tty bool, q remotecommand.TerminalSizeQueue) error {
+func clientGoWS(protocols ...string) func(context.Context, testing.TB, string, string, bool, remotecommand.TerminalSizeQueue) error {
+	return func(ctx context.Context, t testing.TB, u, stdin string, tty bool, q remotecommand.TerminalSizeQueue) error {
 		ex, err := remotecommand.NewWebSocketExecutorForProtocols(&restclient.Config{Host: u}, "GET", u, protocols...)
 		if err != nil {
 			t.Fatal(err)
@@ -359,7 +359,7 @@ func clientGoWS(protocols ...string) func(context.Context, *testing.T, string, s
 	}
 }
 
-func clientGoSPDY(ctx context.Context, t *testing.T, u, stdin string, tty bool, q remotecommand.TerminalSizeQueue) error {
+func clientGoSPDY(ctx context.Context, t testing.TB, u, stdin string, tty bool, q remotecommand.TerminalSizeQueue) error {
 	pu, err := url.Parse(u)
 	if err != nil {
 		t.Fatal(err)
@@ -382,8 +382,8 @@ func stream(ctx context.Context, ex remotecommand.Executor, stdin string, tty bo
 // xnetBase64 is a client of base64.channel.k8s.io written with
 // golang.org/x/net/websocket: stdin as text messages "0" + base64, in two
 // messages, then it reads until the server closes.
-func xnetBase64(protocol string) func(context.Context, *testing.T, string, string, bool, remotecommand.TerminalSizeQueue) error {
-	return func(ctx context.Context, t *testing.T, u, stdin string, tty bool, q remotecommand.TerminalSizeQueue) error {
+func xnetBase64(protocol string) func(context.Context, testing.TB, string, string, bool, remotecommand.TerminalSizeQueue) error {
+	return func(ctx context.Context, t testing.TB, u, stdin string, tty bool, q remotecommand.TerminalSizeQueue) error {
 		cfg, err := websocket.NewConfig(strings.Replace(u, "http://", "ws://", 1), "http://localhost/")
 		if err != nil {
 			t.Fatal(err)
@@ -448,7 +448,7 @@ func TestTapExec(t *testing.T) {
 }
 
 // runExec runs one session and returns its capture.
-func runExec(t *testing.T, tc execCase, stdin string) capture {
+func runExec(t testing.TB, tc execCase, stdin string) capture {
 	t.Helper()
 	e := &echoExec{want: len(stdin), exit: tc.exit}
 	var q *sizes
@@ -579,12 +579,15 @@ func (echoForward) PortForward(ctx context.Context, name, uid string, port int32
 	}
 }
 
+// criforwardServe serves port-forward as the kubelet does, to echoForward.
+func criforwardServe(w http.ResponseWriter, req *http.Request) {
+	criforward.ServePortForward(w, req, echoForward{}, "pod", "uid", &criforward.V4Options{}, 0, 10*time.Second, criforward.SupportedProtocols)
+}
+
 // TestTapPortForwardSPDY runs kubectl's port-forward (client-go over
 // SPDY) against the kubelet's port-forward server, for two ports.
 func TestTapPortForwardSPDY(t *testing.T) {
-	srv, rl := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		criforward.ServePortForward(w, req, echoForward{}, "pod", "uid", &criforward.V4Options{}, 0, 10*time.Second, criforward.SupportedProtocols)
-	}))
+	srv, rl := startServer(t, http.HandlerFunc(criforwardServe))
 	c, sent := runPortForward(t, srv.URL, rl)
 	if c.upgrade != UpgradeSPDY || c.protocol != "portforward.k8s.io" {
 		t.Fatalf("negotiated %s %q", c.upgrade, c.protocol)
@@ -595,7 +598,7 @@ func TestTapPortForwardSPDY(t *testing.T) {
 // runPortForward forwards two local ports to 7001 and 7002 through url,
 // sends each a message over a connection, and returns the capture and
 // what was sent to each port.
-func runPortForward(t *testing.T, u string, rl *recListener) (capture, map[int]string) {
+func runPortForward(t testing.TB, u string, rl *recListener) (capture, map[int]string) {
 	t.Helper()
 	cfg := &restclient.Config{Host: u}
 	transport, upgrader, err := spdy.RoundTripperFor(cfg)
@@ -675,9 +678,7 @@ func checkPortForward(t *testing.T, c capture, sent map[int]string) {
 // client-go's TunnelingConnection does, by a gorilla/websocket client to
 // an x/net/websocket server, and the tunnel's bytes are tapped.
 func TestTapSPDYTunnel(t *testing.T) {
-	fsrv, frl := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		criforward.ServePortForward(w, req, echoForward{}, "pod", "uid", &criforward.V4Options{}, 0, 10*time.Second, criforward.SupportedProtocols)
-	}))
+	fsrv, frl := startServer(t, http.HandlerFunc(criforwardServe))
 	inner, sent := runPortForward(t, fsrv.URL, frl)
 
 	const proto = "SPDY/3.1+portforward.k8s.io"
@@ -691,6 +692,7 @@ func TestTapSPDYTunnel(t *testing.T) {
 		}
 		return out
 	}
+	s2cPieces, c2sPieces := pieces(inner.s2c), pieces(inner.c2s)
 	received := make(chan []byte, 1)
 	srv, rl := startServer(t, websocket.Server{
 		Handshake: func(cfg *websocket.Config, req *http.Request) error {
@@ -699,7 +701,7 @@ func TestTapSPDYTunnel(t *testing.T) {
 		},
 		Handler: func(ws *websocket.Conn) {
 			ws.PayloadType = websocket.BinaryFrame
-			for _, p := range pieces(inner.s2c) {
+			for _, p := range s2cPieces {
 				if _, err := ws.Write(p); err != nil {
 					return
 				}
@@ -721,7 +723,7 @@ func TestTapSPDYTunnel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range pieces(inner.c2s) {
+	for _, p := range c2sPieces {
 		if err := conn.WriteMessage(gwebsocket.BinaryMessage, p); err != nil {
 			t.Fatal(err)
 		}
