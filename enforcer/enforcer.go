@@ -297,9 +297,10 @@ func (s *Session) Decide(c *Command) Verdict {
 			Rule: &ruleset.Rule{ID: "sluice/unparsable", Action: ruleset.Deny}}
 		d.Monitor = s.match.Ruleset().Mode() == ruleset.Monitor
 		d.Record = ruleset.RecordCommands
-	case s.match.ByClassification() && c.Statement.SSH == nil:
+	case s.match.ByClassification() && c.Statement.SSH == nil && c.Statement.K8s == nil:
 		// The key of a decision by classification is SQL's (kind,
-		// tables, functions, flags): an SSH request is decided alone.
+		// tables, functions, flags): an SSH or Kubernetes request is
+		// decided alone.
 		d = s.decideByClass(c)
 	default:
 		d = s.match.Decide(&c.Statement, ruleset.Result{})

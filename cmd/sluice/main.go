@@ -139,7 +139,7 @@ remote API. Exit status: 0 ok, 1 failure, 2 usage error.`,
 			root.AddCommand(c)
 		}
 	}
-	add(groupDaemon, newInstallCmd(), newStatusCmd(), newDoctorCmd(), newRunCmd(), newUninstallCmd(), newCACmd(), newSSHCACmd())
+	add(groupDaemon, newInstallCmd(), newStatusCmd(), newDoctorCmd(), newRunCmd(), newUninstallCmd(), newCACmd(), newSSHCACmd(), newKubeconfigCmd())
 	add(groupRules, newRulesCmd())
 	add(groupRecordings, newSessionsCmd(), newReplayCmd(), newExportCmd(), newVerifyCmd(), newRecordingsCmd())
 	add(groupApprovals, newApprovalsCmd(), newDecideCmd("approve"), newDecideCmd("deny"))
