@@ -230,7 +230,8 @@ func (t *tap) Write(p []byte) (int, error) {
 }
 
 // Errors that end a tap's decoding. They are not returned to the caller
-// (the bytes are reported as StreamRaw); tests check them.
+// (the bytes are reported as StreamRaw); they say why, and TestTapErrors
+// checks which.
 var (
 	errFrame     = errors.New("malformed frame")
 	errAfterEnd  = errors.New("bytes after the end of the stream")

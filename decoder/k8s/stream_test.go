@@ -798,3 +798,38 @@ func TestTapRaw(t *testing.T) {
 		}
 	}
 }
+
+// TestTapErrors checks why decoding ends, for each kind of bad input.
+func TestTapErrors(t *testing.T) {
+	key := []byte{9, 8, 7, 6}
+	masked := func(b0 byte, payload string) []byte {
+		f := append([]byte{b0, 0x80 | byte(len(payload))}, key...)
+		for i := range len(payload) {
+			f = append(f, payload[i]^key[i%4])
+		}
+		return f
+	}
+	for _, tc := range []struct {
+		name, upgrade, protocol string
+		wire                    []byte
+		want                    error
+	}{
+		{"reserved bit", UpgradeWebSocket, "v4.channel.k8s.io", masked(0xa2, "\x00x"), errFrame},
+		{"opcode 3", UpgradeWebSocket, "v4.channel.k8s.io", masked(0x83, "\x00x"), errFrame},
+		{"continuation first", UpgradeWebSocket, "v4.channel.k8s.io", masked(0x80, "\x00x"), errFrame},
+		{"fragmented ping", UpgradeWebSocket, "v4.channel.k8s.io", masked(0x09, "p"), errFrame},
+		{"data after close", UpgradeWebSocket, "v4.channel.k8s.io", append(masked(0x88, ""), masked(0x82, "\x00x")...), errAfterEnd},
+		{"base64 channel not a digit", UpgradeWebSocket, "base64.channel.k8s.io", masked(0x81, "xQQ=="), errFrame},
+		{"base64 invalid", UpgradeWebSocket, "base64.channel.k8s.io", masked(0x81, "0Q!Q="), errBadBase64},
+		{"base64 after padding", UpgradeWebSocket, "base64.channel.k8s.io", masked(0x81, "0QQ==QUJD"), errBadBase64},
+		{"spdy control frame over the cap", UpgradeSPDY, "v4.channel.k8s.io", []byte{0x80, 3, 0, 1, 0, 0x10, 0, 1}, errTooLarge},
+		{"spdy data on stream 0", UpgradeSPDY, "v4.channel.k8s.io", []byte{0, 0, 0, 0, 0, 0, 0, 1, 'x'}, errFrame},
+		{"spdy bad header block", UpgradeSPDY, "v4.channel.k8s.io", []byte{0x80, 3, 0, 1, 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2}, errFrame},
+	} {
+		w := newTap(tc.upgrade, tc.protocol, true, func(string, int, []byte) {}, &spdyStreams{})
+		_, _, err := w.dec.feed(tc.wire)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
