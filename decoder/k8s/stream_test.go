@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -593,6 +594,14 @@ func TestTapPortForwardSPDY(t *testing.T) {
 		t.Fatalf("negotiated %s %q", c.upgrade, c.protocol)
 	}
 	checkPortForward(t, c, sent)
+
+	// The server's direction alone never sees the SYN_STREAMs that name
+	// its streams: NewTapPair is what names them.
+	var alone streams
+	feed(NewTap(c.upgrade, c.protocol, false, alone.emit), c.s2c, 0, nil)
+	if !slices.Equal(alone.order, []string{StreamUnknown}) {
+		t.Errorf("NewTap alone on the server's direction reported %v, want only %s", alone.order, StreamUnknown)
+	}
 }
 
 // runPortForward forwards two local ports to 7001 and 7002 through url,
