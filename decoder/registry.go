@@ -30,6 +30,12 @@ type Protocol struct {
 	// target, when New is set.
 	Decodes    func(*ruleset.Target) bool
 	NotDecoded string
+	// DecodedWhen, when set, says that a decoded target's flows are told
+	// apart one by one, and which are decoded (k8s: those whose client
+	// trusts Sluice's CA, by its TLS server name); the others are relayed
+	// or refused as the target's undecoded setting says, for the reason
+	// NotDecoded gives.
+	DecodedWhen string
 	// Opaque marks a protocol relayed byte for byte by design (tcp): its
 	// flows count as served, and nothing about them is undecoded.
 	Opaque bool

@@ -386,7 +386,17 @@ func flowMode(t *ruleset.Target, kind string, mode ruleset.Mode) string {
 	var s string
 	switch m {
 	case decoder.Decoded:
-		return m.String() + " (this build decodes " + t.Protocol + ")"
+		p, _ := decoder.Lookup(t.Protocol)
+		if p.DecodedWhen == "" {
+			return m.String() + " (this build decodes " + t.Protocol + ")"
+		}
+		s = fmt.Sprintf("%s %s; other flows (%s) are ", m, p.DecodedWhen, p.NotDecoded)
+		if t.Undecoded == ruleset.UndecodedRelay {
+			s += fmt.Sprintf("relayed uninspected and recorded as metadata, as undecoded = %q (%s)", t.Undecoded, where)
+		} else {
+			s += fmt.Sprintf("refused by rule %s, as undecoded = %q (%s)", decoder.UndecodedRule(t), t.Undecoded, where)
+		}
+		return s
 	case decoder.Opaque:
 		s = m.String() + " (tcp targets are never decoded; flows are recorded as metadata)"
 	case decoder.RelayedUndecoded:

@@ -11,8 +11,9 @@ import (
 
 // TestRulesExplainUndecoded: explain says, per target, whether this build
 // decodes its flows, relays them opaquely, or refuses them undecoded.
-// Its undecoded examples are ssh and k8s, which this build has no decoder
-// for.
+// Its undecoded example is ssh without a credential; a k8s target's flows
+// are decoded when the client trusts Sluice's CA, and the others are
+// refused as its undecoded setting says.
 func TestRulesExplainUndecoded(t *testing.T) {
 	dir := t.TempDir()
 	src := `target "pg" {
@@ -48,8 +49,8 @@ policy "all" {
 		{"raw", nil, "flow: relayed opaquely (tcp targets are never decoded; flows are recorded as metadata)\n"},
 		{"git", nil, `flow: relayed opaquely (undecoded): the target has no credential for Sluice to log in to the host with and undecoded = "relay" (at ` +
 			filepath.Join(dir, "r.hcl") + `:12); the flow is relayed uninspected and recorded as metadata` + "\n"},
-		{"kube", nil, `flow: refused undecoded: this build has no k8s decoder and undecoded = "refuse" (by default); every connection is refused by rule target/kube/undecoded` + "\n"},
-		{"kube", []string{"--kind", "drop"}, "; this statement would never be seen, so the decision above does not apply to it\n"},
+		{"kube", nil, `flow: decoded when the job's client trusts Sluice's CA: its TLS server name is kubernetes.sluice.internal, as a kubeconfig from sluice kubeconfig sends; other flows (the job's client does not trust Sluice's CA (its TLS server name is not kubernetes.sluice.internal, which a kubeconfig from sluice kubeconfig sends)) are refused by rule target/kube/undecoded, as undecoded = "refuse" (by default)` + "\n"},
+		{"git", []string{"--kind", "drop"}, "; this statement would never be seen, so the decision above does not apply to it\n"},
 	}
 	for _, tt := range tests {
 		code, out, errOut := rules(t, append([]string{"explain", dir, "--target", tt.target}, tt.args...)...)

@@ -41,9 +41,10 @@ func init() {
 		Classify: Classify,
 		// Decoded flows are those of clients that trust Sluice's CA; the
 		// others are told apart per flow, by their TLS server name.
-		NotDecoded: "the job's client does not trust Sluice's CA (its TLS server name is not " + ServerName + ", which a kubeconfig from sluice kubeconfig sends)",
-		Dissector:  "tls",
-		Port:       6443,
+		NotDecoded:  "the job's client does not trust Sluice's CA (its TLS server name is not " + ServerName + ", which a kubeconfig from sluice kubeconfig sends)",
+		DecodedWhen: "when the job's client trusts Sluice's CA: its TLS server name is " + ServerName + ", as a kubeconfig from sluice kubeconfig sends",
+		Dissector:   "tls",
+		Port:        6443,
 	})
 }
 
