@@ -205,9 +205,10 @@ func sessionsShow(stdout io.Writer, sess *store.Session, events []record.Event, 
 		}
 	}
 	// An SSH session's statements are its requests: channels, commands,
-	// forwards and SFTP operations.
+	// forwards and SFTP operations; a Kubernetes session's are its API
+	// requests.
 	counted := "statements"
-	if sess.Protocol == ruleset.ProtoSSH {
+	if sess.Protocol == ruleset.ProtoSSH || sess.Protocol == ruleset.ProtoK8s {
 		counted = "requests"
 	}
 	fmt.Fprintf(stdout, "%s %d, denied %d\n\n", counted, sess.Statements, sess.Denied)
@@ -379,7 +380,7 @@ saw them, any other session's transcript typed out).`,
 			if err != nil {
 				return err
 			}
-			if format == "pcap" && sess.Protocol == ruleset.ProtoSSH {
+			if format == "pcap" && (sess.Protocol == ruleset.ProtoSSH || sess.Protocol == ruleset.ProtoK8s) {
 				// Said before -o makes a file.
 				return fmt.Errorf("--format pcap: %w", export.ErrNotAStream)
 			}

@@ -73,6 +73,9 @@ type session struct {
 	channels atomic.Uint64
 	// hijacked counts the upgraded connections still being relayed.
 	hijacked sync.WaitGroup
+	// refused remembers the job's refused upgrades for a moment (shared
+	// by the handler's sessions).
+	refused *refusals
 	// l is the session's listener: its connection ends when the server
 	// closes it, or when an upgrade that took it over ends.
 	l *connListener
@@ -82,8 +85,8 @@ type session struct {
 // TLS (HTTP/2 or HTTP/1.1, as the client offers), decides every request,
 // and sends the allowed ones to the API server with the flow's injected
 // credential, if any.
-func serve(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc, env decoder.Env, masks *mask.Cache, log hclog.Logger) decoder.Result {
-	s := &session{ctx: ctx, f: f, sess: f.Session, decider: decoder.Decider{Session: f.Session, Masks: masks}, log: log}
+func serve(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc, env decoder.Env, masks *mask.Cache, refused *refusals, log hclog.Logger) decoder.Result {
+	s := &session{ctx: ctx, f: f, sess: f.Session, decider: decoder.Decider{Session: f.Session, Masks: masks}, refused: refused, log: log}
 	cc := &decoder.CountConn{Conn: decoder.AsDialed(client, f)}
 	cfg := env.ClientTLS.Clone()
 	cfg.NextProtos = []string{"h2", "http/1.1"}
@@ -279,7 +282,20 @@ func (s *session) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.Cmd.Unmaskable = "an exec, attach, port-forward or proxy stream (mask rules apply to API objects and pod logs)"
 	}
 	s.decider.Decide(c)
+	var rkey string
+	if upgrade && cerr == nil {
+		rkey = s.refusalKey(r)
+		if msg, ok := s.refused.get(rkey); ok && c.Verdict.Action == ruleset.Hold {
+			// kubectl retries a refused WebSocket exec over SPDY at
+			// once; the retry is not put to a human a second time.
+			c.Verdict.Action = ruleset.Deny
+			c.Verdict.Decision.Reason = "the same request was refused a moment ago (" + msg + ")"
+		}
+	}
 	s.decider.AwaitHold(r.Context(), c, s.notify)
+	if c.Blocked() && rkey != "" && c.Verdict.Decision.Rule != nil {
+		s.refused.put(rkey, c.Verdict.Decision.Rule.ID+": "+c.Verdict.Decision.Reason)
+	}
 	if c.Blocked() {
 		code, reason := http.StatusForbidden, "Forbidden"
 		if cerr != nil {
@@ -296,6 +312,63 @@ func (s *session) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.proxy(w, r, c, k, body, start)
+}
+
+// refusalKey names an upgrade request of the flow's job: its process
+// and its path and query (the WebSocket try is a GET, kubectl's SPDY
+// retry a POST of the same URL).
+func (s *session) refusalKey(r *http.Request) string {
+	return fmt.Sprintf("%s|%d|%s?%s", s.f.Identity.Job, s.f.Process.TGID, r.URL.Path, r.URL.RawQuery)
+}
+
+// refusals remembers refused upgrades for refusalTTL, at most
+// maxRefusals of them: kubectl retries a refused exec over SPDY at once,
+// on a new connection, and the retry must not wait for a human again.
+type refusals struct {
+	mu sync.Mutex
+	m  map[string]pastRefusal
+}
+
+type pastRefusal struct {
+	msg string
+	at  time.Time
+}
+
+const (
+	refusalTTL  = 30 * time.Second
+	maxRefusals = 1024
+)
+
+func newRefusals() *refusals { return &refusals{m: map[string]pastRefusal{}} }
+
+func (rs *refusals) get(key string) (string, bool) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	r, ok := rs.m[key]
+	if !ok || time.Since(r.at) > refusalTTL {
+		return "", false
+	}
+	return r.msg, true
+}
+
+func (rs *refusals) put(key, msg string) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	now := time.Now()
+	if len(rs.m) >= maxRefusals {
+		for k, r := range rs.m {
+			if now.Sub(r.at) > refusalTTL {
+				delete(rs.m, k)
+			}
+		}
+		for k := range rs.m {
+			if len(rs.m) < maxRefusals {
+				break
+			}
+			delete(rs.m, k)
+		}
+	}
+	rs.m[key] = pastRefusal{msg: msg, at: now}
 }
 
 // notify is told of a hold. HTTP has no way to tell the client before
@@ -852,8 +925,9 @@ func (s *session) upgrade(w http.ResponseWriter, r *http.Request, c *decoder.Com
 	outcome.Fields["channel"], outcome.Fields["upgrade"], outcome.Fields["protocol"] = ch, kind, sub
 	tty := k.Subresource != "portforward" && (r.URL.Query().Get("tty") == "true" || r.URL.Query().Get("tty") == "1")
 	rec := &streamRecorder{s: s, channel: ch, tty: tty, portForward: k.Subresource == "portforward"}
-	toServer := NewTap(kind, sub, true, rec.emit(record.DirClientToServer))
-	toClient := NewTap(kind, sub, false, rec.emit(record.DirServerToClient))
+	// The pair shares SPDY's stream names, which only the client's
+	// frames carry, with the server's direction.
+	toServer, toClient := NewTapPair(kind, sub, rec.emit(record.DirClientToServer), rec.emit(record.DirServerToClient))
 	// What either side sent with the handshake is relayed first.
 	var fromClient io.Reader = conn
 	if n := cbuf.Reader.Buffered(); n > 0 {

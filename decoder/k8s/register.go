@@ -54,6 +54,7 @@ func newHandler(env decoder.Env) decoder.Handler {
 		env.Log = hclog.NewNullLogger()
 	}
 	masks := mask.NewCache(env.MaskKey)
+	refused := newRefusals()
 	return func(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc) decoder.Result {
 		flog := env.Log.With("flow", f.ID, "target", f.Target.Name)
 		sni, pc, err := peekServerName(client)
@@ -68,7 +69,7 @@ func newHandler(env decoder.Env) decoder.Handler {
 			pc.Close()
 			return decoder.Result{Err: errors.New("the daemon has no CA to terminate TLS with")}
 		}
-		return serve(ctx, f, pc, dial, env, masks, flog)
+		return serve(ctx, f, pc, dial, env, masks, refused, flog)
 	}
 }
 
