@@ -530,7 +530,11 @@ func checkExec(t *testing.T, tc execCase, c capture, stdin string) {
 			}
 		}
 		if tc.protocol == "v5.channel.k8s.io" {
-			if got := up.get(StreamClose); got != "\x00" {
+			// client-go sends stdin's close when stdin ends; a command
+			// that ends first may take the connection down before it
+			// does (seen under -race), so the close may be missing, but
+			// never another stream's.
+			if got := up.get(StreamClose); got != "\x00" && got != "" {
 				t.Errorf("%s: close: got %q, want stdin's (0)", where, got)
 			}
 		}
