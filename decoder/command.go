@@ -2,6 +2,7 @@ package decoder
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/mask"
@@ -80,4 +81,24 @@ func (d Decider) Decide(c *Command) {
 		return
 	}
 	c.Masker = m
+}
+
+// RuleID names the rule of a verdict, "sluice/unknown" when it has none.
+func RuleID(v enforcer.Verdict) string {
+	if v.Decision.Rule != nil {
+		return v.Decision.Rule.ID
+	}
+	return "sluice/unknown"
+}
+
+// Refusal is the sentence a refused command is answered with by the
+// protocols that answer in text (an SSH client's stderr, a Kubernetes
+// Status): "sluice: WHAT denied by rule ID: REASON", or "held, and cannot
+// wait for approval," for a hold the session cannot wait on.
+func (c *Command) Refusal(what string) string {
+	verb := "denied"
+	if c.Verdict.Action == ruleset.Hold {
+		verb = "held, and cannot wait for approval,"
+	}
+	return fmt.Sprintf("sluice: %s %s by rule %s: %s", what, verb, RuleID(c.Verdict), c.Verdict.Decision.Reason)
 }

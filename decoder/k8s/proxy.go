@@ -419,14 +419,6 @@ func readBody(r *http.Request) ([]byte, error) {
 // refusal is the message of a refused request, as kubectl prints it
 // after "Error from server (Forbidden): ".
 func refusal(c *decoder.Command) string {
-	id := "sluice/unknown"
-	if c.Verdict.Decision.Rule != nil {
-		id = c.Verdict.Decision.Rule.ID
-	}
-	verb := "denied"
-	if c.Verdict.Action == ruleset.Hold {
-		verb = "held, and cannot wait for approval,"
-	}
 	what := c.Cmd.Text
 	if k := c.Cmd.Statement.K8s; k != nil && k.IsResource {
 		what = k.Verb + " " + k.Resource
@@ -442,7 +434,7 @@ func refusal(c *decoder.Command) string {
 			what += " in all namespaces"
 		}
 	}
-	return fmt.Sprintf("sluice: %s %s by rule %s: %s", what, verb, id, c.Verdict.Decision.Reason)
+	return c.Refusal(what)
 }
 
 // status is a metav1.Status, the body of every refusal.
@@ -700,11 +692,7 @@ func (s *session) filterResponse(ctx context.Context, resp *http.Response, fl *f
 
 // resultRefusal is the message of a result stopped at its size.
 func resultRefusal(c *decoder.Command, v enforcer.Verdict) string {
-	id := "sluice/unknown"
-	if v.Decision.Rule != nil {
-		id = v.Decision.Rule.ID
-	}
-	return fmt.Sprintf("sluice: the result of %s was stopped by rule %s: %s", c.Cmd.Text, id, v.Decision.Reason)
+	return fmt.Sprintf("sluice: the result of %s was stopped by rule %s: %s", c.Cmd.Text, decoder.RuleID(v), v.Decision.Reason)
 }
 
 // watchFilter masks and counts a JSON watch as it streams: one event at a

@@ -502,17 +502,7 @@ func (s *session) allowed(c *decoder.Command, notify decoder.Notify) bool {
 }
 
 // refusal is the sentence a refused request is answered with.
-func refusal(c *decoder.Command) string {
-	id := "sluice/unknown"
-	if c.Verdict.Decision.Rule != nil {
-		id = c.Verdict.Decision.Rule.ID
-	}
-	verb := "denied"
-	if c.Verdict.Action == ruleset.Hold {
-		verb = "held, and cannot wait for approval,"
-	}
-	return fmt.Sprintf("sluice: %s %s by rule %s: %s", c.Cmd.Text, verb, id, c.Verdict.Decision.Reason)
-}
+func refusal(c *decoder.Command) string { return c.Refusal(c.Cmd.Text) }
 
 // streams are the recording fields of one channel's streams.
 type streams struct {

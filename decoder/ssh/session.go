@@ -414,11 +414,7 @@ func (o *output) admit(n int) bool {
 		return true
 	}
 	o.refused = true
-	id := "sluice/unknown"
-	if v.Decision.Rule != nil {
-		id = v.Decision.Rule.ID
-	}
-	sc.notice(fmt.Sprintf("sluice: the output of %s was stopped after %d bytes by rule %s: %s", o.c.Cmd.Text, o.bytes-int64(n), id, v.Decision.Reason))
+	sc.notice(fmt.Sprintf("sluice: the output of %s was stopped after %d bytes by rule %s: %s", o.c.Cmd.Text, o.bytes-int64(n), decoder.RuleID(v), v.Decision.Reason))
 	// Stop the command on the host: a signal, then the channel's close.
 	o.up.SendRequest("signal", false, ssh.Marshal(struct{ Signal string }{"KILL"}))
 	o.up.Close()
