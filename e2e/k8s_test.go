@@ -242,8 +242,31 @@ func TestK8sKubectl(t *testing.T) {
 	if out, err := wait(); err == nil || !strings.Contains(out, "Forbidden") || !strings.Contains(out, "ci/hold/many-configmaps") {
 		t.Errorf("the held listing, denied: %v\n%s", err, out)
 	}
-	// Every request is in the recording, with its verdict.
+	// A pod's log is masked line by line by the detectors.
+	e.kube.Kubelet.SetLog("app", "web", "app", "starting\nuser ops@example.com logged in\n")
+	out, err = e.job("kubectl logs web")
+	if err != nil || !strings.Contains(out, "starting\nuser ") || strings.Contains(out, "ops@example.com") {
+		t.Errorf("kubectl logs: %v\n%s", err, out)
+	}
+	// Every request is in the recording, with its verdict and status.
 	e.d.WaitLog(t, "statement denied", func(l testenv.LogLine) bool { return l.String("rule") == "ci/deny/secrets-all-namespaces" })
+	var show string
+	testenv.WaitFor(t, 15*time.Second, "a sealed k8s session recording kubectl get pods", func() bool {
+		for _, s := range listSessions(t, e.d, "--target", "cluster") {
+			if s.End.IsZero() {
+				continue
+			}
+			out, err := e.d.Sluice(t, "sessions", "show", "--socket", e.d.Socket, s.ID)
+			if err == nil && strings.Contains(out, "GET /api/v1/namespaces/app/pods") {
+				show = out
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(show, "requests ") {
+		t.Errorf("sessions show:\n%s", show)
+	}
 }
 
 // caFile is the daemon's CA, for curl.
