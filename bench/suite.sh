@@ -5,10 +5,12 @@
 # One private PostgreSQL (listening on 127.0.0.2 and 127.0.0.3), PgBouncer
 # in session mode on 127.0.0.4 (pool >= clients), one private MariaDB
 # (127.0.0.7 and 127.0.0.8, bench/mysql.sh), one private OpenSSH sshd
-# (127.0.0.9, bench/ssh.sh), and sluiced on a private cgroup with five
-# targets: 127.0.0.2 decoded as PostgreSQL, 127.0.0.7 as MySQL (relayed
-# undecoded while the build has no MySQL decoder), 127.0.0.9 as SSH with a
-# certificate credential, 127.0.0.3 and 127.0.0.8 relayed opaquely. Modes:
+# (127.0.0.9, bench/ssh.sh), one private Kubernetes API server (127.0.0.1,
+# bench/k8s.sh), and sluiced on a private cgroup with six targets:
+# 127.0.0.2 decoded as PostgreSQL, 127.0.0.7 as MySQL (relayed undecoded
+# while the build has no MySQL decoder), 127.0.0.9 as SSH with a
+# certificate credential, the API server as Kubernetes with a service
+# account's token, 127.0.0.3 and 127.0.0.8 relayed opaquely. Modes:
 #   direct     pgbench or sysbench straight to 127.0.0.2 or 127.0.0.7 (outside the cgroup)
 #   pgbouncer  through PgBouncer
 #   opaque     through Sluice's opaque TCP relay
@@ -18,7 +20,8 @@
 # PostgreSQL workloads are pgbench's; MySQL ones are sysbench's
 # oltp_point_select and oltp_read_only (direct, opaque and commands only).
 # SSH workloads are scp of a 200 MB file and 500 sequential ssh execs
-# (direct and commands only).
+# (direct and commands only). The Kubernetes workload is 500 sequential
+# gets of one pod by a client-go program (direct and commands only).
 # Each workload runs every mode in turn, ROUNDS times, interleaved; the
 # tables show medians, min-max and the ratio to direct. Run as root.
 #
@@ -30,7 +33,8 @@
 #                          # sessions) and modes; MariaDB starts only when
 #                          # a my- workload is selected; ssh-scp, ssh-scp-O
 #                          # and ssh-exec for SSH, whose sshd starts only
-#                          # when one is selected
+#                          # when one is selected; k8s-get for Kubernetes,
+#                          # whose API server starts only when it is selected
 #   MY_PS=disable ...      # sysbench sends every query as text, no prepared statements
 #   PERF=/tmp/prof ...     # also record a perf profile of the proxy in each
 #                          # proxied run: /tmp/prof/<workload>-<mode>-<round>.data
@@ -58,6 +62,8 @@ go build -o "$BIN/pgxclient" ./e2e/pgxclient
 . bench/mysql.sh
 # shellcheck source=bench/ssh.sh
 . bench/ssh.sh
+# shellcheck source=bench/k8s.sh
+. bench/k8s.sh
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX); chmod 755 "$work"
 name="bench$$"; cgroup="sluice-bench-$$"
 mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
@@ -74,6 +80,7 @@ cleanup() {
   su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1
   my_stop
   ssh_stop
+  k8s_stop
   rmdir "$mount/$cgroup" 2>/dev/null
   rm -rf "$work"
 }
@@ -119,6 +126,8 @@ bouncer_pid=$(cat "$work/pgbouncer.pid")
 if my_wanted; then my_start "$pg_port" "$proxy_port" "$bouncer_port"; fi
 # sshd, the OIDC issuer its jobs need, and the payload (bench/ssh.sh), when an SSH workload runs.
 if ssh_wanted; then ssh_start "$pg_port" "$proxy_port" "$bouncer_port" "$my_port"; fi
+# The Kubernetes API server (bench/k8s.sh), when the Kubernetes workload runs.
+if k8s_wanted; then k8s_start; fi
 
 if [ -n "${FLOOR:-}" ]; then
   # The relays keep sluiced's runtime setting (cmd/sluiced/sysmon.go).
@@ -139,6 +148,7 @@ ruleset() { # record level, extra mask block
       -e "s|result.rows > 10000|result.rows > 1000000000|" ruleset/default.hcl | my_ruleset
   printf 'target "opaque" {\n  protocol = "tcp"\n  address  = ["127.0.0.3:%s"]\n}\n' "$pg_port"
   ssh_ruleset "$1"
+  k8s_ruleset "$1"
   if [ "$2" = masks ]; then
     printf 'policy "bench-masks" {\n  targets = ["postgres"]\n  mask "columns" {\n    columns = ["people.email", "wide.email", "pgbench_accounts.filler"]\n    using   = "hash"\n  }\n}\n'
   fi
@@ -147,6 +157,7 @@ ruleset commands none > "$work/rules/default.hcl"
 current="commands none"
 start_sluiced
 if ssh_wanted; then ssh_identity; fi
+if k8s_wanted; then k8s_identity; fi
 
 generation() { "$BIN/sluice" status --json --socket "$work/sluiced.sock" | awk -F': ' '/"generation"/ { gsub(/,/, "", $2); print $2; exit }'; }
 use_rules() { # mode (called in this shell, never in a subshell: it keeps $current)
@@ -272,6 +283,7 @@ done
 ssh_workload ssh-scp scp
 ssh_workload ssh-scp-O scp-O
 ssh_workload ssh-exec exec
+k8s_workload k8s-get
 
 if [ "$IDLE" -gt 0 ]; then
   # Idle sessions: IDLE connections held open through Sluice; daemon RSS.
@@ -310,5 +322,6 @@ done
 my_latency my-point-1
 my_latency my-ro-1
 ssh_tables
+k8s_tables
 [ "$IDLE" -gt 0 ] && echo "Idle sessions: ${n_open:-0} held open through Sluice; sluiced RSS $((rss_before / 1024)) MiB before, $((rss_idle / 1024)) MiB with them open"
 echo "Suite time: $(( $(date +%s) - start ))s"

@@ -18,9 +18,10 @@ import (
 // shows what the README's numbered claim says it shows: the demo is the
 // README's proof, so a change that breaks a claim fails here. Needs root
 // (the demo makes its own cgroups, attaches to them and starts a private
-// PostgreSQL, MariaDB, dockerd and sshd), Docker (the docker.io package)
-// and OpenSSH (openssh-server, openssh-client); it removes everything it
-// made.
+// PostgreSQL, MariaDB, dockerd, sshd and Kubernetes API server), Docker
+// (the docker.io package), OpenSSH (openssh-server, openssh-client) and
+// kube-apiserver, etcd and kubectl built by scripts/build-kube.sh; it
+// removes everything it made.
 func TestDemo(t *testing.T) {
 	testenv.RequireRoot(t)
 	bin := testenv.Binaries(t)
@@ -50,8 +51,8 @@ func TestDemo(t *testing.T) {
 		}
 		steps[n] = text[m[0]:end]
 	}
-	if len(steps) != 15 {
-		t.Fatalf("the demo showed %d numbered steps, want 15 (the README's claims)\n%s", len(steps), text)
+	if len(steps) != 16 {
+		t.Fatalf("the demo showed %d numbered steps, want 16 (the README's claims)\n%s", len(steps), text)
 	}
 	masked := `[0-9a-f]{8}@example\.com`
 	for _, c := range []struct {
@@ -67,7 +68,7 @@ func TestDemo(t *testing.T) {
 		{5, []string{`pending\s+before\s+ci-jobs/hold/exports`, `held for approval`, `approved`, `(?s)after approval:.*\n1\t` + masked}, []string{`\t(ada|alan)@example\.com`}},
 		{6, []string{`statements 6, denied 2`, `=> BEGIN;\n\s+\[allow\]`, `\[deny\] rule ci-jobs/deny/no-bulk-delete`, `ok, sealed`}, []string{`=> BEGIN;\n\s+\[mask\]`, `ALTERED|altered`}},
 		{7, []string{` app\s+\|\s+2`, `authenticated with an injected credential`, `connection denied by rule "default"`, `the app password appears in no log line and no recording`}, nil},
-		{8, []string{`ok: 4 targets`, `8 passed, 0 failed`, `decision: deny by ci-jobs/deny/no-ddl`, `connection denied by rule "default"`, `"@message":"flow denied"`, `oops\.hcl:1:\d+: error`, `(?s)old rules still refuse a DROP:.*42501: sluice: statement denied by rule "ci-jobs/deny/no-ddl"`}, nil},
+		{8, []string{`ok: 5 targets`, `10 passed, 0 failed`, `decision: deny by ci-jobs/deny/no-ddl`, `connection denied by rule "default"`, `"@message":"flow denied"`, `oops\.hcl:1:\d+: error`, `(?s)old rules still refuse a DROP:.*42501: sluice: statement denied by rule "ci-jobs/deny/no-ddl"`}, nil},
 		{9, []string{`ok\s+daemon`, `ok\s+pins`, `ok\s+containers`, `sluice_flows_total\{outcome="served"`, `sluice_verdicts_total\{rule="ci-jobs/deny/no-ddl",verdict="deny"\}`, `sluice_statement_latency_seconds_count`}, nil},
 		{10, []string{`ERROR 1227 \(42000\).*sluice: statement denied by rule "ci-jobs-mariadb/deny/no-ddl"`,
 			`\n1\tAda Lovelace\t` + masked, `pending\s+before\s+ci-jobs-mariadb/hold/deletes`,
@@ -109,8 +110,31 @@ func TestDemo(t *testing.T) {
 			`\n\$ head -3 shell\.cast\n\{"version":2,"width":\d+,"height":\d+,`,
 			`this machine's own /etc has no user deploy and no app\.conf`},
 			[]string{`Host key verification failed`, `Permission denied`, `Could not chdir`}},
-		{14, []string{`Connection refused`}, []string{`\n1\n`}},
-		{15, []string{`interception removed`, `after uninstall: direct again`}, nil},
+		// The job's kubectl, with sluice kubeconfig's kubeconfig (no
+		// credential), reaches the API server through Sluice, which
+		// presents the service account's token; the default ruleset's
+		// Kubernetes rules refuse get secrets -A, mask the secret, and
+		// hold the exec until root approves it; the exec's terminal is in
+		// its recording.
+		{14, []string{`^== 14\. Kubernetes: `,
+			`\n\s+tls-server-name: kubernetes\.sluice\.internal\n\s+token: sluice-injects-credentials\n`,
+			`\n\$ kubectl get pods\nNAME\s+READY\s+STATUS\s+RESTARTS\s+AGE\nweb\s+1/1\s+Running\s`,
+			`\nUsername\s+system:serviceaccount:ci:deployer\n`,
+			`\nError from server \(Forbidden\): sluice: list secrets in all namespaces denied by rule acme-api-k8s/deny/k8s-secrets-all-namespaces: [^\n]+\nexit status 1\n`,
+			`\n\$ kubectl get secret app -o yaml\napiVersion: v1\ndata:\n  owner: \S+\n  password: \S+\nkind: Secret\n`,
+			`\nh-\w+\s+pending\s+before\s+acme-api-k8s/hold/k8s-exec\s+demo-cluster\s+kubectl\[\d+\] uid 65534 acme/api\s`,
+			`\nh-\w+: approved\n`,
+			`(?s)after approval:\n.*\n(# )?the pod says 42\n`,
+			`sealed\s+demo-cluster\s+127\.0\.0\.1:\d+\s+kubectl\[\d+\] uid 65534\s+oidc acme/api@main run 1001`,
+			`-- note: credential deployer injected \(rule acme-api-k8s/credential/deployer\)`,
+			`\n=> GET /api/v1/namespaces/app/pods/web/exec\?command=sh&[^\n]*\n\s+\[hold\] rule acme-api-k8s/hold/k8s-exec: `,
+			`-- note: hold \(before\): approved by root`,
+			`\n\$ head -3 exec\.cast\n\{"version":2,"width":\d+,"height":\d+,`,
+			`(?s)\$ head -3 exec\.cast\n.*(\nthe pod says 42\n|# the pod says 42|asciinema is not installed here)`},
+			// The secret's values as the server holds them (base64).
+			[]string{`aHVudGVyMi1wcm9kLWRhdGFiYXNlLXBhc3N3b3Jk`, `b3BzQGV4YW1wbGUuY29t`, `ops@example\.com`}},
+		{15, []string{`Connection refused`}, []string{`\n1\n`}},
+		{16, []string{`interception removed`, `after uninstall: direct again`}, nil},
 	} {
 		s := steps[c.step]
 		for _, w := range c.want {

@@ -4,7 +4,9 @@
 # Sluice without being told; a private dockerd whose containers, started by
 # a job, get the same; a root job that leaves its cgroup, still intercepted
 # and reported; a job's ssh to a private sshd on 127.0.0.5, which Sluice
-# logs in to with a certificate minted for the job, deciding every command.
+# logs in to with a certificate minted for the job, deciding every command;
+# a job's kubectl to a private Kubernetes API server on 127.0.0.1, with a
+# service account token only Sluice holds, every request decided.
 # Everything it creates is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,10 @@ if ldd "$busybox" >/dev/null 2>&1; then echo "demo: $busybox is linked dynamical
 sshd_bin=/usr/sbin/sshd
 [ -x "$sshd_bin" ] || { echo "demo: $sshd_bin not found: install the openssh-server package (make deps does)" >&2; exit 1; }
 for b in ssh ssh-keygen; do command -v "$b" >/dev/null || { echo "demo: $b not found: install the openssh-client package (make deps does)" >&2; exit 1; }; done
+# The Kubernetes step's API server, etcd and kubectl (v1.37.2), built once
+# into a cache by scripts/build-kube.sh (make deps runs it; about 20
+# minutes on 2 cores): the demo only looks them up.
+kube_bin=$(bash scripts/build-kube.sh --cached) || { echo "demo: kube-apiserver, etcd and kubectl are not built: run scripts/build-kube.sh (make deps does)" >&2; exit 1; }
 # Two addresses this host does not have yet, put on lo for the demo and
 # removed at its end: where PostgreSQL also listens for containers (in a
 # container, 127.0.0.x is the container's own loopback), and sluiced's
@@ -118,6 +124,7 @@ my_pid=""
 sshd_pid=""
 sshd_ns=""
 issuer_pid=""
+kube_pid=""
 dockerd_pid=""
 added_addrs=()
 # Paths on the host that dockerd or containerd create whatever they are
@@ -210,6 +217,10 @@ cleanup() {
     [ -n "$other" ] || rmdir "$privsep" 2>/dev/null
   fi
   [ -n "$issuer_pid" ] && kill "$issuer_pid" 2>/dev/null && wait "$issuer_pid" 2>/dev/null
+  # demokube stops its kube-apiserver and etcd (each given 10 s after
+  # SIGTERM) and its fake kubelet's commands, then removes its files; its
+  # programs die with it if it is killed (Pdeathsig).
+  [ -n "$kube_pid" ] && kill "$kube_pid" 2>/dev/null && wait "$kube_pid" 2>/dev/null
   [ -n "$my_pid" ] && kill "$my_pid" 2>/dev/null && wait "$my_pid" 2>/dev/null
   "$BIN/sluice" uninstall --name "$name" >/dev/null
   [ -f "$work/pg/postmaster.pid" ] && su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1
@@ -347,6 +358,27 @@ host_etc() {
 }
 echo "running (pid $sshd_pid) in mount namespace $sshd_ns; $(host_etc)"
 
+step "Setup: a private Kubernetes API server (kube-apiserver v1.37.2 and etcd on 127.0.0.1, e2e/demokube), its one node a fake kubelet that runs exec'd commands on this machine; a pod web and a secret app in namespace app, and a service account ci/deployer whose token only root holds"
+${GO:-go} build -o "$work/demokube" ./e2e/demokube
+SLUICE_KUBE_BIN="$kube_bin" "$work/demokube" -dir "$work/kube" > "$work/kube.env" 2> "$work/kube.log" &
+kube_pid=$!
+# kube-apiserver takes a few seconds to answer /readyz (longer on a busy
+# machine): up to 2 minutes.
+for i in $(seq 1200); do
+  [ -s "$work/kube.env" ] && break
+  if ! kill -0 "$kube_pid" 2>/dev/null || [ "$i" = 1200 ]; then
+    echo "demo: the private API server did not start within 2 minutes; demokube's log:" >&2; cat "$work/kube.log" >&2; exit 1
+  fi
+  sleep 0.1
+done
+# KUBE_URL, KUBE_CA, KUBE_ADMIN, KUBE_TOKEN (the service account's token
+# file, 0600), KUBE_DIRECT and KUBECTL.
+eval "$(head -1 "$work/kube.env")"
+kube_port=${KUBE_URL##*:}
+kadmin() { "$KUBECTL" --kubeconfig "$KUBE_ADMIN" "$@"; }
+echo "$(kadmin version -o json | awk -F'"' '/"gitVersion"/ { v = $4 } END { print "kube-apiserver " v }') at $KUBE_URL; as the cluster's admin:"
+kadmin get pods,secrets -n app
+
 step "Setup: a private dockerd (its own data root and socket in $dk; no iptables rules, IP forwarding or NAT) putting containers in cgroup $ctr_cgroup, and a psql image built from this machine's files"
 mkdir -p "$dk/cli" "$mount/$ctr_cgroup"
 # Docker's cgroup parent goes in its daemon.json, as sluice install puts
@@ -407,7 +439,7 @@ done
 tar -C "$root" --numeric-owner -cf - . | dk import --change 'ENV PATH=/bin:/usr/bin' --change 'CMD ["/bin/sh"]' - "$image" >/dev/null
 echo "image $image: busybox and $pgbin/psql with its libraries ($(du -sm "$root" | cut -f1) MB), built with docker import"
 
-step "Setup: sluiced with scope $scope, for jobs of cgroup $cgroup and, for containers, $ctr_cgroup, intercepting 127.0.0.2:$pg_port, 127.0.0.3:$pg_port, $ctr_db:$pg_port and $ssh_host:$ssh_port"
+step "Setup: sluiced with scope $scope, for jobs of cgroup $cgroup and, for containers, $ctr_cgroup, intercepting 127.0.0.2:$pg_port, 127.0.0.3:$pg_port, $ctr_db:$pg_port, $ssh_host:$ssh_port and 127.0.0.1:$kube_port"
 # A local OIDC issuer stands in for GitHub's (outside this machine): its
 # tokens say repository acme/api, ref refs/heads/main.
 ${GO:-go} build -o "$work/demoissuer" ./e2e/demoissuer
@@ -546,6 +578,69 @@ policy "acme-api-deploy" {
   }
 }
 
+# The Kubernetes API server. Jobs' kubeconfigs (sluice kubeconfig) trust
+# Sluice's CA and hold no credential: Sluice checks the server against the
+# cluster's CA and presents the service account token only root can read.
+target "demo-cluster" {
+  protocol    = "k8s"
+  address     = ["127.0.0.1:$kube_port"]
+  upstream_ca = "$KUBE_CA"
+
+  credential "deployer" {
+    user       = "system:serviceaccount:ci:deployer"
+    token_file = "$KUBE_TOKEN"
+    policies   = ["acme-api-k8s"]
+  }
+}
+
+# Jobs of acme/api, granted the deployer's token on main. Their requests
+# are decided by the default ruleset's Kubernetes rules (ruleset/
+# default.hcl's baseline, copied here with the same names and conditions;
+# only the exec hold's approvers are the demo's local admin, root, instead
+# of group:security) and recorded in full: an exec as its terminal.
+policy "acme-api-k8s" {
+  targets = ["demo-cluster"]
+  when    = identity.repository == "acme/api"
+  record  = "full"
+  credential "deployer" {
+    when = identity.ref == "refs/heads/main"
+  }
+
+  hold "k8s-exec" {
+    when = target.protocol == "k8s" && k8s.group == "" && k8s.resource == "pods" && (
+      contains(["exec", "attach", "portforward"], k8s.subresource)
+    )
+    approvers = ["local-admin"]
+    timeout   = "2m"
+    reason    = "exec, attach and port-forward into a pod need a security approver"
+  }
+
+  deny "k8s-secrets-all-namespaces" {
+    when = target.protocol == "k8s" && (
+      k8s.group == "" && k8s.resource == "secrets" && k8s.namespace == "" &&
+      contains(["get", "list", "watch"], k8s.verb)
+    )
+    reason = "reading secrets across all namespaces is not allowed from CI; name the namespace (kubectl -n NAMESPACE)"
+  }
+
+  deny "k8s-namespace-deletion" {
+    when = target.protocol == "k8s" && (
+      k8s.group == "" && k8s.resource == "namespaces" &&
+      contains(["delete", "deletecollection"], k8s.verb)
+    )
+    reason = "deleting namespaces, and everything in them, is not allowed from CI"
+  }
+
+  mask "k8s-secrets-and-personal-data" {
+    when = target.protocol == "k8s" && k8s.resource_request && k8s.verb != "proxy" && (
+      !contains(["exec", "attach", "portforward", "proxy"], k8s.subresource)
+    )
+    columns = ["secrets.data", "secrets.stringData"]
+    detect  = ["secret", "jwt", "aws_access_key", "private_key", "card_number", "iban", "ssn", "email", "phone"]
+    using   = "redact"
+  }
+}
+
 default {
   action = "deny"
   reason = "no policy for this job"
@@ -604,6 +699,22 @@ test "SSH: a tunnel to the database is refused" {
   ssh         = { kind = "direct_tcpip", forward_host = "127.0.0.2", forward_port = $pg_port }
   expect      = "deny"
   expect_rule = "acme-api-deploy/deny/ssh-tunnels"
+}
+
+test "Kubernetes: kubectl get secrets -A is refused" {
+  target      = "demo-cluster"
+  identity    = { repository = "acme/api", ref = "refs/heads/main" }
+  query       = "GET /api/v1/secrets"
+  expect      = "deny"
+  expect_rule = "acme-api-k8s/deny/k8s-secrets-all-namespaces"
+}
+
+test "Kubernetes: kubectl exec waits for a human" {
+  target      = "demo-cluster"
+  identity    = { repository = "acme/api", ref = "refs/heads/main" }
+  k8s         = { verb = "create", resource = "pods", subresource = "exec", namespace = "app", name = "web" }
+  expect      = "hold"
+  expect_rule = "acme-api-k8s/hold/k8s-exec"
 }
 
 test "others get the default" {
@@ -862,13 +973,81 @@ else
 fi
 echo "-- the deploy host's changes stayed on it: $(host_etc)"
 
-step "14. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
+step "14. Kubernetes: a job's kubectl reaches the API server's real address through Sluice, which presents a service account token the job never holds: get pods works, get secrets -A is refused naming the rule, a secret comes back masked, and kubectl exec waits for a human, then plays back from its recording"
+k8s_home="$work/k8s"
+mkdir -m 755 "$k8s_home"
+echo "-- the job's kubeconfig, which a runner points jobs at with KUBECONFIG: it trusts Sluice's CA and sends Sluice's TLS server name (so Sluice decodes its flows), and holds no credential:"
+run "$BIN/sluice" kubeconfig --server "$KUBE_URL" --data-dir "$work/data" --namespace app -o "$k8s_home/kubeconfig"
+printf '$ grep -E "server:|tls-server-name:|token:" kubeconfig\n'
+grep -E 'server:|tls-server-name:|token:' "$k8s_home/kubeconfig"
+chown -R 65534:65534 "$k8s_home"
+# k8s_job SCRIPT: SCRIPT, shown line by line, run by sh as a GitHub job of
+# acme/api on main (step 7's Runner.Worker, with the token request
+# variables), as nobody (root approves its holds: a job may not approve
+# its own), in $k8s_home, its HOME, with the job's kubeconfig and kubectl
+# v1.37.2 on PATH.
+k8s_job() {
+  printf '%s\n' "$1" | sed 's/^/$ /'
+  ACTIONS_ID_TOKEN_REQUEST_URL="$TOKEN_URL" ACTIONS_ID_TOKEN_REQUEST_TOKEN="$REQUEST_TOKEN" \
+    in_job setpriv --reuid=65534 --regid=65534 --clear-groups \
+    env -C "$k8s_home" HOME="$k8s_home" KUBECONFIG="$k8s_home/kubeconfig" PATH="$kube_bin:$PATH" "$work/Runner.Worker" -c "$1"
+}
+echo "-- as a job of acme/api on main: the namespace's pods, and who the API server thinks the job is (the service account whose token Sluice presents):"
+k8s_job "kubectl get pods"
+k8s_job "kubectl auth whoami"
+echo "-- every secret of the cluster at once: refused by the rule before the API server sees it, in kubectl's own words:"
+k8s_job 'kubectl get secrets -A; echo "exit status $?"'
+echo "-- one secret of the job's namespace: its values come back masked:"
+k8s_job "kubectl get secret app -o yaml"
+printf '$ kubectl get secret app -n app -o jsonpath={.data.password} | base64 -d   (as the cluster'"'"'s admin, outside the job: the server'"'"'s copy)\n'
+kadmin get secret app -n app -o 'jsonpath={.data.password}' | base64 -d
+echo
+echo "-- a shell in the pod (kubectl exec -it; script(1) gives kubectl a terminal, its keystrokes from a pipe), held until a human approves it:"
+k8s_job "printf 'echo the pod says \$((6*7))\\nexit\\n' | script -qec 'kubectl exec -it web -- sh' /dev/null" > "$work/k8s-exec.out" 2>&1 &
+held=$!
+wait_for "the held kubectl exec to show in sluice approvals list" has_hold
+id=$(held_id)
+run "$BIN/sluice" approvals list --socket "$work/sluiced.sock"
+echo "-- the job so far (it is waiting):"
+cat "$work/k8s-exec.out"
+run "$BIN/sluice" approve "$id" --socket "$work/sluiced.sock" --comment "looking into the rollout"
+wait "$held" || true
+echo "-- the job after approval:"
+tr -d '\r' < "$work/k8s-exec.out"
+echo # the shell's output ends at its last prompt, mid-line
+echo "-- recorded at level full: sessions show lists each request with its verdict and the hold's approval, and the exec's terminal plays back from its asciicast export:"
+run "$BIN/sluice" sessions list --socket "$work/sluiced.sock" --target demo-cluster
+# exec_session: the sealed session of the target whose terminal shows
+# the shell's answer.
+exec_session() {
+  local s
+  for s in $("$BIN/sluice" sessions list --socket "$work/sluiced.sock" --target demo-cluster --json | awk -F'"' '/"id":/ { id = $4 } /"status": "sealed"/ { print id }'); do
+    "$BIN/sluice" export "$s" --socket "$work/sluiced.sock" --format asciicast 2>/dev/null | grep -q 'the pod says 42' && { echo "$s"; return 0; }
+  done
+  return 1
+}
+wait_for "the exec's recording to be sealed" exec_session
+shell=$(exec_session)
+run "$BIN/sluice" sessions show --socket "$work/sluiced.sock" "$shell"
+printf '$ sluice export %s --format asciicast -o exec.cast\n' "$shell"
+"$BIN/sluice" export "$shell" --socket "$work/sluiced.sock" --format asciicast -o "$k8s_home/exec.cast"
+printf '$ head -3 exec.cast\n'
+head -3 "$k8s_home/exec.cast"
+if command -v asciinema >/dev/null && command -v script >/dev/null; then
+  printf '$ asciinema cat exec.cast   (on a terminal script(1) makes)\n'
+  (cd "$k8s_home" && timeout 30 script -qc "asciinema cat exec.cast" /dev/null < /dev/null) | tr -d '\r'
+  echo # the recording ends at the shell's last prompt, mid-line
+else
+  echo "(asciicast v2: asciinema play exec.cast plays it; asciinema is not installed here)"
+fi
+
+step "15. Fail closed: with sluiced killed, the cgroup's connects are refused, not sent direct"
 kill -9 "$sluiced_pid"; wait "$sluiced_pid" 2>/dev/null || true; sluiced_pid=""
 run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 1" || echo "(refused, as it should be)"
 
-step "15. sluice uninstall removes the pinned hooks"
+step "16. sluice uninstall removes the pinned hooks"
 run "$BIN/sluice" uninstall --name "$name"
 run_job psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -Atc "select 'after uninstall: direct again'"
 
 step "Not in this demo yet"
-echo "Jobs in Kubernetes executors' pods and in containers of runtimes other than Docker; the Kubernetes decoder."
+echo "Jobs in Kubernetes executors' pods and in containers of runtimes other than Docker."
