@@ -343,6 +343,16 @@ func TestK8sExec(t *testing.T) {
 	if !strings.HasPrefix(cast, `{"version":2`) {
 		t.Errorf("asciicast: %s", cast)
 	}
+	// sessions show plays the exec's terminal back too.
+	found := false
+	for _, s := range listSessions(t, e.d, "--target", "cluster") {
+		if out, err := e.d.Sluice(t, "sessions", "show", "--socket", e.d.Socket, s.ID); err == nil && strings.Contains(out, "typed-42") {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no sessions show of the cluster's sessions shows the exec's terminal (typed-42)")
+	}
 
 	// port-forward is refused.
 	out, err := e.job("kubectl port-forward pod/web 18080:80")

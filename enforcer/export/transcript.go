@@ -100,7 +100,9 @@ func Replay(ctx context.Context, w io.Writer, events []record.Event, speed float
 // render turns the events a person reads into lines. Wire bytes and
 // integrity events render as nothing.
 func render(events []record.Event) []chunk {
-	if isSSH(events) {
+	if isSSH(events) || isK8s(events) {
+		// A Kubernetes session's exec and attach streams are recorded
+		// as an SSH channel's are, and read the same way.
 		return renderSSH(events)
 	}
 	var out []chunk
