@@ -558,6 +558,17 @@ func maskable(k *ruleset.K8sRequest) bool {
 	return false
 }
 
+// mayMask reports whether a JSON response about resource can hold a
+// value mask rules apply to; when it cannot, it is not decoded. A pod
+// (or a list or Table of them) holds one only in its containers' env or
+// in the last-applied annotation; Secrets and ConfigMaps always may.
+func mayMask(resource string, b []byte) bool {
+	if resource != "pods" {
+		return true
+	}
+	return bytes.Contains(b, []byte(`"env"`)) || bytes.Contains(b, []byte(lastApplied))
+}
+
 // maskedValues counts what a plan masked.
 func maskedValues(p *mask.Plan) int64 {
 	var n int64
@@ -641,6 +652,11 @@ func (s *session) filterResponse(ctx context.Context, resp *http.Response, fl *f
 		}
 		if len(b) > maxMasked {
 			return &refusedResult{fmt.Sprintf("sluice: the response is over %d MiB, more than Sluice holds to mask or count it; ask for less (kubectl --chunk-size, a label selector)", maxMasked>>20)}
+		}
+		if !fl.c.Verdict.Decision.AwaitResult && !mayMask(fl.k.Resource, b) {
+			s.wireResponse(b)
+			resp.Body = io.NopCloser(bytes.NewReader(b))
+			return nil
 		}
 		v, err := decodeJSON(b)
 		if err != nil {
