@@ -354,6 +354,25 @@ func TestK8sExec(t *testing.T) {
 		t.Error("no sessions show of the cluster's sessions shows the exec's terminal (typed-42)")
 	}
 
+	// Over SPDY (client-go's SPDY executor): held, approved, recorded.
+	bin := buildK8sClient(t, e.work)
+	wait = e.background(bin + " exec -namespace app -pod web sh -c 'echo spdy-says-$((6*7))'")
+	req = pendingHold(t, e.d)
+	if out, err := e.d.Sluice(t, "approve", req.ID, "--socket", e.d.Socket); err != nil {
+		t.Fatalf("sluice approve: %v\n%s", err, out)
+	}
+	if out, err := wait(); err != nil || out != "spdy-says-42\n" {
+		t.Errorf("exec over SPDY: %v\n%q", err, out)
+	}
+	testenv.WaitFor(t, 15*time.Second, "the SPDY exec's stdout in a session's transcript", func() bool {
+		for _, s := range listSessions(t, e.d, "--target", "cluster") {
+			if out, err := e.d.Sluice(t, "sessions", "show", "--socket", e.d.Socket, s.ID); err == nil && strings.Contains(out, "spdy-says-42") {
+				return true
+			}
+		}
+		return false
+	})
+
 	// port-forward is refused.
 	out, err := e.job("kubectl port-forward pod/web 18080:80")
 	if err == nil || !strings.Contains(out, "ci/deny/port-forward") {
@@ -366,7 +385,7 @@ func TestK8sExec(t *testing.T) {
 // watched.
 func TestK8sClientGo(t *testing.T) {
 	e := startK8sEnv(t)
-	bin := buildK8sClient(t)
+	bin := buildK8sClient(t, e.work)
 	out, err := e.job(bin + " check -namespace app -pod web")
 	if err != nil {
 		t.Fatalf("k8sclient check: %v\n%s", err, out)
@@ -389,11 +408,9 @@ func TestK8sClientGo(t *testing.T) {
 	}
 }
 
-// buildK8sClient builds the client-go program.
-func buildK8sClient(t *testing.T) string {
+// buildK8sClient builds the client-go program into dir.
+func buildK8sClient(t *testing.T, dir string) string {
 	t.Helper()
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
 	path := filepath.Join(dir, "k8sclient")
 	if out, err := exec.Command("go", "build", "-o", path, "./k8sclient").CombinedOutput(); err != nil {
 		t.Fatalf("build k8sclient: %v\n%s", err, out)

@@ -4,6 +4,7 @@
 //
 //	k8sclient check -kubeconfig F -namespace NS -pod P   get, list and watch, in protobuf and JSON
 //	k8sclient bench -kubeconfig F -namespace NS -pod P -n 500   timed gets of one pod
+//	k8sclient exec -kubeconfig F -namespace NS -pod P CMD...    run CMD in the pod over SPDY (client-go's SPDY executor)
 package main
 
 import (
@@ -18,8 +19,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/remotecommand"
 )
 
 func main() {
@@ -50,8 +53,29 @@ func main() {
 		check(ctx, cfg, *ns, *pod)
 	case "bench":
 		bench(ctx, cfg, *ns, *pod, *n)
+	case "exec":
+		execSPDY(ctx, cfg, *ns, *pod, fs.Args())
 	default:
 		fail("usage", fmt.Errorf("unknown command %q", os.Args[1]))
+	}
+}
+
+// execSPDY runs cmd in the pod's container "app" over SPDY, the
+// protocol kubectl used before WebSocket and client-go programs still
+// use, with the command's stdout and stderr passed through.
+func execSPDY(ctx context.Context, cfg *rest.Config, ns, pod string, cmd []string) {
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		fail("client", err)
+	}
+	req := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("exec").
+		VersionedParams(&corev1.PodExecOptions{Container: "app", Command: cmd, Stdout: true, Stderr: true}, scheme.ParameterCodec)
+	ex, err := remotecommand.NewSPDYExecutor(cfg, "POST", req.URL())
+	if err != nil {
+		fail("spdy executor", err)
+	}
+	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: os.Stdout, Stderr: os.Stderr}); err != nil {
+		fail("exec", err)
 	}
 }
 
