@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -62,6 +63,18 @@ func FuzzResolve(f *testing.F) {
 			t.Fatalf("%s %q: accepted with an escaped slash (%s)", method, target, raw)
 		}
 		checkRoundTrip(t, method, r, k)
+		// sluice rules test and explain (Classify) see the same request.
+		if method == strings.ToUpper(method) && !strings.ContainsAny(method+target, " \t\r\n") {
+			st, err := Classify(method + " " + target)
+			if err != nil {
+				t.Fatalf("Classify(%s %q): %v, but the request is accepted", method, target, err)
+			}
+			want := *k
+			want.UserAgent = ""
+			if !reflect.DeepEqual(*st.K8s, want) || st.Kind != k.Verb {
+				t.Fatalf("Classify(%s %q) = %+v, the proxy decides on %+v", method, target, *st.K8s, want)
+			}
+		}
 	})
 }
 
