@@ -549,6 +549,10 @@ func statusOf(cfg *Config, ic *interceptor.Interceptor, disc *discoverer, p *int
 		}
 		if !at.Decoded {
 			at.Undecoded, at.Rule = t.Undecoded, decoder.UndecodedRule(t)
+		} else if p, _ := decoder.Lookup(t.Protocol); p.DecodedWhen != "" {
+			// Decoded flow by flow (k8s): Why, Undecoded and Rule say
+			// what the flows that are not decoded get.
+			at.Why, at.Undecoded, at.Rule = p.NotDecoded, t.Undecoded, decoder.UndecodedRule(t)
 		}
 		for _, a := range t.Addresses {
 			at.Addresses = append(at.Addresses, a.String())

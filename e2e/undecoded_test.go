@@ -1,9 +1,10 @@
 package e2e
 
 // The tests here need, besides root: OpenSSH's sshd and ssh, git and bash
-// (scripts/install-deps.sh installs them). Their undecoded protocols are
-// k8s, which this build has no decoder for, and ssh to targets without a
-// credential for Sluice to log in with. Servers listen on the
+// (scripts/install-deps.sh installs them). Their undecoded flows are k8s
+// flows of clients that do not start TLS towards Sluice's CA (these
+// servers speak first, so the client sends nothing), and ssh to targets
+// without a credential for Sluice to log in with. Servers listen on the
 // real ports 22 and 6443, where the embedded default ruleset's "*:22" and
 // "*:6443" targets catch them, on a test host in a network namespace the
 // test creates, so a machine's own sshd or Kubernetes API server on those
@@ -210,18 +211,24 @@ func TestUndecodedDefaultRelays(t *testing.T) {
 		}
 	}
 
-	// Status and doctor say the targets this build cannot decode are
-	// relayed, not refused; ssh and kubernetes are among them.
+	// Status and doctor say the targets whose flows this build cannot
+	// decode are relayed, not refused: ssh (no credential), and the
+	// kubernetes target's flows of clients that do not trust Sluice's
+	// CA (it is decoded for the others).
 	st, err := d.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
 	relayed := map[string]bool{}
 	for _, tg := range st.Targets {
-		if tg.Decoded {
+		switch {
+		case tg.Decoded && tg.Undecoded == "":
 			continue
-		}
-		if tg.Undecoded != "relay" || tg.Mode != "relayed opaquely (undecoded)" {
+		case tg.Decoded:
+			if tg.Protocol != "k8s" || tg.Undecoded != "relay" || tg.Mode != "decoded" {
+				t.Errorf("status target %+v: want a k8s target decoded, relaying the flows it cannot decode", tg)
+			}
+		case tg.Undecoded != "relay" || tg.Mode != "relayed opaquely (undecoded)":
 			t.Errorf("status target %+v: want relayed opaquely (undecoded)", tg)
 		}
 		relayed[tg.Name] = true
@@ -230,7 +237,7 @@ func TestUndecodedDefaultRelays(t *testing.T) {
 		t.Errorf("status targets %+v: want ssh and kubernetes relayed undecoded", st.Targets)
 	}
 	out, _ = d.Sluice(t, "doctor", "--config", d.Config)
-	if !strings.Contains(out, "relayed without inspection: ") || !strings.Contains(out, "ssh (ssh: the target has no credential for Sluice to log in to the host with), kubernetes (k8s: this build has no k8s decoder)") ||
+	if !strings.Contains(out, "relayed without inspection: ") || !strings.Contains(out, "ssh (ssh: the target has no credential for Sluice to log in to the host with), kubernetes (k8s: the job's client does not trust Sluice's CA") ||
 		strings.Contains(out, "refused, since they cannot be decoded") {
 		t.Errorf("sluice doctor does not list ssh and kubernetes as relayed without inspection, and nothing as refused:\n%s", out)
 	}
@@ -286,7 +293,7 @@ func TestUndecodedOperatorRefuses(t *testing.T) {
 		t.Errorf("ssh from the cgroup: %v: %q, want it to contain %q", err, out, want)
 	}
 
-	why := map[string]string{"kube": "this build has no k8s decoder", "git": "the target has no credential for Sluice to log in to the host with"}
+	why := map[string]string{"kube": "the job's client sent nothing within 1s", "git": "the target has no credential for Sluice to log in to the host with"}
 	for _, target := range []string{"kube", "git"} {
 		rule := "target/" + target + "/undecoded"
 		l := d.WaitLog(t, "flow refused: it cannot be decoded", func(l testenv.LogLine) bool { return l.String("target") == target })
@@ -303,7 +310,7 @@ func TestUndecodedOperatorRefuses(t *testing.T) {
 	}
 
 	out, _ = d.Sluice(t, "doctor", "--config", d.Config)
-	if !strings.Contains(out, "refused, since they cannot be decoded: kube (k8s: this build has no k8s decoder; rule target/kube/undecoded), git (ssh: the target has no credential for Sluice to log in to the host with; rule target/git/undecoded)") {
+	if !strings.Contains(out, "refused, since they cannot be decoded: kube (k8s: the job's client does not trust Sluice's CA (its TLS server name is not kubernetes.sluice.internal, which a kubeconfig from sluice kubeconfig sends); rule target/kube/undecoded), git (ssh: the target has no credential for Sluice to log in to the host with; rule target/git/undecoded)") {
 		t.Errorf("sluice doctor does not list the refused targets:\n%s", out)
 	}
 }

@@ -443,7 +443,7 @@ func checkRuleset(st *api.Status) finding {
 			why = "no decoder in this build"
 		}
 		switch {
-		case t.Decoded:
+		case t.Decoded && t.Undecoded == "":
 		case t.Undecoded == "relay":
 			relayed = append(relayed, fmt.Sprintf("%s (%s: %s)", t.Name, t.Protocol, why))
 		default:

@@ -137,6 +137,13 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 		for _, t := range d.Targets {
 			note := ""
 			switch {
+			case t.Decoded && t.Undecoded != "":
+				// Decoded flow by flow (k8s): what the others get.
+				what := "refused by rule " + t.Rule
+				if t.Undecoded == "relay" {
+					what = "relayed uninspected"
+				}
+				note = "  [decoded; flows it cannot decode are " + what + ": " + t.Why + "]"
 			case t.Decoded:
 			case t.Why != "":
 				note = "  [" + t.Mode + ": " + t.Why + "]"

@@ -57,13 +57,13 @@ func newHandler(env decoder.Env) decoder.Handler {
 	refused := newRefusals()
 	return func(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc) decoder.Result {
 		flog := env.Log.With("flow", f.ID, "target", f.Target.Name)
-		sni, pc, err := peekServerName(client)
+		h, pc, err := peekHello(client)
 		if err != nil {
 			client.Close()
 			return decoder.Result{Err: fmt.Errorf("read the tls client hello: %w", err)}
 		}
-		if sni != ServerName {
-			return undecoded(ctx, f, pc, dial, sni, flog)
+		if h.sni != ServerName {
+			return undecoded(ctx, f, pc, dial, h, env.Log)
 		}
 		if env.ClientTLS == nil {
 			pc.Close()
@@ -73,36 +73,40 @@ func newHandler(env decoder.Env) decoder.Handler {
 	}
 }
 
-// undecoded relays or refuses a flow whose client does not trust Sluice's
-// CA, as its target's undecoded setting says (refuse by default); in
-// monitor mode it is relayed. Relayed, the flow is recorded as metadata:
-// its TLS server name and its byte counts.
-func undecoded(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc, sni string, log hclog.Logger) decoder.Result {
-	t := f.Target
-	why := fmt.Sprintf("the job's client does not trust Sluice's CA (TLS server name %q, not %s; a kubeconfig from sluice kubeconfig sends it)", sni, ServerName)
-	if sni == "" {
+// undecoded relays or refuses a flow Sluice does not decode, as its
+// target's undecoded setting says (refuse by default); in monitor mode it
+// is relayed. Relayed, the flow is recorded as metadata, with the TLS
+// server name it sent.
+func undecoded(ctx context.Context, f *decoder.Flow, client net.Conn, dial decoder.DialFunc, h hello, log hclog.Logger) decoder.Result {
+	var why string
+	switch {
+	case h.silent:
+		why = fmt.Sprintf("the job's client sent nothing within %v (a Kubernetes client starts TLS at once), so it is not one that trusts Sluice's CA", firstByteWait)
+	case !h.tls:
+		why = "the job's client does not speak TLS, so it is not one that trusts Sluice's CA"
+	case h.sni == "":
 		why = fmt.Sprintf("the job's client does not trust Sluice's CA (it sent no TLS server name, not %s; a kubeconfig from sluice kubeconfig sends it)", ServerName)
+	default:
+		why = fmt.Sprintf("the job's client does not trust Sluice's CA (TLS server name %q, not %s; a kubeconfig from sluice kubeconfig sends it)", h.sni, ServerName)
 	}
-	fields := []any{"inspected", false, "undecoded", t.Undecoded, "sni", sni}
-	if t.Undecoded != ruleset.UndecodedRelay {
-		rule := decoder.UndecodedRule(t)
-		reason := why + ", and target " + t.Name + " refuses flows it cannot inspect"
-		if f.Match.Ruleset().Mode() != ruleset.Monitor {
-			log.Warn("flow refused: it cannot be decoded", "rule", rule, "reason", reason)
-			client.Close()
-			return decoder.Result{Err: fmt.Errorf("refused by rule %s: %s", rule, reason), Fields: append(fields, "rule", rule)}
-		}
-		log.Warn("flow would be refused (monitor mode): it cannot be decoded", "rule", rule, "reason", reason)
-	}
-	log.Info("flow not inspected: relaying it opaquely", "why", why)
-	up, err := dial(ctx)
-	if err != nil {
-		client.Close()
-		return decoder.Result{Err: fmt.Errorf("dial upstream %s: %w", f.Dest, err), Fields: fields}
-	}
-	c, err := decoder.Relay(ctx, client, up)
-	return decoder.Result{BytesFromClient: c.ClientToServer, BytesToClient: c.ServerToClient, Err: err, Fields: fields}
+	return decoder.NotDecoded(ctx, f, client, dial, decoder.NotDecodedFlow{Why: why, Refuse: f.Target.Undecoded != ruleset.UndecodedRelay,
+		Fields: []any{"sni", h.sni}}, nil, log)
 }
+
+// hello is what the start of a client's bytes said: whether it sent
+// anything within firstByteWait, whether that is a TLS ClientHello, and
+// the server name it asks for.
+type hello struct {
+	silent, tls bool
+	sni         string
+}
+
+// firstByteWait is how long a client may take to send its first byte.
+// An HTTPS client sends its ClientHello as soon as it is connected; a
+// client that waits for the server to speak first is not a Kubernetes
+// client, and its flow goes as the target's undecoded setting says once
+// this has passed.
+const firstByteWait = time.Second
 
 // helloTimeout bounds the wait for a client's TLS ClientHello.
 const helloTimeout = 30 * time.Second
@@ -110,29 +114,51 @@ const helloTimeout = 30 * time.Second
 // errHelloRead stops the TLS server once it has the ClientHello.
 var errHelloRead = errors.New("client hello read")
 
-// peekServerName reads the client's TLS ClientHello and returns the server
-// name it asks for, and a connection that replays what was read before
-// the rest of the client's bytes. The ClientHello is parsed by
-// crypto/tls itself, on a connection that keeps what it reads and sends
-// nothing.
-func peekServerName(c net.Conn) (string, net.Conn, error) {
-	rec := &recordingConn{Conn: c}
-	var sni string
-	got := false
+// peekHello reads the client's TLS ClientHello and says what it asks
+// for, and returns a connection that replays what was read before the
+// rest of the client's bytes. The ClientHello is parsed by crypto/tls
+// itself, on a connection that keeps what it reads and sends nothing.
+// Bytes that are not TLS, or no bytes within firstByteWait, are said too:
+// such a flow is not decoded. An error is a connection that failed.
+func peekHello(c net.Conn) (hello, net.Conn, error) {
+	c.SetReadDeadline(time.Now().Add(firstByteWait))
+	first := make([]byte, 1)
+	n, err := c.Read(first)
+	c.SetReadDeadline(time.Time{})
+	if n == 0 {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return hello{silent: true}, c, nil
+		}
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return hello{}, nil, err
+	}
+	if first[0] != 0x16 { // a TLS handshake record
+		return hello{}, &replayConn{Conn: c, pre: first}, nil
+	}
+	rec := &recordingConn{Conn: &replayConn{Conn: c, pre: first}}
+	var h hello
 	c.SetReadDeadline(time.Now().Add(helloTimeout))
-	srv := tls.Server(rec, &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-		sni, got = h.ServerName, true
+	srv := tls.Server(rec, &tls.Config{GetConfigForClient: func(ch *tls.ClientHelloInfo) (*tls.Config, error) {
+		h.sni, h.tls = ch.ServerName, true
 		return nil, errHelloRead
 	}})
-	err := srv.Handshake()
+	err = srv.Handshake()
 	c.SetReadDeadline(time.Time{})
-	if !got {
-		if err == nil {
-			err = errors.New("no client hello")
+	if !h.tls {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return hello{}, nil, fmt.Errorf("no complete TLS ClientHello within %v", helloTimeout)
 		}
-		return "", nil, err
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+			return hello{}, nil, err
+		}
+		// Not a ClientHello after all: relayed or refused as it is.
+		return hello{}, &replayConn{Conn: c, pre: rec.buf}, nil
 	}
-	return sni, &replayConn{Conn: c, pre: rec.buf}, nil
+	return h, &replayConn{Conn: c, pre: rec.buf}, nil
 }
 
 // recordingConn keeps what is read from it and writes nothing.

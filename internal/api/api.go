@@ -124,7 +124,9 @@ type Target struct {
 	Mode string `json:"mode,omitempty"`
 	// Undecoded is the target's undecoded setting ("relay" or
 	// "refuse") when Decoded is false, and Rule the rule ID its
-	// refusals name.
+	// refusals name. A target decoded flow by flow (k8s: the flows of
+	// clients that trust Sluice's CA) is Decoded with Why, Undecoded and
+	// Rule set for the flows it cannot decode.
 	Undecoded string `json:"undecoded,omitempty"`
 	Rule      string `json:"rule,omitempty"`
 }
