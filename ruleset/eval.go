@@ -130,7 +130,8 @@ type K8sRequest struct {
 	ObjectKind string
 	// Images are the container images of the pod spec the body holds
 	// (a Pod, or a workload's pod template), init and ephemeral
-	// containers included, in order, without duplicates.
+	// containers included, without duplicates: each list's in its
+	// order, the lists in a fixed order (containers, ephemeral, init).
 	Images []string
 	// Privileged, HostPath and HostNetwork say the pod spec the body
 	// holds runs a privileged container, mounts a hostPath volume or

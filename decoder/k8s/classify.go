@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"mime"
 	"net/http"
 	"net/url"
@@ -144,6 +145,11 @@ func bodyFacts(ct string, body []byte, k *ruleset.K8sRequest) error {
 		}
 		for _, op := range ops {
 			o, _ := op.(map[string]any)
+			if name, _ := o["op"].(string); name == "copy" || name == "move" {
+				// Their value is the server's, which Sluice does not
+				// see: copying a true onto privileged would pass unseen.
+				return fmt.Errorf("%w: a JSON patch's %s takes its value from the object on the server, which Sluice cannot see; send the value itself with add or replace", errRequest, name)
+			}
 			p, _ := o["path"].(string)
 			f.patchOp(p, o["value"])
 		}
@@ -178,7 +184,10 @@ func (f *facts) image(v any) {
 func (f *facts) walk(v any, key string) {
 	switch x := v.(type) {
 	case map[string]any:
-		for k, c := range x {
+		// In key order, so that the same body always lists its images
+		// in the same order.
+		for _, k := range slices.Sorted(maps.Keys(x)) {
+			c := x[k]
 			switch k {
 			case "hostPath":
 				if c != nil {

@@ -51,8 +51,9 @@ func objects(plan *mask.Plan, v any, resource string) (items int64, changed bool
 		return 0, false
 	}
 	if ev, ok := o["object"].(map[string]any); ok && o["type"] != nil {
-		// A watch event.
-		return 1, object(plan, ev, resource)
+		// A watch event: of one object, or of a Table of them (kubectl
+		// get -w asks for Tables).
+		return objects(plan, ev, resource)
 	}
 	if list, ok := o["items"].([]any); ok {
 		for _, it := range list {
@@ -151,9 +152,13 @@ func annotation(plan *mask.Plan, o map[string]any, col int) bool {
 		return false
 	}
 	if _, masked := plan.Masked(col); masked {
-		out, _ := apply(plan, col, s, false)
-		ann[lastApplied] = out
-		return true
+		// Masked whole, by the column's function (not under monitor
+		// mode, where apply changes nothing).
+		out, ok := apply(plan, col, s, false)
+		if ok {
+			ann[lastApplied] = out
+		}
+		return ok
 	}
 	// Detectors only: the annotation is JSON, and the detectors look for
 	// values in its text.
