@@ -80,3 +80,9 @@ go mod download
 # build takes about 20 minutes on 2 cores; later runs reuse the cache at
 # once. It prints the cache directory, which install-deps does not need.
 "$(dirname "$0")/build-kube.sh" >/dev/null
+
+# versitygw, the S3-compatible server of the object-store tests
+# (testenv.StartS3): built from the Go module proxy at the version
+# internal/testenv/s3tools pins, into a cache keyed by it (about 1.5
+# minutes on 2 cores the first time).
+"$(dirname "$0")/build-s3.sh" >/dev/null

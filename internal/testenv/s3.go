@@ -1,0 +1,164 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// S3 is a real S3-compatible server the test started: versitygw on its
+// POSIX backend (built by scripts/build-s3.sh), listening on 127.0.0.1
+// with plain HTTP and one root account. Its data stays in Dir across Stop
+// and Start, so a test can take the server away and bring it back on the
+// same port. Everything is stopped and removed at cleanup. An S3 belongs
+// to the test that started it.
+type S3 struct {
+	// Endpoint is 127.0.0.1:PORT.
+	Endpoint string
+	// AccessKey and SecretKey are the root account's.
+	AccessKey, SecretKey string
+	// Dir holds the buckets (one directory each) and the log.
+	Dir string
+
+	bin     string
+	process *exec.Cmd
+	done    chan struct{}
+}
+
+// S3Bin returns the versitygw program: SLUICE_S3_BIN when set, or else
+// scripts/build-s3.sh's cache entry for the version
+// internal/testenv/s3tools pins. It never builds it: scripts/install-deps.sh
+// does (about 1.5 minutes on 2 cores).
+func S3Bin() (string, error) {
+	bin := os.Getenv("SLUICE_S3_BIN")
+	if bin == "" {
+		out, err := exec.Command("bash", filepath.Join(repoRoot(), "scripts", "build-s3.sh"), "--cached").Output()
+		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				return "", fmt.Errorf("versitygw is not built: %s", strings.TrimSpace(string(ee.Stderr)))
+			}
+			return "", fmt.Errorf("run scripts/build-s3.sh --cached: %w", err)
+		}
+		bin = strings.TrimSpace(string(out))
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("no versitygw at %s: run scripts/build-s3.sh", bin)
+	}
+	return bin, nil
+}
+
+// StartS3 starts versitygw and returns once it answers. It skips under
+// go test -short and when versitygw is not built (S3Bin), unless
+// SLUICE_E2E=required, which fails instead.
+func StartS3(t testing.TB) *S3 {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts versitygw: not run under -short")
+	}
+	bin, err := S3Bin()
+	Need(t, err == nil, fmt.Sprint(err))
+	dir, err := os.MkdirTemp("", "sluice-s3-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &S3{
+		Endpoint:  net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t, "127.0.0.1"))),
+		AccessKey: RandName("ak"), SecretKey: RandName("sk") + RandName(""),
+		Dir: dir, bin: bin,
+	}
+	os.Mkdir(filepath.Join(dir, "data"), 0o700)
+	t.Cleanup(func() {
+		s.Stop(t)
+		os.RemoveAll(dir)
+	})
+	s.Start(t)
+	return s
+}
+
+// Start starts the server (again) on its port and data, and waits until
+// it answers.
+func (s *S3) Start(t testing.TB) {
+	t.Helper()
+	if s.process != nil {
+		t.Fatal("versitygw is already running")
+	}
+	logf, err := os.OpenFile(filepath.Join(s.Dir, "versitygw.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(s.bin, "--port", s.Endpoint, "--quiet", "posix", filepath.Join(s.Dir, "data"))
+	// The credentials go through the environment, not the command line
+	// other users can read.
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.AccessKey, "ROOT_SECRET_ACCESS_KEY="+s.SecretKey)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start versitygw: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	s.process, s.done = cmd, done
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.Endpoint, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-done:
+			log, _ := os.ReadFile(filepath.Join(s.Dir, "versitygw.log"))
+			t.Fatalf("versitygw exited at start:\n%s", log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("versitygw did not listen on %s within 20s", s.Endpoint)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop stops the server (SIGTERM, SIGKILL after 5 s), keeping its data.
+// Stopping a stopped server does nothing.
+func (s *S3) Stop(t testing.TB) {
+	if s.process == nil {
+		return
+	}
+	stopGroup(s.process, s.done, syscall.SIGTERM, 5*time.Second)
+	s.process = nil
+}
+
+// Client returns a minio-go client authenticated as the root account.
+func (s *S3) Client(t testing.TB) *minio.Client {
+	t.Helper()
+	c, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// MakeBucket creates a bucket, with object lock enabled when lock is
+// true.
+func (s *S3) MakeBucket(t testing.TB, name string, lock bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Client(t).MakeBucket(ctx, name, minio.MakeBucketOptions{ObjectLocking: lock}); err != nil {
+		t.Fatalf("make bucket %s: %v", name, err)
+	}
+}
