@@ -49,6 +49,7 @@ type fileConfig struct {
 	Remote         *remoteConfig    `hcl:"remote_api,block"`
 	Approvals      *approvalsConfig `hcl:"approvals,block"`
 	Containers     *containersBlock `hcl:"containers,block"`
+	Store          *storeBlock      `hcl:"store,block"`
 }
 
 // discoverConfig is the discover block: where to look for runner services
@@ -174,6 +175,8 @@ type Config struct {
 	Approvals approvalsConfig
 	// Containers, when set, intercepts container jobs.
 	Containers *Containers
+	// Store, when set, is where sealed recordings are uploaded.
+	Store *StoreSettings
 }
 
 // discovery is the validated discover block.
@@ -236,6 +239,7 @@ func ParseConfig(path string, src []byte) (*Config, hcl.Diagnostics, map[string]
 		LogLevel: "info", LogFormat: "auto", RulesDir: fc.RulesDir,
 	}
 	diags = append(diags, c.setCgroups(&fc)...)
+	diags = append(diags, c.setStore(fc.Store)...)
 	if c.Name == "" {
 		c.Name = "default"
 	}

@@ -164,6 +164,9 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		return dataDirError(cfg, err)
 	}
 	defer rec.Close()
+	if _, err := startUploads(ctx, cfg, rec, log.Named("store")); err != nil {
+		return configError(err, "correct the store block in "+cfg.Path, "invalid store block")
+	}
 	broker := newBroker(cfg, log.Named("approvals"))
 	defer broker.Close(context.Background())
 	rec.broker = broker

@@ -36,6 +36,9 @@ type recorder struct {
 	broker *approve.Broker
 	// secrets reads the credentials the ruleset injects.
 	secrets *credential.Store
+	// upload, when set, takes each sealed session for the store (it
+	// never blocks).
+	upload func(*store.Session)
 
 	// byJob are the recorded sessions open now, by job (identity's job
 	// key), so that a tamper alert is also written into its job's
@@ -201,6 +204,9 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		idx.Bytes = res.BytesFromClient + res.BytesToClient
 		if err := r.index.Put(idx); err != nil {
 			log.Error("updating the recording index failed", "session", id, "error", err)
+		}
+		if r.upload != nil && idx.Status == store.StatusSealed {
+			r.upload(idx)
 		}
 	}
 	return sess, end, nil

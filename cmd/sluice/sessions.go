@@ -49,6 +49,7 @@ func newSessionsListCmd() *cobra.Command {
 	var limit int
 	var asJSON bool
 	var daemon *daemonFlags
+	var st *storeFlags
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List sessions, newest first, with filters",
@@ -63,21 +64,33 @@ func newSessionsListCmd() *cobra.Command {
 			if limit < 0 {
 				return usageErrorf("--limit %d: want 0 (all) or more", limit)
 			}
-			c, err := daemon.client()
-			if err != nil {
+			if err := st.check(daemon); err != nil {
 				return err
-			}
-			q := url.Values{}
-			for k, v := range map[string]string{"since": since, "repo": repo, "run_id": runID, "target": target, "verdict": verdict, "limit": fmt.Sprint(limit)} {
-				if v != "" {
-					q.Set(k, v)
-				}
 			}
 			var sessions []*store.Session
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := c.Get(ctx, "/v1/sessions?"+q.Encode(), &sessions); err != nil {
-				return err
+			if st.set() {
+				f := store.Filter{Repo: repo, RunID: runID, Target: target, Verdict: verdict, Limit: limit}
+				f.Since, _ = api.ParseSince(since)
+				var err error
+				if sessions, err = storeList(st, f); err != nil {
+					return err
+				}
+			} else {
+				c, err := daemon.client()
+				if err != nil {
+					return err
+				}
+				q := url.Values{}
+				for k, v := range map[string]string{"since": since, "repo": repo, "run_id": runID, "target": target, "verdict": verdict, "limit": fmt.Sprint(limit)} {
+					if v != "" {
+						q.Set(k, v)
+					}
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				if err := c.Get(ctx, "/v1/sessions?"+q.Encode(), &sessions); err != nil {
+					return err
+				}
 			}
 			stdout := cmd.OutOrStdout()
 			if asJSON {
@@ -104,6 +117,7 @@ func newSessionsListCmd() *cobra.Command {
 	}
 	fl := cmd.Flags()
 	daemon = addDaemonFlags(fl)
+	st = addStoreFlags(fl)
 	fl.StringVar(&since, "since", "", "only sessions that started after `WHEN`: a duration back from now (2h, 7d) or an RFC 3339 time")
 	fl.StringVar(&repo, "repo", "", "only sessions of the repository `OWNER/NAME` (verified identity claim)")
 	fl.StringVar(&runID, "run-id", "", "only sessions of the CI run `ID` (verified identity claim)")
@@ -142,6 +156,7 @@ func detail(daemon *daemonFlags, id string) (*store.Session, []record.Event, *ap
 func newSessionsShowCmd() *cobra.Command {
 	var asJSON bool
 	var daemon *daemonFlags
+	var st *storeFlags
 	cmd := &cobra.Command{
 		Use:   "show ID",
 		Short: "A session's transcript: who, where, statements, verdicts, rows",
@@ -153,7 +168,10 @@ stderr (! lines), with control characters escaped; sluice replay plays the
 terminal itself, and sluice export --format asciicast writes it for asciinema.`,
 		Args: argsNamed("ID"),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
-			sess, events, d, err := detail(daemon, args[0])
+			if err := st.check(daemon); err != nil {
+				return err
+			}
+			sess, events, d, err := st.detail(daemon, args[0])
 			if err != nil {
 				return err
 			}
@@ -161,6 +179,7 @@ terminal itself, and sluice export --format asciicast writes it for asciinema.`,
 		}),
 	}
 	daemon = addDaemonFlags(cmd.Flags())
+	st = addStoreFlags(cmd.Flags())
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the session and its events as JSON")
 	return cmd
 }
@@ -229,6 +248,7 @@ func sortedKeys[V any](m map[string]V) []string {
 func newVerifyCmd() *cobra.Command {
 	var all bool
 	var daemon *daemonFlags
+	var st *storeFlags
 	cmd := &cobra.Command{
 		Use:   "verify (ID | --all)",
 		Short: "Check recordings' checksums, hash chain and signatures; exit 1 if altered",
@@ -247,6 +267,16 @@ per recording; exit 1 when any was altered.`,
 			return nil
 		},
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			if err := st.check(daemon); err != nil {
+				return err
+			}
+			if st.set() {
+				id := ""
+				if !all {
+					id = args[0]
+				}
+				return storeVerify(cmd.OutOrStdout(), st, id)
+			}
 			c, err := daemon.client()
 			if err != nil {
 				return err
@@ -288,6 +318,8 @@ per recording; exit 1 when any was altered.`,
 		}),
 	}
 	daemon = addDaemonFlags(cmd.Flags())
+	st = addStoreFlags(cmd.Flags())
+	cmd.Flags().StringVar(&st.pub, "pub", "", "with --store, verify with the recording public key in `FILE` (sluice recordings pubkey on the VM) instead of the key each recording's sidecar names")
 	cmd.Flags().BoolVar(&all, "all", false, "verify every recording")
 	return cmd
 }
@@ -363,6 +395,7 @@ var exportFormats = []string{"jsonl", "pcap", "asciicast"}
 func newExportCmd() *cobra.Command {
 	var format, out string
 	var daemon *daemonFlags
+	var st *storeFlags
 	cmd := &cobra.Command{
 		Use:   "export ID [--format jsonl|pcap|asciicast] [-o FILE]",
 		Short: "Export a recording for SIEMs (jsonl), Wireshark (pcap) or asciinema",
@@ -376,7 +409,10 @@ saw them, any other session's transcript typed out).`,
 			if !slices.Contains(exportFormats, format) {
 				return usageErrorf("--format %q: want one of %s", format, strings.Join(exportFormats, ", "))
 			}
-			sess, events, d, err := detail(daemon, args[0])
+			if err := st.check(daemon); err != nil {
+				return err
+			}
+			sess, events, d, err := st.detail(daemon, args[0])
 			if err != nil {
 				return err
 			}
@@ -415,6 +451,7 @@ saw them, any other session's transcript typed out).`,
 		}),
 	}
 	daemon = addDaemonFlags(cmd.Flags())
+	st = addStoreFlags(cmd.Flags())
 	cmd.Flags().StringVar(&format, "format", "jsonl", "output `FORMAT`: jsonl (SIEMs), pcap (Wireshark, tshark; needs record level full; not for ssh sessions) or asciicast (asciinema)")
 	cmd.Flags().StringVarP(&out, "output", "o", "", "write to `FILE` (default: standard output)")
 	return cmd

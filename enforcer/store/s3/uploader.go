@@ -36,7 +36,7 @@ type Uploader struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Uploaded, when set, is called after each successful upload (from
 	// Run's goroutine) with the sidecar and the delay from the session's
-	// end to the store's acknowledgement.
+	// end to the store's acknowledgement. Each upload is also logged.
 	Uploaded func(sc *Sidecar, delay time.Duration)
 
 	mu      sync.Mutex
@@ -137,7 +137,8 @@ func (u *Uploader) Run(ctx context.Context) error {
 		}
 		u.mu.Unlock()
 		delay := time.Since(j.sess.End)
-		log.Debug("recording uploaded", "store", u.b.String(), "bytes", sc.Size, "tries", j.tries+1, "delay", delay)
+		log.Info("recording uploaded", "store", u.b.String(), "bytes", sc.Size, "tries", j.tries+1,
+			"delay_after_seal_ms", float64(delay.Microseconds())/1000)
 		if u.Uploaded != nil {
 			u.Uploaded(sc, delay)
 		}

@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"regexp"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/sluicehq/sluice/enforcer/store"
+	"github.com/sluicehq/sluice/enforcer/store/s3"
+)
+
+// storeBlock is the store block as written: where sealed recordings are
+// uploaded.
+type storeBlock struct {
+	URL          string `hcl:"url"`
+	Endpoint     string `hcl:"endpoint,optional"`
+	Region       string `hcl:"region,optional"`
+	AccessKeyEnv string `hcl:"access_key_env,optional"`
+	SecretKeyEnv string `hcl:"secret_key_env,optional"`
+	Insecure     bool   `hcl:"insecure,optional"`
+	CAFile       string `hcl:"ca_file,optional"`
+	Retention    string `hcl:"retention,optional"`
+}
+
+// StoreSettings is the validated store block. Credentials are not kept
+// here: they are read from the environment variables it names when the
+// daemon starts.
+type StoreSettings struct {
+	// URL is s3://BUCKET/PREFIX.
+	URL      string
+	Endpoint string
+	Region   string
+	// AccessKeyEnv and SecretKeyEnv name the environment variables of
+	// sluiced that hold the credentials (default AWS_ACCESS_KEY_ID and
+	// AWS_SECRET_ACCESS_KEY).
+	AccessKeyEnv, SecretKeyEnv string
+	// Insecure uses plain HTTP.
+	Insecure bool
+	// CAFile, when set, holds the only CAs trusted for the server.
+	CAFile string
+	// Retention is the object-lock retention of each upload where the
+	// bucket has object lock (default 0: none).
+	Retention time.Duration
+}
+
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// setStore validates the store block.
+func (c *Config) setStore(sb *storeBlock) hcl.Diagnostics {
+	if sb == nil {
+		return nil
+	}
+	var diags hcl.Diagnostics
+	bad := func(summary, detail string) {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail})
+	}
+	if _, _, err := s3.ParseURL(sb.URL); err != nil {
+		bad("Invalid store url", fmt.Sprintf("%v. Give the bucket and an optional prefix, such as url = \"s3://recordings/fleet\".", err))
+	}
+	st := &StoreSettings{URL: sb.URL, Endpoint: sb.Endpoint, Region: sb.Region, Insecure: sb.Insecure, CAFile: sb.CAFile,
+		AccessKeyEnv: "AWS_ACCESS_KEY_ID", SecretKeyEnv: "AWS_SECRET_ACCESS_KEY"}
+	for _, e := range []struct {
+		name, val string
+		dst       *string
+	}{{"access_key_env", sb.AccessKeyEnv, &st.AccessKeyEnv}, {"secret_key_env", sb.SecretKeyEnv, &st.SecretKeyEnv}} {
+		if e.val == "" {
+			continue
+		}
+		if !envName.MatchString(e.val) {
+			bad("Invalid store "+e.name, fmt.Sprintf("%s = %q: give the name of an environment variable of sluiced (such as SLUICE_S3_KEY), not the credential itself.", e.name, e.val))
+		}
+		*e.dst = e.val
+	}
+	if sb.Retention != "" {
+		d, err := parseDays(sb.Retention)
+		if err != nil || d < 0 {
+			bad("Invalid store retention", fmt.Sprintf("retention %q: give a duration such as \"30d\" or \"720h\", or leave it out for no object lock retention.", sb.Retention))
+		}
+		st.Retention = d
+	}
+	if sb.Insecure && sb.CAFile != "" {
+		bad("Conflicting store settings", "insecure = true uses plain HTTP, where ca_file has no use: remove one of them.")
+	}
+	c.Store = st
+	return diags
+}
+
+// openStore opens the configured store with the credentials from the
+// environment, logging (never the values) what is missing.
+func openStore(st *StoreSettings, log hclog.Logger) (*s3.Bucket, error) {
+	cfg := s3.Config{URL: st.URL, Endpoint: st.Endpoint, Region: st.Region, Insecure: st.Insecure, Retention: st.Retention,
+		AccessKey: os.Getenv(st.AccessKeyEnv), SecretKey: os.Getenv(st.SecretKeyEnv)}
+	if cfg.AccessKey == "" || cfg.SecretKey == "" {
+		log.Error("store credentials are not set: uploads go unsigned and will likely be refused", "access_key_env", st.AccessKeyEnv, "secret_key_env", st.SecretKeyEnv)
+	}
+	if st.CAFile != "" {
+		pem, err := os.ReadFile(st.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read store ca_file: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("read store ca_file %s: no PEM certificate in it", st.CAFile)
+		}
+	}
+	return s3.Open(cfg)
+}
+
+// startUploads starts uploading rec's sealed recordings to the configured
+// store until ctx ends; with no store block it does nothing. The returned
+// stats function reports the uploads (nil without a store).
+func startUploads(ctx context.Context, cfg *Config, rec *recorder, log hclog.Logger) (func() s3.UploaderStats, error) {
+	if cfg.Store == nil {
+		return nil, nil
+	}
+	b, err := openStore(cfg.Store, log)
+	if err != nil {
+		return nil, err
+	}
+	u := s3.NewUploader(b, rec.keys.PublicKey(), log)
+	rec.upload = func(s *store.Session) { u.Enqueue(s) }
+	go u.Run(ctx)
+	log.Info("uploading sealed recordings", "store", b.String(), "endpoint", cfg.Store.Endpoint)
+	return u.Stats, nil
+}

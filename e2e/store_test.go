@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/enforcer/store"
+	"github.com/sluicehq/sluice/internal/testenv"
+)
+
+// TestStoreOutlivesTheVM: a PostgreSQL session recorded on daemon A is
+// uploaded to a real S3-compatible server (versitygw, object lock on);
+// A is stopped and its data directory deleted; sluice sessions list, show,
+// export and verify --store still list, show and verify it, with no
+// daemon, and verify with a pinned key of another VM fails.
+func TestStoreOutlivesTheVM(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	s3 := testenv.StartS3(t)
+	s3.MakeBucket(t, "fleet", true)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg,
+		Rules: strings.Replace(pgRules(pg.Addr()), `targets = ["pg"]`, "targets = [\"pg\"]\n  record  = \"full\"", 1),
+		Body: `store {
+  url            = "s3://fleet/runners"
+  endpoint       = "` + s3.Endpoint + `"
+  insecure       = true
+  access_key_env = "SLUICE_TEST_S3_KEY"
+  secret_key_env = "SLUICE_TEST_S3_SECRET"
+  retention      = "1d"
+}
+`,
+		Env: []string{"SLUICE_TEST_S3_KEY=" + s3.AccessKey, "SLUICE_TEST_S3_SECRET=" + s3.SecretKey}})
+	admin(t, pg, "create table t(id int); insert into t values (1), (2)")
+
+	out, _, _ := psqlIn(t, cg, nobody(t), pg.PsqlArgs("", 0, "SELECT id FROM t ORDER BY id; DROP TABLE t;"))
+	if !strings.Contains(out, "denied") {
+		t.Fatalf("psql: %s", out)
+	}
+	sess := waitSealed(t, d, 1, 10*time.Second)[0]
+	up := d.WaitLog(t, "recording uploaded", func(l testenv.LogLine) bool { return l.String("session") == sess.ID })
+	t.Logf("uploaded %s bytes, %s ms after the seal", up.String("bytes"), up.String("delay_after_seal_ms"))
+
+	dir := t.TempDir()
+	pubA := filepath.Join(dir, "a.pub")
+	pub, err := d.Sluice(t, "recordings", "pubkey", "--data-dir", d.DataDir)
+	if err != nil {
+		t.Fatalf("recordings pubkey: %v\n%s", err, pub)
+	}
+	os.WriteFile(pubA, []byte(pub), 0o600)
+
+	// The VM goes away.
+	d.Stop(t)
+	if err := os.RemoveAll(d.DataDir); err != nil {
+		t.Fatal(err)
+	}
+
+	cli := func(args ...string) (string, error) {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), args...)
+		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s3.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3.SecretKey)
+		b, err := cmd.CombinedOutput()
+		return string(b), err
+	}
+	at := []string{"--store", "s3://fleet/runners", "--store-endpoint", s3.Endpoint, "--store-insecure"}
+	with := func(args ...string) []string { return append(args, at...) }
+
+	start := time.Now()
+	out, err = cli(with("sessions", "list", "--json")...)
+	if err != nil {
+		t.Fatalf("sessions list --store: %v\n%s", err, out)
+	}
+	var list []store.Session
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("sessions list --store output: %v\n%s", err, out)
+	}
+	if len(list) != 1 || list[0].ID != sess.ID || list[0].Status != store.StatusSealed || list[0].Denied != 1 || list[0].Target != "pg" {
+		t.Fatalf("sessions list --store = %+v, want the one sealed session %s", list, sess.ID)
+	}
+	t.Logf("sessions list --store took %v", time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	show, err := cli(with("sessions", "show", sess.ID[:20])...)
+	if err != nil {
+		t.Fatalf("sessions show --store: %v\n%s", err, show)
+	}
+	for _, want := range []string{
+		"session   " + sess.ID + " (sealed; recording sealed",
+		"target    pg (postgres) " + pg.Addr(),
+		"=> SELECT id FROM t ORDER BY id; DROP TABLE t;",
+		"[deny] rule ci/deny/no-drop: schema changes go through migrations",
+	} {
+		if !strings.Contains(show, want) {
+			t.Errorf("sessions show --store lacks %q:\n%s", want, show)
+		}
+	}
+	t.Logf("sessions show --store took %v", time.Since(start).Round(time.Millisecond))
+
+	if out, err := cli(with("export", sess.ID, "--format", "jsonl")...); err != nil || !strings.Contains(out, "DROP TABLE t") {
+		t.Errorf("export --store: %v\n%s", err, out)
+	}
+
+	start = time.Now()
+	if out, err := cli(with("verify", "--all")...); err != nil || !strings.Contains(out, sess.ID+": ok, sealed") || !strings.Contains(out, "the key its sidecar names") {
+		t.Errorf("verify --store --all: %v\n%s", err, out)
+	}
+	t.Logf("verify --store --all took %v", time.Since(start).Round(time.Millisecond))
+	if out, err := cli(with("verify", "--pub", pubA, sess.ID)...); err != nil || !strings.Contains(out, sess.ID+": ok, sealed") || !strings.Contains(out, "pinned key") {
+		t.Errorf("verify --store --pub (A's key): %v\n%s", err, out)
+	}
+
+	// Another VM's key: the recording is not its.
+	if out, err := cli("rules", "keygen", "--out", filepath.Join(dir, "other")); err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	out, err = cli(with("verify", "--pub", filepath.Join(dir, "other.pub"), sess.ID)...)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(out, sess.ID+": ALTERED") {
+		t.Errorf("verify --store with another VM's key: %v\n%s", err, out)
+	}
+
+	// No daemon was asked: the flags say so when misused.
+	if out, err := cli("sessions", "list", "--store-endpoint", s3.Endpoint); err == nil || !strings.Contains(out, "need --store") {
+		t.Errorf("--store-endpoint without --store: %v\n%s", err, out)
+	}
+}
