@@ -164,9 +164,11 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		return dataDirError(cfg, err)
 	}
 	defer rec.Close()
-	if _, err := startUploads(ctx, cfg, rec, log.Named("store")); err != nil {
+	upl, err := startUploads(cfg, rec, log.Named("store"))
+	if err != nil {
 		return configError(err, "correct the store block in "+cfg.Path, "invalid store block")
 	}
+	defer upl.stop(0) // early returns; the end of Run waits for uploads first
 	broker := newBroker(cfg, log.Named("approvals"))
 	defer broker.Close(context.Background())
 	rec.broker = broker
@@ -272,6 +274,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		st := statusOf(cfg, ic, disc, proxy, rm.store, started)
 		st.Containers = cst.status(cfg, containerAddrs)
 		st.Tamper = rep.counts()
+		st.Uploads = upl.status()
 		for _, r := range broker.List() {
 			if r.State == approve.StatePending {
 				st.Holds = append(st.Holds, api.Hold{ID: r.ID, Rule: r.Rule, Target: r.Target, Stage: r.Stage, Statement: r.Statement, Deadline: r.Deadline})
@@ -399,6 +402,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		cancelFlows()
 		<-drained
 	}
+	upl.stop(uploadOnStop)
 	return nil
 }
 

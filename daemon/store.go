@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sluicehq/sluice/enforcer/store"
 	"github.com/sluicehq/sluice/enforcer/store/s3"
+	"github.com/sluicehq/sluice/internal/api"
 )
 
 // storeBlock is the store block as written: where sealed recordings are
@@ -112,10 +114,21 @@ func openStore(st *StoreSettings, log hclog.Logger) (*s3.Bucket, error) {
 	return s3.Open(cfg)
 }
 
+// uploads is the daemon's uploader of sealed recordings.
+type uploads struct {
+	b      *s3.Bucket
+	u      *s3.Uploader
+	log    hclog.Logger
+	cancel context.CancelFunc
+	done   chan struct{}
+	once   sync.Once
+}
+
 // startUploads starts uploading rec's sealed recordings to the configured
-// store until ctx ends; with no store block it does nothing. The returned
-// stats function reports the uploads (nil without a store).
-func startUploads(ctx context.Context, cfg *Config, rec *recorder, log hclog.Logger) (func() s3.UploaderStats, error) {
+// store; with no store block it does nothing and returns nil. The uploads
+// run until stop, not until the daemon's context ends, so that sessions
+// sealed while the daemon drains its flows are uploaded too.
+func startUploads(cfg *Config, rec *recorder, log hclog.Logger) (*uploads, error) {
 	if cfg.Store == nil {
 		return nil, nil
 	}
@@ -123,9 +136,47 @@ func startUploads(ctx context.Context, cfg *Config, rec *recorder, log hclog.Log
 	if err != nil {
 		return nil, err
 	}
-	u := s3.NewUploader(b, rec.keys.PublicKey(), log)
-	rec.upload = func(s *store.Session) { u.Enqueue(s) }
-	go u.Run(ctx)
+	ctx, cancel := context.WithCancel(context.Background())
+	up := &uploads{b: b, u: s3.NewUploader(b, rec.keys.PublicKey(), log), log: log, cancel: cancel, done: make(chan struct{})}
+	rec.upload = func(s *store.Session) { up.u.Enqueue(s) }
+	go func() {
+		defer close(up.done)
+		up.u.Run(ctx)
+	}()
 	log.Info("uploading sealed recordings", "store", b.String(), "endpoint", cfg.Store.Endpoint)
-	return u.Stats, nil
+	return up, nil
 }
+
+// status reports the uploads for sluice status; nil without a store.
+func (up *uploads) status() *api.Uploads {
+	if up == nil {
+		return nil
+	}
+	st := up.u.Stats()
+	return &api.Uploads{Store: up.b.String(), Pending: st.Pending, Uploaded: st.Uploaded, FailedTries: st.FailedTries}
+}
+
+// stop tries every pending upload once more, without backoff, for up to
+// within, then stops the uploader and logs what was not uploaded. Call it
+// after the flows have drained. Calls after the first do nothing.
+func (up *uploads) stop(within time.Duration) {
+	if up == nil {
+		return
+	}
+	up.once.Do(func() { up.stop1(within) })
+}
+
+func (up *uploads) stop1(within time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	left := up.u.Flush(ctx)
+	cancel()
+	up.cancel()
+	<-up.done
+	if left > 0 {
+		up.log.Error("recordings not uploaded before exit; their local copies stay in data_dir and the next start does not upload them", "pending", left, "store", up.b.String(), "waited", within)
+	}
+}
+
+// uploadOnStop bounds how long a stopping daemon waits for pending
+// uploads, after its flows drained.
+const uploadOnStop = 10 * time.Second

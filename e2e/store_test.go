@@ -10,14 +10,17 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/enforcer/store"
+	"github.com/sluicehq/sluice/internal/api"
 	"github.com/sluicehq/sluice/internal/testenv"
 )
 
 // TestStoreOutlivesTheVM: a PostgreSQL session recorded on daemon A is
-// uploaded to a real S3-compatible server (versitygw, object lock on);
-// A is stopped and its data directory deleted; sluice sessions list, show,
-// export and verify --store still list, show and verify it, with no
-// daemon, and verify with a pinned key of another VM fails.
+// uploaded to a real S3-compatible server (versitygw, object lock on); a
+// second one, sealed while the server is down, is pending in sluice
+// status and uploaded once the server is back; A is stopped and its data
+// directory deleted; sluice sessions list, show, export and verify
+// --store still list, show and verify them, with no daemon, and verify
+// with a pinned key of another VM fails.
 func TestStoreOutlivesTheVM(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	s3 := testenv.StartS3(t)
@@ -44,6 +47,29 @@ func TestStoreOutlivesTheVM(t *testing.T) {
 	sess := waitSealed(t, d, 1, 10*time.Second)[0]
 	up := d.WaitLog(t, "recording uploaded", func(l testenv.LogLine) bool { return l.String("session") == sess.ID })
 	t.Logf("uploaded %s bytes, %s ms after the seal", up.String("bytes"), up.String("delay_after_seal_ms"))
+
+	// The store goes away: the next session is sealed all the same, and
+	// its upload waits.
+	s3.Stop(t)
+	if out, _, err := psqlIn(t, cg, nobody(t), pg.PsqlArgs("", 0, "SELECT 2")); err != nil {
+		t.Fatalf("psql with the store down: %v\n%s", err, out)
+	}
+	waitSealed(t, d, 2, 10*time.Second)
+	uploads := func() api.Uploads {
+		st, err := d.Status()
+		if err != nil || st.Uploads == nil {
+			t.Fatalf("status: %v, uploads %v", err, st.Uploads)
+		}
+		return *st.Uploads
+	}
+	testenv.WaitFor(t, 10*time.Second, "a failed upload try with the store down", func() bool { u := uploads(); return u.FailedTries > 0 && u.Pending == 1 })
+	if out, err := d.Sluice(t, "status", "--socket", d.Socket); err != nil || !strings.Contains(out, "1 recordings uploaded, 1 pending") {
+		t.Errorf("sluice status with the store down: %v\n%s", err, out)
+	}
+	s3.Start(t)
+	back := time.Now()
+	testenv.WaitFor(t, 20*time.Second, "the pending upload done once the store is back", func() bool { u := uploads(); return u.Uploaded == 2 && u.Pending == 0 })
+	t.Logf("the pending upload was done %v after the store came back (retry backoff 1 s, doubling)", time.Since(back).Round(time.Millisecond))
 
 	dir := t.TempDir()
 	pubA := filepath.Join(dir, "a.pub")
@@ -78,8 +104,8 @@ func TestStoreOutlivesTheVM(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &list); err != nil {
 		t.Fatalf("sessions list --store output: %v\n%s", err, out)
 	}
-	if len(list) != 1 || list[0].ID != sess.ID || list[0].Status != store.StatusSealed || list[0].Denied != 1 || list[0].Target != "pg" {
-		t.Fatalf("sessions list --store = %+v, want the one sealed session %s", list, sess.ID)
+	if len(list) != 2 || list[1].ID != sess.ID || list[1].Status != store.StatusSealed || list[1].Denied != 1 || list[1].Target != "pg" || list[0].Status != store.StatusSealed {
+		t.Fatalf("sessions list --store = %+v, want two sealed sessions, the older %s", list, sess.ID)
 	}
 	t.Logf("sessions list --store took %v", time.Since(start).Round(time.Millisecond))
 
@@ -105,7 +131,7 @@ func TestStoreOutlivesTheVM(t *testing.T) {
 	}
 
 	start = time.Now()
-	if out, err := cli(with("verify", "--all")...); err != nil || !strings.Contains(out, sess.ID+": ok, sealed") || !strings.Contains(out, "the key its sidecar names") {
+	if out, err := cli(with("verify", "--all")...); err != nil || strings.Count(out, ": ok, sealed") != 2 || !strings.Contains(out, sess.ID+": ok, sealed") || !strings.Contains(out, "the key its sidecar names") {
 		t.Errorf("verify --store --all: %v\n%s", err, out)
 	}
 	t.Logf("verify --store --all took %v", time.Since(start).Round(time.Millisecond))

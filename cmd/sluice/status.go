@@ -101,6 +101,9 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 			fmt.Fprintf(w, "WARNING:     tamper alerts since the daemon started: %s (see sluiced's log, \"tamper:\")\n", strings.Join(kinds, ", "))
 		}
 		fmt.Fprintf(w, "proxy port:  %d (127.0.0.1 and ::1)\n", d.ProxyPort)
+		if u := d.Uploads; u != nil {
+			fmt.Fprintf(w, "store:       %s: %d recordings uploaded, %d pending, %d failed tries since the daemon started\n", u.Store, u.Uploaded, u.Pending, u.FailedTries)
+		}
 		if c := d.Containers; c != nil {
 			fmt.Fprintf(w, "containers:  cgroup %s hooked; proxy at %s for other network namespaces; outside the cgroup: %s (%d found)\n",
 				c.Cgroup, strings.Join(c.Addresses, ", "), c.Outside, c.Unhooked)

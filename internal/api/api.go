@@ -57,6 +57,20 @@ type Status struct {
 	// Containers is the state of container jobs; nil without a
 	// containers block.
 	Containers *Containers `json:"containers,omitempty"`
+	// Uploads is the state of recording uploads; nil without a store
+	// block.
+	Uploads *Uploads `json:"uploads,omitempty"`
+}
+
+// Uploads counts the uploads of sealed recordings to the store since the
+// daemon started.
+type Uploads struct {
+	// Store is s3://BUCKET/PREFIX/.
+	Store string `json:"store"`
+	// Pending recordings wait for their upload or a retry.
+	Pending     int   `json:"pending"`
+	Uploaded    int64 `json:"uploaded"`
+	FailedTries int64 `json:"failed_tries"`
 }
 
 // Containers says how container jobs are covered.

@@ -263,3 +263,44 @@ func TestUploaderRetries(t *testing.T) {
 	t.Logf("upload delay after seal with the store up: %v", delays[len(delays)-1])
 	mu.Unlock()
 }
+
+// TestUploaderFlush: Flush gives up when its context ends with the store
+// down, and once the store is back it uploads at once, without waiting
+// out the retry backoff.
+func TestUploaderFlush(t *testing.T) {
+	s := testenv.StartS3(t)
+	s.MakeBucket(t, "rec", false)
+	b := open(t, s, "s3://rec")
+	keys := newKeys(t)
+	s.Stop(t)
+	u := NewUploader(b, keys.PublicKey(), hclog.NewNullLogger())
+	u.MinBackoff, u.MaxBackoff = time.Hour, time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- u.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	id := time.Now().UTC().Format("20060102T150405.000Z") + "-0000000f"
+	u.Enqueue(sealed(t, t.TempDir(), id, keys, time.Now()))
+	testenv.WaitFor(t, 10*time.Second, "the first failed try", func() bool { return u.Stats().FailedTries == 1 })
+
+	fctx, fcancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	if left := u.Flush(fctx); left != 1 {
+		t.Errorf("Flush with the store down left %d, want 1", left)
+	}
+	fcancel()
+
+	s.Start(t)
+	start := time.Now()
+	fctx, fcancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer fcancel()
+	if left := u.Flush(fctx); left != 0 {
+		t.Fatalf("Flush with the store back left %d (stats %+v)", left, u.Stats())
+	}
+	t.Logf("flushed in %v despite an hour's backoff", time.Since(start).Round(time.Millisecond))
+	if _, err := b.Stat(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -44,6 +44,9 @@ type Uploader struct {
 	failed  int64 // failed tries, ever
 	done    int64 // uploads, ever
 	wake    chan struct{}
+	// changed is closed (and replaced) whenever an upload succeeds or
+	// fails, for Flush.
+	changed chan struct{}
 }
 
 type job struct {
@@ -54,7 +57,7 @@ type job struct {
 
 // NewUploader returns an Uploader to b of recordings verified by pub.
 func NewUploader(b *Bucket, pub ed25519.PublicKey, log hclog.Logger) *Uploader {
-	return &Uploader{b: b, pub: pub, log: log, wake: make(chan struct{}, 1)}
+	return &Uploader{b: b, pub: pub, log: log, wake: make(chan struct{}, 1), changed: make(chan struct{})}
 }
 
 // Enqueue adds a sealed session (a copy of sess is taken) and returns at
@@ -124,6 +127,7 @@ func (u *Uploader) Run(ctx context.Context) error {
 				back = maxB
 			}
 			j.next = time.Now().Add(back)
+			u.notifyLocked()
 			u.mu.Unlock()
 			log.Warn("uploading the recording failed; will retry", "store", u.b.String(), "tries", j.tries, "retry_in", back, "error", err)
 			continue
@@ -135,6 +139,7 @@ func (u *Uploader) Run(ctx context.Context) error {
 				break
 			}
 		}
+		u.notifyLocked()
 		u.mu.Unlock()
 		delay := time.Since(j.sess.End)
 		log.Info("recording uploaded", "store", u.b.String(), "bytes", sc.Size, "tries", j.tries+1,
@@ -159,4 +164,39 @@ func (u *Uploader) due() (*job, time.Duration) {
 		wait = min(wait, j.next.Sub(now))
 	}
 	return nil, wait
+}
+
+// notifyLocked wakes Flush; u.mu is held.
+func (u *Uploader) notifyLocked() {
+	close(u.changed)
+	u.changed = make(chan struct{})
+}
+
+// Flush makes every pending upload due now (skipping its backoff) and
+// waits until none is pending or ctx ends, for a stopping daemon. It
+// returns how many are still pending. Run must be running, on a context
+// that outlives Flush's.
+func (u *Uploader) Flush(ctx context.Context) int {
+	u.mu.Lock()
+	for _, j := range u.pending {
+		j.next = time.Time{}
+	}
+	u.mu.Unlock()
+	select {
+	case u.wake <- struct{}{}:
+	default:
+	}
+	for {
+		u.mu.Lock()
+		n, changed := len(u.pending), u.changed
+		u.mu.Unlock()
+		if n == 0 {
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			return n
+		case <-changed:
+		}
+	}
 }
