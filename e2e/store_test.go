@@ -23,7 +23,7 @@ import (
 // with a pinned key of another VM fails.
 func TestStoreOutlivesTheVM(t *testing.T) {
 	cg := testenv.NewCgroup(t)
-	s3 := testenv.StartS3(t)
+	s3 := testenv.StartS3(t, testenv.S3Options{})
 	s3.MakeBucket(t, "fleet", true)
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg,

@@ -2,9 +2,12 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +23,7 @@ import (
 
 // S3 is a real S3-compatible server the test started: versitygw on its
 // POSIX backend (built by scripts/build-s3.sh), listening on 127.0.0.1
-// with plain HTTP and one root account. Its data stays in Dir across Stop
+// with plain HTTP (or HTTPS, S3Options.TLS) and one root account. Its data stays in Dir across Stop
 // and Start, so a test can take the server away and bring it back on the
 // same port. Everything is stopped and removed at cleanup. An S3 belongs
 // to the test that started it.
@@ -31,6 +34,9 @@ type S3 struct {
 	AccessKey, SecretKey string
 	// Dir holds the buckets (one directory each) and the log.
 	Dir string
+	// CAFile, with S3Options.TLS, holds the server's self-signed
+	// certificate (for 127.0.0.1): the one root that verifies it.
+	CAFile string
 
 	bin     string
 	process *exec.Cmd
@@ -60,10 +66,16 @@ func S3Bin() (string, error) {
 	return bin, nil
 }
 
+// S3Options tune StartS3. The zero value is plain HTTP.
+type S3Options struct {
+	// TLS serves HTTPS with a self-signed certificate (S3.CAFile).
+	TLS bool
+}
+
 // StartS3 starts versitygw and returns once it answers. It skips under
 // go test -short and when versitygw is not built (S3Bin), unless
 // SLUICE_E2E=required, which fails instead.
-func StartS3(t testing.TB) *S3 {
+func StartS3(t testing.TB, o S3Options) *S3 {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts versitygw: not run under -short")
@@ -84,6 +96,12 @@ func StartS3(t testing.TB) *S3 {
 		s.Stop(t)
 		os.RemoveAll(dir)
 	})
+	if o.TLS {
+		s.CAFile = filepath.Join(dir, "cert.pem")
+		if err := writeSelfSigned(s.CAFile, filepath.Join(dir, "key.pem"), "127.0.0.1"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.Start(t)
 	return s
 }
@@ -100,7 +118,11 @@ func (s *S3) Start(t testing.TB) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(s.bin, "--port", s.Endpoint, "--quiet", "posix", filepath.Join(s.Dir, "data"))
+	args := []string{"--port", s.Endpoint, "--quiet"}
+	if s.CAFile != "" {
+		args = append(args, "--cert", s.CAFile, "--key", filepath.Join(s.Dir, "key.pem"))
+	}
+	cmd := exec.Command(s.bin, append(args, "posix", filepath.Join(s.Dir, "data"))...)
 	// The credentials go through the environment, not the command line
 	// other users can read.
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.AccessKey, "ROOT_SECRET_ACCESS_KEY="+s.SecretKey)
@@ -145,7 +167,19 @@ func (s *S3) Stop(t testing.TB) {
 // Client returns a minio-go client authenticated as the root account.
 func (s *S3) Client(t testing.TB) *minio.Client {
 	t.Helper()
-	c, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")})
+	opts := &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")}
+	if s.CAFile != "" {
+		pem, err := os.ReadFile(s.CAFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+		opts.Secure, opts.Transport = true, tr
+	}
+	c, err := minio.New(s.Endpoint, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

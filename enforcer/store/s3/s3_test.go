@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"os"
 	"strings"
@@ -89,7 +91,7 @@ func TestParseURL(t *testing.T) {
 // verifies with the writer's key and not with another; a recording
 // altered in the store is caught.
 func TestPutListReadVerify(t *testing.T) {
-	s := testenv.StartS3(t)
+	s := testenv.StartS3(t, testenv.S3Options{})
 	for _, lock := range []bool{false, true} {
 		name := "plain"
 		if lock {
@@ -193,7 +195,7 @@ func TestPutListReadVerify(t *testing.T) {
 // retried with backoff, the session is never blocked (Enqueue returns at
 // once), and everything arrives once the server is back.
 func TestUploaderRetries(t *testing.T) {
-	s := testenv.StartS3(t)
+	s := testenv.StartS3(t, testenv.S3Options{})
 	s.MakeBucket(t, "rec", false)
 	b := open(t, s, "s3://rec/vm1")
 	keys := newKeys(t)
@@ -268,7 +270,7 @@ func TestUploaderRetries(t *testing.T) {
 // down, and once the store is back it uploads at once, without waiting
 // out the retry backoff.
 func TestUploaderFlush(t *testing.T) {
-	s := testenv.StartS3(t)
+	s := testenv.StartS3(t, testenv.S3Options{})
 	s.MakeBucket(t, "rec", false)
 	b := open(t, s, "s3://rec")
 	keys := newKeys(t)
@@ -302,5 +304,41 @@ func TestUploaderFlush(t *testing.T) {
 	t.Logf("flushed in %v despite an hour's backoff", time.Since(start).Round(time.Millisecond))
 	if _, err := b.Stat(context.Background(), id); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTLS: over HTTPS, the store's CA (Config.RootCAs) is what lets the
+// client in; without it the system roots refuse the server.
+func TestTLS(t *testing.T) {
+	s := testenv.StartS3(t, testenv.S3Options{TLS: true})
+	s.MakeBucket(t, "rec", false)
+	pem, err := os.ReadFile(s.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	keys := newKeys(t)
+	sess := sealed(t, t.TempDir(), time.Now().UTC().Format("20060102T150405.000Z")+"-0000000t", keys, time.Now())
+	ctx := context.Background()
+
+	b, err := Open(Config{URL: "s3://rec/tls", Endpoint: s.Endpoint, AccessKey: s.AccessKey, SecretKey: s.SecretKey, RootCAs: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Put(ctx, sess, keys.PublicKey()); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := b.List(ctx, store.Filter{}); err != nil || len(l) != 1 {
+		t.Fatalf("list over TLS: %d, %v", len(l), err)
+	}
+
+	untrusted, err := Open(Config{URL: "s3://rec/tls", Endpoint: s.Endpoint, AccessKey: s.AccessKey, SecretKey: s.SecretKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uerr *tls.CertificateVerificationError
+	if _, err := untrusted.List(ctx, store.Filter{}); !errors.As(err, &uerr) {
+		t.Errorf("list with the system roots: %v, want a certificate verification error", err)
 	}
 }
