@@ -179,4 +179,4 @@ func (up *uploads) stop1(within time.Duration) {
 
 // uploadOnStop bounds how long a stopping daemon waits for pending
 // uploads, after its flows drained.
-const uploadOnStop = 10 * time.Second
+const uploadOnStop = 5 * time.Second
