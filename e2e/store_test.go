@@ -153,3 +153,49 @@ func TestStoreOutlivesTheVM(t *testing.T) {
 		t.Errorf("--store-endpoint without --store: %v\n%s", err, out)
 	}
 }
+
+// TestStoreUploadsOnStop: a recording whose upload is waiting out its
+// retry backoff is uploaded when sluiced stops, not left behind.
+func TestStoreUploadsOnStop(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	s3 := testenv.StartS3(t, testenv.S3Options{})
+	s3.MakeBucket(t, "fleet", false)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: pgRules(pg.Addr()),
+		Body: "store {\n  url = \"s3://fleet\"\n  endpoint = \"" + s3.Endpoint + "\"\n  insecure = true\n}\n",
+		Env:  []string{"AWS_ACCESS_KEY_ID=" + s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3.SecretKey}})
+
+	s3.Stop(t)
+	if out, _, err := psqlIn(t, cg, nobody(t), pg.PsqlArgs("", 0, "SELECT 1")); err != nil {
+		t.Fatalf("psql: %v\n%s", err, out)
+	}
+	sess := waitSealed(t, d, 1, 10*time.Second)[0]
+	// Two failed tries: the next waits 2 s, longer than what follows.
+	testenv.WaitFor(t, 10*time.Second, "two failed upload tries", func() bool {
+		st, err := d.Status()
+		return err == nil && st.Uploads != nil && st.Uploads.FailedTries >= 2
+	})
+	s3.Start(t)
+	start := time.Now()
+	d.Stop(t)
+	t.Logf("sluiced stopped %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	stopping, uploaded := -1, -1
+	for i, l := range d.Logs(t) {
+		switch l.Message() {
+		case "recordings not uploaded before exit":
+			t.Errorf("sluiced left uploads behind: %v", l)
+		case "sluiced stopping; pinned hooks stay in place and refuse connections until a daemon is back":
+			stopping = i
+		case "recording uploaded":
+			uploaded = i
+		}
+	}
+	if stopping < 0 || uploaded < stopping {
+		t.Errorf("the upload (log line %d) was not done by the stopping daemon (line %d)", uploaded, stopping)
+	}
+	cmd := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), "verify", sess.ID, "--store", "s3://fleet", "--store-endpoint", s3.Endpoint, "--store-insecure")
+	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s3.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3.SecretKey)
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), sess.ID+": ok, sealed") {
+		t.Errorf("verify --store after the stop: %v\n%s", err, out)
+	}
+}
