@@ -50,6 +50,7 @@ type fileConfig struct {
 	Approvals      *approvalsConfig `hcl:"approvals,block"`
 	Containers     *containersBlock `hcl:"containers,block"`
 	Store          *storeBlock      `hcl:"store,block"`
+	Events         *eventsBlock     `hcl:"events,block"`
 }
 
 // discoverConfig is the discover block: where to look for runner services
@@ -177,6 +178,8 @@ type Config struct {
 	Containers *Containers
 	// Store, when set, is where sealed recordings are uploaded.
 	Store *StoreSettings
+	// Events, when set, is where the daemon's events are published.
+	Events *EventsSettings
 }
 
 // discovery is the validated discover block.
@@ -240,6 +243,7 @@ func ParseConfig(path string, src []byte) (*Config, hcl.Diagnostics, map[string]
 	}
 	diags = append(diags, c.setCgroups(&fc)...)
 	diags = append(diags, c.setStore(fc.Store)...)
+	diags = append(diags, c.setEvents(fc.Events)...)
 	if c.Name == "" {
 		c.Name = "default"
 	}

@@ -169,6 +169,11 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		return configError(err, "correct the store block in "+cfg.Path, "invalid store block")
 	}
 	defer upl.stop(0) // early returns; the end of Run waits for uploads first
+	evp, err := startEvents(cfg, rec, log.Named("events"))
+	if err != nil {
+		return dataDirError(cfg, err)
+	}
+	defer evp.stop(0)
 	broker := newBroker(cfg, log.Named("approvals"))
 	defer broker.Close(context.Background())
 	rec.broker = broker
@@ -275,6 +280,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		st.Containers = cst.status(cfg, containerAddrs)
 		st.Tamper = rep.counts()
 		st.Uploads = upl.status()
+		st.Events = evp.status()
 		for _, r := range broker.List() {
 			if r.State == approve.StatePending {
 				st.Holds = append(st.Holds, api.Hold{ID: r.ID, Rule: r.Rule, Target: r.Target, Stage: r.Stage, Statement: r.Statement, Deadline: r.Deadline})
@@ -403,6 +409,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		<-drained
 	}
 	upl.stop(uploadOnStop)
+	evp.stop(eventsOnStop)
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/approve"
 	"github.com/sluicehq/sluice/enforcer/credential"
+	"github.com/sluicehq/sluice/enforcer/events"
 	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/enforcer/store"
 	"github.com/sluicehq/sluice/interceptor"
@@ -39,6 +40,8 @@ type recorder struct {
 	// upload, when set, takes each sealed session for the store (it
 	// never blocks).
 	upload func(*store.Session)
+	// events, when set, publishes the daemon's events (it never blocks).
+	events func(events.Event)
 
 	// byJob are the recorded sessions open now, by job (identity's job
 	// key), so that a tamper alert is also written into its job's
@@ -141,6 +144,10 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		sess.Tee = r.live.tee(id)
 	}
 	sess.Holder = holder(r.broker, id, f)
+	if r.events != nil {
+		sess.Tee = eventsTee(r.events, id, f.Target.Name, sess.Tee)
+		sess.Holder = eventsHolder(r.events, id, f.Target.Name, level >= record.Commands, sess.Holder)
+	}
 	sess.Secrets = r.secrets
 	idx := &store.Session{
 		ID: id, Path: w.Path(), Start: f.Start, Status: store.StatusActive,

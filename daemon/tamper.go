@@ -145,6 +145,9 @@ func (r *recorder) alert(ev interceptor.TamperEvent, summary string, fields map[
 	if r.live != nil {
 		tee = r.live.tee(sid)
 	}
+	if r.events != nil {
+		tee = eventsTee(r.events, sid, ev.Kind, tee)
+	}
 	events := []record.Event{
 		{Type: record.TypeSessionStart, Time: ev.Time, Fields: fields, Verdict: "alert", Reason: summary},
 		{Type: record.TypeNote, Time: ev.Time, Kind: "tamper:" + ev.Kind, Verdict: "alert", Reason: summary, Fields: fields},

@@ -141,7 +141,7 @@ remote API. Exit status: 0 ok, 1 failure, 2 usage error.`,
 	}
 	add(groupDaemon, newInstallCmd(), newStatusCmd(), newDoctorCmd(), newRunCmd(), newUninstallCmd(), newCACmd(), newSSHCACmd(), newKubeconfigCmd())
 	add(groupRules, newRulesCmd())
-	add(groupRecordings, newSessionsCmd(), newReplayCmd(), newExportCmd(), newVerifyCmd(), newRecordingsCmd())
+	add(groupRecordings, newSessionsCmd(), newReplayCmd(), newExportCmd(), newVerifyCmd(), newRecordingsCmd(), newEventsCmd())
 	add(groupApprovals, newApprovalsCmd(), newDecideCmd("approve"), newDecideCmd("deny"))
 	root.AddCommand(newVersionCmd(), newGenDocsCmd())
 	root.SetHelpCommand(newHelpCmd())

@@ -104,6 +104,19 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 		if u := d.Uploads; u != nil {
 			fmt.Fprintf(w, "store:       %s: %d recordings uploaded, %d pending, %d failed tries since the daemon started\n", u.Store, u.Uploaded, u.Pending, u.FailedTries)
 		}
+		if e := d.Events; e != nil {
+			conn := "connected"
+			if !e.Connected {
+				conn = "not connected"
+			}
+			fmt.Fprintf(w, "events:      stream %s at %s (%s): %d sent, %d buffered (%d of %d bytes)\n", e.Stream, e.URL, conn, e.Sent, e.Pending, e.BufferBytes, e.MaxBuffer)
+			if e.Dropped > 0 {
+				fmt.Fprintf(w, "WARNING:     %d events dropped since the daemon started (the buffer was full); raise events.max_buffer or fix the connection\n", e.Dropped)
+			}
+			if e.LastError != "" {
+				fmt.Fprintf(w, "             last error sending events: %s\n", e.LastError)
+			}
+		}
 		if c := d.Containers; c != nil {
 			fmt.Fprintf(w, "containers:  cgroup %s hooked; proxy at %s for other network namespaces; outside the cgroup: %s (%d found)\n",
 				c.Cgroup, strings.Join(c.Addresses, ", "), c.Outside, c.Unhooked)

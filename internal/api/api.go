@@ -60,6 +60,31 @@ type Status struct {
 	// Uploads is the state of recording uploads; nil without a store
 	// block.
 	Uploads *Uploads `json:"uploads,omitempty"`
+	// Events is the state of event publishing; nil without an events
+	// block.
+	Events *Events `json:"events,omitempty"`
+}
+
+// Events is the state of the daemon's event publishing to NATS JetStream.
+type Events struct {
+	// Stream and URL say where events go.
+	Stream string `json:"stream"`
+	URL    string `json:"url"`
+	// Connected reports whether the NATS connection is up.
+	Connected bool `json:"connected"`
+	// Sent counts events the stream acknowledged since the daemon
+	// started.
+	Sent int64 `json:"sent"`
+	// Pending events wait in the on-disk buffer (BufferBytes of
+	// MaxBuffer).
+	Pending     int64 `json:"pending"`
+	BufferBytes int64 `json:"buffer_bytes"`
+	MaxBuffer   int64 `json:"max_buffer"`
+	// Dropped counts events lost since the daemon started: the buffer was
+	// full (its oldest events go first) or its writer fell behind.
+	Dropped int64 `json:"dropped"`
+	// LastError is the last failure to send, "" once sending works.
+	LastError string `json:"last_error,omitempty"`
 }
 
 // Uploads counts the uploads of sealed recordings to the store since the

@@ -1,0 +1,141 @@
+package testenv
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// NATS is a real nats-server the test started (built by
+// scripts/build-nats.sh), listening on 127.0.0.1 with JetStream on and its
+// store in Dir. The store and the port stay across Stop (or Kill) and
+// Start, so a test can take the server away and bring it back as it was.
+// Everything is stopped and removed at cleanup. A NATS belongs to the test
+// that started it.
+type NATS struct {
+	// URL is nats://127.0.0.1:PORT.
+	URL string
+	// Dir holds the JetStream store and the log.
+	Dir string
+
+	port    int
+	bin     string
+	process *exec.Cmd
+	done    chan struct{}
+}
+
+// NATSBin returns the nats-server program: SLUICE_NATS_BIN when set, or
+// else scripts/build-nats.sh's cache entry for the version
+// internal/testenv/natstools pins. It never builds it:
+// scripts/install-deps.sh does (about 40 s on 2 cores).
+func NATSBin() (string, error) {
+	bin := os.Getenv("SLUICE_NATS_BIN")
+	if bin == "" {
+		out, err := exec.Command("bash", filepath.Join(repoRoot(), "scripts", "build-nats.sh"), "--cached").Output()
+		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				return "", fmt.Errorf("nats-server is not built: %s", strings.TrimSpace(string(ee.Stderr)))
+			}
+			return "", fmt.Errorf("run scripts/build-nats.sh --cached: %w", err)
+		}
+		bin = strings.TrimSpace(string(out))
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("no nats-server at %s: run scripts/build-nats.sh", bin)
+	}
+	return bin, nil
+}
+
+// StartNATS starts nats-server with JetStream and returns once it answers.
+// It skips under go test -short and when nats-server is not built
+// (NATSBin), unless SLUICE_E2E=required, which fails instead.
+func StartNATS(t testing.TB) *NATS {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts nats-server: not run under -short")
+	}
+	bin, err := NATSBin()
+	Need(t, err == nil, fmt.Sprint(err))
+	dir, err := os.MkdirTemp("", "sluice-nats-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &NATS{port: FreePort(t, "127.0.0.1"), Dir: dir, bin: bin}
+	n.URL = "nats://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(n.port))
+	t.Cleanup(func() {
+		n.Stop(t)
+		os.RemoveAll(dir)
+	})
+	n.Start(t)
+	return n
+}
+
+// Start starts the server (again) on its port and store, and waits until
+// it accepts connections.
+func (n *NATS) Start(t testing.TB) {
+	t.Helper()
+	if n.process != nil {
+		t.Fatal("nats-server is already running")
+	}
+	logf, err := os.OpenFile(filepath.Join(n.Dir, "nats-server.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(n.bin, "-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-js", "-sd", filepath.Join(n.Dir, "js"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start nats-server: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	n.process, n.done = cmd, done
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(n.port))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-done:
+			log, _ := os.ReadFile(filepath.Join(n.Dir, "nats-server.log"))
+			t.Fatalf("nats-server exited at start:\n%s", log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nats-server did not listen on %s within 20s", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop stops the server (SIGTERM, SIGKILL after 5 s), keeping its store.
+// Stopping a stopped server does nothing.
+func (n *NATS) Stop(t testing.TB) {
+	if n.process == nil {
+		return
+	}
+	stopGroup(n.process, n.done, syscall.SIGTERM, 5*time.Second)
+	n.process = nil
+}
+
+// Kill kills the server with SIGKILL (kill -9), keeping its store.
+func (n *NATS) Kill(t testing.TB) {
+	if n.process == nil {
+		return
+	}
+	stopGroup(n.process, n.done, syscall.SIGKILL, 5*time.Second)
+	n.process = nil
+}
