@@ -33,8 +33,9 @@ type Buffer struct {
 	f       *os.File  // the last segment, open for appending
 	ackSeg  uint64    // the acknowledged position: segment and offset
 	ackOff  int64
-	pending int64 // records after the acknowledged position
-	dropped int64 // records deleted unsent since Open
+	pending int64  // records after the acknowledged position
+	dropped int64  // records deleted unsent since Open
+	drops   uint64 // segments deleted by the bound since Open
 	notify  chan struct{}
 }
 
@@ -47,7 +48,8 @@ type segment struct {
 type Pos struct {
 	seg uint64
 	off int64
-	n   int // records read
+	n   int    // records read
+	gen uint64 // Buffer.drops when read
 }
 
 // OpenBuffer opens (creating) the buffer in dir, bounded by max bytes,
@@ -222,6 +224,7 @@ func (b *Buffer) dropOldest() {
 		b.pending -= c
 	}
 	os.Remove(b.path(s.n))
+	b.drops++
 	b.segs = b.segs[1:]
 	if b.ackSeg <= s.n {
 		b.ackSeg, b.ackOff = b.segs[0].n, 0
@@ -235,7 +238,7 @@ func (b *Buffer) Ready() <-chan struct{} { return b.notify }
 // position on, and the position after them. The records are fresh copies.
 func (b *Buffer) Next(max int) ([][]byte, Pos, error) {
 	b.mu.Lock()
-	seg, off := b.ackSeg, b.ackOff
+	seg, off, gen := b.ackSeg, b.ackOff, b.drops
 	var segs []segment
 	for _, s := range b.segs {
 		if s.n >= seg {
@@ -244,7 +247,7 @@ func (b *Buffer) Next(max int) ([][]byte, Pos, error) {
 	}
 	b.mu.Unlock()
 	var recs [][]byte
-	pos := Pos{seg: seg, off: off}
+	pos := Pos{seg: seg, off: off, gen: gen}
 	for _, s := range segs {
 		if len(recs) >= max {
 			break
@@ -254,7 +257,7 @@ func (b *Buffer) Next(max int) ([][]byte, Pos, error) {
 			start = off
 		}
 		if start >= s.size {
-			pos = Pos{seg: s.n, off: s.size, n: len(recs)}
+			pos = Pos{seg: s.n, off: s.size, n: len(recs), gen: gen}
 			continue
 		}
 		f, err := os.Open(b.path(s.n))
@@ -275,7 +278,7 @@ func (b *Buffer) Next(max int) ([][]byte, Pos, error) {
 			recs = append(recs, line[:len(line)-1])
 		}
 		f.Close()
-		pos = Pos{seg: s.n, off: at, n: len(recs)}
+		pos = Pos{seg: s.n, off: at, n: len(recs), gen: gen}
 	}
 	return recs, pos, nil
 }
@@ -290,9 +293,23 @@ func (b *Buffer) Ack(p Pos) error {
 		return nil
 	}
 	b.ackSeg, b.ackOff = p.seg, p.off
-	b.pending -= int64(p.n)
-	if b.pending < 0 {
+	if p.gen == b.drops {
+		b.pending -= int64(p.n)
+	} else {
+		// The bound deleted segments while these were sent: count again
+		// (rare: only when the buffer is full).
 		b.pending = 0
+		for _, s := range b.segs {
+			if s.n < b.ackSeg {
+				continue
+			}
+			off := int64(0)
+			if s.n == b.ackSeg {
+				off = b.ackOff
+			}
+			c, _ := b.countLines(s.n, off)
+			b.pending += c
+		}
 	}
 	for len(b.segs) > 1 && b.segs[0].n < b.ackSeg ||
 		len(b.segs) > 1 && b.segs[0].n == b.ackSeg && b.ackOff >= b.segs[0].size {

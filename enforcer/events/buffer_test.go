@@ -110,3 +110,33 @@ func TestBufferAckAndRestart(t *testing.T) {
 		t.Errorf("after acking everything: %+v, want nothing pending and at most one segment (%d B)", st, b.segSize)
 	}
 }
+
+// TestBufferDropWhileSending: segments deleted by the bound between Next
+// and Ack leave the counts right.
+func TestBufferDropWhileSending(t *testing.T) {
+	b, err := OpenBuffer(t.TempDir(), 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	appendN(t, b, 0, 300)
+	recs, pos, err := b.Next(1 << 20)
+	if err != nil || len(recs) != 300 {
+		t.Fatalf("Next: %d, %v", len(recs), err)
+	}
+	appendN(t, b, 300, 2000) // the bound deletes what was read, and more
+	if err := b.Ack(pos); err != nil {
+		t.Fatal(err)
+	}
+	st := b.Stats()
+	rest, _, err := b.Next(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(rest)) != st.Pending {
+		t.Errorf("pending %d, but %d records are left to send", st.Pending, len(rest))
+	}
+	if want := `{"n":2299,`; string(rest[len(rest)-1][:len(want)]) != want {
+		t.Errorf("last record %s", rest[len(rest)-1])
+	}
+}
