@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -121,17 +120,9 @@ type KubeOptions struct {
 // them (about 20 minutes on 2 cores, more than go test's default
 // timeout): scripts/install-deps.sh does, once per version.
 func KubeBin() (string, error) {
-	dir := os.Getenv("SLUICE_KUBE_BIN")
-	if dir == "" {
-		out, err := exec.Command("bash", filepath.Join(repoRoot(), "scripts", "build-kube.sh"), "--cached").Output()
-		if err != nil {
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				return "", fmt.Errorf("kube-apiserver, etcd and kubectl are not built: %s", strings.TrimSpace(string(ee.Stderr)))
-			}
-			return "", fmt.Errorf("run scripts/build-kube.sh --cached: %w", err)
-		}
-		dir = strings.TrimSpace(string(out))
+	dir, err := cachedBuild("SLUICE_KUBE_BIN", "build-kube.sh", "kube-apiserver, etcd and kubectl are")
+	if err != nil {
+		return "", err
 	}
 	for _, p := range []string{"kube-apiserver", "etcd", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {

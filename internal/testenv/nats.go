@@ -1,14 +1,12 @@
 package testenv
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -37,17 +35,9 @@ type NATS struct {
 // internal/testenv/natstools pins. It never builds it:
 // scripts/install-deps.sh does (about 40 s on 2 cores).
 func NATSBin() (string, error) {
-	bin := os.Getenv("SLUICE_NATS_BIN")
-	if bin == "" {
-		out, err := exec.Command("bash", filepath.Join(repoRoot(), "scripts", "build-nats.sh"), "--cached").Output()
-		if err != nil {
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				return "", fmt.Errorf("nats-server is not built: %s", strings.TrimSpace(string(ee.Stderr)))
-			}
-			return "", fmt.Errorf("run scripts/build-nats.sh --cached: %w", err)
-		}
-		bin = strings.TrimSpace(string(out))
+	bin, err := cachedBuild("SLUICE_NATS_BIN", "build-nats.sh", "nats-server is")
+	if err != nil {
+		return "", err
 	}
 	if _, err := os.Stat(bin); err != nil {
 		return "", fmt.Errorf("no nats-server at %s: run scripts/build-nats.sh", bin)

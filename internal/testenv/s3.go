@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -48,17 +46,9 @@ type S3 struct {
 // internal/testenv/s3tools pins. It never builds it: scripts/install-deps.sh
 // does (about 1.5 minutes on 2 cores).
 func S3Bin() (string, error) {
-	bin := os.Getenv("SLUICE_S3_BIN")
-	if bin == "" {
-		out, err := exec.Command("bash", filepath.Join(repoRoot(), "scripts", "build-s3.sh"), "--cached").Output()
-		if err != nil {
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				return "", fmt.Errorf("versitygw is not built: %s", strings.TrimSpace(string(ee.Stderr)))
-			}
-			return "", fmt.Errorf("run scripts/build-s3.sh --cached: %w", err)
-		}
-		bin = strings.TrimSpace(string(out))
+	bin, err := cachedBuild("SLUICE_S3_BIN", "build-s3.sh", "versitygw is")
+	if err != nil {
+		return "", err
 	}
 	if _, err := os.Stat(bin); err != nil {
 		return "", fmt.Errorf("no versitygw at %s: run scripts/build-s3.sh", bin)
