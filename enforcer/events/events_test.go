@@ -87,7 +87,14 @@ func TestPublishSurvivesServerKill(t *testing.T) {
 			n.Start(t)
 		}
 		if i%100 == 0 {
-			time.Sleep(time.Millisecond)
+			// Each hundred reaches the buffer (or the stream) before
+			// the next is published, so publishing spans the kill and
+			// the restart instead of landing in the queue at once.
+			want := int64(i + 1)
+			testenv.WaitFor(t, 10*time.Second, "the events so far buffered or sent", func() bool {
+				st := p.Stats()
+				return st.Pending+st.Sent >= want
+			})
 		}
 	}
 	testenv.WaitFor(t, 30*time.Second, "every event sent", func() bool { st := p.Stats(); return st.Pending == 0 && st.Sent >= total })
