@@ -76,39 +76,9 @@ func (n *NATS) Start(t testing.TB) {
 	if n.process != nil {
 		t.Fatal("nats-server is already running")
 	}
-	logf, err := os.OpenFile(filepath.Join(n.Dir, "nats-server.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
 	cmd := exec.Command(n.bin, "-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-js", "-sd", filepath.Join(n.Dir, "js"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start nats-server: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	n.process, n.done = cmd, done
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(n.port))
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case <-done:
-			log, _ := os.ReadFile(filepath.Join(n.Dir, "nats-server.log"))
-			t.Fatalf("nats-server exited at start:\n%s", log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nats-server did not listen on %s within 20s", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	n.done = startServer(t, "nats-server", cmd, filepath.Join(n.Dir, "nats-server.log"), net.JoinHostPort("127.0.0.1", strconv.Itoa(n.port)))
+	n.process = cmd
 }
 
 // Stop stops the server (SIGTERM, SIGKILL after 5 s), keeping its store.

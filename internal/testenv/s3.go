@@ -103,11 +103,6 @@ func (s *S3) Start(t testing.TB) {
 	if s.process != nil {
 		t.Fatal("versitygw is already running")
 	}
-	logf, err := os.OpenFile(filepath.Join(s.Dir, "versitygw.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
 	args := []string{"--port", s.Endpoint, "--quiet"}
 	if s.CAFile != "" {
 		args = append(args, "--cert", s.CAFile, "--key", filepath.Join(s.Dir, "key.pem"))
@@ -116,32 +111,8 @@ func (s *S3) Start(t testing.TB) {
 	// The credentials go through the environment, not the command line
 	// other users can read.
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.AccessKey, "ROOT_SECRET_ACCESS_KEY="+s.SecretKey)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start versitygw: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	s.process, s.done = cmd, done
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", s.Endpoint, time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case <-done:
-			log, _ := os.ReadFile(filepath.Join(s.Dir, "versitygw.log"))
-			t.Fatalf("versitygw exited at start:\n%s", log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not listen on %s within 20s", s.Endpoint)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.done = startServer(t, "versitygw", cmd, filepath.Join(s.Dir, "versitygw.log"), s.Endpoint)
+	s.process = cmd
 }
 
 // Stop stops the server (SIGTERM, SIGKILL after 5 s), keeping its data.
