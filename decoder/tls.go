@@ -3,9 +3,11 @@ package decoder
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"syscall"
 	"time"
 
@@ -19,8 +21,24 @@ import (
 // TLS at all, and whether the session must end when the server declines.
 // verify-full checks the server's certificate against the target's
 // hostname when it names exactly one, else the original destination's IP.
+//
+// The chain is verified against the target's upstream_ca when it names
+// one (read at every flow, so a rotated bundle is used at once), else
+// against the system roots; an upstream_ca that cannot be read is an
+// error, and the flow is closed.
 func UpstreamTLS(f *Flow) (cfg *tls.Config, attempt, required bool, err error) {
-	return tlsutil.Upstream(f.Target.UpstreamTLS, upstreamName(f), nil)
+	var roots *x509.CertPool
+	if path := f.Target.UpstreamCA; path != "" {
+		pem, err := os.ReadFile(path)
+		if err != nil {
+			return nil, false, false, fmt.Errorf("read upstream_ca: %w", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, false, false, fmt.Errorf("upstream_ca %s holds no PEM certificate", path)
+		}
+	}
+	return tlsutil.Upstream(f.Target.UpstreamTLS, upstreamName(f), roots)
 }
 
 // upstreamName is the name verify-full checks the server's certificate

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,7 +27,6 @@ import (
 	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/enforcer/mask"
 	"github.com/sluicehq/sluice/enforcer/record"
-	"github.com/sluicehq/sluice/internal/tlsutil"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -162,16 +159,6 @@ func (s *session) upstream(ctx context.Context, dial decoder.DialFunc) (*upstrea
 	if !attempt || cfg == nil {
 		return nil, "", errors.New("sluice: the target's upstream_tls is disable, but the Kubernetes API is served over TLS")
 	}
-	if ca := s.f.Target.UpstreamCA; ca != "" {
-		roots, err := loadRoots(ca)
-		if err != nil {
-			return nil, "", fmt.Errorf("sluice: cannot verify the API server: %v", err)
-		}
-		cfg, _, _, err = tlsutil.Upstream(s.f.Target.UpstreamTLS, cfg.ServerName, roots)
-		if err != nil {
-			return nil, "", fmt.Errorf("sluice: cannot reach the API server: %v", err)
-		}
-	}
 	up := &upstream{dial: dial, tlsCfg: cfg}
 	who := ""
 	inj, err := s.sess.Injection()
@@ -238,19 +225,6 @@ func (u *upstream) dialTLS(ctx context.Context, cfg *tls.Config) (*tls.Conn, err
 		return nil, err
 	}
 	return tc, nil
-}
-
-// loadRoots reads a target's upstream_ca.
-func loadRoots(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read upstream_ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("upstream_ca %s holds no PEM certificate", path)
-	}
-	return pool, nil
 }
 
 // ServeHTTP decides one request and, allowed, relays it.
