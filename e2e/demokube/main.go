@@ -31,20 +31,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
-	"sync"
 	"syscall"
-	"testing"
 
 	"github.com/sluicehq/sluice/internal/testenv"
 )
 
 func main() {
-	// testenv's helpers ask testing.Short, which needs testing's flags
-	// registered and parsed: flag.CommandLine holds only those, left at
-	// their defaults.
-	testing.Init()
-	flag.CommandLine.Parse(nil)
 	fs := flag.NewFlagSet("demokube", flag.ExitOnError)
 	dir := fs.String("dir", "", "directory for the cluster's files (removed at exit; required)")
 	fs.Parse(os.Args[1:])
@@ -56,14 +48,14 @@ func main() {
 		fmt.Fprintf(os.Stderr, "demokube: %v\n", err)
 		os.Exit(1)
 	}
-	p := &program{dir: *dir}
+	p := testenv.NewProgram("demokube", *dir)
 
 	// A signal during startup stops what has started so far.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		<-sig
-		p.exit(0)
+		p.Exit(0)
 	}()
 
 	k := testenv.StartKube(p, testenv.KubeOptions{})
@@ -99,80 +91,3 @@ subjects:
 		k.URL, k.CAFile, k.AdminKubeconfig, tokenFile, direct, k.Kubectl)
 	select {} // until a signal: the goroutine above exits
 }
-
-// program is the testing.TB testenv's helpers take, for a program: it
-// runs their cleanups, last first, when the program exits, makes their
-// temporary directories below dir, and exits on Fatal and Skip. Only the
-// methods testenv.StartKube and Kube's setup helpers call are
-// implemented; the embedded nil TB makes any other panic.
-type program struct {
-	testing.TB
-	dir string
-
-	mu       sync.Mutex
-	cleanups []func()
-	tmp      int
-	failed   bool
-}
-
-func (p *program) Helper() {}
-
-func (p *program) Logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "demokube: "+format+"\n", args...)
-}
-
-func (p *program) Cleanup(f func()) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cleanups = append(p.cleanups, f)
-}
-
-func (p *program) TempDir() string {
-	p.mu.Lock()
-	p.tmp++
-	d := filepath.Join(p.dir, fmt.Sprintf("%03d", p.tmp))
-	p.mu.Unlock()
-	if err := os.Mkdir(d, 0o700); err != nil {
-		p.Fatal(err)
-	}
-	p.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
-func (p *program) Failed() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.failed
-}
-
-func (p *program) Fatal(args ...any) { p.fail(fmt.Sprint(args...)) }
-func (p *program) Fatalf(format string, args ...any) {
-	p.fail(fmt.Sprintf(format, args...))
-}
-func (p *program) Skip(args ...any) { p.fail(fmt.Sprint(args...)) }
-
-func (p *program) fail(msg string) {
-	fmt.Fprintln(os.Stderr, "demokube: "+msg)
-	p.mu.Lock()
-	p.failed = true
-	p.mu.Unlock()
-	p.exit(1)
-}
-
-// exit runs the cleanups, last first, once, and exits with code. A second
-// caller (a signal during a failure's cleanup) waits for the first.
-func (p *program) exit(code int) {
-	exitOnce.Do(func() {
-		p.mu.Lock()
-		cs := p.cleanups
-		p.cleanups = nil
-		p.mu.Unlock()
-		for i := len(cs) - 1; i >= 0; i-- {
-			cs[i]()
-		}
-		os.Exit(code)
-	})
-	runtime.Goexit()
-}
-
-var exitOnce sync.Once
