@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sync"
 	"time"
@@ -138,6 +139,15 @@ func startUploads(cfg *Config, rec *recorder, log hclog.Logger) (*uploads, error
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	up := &uploads{b: b, u: s3.NewUploader(b, rec.keys.PublicKey(), log), log: log, cancel: cancel, done: make(chan struct{})}
+	up.u.Dir = filepath.Join(cfg.DataDir, uploadQueueDir)
+	n, err := up.u.Resume()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if n > 0 {
+		log.Info("uploads pending when sluiced last stopped are queued again", "pending", n, "queue", up.u.Dir)
+	}
 	rec.upload = func(s *store.Session) { up.u.Enqueue(s) }
 	go func() {
 		defer close(up.done)
@@ -153,7 +163,7 @@ func (up *uploads) status() *api.Uploads {
 		return nil
 	}
 	st := up.u.Stats()
-	return &api.Uploads{Store: up.b.String(), Pending: st.Pending, Uploaded: st.Uploaded, FailedTries: st.FailedTries}
+	return &api.Uploads{Store: up.b.String(), Pending: st.Pending, Uploaded: st.Uploaded, FailedTries: st.FailedTries, Resumed: st.Resumed}
 }
 
 // stop tries every pending upload once more, without backoff, for up to
@@ -173,9 +183,13 @@ func (up *uploads) stop1(within time.Duration) {
 	up.cancel()
 	<-up.done
 	if left > 0 {
-		up.log.Error("recordings not uploaded before exit; their local copies stay in data_dir and the next start does not upload them", "pending", left, "store", up.b.String(), "waited", within)
+		up.log.Error("recordings not uploaded before exit; their local copies and queue files stay in data_dir and the next start uploads them", "pending", left, "store", up.b.String(), "waited", within, "queue", up.u.Dir)
 	}
 }
+
+// uploadQueueDir, under data_dir, is the persistent upload queue: one
+// file per sealed recording the store has not acknowledged yet.
+const uploadQueueDir = "uploads"
 
 // uploadOnStop bounds how long a stopping daemon waits for pending
 // uploads, after its flows drained.

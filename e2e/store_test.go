@@ -199,3 +199,60 @@ func TestStoreUploadsOnStop(t *testing.T) {
 		t.Errorf("verify --store after the stop: %v\n%s", err, out)
 	}
 }
+
+// TestStoreQueueSurvivesRestart: a recording sealed while the store is
+// down and still pending when sluiced stops is uploaded by the next
+// start (the persistent queue under data_dir/uploads), which sluice
+// status reports; the queue file goes once the store has it.
+func TestStoreQueueSurvivesRestart(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	s3 := testenv.StartS3(t, testenv.S3Options{})
+	s3.MakeBucket(t, "fleet", false)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: pgRules(pg.Addr()),
+		Body: "store {\n  url = \"s3://fleet\"\n  endpoint = \"" + s3.Endpoint + "\"\n  insecure = true\n}\n",
+		Env:  []string{"AWS_ACCESS_KEY_ID=" + s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3.SecretKey}})
+
+	s3.Stop(t)
+	if out, _, err := psqlIn(t, cg, nobody(t), pg.PsqlArgs("", 0, "SELECT 1")); err != nil {
+		t.Fatalf("psql: %v\n%s", err, out)
+	}
+	sess := waitSealed(t, d, 1, 10*time.Second)[0]
+	queued := filepath.Join(d.DataDir, "uploads", sess.ID+".json")
+	if _, err := os.Stat(queued); err != nil {
+		t.Fatalf("queue file of the pending upload: %v", err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "a failed upload try", func() bool {
+		st, err := d.Status()
+		return err == nil && st.Uploads != nil && st.Uploads.FailedTries >= 1
+	})
+	d.Stop(t) // with the store still down: the upload is left behind
+	left := false
+	for _, l := range d.Logs(t) {
+		left = left || l.Message() == "recordings not uploaded before exit; their local copies and queue files stay in data_dir and the next start uploads them"
+	}
+	if !left {
+		t.Fatalf("the stopping daemon did not log the upload it left behind")
+	}
+
+	s3.Start(t)
+	start := time.Now()
+	d.Start(t)
+	up := d.WaitLog(t, "recording uploaded", func(l testenv.LogLine) bool { return l.String("session") == sess.ID })
+	t.Logf("the recording left pending by the previous daemon was uploaded %v after the restart began (log: %s ms after its seal)",
+		time.Since(start).Round(time.Millisecond), up.String("delay_after_seal_ms"))
+	d.WaitLog(t, "uploads pending when sluiced last stopped are queued again", func(l testenv.LogLine) bool { return l.String("pending") == "1" })
+	st, err := d.Status()
+	if err != nil || st.Uploads == nil || st.Uploads.Resumed != 1 || st.Uploads.Uploaded != 1 || st.Uploads.Pending != 0 {
+		t.Fatalf("status after the restart: %v, %+v", err, st.Uploads)
+	}
+	if out, err := d.Sluice(t, "status", "--socket", d.Socket); err != nil || !strings.Contains(out, "1 of them were pending when sluiced last stopped") {
+		t.Errorf("sluice status after the restart: %v\n%s", err, out)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the queue file removed", func() bool { _, err := os.Stat(queued); return os.IsNotExist(err) })
+	cmd := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), "verify", sess.ID, "--store", "s3://fleet", "--store-endpoint", s3.Endpoint, "--store-insecure")
+	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s3.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3.SecretKey)
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), sess.ID+": ok, sealed") {
+		t.Errorf("verify --store after the restart: %v\n%s", err, out)
+	}
+}

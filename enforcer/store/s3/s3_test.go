@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -340,5 +341,74 @@ func TestTLS(t *testing.T) {
 	var uerr *tls.CertificateVerificationError
 	if _, err := untrusted.List(ctx, store.Filter{}); !errors.As(err, &uerr) {
 		t.Errorf("list with the system roots: %v, want a certificate verification error", err)
+	}
+}
+
+// TestUploaderPersistentQueue: recordings queued by an Uploader that
+// stopped with the store down are queued again by the next Uploader on
+// the same Dir (Resume) and arrive once the store is up; each queue file
+// is removed once its upload is acknowledged, and a queue file whose
+// recording is gone is dropped.
+func TestUploaderPersistentQueue(t *testing.T) {
+	s := testenv.StartS3(t, testenv.S3Options{})
+	s.MakeBucket(t, "rec", false)
+	b := open(t, s, "s3://rec/vm1")
+	keys := newKeys(t)
+	dir, qdir := t.TempDir(), filepath.Join(t.TempDir(), "uploads")
+
+	s.Stop(t)
+	u1 := NewUploader(b, keys.PublicKey(), hclog.NewNullLogger())
+	u1.Dir = qdir
+	start := time.Now()
+	var ids, paths []string
+	for i := range 3 {
+		id := start.UTC().Add(time.Duration(i)*time.Millisecond).Format("20060102T150405.000Z") + "-0000000" + string(rune('a'+i))
+		sess := sealed(t, dir, id, keys, start)
+		u1.Enqueue(sess)
+		ids, paths = append(ids, id), append(paths, sess.Path)
+	}
+	// The first daemon stops with everything pending; its third
+	// recording is then removed from disk (local retention).
+	if err := os.Remove(paths[2]); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(qdir)
+	if len(ents) != 3 {
+		t.Fatalf("queue files before the restart: %d, want 3", len(ents))
+	}
+
+	s.Start(t)
+	u2 := NewUploader(b, keys.PublicKey(), hclog.NewNullLogger())
+	u2.Dir = qdir
+	n, err := u2.Resume()
+	if err != nil || n != 2 {
+		t.Fatalf("Resume = %d, %v; want the 2 recordings still on disk", n, err)
+	}
+	if st := u2.Stats(); st.Pending != 2 || st.Resumed != 2 {
+		t.Fatalf("stats after Resume = %+v", st)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- u2.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	testenv.WaitFor(t, 10*time.Second, "the resumed uploads done", func() bool { return u2.Stats().Uploaded == 2 })
+	for _, id := range ids[:2] {
+		sc, err := b.Stat(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Read(context.Background(), sc, keys.PublicKey()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Stat(context.Background(), ids[2]); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the recording removed before the restart: Stat = %v, want ErrNotFound", err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the queue empty", func() bool { ents, _ := os.ReadDir(qdir); return len(ents) == 0 })
+	// A third start finds nothing to do.
+	u3 := NewUploader(b, keys.PublicKey(), hclog.NewNullLogger())
+	u3.Dir = qdir
+	if n, err := u3.Resume(); n != 0 || err != nil {
+		t.Errorf("Resume after the uploads = %d, %v", n, err)
 	}
 }

@@ -3,6 +3,13 @@ package s3
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,11 +26,15 @@ const (
 
 // Uploader uploads sealed recordings in the background, one at a time,
 // retrying each failed upload with exponential backoff until it succeeds
-// or the Uploader stops. Enqueue never blocks, so a session never waits
-// on the store. Nothing local is deleted: the recording stays on disk
+// or the Uploader stops. Enqueue never waits on the store, so a session
+// never does. Nothing local is deleted: the recording stays on disk
 // (and under the recording block's retention) whether or not it was
-// uploaded. The queue is in memory: what is pending when the daemon
-// stops is not uploaded by the next daemon.
+// uploaded.
+//
+// With Dir set, the queue is persistent: Enqueue writes a small file
+// Dir/ID.json (the index entry) before it returns, the file is removed
+// once the store has acknowledged the upload, and Resume, at the next
+// start, queues again every recording whose file is still there.
 //
 // An Uploader is safe for concurrent use. Run owns the work; whoever
 // calls Run cancels its context to stop it.
@@ -38,8 +49,12 @@ type Uploader struct {
 	// Run's goroutine) with the sidecar and the delay from the session's
 	// end to the store's acknowledgement. Each upload is also logged.
 	Uploaded func(sc *Sidecar, delay time.Duration)
+	// Dir, when set (before Enqueue, Resume and Run), holds the
+	// persistent queue: one file per recording not yet acknowledged.
+	Dir string
 
 	mu      sync.Mutex
+	resumed int // queued again by Resume
 	pending []*job
 	failed  int64 // failed tries, ever
 	done    int64 // uploads, ever
@@ -60,9 +75,20 @@ func NewUploader(b *Bucket, pub ed25519.PublicKey, log hclog.Logger) *Uploader {
 	return &Uploader{b: b, pub: pub, log: log, wake: make(chan struct{}, 1), changed: make(chan struct{})}
 }
 
-// Enqueue adds a sealed session (a copy of sess is taken) and returns at
-// once.
+// Enqueue adds a sealed session (a copy of sess is taken) and returns
+// without waiting on the store. With Dir set, it first writes the
+// session's queue file (a few hundred bytes, fsynced); a failure to write
+// it is logged and the upload is queued in memory all the same.
 func (u *Uploader) Enqueue(sess *store.Session) {
+	if u.Dir != "" {
+		if err := u.writeQueued(sess); err != nil {
+			u.log.Error("the upload queue file could not be written; the upload is queued in memory only and is lost if sluiced stops before it is done", "session", sess.ID, "error", err)
+		}
+	}
+	u.enqueue(sess)
+}
+
+func (u *Uploader) enqueue(sess *store.Session) {
 	u.mu.Lock()
 	u.pending = append(u.pending, &job{sess: *sess})
 	u.mu.Unlock()
@@ -79,13 +105,16 @@ type UploaderStats struct {
 	// Uploaded and FailedTries count since the Uploader was made.
 	Uploaded    int64 `json:"uploaded"`
 	FailedTries int64 `json:"failed_tries"`
+	// Resumed is how many recordings Resume queued again from the
+	// persistent queue (pending when the previous daemon stopped).
+	Resumed int `json:"resumed"`
 }
 
 // Stats returns the Uploader's counters now.
 func (u *Uploader) Stats() UploaderStats {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return UploaderStats{Pending: len(u.pending), Uploaded: u.done, FailedTries: u.failed}
+	return UploaderStats{Pending: len(u.pending), Uploaded: u.done, FailedTries: u.failed, Resumed: u.resumed}
 }
 
 // Run uploads until ctx is done. It returns ctx's error.
@@ -133,6 +162,11 @@ func (u *Uploader) Run(ctx context.Context) error {
 			continue
 		}
 		u.done++
+		if u.Dir != "" {
+			if err := os.Remove(u.queueFile(j.sess.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				log.Error("removing the upload queue file failed; the next start uploads the recording again", "error", err)
+			}
+		}
 		for i, p := range u.pending {
 			if p == j {
 				u.pending = append(u.pending[:i], u.pending[i+1:]...)
@@ -199,4 +233,102 @@ func (u *Uploader) Flush(ctx context.Context) int {
 		case <-changed:
 		}
 	}
+}
+
+// maxResume bounds how many queue files Resume reads: each is one sealed
+// recording of this VM, so more means something else writes there.
+const maxResume = 100000
+
+func (u *Uploader) queueFile(id string) string { return filepath.Join(u.Dir, id+".json") }
+
+// writeQueued writes sess's queue file atomically (temporary file,
+// fsync, rename).
+func (u *Uploader) writeQueued(sess *store.Session) error {
+	if !validID(sess.ID) {
+		return fmt.Errorf("invalid session id %q", sess.ID)
+	}
+	if err := os.MkdirAll(u.Dir, 0o700); err != nil {
+		return err
+	}
+	js, err := json.Marshal(sess)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(u.Dir, ".queue-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(js); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), u.queueFile(sess.ID))
+}
+
+// Resume queues every recording of the persistent queue (Dir) again,
+// oldest first, and returns how many. A queue file whose recording is no
+// longer on disk (the recording block's retention removed it) is logged
+// and removed. Call it once, before Run.
+func (u *Uploader) Resume() (int, error) {
+	if u.Dir == "" {
+		return 0, nil
+	}
+	ents, err := os.ReadDir(u.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read upload queue %s: %w", u.Dir, err)
+	}
+	var names []string
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasPrefix(n, ".queue-") {
+			os.Remove(filepath.Join(u.Dir, n)) // a write torn by a crash
+			continue
+		}
+		if e.Type().IsRegular() && strings.HasSuffix(n, ".json") && validID(strings.TrimSuffix(n, ".json")) {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names) // session IDs sort by start time
+	if len(names) > maxResume {
+		u.log.Error("the upload queue holds more files than are read; the oldest are left", "files", len(names), "read", maxResume, "dir", u.Dir)
+		names = names[len(names)-maxResume:]
+	}
+	n := 0
+	for _, name := range names {
+		p := filepath.Join(u.Dir, name)
+		js, err := os.ReadFile(p)
+		var sess store.Session
+		if err == nil {
+			err = json.Unmarshal(js, &sess)
+		}
+		if err == nil && sess.ID+".json" != name {
+			err = fmt.Errorf("it describes session %q", sess.ID)
+		}
+		if err != nil {
+			u.log.Error("an upload queue file is unreadable and is skipped", "file", p, "error", err)
+			continue
+		}
+		if _, err := os.Stat(sess.Path); err != nil {
+			u.log.Error("a queued recording is no longer on disk and cannot be uploaded", "session", sess.ID, "path", sess.Path, "error", err)
+			os.Remove(p)
+			continue
+		}
+		u.enqueue(&sess)
+		n++
+	}
+	u.mu.Lock()
+	u.resumed += n
+	u.mu.Unlock()
+	return n, nil
 }
