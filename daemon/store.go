@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/sluicehq/sluice/enforcer/store"
 	"github.com/sluicehq/sluice/enforcer/store/s3"
 	"github.com/sluicehq/sluice/internal/api"
+	"github.com/sluicehq/sluice/ruleset"
 )
 
 // storeBlock is the store block as written: where sealed recordings are
@@ -29,6 +32,8 @@ type storeBlock struct {
 	Insecure     bool   `hcl:"insecure,optional"`
 	CAFile       string `hcl:"ca_file,optional"`
 	Retention    string `hcl:"retention,optional"`
+	VM           string `hcl:"vm,optional"`
+	FleetKeyFile string `hcl:"fleet_key_file,optional"`
 }
 
 // StoreSettings is the validated store block. Credentials are not kept
@@ -50,6 +55,13 @@ type StoreSettings struct {
 	// Retention is the object-lock retention of each upload where the
 	// bucket has object lock (default 0: none).
 	Retention time.Duration
+	// VM is this VM's name in sidecars and key endorsements (default:
+	// the host name).
+	VM string
+	// FleetKeyFile, when set, is the fleet's private signing key (sluice
+	// rules keygen's PREFIX.key): read once at start to publish this
+	// VM's recording key, endorsed, to keys/VM/ in the store.
+	FleetKeyFile string
 }
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -87,6 +99,13 @@ func (c *Config) setStore(sb *storeBlock) hcl.Diagnostics {
 		}
 		st.Retention = d
 	}
+	st.VM, st.FleetKeyFile = sb.VM, sb.FleetKeyFile
+	if st.VM == "" {
+		h, _ := os.Hostname()
+		st.VM = vmName(h)
+	} else if vmName(st.VM) != st.VM {
+		bad("Invalid store vm", fmt.Sprintf("vm %q: use letters, digits, '-', '_' and '.' only (it names a folder in the store), or leave it out for the host name.", st.VM))
+	}
 	if sb.Insecure && sb.CAFile != "" {
 		bad("Conflicting store settings", "insecure = true uses plain HTTP, where ca_file has no use: remove one of them.")
 	}
@@ -94,11 +113,27 @@ func (c *Config) setStore(sb *storeBlock) hcl.Diagnostics {
 	return diags
 }
 
+// vmName makes a host name usable as a store vm: characters other than
+// letters, digits, '-', '_' and '.' become '_'.
+func vmName(h string) string {
+	b := []byte(h)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			b[i] = '_'
+		}
+	}
+	s := strings.ReplaceAll(string(b), "..", "__")
+	if s == "" || len(s) > 128 {
+		return "vm"
+	}
+	return s
+}
+
 // openStore opens the configured store with the credentials from the
 // environment, logging (never the values) what is missing.
 func openStore(st *StoreSettings, log hclog.Logger) (*s3.Bucket, error) {
 	cfg := s3.Config{URL: st.URL, Endpoint: st.Endpoint, Region: st.Region, Insecure: st.Insecure, Retention: st.Retention,
-		AccessKey: os.Getenv(st.AccessKeyEnv), SecretKey: os.Getenv(st.SecretKeyEnv)}
+		AccessKey: os.Getenv(st.AccessKeyEnv), SecretKey: os.Getenv(st.SecretKeyEnv), VM: st.VM}
 	if cfg.AccessKey == "" || cfg.SecretKey == "" {
 		log.Error("store credentials are not set: uploads go unsigned and will likely be refused", "access_key_env", st.AccessKeyEnv, "secret_key_env", st.SecretKeyEnv)
 	}
@@ -137,6 +172,19 @@ func startUploads(cfg *Config, rec *recorder, log hclog.Logger) (*uploads, error
 	if err != nil {
 		return nil, err
 	}
+	var endorsement *s3.KeyEndorsement
+	var fleetPub ed25519.PublicKey
+	if cfg.Store.FleetKeyFile != "" {
+		fleet, err := readFleetKey(cfg.Store.FleetKeyFile, log)
+		if err != nil {
+			return nil, err
+		}
+		fleetPub = fleet.Public().(ed25519.PublicKey)
+		if endorsement, err = s3.Endorse(fleet, cfg.Store.VM, rec.keys.PublicKey(), time.Now()); err != nil {
+			return nil, err
+		}
+		clear(fleet) // only the endorsement is kept
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	up := &uploads{b: b, u: s3.NewUploader(b, rec.keys.PublicKey(), log), log: log, cancel: cancel, done: make(chan struct{})}
 	up.u.Dir = filepath.Join(cfg.DataDir, uploadQueueDir)
@@ -151,10 +199,58 @@ func startUploads(cfg *Config, rec *recorder, log hclog.Logger) (*uploads, error
 	rec.upload = func(s *store.Session) { up.u.Enqueue(s) }
 	go func() {
 		defer close(up.done)
+		if endorsement != nil {
+			up.publishKey(ctx, endorsement, fleetPub)
+		}
 		up.u.Run(ctx)
 	}()
 	log.Info("uploading sealed recordings", "store", b.String(), "endpoint", cfg.Store.Endpoint)
 	return up, nil
+}
+
+// readFleetKey reads the fleet private key file, warning when others
+// than root may read it.
+func readFleetKey(path string, log hclog.Logger) (ed25519.PrivateKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read store fleet_key_file: %w (sluiced reads it once at start: deliver it before sluiced starts)", err)
+	}
+	defer clear(data)
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("the fleet signing key file may be read by others than its owner: make it mode 0600, owned by root", "file", path, "mode", fi.Mode().Perm().String())
+	}
+	priv, err := ruleset.ParsePrivateKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("store fleet_key_file %s: %w (give the PREFIX.key of sluice rules keygen)", path, err)
+	}
+	return priv, nil
+}
+
+// publishKey publishes this VM's endorsed recording key before any
+// upload, retrying with the uploader's backoff while the store is down
+// (recordings wait: a reader with the fleet key would call them forged
+// until the key is there).
+func (up *uploads) publishKey(ctx context.Context, e *s3.KeyEndorsement, fleet ed25519.PublicKey) {
+	back := s3.DefaultMinBackoff
+	for {
+		tctx, cancel := context.WithTimeout(ctx, time.Minute)
+		wrote, err := up.b.PublishKey(tctx, e, fleet)
+		cancel()
+		if err == nil {
+			up.log.Info("recording key published to the store, endorsed by the fleet key", "vm", e.VM, "key", e.KeyID[:16], "fleet_key", e.FleetKeyID[:16], "new", wrote)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		up.log.Warn("publishing the recording key failed; will retry", "vm", e.VM, "retry_in", back, "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(back):
+		}
+		back = min(2*back, s3.DefaultMaxBackoff)
+	}
 }
 
 // status reports the uploads for sluice status; nil without a store.

@@ -320,6 +320,7 @@ per recording; exit 1 when any was altered.`,
 	daemon = addDaemonFlags(cmd.Flags())
 	st = addStoreFlags(cmd.Flags())
 	cmd.Flags().StringVar(&st.pub, "pub", "", "with --store, verify with the recording public key in `FILE` (sluice recordings pubkey on the VM) instead of the key each recording's sidecar names")
+	cmd.Flags().StringVar(&st.fleetPub, "fleet-pub", "", "with --store, verify each recording with the key the fleet public key in `FILE` endorses for the VM that uploaded it (a recording whose key it does not endorse is FORGED)")
 	cmd.Flags().BoolVar(&all, "all", false, "verify every recording")
 	return cmd
 }

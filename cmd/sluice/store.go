@@ -26,6 +26,9 @@ type storeFlags struct {
 	insecure                      bool
 	// pub is --pub (verify only): a pinned recording public key.
 	pub string
+	// fleetPub is --fleet-pub (verify only): the fleet public key that
+	// endorses each VM's recording key.
+	fleetPub string
 }
 
 // addStoreFlags adds --store, --store-endpoint, --store-region,
@@ -125,7 +128,19 @@ func storeVerify(stdout io.Writer, s *storeFlags, id string) error {
 	if err != nil {
 		return err
 	}
-	var pinned ed25519.PublicKey
+	var pinned, fleet ed25519.PublicKey
+	if s.pub != "" && s.fleetPub != "" {
+		return usageErrorf("give --pub (one VM's key) or --fleet-pub (the fleet key), not both")
+	}
+	if s.fleetPub != "" {
+		data, err := os.ReadFile(s.fleetPub)
+		if err != nil {
+			return fmt.Errorf("read --fleet-pub %s", fileError(s.fleetPub, err))
+		}
+		if fleet, err = record.ParsePublicKey(data); err != nil {
+			return usageErrorf("--fleet-pub %s: %v (give the PREFIX.pub of the fleet key pair)", s.fleetPub, err)
+		}
+	}
 	if s.pub != "" {
 		data, err := os.ReadFile(s.pub)
 		if err != nil {
@@ -154,6 +169,19 @@ func storeVerify(stdout io.Writer, s *storeFlags, id string) error {
 	bad := 0
 	for _, sc := range list {
 		pub, how := pinned, "pinned key"
+		if fleet != nil {
+			endorsed, e, err := b.CheckFleet(ctx, sc, fleet)
+			if errors.Is(err, s3.ErrForged) {
+				bad++
+				fmt.Fprintf(stdout, "%s: FORGED: %v\n", sc.Session.ID, err)
+				continue
+			} else if err != nil {
+				bad++
+				fmt.Fprintf(stdout, "%s: NOT CHECKED: %v\n", sc.Session.ID, err)
+				continue
+			}
+			pub, how = endorsed, fmt.Sprintf("vm %s's key, endorsed by fleet key %.16s, first seen %s", e.VM, e.FleetKeyID, e.FirstSeen.Format(time.RFC3339))
+		}
 		if pub == nil {
 			how = "the key its sidecar names"
 			if pub, err = record.ParsePublicKey([]byte(sc.PublicKey)); err != nil {
@@ -179,7 +207,7 @@ func storeVerify(stdout io.Writer, s *storeFlags, id string) error {
 		}
 		fmt.Fprintf(stdout, "%s: ok, %s, %d events, signed by key %.16s (%s)%s\n", sc.Session.ID, r.Status, r.Events, record.KeyID(pub), how, note)
 	}
-	if pinned == nil && len(list) > 0 {
+	if pinned == nil && fleet == nil && len(list) > 0 {
 		fmt.Fprintln(stdout, "note: without --pub each recording is checked against the key its own sidecar names, which proves it unaltered since it was signed, not which VM signed it; pin a VM's key (sluice recordings pubkey) with --pub FILE")
 	}
 	if bad > 0 {
@@ -195,8 +223,8 @@ func (s *storeFlags) check(d *daemonFlags) error {
 	switch {
 	case s.set() && d.server != "":
 		return usageErrorf("give --store or --server, not both")
-	case !s.set() && (s.endpoint != "" || s.caFile != "" || s.region != "" || s.insecure || s.pub != ""):
-		return usageErrorf("--store-endpoint, --store-region, --store-ca, --store-insecure and --pub need --store s3://BUCKET/PREFIX")
+	case !s.set() && (s.endpoint != "" || s.caFile != "" || s.region != "" || s.insecure || s.pub != "" || s.fleetPub != ""):
+		return usageErrorf("--store-endpoint, --store-region, --store-ca, --store-insecure, --pub and --fleet-pub need --store s3://BUCKET/PREFIX")
 	}
 	return nil
 }

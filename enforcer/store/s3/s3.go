@@ -82,6 +82,10 @@ type Config struct {
 	// locked (governance mode) where the bucket has object lock enabled.
 	// A bucket without object lock gets the objects unlocked.
 	Retention time.Duration
+	// VM is the writer's name, put in each sidecar it uploads (and
+	// checked against the fleet key's endorsements, see fleet.go); ""
+	// for a reader.
+	VM string
 }
 
 // ParseURL splits s3://BUCKET/PREFIX into its bucket and its prefix
@@ -108,6 +112,7 @@ type Bucket struct {
 	bucket    string
 	prefix    string // "" or "a/b/" (with the trailing slash)
 	retention time.Duration
+	vm        string
 }
 
 // Open checks cfg and makes a client. It does not contact the server:
@@ -143,7 +148,7 @@ func Open(cfg Config) (*Bucket, error) {
 	if prefix != "" {
 		prefix += "/"
 	}
-	return &Bucket{client: c, bucket: bucket, prefix: prefix, retention: cfg.Retention}, nil
+	return &Bucket{client: c, bucket: bucket, prefix: prefix, retention: cfg.Retention, vm: cfg.VM}, nil
 }
 
 // String is the store's s3:// URL.
@@ -159,6 +164,10 @@ type Sidecar struct {
 	// recording (record.MarshalPublicKey's format): the writer's own
 	// claim, not a trust anchor.
 	PublicKey string `json:"public_key"`
+	// VM is the name of the VM that uploaded it (the store block's vm),
+	// whose fleet-endorsed keys (keys/VM/) a reader checks PublicKey
+	// against.
+	VM string `json:"vm,omitempty"`
 	// Object is the recording's object name; Size and SHA256 are its
 	// length and lowercase hex SHA-256 as uploaded.
 	Object string `json:"object"`
@@ -214,7 +223,7 @@ func (b *Bucket) Put(ctx context.Context, sess *store.Session, pub ed25519.Publi
 		return nil, fmt.Errorf("upload recording %s: %w", sess.ID, err)
 	}
 	sc := &Sidecar{
-		Version: sidecarVersion, Session: *sess, PublicKey: string(record.MarshalPublicKey(pub)),
+		Version: sidecarVersion, Session: *sess, PublicKey: string(record.MarshalPublicKey(pub)), VM: b.vm,
 		Object: b.recName(sess.ID), Size: size, SHA256: hex.EncodeToString(h.Sum(nil)), Uploaded: time.Now().UTC(),
 	}
 	js, err := json.MarshalIndent(sc, "", "  ")

@@ -412,3 +412,82 @@ func TestUploaderPersistentQueue(t *testing.T) {
 		t.Errorf("Resume after the uploads = %d, %v", n, err)
 	}
 }
+
+// TestFleetKey: a VM's recording key published with the fleet key's
+// endorsement verifies its recordings; a recording signed with a
+// forger's key (with or without an endorsement of the forger's own
+// making), or relabelled with another VM's name, is ErrForged.
+func TestFleetKey(t *testing.T) {
+	s := testenv.StartS3(t, testenv.S3Options{})
+	s.MakeBucket(t, "rec", true)
+	ctx := context.Background()
+	_, fleet, _ := ed25519.GenerateKey(rand.Reader)
+	fleetPub := fleet.Public().(ed25519.PublicKey)
+	dir := t.TempDir()
+	put := func(vm, id string, keys *record.Keys) *Sidecar {
+		t.Helper()
+		b, err := Open(Config{URL: "s3://rec/fleet", Endpoint: s.Endpoint, AccessKey: s.AccessKey, SecretKey: s.SecretKey, Insecure: true, Retention: time.Hour, VM: vm})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc, err := b.Put(ctx, sealed(t, dir, id, keys, time.Now()), keys.PublicKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sc
+	}
+	b := open(t, s, "s3://rec/fleet")
+
+	vmKeys := newKeys(t)
+	e, err := Endorse(fleet, "runner-1", vmKeys.PublicKey(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wrote, err := b.PublishKey(ctx, e, fleetPub); err != nil || !wrote {
+		t.Fatalf("PublishKey = %v, %v", wrote, err)
+	}
+	// A second start finds it there and keeps its first_seen.
+	e2, _ := Endorse(fleet, "runner-1", vmKeys.PublicKey(), time.Now().Add(time.Hour))
+	if wrote, err := b.PublishKey(ctx, e2, fleetPub); err != nil || wrote {
+		t.Fatalf("PublishKey again = %v, %v; want no write", wrote, err)
+	}
+	good := put("runner-1", "20260101T000000.000Z-00000001", vmKeys)
+	pub, got, err := b.CheckFleet(ctx, good, fleetPub)
+	if err != nil || !pub.Equal(vmKeys.PublicKey()) || !got.FirstSeen.Equal(e.FirstSeen) {
+		t.Fatalf("CheckFleet(genuine) = %v, %+v, %v", pub, got, err)
+	}
+	if _, err := b.Read(ctx, good, pub); err != nil {
+		t.Fatal(err)
+	}
+
+	// A forger with bucket write access signs with a key of their own.
+	forger := newKeys(t)
+	forged := put("runner-1", "20260101T000001.000Z-00000002", forger)
+	if _, _, err := b.CheckFleet(ctx, forged, fleetPub); !errors.Is(err, ErrForged) {
+		t.Errorf("CheckFleet(forger's key, no endorsement) = %v, want ErrForged", err)
+	}
+	// ... and endorses it with a fleet key of their own.
+	_, otherFleet, _ := ed25519.GenerateKey(rand.Reader)
+	fe, _ := Endorse(otherFleet, "runner-1", forger.PublicKey(), time.Now())
+	if _, err := b.PublishKey(ctx, fe, otherFleet.Public().(ed25519.PublicKey)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.CheckFleet(ctx, forged, fleetPub); !errors.Is(err, ErrForged) || !strings.Contains(err.Error(), "not signed by fleet key") {
+		t.Errorf("CheckFleet(forger's key, forger's endorsement) = %v, want ErrForged", err)
+	}
+	// A genuine recording relabelled as another VM's.
+	relabelled := put("runner-2", "20260101T000002.000Z-00000003", vmKeys)
+	if _, _, err := b.CheckFleet(ctx, relabelled, fleetPub); !errors.Is(err, ErrForged) {
+		t.Errorf("CheckFleet(another VM's name) = %v, want ErrForged", err)
+	}
+	// A sidecar without a VM (uploaded with no fleet setup).
+	anon := put("", "20260101T000003.000Z-00000004", vmKeys)
+	if _, _, err := b.CheckFleet(ctx, anon, fleetPub); !errors.Is(err, ErrForged) {
+		t.Errorf("CheckFleet(no vm) = %v, want ErrForged", err)
+	}
+	// The key objects do not show up as sessions.
+	list, err := b.List(ctx, store.Filter{})
+	if err != nil || len(list) != 4 {
+		t.Errorf("List = %d sessions, %v; want 4", len(list), err)
+	}
+}
