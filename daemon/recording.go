@@ -48,6 +48,45 @@ type recorder struct {
 	// recordings.
 	jobMu sync.Mutex
 	byJob map[string]map[*enforcer.Session]struct{}
+
+	// open are the recorded sessions open now, by ID, for the store's
+	// checkpoints (bounded by the open flows).
+	openMu   sync.Mutex
+	openSess map[string]openSession
+}
+
+type openSession struct {
+	idx  store.Session
+	sess *enforcer.Session
+}
+
+// trackOpen adds (or, with sess nil, removes) an open recorded session.
+func (r *recorder) trackOpen(idx *store.Session, sess *enforcer.Session) {
+	r.openMu.Lock()
+	defer r.openMu.Unlock()
+	if sess == nil {
+		delete(r.openSess, idx.ID)
+		return
+	}
+	if r.openSess == nil {
+		r.openSess = make(map[string]openSession)
+	}
+	r.openSess[idx.ID] = openSession{idx: *idx, sess: sess}
+}
+
+// openSessions returns the index entries of the recorded sessions open
+// now, with their counts so far.
+func (r *recorder) openSessions() []store.Session {
+	r.openMu.Lock()
+	defer r.openMu.Unlock()
+	out := make([]store.Session, 0, len(r.openSess))
+	for _, o := range r.openSess {
+		e := o.idx
+		e.Statements, e.Denied = o.sess.Counts()
+		e.Verdicts = o.sess.Verdicts()
+		out = append(out, e)
+	}
+	return out
 }
 
 // trackJob adds (or, with add false, removes) an open session of job.
@@ -191,8 +230,10 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		return nil, nil, fmt.Errorf("index session: %w", err)
 	}
 	r.trackJob(f.Identity.Job, sess, true)
+	r.trackOpen(idx, sess)
 	end := func(res interceptor.Result) {
 		r.trackJob(f.Identity.Job, sess, false)
+		r.trackOpen(idx, nil)
 		reason := ""
 		if res.Err != nil {
 			reason = res.Err.Error()

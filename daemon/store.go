@@ -34,6 +34,7 @@ type storeBlock struct {
 	Retention    string `hcl:"retention,optional"`
 	VM           string `hcl:"vm,optional"`
 	FleetKeyFile string `hcl:"fleet_key_file,optional"`
+	Checkpoint   string `hcl:"checkpoint,optional"`
 }
 
 // StoreSettings is the validated store block. Credentials are not kept
@@ -62,6 +63,9 @@ type StoreSettings struct {
 	// rules keygen's PREFIX.key): read once at start to publish this
 	// VM's recording key, endorsed, to keys/VM/ in the store.
 	FleetKeyFile string
+	// Checkpoint is how often the recordings of active sessions are
+	// uploaded as checkpoints to active/ (default 60 s; 0: never).
+	Checkpoint time.Duration
 }
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -99,7 +103,16 @@ func (c *Config) setStore(sb *storeBlock) hcl.Diagnostics {
 		}
 		st.Retention = d
 	}
-	st.VM, st.FleetKeyFile = sb.VM, sb.FleetKeyFile
+	st.VM, st.FleetKeyFile, st.Checkpoint = sb.VM, sb.FleetKeyFile, defaultCheckpoint
+	if sb.Checkpoint == "0" {
+		st.Checkpoint = 0
+	} else if sb.Checkpoint != "" {
+		d, err := time.ParseDuration(sb.Checkpoint)
+		if err != nil || d != 0 && d < time.Second {
+			bad("Invalid store checkpoint", fmt.Sprintf("checkpoint %q: give how often active sessions are checkpointed to the store, at least \"1s\" (such as \"60s\"), or \"0\" for never.", sb.Checkpoint))
+		}
+		st.Checkpoint = d
+	}
 	if st.VM == "" {
 		h, _ := os.Hostname()
 		st.VM = vmName(h)
@@ -197,6 +210,7 @@ func startUploads(cfg *Config, rec *recorder, log hclog.Logger) (*uploads, error
 		log.Info("uploads pending when sluiced last stopped are queued again", "pending", n, "queue", up.u.Dir)
 	}
 	rec.upload = func(s *store.Session) { up.u.Enqueue(s) }
+	up.u.Checkpoint, up.u.Active = cfg.Store.Checkpoint, rec.openSessions
 	go func() {
 		defer close(up.done)
 		if endorsement != nil {
@@ -204,7 +218,7 @@ func startUploads(cfg *Config, rec *recorder, log hclog.Logger) (*uploads, error
 		}
 		up.u.Run(ctx)
 	}()
-	log.Info("uploading sealed recordings", "store", b.String(), "endpoint", cfg.Store.Endpoint)
+	log.Info("uploading sealed recordings", "store", b.String(), "endpoint", cfg.Store.Endpoint, "checkpoint", cfg.Store.Checkpoint, "vm", cfg.Store.VM)
 	return up, nil
 }
 
@@ -282,6 +296,10 @@ func (up *uploads) stop1(within time.Duration) {
 		up.log.Error("recordings not uploaded before exit; their local copies and queue files stay in data_dir and the next start uploads them", "pending", left, "store", up.b.String(), "waited", within, "queue", up.u.Dir)
 	}
 }
+
+// defaultCheckpoint is how often active sessions are checkpointed to the
+// store when the store block does not say.
+const defaultCheckpoint = time.Minute
 
 // uploadQueueDir, under data_dir, is the persistent upload queue: one
 // file per sealed recording the store has not acknowledged yet.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,5 +127,105 @@ func TestStoreFleetKey(t *testing.T) {
 	}
 	if out, err := cli(append([]string{"verify", sess.ID, "--fleet-pub", filepath.Join(dir, "fleet.pub")}, at...)...); err != nil {
 		t.Errorf("verify --fleet-pub of the genuine recording: %v\n%s", err, out)
+	}
+}
+
+// TestStoreCheckpoints: with checkpoint = "1s" the recording of an
+// active PostgreSQL session is in the store (active/) while it runs:
+// sessions list --store shows it active, show shows its statements so
+// far and verify checks it as an unsealed checkpoint (exit 0); once the
+// session ends the sealed recording replaces it. A second session's
+// daemon is killed with SIGKILL mid-session: its last checkpoint stays
+// in the store as the evidence of what it did.
+func TestStoreCheckpoints(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	s3srv := testenv.StartS3(t, testenv.S3Options{})
+	s3srv.MakeBucket(t, "fleet", true)
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: pgRules(pg.Addr()),
+		Body: "store {\n  url = \"s3://fleet/runners\"\n  endpoint = \"" + s3srv.Endpoint + "\"\n  insecure = true\n  retention = \"1d\"\n  checkpoint = \"1s\"\n}\n",
+		Env:  []string{"AWS_ACCESS_KEY_ID=" + s3srv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3srv.SecretKey}})
+	cli := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), append(args, "--store", "s3://fleet/runners", "--store-endpoint", s3srv.Endpoint, "--store-insecure")...)
+		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s3srv.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3srv.SecretKey)
+		b, err := cmd.CombinedOutput()
+		return string(b), err
+	}
+	b, err := s3.Open(s3.Config{URL: "s3://fleet/runners", Endpoint: s3srv.Endpoint, Insecure: true, AccessKey: s3srv.AccessKey, SecretKey: s3srv.SecretKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// waitActive waits for a checkpoint in the store of an active session
+	// with a statement, and returns it.
+	waitActive := func(skip map[string]bool) store.Session {
+		t.Helper()
+		var got store.Session
+		testenv.WaitFor(t, 15*time.Second, "a checkpoint of the active session, with its statement, in the store", func() bool {
+			out, err := cli("sessions", "list", "--json")
+			var list []store.Session
+			if err != nil || json.Unmarshal([]byte(out), &list) != nil {
+				return false
+			}
+			for _, s := range list {
+				if s.Status == store.StatusActive && s.Statements >= 1 && !skip[s.ID] {
+					got = s
+					return true
+				}
+			}
+			return false
+		})
+		return got
+	}
+	psql := func(sql string) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := psqlIn(t, cg, nobody(t), pg.PsqlArgs("", 0, sql))
+			done <- err
+		}()
+		return done
+	}
+
+	start := time.Now()
+	done := psql("SELECT 'marker_t', pg_sleep(4)")
+	act := waitActive(nil)
+	t.Logf("the active session's first checkpoint with its statement was listed %v after psql started", time.Since(start).Round(time.Millisecond))
+	out, err := cli("sessions", "list")
+	if err != nil || !strings.Contains(out, act.ID) || !strings.Contains(out, "active, checkpoint ") {
+		t.Errorf("sessions list --store with an active session: %v\n%s", err, out)
+	}
+	if out, err := cli("sessions", "show", act.ID); err != nil || !strings.Contains(out, "marker_t") || !strings.Contains(out, "unsealed checkpoint of") {
+		t.Errorf("sessions show --store of the checkpoint: %v\n%s", err, out)
+	}
+	if out, err := cli("verify", act.ID); err != nil || !strings.Contains(out, act.ID+": ok, unsealed checkpoint of an active session taken") {
+		t.Errorf("verify --store of the checkpoint: %v\n%s", err, out)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("psql: %v", err)
+	}
+	d.WaitLog(t, "recording uploaded", func(l testenv.LogLine) bool { return l.String("session") == act.ID })
+	testenv.WaitFor(t, 5*time.Second, "the checkpoint deleted once the sealed recording is uploaded", func() bool {
+		ids, err := b.Checkpoints(context.Background())
+		return err == nil && len(ids) == 0
+	})
+	if out, err := cli("verify", act.ID); err != nil || !strings.Contains(out, act.ID+": ok, sealed") {
+		t.Errorf("verify --store of the sealed recording: %v\n%s", err, out)
+	}
+
+	// The VM dies mid-session.
+	done = psql("SELECT 'marker_u', pg_sleep(60)")
+	act2 := waitActive(map[string]bool{act.ID: true})
+	d.Kill9(t)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("psql did not end after the daemon was killed")
+	}
+	out, err = cli("verify", act2.ID)
+	t.Logf("verify of the dead VM's checkpoint:\n%s", out)
+	if err != nil || !strings.Contains(out, act2.ID+": ok, unsealed checkpoint of an active session taken") {
+		t.Errorf("verify --store of the checkpoint left by the killed daemon: %v", err)
+	}
+	if out, err := cli("sessions", "show", act2.ID); err != nil || !strings.Contains(out, "marker_u") {
+		t.Errorf("sessions show --store of the checkpoint left by the killed daemon: %v\n%s", err, out)
 	}
 }

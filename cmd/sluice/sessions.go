@@ -68,11 +68,12 @@ func newSessionsListCmd() *cobra.Command {
 				return err
 			}
 			var sessions []*store.Session
+			var checkpoints map[string]time.Time // of active sessions in the store
 			if st.set() {
 				f := store.Filter{Repo: repo, RunID: runID, Target: target, Verdict: verdict, Limit: limit}
 				f.Since, _ = api.ParseSince(since)
 				var err error
-				if sessions, err = storeList(st, f); err != nil {
+				if sessions, checkpoints, err = storeList(st, f); err != nil {
 					return err
 				}
 			} else {
@@ -109,8 +110,12 @@ func newSessionsListCmd() *cobra.Command {
 						who += " run " + s.RunID
 					}
 				}
+				status := s.Status
+				if cp, ok := checkpoints[s.ID]; ok {
+					status += ", checkpoint " + cp.Local().Format("15:04:05")
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s[%d] uid %d\t%s\t%d\t%d\n", s.ID, s.Start.Local().Format("2006-01-02 15:04:05"),
-					s.Status, s.Target, s.OrigDst, s.Comm, s.PID, s.UID, who, s.Statements, s.Denied)
+					status, s.Target, s.OrigDst, s.Comm, s.PID, s.UID, who, s.Statements, s.Denied)
 			}
 			return tw.Flush()
 		}),

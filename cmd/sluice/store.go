@@ -70,23 +70,28 @@ func (s *storeFlags) open() (*s3.Bucket, error) {
 	return s3.Open(cfg)
 }
 
-// storeList is sessions list --store.
-func storeList(s *storeFlags, f store.Filter) ([]*store.Session, error) {
+// storeList is sessions list --store. It also returns the checkpoint
+// times of the active sessions listed (checkpoints under active/).
+func storeList(s *storeFlags, f store.Filter) ([]*store.Session, map[string]time.Time, error) {
 	b, err := s.open()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	list, err := b.List(ctx, f)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]*store.Session, len(list))
+	cps := map[string]time.Time{}
 	for i, sc := range list {
 		out[i] = &sc.Session
+		if !sc.Checkpoint.IsZero() {
+			cps[sc.Session.ID] = sc.Checkpoint
+		}
 	}
-	return out, nil
+	return out, cps, nil
 }
 
 // storeDetail is what detail returns for a session read from the store:
@@ -116,6 +121,9 @@ func storeDetail(s *storeFlags, id string) (*store.Session, []record.Event, *api
 		d.Header, _ = json.Marshal(rec.Header)
 		d.Events, _ = json.Marshal(rec.Events)
 		d.RecordingStatus = rec.Result.Status.String()
+		if !sc.Checkpoint.IsZero() {
+			d.RecordingStatus = "unsealed checkpoint of " + sc.Checkpoint.Local().Format(time.RFC3339)
+		}
 		events = rec.Events
 	}
 	return &sc.Session, events, d, nil
@@ -201,6 +209,11 @@ func storeVerify(stdout io.Writer, s *storeFlags, id string) error {
 		}
 		r := rec.Result
 		note := ""
+		if !sc.Checkpoint.IsZero() {
+			fmt.Fprintf(stdout, "%s: ok, unsealed checkpoint of an active session taken %s, %d events, signed by key %.16s (%s): frames 0-%d are signed, %d after the last signed checkpoint are chained but unsigned, %d torn bytes at the end; the session had not ended then\n",
+				sc.Session.ID, sc.Checkpoint.Format(time.RFC3339), r.Events, record.KeyID(pub), how, r.SignedThrough, r.Frames-1-r.SignedThrough, r.TornBytes)
+			continue
+		}
 		if r.Status == record.StatusInterrupted {
 			note = fmt.Sprintf(" (interrupted: frames 0-%d are signed, %d after the last checkpoint are chained but unsigned, %d torn bytes at the end)",
 				r.SignedThrough, r.Frames-1-r.SignedThrough, r.TornBytes)

@@ -36,6 +36,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"sort"
 	"strings"
 	"time"
 
@@ -175,6 +176,10 @@ type Sidecar struct {
 	SHA256 string `json:"sha256"`
 	// Uploaded is when the recording was uploaded.
 	Uploaded time.Time `json:"uploaded"`
+	// Checkpoint, when set, marks the checkpoint of a session still
+	// active when it was taken (under active/): Object holds the
+	// recording's prefix written by then, unsealed.
+	Checkpoint time.Time `json:"checkpoint,omitzero"`
 }
 
 func (b *Bucket) recName(id string) string     { return b.prefix + id + recSuffix }
@@ -313,6 +318,7 @@ func (b *Bucket) readSidecar(ctx context.Context, name string) (*Sidecar, error)
 // out.
 func (b *Bucket) List(ctx context.Context, f store.Filter) ([]*Sidecar, error) {
 	var names []string
+	sealed := map[string]bool{}
 	for obj := range b.client.ListObjects(ctx, b.bucket, minio.ListObjectsOptions{Prefix: b.prefix}) {
 		if obj.Err != nil {
 			return nil, fmt.Errorf("list %s: %w", b, obj.Err)
@@ -320,9 +326,22 @@ func (b *Bucket) List(ctx context.Context, f store.Filter) ([]*Sidecar, error) {
 		rest := strings.TrimPrefix(obj.Key, b.prefix)
 		if strings.HasSuffix(rest, sidecarSuffix) && !strings.Contains(rest, "/") {
 			names = append(names, obj.Key)
+			sealed[strings.TrimSuffix(rest, sidecarSuffix)] = true
 		}
 	}
-	// Keys come sorted; session IDs sort by start time.
+	// Checkpoints of active sessions, unless the sealed recording is
+	// there too (its checkpoint is being deleted).
+	for obj := range b.client.ListObjects(ctx, b.bucket, minio.ListObjectsOptions{Prefix: b.prefix + activeDir}) {
+		if obj.Err != nil {
+			return nil, fmt.Errorf("list %s: %w", b, obj.Err)
+		}
+		rest := strings.TrimPrefix(obj.Key, b.prefix+activeDir)
+		if id, ok := strings.CutSuffix(rest, sidecarSuffix); ok && !strings.Contains(rest, "/") && !sealed[id] {
+			names = append(names, obj.Key)
+		}
+	}
+	// Session IDs sort by start time.
+	sort.Slice(names, func(i, j int) bool { return path.Base(names[i]) < path.Base(names[j]) })
 	var out []*Sidecar
 	for i := len(names) - 1; i >= 0; i-- {
 		sc, err := b.readSidecar(ctx, names[i])
@@ -380,6 +399,20 @@ func (b *Bucket) Find(ctx context.Context, id string) (*Sidecar, error) {
 			match = append(match, obj.Key)
 		}
 	}
+	if len(match) == 0 {
+		for obj := range b.client.ListObjects(ctx, b.bucket, minio.ListObjectsOptions{Prefix: b.prefix + activeDir + id}) {
+			if obj.Err != nil {
+				return nil, fmt.Errorf("list %s: %w", b, obj.Err)
+			}
+			rest := strings.TrimPrefix(obj.Key, b.prefix+activeDir)
+			if strings.HasSuffix(rest, sidecarSuffix) && !strings.Contains(rest, "/") {
+				if rest == id+sidecarSuffix {
+					return b.readSidecar(ctx, obj.Key)
+				}
+				match = append(match, obj.Key)
+			}
+		}
+	}
 	switch len(match) {
 	case 0:
 		return nil, ErrNotFound
@@ -409,8 +442,12 @@ func (b *Bucket) Read(ctx context.Context, sc *Sidecar, pub ed25519.PublicKey) (
 	if pub != nil && len(pub) != ed25519.PublicKeySize {
 		return nil, fmt.Errorf("verify recording: public key has %d bytes, want %d", len(pub), ed25519.PublicKeySize)
 	}
-	if sc.Object != b.recName(sc.Session.ID) {
-		return nil, fmt.Errorf("read recording %s: the sidecar names object %q, want %q", sc.Session.ID, sc.Object, b.recName(sc.Session.ID))
+	want := b.recName(sc.Session.ID)
+	if !sc.Checkpoint.IsZero() {
+		want = b.activeRecName(sc.Session.ID)
+	}
+	if sc.Object != want {
+		return nil, fmt.Errorf("read recording %s: the sidecar names object %q, want %q", sc.Session.ID, sc.Object, want)
 	}
 	obj, err := b.client.GetObject(ctx, b.bucket, sc.Object, minio.GetObjectOptions{})
 	if err != nil {

@@ -52,13 +52,19 @@ type Uploader struct {
 	// Dir, when set (before Enqueue, Resume and Run), holds the
 	// persistent queue: one file per recording not yet acknowledged.
 	Dir string
+	// Checkpoint, when positive, is how often Run uploads a checkpoint
+	// of every session Active returns (set both before Run).
+	Checkpoint time.Duration
+	Active     func() []store.Session
 
-	mu      sync.Mutex
-	resumed int // queued again by Resume
-	pending []*job
-	failed  int64 // failed tries, ever
-	done    int64 // uploads, ever
-	wake    chan struct{}
+	mu       sync.Mutex
+	resumed  int // queued again by Resume
+	cpDone   int64
+	cpFailed int64
+	pending  []*job
+	failed   int64 // failed tries, ever
+	done     int64 // uploads, ever
+	wake     chan struct{}
 	// changed is closed (and replaced) whenever an upload succeeds or
 	// fails, for Flush.
 	changed chan struct{}
@@ -108,13 +114,17 @@ type UploaderStats struct {
 	// Resumed is how many recordings Resume queued again from the
 	// persistent queue (pending when the previous daemon stopped).
 	Resumed int `json:"resumed"`
+	// Checkpoints and CheckpointFailures count checkpoints of active
+	// sessions uploaded and failed.
+	Checkpoints        int64 `json:"checkpoints"`
+	CheckpointFailures int64 `json:"checkpoint_failures"`
 }
 
 // Stats returns the Uploader's counters now.
 func (u *Uploader) Stats() UploaderStats {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return UploaderStats{Pending: len(u.pending), Uploaded: u.done, FailedTries: u.failed, Resumed: u.resumed}
+	return UploaderStats{Pending: len(u.pending), Uploaded: u.done, FailedTries: u.failed, Resumed: u.resumed, Checkpoints: u.cpDone, CheckpointFailures: u.cpFailed}
 }
 
 // Run uploads until ctx is done. It returns ctx's error.
@@ -128,8 +138,22 @@ func (u *Uploader) Run(ctx context.Context) error {
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	var nextCheckpoint time.Time
+	if u.Checkpoint > 0 && u.Active != nil {
+		nextCheckpoint = time.Now().Add(u.Checkpoint)
+	}
 	for {
+		if !nextCheckpoint.IsZero() && !time.Now().Before(nextCheckpoint) {
+			u.checkpoints(ctx)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			nextCheckpoint = time.Now().Add(u.Checkpoint)
+		}
 		j, wait := u.due()
+		if !nextCheckpoint.IsZero() {
+			wait = min(wait, time.Until(nextCheckpoint))
+		}
 		if j == nil {
 			timer.Reset(wait)
 			select {
@@ -175,6 +199,15 @@ func (u *Uploader) Run(ctx context.Context) error {
 		}
 		u.notifyLocked()
 		u.mu.Unlock()
+		if u.Checkpoint > 0 {
+			// Run alone uploads checkpoints, so none of this session
+			// can land after this delete.
+			tctx, cancel := context.WithTimeout(ctx, time.Minute)
+			if err := u.b.DeleteCheckpoint(tctx, j.sess.ID); err != nil && ctx.Err() == nil {
+				log.Warn("deleting the session's checkpoint from the store failed; it stays under active/", "error", err)
+			}
+			cancel()
+		}
 		delay := time.Since(j.sess.End)
 		log.Info("recording uploaded", "store", u.b.String(), "bytes", sc.Size, "tries", j.tries+1,
 			"delay_after_seal_ms", float64(delay.Microseconds())/1000)
@@ -331,4 +364,29 @@ func (u *Uploader) Resume() (int, error) {
 	u.resumed += n
 	u.mu.Unlock()
 	return n, nil
+}
+
+// checkpoints uploads a checkpoint of every active session, each within
+// the checkpoint interval (at least 5 s), logging failures.
+func (u *Uploader) checkpoints(ctx context.Context) {
+	for _, sess := range u.Active() {
+		tctx, cancel := context.WithTimeout(ctx, max(u.Checkpoint, 5*time.Second))
+		sc, err := u.b.PutCheckpoint(tctx, &sess, u.pub)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		u.mu.Lock()
+		if err != nil {
+			u.cpFailed++
+		} else {
+			u.cpDone++
+		}
+		u.mu.Unlock()
+		if err != nil {
+			u.log.Warn("checkpoint of an active session failed; the next one retries", "session", sess.ID, "store", u.b.String(), "error", err)
+			continue
+		}
+		u.log.Debug("checkpoint uploaded", "session", sess.ID, "bytes", sc.Size)
+	}
 }
