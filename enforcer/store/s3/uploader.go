@@ -61,10 +61,14 @@ type Uploader struct {
 	resumed  int // queued again by Resume
 	cpDone   int64
 	cpFailed int64
-	pending  []*job
-	failed   int64 // failed tries, ever
-	done     int64 // uploads, ever
-	wake     chan struct{}
+	// checkpointed are the sessions with a checkpoint in the store, to
+	// delete once sealed (Run's alone; bounded by the sessions open or
+	// pending).
+	checkpointed map[string]bool
+	pending      []*job
+	failed       int64 // failed tries, ever
+	done         int64 // uploads, ever
+	wake         chan struct{}
 	// changed is closed (and replaced) whenever an upload succeeds or
 	// fails, for Flush.
 	changed chan struct{}
@@ -199,9 +203,12 @@ func (u *Uploader) Run(ctx context.Context) error {
 		}
 		u.notifyLocked()
 		u.mu.Unlock()
-		if u.Checkpoint > 0 {
+		if u.checkpointed[j.sess.ID] {
 			// Run alone uploads checkpoints, so none of this session
-			// can land after this delete.
+			// can land after this delete. Sessions never checkpointed
+			// need no delete (which on a versioned bucket would leave a
+			// delete marker).
+			delete(u.checkpointed, j.sess.ID)
 			tctx, cancel := context.WithTimeout(ctx, time.Minute)
 			if err := u.b.DeleteCheckpoint(tctx, j.sess.ID); err != nil && ctx.Err() == nil {
 				log.Warn("deleting the session's checkpoint from the store failed; it stays under active/", "error", err)
@@ -383,6 +390,10 @@ func (u *Uploader) checkpoints(ctx context.Context) {
 			u.cpDone++
 		}
 		u.mu.Unlock()
+		if u.checkpointed == nil {
+			u.checkpointed = make(map[string]bool)
+		}
+		u.checkpointed[sess.ID] = true // also after a failure: a try may have stored part
 		if err != nil {
 			u.log.Warn("checkpoint of an active session failed; the next one retries", "session", sess.ID, "store", u.b.String(), "error", err)
 			continue
