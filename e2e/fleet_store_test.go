@@ -128,6 +128,24 @@ func TestStoreFleetKey(t *testing.T) {
 	if out, err := cli(append([]string{"verify", sess.ID, "--fleet-pub", filepath.Join(dir, "fleet.pub")}, at...)...); err != nil {
 		t.Errorf("verify --fleet-pub of the genuine recording: %v\n%s", err, out)
 	}
+	out, err = cli(append([]string{"sessions", "list", "--fleet-pub", filepath.Join(dir, "fleet.pub")}, at...)...)
+	if err != nil {
+		t.Fatalf("sessions list --fleet-pub: %v\n%s", err, out)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		switch {
+		case strings.HasPrefix(l, sess.ID) && !strings.HasSuffix(strings.TrimSpace(l), "vm runner-7"),
+			strings.HasPrefix(l, id) && !strings.HasSuffix(strings.TrimSpace(l), "FORGED"):
+			t.Errorf("sessions list --fleet-pub line %q", l)
+		}
+	}
+	out, err = cli(append([]string{"sessions", "show", id, "--fleet-pub", filepath.Join(dir, "fleet.pub")}, at...)...)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(out, "key       FORGED: ") {
+		t.Errorf("sessions show --fleet-pub of the forged recording: %v\n%s", err, out)
+	}
+	if out, err := cli(append([]string{"sessions", "show", sess.ID, "--fleet-pub", filepath.Join(dir, "fleet.pub")}, at...)...); err != nil || !strings.Contains(out, "key       vm runner-7's key, endorsed by fleet key") {
+		t.Errorf("sessions show --fleet-pub of the genuine recording: %v\n%s", err, out)
+	}
 }
 
 // TestStoreCheckpoints: with checkpoint = "1s" the recording of an

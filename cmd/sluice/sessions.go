@@ -69,11 +69,12 @@ func newSessionsListCmd() *cobra.Command {
 			}
 			var sessions []*store.Session
 			var checkpoints map[string]time.Time // of active sessions in the store
+			var keys map[string]string           // with --fleet-pub
 			if st.set() {
 				f := store.Filter{Repo: repo, RunID: runID, Target: target, Verdict: verdict, Limit: limit}
 				f.Since, _ = api.ParseSince(since)
 				var err error
-				if sessions, checkpoints, err = storeList(st, f); err != nil {
+				if sessions, checkpoints, keys, err = storeList(st, f); err != nil {
 					return err
 				}
 			} else {
@@ -98,7 +99,11 @@ func newSessionsListCmd() *cobra.Command {
 				return writeJSON(stdout, sessions)
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTART\tSTATUS\tTARGET\tORIG DST\tPROCESS\tIDENTITY\tSTATEMENTS\tDENIED")
+			keyCol := ""
+			if st.fleetPub != "" {
+				keyCol = "\tKEY"
+			}
+			fmt.Fprintln(tw, "ID\tSTART\tSTATUS\tTARGET\tORIG DST\tPROCESS\tIDENTITY\tSTATEMENTS\tDENIED"+keyCol)
 			for _, s := range sessions {
 				who := s.IdentityLevel
 				if s.Repository != "" {
@@ -114,8 +119,12 @@ func newSessionsListCmd() *cobra.Command {
 				if cp, ok := checkpoints[s.ID]; ok {
 					status += ", checkpoint " + cp.Local().Format("15:04:05")
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s[%d] uid %d\t%s\t%d\t%d\n", s.ID, s.Start.Local().Format("2006-01-02 15:04:05"),
-					status, s.Target, s.OrigDst, s.Comm, s.PID, s.UID, who, s.Statements, s.Denied)
+				key := ""
+				if st.fleetPub != "" {
+					key = "\t" + keys[s.ID]
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s[%d] uid %d\t%s\t%d\t%d%s\n", s.ID, s.Start.Local().Format("2006-01-02 15:04:05"),
+					status, s.Target, s.OrigDst, s.Comm, s.PID, s.UID, who, s.Statements, s.Denied, key)
 			}
 			return tw.Flush()
 		}),
@@ -130,6 +139,7 @@ func newSessionsListCmd() *cobra.Command {
 	fl.StringVar(&verdict, "verdict", "", "only sessions with at least one `VERDICT`: allow, mask, hold or deny")
 	fl.IntVar(&limit, "limit", 100, "at most `N` sessions, newest first (0: all)")
 	fl.BoolVar(&asJSON, "json", false, "print JSON")
+	fl.StringVar(&st.fleetPub, "fleet-pub", "", "with --store, add a KEY column: the VM whose key the fleet public key in `FILE` endorses for each session, or FORGED")
 	return cmd
 }
 
@@ -180,11 +190,21 @@ terminal itself, and sluice export --format asciicast writes it for asciinema.`,
 			if err != nil {
 				return err
 			}
-			return sessionsShow(cmd.OutOrStdout(), sess, events, d, asJSON)
+			if st.keyNote != "" && !asJSON {
+				fmt.Fprintf(cmd.OutOrStdout(), "key       %s\n", st.keyNote)
+			}
+			if err := sessionsShow(cmd.OutOrStdout(), sess, events, d, asJSON); err != nil {
+				return err
+			}
+			if st.forged {
+				return exitStatus(1)
+			}
+			return nil
 		}),
 	}
 	daemon = addDaemonFlags(cmd.Flags())
 	st = addStoreFlags(cmd.Flags())
+	cmd.Flags().StringVar(&st.fleetPub, "fleet-pub", "", "with --store, say whether the fleet public key in `FILE` endorses the session's key for its VM; exit 1 if it does not (FORGED)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the session and its events as JSON")
 	return cmd
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -26,9 +27,42 @@ type storeFlags struct {
 	insecure                      bool
 	// pub is --pub (verify only): a pinned recording public key.
 	pub string
-	// fleetPub is --fleet-pub (verify only): the fleet public key that
-	// endorses each VM's recording key.
+	// fleetPub is --fleet-pub (verify, sessions list and show): the
+	// fleet public key that endorses each VM's recording key.
 	fleetPub string
+	// keyNote is what storeDetail found of the session's key with
+	// --fleet-pub; forged says it is not endorsed.
+	keyNote string
+	forged  bool
+}
+
+// fleetKey reads --fleet-pub; nil without it.
+func (s *storeFlags) fleetKey() (ed25519.PublicKey, error) {
+	if s.fleetPub == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(s.fleetPub)
+	if err != nil {
+		return nil, fmt.Errorf("read --fleet-pub %s", fileError(s.fleetPub, err))
+	}
+	fleet, err := record.ParsePublicKey(data)
+	if err != nil {
+		return nil, usageErrorf("--fleet-pub %s: %v (give the PREFIX.pub of the fleet key pair)", s.fleetPub, err)
+	}
+	return fleet, nil
+}
+
+// fleetNote checks sc's key against the fleet key: a note for listings,
+// and whether it is forged.
+func fleetNote(ctx context.Context, b *s3.Bucket, sc *s3.Sidecar, fleet ed25519.PublicKey) (string, bool) {
+	_, e, err := b.CheckFleet(ctx, sc, fleet)
+	switch {
+	case errors.Is(err, s3.ErrForged):
+		return "FORGED: " + err.Error(), true
+	case err != nil:
+		return "not checked: " + err.Error(), false
+	}
+	return fmt.Sprintf("vm %s's key, endorsed by fleet key %.16s (signatures checked by verify)", e.VM, e.FleetKeyID), false
 }
 
 // addStoreFlags adds --store, --store-endpoint, --store-region,
@@ -71,33 +105,54 @@ func (s *storeFlags) open() (*s3.Bucket, error) {
 }
 
 // storeList is sessions list --store. It also returns the checkpoint
-// times of the active sessions listed (checkpoints under active/).
-func storeList(s *storeFlags, f store.Filter) ([]*store.Session, map[string]time.Time, error) {
+// times of the active sessions listed (checkpoints under active/) and,
+// with --fleet-pub, what the fleet key says of each session's key
+// ("vm NAME" or "FORGED").
+func storeList(s *storeFlags, f store.Filter) ([]*store.Session, map[string]time.Time, map[string]string, error) {
+	fleet, err := s.fleetKey()
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	b, err := s.open()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	list, err := b.List(ctx, f)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	out := make([]*store.Session, len(list))
-	cps := map[string]time.Time{}
+	cps, keys := map[string]time.Time{}, map[string]string{}
 	for i, sc := range list {
 		out[i] = &sc.Session
 		if !sc.Checkpoint.IsZero() {
 			cps[sc.Session.ID] = sc.Checkpoint
 		}
+		if fleet != nil {
+			note, forged := fleetNote(ctx, b, sc, fleet)
+			switch {
+			case forged:
+				keys[sc.Session.ID] = "FORGED"
+			case strings.HasPrefix(note, "vm "):
+				keys[sc.Session.ID] = "vm " + sc.VM
+			default:
+				keys[sc.Session.ID] = "not checked"
+			}
+		}
 	}
-	return out, cps, nil
+	return out, cps, keys, nil
 }
 
 // storeDetail is what detail returns for a session read from the store:
 // its recording is read and its checksums and hash chain checked, not its
 // signatures (verify --store does that).
 func storeDetail(s *storeFlags, id string) (*store.Session, []record.Event, *api.SessionDetail, error) {
+	fleet, err := s.fleetKey()
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	b, err := s.open()
 	if err != nil {
 		return nil, nil, nil, err
@@ -109,6 +164,9 @@ func storeDetail(s *storeFlags, id string) (*store.Session, []record.Event, *api
 		return nil, nil, nil, fmt.Errorf("no session %q in %s", id, b)
 	} else if err != nil {
 		return nil, nil, nil, err
+	}
+	if fleet != nil {
+		s.keyNote, s.forged = fleetNote(ctx, b, sc, fleet)
 	}
 	rec, err := b.Read(ctx, sc, nil)
 	d := &api.SessionDetail{}
@@ -136,18 +194,13 @@ func storeVerify(stdout io.Writer, s *storeFlags, id string) error {
 	if err != nil {
 		return err
 	}
-	var pinned, fleet ed25519.PublicKey
+	var pinned ed25519.PublicKey
 	if s.pub != "" && s.fleetPub != "" {
 		return usageErrorf("give --pub (one VM's key) or --fleet-pub (the fleet key), not both")
 	}
-	if s.fleetPub != "" {
-		data, err := os.ReadFile(s.fleetPub)
-		if err != nil {
-			return fmt.Errorf("read --fleet-pub %s", fileError(s.fleetPub, err))
-		}
-		if fleet, err = record.ParsePublicKey(data); err != nil {
-			return usageErrorf("--fleet-pub %s: %v (give the PREFIX.pub of the fleet key pair)", s.fleetPub, err)
-		}
+	fleet, err := s.fleetKey()
+	if err != nil {
+		return err
 	}
 	if s.pub != "" {
 		data, err := os.ReadFile(s.pub)
