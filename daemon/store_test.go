@@ -24,6 +24,27 @@ func TestStoreBlock(t *testing.T) {
 }`, "", func(s *StoreSettings) bool {
 			return s.Endpoint == "127.0.0.1:9000" && s.AccessKeyEnv == "S3_KEY" && s.SecretKeyEnv == "S3_SECRET" && s.Insecure && s.Retention == 7*24*time.Hour
 		}},
+		{"fleet", `store {
+  url = "s3://recs"
+  vm = "runner-7"
+  fleet_key_file = "/run/secrets/fleet.key"
+  checkpoint = "5s"
+}`, "", func(s *StoreSettings) bool {
+			return s.VM == "runner-7" && s.FleetKeyFile == "/run/secrets/fleet.key" && s.Checkpoint == 5*time.Second
+		}},
+		{"checkpoint default", `store { url = "s3://recs" }`, "", func(s *StoreSettings) bool { return s.Checkpoint == time.Minute && s.VM != "" }},
+		{"checkpoint off", `store {
+  url = "s3://recs"
+  checkpoint = "0"
+}`, "", func(s *StoreSettings) bool { return s.Checkpoint == 0 }},
+		{"bad checkpoint", `store {
+  url = "s3://recs"
+  checkpoint = "10ms"
+}`, "Invalid store checkpoint", nil},
+		{"bad vm", `store {
+  url = "s3://recs"
+  vm = "a/b"
+}`, "Invalid store vm", nil},
 		{"no url", `store { endpoint = "x:1" }`, `"url" is required`, nil},
 		{"not s3", `store { url = "https://recs" }`, "Invalid store url", nil},
 		{"credential instead of a name", `store {
@@ -59,5 +80,13 @@ func TestStoreBlock(t *testing.T) {
 	cfg, diags, _ := ParseConfig("sluiced.hcl", []byte("cgroup = \"system.slice/r.service\"\n"))
 	if diags.HasErrors() || cfg.Store != nil {
 		t.Fatalf("no store block: %v, %+v", diags, cfg.Store)
+	}
+}
+
+func TestVMName(t *testing.T) {
+	for in, want := range map[string]string{"runner-1.example.com": "runner-1.example.com", "a b/c": "a_b_c", "": "vm", "x..y": "x__y"} {
+		if got := vmName(in); got != want {
+			t.Errorf("vmName(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
