@@ -14,6 +14,10 @@
 // uploads. Where the bucket has object lock enabled, both objects are put
 // with a retention date (Config.Retention); elsewhere they are put plainly.
 //
+// Beside them, PREFIX/active/ holds checkpoints of sessions still open
+// (checkpoint.go) and PREFIX/keys/VM/ the VMs' recording keys endorsed
+// by a fleet signing key (fleet.go).
+//
 // The client is minio-go v7. Nothing here trusts the store: Verify checks
 // each recording's checksums, hash chain and signatures as a local
 // `sluice verify` does. The public key in a sidecar is the writer's own

@@ -491,3 +491,70 @@ func TestFleetKey(t *testing.T) {
 		t.Errorf("List = %d sessions, %v; want 4", len(list), err)
 	}
 }
+
+// TestUploaderCheckpoints: Run uploads a checkpoint of each active
+// session every Checkpoint; List and Find show it as active with its
+// checkpoint time, Read checks the prefix; once the session is sealed
+// and uploaded, the checkpoint is deleted.
+func TestUploaderCheckpoints(t *testing.T) {
+	s := testenv.StartS3(t, testenv.S3Options{})
+	s.MakeBucket(t, "rec", true)
+	b := open(t, s, "s3://rec/vm1")
+	keys := newKeys(t)
+	ctx := context.Background()
+	id := time.Now().UTC().Format("20060102T150405.000Z") + "-0000000c"
+	w, err := record.Create(t.TempDir(), id, keys, record.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []record.Event{{Type: record.TypeSessionStart}, {Type: record.TypeStatement, Text: "SELECT 'so far'", Verdict: "allow"}} {
+		if err := w.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sess := &store.Session{ID: id, Path: w.Path(), Start: time.Now(), Status: store.StatusActive, Statements: 1}
+	var mu sync.Mutex
+	active := []store.Session{*sess}
+	u := NewUploader(b, keys.PublicKey(), hclog.NewNullLogger())
+	u.Checkpoint = 100 * time.Millisecond
+	u.Active = func() []store.Session { mu.Lock(); defer mu.Unlock(); return append([]store.Session(nil), active...) }
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- u.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+
+	testenv.WaitFor(t, 10*time.Second, "a checkpoint", func() bool { return u.Stats().Checkpoints >= 1 })
+	list, err := b.List(ctx, store.Filter{})
+	if err != nil || len(list) != 1 || list[0].Session.Status != store.StatusActive || list[0].Checkpoint.IsZero() {
+		t.Fatalf("List with an active session = %+v, %v", list, err)
+	}
+	sc, err := b.Find(ctx, id[:20])
+	if err != nil || sc.Checkpoint.IsZero() {
+		t.Fatalf("Find(checkpoint) = %+v, %v", sc, err)
+	}
+	rec, err := b.Read(ctx, sc, keys.PublicKey())
+	if err != nil || rec.Result.Status == record.StatusSealed || len(rec.Events) != 2 || rec.Events[1].Text != "SELECT 'so far'" {
+		t.Fatalf("Read(checkpoint) = %+v, %v", rec, err)
+	}
+
+	// The session ends: sealed and uploaded, its checkpoint goes.
+	mu.Lock()
+	active = nil
+	mu.Unlock()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sess.Status, sess.End = store.StatusSealed, time.Now()
+	u.Enqueue(sess)
+	testenv.WaitFor(t, 10*time.Second, "the sealed upload", func() bool { return u.Stats().Uploaded == 1 })
+	if ids, err := b.Checkpoints(ctx); err != nil || len(ids) != 0 {
+		t.Errorf("checkpoints after the sealed upload = %v, %v", ids, err)
+	}
+	list, err = b.List(ctx, store.Filter{})
+	if err != nil || len(list) != 1 || list[0].Session.Status != store.StatusSealed || !list[0].Checkpoint.IsZero() {
+		t.Fatalf("List after the seal = %+v, %v", list, err)
+	}
+}
