@@ -103,6 +103,9 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 		fmt.Fprintf(w, "proxy port:  %d (127.0.0.1 and ::1)\n", d.ProxyPort)
 		if u := d.Uploads; u != nil {
 			fmt.Fprintf(w, "store:       %s: %d recordings uploaded, %d pending, %d failed tries since the daemon started\n", u.Store, u.Uploaded, u.Pending, u.FailedTries)
+			if u.Resumed > 0 {
+				fmt.Fprintf(w, "             %d of them were pending when sluiced last stopped (queued again at start)\n", u.Resumed)
+			}
 		}
 		if e := d.Events; e != nil {
 			conn := "connected"

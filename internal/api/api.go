@@ -96,6 +96,9 @@ type Uploads struct {
 	Pending     int   `json:"pending"`
 	Uploaded    int64 `json:"uploaded"`
 	FailedTries int64 `json:"failed_tries"`
+	// Resumed recordings were pending when the previous daemon stopped
+	// and were queued again at this start (the persistent queue).
+	Resumed int `json:"resumed"`
 }
 
 // Containers says how container jobs are covered.
