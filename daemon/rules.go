@@ -33,11 +33,18 @@ type rules struct {
 
 	mu         sync.Mutex
 	lastDigest [32]byte // of the bundle last applied, to skip no-op reloads
+
+	// pull, when rules_source is set, keeps the ruleset at the source's
+	// newest signed bundle; rules_dir, reloads and pushes are then unused.
+	pull *puller
 }
 
 // dir is where the ruleset lives: rules_dir, or the directory a push
 // saved under the data dir, or "" for the embedded default.
 func (r *rules) dir() string {
+	if r.cfg.RulesSource != nil {
+		return ""
+	}
 	if r.cfg.RulesDir != "" {
 		return r.cfg.RulesDir
 	}
@@ -54,6 +61,15 @@ func (r *rules) dir() string {
 // Every error it returns is a configuration error (startError, exit 2)
 // that says how to fix it. It reads files only: no privilege is needed.
 func (r *rules) initial() (*ruleset.Ruleset, string, error) {
+	if r.cfg.RulesSource != nil {
+		p, err := newPuller(r)
+		if err != nil {
+			return nil, "", configError(err, "correct rules_source and the rules_pull block in "+r.cfg.Path, "invalid rules_source")
+		}
+		r.pull = p
+		rs, source := p.initial()
+		return rs, source, nil
+	}
 	dir := r.dir()
 	cfgPath := r.cfg.Path
 	if dir == "" {
@@ -145,12 +161,39 @@ func (r *rules) compile(b *ruleset.Bundle, dir string) (*ruleset.Ruleset, hcl.Di
 			return nil, nil, fmt.Errorf("ruleset signature: %w", err)
 		}
 	}
-	files := make(map[string][]byte, len(b.Files))
-	for n, c := range b.Files {
+	rs, diags := r.compileFiles(b.Files, dir)
+	return rs, diags, nil
+}
+
+// compileFiles parses a ruleset's files (by base name) with file names
+// under dir, without looking at signatures.
+func (r *rules) compileFiles(b map[string][]byte, dir string) (*ruleset.Ruleset, hcl.Diagnostics) {
+	files := make(map[string][]byte, len(b))
+	for n, c := range b {
 		files[filepath.Join(dir, n)] = c
 	}
-	rs, diags := ruleset.Parse(files)
-	return rs, diags, nil
+	return ruleset.Parse(files)
+}
+
+// applyVerified applies a pulled bundle's files, whose signature and
+// version the puller checked, or records the rejection.
+func (r *rules) applyVerified(files map[string][]byte, dir, source string) (bool, []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	reject := func(le *ruleset.LoadError) (bool, []string) {
+		le.Source, le.At = source, time.Now()
+		r.store.Reject(le)
+		return false, loadErrorLines(le)
+	}
+	rs, diags := r.compileFiles(files, dir)
+	if diags.HasErrors() {
+		return reject(&ruleset.LoadError{Diagnostics: diags})
+	}
+	if err := r.apply(rs, source); err != nil {
+		return reject(&ruleset.LoadError{Err: err})
+	}
+	r.lastDigest = ruleset.Digest(files)
+	return true, nil
 }
 
 // apply makes rs active: targets into the kernel map first, then the swap.
@@ -185,6 +228,10 @@ func (r *rules) reload(why string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	dir := r.dir()
+	if r.cfg.RulesSource != nil {
+		r.log.Info("reload requested, but the ruleset is pulled from rules_source; nothing to reload", "trigger", why, "rules_source", r.cfg.RulesSource.URL)
+		return
+	}
 	if dir == "" {
 		r.log.Info("reload requested but no rules_dir is configured; the embedded default stays", "trigger", why)
 		return
@@ -226,6 +273,9 @@ func (r *rules) applyBundle(b *ruleset.Bundle, readErr error, source, why string
 // push applies a bundle sent over the API and, once active, saves it into
 // the rules directory so a restart keeps it.
 func (r *rules) push(b *ruleset.Bundle) (bool, []string) {
+	if r.cfg.RulesSource != nil {
+		return false, []string{fmt.Sprintf("this daemon pulls its ruleset from rules_source %s: publish there with sluice rules publish DIR --to %s --key KEY", r.cfg.RulesSource.URL, r.cfg.RulesSource.URL)}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	dir := r.cfg.RulesDir

@@ -38,7 +38,7 @@ fails or a signature does not verify.`,
 		RunE: groupRunE,
 	}
 	cmd.AddCommand(newRulesCheckCmd(), newRulesTestCmd(), newRulesExplainCmd(), newRulesSignCmd(),
-		newRulesVerifyCmd(), newRulesKeygenCmd(), newRulesPushCmd())
+		newRulesVerifyCmd(), newRulesKeygenCmd(), newRulesPushCmd(), newRulesPublishCmd())
 	return cmd
 }
 

@@ -22,12 +22,13 @@ var allowed = map[string][]string{
 	"internal/procfs":     {},
 	"bpf":                 {},
 	"internal/api":        {},
-	"cmd":                 {"daemon", "interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/sshca", "internal/atomicfile", "internal/version"},
-	"daemon":              {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/sshca", "internal/version"},
+	"cmd":                 {"daemon", "interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/sshca", "internal/atomicfile", "internal/version", "internal/rulesource"},
+	"daemon":              {"interceptor", "decoder", "enforcer", "ruleset", "bpf", "internal/api", "internal/tlsutil", "internal/sshca", "internal/version", "internal/rulesource"},
 	"internal/tlsutil":    {},
 	"internal/sshca":      {"internal/atomicfile"},
 	"internal/atomicfile": {},
 	"internal/version":    {},
+	"internal/rulesource": {"ruleset", "internal/atomicfile"},
 	"packaging":           {"packaging", "internal/version"},
 }
 
