@@ -38,6 +38,8 @@ type fileConfig struct {
 	Mark           int              `hcl:"mark,optional"`
 	RulesDir       string           `hcl:"rules_dir,optional"`
 	RulesPublicKey string           `hcl:"rules_public_key,optional"`
+	RulesSource    string           `hcl:"rules_source,optional"`
+	RulesPull      *rulesPullBlock  `hcl:"rules_pull,block"`
 	MaxMessage     int              `hcl:"max_message_bytes,optional"`
 	MaxSessions    int              `hcl:"max_sessions,optional"`
 	PprofAddr      string           `hcl:"pprof_addr,optional"`
@@ -155,6 +157,9 @@ type Config struct {
 	// RulesKeyPath is the file it was read from.
 	RulesKey     ed25519.PublicKey
 	RulesKeyPath string
+	// RulesSource, when set, is where signed ruleset bundles are pulled
+	// from (daemon/rulesource.go).
+	RulesSource *RulesSourceSettings
 	// MaxMessage bounds every protocol message either side may send.
 	MaxMessage int
 	// MaxSessions caps the flows served at once (interceptor.Proxy).
@@ -405,6 +410,7 @@ func ParseConfig(path string, src []byte) (*Config, hcl.Diagnostics, map[string]
 		}
 	}
 
+	diags = append(diags, c.setRulesSource(fc.RulesSource, fc.RulesPull, fc.RulesPublicKey, fc.RulesDir, at)...)
 	if fc.RulesPublicKey != "" {
 		b, err := os.ReadFile(fc.RulesPublicKey)
 		if err == nil {

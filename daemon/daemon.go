@@ -79,6 +79,10 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		return dataDirError(cfg, err)
 	}
 
+	if rm.pull != nil {
+		rs, source = rm.pull.atStart(ctx, rs, source)
+	}
+
 	// 1. The ruleset.
 	rm.store = ruleset.NewStore(rs, source)
 	rm.warnUndecoded(rs)
@@ -281,6 +285,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		st.Tamper = rep.counts()
 		st.Uploads = upl.status()
 		st.Events = evp.status()
+		st.Ruleset.Pulled = rm.pull.status()
 		for _, r := range broker.List() {
 			if r.State == approve.StatePending {
 				st.Holds = append(st.Holds, api.Hold{ID: r.ID, Rule: r.Rule, Target: r.Target, Stage: r.Stage, Statement: r.Statement, Deadline: r.Deadline})
@@ -353,6 +358,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		defer wg.Done()
 		resolveLoop(ctx, ic, rm.store, log)
 	}()
+	rm.startRulesPull(ctx, &wg, evp)
 	// Tamper events: the kernel's, those written while no daemon ran first.
 	wg.Add(1)
 	go func() {

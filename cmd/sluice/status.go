@@ -143,6 +143,7 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 		if r.Signed {
 			fmt.Fprintln(w, "             signatures required")
 		}
+		writePulled(w, r.Pulled)
 		if e := r.LastError; e != nil {
 			fmt.Fprintf(w, "ruleset ERROR: the last attempt (%s at %s) was rejected; the ruleset above stays active:\n", e.Source, e.At.Format(time.RFC3339))
 			for _, l := range e.Errors {

@@ -182,6 +182,38 @@ type Ruleset struct {
 	Mode       string        `json:"mode"`
 	Signed     bool          `json:"signatures_required"`
 	LastError  *RulesetError `json:"last_error,omitempty"`
+	// Pulled is the state of rulesets pulled from rules_source; nil
+	// without one.
+	Pulled *RulesPulled `json:"pulled,omitempty"`
+}
+
+// RulesPulled is where a daemon pulls its signed rulesets from and which
+// version it runs.
+type RulesPulled struct {
+	// Source is the rules_source URL.
+	Source string `json:"source"`
+	// Version is the bundle version applied (its publish time in ns); 0
+	// when no pulled bundle was ever applied and the embedded default
+	// ruleset is enforced.
+	Version int64 `json:"version"`
+	// Digest is the applied bundle's ruleset digest.
+	Digest string `json:"digest,omitempty"`
+	// From is "source" (fetched or confirmed by the source since this
+	// start), "disk" (loaded at start from the last good bundle kept in
+	// data_dir; the source has not confirmed it yet) or "default" (never
+	// had a bundle: the embedded default ruleset).
+	From string `json:"from"`
+	// Applied is when the version was applied.
+	Applied time.Time `json:"applied,omitempty"`
+	// LastCheck is the last fetch attempt; LastError its error, or the
+	// reason the last fetched bundle was refused ("" when it was fine).
+	LastCheck time.Time `json:"last_check,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+	// Refused is the version of the last bundle refused (bad signature,
+	// rollback or invalid ruleset); 0 when none was.
+	Refused int64 `json:"refused,omitempty"`
+	// Watching is true while a NATS watch delivers new versions at once.
+	Watching bool `json:"watching,omitempty"`
 }
 
 // RulesetError is a rejected ruleset: where it came from, when, and its
