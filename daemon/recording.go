@@ -30,9 +30,12 @@ type recorder struct {
 	dir   string // data_dir/recordings
 	keys  *record.Keys
 	index *store.Store
-	opts  record.Options
-	log   hclog.Logger
-	live  *live // nil: no live export
+	// pool creates recording files ahead of need (nil: each is created
+	// when its session opens).
+	pool *record.Pool
+	opts record.Options
+	log  hclog.Logger
+	live *live // nil: no live export
 	// broker takes the session's approval holds.
 	broker *approve.Broker
 	// secrets reads the credentials the ruleset injects.
@@ -48,6 +51,10 @@ type recorder struct {
 	// recordings.
 	jobMu sync.Mutex
 	byJob map[string]map[*enforcer.Session]struct{}
+
+	// ending counts the sessions whose final index entry (and upload)
+	// is still being committed.
+	ending sync.WaitGroup
 
 	// open are the recorded sessions open now, by ID, for the store's
 	// checkpoints (bounded by the open flows).
@@ -153,7 +160,20 @@ func newRecorder(cfg *Config, log hclog.Logger) (*recorder, error) {
 		idx.Close()
 		return nil, err
 	}
-	return &recorder{dir: dir, keys: keys, index: idx, opts: record.Options{FsyncEvery: cfg.Recording.FsyncEvery}, log: log, live: lv, secrets: credential.NewStore()}, nil
+	return &recorder{dir: dir, keys: keys, index: idx, pool: record.NewPool(dir, recordingPool), opts: record.Options{FsyncEvery: cfg.Recording.FsyncEvery}, log: log, live: lv, secrets: credential.NewStore()}, nil
+}
+
+// recordingPool is how many recording files the recorder creates ahead of
+// need (record.Pool).
+const recordingPool = 4
+
+// create starts the recording of session id, with a pooled file when one
+// is ready.
+func (r *recorder) create(id string) (*record.Writer, error) {
+	if r.pool != nil {
+		return r.pool.Create(id, r.keys, r.opts)
+	}
+	return record.Create(r.dir, id, r.keys, r.opts)
 }
 
 // newSessionID returns an ID that sorts by start time.
@@ -174,7 +194,7 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		return sess, func(interceptor.Result) {}, nil
 	}
 	id := newSessionID(f.Start)
-	w, err := record.Create(r.dir, id, r.keys, r.opts)
+	w, err := r.create(id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -250,12 +270,20 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		idx.Statements, idx.Denied = sess.Counts()
 		idx.Verdicts = sess.Verdicts()
 		idx.Bytes = res.BytesFromClient + res.BytesToClient
-		if err := r.index.Put(idx); err != nil {
-			log.Error("updating the recording index failed", "session", id, "error", err)
-		}
-		if r.upload != nil && idx.Status == store.StatusSealed {
-			r.upload(idx)
-		}
+		// No client waits on the final entry: it may share the commit
+		// of the next session's start (store.PutDeferred), so the flow
+		// does not wait for it either. It is durable before the upload
+		// is queued, and Close (waitEnds) waits for it.
+		r.ending.Add(1)
+		go func() {
+			defer r.ending.Done()
+			if err := r.index.PutDeferred(idx); err != nil {
+				log.Error("updating the recording index failed", "session", id, "error", err)
+			}
+			if r.upload != nil && idx.Status == store.StatusSealed {
+				r.upload(idx)
+			}
+		}()
 	}
 	return sess, end, nil
 }
@@ -340,4 +368,16 @@ func (r *recorder) verify(s *store.Session) api.VerifyResult {
 	return v
 }
 
-func (r *recorder) Close() error { return r.index.Close() }
+// waitEnds waits until the sessions that ended have their final index
+// entry committed and their upload queued.
+func (r *recorder) waitEnds() { r.ending.Wait() }
+
+// Close waits for the ended sessions' index entries (waitEnds), then
+// closes the file pool and the index.
+func (r *recorder) Close() error {
+	r.waitEnds()
+	if r.pool != nil {
+		r.pool.Close()
+	}
+	return r.index.Close()
+}

@@ -17,7 +17,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -69,17 +72,55 @@ type Session struct {
 }
 
 // Store is the open index. It is safe for concurrent use.
+//
+// Puts share commits (group commit): one goroutine, started by Open and
+// stopped by Close, commits every Put queued while the previous commit
+// was on disk in a single bbolt transaction, so concurrent sessions pay
+// one pair of fdatasyncs between them instead of one pair each. Each Put
+// still returns only once its own entry is durable.
 type Store struct {
 	db  *bolt.DB
 	dir string
+
+	// The commit queue, owned by run; mu guards queue, urgent and
+	// closed. kick (capacity 1) wakes run.
+	mu      sync.Mutex
+	queue   []*put
+	urgent  bool // a Put (not a PutDeferred) is queued
+	closed  bool
+	kick    chan struct{}
+	stopped chan struct{} // closed when run has ended
+	delay   time.Duration // how long a PutDeferred may wait for company
+	commits atomic.Int64  // transactions run for Puts, for tests
 }
+
+// put is one queued Put: its entry and where its commit's result goes.
+type put struct {
+	key, val []byte
+	at       time.Time
+	urgent   bool       // Put, not PutDeferred
+	done     chan error // capacity 1
+}
+
+// DeferDelay is how long PutDeferred's entry may wait in the queue for a
+// Put to share its commit.
+const DeferDelay = 10 * time.Millisecond
+
+// maxBatch bounds the entries one commit takes.
+const maxBatch = 1024
+
+// ErrClosed is returned by a Put after Close.
+var ErrClosed = errors.New("recording index closed")
 
 // Open opens (creating if needed) the index in dir/index.db.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open recording index: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	// NoFreelistSync: a commit does not write the free page list (one page
+	// less per commit); bbolt rebuilds it by a scan when it opens a file
+	// whose list was not written, so nothing committed is at risk.
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true})
 	if err != nil {
 		return nil, fmt.Errorf("open recording index: %w", err)
 	}
@@ -90,20 +131,139 @@ func Open(dir string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open recording index: %w", err)
 	}
-	return &Store{db: db, dir: dir}, nil
+	s := &Store{db: db, dir: dir, kick: make(chan struct{}, 1), stopped: make(chan struct{}), delay: DeferDelay}
+	go s.run()
+	return s, nil
 }
 
-// Close closes the index.
-func (s *Store) Close() error { return s.db.Close() }
+// Close commits the Puts still queued, then closes the index. Puts after
+// it return ErrClosed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	already := s.closed
+	s.closed = true
+	s.mu.Unlock()
+	if already {
+		return nil
+	}
+	s.wake()
+	<-s.stopped
+	return s.db.Close()
+}
 
-// Put inserts or replaces a session's entry.
-func (s *Store) Put(sess *Session) error {
+// Put inserts or replaces a session's entry and returns once the entry is
+// durable (committed and fdatasynced). Its commit starts as soon as the
+// commit before it, if any, has ended, and takes every Put queued by then.
+func (s *Store) Put(sess *Session) error { return s.enqueue(sess, true) }
+
+// PutDeferred is Put for a writer no client waits on (a session's end):
+// it also returns once the entry is durable, but its commit may wait up
+// to DeferDelay for another Put to share it.
+func (s *Store) PutDeferred(sess *Session) error { return s.enqueue(sess, false) }
+
+func (s *Store) enqueue(sess *Session, urgent bool) error {
 	b, err := json.Marshal(sess)
 	if err != nil {
 		return err
 	}
+	// What bbolt would refuse is refused here, so that one bad entry
+	// cannot fail the commit it shares with others.
+	switch {
+	case sess.ID == "":
+		return bolt.ErrKeyRequired
+	case len(sess.ID) > bolt.MaxKeySize:
+		return bolt.ErrKeyTooLarge
+	case len(b) > bolt.MaxValueSize:
+		return bolt.ErrValueTooLarge
+	}
+	p := &put{key: []byte(sess.ID), val: b, at: time.Now(), urgent: urgent, done: make(chan error, 1)}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.queue = append(s.queue, p)
+	s.urgent = s.urgent || urgent
+	s.mu.Unlock()
+	s.wake()
+	return <-p.done
+}
+
+func (s *Store) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run is the committer: it commits the queue when a Put is in it, when
+// its oldest PutDeferred has waited DeferDelay, when it is full, or when
+// the store is closing; then it ends once closed and empty.
+func (s *Store) run() {
+	defer close(s.stopped)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		s.mu.Lock()
+		n, urgent, closed := len(s.queue), s.urgent, s.closed
+		var due time.Time
+		if n > 0 {
+			due = s.queue[0].at.Add(s.delay)
+		}
+		s.mu.Unlock()
+		var wait <-chan time.Time
+		switch {
+		case n == 0 && closed:
+			return
+		case n > 0 && (urgent || closed || n >= maxBatch || !time.Now().Before(due)):
+			s.commit()
+			continue
+		case n > 0:
+			timer.Reset(time.Until(due))
+			wait = timer.C
+		}
+		select {
+		case <-s.kick:
+		case <-wait:
+		}
+		timer.Stop()
+	}
+}
+
+// commit writes the queued entries in one transaction and tells each Put
+// the outcome. When a shared commit fails, each entry is tried in a
+// transaction of its own, so that every Put gets its own error.
+func (s *Store) commit() {
+	s.mu.Lock()
+	batch := s.queue
+	if len(batch) > maxBatch {
+		batch = batch[:maxBatch:maxBatch]
+	}
+	s.queue = s.queue[len(batch):]
+	s.urgent = slices.ContainsFunc(s.queue, func(p *put) bool { return p.urgent })
+	s.mu.Unlock()
+	err := s.putAll(batch)
+	if err != nil && len(batch) > 1 {
+		for _, p := range batch {
+			p.done <- s.putAll([]*put{p})
+		}
+		return
+	}
+	for _, p := range batch {
+		p.done <- err
+	}
+}
+
+func (s *Store) putAll(batch []*put) error {
+	s.commits.Add(1)
 	return s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucket).Put([]byte(sess.ID), b)
+		b := tx.Bucket(bucket)
+		for _, p := range batch {
+			if err := b.Put(p.key, p.val); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

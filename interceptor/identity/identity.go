@@ -244,6 +244,8 @@ type Resolver struct {
 	mu        sync.Mutex
 	jobs      map[JobKey]*entry
 	lastSweep time.Time
+
+	walks walkCache // connecting processes' ancestry walks
 }
 
 // entry is one job's cached lookup. res and until are written once, before
@@ -414,7 +416,28 @@ func (r *Resolver) Resolve(ctx context.Context, pid uint32) Result {
 	if r.ctx.Err() != nil {
 		return none(OutcomeClosed, "identity resolver closed")
 	}
-	chain, kind, err := findJob(r.cfg.ProcRoot, pid, r.anchor)
+	p, err := readStat(r.cfg.ProcRoot, pid)
+	if errors.Is(err, errGone) {
+		return none(OutcomeGone, "connecting process has exited")
+	}
+	if err != nil {
+		return none(OutcomeProcError, fmt.Sprintf("cannot read the connecting process: %v", err))
+	}
+	// The same process connecting again: its walk is remembered (see
+	// walkCache), and so, while it is valid, is its job's identity.
+	now := r.now()
+	if w, ok := r.walks.lookup(r.cfg.ProcRoot, p, now); ok {
+		if w.job == (JobKey{}) {
+			return none(OutcomeNoJob, "no CI job ancestor")
+		}
+		if res, ok := r.cachedJob(w.job, now); ok {
+			return res
+		}
+	}
+	chain, kind, err := findJob(r.cfg.ProcRoot, p, r.anchor)
+	if err == nil {
+		r.walks.remember(p, chain, kind, now)
+	}
 	if errors.Is(err, errGone) {
 		return none(OutcomeGone, "connecting process has exited")
 	}
@@ -481,6 +504,18 @@ func (r *Resolver) resolveChain(ctx context.Context, key JobKey, chain []proc) R
 			Outcome:  OutcomeAbandoned,
 		}
 	}
+}
+
+// cachedJob returns the job's identity when its lookup has finished and
+// is still valid at now.
+func (r *Resolver) cachedJob(key JobKey, now time.Time) (Result, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.jobs[key]
+	if e == nil || !isDone(e) || e.expired(now) {
+		return Result{}, false
+	}
+	return e.res, true
 }
 
 // expired reports whether a finished entry is no longer valid. An entry

@@ -76,22 +76,20 @@ func parseStat(pid uint32, b []byte) (proc, error) {
 	return proc{pid: pid, ppid: uint32(ppid), comm: string(b[open+1 : end]), start: start}, nil
 }
 
-// findJob walks from pid up its live ancestry to the job's anchor. It
-// returns the processes from pid to the anchor, nearest first, with the
-// anchor last, and the job's kind; or a nil chain when no ancestor up to
-// the process whose parent is 0 (init, kthreadd) is an anchor. See
-// Resolver.anchor for what an anchor is.
+// findJob walks from p (the connecting process, as readStat just read it)
+// up its live ancestry to the job's anchor. It returns the processes from
+// p to the anchor, nearest first, with the anchor last, and the job's
+// kind; or a nil chain when no ancestor up to the process whose parent is
+// 0 (init, kthreadd) is an anchor. See Resolver.anchor for what an anchor
+// is.
 //
 // Walking is not atomic: a parent can exit and its pid be reused between
 // two reads. A parent must therefore have started no later than its child;
 // a chain where that fails is cut at the break, as if the child had been
 // reparented, so a process can never borrow an unrelated process's
 // ancestry.
-func findJob(root string, pid uint32, isAnchor func(p, parent proc, hasParent bool) string) ([]proc, string, error) {
-	p, err := readStat(root, pid)
-	if err != nil {
-		return nil, "", err
-	}
+func findJob(root string, p proc, isAnchor func(p, parent proc, hasParent bool) string) ([]proc, string, error) {
+	var err error
 	chain := []proc{p}
 	for len(chain) < maxDepth {
 		// Asked first without the parent, saving a read for an anchor
