@@ -414,6 +414,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		cancelFlows()
 		<-drained
 	}
+	rec.waitEnds() // the ended sessions' final index entries and uploads
 	upl.stop(uploadOnStop)
 	evp.stop(eventsOnStop)
 	return nil
