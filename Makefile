@@ -16,7 +16,7 @@ endif
 # Both binaries print it (--version), as the package's Debian version.
 LDFLAGS ?= -X github.com/sluicehq/sluice/internal/version.Describe=$(DESCRIBE)
 
-.PHONY: all build deps generate check-generate lint test test-unit test-race demo bench package clean
+.PHONY: all build deps generate check-generate lint test test-unit test-race demo demo-fleet bench package clean
 
 all: build
 
@@ -56,6 +56,10 @@ test-race:
 ## demo: build, start a private PostgreSQL, a private MariaDB, a private dockerd and sluiced on private cgroups, show intercepted psql, mariadb and a container job
 demo: deps build
 	./scripts/demo.sh
+
+## demo-fleet: build, start one NATS server, one S3-compatible server and a private PostgreSQL, and two sluiced "VMs" sharing them: events, approvals, pulled rulesets and recordings across the fleet
+demo-fleet: deps build
+	./scripts/demo-fleet.sh
 
 ## bench: Sluice vs direct vs PgBouncer (and MySQL and SSH vs direct), every mode, as ratios from one run (about 22 minutes)
 bench: deps build

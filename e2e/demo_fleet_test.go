@@ -1,0 +1,84 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/testenv"
+)
+
+// TestDemoFleet runs the README's fleet demo (scripts/demo-fleet.sh, what
+// `make demo-fleet` runs) with the binaries under test and checks that
+// each numbered step shows what the README's Fleets section claims: two
+// sluiced daemons ("VMs") sharing one real nats-server and one real
+// S3-compatible server (versitygw). Needs root, PostgreSQL and the
+// nats-server and versitygw builds (scripts/build-nats.sh,
+// scripts/build-s3.sh); it removes everything it made.
+func TestDemoFleet(t *testing.T) {
+	testenv.RequireRoot(t)
+	bin := testenv.Binaries(t)
+	_, err := testenv.NATSBin()
+	testenv.Need(t, err == nil, fmt.Sprint(err))
+	_, err = testenv.S3Bin()
+	testenv.Need(t, err == nil, fmt.Sprint(err))
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "scripts/demo-fleet.sh")
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "BIN="+bin)
+	out, err := cmd.CombinedOutput()
+	text := string(out)
+	if err != nil {
+		t.Fatalf("scripts/demo-fleet.sh: %v\n%s", err, text)
+	}
+	if strings.Contains(text, "\x1b[") {
+		t.Errorf("the demo wrote terminal escapes to a pipe")
+	}
+	steps := map[int]string{}
+	title := regexp.MustCompile(`(?m)^== (\d+)\. `)
+	idx := title.FindAllStringSubmatchIndex(text, -1)
+	for i, m := range idx {
+		n, _ := strconv.Atoi(text[m[2]:m[3]])
+		end := len(text)
+		if i+1 < len(idx) {
+			end = idx[i+1][0]
+		}
+		steps[n] = text[m[0]:end]
+	}
+	want := map[int][]string{
+		// Published once, both VMs run that version, pulled from NATS.
+		1: {`published version (\d+) `, `(?s)a/sluiced\.sock.*\npulled:\s+version \d+ \(published [^)]+\) from nats://127\.0\.0\.1:\d+/rulesets/ci, applied`,
+			`(?s)b/sluiced\.sock.*\npulled:\s+version \d+ \(published [^)]+\) from nats://127\.0\.0\.1:\d+/rulesets/ci, applied`},
+		2: {`\n\s+2 \| alan@example\.com\n`, `(?s)a/runner .*DROP TABLE users\nERROR:  sluice: statement denied by rule "ci-jobs/deny/no-ddl"`,
+			`(?s)b/runner .*DROP TABLE users\nERROR:  sluice: statement denied by rule "ci-jobs/deny/no-ddl"`},
+		4: {`"vm":"vm-a"[^\n]*"type":"statement"[^\n]*"verdict":"deny"`, `"vm":"vm-b"[^\n]*"type":"statement"[^\n]*"verdict":"deny"`},
+		5: {`(?s)a/sluiced\.sock.*last error: bundle version \d+ refused: bundle signature does not verify`,
+			`(?s)b/sluiced\.sock.*last error: bundle version \d+ refused: bundle signature does not verify`,
+			`(?s)b/runner .*DROP TABLE users\nERROR:  sluice: statement denied by rule "ci-jobs/deny/no-ddl"`},
+		6: {`\$ rm -rf \S+/a\n`, `sealed\s+fleet-db\s+127\.0\.0\.2:\d+\s+psql\[\d+\] uid 0\s+\S+\s+\d+\s+1\s+vm vm-a\n`,
+			`key\s+vm vm-a's key, endorsed by fleet key [0-9a-f]+`, `=> DROP TABLE users\n\s+\[deny\] rule ci-jobs/deny/no-ddl`,
+			`: ok, sealed, \d+ events, signed by key [0-9a-f]+ \(vm vm-a's key, endorsed by fleet key`},
+	}
+	for n, res := range want {
+		s, ok := steps[n]
+		if !ok {
+			t.Errorf("the demo has no step %d\n%s", n, text)
+			continue
+		}
+		for _, w := range res {
+			if !regexp.MustCompile(w).MatchString(s) {
+				t.Errorf("demo-fleet step %d does not show %q:\n%s", n, w, s)
+			}
+		}
+	}
+	if regexp.MustCompile(`FORGED|ALTERED|altered`).MatchString(steps[6]) {
+		t.Errorf("demo-fleet step 6 reports a forged or altered recording:\n%s", steps[6])
+	}
+}
