@@ -27,9 +27,25 @@ type approvalsConfig struct {
 	// AdminGroup is a local group whose members may list and decide
 	// approvals over the local socket (root always may).
 	AdminGroup string `hcl:"admin_group,optional"`
+
+	// NATSURL, when set, shares holds with the fleet through a JetStream
+	// key-value bucket (see fleetapprovals.go); decisions from there carry
+	// an approver's ID token of Issuer.
+	NATSURL      string            `hcl:"nats_url,optional"`
+	Bucket       string            `hcl:"bucket,optional"`
+	VM           string            `hcl:"vm,optional"`
+	NATSCreds    string            `hcl:"nats_creds,optional"`
+	NATSCAFile   string            `hcl:"nats_ca_file,optional"`
+	Issuer       string            `hcl:"issuer,optional"`
+	Audience     string            `hcl:"audience,optional"`
+	AllowClaims  map[string]string `hcl:"allow_claims,optional"`
+	IssuerCAFile string            `hcl:"issuer_ca_file,optional"`
 }
 
-func newBroker(cfg *Config, log hclog.Logger) *approve.Broker {
+// newBroker returns the daemon's approval broker and, with approvals
+// nats_url, the fleet approvals that share its holds (nil without); the
+// caller stops them after closing the broker.
+func newBroker(cfg *Config, log hclog.Logger) (*approve.Broker, *fleetApprovals, error) {
 	opts := approve.Options{Log: log}
 	if cfg.Approvals.Webhook != "" {
 		format := cfg.Approvals.WebhookFormat
@@ -38,7 +54,22 @@ func newBroker(cfg *Config, log hclog.Logger) *approve.Broker {
 		}
 		opts.Notify = approve.Webhook(cfg.Approvals.Webhook, format, &http.Client{Timeout: 10 * time.Second}, log)
 	}
-	return approve.NewBroker(opts)
+	fa, err := newFleetApprovals(cfg, log.Named("fleet"))
+	if err != nil {
+		return nil, nil, err
+	}
+	if fa != nil {
+		hook := opts.Notify
+		opts.Notify = func(ctx context.Context, ev approve.Event) {
+			fa.f.Notify(ctx, ev)
+			if hook != nil {
+				hook(ctx, ev)
+			}
+		}
+	}
+	b := approve.NewBroker(opts)
+	fa.start(b)
+	return b, fa, nil
 }
 
 // holder makes a session's hold verdicts wait on the broker.

@@ -7,7 +7,9 @@
 // Request and waits on the returned channel, which delivers exactly one
 // Outcome. Approvers reach Broker.Decide through the daemon's API (`sluice
 // approve ID`, `sluice deny ID`), authenticated either as a local user or
-// by an OIDC token; the caller turns that into an Approver. A Notifier
+// by an OIDC token, or through the fleet's NATS bucket (package fleet,
+// which verifies the OIDC token itself); the caller turns that into an
+// Approver. A Notifier
 // (for example Webhook) tells people that a request is waiting and how it
 // ended; notifications are informational only and can never approve
 // anything.
