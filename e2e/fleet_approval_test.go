@@ -176,4 +176,8 @@ func TestFleetApproval(t *testing.T) {
 	if st, err := d.Status(); err != nil || st.FleetApprovals == nil || !st.FleetApprovals.Connected || st.FleetApprovals.Accepted != 1 || st.FleetApprovals.Refused != 2 {
 		t.Errorf("status fleet approvals: %v %+v", err, st.FleetApprovals)
 	}
+	if out, err := d.Sluice(t, "status", "--socket", d.Socket); err != nil || !strings.Contains(out, "approvals:   shared as vm vm-e2e in bucket SLUICE_HOLDS") ||
+		!strings.Contains(out, "1 decisions accepted, 2 refused") {
+		t.Errorf("sluice status: %v\n%s", err, out)
+	}
 }

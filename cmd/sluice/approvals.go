@@ -85,6 +85,10 @@ func listFleet(cmd *cobra.Command, ff *fleetFlags, asJSON bool) error {
 		expires := "-"
 		if r.State == approve.StatePending {
 			expires = time.Until(r.Deadline).Round(time.Second).String()
+			if time.Now().After(r.Deadline) {
+				// Its daemon stopped before writing the end: nothing waits.
+				expires = "past deadline (its daemon is gone)"
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.VM, r.ID, r.State, r.Rule, r.Target, who, expires, stmt)
 	}
