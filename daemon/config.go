@@ -367,6 +367,7 @@ func ParseConfig(path string, src []byte) (*Config, hcl.Diagnostics, map[string]
 				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid webhook_format", Detail: err.Error() + ": use json or slack."})
 			}
 		}
+		diags = append(diags, ac.validateFleet()...)
 		c.Approvals = *ac
 	}
 	if lc := fc.LiveExport; lc != nil {

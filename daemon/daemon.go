@@ -178,7 +178,11 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		return dataDirError(cfg, err)
 	}
 	defer evp.stop(0)
-	broker := newBroker(cfg, log.Named("approvals"))
+	broker, fleetAp, err := newBroker(cfg, log.Named("approvals"))
+	if err != nil {
+		return configError(err, "correct the approvals block in "+cfg.Path, "invalid approvals block")
+	}
+	defer fleetAp.stop() // after the broker's Close: the holds' final states are written
 	defer broker.Close(context.Background())
 	rec.broker = broker
 	idr, err := identity.New(ctx, cfg.Identity, log.Named("identity"))
@@ -285,6 +289,7 @@ func Run(ctx context.Context, cfg *Config, log hclog.Logger) error {
 		st.Tamper = rep.counts()
 		st.Uploads = upl.status()
 		st.Events = evp.status()
+		st.FleetApprovals = fleetAp.status()
 		st.Ruleset.Pulled = rm.pull.status()
 		for _, r := range broker.List() {
 			if r.State == approve.StatePending {

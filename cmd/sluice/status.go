@@ -120,6 +120,17 @@ func printStatus(w io.Writer, d *api.Status, derr string, pins *interceptor.PinS
 				fmt.Fprintf(w, "             last error sending events: %s\n", e.LastError)
 			}
 		}
+		if fa := d.FleetApprovals; fa != nil {
+			conn := "connected"
+			if !fa.Connected {
+				conn = "not connected"
+			}
+			fmt.Fprintf(w, "approvals:   shared as vm %s in bucket %s at %s (%s): %d decisions accepted, %d refused, %d holds waiting to be written\n",
+				fa.VM, fa.Bucket, fa.URL, conn, fa.Accepted, fa.Refused, fa.Pending)
+			if fa.LastError != "" {
+				fmt.Fprintf(w, "             last NATS error: %s\n", fa.LastError)
+			}
+		}
 		if c := d.Containers; c != nil {
 			fmt.Fprintf(w, "containers:  cgroup %s hooked; proxy at %s for other network namespaces; outside the cgroup: %s (%d found)\n",
 				c.Cgroup, strings.Join(c.Addresses, ", "), c.Outside, c.Unhooked)

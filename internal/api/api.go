@@ -63,6 +63,27 @@ type Status struct {
 	// Events is the state of event publishing; nil without an events
 	// block.
 	Events *Events `json:"events,omitempty"`
+	// FleetApprovals is the state of approvals shared through NATS; nil
+	// without approvals nats_url.
+	FleetApprovals *FleetApprovals `json:"fleet_approvals,omitempty"`
+}
+
+// FleetApprovals is the state of the daemon's holds shared with the fleet
+// through a JetStream key-value bucket.
+type FleetApprovals struct {
+	URL    string `json:"url"`
+	Bucket string `json:"bucket"`
+	VM     string `json:"vm"`
+	// Connected reports whether the NATS connection is up.
+	Connected bool `json:"connected"`
+	// Pending counts hold entries waiting to be written to the bucket.
+	Pending int `json:"pending"`
+	// Accepted and Refused count decisions taken from the bucket since
+	// the daemon started.
+	Accepted int64 `json:"accepted"`
+	Refused  int64 `json:"refused"`
+	// LastError is the last NATS failure, "" once it works again.
+	LastError string `json:"last_error,omitempty"`
 }
 
 // Events is the state of the daemon's event publishing to NATS JetStream.
