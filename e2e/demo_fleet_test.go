@@ -58,6 +58,11 @@ func TestDemoFleet(t *testing.T) {
 			`(?s)b/sluiced\.sock.*\npulled:\s+version \d+ \(published [^)]+\) from nats://127\.0\.0\.1:\d+/rulesets/ci, applied`},
 		2: {`\n\s+2 \| alan@example\.com\n`, `(?s)a/runner .*DROP TABLE users\nERROR:  sluice: statement denied by rule "ci-jobs/deny/no-ddl"`,
 			`(?s)b/runner .*DROP TABLE users\nERROR:  sluice: statement denied by rule "ci-jobs/deny/no-ddl"`},
+		// Listed from the bus, refused with the job's own token, approved
+		// with the approver's, and the COPY's rows reach the job.
+		3: {`\nvm-a\s+h-\w+\s+pending\s+ci-jobs/hold/exports\s+fleet-db\s+psql\[\d+\] uid 65534\s`,
+			`job\.token\n[^\n]*h-\w+: refused: token refused: `, `\nh-\w+: approved\n`,
+			`(?s)after approval:\n.*\n1\tada@example\.com\n2\talan@example\.com\n`},
 		4: {`"vm":"vm-a"[^\n]*"type":"statement"[^\n]*"verdict":"deny"`, `"vm":"vm-b"[^\n]*"type":"statement"[^\n]*"verdict":"deny"`},
 		5: {`(?s)a/sluiced\.sock.*last error: bundle version \d+ refused: bundle signature does not verify`,
 			`(?s)b/sluiced\.sock.*last error: bundle version \d+ refused: bundle signature does not verify`,

@@ -115,6 +115,13 @@ ${GO:-go} build -o "$work/demoissuer" ./e2e/demoissuer
 issuer_pid=$!
 wait_for "the demo OIDC issuer" test -s "$work/issuer.env"
 eval "$(head -1 "$work/issuer.env")"
+# The approvers' identity provider (the security team's SSO, also outside
+# this machine): its tokens name alice, of group security.
+mkdir -p "$work/idp"
+"$work/demoissuer" -dir "$work/idp" -claims '{"sub":"alice","email":"alice@example.com","email_verified":true,"groups":["security"]}' > "$work/idp.env" 2>&1 &
+approver_pid=$!
+wait_for "the approvers' OIDC issuer" test -s "$work/idp.env"
+eval "$(head -1 "$work/idp.env" | sed 's/\b\(ISSUER_URL\|ISSUER_CA\|TOKEN_URL\|REQUEST_TOKEN\)=/APPROVER_\1=/g')"
 mkdir -p "$work/rules"
 cat > "$work/rules/fleet.hcl" <<HCL
 target "fleet-db" {
@@ -129,6 +136,12 @@ policy "ci-jobs" {
   deny "no-ddl" {
     when   = contains(["drop", "truncate", "alter"], statement.kind)
     reason = "schema changes go through migrations"
+  }
+
+  hold "exports" {
+    when      = statement.kind == "copy_out"
+    approvers = ["group:security"]
+    timeout   = "60s"
   }
 }
 
@@ -180,6 +193,13 @@ events {
   nats_url = "$NATS_URL"
   vm       = "vm-$v"
 }
+approvals {
+  nats_url       = "$NATS_URL"
+  vm             = "vm-$v"
+  issuer         = "$APPROVER_ISSUER_URL"
+  allow_claims   = { groups = "security" }
+  issuer_ca_file = "$APPROVER_ISSUER_CA"
+}
 HCL
   "$BIN/sluiced" --config "$work/$v/sluiced.hcl" > "$work/$v/sluiced.log" 2>&1 &
   pid[$v]=$!
@@ -199,6 +219,27 @@ step "2. Jobs on both VMs: each VM decides its own jobs' statements (a DROP is r
 run_job a psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "select id, email from users order by id"
 run_job a psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "DROP TABLE users" || true
 run_job b psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "DROP TABLE users" || true
+
+step "3. A held statement on VM A is approved from anywhere through NATS: the approver's OIDC token is verified by VM A itself, and the job's own token cannot approve"
+PGSSLMODE=disable job a setpriv --reuid=65534 --regid=65534 --clear-groups psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "COPY users TO STDOUT" > "$work/held.out" 2>&1 &
+held=$!
+nats_held_id() { "$BIN/sluice" approvals list --nats "$NATS_URL" --json 2>/dev/null | awk -F'"' '/"id":/ { id = $4 } /"state": "pending"/ { print id; exit }'; }
+has_hold() { [ -n "$(nats_held_id)" ]; }
+wait_for "the held COPY in the fleet's holds bucket" has_hold
+id=$(nats_held_id)
+run "$BIN/sluice" approvals list --nats "$NATS_URL"
+# Tokens: the approvers' identity provider gives alice (group security)
+# one; the job could get one of its own from the CI provider.
+get_token() { curl -fsS --cacert "$2" -H "Authorization: bearer $3" "$1&audience=sluice" | sed 's/.*"value":"\([^"]*\)".*/\1/'; }
+get_token "$APPROVER_TOKEN_URL" "$APPROVER_ISSUER_CA" "$APPROVER_REQUEST_TOKEN" > "$work/alice.token"
+get_token "$TOKEN_URL" "$ISSUER_CA" "$REQUEST_TOKEN" > "$work/job.token"
+echo "-- the job tries to approve its own statement with its CI token:"
+run "$BIN/sluice" approve "$id" --nats "$NATS_URL" --token-file "$work/job.token" || echo "(refused, as it should be)"
+echo "-- alice, of group security, approves from her laptop:"
+run "$BIN/sluice" approve "$id" --nats "$NATS_URL" --token-file "$work/alice.token" --comment "export for the migration test"
+wait "$held" || true
+echo "-- the job after approval:"
+cat "$work/held.out"
 
 step "4. Events from every VM in one place: the NATS stream, read from anywhere"
 has_events() { [ "$("$BIN/sluice" events tail --nats "$NATS_URL" 2>/dev/null | grep -c '"statement"')" -ge 2 ]; }
