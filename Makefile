@@ -16,7 +16,7 @@ endif
 # Both binaries print it (--version), as the package's Debian version.
 LDFLAGS ?= -X github.com/sluicehq/sluice/internal/version.Describe=$(DESCRIBE)
 
-.PHONY: all build deps generate check-generate lint test test-unit test-race demo demo-fleet bench package clean
+.PHONY: all build deps generate check-generate lint test test-unit test-race demo demo-fleet bench bench-fleet package clean
 
 all: build
 
@@ -64,6 +64,10 @@ demo-fleet: deps build
 ## bench: Sluice vs direct vs PgBouncer (and MySQL and SSH vs direct), every mode, as ratios from one run (about 22 minutes)
 bench: deps build
 	./bench/suite.sh
+
+## bench-fleet: the fleet paths with N = 1, 4 and 16 sluiced daemons sharing one NATS, one S3-compatible server and one PostgreSQL (about 3 minutes)
+bench-fleet: build
+	./bench/fleet.sh
 
 ## package: build dist/sluice_<version>_<arch>.deb (binaries, systemd unit and slice, default config, man pages, shell completions)
 # mkdeb refuses binaries that print another version than the package's.
