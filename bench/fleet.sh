@@ -12,10 +12,11 @@
 # VM holds one COPY, which is approved through NATS with an approver's
 # OIDC token.
 #
-# Per N it reports: sessions run; events in the stream and their rate over
-# the load window, and how long after the load ended the last of them
-# arrived; seal-to-upload delay (sluiced's `recording uploaded` lines,
-# delay_after_seal_ms); decision-to-effect delay (from `sluice approve
+# Per N it reports: sessions run; the events of this N's VMs counted in
+# the stream (all of them, and the denials) and their rate over the load
+# window and its drain, and how long after the load ended the last of them
+# arrived; seal-to-upload delay (p50, p95, max of sluiced's `recording
+# uploaded` lines, delay_after_seal_ms); decision-to-effect delay (from `sluice approve
 # --nats` starting to the held psql exiting); and each daemon's CPU over
 # the window (utime+stime, % of one core, and per session) and memory
 # (VmRSS at the end, VmHWM).
@@ -131,6 +132,8 @@ HCL
 
 # stream_count TYPE: how many events of TYPE the stream holds for this run.
 stream_count() { "$BIN/sluice" events tail --nats "$NATS_URL" 2>/dev/null | grep -c "\"type\":\"$1\"" || true; }
+# vm_count PREFIX: how many events of any type from VMs named PREFIX* the stream holds.
+vm_count() { "$BIN/sluice" events tail --nats "$NATS_URL" 2>/dev/null | grep -c "\"vm\":\"$1" || true; }
 # pct P: the P-th percentile of the numbers on stdin (nearest rank).
 pct() { sort -n | awk -v p="$1" '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit } i = int((p * NR + 99) / 100); if (i < 1) i = 1; print v[i] }'; }
 ticks=$(getconf CLK_TCK)
@@ -221,6 +224,7 @@ HCL
   wait_for "all $sessions recordings uploaded" 120 uploaded
 
   events=$(( $(stream_count statement) - start_stream_statements ))
+  all_events=$(vm_count "n$n-vm")
 
   # Decisions: one held COPY per VM, approved through NATS.
   dec=()
@@ -245,15 +249,17 @@ HCL
 
   window=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
   lag=$(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", b - a }')
-  # DENIALS + 2 events per session (start, denials, end) reach the stream.
-  rate=$(awk -v s="$sessions" -v k="$DENIALS" -v w="$window" 'BEGIN { printf "%.0f", (k + 2) * s / w }')
+  # Every event of this N's VMs counted in the stream, over the load
+  # window and the drain after it (until the last denial arrived).
+  rate=$(awk -v e="$all_events" -v a="$t0" -v b="$t2" 'BEGIN { printf "%.0f", e / (b - a) }')
   up=$(cat "$work"/n"$n"-vm*/sluiced.log | grep '"@message":"recording uploaded"' | sed 's/.*"delay_after_seal_ms":\([0-9.]*\).*/\1/')
-  up50=$(echo "$up" | pct 50); up95=$(echo "$up" | pct 95)
+  up=$(echo "$up" | awk '{ printf "%.0f\n", $1 }')
+  up50=$(echo "$up" | pct 50); up95=$(echo "$up" | pct 95); upmax=$(echo "$up" | pct 100)
   d50=$(printf '%s\n' "${dec[@]}" | pct 50); dmax=$(printf '%s\n' "${dec[@]}" | pct 100)
   cpu_pct=$(awk -v c="$cpu_sum" -v n="$n" -v t="$ticks" -v a="$t0" -v b="$t2" 'BEGIN { printf "%.1f", 100 * c / t / n / (b - a) }')
   cpu_sess=$(awk -v c="$cpu_sum" -v s="$sessions" -v t="$ticks" 'BEGIN { printf "%.2f", 1000 * c / t / s }')
   rss=$(printf '%s\n' "${rss_list[@]}" | pct 50); hwm=$(printf '%s\n' "${hwm_list[@]}" | pct 100)
-  results+=("| $n | $sessions | $events | $rate | $lag | $up50 / $up95 | $d50 / $dmax | $cpu_pct% | $cpu_sess ms | $((rss / 1024)) / $((hwm / 1024)) MiB |")
+  results+=("| $n | $sessions | $events | $all_events | $rate | $lag | $up50 / $up95 / $upmax | $d50 / $dmax | $cpu_pct% | $cpu_sess ms | $((rss / 1024)) / $((hwm / 1024)) MiB |")
   echo "bench-fleet: N=$n done: $sessions sessions in ${window}s" >&2
   stop_daemons
 done
@@ -261,6 +267,6 @@ done
 echo
 echo "Fleet simulation: N sluiced daemons on one 2-core machine, one nats-server, one versitygw, one PostgreSQL; load ${DURATION}s per N, sessions of 1 SELECT and $DENIALS denied DROPs"
 echo
-echo "| N | sessions | denial events in stream | events/s into NATS ($((DENIALS + 2)) per session) | last event after load end (s) | seal->upload p50 / p95 (ms) | decision->effect p50 / max (ms) | CPU per daemon (% of a core) | daemon CPU per session | RSS per daemon median / peak HWM |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| N | sessions | denial events in stream | all events in stream | events/s into NATS | last event after load end (s) | seal->upload p50 / p95 / max (ms) | decision->effect p50 / max (ms) | CPU per daemon (% of a core) | daemon CPU per session | RSS per daemon median / peak HWM |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${results[@]}"
