@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -165,8 +166,10 @@ policy "ci" {
 	}
 
 	// The flows each attempt made (told apart by the client's pid), in
-	// order, each hop as expected. Every client has exited, so its flows
-	// end; they are logged as they end.
+	// the order the proxy accepted them (their flow numbers), each hop as
+	// expected. Every client has exited, so its flows end; they are logged
+	// as they end, which need not be that order: a refused first attempt
+	// may finish logging after the client's retry.
 	var flows []testenv.LogLine
 	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("%d flow lines", total), func() bool {
 		flows = pgFlows(t, d)
@@ -179,6 +182,11 @@ policy "ci" {
 				got = append(got, l)
 			}
 		}
+		sort.SliceStable(got, func(i, j int) bool {
+			fi, _ := got[i]["flow"].(float64)
+			fj, _ := got[j]["flow"].(float64)
+			return fi < fj
+		})
 		if len(got) != len(a.flows) {
 			t.Errorf("%s: %d flows, want %d: %v", a.name, len(got), len(a.flows), got)
 			continue
