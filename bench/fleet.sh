@@ -228,7 +228,6 @@ HCL
 
   # Decisions: one held COPY per VM, approved through NATS.
   dec=()
-  { echo "select count(*) from users;"; for _ in $(seq "$DENIALS"); do echo "drop table users;"; done; } > "$work/session.sql"
   for i in $(seq "$n"); do
     v="n$n-vm$i"
     "$BIN/sluice" run --cgroup "$scope/$v/runner" -- psql -X -h 127.0.0.2 -p "$pg_port" -U postgres -c "COPY (select 1) TO STDOUT" > "$work/$v/held.out" 2>&1 &
