@@ -84,42 +84,14 @@ func (a *remoteAuth) check(r *http.Request) (approve.Approver, int, error) {
 	if err := idt.Claims(&claims); err != nil {
 		return who, http.StatusUnauthorized, err
 	}
-	who = approve.Approver{Kind: approve.KindOIDC, Subject: idt.Subject}
-	if e, ok := claims["email"].(string); ok {
-		if v, ok := claims["email_verified"].(bool); !ok || v {
-			who.Email = e
-		}
-	}
-	if gs, ok := claims["groups"].([]any); ok {
-		for _, g := range gs {
-			if s, ok := g.(string); ok {
-				who.Groups = append(who.Groups, s)
-			}
-		}
-	}
-	for k, want := range a.cfg.AllowClaims {
-		if !claimHas(claims[k], want) {
-			return who, http.StatusForbidden, fmt.Errorf("token claim %q does not include %q", k, want)
-		}
+	who = approve.OIDCApprover(idt.Subject, claims)
+	if k, want, ok := approve.MissingClaim(claims, a.cfg.AllowClaims); !ok {
+		return who, http.StatusForbidden, fmt.Errorf("token claim %q does not include %q", k, want)
 	}
 	return who, 0, nil
 }
 
 type approverKey struct{}
-
-func claimHas(v any, want string) bool {
-	switch x := v.(type) {
-	case string:
-		return x == want
-	case []any:
-		for _, e := range x {
-			if s, ok := e.(string); ok && s == want {
-				return true
-			}
-		}
-	}
-	return false
-}
 
 // startRemote serves the read-only recording API over HTTPS with the
 // daemon CA's certificate. Rules pushes and approvals stay local.

@@ -83,37 +83,9 @@ func (v *Verifier) Verify(ctx context.Context, token string) (approve.Approver, 
 	if err := idt.Claims(&claims); err != nil {
 		return who, time.Time{}, err
 	}
-	who = approve.Approver{Kind: approve.KindOIDC, Subject: idt.Subject}
-	if e, ok := claims["email"].(string); ok {
-		if ev, ok := claims["email_verified"].(bool); !ok || ev {
-			who.Email = e
-		}
-	}
-	if gs, ok := claims["groups"].([]any); ok {
-		for _, g := range gs {
-			if s, ok := g.(string); ok {
-				who.Groups = append(who.Groups, s)
-			}
-		}
-	}
-	for k, want := range v.AllowClaims {
-		if !claimHas(claims[k], want) {
-			return who, time.Time{}, fmt.Errorf("token claim %q does not include %q", k, want)
-		}
+	who = approve.OIDCApprover(idt.Subject, claims)
+	if k, want, ok := approve.MissingClaim(claims, v.AllowClaims); !ok {
+		return who, time.Time{}, fmt.Errorf("token claim %q does not include %q", k, want)
 	}
 	return who, idt.Expiry, nil
-}
-
-func claimHas(v any, want string) bool {
-	switch x := v.(type) {
-	case string:
-		return x == want
-	case []any:
-		for _, e := range x {
-			if s, ok := e.(string); ok && s == want {
-				return true
-			}
-		}
-	}
-	return false
 }
