@@ -35,6 +35,9 @@ NS=${N:-1 4 16}
 DURATION=${DURATION:-15}
 DENIALS=${DENIALS:-20}
 BIN=${BIN:-bin}
+me=bench-fleet
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 [ -x "$BIN/sluiced" ] && [ -x "$BIN/sluice" ] || make build >/dev/null
 nats_bin=$(bash scripts/build-nats.sh --cached)
 s3_bin=$(bash scripts/build-s3.sh --cached)
@@ -46,26 +49,6 @@ mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 declare -A dpid=()
 bg_pids=()
-free_port() {
-  local p low
-  read -r low _ < /proc/sys/net/ipv4/ip_local_port_range
-  [ "$low" -gt 21000 ] || low=32768
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % (low - 20000)))
-    case " $* " in *" $p "*) continue ;; esac
-    ss -Htan "sport = :$p" | grep -q . || { echo "$p"; return; }
-  done
-  echo "bench-fleet: no free port" >&2; exit 1
-}
-# wait_for DESC SECONDS CMD...: until CMD succeeds, or fail naming DESC.
-wait_for() {
-  local desc=$1 secs=$2; shift 2
-  local end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || { echo "bench-fleet: gave up waiting for $desc" >&2; exit 1; }
-    sleep 0.05
-  done
-}
 stop_daemons() {
   local i
   for i in "${!dpid[@]}"; do
@@ -88,20 +71,19 @@ trap cleanup EXIT
 # The shared servers.
 pg_port=$(free_port)
 chown postgres "$work"
-su postgres -s /bin/sh -c "$pgbin/initdb -D $work/pg -U postgres -A trust --no-sync >/dev/null"
-su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -l $work/pg.log -w -o '-p $pg_port -k $work -c listen_addresses=127.0.0.2 -c max_connections=200' start >/dev/null"
+start_postgres "$work" "$pg_port" 127.0.0.2 -c max_connections=200
 psql -X -h "$work" -p "$pg_port" -U postgres -qc "create table users(id int, email text); insert into users select i, 'p'||i||'@example.com' from generate_series(1, 10) i"
 ${GO:-go} build -o "$work/demofleet" ./e2e/demofleet
 ${GO:-go} build -o "$work/demoissuer" ./e2e/demoissuer
 SLUICE_NATS_BIN="$nats_bin" SLUICE_S3_BIN="$s3_bin" "$work/demofleet" -dir "$work/fleet" > "$work/fleet.env" 2> "$work/fleet.log" &
 bg_pids+=($!)
-wait_for "nats-server and versitygw" 60 test -s "$work/fleet.env"
+wait_secs=60 wait_for "nats-server and versitygw" test -s "$work/fleet.env"
 eval "$(head -1 "$work/fleet.env")"
 export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
 mkdir -p "$work/idp"
 "$work/demoissuer" -dir "$work/idp" -claims '{"sub":"alice","email":"alice@example.com","email_verified":true,"groups":["security"]}' > "$work/idp.env" 2>&1 &
 bg_pids+=($!)
-wait_for "the approvers' OIDC issuer" 10 test -s "$work/idp.env"
+wait_secs=10 wait_for "the approvers' OIDC issuer" test -s "$work/idp.env"
 eval "$(head -1 "$work/idp.env")"
 curl -fsS --cacert "$ISSUER_CA" -H "Authorization: bearer $REQUEST_TOKEN" "$TOKEN_URL&audience=sluice" | sed 's/.*"value":"\([^"]*\)".*/\1/' > "$work/alice.token"
 
@@ -182,7 +164,7 @@ HCL
     dpid[$i]=$!
   done
   for i in $(seq "$n"); do
-    wait_for "daemon $i of $n" 30 "$BIN/sluice" status --socket "$work/n$n-vm$i/sluiced.sock"
+    wait_secs=30 wait_for "daemon $i of $n" "$BIN/sluice" status --socket "$work/n$n-vm$i/sluiced.sock"
   done
 
   # The load: every VM's loop of sessions, for DURATION seconds.
@@ -209,7 +191,7 @@ HCL
   # Every denial in the stream (DENIALS per session): how long after the
   # load ended the last one arrived.
   want=$((start_stream_statements + sessions * DENIALS))
-  wait_for "all $((sessions * DENIALS)) denials in the stream" 120 test "$(stream_count statement)" -ge "$want"
+  wait_secs=120 wait_for "all $((sessions * DENIALS)) denials in the stream" test "$(stream_count statement)" -ge "$want"
   t2=$(date +%s.%N)
   # CPU over the load window (and the drain), per daemon.
   cpu_sum=0; rss_list=(); hwm_list=()
@@ -221,7 +203,7 @@ HCL
   done
   # Uploads: every session's recording, each logged with its delay.
   uploaded() { [ "$(cat "$work"/n"$n"-vm*/sluiced.log | grep -c '"@message":"recording uploaded"')" -ge "$sessions" ]; }
-  wait_for "all $sessions recordings uploaded" 120 uploaded
+  wait_secs=120 wait_for "all $sessions recordings uploaded" uploaded
 
   events=$(( $(stream_count statement) - start_stream_statements ))
   all_events=$(vm_count "n$n-vm")
@@ -234,7 +216,7 @@ HCL
     held=$!
     hid() { "$BIN/sluice" approvals list --nats "$NATS_URL" --json 2>/dev/null | awk -F'"' -v vm="$1" '/"vm":/ { cur = $4 } /"id":/ { id = $4 } /"state": "pending"/ && cur == vm { print id; exit }'; }
     has_hid() { [ -n "$(hid "$1")" ]; }
-    wait_for "the hold of $v" 30 has_hid "$v"
+    wait_secs=30 wait_for "the hold of $v" has_hid "$v"
     id=$(hid "$v")
     a=$(date +%s%N)
     "$BIN/sluice" approve "$id" --nats "$NATS_URL" --token-file "$work/alice.token" >/dev/null &

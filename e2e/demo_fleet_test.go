@@ -1,13 +1,8 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
-	"os"
-	"os/exec"
 	"regexp"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -23,35 +18,11 @@ import (
 // scripts/build-s3.sh); it removes everything it made.
 func TestDemoFleet(t *testing.T) {
 	testenv.RequireRoot(t)
-	bin := testenv.Binaries(t)
 	_, err := testenv.NATSBin()
 	testenv.Need(t, err == nil, fmt.Sprint(err))
 	_, err = testenv.S3Bin()
 	testenv.Need(t, err == nil, fmt.Sprint(err))
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", "scripts/demo-fleet.sh")
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "BIN="+bin)
-	out, err := cmd.CombinedOutput()
-	text := string(out)
-	if err != nil {
-		t.Fatalf("scripts/demo-fleet.sh: %v\n%s", err, text)
-	}
-	if strings.Contains(text, "\x1b[") {
-		t.Errorf("the demo wrote terminal escapes to a pipe")
-	}
-	steps := map[int]string{}
-	title := regexp.MustCompile(`(?m)^== (\d+)\. `)
-	idx := title.FindAllStringSubmatchIndex(text, -1)
-	for i, m := range idx {
-		n, _ := strconv.Atoi(text[m[2]:m[3]])
-		end := len(text)
-		if i+1 < len(idx) {
-			end = idx[i+1][0]
-		}
-		steps[n] = text[m[0]:end]
-	}
+	text, steps := runDemo(t, "scripts/demo-fleet.sh", 4*time.Minute)
 	want := map[int][]string{
 		// Published once, both VMs run that version, pulled from NATS.
 		1: {`published version (\d+) `, `(?s)a/sluiced\.sock.*\npulled:\s+version \d+ \(published [^)]+\) from nats://127\.0\.0\.1:\d+/rulesets/ci, applied`,

@@ -24,33 +24,7 @@ import (
 // removes everything it made.
 func TestDemo(t *testing.T) {
 	testenv.RequireRoot(t)
-	bin := testenv.Binaries(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", "scripts/demo.sh")
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "BIN="+bin)
-	out, err := cmd.CombinedOutput()
-	text := string(out)
-	if err != nil {
-		t.Fatalf("scripts/demo.sh: %v\n%s", err, text)
-	}
-	if strings.Contains(text, "\x1b[") {
-		t.Errorf("the demo wrote terminal escapes to a pipe")
-	}
-
-	// Split the output at the numbered step titles.
-	steps := map[int]string{}
-	title := regexp.MustCompile(`(?m)^== (\d+)\. `)
-	idx := title.FindAllStringSubmatchIndex(text, -1)
-	for i, m := range idx {
-		n, _ := strconv.Atoi(text[m[2]:m[3]])
-		end := len(text)
-		if i+1 < len(idx) {
-			end = idx[i+1][0]
-		}
-		steps[n] = text[m[0]:end]
-	}
+	text, steps := runDemo(t, "scripts/demo.sh", 5*time.Minute)
 	if len(steps) != 16 {
 		t.Fatalf("the demo showed %d numbered steps, want 16 (the README's claims)\n%s", len(steps), text)
 	}
@@ -152,4 +126,38 @@ func TestDemo(t *testing.T) {
 	if m := regexp.MustCompile(`before: (\d+), after: (\d+)`).FindStringSubmatch(steps[2]); m != nil && m[1] != m[2] {
 		t.Errorf("demo step 2: the psql outside the cgroup was logged as a flow (%s -> %s)", m[1], m[2])
 	}
+}
+
+// runDemo runs a demo script from the repository root with the binaries
+// under test, fails the test if it fails or writes terminal escapes to a
+// pipe, and returns its output whole and split at its numbered step titles
+// ("== N. "), by step number.
+func runDemo(t *testing.T, script string, timeout time.Duration) (string, map[int]string) {
+	t.Helper()
+	bin := testenv.Binaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", script)
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "BIN="+bin)
+	out, err := cmd.CombinedOutput()
+	text := string(out)
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, text)
+	}
+	if strings.Contains(text, "\x1b[") {
+		t.Errorf("%s wrote terminal escapes to a pipe", script)
+	}
+	steps := map[int]string{}
+	title := regexp.MustCompile(`(?m)^== (\d+)\. `)
+	idx := title.FindAllStringSubmatchIndex(text, -1)
+	for i, m := range idx {
+		n, _ := strconv.Atoi(text[m[2]:m[3]])
+		end := len(text)
+		if i+1 < len(idx) {
+			end = idx[i+1][0]
+		}
+		steps[n] = text[m[0]:end]
+	}
+	return text, steps
 }

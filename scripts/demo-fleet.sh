@@ -20,31 +20,10 @@ BIN=${BIN:-bin}
 nats_bin=$(bash scripts/build-nats.sh --cached) || { echo "demo-fleet: nats-server is not built: run scripts/build-nats.sh (make deps does)" >&2; exit 1; }
 s3_bin=$(bash scripts/build-s3.sh --cached) || { echo "demo-fleet: versitygw is not built: run scripts/build-s3.sh (make deps does)" >&2; exit 1; }
 
-if [ -t 1 ]; then B=$'\033[1m' N=$'\033[0m'; else B="" N=""; fi
-step() { printf '\n%s== %s%s\n' "$B" "$*" "$N"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
-# wait_for DESC CMD...: run CMD until it succeeds, for at most 20 s; the
-# demo fails, naming DESC, if it never does.
-wait_for() {
-  local desc=$1; shift
-  for _ in $(seq 400); do
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "demo-fleet: gave up waiting for $desc" >&2
-  exit 1
-}
-free_port() {
-  local p low
-  read -r low _ < /proc/sys/net/ipv4/ip_local_port_range
-  [ "$low" -gt 21000 ] || low=32768
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % (low - 20000)))
-    case " $* " in *" $p "*) continue ;; esac
-    ss -Htan "sport = :$p" | grep -q . || { echo "$p"; return; }
-  done
-  echo "demo-fleet: no free port" >&2; exit 1
-}
+me=demo-fleet
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+wait_secs=20
 
 work=$(mktemp -d /tmp/sluice-demo-fleet.XXXXXX)
 chmod 755 "$work"
@@ -83,8 +62,7 @@ sock() { echo "$work/$1/sluiced.sock"; }
 
 step "Setup: a private PostgreSQL on 127.0.0.2:$pg_port, the database the jobs of both VMs use"
 chown postgres "$work"
-su postgres -s /bin/sh -c "$pgbin/initdb -D $work/pg -U postgres -A trust --no-sync >/dev/null"
-su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -l $work/pg.log -w -o '-p $pg_port -k $work -c listen_addresses=127.0.0.2' start >/dev/null"
+start_postgres "$work" "$pg_port" 127.0.0.2
 psql -X -h "$work" -p "$pg_port" -U postgres -qc "create table users(id int, email text); insert into users values (1, 'ada@example.com'), (2, 'alan@example.com');"
 echo "running; table users created"
 

@@ -53,22 +53,9 @@ for a in "$ctr_db" "$ctr_proxy"; do
   fi
 done
 
-# Step titles are bold on a terminal and plain text otherwise (a log, a
-# pipe, CI). Numbered steps are the README's numbered claims, in order.
-if [ -t 1 ]; then B=$'\033[1m' N=$'\033[0m'; else B="" N=""; fi
-step() { printf '\n%s== %s%s\n' "$B" "$*" "$N"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
-# wait_for DESC CMD...: run CMD until it succeeds, for at most 10 s; the
-# demo fails, naming DESC, if it never does.
-wait_for() {
-  local desc=$1; shift
-  for _ in $(seq 200); do
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "demo: gave up waiting for $desc" >&2
-  exit 1
-}
+me=demo
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 # log_line MESSAGE [PATTERN]: the last line of sluiced's log with that
 # message (and PATTERN), once it is there.
 log_line() {
@@ -77,22 +64,6 @@ log_line() {
 }
 in_job() { "$BIN/sluice" run --cgroup "$cgroup" -- "$@"; }
 run_job() { printf '$ sluice run --cgroup %s -- %s\n' "$cgroup" "$*"; in_job "$@"; }
-
-free_port() {
-  # A TCP port no socket uses (listening or connected), below the kernel's
-  # ephemeral range so an outgoing connection cannot take it before the
-  # listener binds, and not one of the ports given as arguments (chosen
-  # already, not bound yet).
-  local p low
-  read -r low _ < /proc/sys/net/ipv4/ip_local_port_range
-  [ "$low" -gt 21000 ] || low=32768
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % (low - 20000)))
-    case " $* " in *" $p "*) continue ;; esac
-    ss -Htan "sport = :$p" | grep -q . || { echo "$p"; return; }
-  done
-  echo "demo: no free port" >&2; exit 1
-}
 
 work=$(mktemp -d /tmp/sluice-demo.XXXXXX)
 chmod 755 "$work"
