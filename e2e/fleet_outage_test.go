@@ -185,9 +185,7 @@ events {
 	}
 
 	// The recording and its sidecar, verified; no checkpoint left.
-	v := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), "verify", sess.ID, "--store", "s3://fleet/runners", "--store-endpoint", s3srv.Endpoint, "--store-insecure")
-	v.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s3srv.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3srv.SecretKey)
-	if vo, err := v.CombinedOutput(); err != nil || !strings.Contains(string(vo), sess.ID+": ok, sealed") {
+	if vo, err := storeCLI(t, s3srv)("verify", sess.ID, "--store", "s3://fleet/runners", "--store-endpoint", s3srv.Endpoint, "--store-insecure"); err != nil || !strings.Contains(vo, sess.ID+": ok, sealed") {
 		t.Errorf("verify --store: %v\n%s", err, vo)
 	}
 	sc, err := b.Stat(context.Background(), sess.ID)

@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -30,13 +29,7 @@ func TestStoreFleetKey(t *testing.T) {
 	s3srv.MakeBucket(t, "fleet", true)
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Host: "127.0.0.2"})
 	dir := t.TempDir()
-	cli := func(args ...string) (string, error) {
-		t.Helper()
-		cmd := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), args...)
-		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s3srv.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3srv.SecretKey)
-		b, err := cmd.CombinedOutput()
-		return string(b), err
-	}
+	cli := storeCLI(t, s3srv)
 	if out, err := cli("rules", "keygen", "--out", filepath.Join(dir, "fleet")); err != nil {
 		t.Fatalf("keygen: %v\n%s", err, out)
 	}
@@ -163,12 +156,7 @@ func TestStoreCheckpoints(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: pgRules(pg.Addr()),
 		Body: "store {\n  url = \"s3://fleet/runners\"\n  endpoint = \"" + s3srv.Endpoint + "\"\n  insecure = true\n  retention = \"1d\"\n  checkpoint = \"1s\"\n}\n",
 		Env:  []string{"AWS_ACCESS_KEY_ID=" + s3srv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3srv.SecretKey}})
-	cli := func(args ...string) (string, error) {
-		cmd := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), append(args, "--store", "s3://fleet/runners", "--store-endpoint", s3srv.Endpoint, "--store-insecure")...)
-		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s3srv.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3srv.SecretKey)
-		b, err := cmd.CombinedOutput()
-		return string(b), err
-	}
+	cli := storeCLI(t, s3srv, "--store", "s3://fleet/runners", "--store-endpoint", s3srv.Endpoint, "--store-insecure")
 	b, err := s3.Open(s3.Config{URL: "s3://fleet/runners", Endpoint: s3srv.Endpoint, Insecure: true, AccessKey: s3srv.AccessKey, SecretKey: s3srv.SecretKey})
 	if err != nil {
 		t.Fatal(err)

@@ -85,13 +85,7 @@ func TestStoreOutlivesTheVM(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cli := func(args ...string) (string, error) {
-		t.Helper()
-		cmd := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), args...)
-		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s3.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3.SecretKey)
-		b, err := cmd.CombinedOutput()
-		return string(b), err
-	}
+	cli := storeCLI(t, s3)
 	at := []string{"--store", "s3://fleet/runners", "--store-endpoint", s3.Endpoint, "--store-insecure"}
 	with := func(args ...string) []string { return append(args, at...) }
 
@@ -193,9 +187,7 @@ func TestStoreUploadsOnStop(t *testing.T) {
 	if stopping < 0 || uploaded < stopping {
 		t.Errorf("the upload (log line %d) was not done by the stopping daemon (line %d)", uploaded, stopping)
 	}
-	cmd := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), "verify", sess.ID, "--store", "s3://fleet", "--store-endpoint", s3.Endpoint, "--store-insecure")
-	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s3.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3.SecretKey)
-	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), sess.ID+": ok, sealed") {
+	if out, err := storeCLI(t, s3)("verify", sess.ID, "--store", "s3://fleet", "--store-endpoint", s3.Endpoint, "--store-insecure"); err != nil || !strings.Contains(out, sess.ID+": ok, sealed") {
 		t.Errorf("verify --store after the stop: %v\n%s", err, out)
 	}
 }
@@ -250,9 +242,21 @@ func TestStoreQueueSurvivesRestart(t *testing.T) {
 		t.Errorf("sluice status after the restart: %v\n%s", err, out)
 	}
 	testenv.WaitFor(t, 5*time.Second, "the queue file removed", func() bool { _, err := os.Stat(queued); return os.IsNotExist(err) })
-	cmd := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), "verify", sess.ID, "--store", "s3://fleet", "--store-endpoint", s3.Endpoint, "--store-insecure")
-	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s3.AccessKey, "AWS_SECRET_ACCESS_KEY="+s3.SecretKey)
-	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), sess.ID+": ok, sealed") {
+	if out, err := storeCLI(t, s3)("verify", sess.ID, "--store", "s3://fleet", "--store-endpoint", s3.Endpoint, "--store-insecure"); err != nil || !strings.Contains(out, sess.ID+": ok, sealed") {
 		t.Errorf("verify --store after the restart: %v\n%s", err, out)
+	}
+}
+
+// storeCLI returns a runner of the sluice binary under test with the S3
+// server's credentials in its environment (AWS_ACCESS_KEY_ID and
+// AWS_SECRET_ACCESS_KEY), as a responder's laptop has them, appending
+// tail to every command's arguments.
+func storeCLI(t *testing.T, srv *testenv.S3, tail ...string) func(args ...string) (string, error) {
+	return func(args ...string) (string, error) {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(testenv.Binaries(t), "sluice"), append(args, tail...)...)
+		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+srv.AccessKey, "AWS_SECRET_ACCESS_KEY="+srv.SecretKey)
+		b, err := cmd.CombinedOutput()
+		return string(b), err
 	}
 }
