@@ -167,13 +167,28 @@ func (p *Proxy) Limit() int {
 
 // Serve accepts on ln until ctx ends or ln is closed; ln is closed then.
 // Flows it accepted keep running (see FlowContext); Wait waits for them.
+//
+// When ctx ends, the connections the kernel has already completed into
+// ln's accept queue are taken and served before ln is closed: closing a
+// listener resets what waits in its queue, and those clients had been
+// redirected and answered by the kernel (a daemon being replaced must
+// leave each connect served or refused, never reset).
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	stop := context.AfterFunc(ctx, func() {
+		if d, ok := ln.(interface{ SetDeadline(time.Time) error }); !ok || d.SetDeadline(time.Unix(1, 0)) != nil {
+			ln.Close()
+		}
+	})
 	defer stop()
+	defer ln.Close()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+			if ctx.Err() != nil {
+				p.drainQueue(ctx, ln)
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			var ne net.Error
@@ -184,22 +199,70 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		fctx := ctx
-		if p.FlowContext != nil {
-			fctx = p.FlowContext
+		p.accepted(ctx, c)
+	}
+}
+
+// accepted hands c to its flow's goroutine, or refuses it past the cap.
+func (p *Proxy) accepted(ctx context.Context, c net.Conn) {
+	fctx := ctx
+	if p.FlowContext != nil {
+		fctx = p.FlowContext
+	}
+	limit := int64(p.Limit())
+	if p.open.Add(1) > limit {
+		p.open.Add(-1)
+		p.refuseBusy(c, int(limit))
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer p.open.Add(-1)
+		p.serveConn(fctx, c)
+	}()
+}
+
+// drainQueue takes every connection waiting in a TCP listener's accept
+// queue without waiting for more (accept4 until EAGAIN) and serves each.
+// The window in which a connect can still complete into the queue and be
+// reset by the close that follows is the few microseconds between the
+// last empty accept and that close.
+func (p *Proxy) drainQueue(ctx context.Context, ln net.Listener) {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		return
+	}
+	tl.SetDeadline(time.Time{})
+	rc, err := tl.SyscallConn()
+	if err != nil {
+		return
+	}
+	var fds []int
+	rc.Read(func(fd uintptr) bool {
+		for {
+			nfd, _, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			if err == unix.EINTR || err == unix.ECONNABORTED {
+				continue
+			}
+			if err != nil {
+				return true // EAGAIN: the queue is empty
+			}
+			fds = append(fds, nfd)
 		}
-		limit := int64(p.Limit())
-		if p.open.Add(1) > limit {
-			p.open.Add(-1)
-			p.refuseBusy(c, int(limit))
+	})
+	for _, fd := range fds {
+		f := os.NewFile(uintptr(fd), "drained")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			p.Log.Warn("cannot serve a connection taken from the accept queue at stop", "error", err)
 			continue
 		}
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			defer p.open.Add(-1)
-			p.serveConn(fctx, c)
-		}()
+		p.accepted(ctx, c)
+	}
+	if len(fds) > 0 {
+		p.Log.Info("served connections waiting in the accept queue at stop", "count", len(fds))
 	}
 }
 
