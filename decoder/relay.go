@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicehq/sluice/decoder/internal/evloop"
 	"github.com/sluicehq/sluice/decoder/internal/rawio"
 )
 
@@ -30,7 +31,17 @@ type closeWriter interface{ CloseWrite() error }
 // have ended or ctx is cancelled, then closes both connections. An EOF from
 // one side becomes a half-close (shutdown SHUT_WR) on the other. The error
 // is the first failure other than a normal end of stream.
+//
+// Sockets are relayed on the event loops of decoder/internal/evloop (no
+// goroutine per direction); anything else (a tapped or TLS connection)
+// with a goroutine per direction, as is every relay when the environment
+// sets SLUICE_RELAY_CORE=goroutine (for comparing the two).
 func Relay(ctx context.Context, client, server net.Conn) (Counts, error) {
+	if useLoop {
+		if c, err, ok := evloop.Relay(ctx, client, server); ok {
+			return Counts(c), err
+		}
+	}
 	var c Counts
 	client, server = rawio.Wrap(client), rawio.Wrap(server)
 	stop := context.AfterFunc(ctx, func() {
@@ -57,6 +68,9 @@ func Relay(ctx context.Context, client, server net.Conn) (Counts, error) {
 	}
 	return c, errors.Join(err, err2)
 }
+
+// useLoop: relay sockets on the event loops.
+var useLoop = os.Getenv("SLUICE_RELAY_CORE") != "goroutine"
 
 // bufs holds the relay's copy buffers. 16 KiB keeps a thousand idle
 // sessions near 32 MiB while a bulk transfer still moves a socket
