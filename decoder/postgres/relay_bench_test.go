@@ -106,3 +106,59 @@ func (w *leakCheck) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// BenchmarkRelayPgbench runs the relay over what pgbench -S sends and gets
+// per transaction in each of its protocols, unrecorded, under the default
+// ruleset: the decoder's own cost per transaction, without the sockets.
+func BenchmarkRelayPgbench(b *testing.B) {
+	const text = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+	var desc []byte
+	desc = binary.BigEndian.AppendUint16(desc, 1)
+	desc = append(desc, "abalance\x00"...)
+	desc = binary.BigEndian.AppendUint32(desc, 16400) // table
+	desc = binary.BigEndian.AppendUint16(desc, 3)     // attnum
+	desc = binary.BigEndian.AppendUint32(desc, 23)    // int4
+	desc = binary.BigEndian.AppendUint16(desc, 4)
+	desc = binary.BigEndian.AppendUint32(desc, 0xffffffff)
+	desc = binary.BigEndian.AppendUint16(desc, 0)
+	row := string(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint16(nil, 1), 1)) + "0"
+	parse := func(name string) []byte {
+		return msg('P', name+"\x00"+text+"\x00\x00\x01\x00\x00\x00\x17")
+	}
+	bind := func(stmt string) []byte {
+		return msg('B', "\x00"+stmt+"\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00\x0512345\x00\x00")
+	}
+	cat := func(m ...[]byte) []byte { return bytes.Join(m, nil) }
+	end := cat(msg('D', row), msg('C', "SELECT 1\x00"), msg('Z', "I"))
+	for _, bc := range []struct {
+		name                             string
+		once, client, onceServer, server []byte
+	}{
+		{name: "simple",
+			client: msg('Q', "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;\x00"),
+			server: cat(msg('T', string(desc)), end)},
+		{name: "extended",
+			client: cat(parse(""), bind(""), msg('D', "P\x00"), msg('E', "\x00\x00\x00\x00\x00"), msg('S', "")),
+			server: cat(msg('1', ""), msg('2', ""), msg('T', string(desc)), end)},
+		{name: "prepared",
+			once: cat(parse("P0_1"), msg('S', "")), onceServer: cat(msg('1', ""), msg('Z', "I")),
+			client: cat(bind("P0_1"), msg('E', "\x00\x00\x00\x00\x00"), msg('S', "")),
+			// The proxy asks for each portal's description (the default
+			// ruleset's detectors mask by column): one more message.
+			server: cat(msg('2', ""), msg('T', string(desc)), end)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			client := io.MultiReader(bytes.NewReader(bc.once), &repeat{b: bc.client, n: b.N})
+			server := io.MultiReader(bytes.NewReader(bc.onceServer), &repeat{b: bc.server, n: b.N})
+			r := testRelay(ruleset.Default(), client, server, io.Discard, io.Discard, DefaultMaxMessage)
+			b.ReportAllocs()
+			b.ResetTimer()
+			if err := r.clientLoop(); err != io.EOF {
+				b.Fatal(err)
+			}
+			if err := r.serverLoop(); err != io.EOF {
+				b.Fatal(err)
+			}
+		})
+	}
+}
