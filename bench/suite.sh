@@ -38,10 +38,13 @@
 #   MY_PS=disable ...      # sysbench sends every query as text, no prepared statements
 #   PERF=/tmp/prof ...     # also record a perf profile of the proxy in each
 #                          # proxied run: /tmp/prof/<workload>-<mode>-<round>.data
-#   FLOOR=1 ...            # add two relays that look at nothing (bench/relayfloor), the
+#   FLOOR=1 ...            # add four relays that look at nothing (bench/relayfloor), the
 #                          # floor of a Go proxy here: floor-go (a goroutine per
-#                          # direction, Sluice's design) and floor-epoll (one
-#                          # thread's epoll loop, PgBouncer's design)
+#                          # direction, Sluice's design), floor-epoll (one
+#                          # thread's epoll loop, PgBouncer's design), floor-epoll2
+#                          # (that loop on every core, SO_REUSEPORT listeners) and
+#                          # floor-uring (one thread's io_uring loop: multishot
+#                          # receives into provided buffers, one enter per batch)
 #   PPROF=1 ...            # serve sluiced's pprof on 127.0.0.1:6060
 #   PERF_STAT=1 ...        # print the proxy's context switches, CPU migrations
 #                          # and system calls per transaction after each proxied run
@@ -69,13 +72,15 @@ name="bench$$"; cgroup="sluice-bench-$$"
 mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 pg_port=$(free_port); proxy_port=$(free_port "$pg_port"); bouncer_port=$(free_port "$pg_port" "$proxy_port")
-sluiced_pid=""; bouncer_pid=""; floor_go_pid=""; floor_epoll_pid=""
+sluiced_pid=""; bouncer_pid=""; floor_go_pid=""; floor_epoll_pid=""; floor_epoll2_pid=""; floor_uring_pid=""
 cleanup() {
   set +e
   [ -n "$sluiced_pid" ] && kill "$sluiced_pid" && wait "$sluiced_pid" 2>/dev/null
   [ -n "$bouncer_pid" ] && kill "$bouncer_pid" 2>/dev/null
   [ -n "$floor_go_pid" ] && kill "$floor_go_pid" 2>/dev/null
   [ -n "$floor_epoll_pid" ] && kill "$floor_epoll_pid" 2>/dev/null
+  [ -n "$floor_epoll2_pid" ] && kill "$floor_epoll2_pid" 2>/dev/null
+  [ -n "$floor_uring_pid" ] && kill "$floor_uring_pid" 2>/dev/null
   "$BIN/sluice" uninstall --name "$name" >/dev/null
   su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1
   my_stop
@@ -136,6 +141,10 @@ if [ -n "${FLOOR:-}" ]; then
   floor_go_pid=$!
   GODEBUG=schedtrace=2147483647 "$BIN/relayfloor" -mode epoll -listen "127.0.0.6:$floor_port" -upstream "127.0.0.2:$pg_port" 2>/dev/null &
   floor_epoll_pid=$!
+  GODEBUG=schedtrace=2147483647 "$BIN/relayfloor" -mode epoll2 -listen "127.0.0.10:$floor_port" -upstream "127.0.0.2:$pg_port" 2>/dev/null &
+  floor_epoll2_pid=$!
+  GODEBUG=schedtrace=2147483647 "$BIN/relayfloor" -mode uring -listen "127.0.0.11:$floor_port" -upstream "127.0.0.2:$pg_port" 2>/dev/null &
+  floor_uring_pid=$!
 fi
 
 # sluiced, with the default ruleset's policies over two targets.
@@ -213,6 +222,8 @@ run() {
     pgbouncer) host=127.0.0.4; port=$bouncer_port; pid=$bouncer_pid ;;
     floor-go) host=127.0.0.5; port=$floor_port; pid=$floor_go_pid ;;
     floor-epoll) host=127.0.0.6; port=$floor_port; pid=$floor_epoll_pid ;;
+    floor-epoll2) host=127.0.0.10; port=$floor_port; pid=$floor_epoll2_pid ;;
+    floor-uring) host=127.0.0.11; port=$floor_port; pid=$floor_uring_pid ;;
     opaque) host=127.0.0.3; wrap=("$BIN/sluice" run --cgroup "$cgroup" --); pid=$sluiced_pid ;;
     commands|masks|full) wrap=("$BIN/sluice" run --cgroup "$cgroup" --); pid=$sluiced_pid ;;
   esac
@@ -249,8 +260,8 @@ table() { # key title unit modes [scale]
   read -r dm _ _ <<<"$(stats "${R["$key direct"]}")"
   echo
   echo "$title"
-  printf '| %-11s | %-24s | %-8s | %-14s |\n' mode "$unit median (min-max)" "/direct" "proxy CPU/tx"
-  printf '|%s|%s|%s|%s|\n' ------------- -------------------------- ---------- ----------------
+  printf '| %-12s | %-24s | %-8s | %-14s |\n' mode "$unit median (min-max)" "/direct" "proxy CPU/tx"
+  printf '|%s|%s|%s|%s|\n' -------------- -------------------------- ---------- ----------------
   for m in $modes; do
     [ -n "${R["$key $m"]:-}" ] || continue
     read -r md mmin mmax <<<"$(stats "${R["$key $m"]}")"
@@ -260,13 +271,13 @@ table() { # key title unit modes [scale]
         awk -v hz="$hz" '{ t += $1; n += $2 } END { if (n > 0) printf "%.1f us", t / hz * 1e6 / n; else print "-" }')
     fi
     [ "$m" = direct ] && cpu="-"
-    printf '| %-11s | %-24s | %-8s | %-14s |\n' "$m" "$(awk -v s="$scale" -v a="$md" -v b="$mmin" -v c="$mmax" 'BEGIN { printf "%.0f (%.0f-%.0f)", a*s, b*s, c*s }')" \
+    printf '| %-12s | %-24s | %-8s | %-14s |\n' "$m" "$(awk -v s="$scale" -v a="$md" -v b="$mmin" -v c="$mmax" 'BEGIN { printf "%.0f (%.0f-%.0f)", a*s, b*s, c*s }')" \
       "$(awk -v a="$md" -v b="$dm" 'BEGIN { printf "%.2f", a / b }')" "$cpu"
   done
 }
 
 ALL="direct pgbouncer opaque commands masks full"
-[ -n "${FLOOR:-}" ] && ALL="direct pgbouncer floor-epoll floor-go opaque commands masks full"
+[ -n "${FLOOR:-}" ] && ALL="direct pgbouncer floor-epoll floor-epoll2 floor-uring floor-go opaque commands masks full"
 start=$(date +%s)
 for mode in simple extended prepared; do
   for c in 1 8; do
