@@ -272,16 +272,19 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		idx.Bytes = res.BytesFromClient + res.BytesToClient
 		// No client waits on the final entry: it may share the commit
 		// of the next session's start (store.PutDeferred), so the flow
-		// does not wait for it either. It is durable before the upload
-		// is queued, and Close (waitEnds) waits for it.
+		// does not wait for it either; Close (waitEnds) does. The upload
+		// is queued (its queue file written) before the entry records
+		// the seal: a crash between the two leaves a queued upload of a
+		// sealed recording, never an index that says sealed with no
+		// upload left to make.
 		r.ending.Add(1)
 		go func() {
 			defer r.ending.Done()
-			if err := r.index.PutDeferred(idx); err != nil {
-				log.Error("updating the recording index failed", "session", id, "error", err)
-			}
 			if r.upload != nil && idx.Status == store.StatusSealed {
 				r.upload(idx)
+			}
+			if err := r.index.PutDeferred(idx); err != nil {
+				log.Error("updating the recording index failed", "session", id, "error", err)
 			}
 		}()
 	}

@@ -32,10 +32,11 @@ type closeWriter interface{ CloseWrite() error }
 // one side becomes a half-close (shutdown SHUT_WR) on the other. The error
 // is the first failure other than a normal end of stream.
 //
-// Sockets are relayed on the event loops of decoder/internal/evloop (no
-// goroutine per direction); anything else (a tapped or TLS connection)
-// with a goroutine per direction, as is every relay when the environment
-// sets SLUICE_RELAY_CORE=goroutine (for comparing the two).
+// Sockets are relayed on decoder/internal/evloop's core (one thread's
+// io_uring ring, or epoll sets where io_uring is missing; no goroutine per
+// direction); anything else (a tapped or TLS connection) with a goroutine
+// per direction, as is every relay when the environment sets
+// SLUICE_RELAY_CORE=goroutine (for comparing them).
 func Relay(ctx context.Context, client, server net.Conn) (Counts, error) {
 	if useLoop {
 		if c, err, ok := evloop.Relay(ctx, client, server); ok {

@@ -28,8 +28,9 @@ func connloop(t *testing.T) string { return helperBinary(t, "connloop") }
 // prints its end's port, and each port must match a flow either daemon
 // logged with that client port (a direct connection has no flow). Without
 // a socket held across the restart, a connect in the gap may only be
-// refused. With the listening sockets held by the service manager (here
-// the test, as a systemd socket unit would), nothing may fail at all.
+// refused, or rarely reset. With the listening sockets held by the service
+// manager (here the test, as a systemd socket unit would), nothing may
+// fail at all.
 func TestUpgradeNoDirectConnection(t *testing.T) {
 	for _, held := range []bool{false, true} {
 		name := "restart"
@@ -82,7 +83,7 @@ func testUpgrade(t *testing.T, held bool) {
 	}
 
 	var okPorts []string
-	refused, other := 0, []string{}
+	refused, reset, other := 0, 0, []string{}
 	sc := bufio.NewScanner(&out)
 	for sc.Scan() {
 		line := sc.Text()
@@ -91,19 +92,29 @@ func testUpgrade(t *testing.T, held bool) {
 			okPorts = append(okPorts, strings.TrimPrefix(line, "ok "))
 		case strings.Contains(line, "connection refused"):
 			refused++
+		case strings.Contains(line, "connection reset by peer"):
+			reset++
 		default:
 			other = append(other, line)
 		}
 	}
-	t.Logf("%d connections served, %d refused, %d other failures", len(okPorts), refused, len(other))
+	t.Logf("%d connections served, %d refused, %d reset, %d other failures", len(okPorts), refused, reset, len(other))
 	if len(okPorts) < 20 {
 		t.Fatalf("only %d connections succeeded; the loop did not run long enough to tell anything:\n%s", len(okPorts), out.String())
 	}
 	if len(other) > 0 {
-		t.Errorf("failures other than refusals (a connect during the upgrade must be served or refused):\n%s", strings.Join(other, "\n"))
+		t.Errorf("failures other than refusals and resets (a connect during the upgrade must be served, refused or reset):\n%s", strings.Join(other, "\n"))
 	}
-	if held && refused > 0 {
-		t.Errorf("%d connects refused although the listening sockets were held across the restart", refused)
+	// Without a held socket, a connect that completes into the old
+	// listener's queue as it closes is reset by the kernel (the daemon
+	// serves what is queued when it stops, so this is a narrow window):
+	// a failure, never a direct connection. With held sockets nothing
+	// may fail.
+	if held && refused+reset > 0 {
+		t.Errorf("%d connects refused and %d reset although the listening sockets were held across the restart", refused, reset)
+	}
+	if reset > 2 {
+		t.Errorf("%d connects reset during a plain restart; the queue served at stop should leave at most a rare one", reset)
 	}
 
 	// Match every served connection to a flow one of the daemons logged.

@@ -1,26 +1,32 @@
 // Package evloop is the relay core that does not spend a goroutine per
-// direction: event loops, each running its own epoll set over the sockets
-// of many sessions, read from one side and write to the other with no
-// goroutine handoff and no read retried after a short one.
+// direction. Relay hands two sockets to one of two cores:
+//
+//   - uring (uring.go), where the kernel has io_uring with multishot
+//     receive and buffer rings: one locked thread runs one ring for every
+//     relayed session, each socket receiving into its own small buffer
+//     ring, and every batch of completions ends in one io_uring_enter that
+//     submits what the batch produced and waits for the next. At pgbench
+//     -S -c 8 this relay makes about one system call per transaction.
+//   - epoll (this file) elsewhere: event loops, each running its own
+//     edge-triggered epoll set over many sessions' sockets, that read from
+//     one side and write to the other with no goroutine handoff and no read
+//     retried after a short one. A loop waits for its set through Go's own
+//     poller (the epoll descriptor is itself pollable), so it takes no
+//     thread of its own.
 //
 // Why not Go's poller: a goroutine that reads a socket must try the read
 // before it may wait (the poller forgets readiness when a wait begins), so
 // every message costs a read that finds nothing (EAGAIN) and a park and a
-// wake of the goroutine. A level-triggered epoll set knows which sockets
-// have data: a loop reads each once, writes it on, and moves to the next.
-// bench/relayfloor measures both designs with nothing else running; this
-// package is that floor's loop made fit for the daemon (half-closes,
-// backpressure, cancellation, a bounded buffer per blocked direction).
-//
-// A loop is a goroutine that waits for its epoll set through Go's own
-// poller (the epoll descriptor is itself pollable), so it takes no thread
-// of its own from the runtime and no blocking system call stalls a P. When
-// woken it takes every ready event, and every event that became ready
-// meanwhile, before it waits again.
+// wake of the goroutine. bench/relayfloor measures these designs with
+// nothing else running (FLOOR=1 bench/suite.sh); this package is those
+// floors made fit for the daemon: half-closes, backpressure, cancellation,
+// a bounded buffer per blocked direction, and the Go runtime's
+// stop-the-world honoured by a thread that sleeps in the kernel.
 //
 // No maintained Go library fits here: gnet and evio own the listener and
 // the connection's whole life, while a Sluice flow is accepted, matched,
-// dialled and decided by the daemon first and only then relayed.
+// dialled and decided by the daemon first and only then relayed; and no
+// io_uring binding is served by this project's module proxy.
 package evloop
 
 import (
@@ -53,9 +59,17 @@ type Counts struct {
 // The error is the first failure other than a normal end of stream (EOF,
 // a reset, a broken pipe), or ctx's error.
 func Relay(ctx context.Context, client, server net.Conn) (c Counts, err error, ok bool) {
-	l := pick()
-	if l == nil {
-		return c, nil, false
+	return relayOn(ctx, Core(), client, server)
+}
+
+// relayOn is Relay on the given core.
+func relayOn(ctx context.Context, core string, client, server net.Conn) (c Counts, err error, ok bool) {
+	var l *loop
+	useUring := core == CoreUring
+	if !useUring {
+		if l = pick(); l == nil {
+			return c, nil, false
+		}
 	}
 	cfd, cerr := takeFD(client)
 	if cerr != nil {
@@ -69,6 +83,10 @@ func Relay(ctx context.Context, client, server net.Conn) (c Counts, err error, o
 	// The loop owns the duplicates now; the originals leave Go's poller.
 	client.Close()
 	server.Close()
+	if useUring {
+		c, err := uringRelay(ctx, cfd, sfd)
+		return c, err, true
+	}
 
 	p := &pair{fd: [2]int{cfd, sfd}, done: make(chan struct{})}
 	if err := l.post(func() { l.add(p) }); err != nil {
@@ -82,6 +100,30 @@ func Relay(ctx context.Context, client, server net.Conn) (c Counts, err error, o
 	<-p.done
 	stop()
 	return Counts{ClientToServer: p.n[0], ServerToClient: p.n[1]}, p.err, true
+}
+
+// The relay cores Relay can run on.
+const (
+	CoreEpoll = "epoll" // epoll sets waited for through Go's poller
+	CoreUring = "uring" // one thread's io_uring ring
+)
+
+var (
+	coreOnce sync.Once
+	core     string
+)
+
+// Core returns the core Relay uses: io_uring where it works here (the
+// kernel has it enabled, with multishot receive and buffer rings: Linux
+// 6.0 or later), else epoll; SLUICE_RELAY_CORE=epoll chooses epoll.
+func Core() string {
+	coreOnce.Do(func() {
+		core = CoreEpoll
+		if os.Getenv("SLUICE_RELAY_CORE") != CoreEpoll && uringAvailable() == nil {
+			core = CoreUring
+		}
+	})
+	return core
 }
 
 // takeFD returns a duplicate of c's socket descriptor (close-on-exec,
