@@ -39,15 +39,7 @@ func (r *repeat) Read(p []byte) (int, error) {
 // value detectors. allocs/op is what one statement costs the relay.
 func BenchmarkRelay(b *testing.B) {
 	query := msg('Q', "SELECT email FROM users WHERE id = 1\x00")
-	var desc []byte
-	desc = binary.BigEndian.AppendUint16(desc, 1)
-	desc = append(desc, "email\x00"...)
-	desc = binary.BigEndian.AppendUint32(desc, 0)  // table
-	desc = binary.BigEndian.AppendUint16(desc, 0)  // attnum
-	desc = binary.BigEndian.AppendUint32(desc, 25) // text
-	desc = binary.BigEndian.AppendUint16(desc, 0xffff)
-	desc = binary.BigEndian.AppendUint32(desc, 0xffffffff)
-	desc = binary.BigEndian.AppendUint16(desc, 0)
+	desc := oneColumn("email", 0, 0, 25, -1) // text, of no table
 	answer := msg('T', string(desc))
 	for i := range 10 {
 		v := "a plain value of some length"
@@ -112,15 +104,7 @@ func (w *leakCheck) Write(p []byte) (int, error) {
 // ruleset: the decoder's own cost per transaction, without the sockets.
 func BenchmarkRelayPgbench(b *testing.B) {
 	const text = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
-	var desc []byte
-	desc = binary.BigEndian.AppendUint16(desc, 1)
-	desc = append(desc, "abalance\x00"...)
-	desc = binary.BigEndian.AppendUint32(desc, 16400) // table
-	desc = binary.BigEndian.AppendUint16(desc, 3)     // attnum
-	desc = binary.BigEndian.AppendUint32(desc, 23)    // int4
-	desc = binary.BigEndian.AppendUint16(desc, 4)
-	desc = binary.BigEndian.AppendUint32(desc, 0xffffffff)
-	desc = binary.BigEndian.AppendUint16(desc, 0)
+	desc := oneColumn("abalance", 16400, 3, 23, 4) // int4, pgbench_accounts' third column
 	row := string(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint16(nil, 1), 1)) + "0"
 	parse := func(name string) []byte {
 		return msg('P', name+"\x00"+text+"\x00\x00\x01\x00\x00\x00\x17")
@@ -161,4 +145,17 @@ func BenchmarkRelayPgbench(b *testing.B) {
 			}
 		})
 	}
+}
+
+// oneColumn is a RowDescription body of one text-format column: its name,
+// table OID and attribute number (0 for none), type OID and size.
+func oneColumn(name string, table uint32, attnum int16, typ uint32, size int16) []byte {
+	desc := binary.BigEndian.AppendUint16(nil, 1)
+	desc = append(append(desc, name...), 0)
+	desc = binary.BigEndian.AppendUint32(desc, table)
+	desc = binary.BigEndian.AppendUint16(desc, uint16(attnum))
+	desc = binary.BigEndian.AppendUint32(desc, typ)
+	desc = binary.BigEndian.AppendUint16(desc, uint16(size))
+	desc = binary.BigEndian.AppendUint32(desc, 0xffffffff) // type modifier
+	return binary.BigEndian.AppendUint16(desc, 0)          // text
 }

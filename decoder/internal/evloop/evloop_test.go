@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-// pair returns the two ends of a real loopback TCP connection.
+// tcpPair returns the two ends of a real loopback TCP connection.
 func tcpPair(t *testing.T) (a, b net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -24,28 +24,6 @@ import (
 // core cannot start (io_uring disabled by sysctl or seccomp, as in many
 // containers).
 
-// urTCPPair returns the two ends of a real loopback TCP connection.
-func urTCPPair(t *testing.T) (a, b net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		ch <- c
-	}()
-	a, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = <-ch
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
-
 func urNeed(t *testing.T) {
 	t.Helper()
 	if err := uringAvailable(); err != nil {
@@ -63,8 +41,8 @@ type urResult struct {
 // their far ends and the relay's result.
 func urRelayed(t *testing.T, ctx context.Context) (client, server net.Conn, res chan urResult) {
 	t.Helper()
-	client, pc := urTCPPair(t)
-	ps, server := urTCPPair(t)
+	client, pc := tcpPair(t)
+	ps, server := tcpPair(t)
 	var fd [2]int
 	for i, c := range []net.Conn{pc, ps} {
 		var err error
