@@ -84,8 +84,17 @@ func relayOn(ctx context.Context, core string, client, server net.Conn) (c Count
 	client.Close()
 	server.Close()
 	if useUring {
-		c, err := uringRelay(ctx, cfd, sfd)
-		return c, err, true
+		c, err, taken := uringRelay(ctx, cfd, sfd)
+		if taken {
+			return c, err, true
+		}
+		// The ring could not take this pair (see uringRelay): the
+		// epoll core relays it instead.
+		if l = pick(); l == nil {
+			unix.Close(cfd)
+			unix.Close(sfd)
+			return c, fmt.Errorf("relay: %w; and no epoll loop: %w", err, loopsErr), true
+		}
 	}
 
 	p := &pair{fd: [2]int{cfd, sfd}, done: make(chan struct{})}

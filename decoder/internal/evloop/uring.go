@@ -114,10 +114,11 @@ type urWork struct {
 // urPair is one relayed session: side 0 the client, side 1 the server.
 // Bytes received from side i are sent on side 1-i.
 type urPair struct {
-	fd   [2]int
-	slot int32
-	gen  uint32
-	bufs [2]*urBufRing // side i receives into group 2*slot+i
+	fd      [2]int
+	refused bool // never started: the fds are still uringRelay's caller's
+	slot    int32
+	gen     uint32
+	bufs    [2]*urBufRing // side i receives into group 2*slot+i
 	// out[j] is what was received from side 1-j, still in its buffers, to
 	// send on side j; out[j][0] is in flight while sending[j].
 	out     [2][]urChunk
@@ -179,25 +180,29 @@ func urGet() (*urCore, error) {
 // uringRelay relays two owned, non-blocking socket fds (side 0 the client,
 // side 1 the server) until both directions end or ctx is done, then closes
 // both fds; same semantics and return values as the epoll path in
-// evloop.go. The fds are closed on every path, also when the core cannot
-// take them (then the error says why: the core is unavailable or stopped,
-// or urErrFull).
-func uringRelay(ctx context.Context, cfd, sfd int) (Counts, error) {
-	c, err := urGet()
-	if err == nil {
-		p := &urPair{fd: [2]int{cfd, sfd}, done: make(chan struct{})}
-		if err = c.post(urWork{p: p}); err == nil {
-			stop := context.AfterFunc(ctx, func() {
-				c.post(urWork{p: p, err: ctx.Err()})
-			})
-			<-p.done
-			stop()
-			return Counts{ClientToServer: p.n[0], ServerToClient: p.n[1]}, p.err
-		}
+// evloop.go. taken is false when the core could not take the pair (it is
+// unavailable or stopped, all urSessions are in use, or the kernel
+// refused the pair's buffer rings, as it does past RLIMIT_MEMLOCK for a
+// process without CAP_IPC_LOCK): the fds are then still the caller's,
+// untouched, and err says why.
+func uringRelay(ctx context.Context, cfd, sfd int) (c Counts, err error, taken bool) {
+	core, err := urGet()
+	if err != nil {
+		return Counts{}, err, false
 	}
-	unix.Close(cfd)
-	unix.Close(sfd)
-	return Counts{}, err
+	p := &urPair{fd: [2]int{cfd, sfd}, done: make(chan struct{})}
+	if err := core.post(urWork{p: p}); err != nil {
+		return Counts{}, err, false
+	}
+	stop := context.AfterFunc(ctx, func() {
+		core.post(urWork{p: p, err: ctx.Err()})
+	})
+	<-p.done
+	stop()
+	if p.refused {
+		return Counts{}, p.err, false
+	}
+	return Counts{ClientToServer: p.n[0], ServerToClient: p.n[1]}, p.err, true
 }
 
 // post queues w for the core and wakes it when the queue was empty.
@@ -437,10 +442,10 @@ func (c *urCore) start(p *urPair) {
 	c.recv(p, 1)
 }
 
-// refuse ends a pair that was never started.
+// refuse ends a pair that was never started; its fds go back to
+// uringRelay's caller untouched.
 func (c *urCore) refuse(p *urPair, err error) {
-	unix.Close(p.fd[0])
-	unix.Close(p.fd[1])
+	p.refused = true
 	p.err = err
 	p.end, p.slot = true, -1
 	close(p.done)

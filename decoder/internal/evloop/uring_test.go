@@ -53,7 +53,12 @@ func urRelayed(t *testing.T, ctx context.Context) (client, server net.Conn, res 
 	}
 	res = make(chan urResult, 1)
 	go func() {
-		c, err := uringRelay(ctx, fd[0], fd[1])
+		c, err, taken := uringRelay(ctx, fd[0], fd[1])
+		if !taken {
+			unix.Close(fd[0])
+			unix.Close(fd[1])
+			err = fmt.Errorf("the core did not take the pair: %w", err)
+		}
 		res <- urResult{c, err, fd}
 	}()
 	return client, server, res
