@@ -37,6 +37,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -90,6 +91,7 @@ func relayOn(ctx context.Context, core string, client, server net.Conn) (c Count
 		}
 		// The ring could not take this pair (see uringRelay): the
 		// epoll core relays it instead.
+		uringDeclined.Add(1)
 		if l = pick(); l == nil {
 			unix.Close(cfd)
 			unix.Close(sfd)
@@ -110,6 +112,10 @@ func relayOn(ctx context.Context, core string, client, server net.Conn) (c Count
 	stop()
 	return Counts{ClientToServer: p.n[0], ServerToClient: p.n[1]}, p.err, true
 }
+
+// uringDeclined counts the relays the io_uring core could not take, which
+// the epoll core relayed instead.
+var uringDeclined atomic.Int64
 
 // The relay cores Relay can run on.
 const (

@@ -428,3 +428,68 @@ func urStopTheWorld(t *testing.T) {
 	}
 	urNoStale(t)
 }
+
+// TestURMemlockFallback: past RLIMIT_MEMLOCK (each session pins two pages
+// of buffer ring in a process without CAP_IPC_LOCK) the ring refuses a
+// session, and Relay gives it to the epoll core instead: every one of
+// 100 sessions held open at once relays, and some went to epoll. It runs
+// in a child process (this test binary again) with a 512 KiB limit,
+// without CAP_IPC_LOCK: through setpriv when run as root, which only
+// drops privileges.
+func TestURMemlockFallback(t *testing.T) {
+	if os.Getenv("SLUICE_UR_MEMLOCK_CHILD") == "1" {
+		urMemlockFallback(t)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	args := []string{os.Args[0], "-test.run=^TestURMemlockFallback$", "-test.count=1", "-test.v"}
+	if os.Geteuid() == 0 {
+		sp, err := exec.LookPath("setpriv")
+		if err != nil {
+			t.Skip("setpriv (util-linux) is needed to drop CAP_IPC_LOCK")
+		}
+		args = append([]string{sp, "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock"}, args...)
+	}
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), "SLUICE_UR_MEMLOCK_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestURMemlockFallback")) {
+		t.Fatalf("child process: %v\n%s", err, out)
+	}
+	t.Logf("child process:\n%s", out)
+}
+
+func urMemlockFallback(t *testing.T) {
+	lim := unix.Rlimit{Cur: 512 << 10, Max: 512 << 10}
+	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
+		t.Fatalf("lower RLIMIT_MEMLOCK: %v", err)
+	}
+	if Core() != CoreUring {
+		t.Skipf("the io_uring core does not start under a 512 KiB RLIMIT_MEMLOCK here: %v", uringAvailable())
+	}
+	const n = 100
+	type end struct{ client, server net.Conn }
+	var ends []end
+	for i := range n {
+		client, pc := tcpPair(t)
+		ps, server := tcpPair(t)
+		ends = append(ends, end{client, server})
+		go Relay(context.Background(), pc, ps)
+		msg := []byte{byte(i)}
+		client.Write(msg)
+		got := make([]byte, 1)
+		server.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(server, got); err != nil || got[0] != msg[0] {
+			t.Fatalf("session %d of %d held open: server read %v, %v", i+1, n, got, err)
+		}
+	}
+	if uringDeclined.Load() == 0 {
+		t.Fatalf("all %d sessions fitted on the ring under a 512 KiB RLIMIT_MEMLOCK: the test proves nothing", n)
+	}
+	t.Logf("%d of %d sessions held open at once went to the epoll core", uringDeclined.Load(), n)
+	for _, e := range ends {
+		e.client.Close()
+		e.server.Close()
+	}
+}
