@@ -123,15 +123,17 @@ func urExchange(t *testing.T, client, server net.Conn, size int, slow bool) {
 	go func() {
 		defer wg.Done()
 		h := sha256.New()
-		buf := make([]byte, 1000)
+		// Slow: 1,000 bytes a read, so the core's sends find no room as
+		// the buffers fill and it holds bytes back; fast: 64 KiB.
+		buf := make([]byte, 64<<10)
+		if slow {
+			buf = buf[:1000]
+		}
 		for {
 			n, err := server.Read(buf)
 			h.Write(buf[:n])
 			if err != nil {
 				break
-			}
-			if slow && rand.IntN(64) == 0 {
-				time.Sleep(time.Millisecond) // a slow reader: the core must hold bytes back
 			}
 		}
 		copy(gotUp[:], h.Sum(nil))
