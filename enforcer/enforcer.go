@@ -11,6 +11,7 @@ package enforcer
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,6 +222,17 @@ func NewSession(ctx context.Context, m *ruleset.Match, rec *record.Writer, level
 		level = record.None
 	}
 	return &Session{match: m, log: log, rec: rec, level: level, ctx: ctx, verdicts: map[string]bool{}}
+}
+
+// RecordingRoom returns how many more events the session's recording
+// queue takes before Record blocks; math.MaxInt when the session is not
+// recorded. A decoder that must not block (one running on the relay
+// core) checks it first.
+func (s *Session) RecordingRoom() int {
+	if s.rec == nil {
+		return math.MaxInt
+	}
+	return s.rec.Room()
 }
 
 // Record appends e if level allows it. A failure makes the session's

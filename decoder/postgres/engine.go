@@ -83,12 +83,13 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	if p.Log == nil {
 		p.Log = hclog.NewNullLogger()
 	}
-	s := &session{p: p, client: decoder.CountConn{Conn: rawio.Wrap(p.Client)}}
+	s := &session{p: p, client: decoder.CountConn{Conn: rawio.Wrap(p.Client)}, rawClient: p.Client}
 	s.tap.Session = p.Session
 	defer s.close()
 	err := s.run(ctx)
+	n := s.counts()
 	st := Stats{decoder.SessionStats{
-		BytesFromClient: s.client.Counts().ClientToServer, BytesToClient: s.client.Counts().ServerToClient,
+		BytesFromClient: n.ClientToServer, BytesToClient: n.ServerToClient,
 		User: s.user, Database: s.database, ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS,
 		ClientUser: s.clientUser, Credential: s.credential,
 	}}
@@ -117,6 +118,28 @@ type session struct {
 	// be registering the key.
 	keyMu   sync.Mutex
 	keyDone bool // close has run: a key found later is not registered
+
+	// rawClient and rawUp are the two sockets as dialed and accepted, for
+	// the relay core (core.go); rawUp is nil when the server hop is not a
+	// plain socket. coreIn and coreOut count the client's bytes while the
+	// session ran on the core, later its connection after it left.
+	rawClient, rawUp net.Conn
+	coreIn, coreOut  int64
+	later            *decoder.CountConn
+}
+
+// counts are the client's bytes, as they crossed the network, over the
+// session's life.
+func (s *session) counts() decoder.Counts {
+	n := s.client.Counts()
+	n.ClientToServer += s.coreIn
+	n.ServerToClient += s.coreOut
+	if s.later != nil {
+		l := s.later.Counts()
+		n.ClientToServer += l.ClientToServer
+		n.ServerToClient += l.ServerToClient
+	}
+	return n
 }
 
 // setCconn and setUp change what close acts on (decoder.Conns): a
@@ -386,6 +409,7 @@ func (s *session) connectUpstream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.rawUp = up
 	up = rawio.Wrap(up)
 	s.setUp(up)
 	u := s.p.Upstream

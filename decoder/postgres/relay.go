@@ -75,6 +75,13 @@ type relay struct {
 	ownName   string
 	ownBuf    []byte
 
+	// core is the session's state on the io_uring core while it runs
+	// there (core.go); resume and pre are the message the goroutines
+	// resume with when it left, and that message's decision.
+	core   *coreSession
+	resume *resumeMsg
+	pre    *decoder.Command
+
 	// Shared: the answers the server owes, in order (the client side
 	// pushes, the server side pops), and mu guarding status.
 	ops decoder.Owed[*op]
@@ -227,6 +234,9 @@ func (r *relay) init() {
 
 func (r *relay) run() error {
 	r.init()
+	if done, err := r.onCore(); done {
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- r.serverLoop() }()
 	cerr := r.clientLoop()
@@ -251,6 +261,19 @@ func isEOF(err error) bool {
 
 // clientLoop reads the client's messages until Terminate or EOF.
 func (r *relay) clientLoop() error {
+	if m := r.resume; m != nil {
+		// The message the io_uring core stopped at (core.go).
+		r.resume = nil
+		var err error
+		if m.typ == 'Q' {
+			err = r.queryMsg(m.body)
+		} else {
+			err = r.parseMsg(m.body)
+		}
+		if err != nil {
+			return r.endClient(err)
+		}
+	}
 	for {
 		if r.cr.idle() {
 			if err := r.sw.Flush(); err != nil {
@@ -261,41 +284,48 @@ func (r *relay) clientLoop() error {
 		if err != nil {
 			return r.endClient(err)
 		}
-		switch typ {
-		case 'Q':
-			err = r.query(n)
-		case 'P':
-			err = r.parse(n)
-		case 'B':
-			err = r.bind(n)
-		case 'E':
-			err = r.execute(n)
-		case 'C':
-			err = r.closeMsg(n)
-		case 'S':
-			r.openBatch = false
-			r.batch++
-			r.push(&op{typ: 'S'})
-			err = r.cr.forward(r.sw, n)
-		case 'F':
-			err = r.functionCall(n)
-		case 'X':
-			if err := r.cr.forward(r.sw, n); err != nil {
-				return err
-			}
-			return r.sw.Flush()
-		case 'D':
-			err = r.describe(n)
-		case 'H', 'd', 'c', 'f':
-			// Flush, COPY data/done/fail: no answer of their own.
-			err = r.cr.forward(r.sw, n)
-		default:
-			err = &ProtocolError{Msg: fmt.Sprintf("unknown message type %q from the client", typ)}
-		}
+		done, err := r.clientMsg(typ, n)
 		if err != nil {
 			return r.endClient(err)
 		}
+		if done {
+			return r.sw.Flush()
+		}
 	}
+}
+
+// clientMsg handles one client message, whose header was read; done is
+// true after Terminate.
+func (r *relay) clientMsg(typ byte, n int) (done bool, err error) {
+	switch typ {
+	case 'Q':
+		err = r.query(n)
+	case 'P':
+		err = r.parse(n)
+	case 'B':
+		err = r.bind(n)
+	case 'E':
+		err = r.execute(n)
+	case 'C':
+		err = r.closeMsg(n)
+	case 'S':
+		r.openBatch = false
+		r.batch++
+		r.push(&op{typ: 'S'})
+		err = r.cr.forward(r.sw, n)
+	case 'F':
+		err = r.functionCall(n)
+	case 'X':
+		return true, r.cr.forward(r.sw, n)
+	case 'D':
+		err = r.describe(n)
+	case 'H', 'd', 'c', 'f':
+		// Flush, COPY data/done/fail: no answer of their own.
+		err = r.cr.forward(r.sw, n)
+	default:
+		err = &ProtocolError{Msg: fmt.Sprintf("unknown message type %q from the client", typ)}
+	}
+	return false, err
 }
 
 // endClient ends the session for a client-side error: a protocol
@@ -308,7 +338,7 @@ func (r *relay) endClient(err error) error {
 		fatal(r.cw, codeProtocolViolation, "sluice: "+pe.Error())
 		r.cwMu.Unlock()
 		r.s.p.Log.Warn("session ended: client protocol violation", "error", pe.Msg)
-		if pe.Pending > 0 && r.s.cconn != nil {
+		if pe.Pending > 0 && r.s.cconn != nil && r.core == nil {
 			r.cr.discard(r.s.cconn, pe.Pending, 2*time.Second)
 		}
 	}
@@ -357,11 +387,19 @@ func (r *relay) query(n int) error {
 	if err != nil {
 		return err
 	}
+	return r.queryMsg(b)
+}
+
+// queryMsg is query with the message's body.
+func (r *relay) queryMsg(b []byte) error {
 	text, _, err := cstring(b)
 	if err != nil {
 		return err
 	}
-	c := r.decide(text)
+	c := r.decided(text)
+	if r.offCore(c, 'Q', b) {
+		return errOffCore
+	}
 	r.dec.AwaitHold(r.s.ctx, c, r.holdNotice)
 	it := &item{c: c, simple: true, start: time.Now()}
 	r.batch++
@@ -394,6 +432,11 @@ func (r *relay) parse(n int) error {
 	if err != nil {
 		return err
 	}
+	return r.parseMsg(b)
+}
+
+// parseMsg is parse with the message's body.
+func (r *relay) parseMsg(b []byte) error {
 	name, rest, err := cstring(b)
 	if err != nil {
 		return err
@@ -402,7 +445,10 @@ func (r *relay) parse(n int) error {
 	if err != nil {
 		return err
 	}
-	c := r.decide(text)
+	c := r.decided(text)
+	if r.offCore(c, 'P', b) {
+		return errOffCore
+	}
 	r.dec.AwaitHold(r.s.ctx, c, r.holdNotice)
 	r.openBatch = true
 	old := r.stmts[name]
@@ -678,41 +724,46 @@ func (r *relay) serverLoop() error {
 		if err != nil {
 			return r.serverErr(err)
 		}
-		switch typ {
-		case 'D':
-			err = r.dataRow(n)
-		case 'T':
-			err = r.rowDescription(n)
-		case 'n':
-			err = r.noData(n)
-		case 't':
-			err = r.pass(n) // ParameterDescription, then the row description
-		case '1', '2', '3':
-			err = r.completion(typ, n)
-		case 'C', 'I', 's':
-			err = r.commandEnd(typ, n)
-		case 'E':
-			err = r.errorResponse(n)
-		case 'Z':
-			err = r.ready(n)
-		case 'H':
-			err = r.copyOutResponse(n)
-		case 'd':
-			err = r.copyData(n)
-		case 'c':
-			err = r.copyDone(n)
-		case 'N':
-			err = r.notice(n)
-		case 'S', 'A':
-			// Parameter status and notifications: never suppressed.
-			err = r.serverErr(r.sr.forward(r.cw, n))
-		default:
-			err = r.pass(n)
-		}
-		if err != nil {
+		if err := r.serverMsg(typ, n); err != nil {
 			return err
 		}
 	}
+}
+
+// serverMsg handles one server message, whose header was read.
+func (r *relay) serverMsg(typ byte, n int) (err error) {
+	switch typ {
+	case 'D':
+		err = r.dataRow(n)
+	case 'T':
+		err = r.rowDescription(n)
+	case 'n':
+		err = r.noData(n)
+	case 't':
+		err = r.pass(n) // ParameterDescription, then the row description
+	case '1', '2', '3':
+		err = r.completion(typ, n)
+	case 'C', 'I', 's':
+		err = r.commandEnd(typ, n)
+	case 'E':
+		err = r.errorResponse(n)
+	case 'Z':
+		err = r.ready(n)
+	case 'H':
+		err = r.copyOutResponse(n)
+	case 'd':
+		err = r.copyData(n)
+	case 'c':
+		err = r.copyDone(n)
+	case 'N':
+		err = r.notice(n)
+	case 'S', 'A':
+		// Parameter status and notifications: never suppressed.
+		err = r.serverErr(r.sr.forward(r.cw, n))
+	default:
+		err = r.pass(n)
+	}
+	return err
 }
 
 // unexpected ends the session when the server's answer does not fit the

@@ -185,6 +185,14 @@ func (w *Writer) Queued() int {
 	return len(w.pending)
 }
 
+// Room returns how many more events the queue takes before Append
+// blocks (backpressure).
+func (w *Writer) Room() int {
+	w.qmu.Lock()
+	defer w.qmu.Unlock()
+	return w.opts.QueueLen - len(w.pending)
+}
+
 // Written returns how many bytes of frames the writer has written
 // (buffered or on disk), header excluded. Safe to call at any time.
 func (w *Writer) Written() int64 { return w.written.Load() }

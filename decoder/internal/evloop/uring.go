@@ -134,6 +134,10 @@ type urPair struct {
 	err     error
 	end     bool
 	done    chan struct{}
+	// dec is a decoded pair's state (decode.go); nil for a relayed one.
+	// A decoded pair's out[j] holds what side 1-j received, not yet
+	// given to the Handler.
+	dec *urDecode
 }
 
 // urChunk is bytes [off, end) of buffer bid.
@@ -186,13 +190,27 @@ func urGet() (*urCore, error) {
 // process without CAP_IPC_LOCK): the fds are then still the caller's,
 // untouched, and err says why.
 func uringRelay(ctx context.Context, cfd, sfd int) (c Counts, err error, taken bool) {
-	core, err := urGet()
-	if err != nil {
+	p, err, taken := uringRun(ctx, cfd, sfd, nil)
+	if !taken {
 		return Counts{}, err, false
 	}
-	p := &urPair{fd: [2]int{cfd, sfd}, done: make(chan struct{})}
+	return Counts{ClientToServer: p.n[0], ServerToClient: p.n[1]}, err, true
+}
+
+// uringRun runs a pair on the core, relayed (d nil) or decoded, until it
+// ends; taken as uringRelay's.
+func uringRun(ctx context.Context, cfd, sfd int, d *urDecode) (p *urPair, err error, taken bool) {
+	core, err := urGet()
+	if err != nil {
+		return nil, err, false
+	}
+	p = &urPair{fd: [2]int{cfd, sfd}, done: make(chan struct{}), dec: d}
+	if d != nil {
+		d.out.c, d.out.p = core, p
+		d.out.w = [2]outWriter{{o: &d.out, side: 0}, {o: &d.out, side: 1}}
+	}
 	if err := core.post(urWork{p: p}); err != nil {
-		return Counts{}, err, false
+		return nil, err, false
 	}
 	stop := context.AfterFunc(ctx, func() {
 		core.post(urWork{p: p, err: ctx.Err()})
@@ -200,9 +218,9 @@ func uringRelay(ctx context.Context, cfd, sfd int) (c Counts, err error, taken b
 	<-p.done
 	stop()
 	if p.refused {
-		return Counts{}, p.err, false
+		return p, p.err, false
 	}
-	return Counts{ClientToServer: p.n[0], ServerToClient: p.n[1]}, p.err, true
+	return p, p.err, true
 }
 
 // post queues w for the core and wakes it when the queue was empty.
@@ -464,12 +482,16 @@ func (c *urCore) complete(q urCQE) {
 		return
 	}
 	p := c.pairs[slot]
-	switch kind {
-	case urKindRecv:
+	switch {
+	case kind == urKindRecv && p.dec != nil:
+		c.decReceived(p, side, q)
+	case kind == urKindSend && p.dec != nil:
+		c.decSent(p, side, q)
+	case kind == urKindRecv:
 		c.received(p, side, q)
-	case urKindSend:
+	case kind == urKindSend:
 		c.sent(p, side, q)
-	case urKindCancel:
+	case kind == urKindCancel:
 		p.cancels--
 	}
 	c.check(p)
@@ -581,6 +603,10 @@ func (p *urPair) fail(err error) {
 // it, ends the pair once both directions are over, and releases an ended
 // pair once nothing of it is in flight.
 func (c *urCore) check(p *urPair) {
+	if p.dec != nil {
+		c.decCheck(p)
+		return
+	}
 	if !p.end {
 		for i := range 2 {
 			j := 1 - i
@@ -610,7 +636,7 @@ func (c *urCore) finish(p *urPair, err error) {
 		p.err = err
 	}
 	for i := range 2 {
-		if p.sending[i] {
+		if p.sending[i] && p.dec == nil {
 			// The kernel still reads the chunk in flight; the others go
 			// back now.
 			for _, ch := range p.out[i][1:] {
@@ -640,8 +666,10 @@ func (c *urCore) release(p *urPair) {
 	}
 	c.drop(p, 0)
 	c.drop(p, 1)
-	unix.Close(p.fd[0])
-	unix.Close(p.fd[1])
+	if p.dec == nil || !p.dec.ejected {
+		unix.Close(p.fd[0])
+		unix.Close(p.fd[1])
+	}
 	c.pairs[p.slot] = nil
 	c.free = append(c.free, p.slot)
 	p.slot = -1

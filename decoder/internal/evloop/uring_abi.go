@@ -288,6 +288,7 @@ func (r *urRing) reap() []urCQE {
 type urBufRing struct {
 	entries []urBuf
 	base    uintptr // of buffer 0; the buffers follow each other
+	data    []byte  // the buffers' memory, from base
 	size    uint32
 	mask    uint16
 	tail    uint16 // the next entry to fill; the kernel's copy is in entry 0
@@ -297,6 +298,12 @@ type urBufRing struct {
 // addr is the address of byte off of buffer bid.
 func (b *urBufRing) addr(bid uint16, off uint32) uint64 {
 	return uint64(b.base) + uint64(bid)*uint64(b.size) + uint64(off)
+}
+
+// bytes is bytes [off, end) of buffer bid.
+func (b *urBufRing) bytes(bid uint16, off, end uint32) []byte {
+	at := uint32(bid) * b.size
+	return b.data[at+off : at+end]
 }
 
 // put gives buffer bid back to the kernel, at once: the entry, then a
@@ -401,6 +408,7 @@ func (s *urSlab) mapChunk(first int) error {
 		s.groups[first+k] = &urBufRing{
 			entries: unsafe.Slice((*urBuf)(unsafe.Pointer(&ringMem[k*s.page])), urBufs),
 			base:    uintptr(unsafe.Pointer(&data[k*urBufs*urBufSize])),
+			data:    data[k*urBufs*urBufSize : (k+1)*urBufs*urBufSize],
 			size:    urBufSize,
 			mask:    urBufs - 1,
 		}

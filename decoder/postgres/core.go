@@ -1,0 +1,312 @@
+package postgres
+
+// The statement relay on the io_uring core (decoder/internal/evloop's
+// Decode). A plaintext session whose wire bytes are not recorded runs its
+// steady state there: the core's thread gives this file what each socket
+// received, whole messages go through the relay's own handlers (the same
+// clientMsg and serverMsg the goroutines run), and what they write is sent
+// by the core. No goroutine wakes per message, and the system calls of
+// every session are batched in the core's ring.
+//
+// Nothing on the core's thread may block, so a session leaves the core
+// (Out.Eject) before anything that could:
+//
+//   - a statement whose verdict holds it, or whose rules wait on its
+//     result (result.rows, result.bytes): decided on the core, it is
+//     resumed on the goroutines with that decision (resume, pre);
+//   - a session recording queue with less than coreRecordRoom free slots:
+//     Record would wait for the writer;
+//   - a message longer than coreMaxMessage: the core would have to
+//     buffer it whole, where the goroutines stream it.
+//
+// The session then runs on goroutines to its end, exactly where the core
+// stopped: the frame readers keep what they had buffered, and what the
+// sockets received after the last whole message comes back with them.
+// TLS sessions (either hop), recorded wire bytes (record = "full") and
+// the login always run on goroutines.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"sync/atomic"
+
+	"github.com/sluicehq/sluice/decoder"
+	"github.com/sluicehq/sluice/decoder/internal/evloop"
+	"github.com/sluicehq/sluice/decoder/internal/rawio"
+	"github.com/sluicehq/sluice/ruleset"
+)
+
+const (
+	// coreMaxMessage is the longest message handled on the core; the
+	// core buffers a message whole before handling it.
+	coreMaxMessage = 256 << 10
+	// coreRecordRoom is how many recording events a message handled on
+	// the core may need at most.
+	coreRecordRoom = 8
+)
+
+// useCore: run sessions on the core where it is io_uring's
+// (SLUICE_RELAY_CORE=goroutine or epoll keeps them on goroutines).
+var useCore = os.Getenv("SLUICE_RELAY_CORE") == ""
+
+// coreRan counts the sessions the core took, coreLeft those of them that
+// left it for goroutines; the tests read them.
+var coreRan, coreLeft atomic.Int64
+
+// errOffCore stops the core's handling of a session: it must go on with
+// goroutines.
+var errOffCore = errors.New("the session leaves the relay core")
+
+// resumeMsg is a client message decided on the core and handled on the
+// goroutines.
+type resumeMsg struct {
+	typ  byte
+	body []byte
+}
+
+// coreSession is the relay's evloop.Handler.
+type coreSession struct {
+	r  *relay
+	o  *evloop.Out
+	in [2]*feed
+	// out counts the bytes written to the client (its CountConn counts
+	// them on the goroutines).
+	toClient int64
+}
+
+// feed is a frame reader's source: what the core received, then, once
+// the session left the core, its socket.
+type feed struct {
+	b    []byte
+	off  int
+	conn net.Conn
+}
+
+// errNoData: the core has given nothing more yet. The core handles only
+// whole messages, so a frame reader never meets it mid-message.
+var errNoData = errors.New("no data from the relay core")
+
+func (f *feed) Read(p []byte) (int, error) {
+	if f.off < len(f.b) {
+		n := copy(p, f.b[f.off:])
+		f.off += n
+		if f.off == len(f.b) {
+			f.b, f.off = f.b[:0], 0
+			if cap(f.b) > 2*coreMaxMessage {
+				f.b = nil
+			}
+		}
+		return n, nil
+	}
+	if f.conn != nil {
+		return f.conn.Read(p)
+	}
+	return 0, errNoData
+}
+
+func (f *feed) avail() int { return len(f.b) - f.off }
+
+// coreWriter writes a side's messages through the core.
+type coreWriter struct {
+	h    *coreSession
+	side int
+}
+
+func (w coreWriter) Write(b []byte) (int, error) {
+	w.h.o.Write(w.side, b)
+	if w.side == 0 {
+		w.h.toClient += int64(len(b))
+	}
+	return len(b), nil
+}
+
+// onCore runs the relay on the core when the session can run there. done
+// is false when the relay must go on with goroutines: the core is not
+// io_uring's, the session is not eligible, or it left the core.
+func (r *relay) onCore() (done bool, err error) {
+	s := r.s
+	if !useCore || evloop.Core() != evloop.CoreUring || s.rawClient == nil || s.rawUp == nil || s.cconn != net.Conn(&s.client) || s.upstreamTLS ||
+		s.p.Session.WantsWire() || r.cr.r.Buffered() > 0 || r.sr.r.Buffered() > 0 {
+		return false, nil
+	}
+	if err := r.cw.Flush(); err != nil {
+		return true, err
+	}
+	if err := r.sw.Flush(); err != nil {
+		return true, err
+	}
+	h := &coreSession{r: r, in: [2]*feed{{}, {}}}
+	r.cr.r.Reset(h.in[0])
+	r.sr.r.Reset(h.in[1])
+	r.cw.Reset(coreWriter{h, 0})
+	r.sw.Reset(coreWriter{h, 1})
+	r.core = h
+	res := evloop.Decode(s.ctx, s.rawClient, s.rawUp, h)
+	r.core = nil
+	s.coreIn, s.coreOut = res.In.ClientToServer, h.toClient
+	if res.Taken {
+		coreRan.Add(1)
+	}
+	if res.Taken && !res.Ejected {
+		s.close()
+		if res.Err != nil && !isEOF(res.Err) && !errors.Is(res.Err, context.Canceled) {
+			return true, res.Err
+		}
+		return true, nil
+	}
+	if res.Client == nil {
+		return true, res.Err
+	}
+	// Back to goroutines, on the same sockets.
+	cc := &decoder.CountConn{Conn: rawio.Wrap(res.Client)}
+	s.later = cc
+	s.setCconn(cc)
+	s.setUp(rawio.Wrap(res.Server))
+	h.in[0].b = append(h.in[0].b, res.Rest[0]...)
+	h.in[1].b = append(h.in[1].b, res.Rest[1]...)
+	h.in[0].conn, h.in[1].conn = s.cconn, s.up
+	r.cw.Reset(s.cconn)
+	r.sw.Reset(s.up)
+	if res.Ejected {
+		coreLeft.Add(1)
+	}
+	return false, nil
+}
+
+// Input takes what side received and handles every whole message.
+func (h *coreSession) Input(o *evloop.Out, side int, b []byte) {
+	h.o = o
+	h.in[side].b = append(h.in[side].b, b...)
+	var err error
+	if side == 0 {
+		err = h.clientMsgs()
+	} else {
+		err = h.serverMsgs()
+	}
+	h.settle(err)
+}
+
+// Closed ends the session at either side's end, as the goroutines do.
+func (h *coreSession) Closed(o *evloop.Out, side int, err error) {
+	h.o = o
+	h.r.cw.Flush()
+	h.r.sw.Flush()
+	o.End(err)
+}
+
+// settle sends what the handlers wrote and acts on how they ended.
+func (h *coreSession) settle(err error) {
+	r := h.r
+	r.sw.Flush()
+	r.cw.Flush()
+	switch {
+	case err == nil:
+	case errors.Is(err, errOffCore):
+		h.o.Eject()
+	case errors.Is(err, errTerminated):
+		h.o.End(nil)
+	default:
+		h.o.End(err)
+	}
+}
+
+// errTerminated: the client sent Terminate.
+var errTerminated = errors.New("terminated")
+
+// whole reports whether fr holds a whole message, and whether the next
+// message is too long to be handled on the core.
+func (h *coreSession) whole(fr *frameReader, f *feed) (ok, long bool) {
+	buffered := fr.r.Buffered()
+	if buffered+f.avail() < 5 {
+		return false, false
+	}
+	hdr, _ := fr.r.Peek(5) // fills from the feed
+	buffered = fr.r.Buffered()
+	n := int(int32(binary.BigEndian.Uint32(hdr[1:])))
+	if n < 4 || n-4 > fr.max {
+		return true, false // next reports it
+	}
+	if n-4 > coreMaxMessage {
+		return false, true
+	}
+	return buffered+f.avail() >= n+1, false
+}
+
+// clientMsgs handles the client's whole messages.
+func (h *coreSession) clientMsgs() error {
+	r := h.r
+	for {
+		ok, long := h.whole(r.cr, h.in[0])
+		if long || ok && r.s.p.Session.RecordingRoom() < coreRecordRoom {
+			return errOffCore
+		}
+		if !ok {
+			return nil
+		}
+		typ, n, err := r.cr.next()
+		if err != nil {
+			return r.endClient(err)
+		}
+		done, err := r.clientMsg(typ, n)
+		if errors.Is(err, errOffCore) {
+			return err
+		}
+		if err != nil {
+			return r.endClient(err)
+		}
+		if done {
+			return errTerminated
+		}
+	}
+}
+
+// serverMsgs handles the server's whole messages.
+func (h *coreSession) serverMsgs() error {
+	r := h.r
+	for {
+		ok, long := h.whole(r.sr, h.in[1])
+		if long || ok && r.s.p.Session.RecordingRoom() < coreRecordRoom {
+			return errOffCore
+		}
+		if !ok {
+			return nil
+		}
+		typ, n, err := r.sr.next()
+		if err != nil {
+			return r.serverErr(err)
+		}
+		if err := r.serverMsg(typ, n); err != nil {
+			return err
+		}
+	}
+}
+
+// decided is the decision on text: the one made on the core for the
+// message the goroutines resume with, else a new one.
+func (r *relay) decided(text string) *decoder.Command {
+	if c := r.pre; c != nil {
+		r.pre = nil
+		return c
+	}
+	return r.decide(text)
+}
+
+// offCore reports whether the client message (typ, body b) just decided
+// as c must leave the core before it goes on: its verdict holds it, or its
+// rules wait on its result. The message is kept, with its decision, for
+// the goroutines to resume with.
+func (r *relay) offCore(c *decoder.Command, typ byte, b []byte) bool {
+	if r.core == nil {
+		return false
+	}
+	hold := c.Verdict.Action == ruleset.Hold && r.s.p.Session.CanHold()
+	if !hold && (c.Blocked() || !c.Verdict.Decision.AwaitResult) {
+		return false
+	}
+	r.pre = c
+	r.resume = &resumeMsg{typ: typ, body: append([]byte(nil), b...)}
+	return true
+}

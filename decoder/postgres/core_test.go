@@ -1,0 +1,128 @@
+package postgres
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/sluicehq/sluice/decoder/decodertest"
+	"github.com/sluicehq/sluice/decoder/internal/evloop"
+	"github.com/sluicehq/sluice/enforcer/approve"
+)
+
+// coreRules add to engineRules a rule that waits on a result's size.
+const coreRules = engineRules + `
+policy "rows" {
+  targets = ["pg"]
+  hold "big" {
+    when      = sql.kind == "select" && contains(sql.tables, "big") && result.rows > 100
+    approvers = ["group:security"]
+    timeout   = "1m"
+  }
+}
+`
+
+// TestCoreSessions: where the io_uring core runs here, a plaintext
+// session runs its statements on it (allowed, denied, masked lookups and
+// the extended protocol all give the same answers as on goroutines; the
+// other engine tests check those), and leaves it, with the statement it
+// stopped at carried on, for what must wait: a hold before a statement,
+// and a statement whose rules wait on its result.
+func TestCoreSessions(t *testing.T) {
+	if !useCore || evloop.Core() != evloop.CoreUring {
+		t.Skip("the relay core is not io_uring's here")
+	}
+	server := engineServer(t)
+	server.Admin(t, "create table big as select g as id from generate_series(1, 500) g")
+	login := func(t *testing.T, o decodertest.Options) (*decodertest.Harness, *decodertest.PG) {
+		t.Helper()
+		o.Handler, o.Rules, o.Target, o.Upstream = registered(t, 0), coreRules, "pg", server.Addr()
+		h := decodertest.Start(t, o)
+		pg := h.PG()
+		pg.Login("postgres", nil)
+		return h, pg
+	}
+
+	t.Run("steady state on the core", func(t *testing.T) {
+		ran, left := coreRan.Load(), coreLeft.Load()
+		h, pg := login(t, decodertest.Options{})
+		for i := range 50 {
+			msgs := pg.Query("SELECT count(*) FROM users")
+			if len(decodertest.Errors(msgs)) != 0 || decodertest.Types(msgs) != "TDCZ" {
+				t.Fatalf("query %d: %v", i, msgs)
+			}
+		}
+		wantError(t, pg.Query("DROP TABLE users"), "ERROR", codeInsufficientPrivilege, `"ci/deny/no-drop"`)
+		pg.Send(&pgproto3.Parse{Name: "s", Query: "SELECT email FROM users WHERE id = $1"},
+			&pgproto3.Bind{PreparedStatement: "s", Parameters: [][]byte{[]byte("1")}}, &pgproto3.Describe{ObjectType: 'P'},
+			&pgproto3.Execute{}, &pgproto3.Sync{})
+		if msgs := pg.UntilReady(); decodertest.Types(msgs) != "12TDCZ" {
+			t.Fatalf("extended protocol: %v", msgs)
+		}
+		notSeen(t, h, "DROP TABLE")
+		res := h.End()
+		if res.Err != nil {
+			t.Fatalf("session: %v", res.Err)
+		}
+		if coreRan.Load() != ran+1 || coreLeft.Load() != left {
+			t.Fatalf("sessions on the core %d, left it %d; want 1 and 0", coreRan.Load()-ran, coreLeft.Load()-left)
+		}
+		if res.BytesFromClient == 0 || res.BytesToClient == 0 {
+			t.Fatalf("byte counts not kept on the core: %+v", res)
+		}
+	})
+
+	t.Run("hold leaves the core", func(t *testing.T) {
+		left := coreLeft.Load()
+		broker := approve.NewBroker(approve.Options{})
+		t.Cleanup(func() { broker.Close(context.Background()) })
+		h, pg := login(t, decodertest.Options{Holder: decodertest.BrokerHolder(broker, time.Minute)})
+		if msgs := pg.Query("SELECT 'before-hold'"); len(decodertest.Errors(msgs)) != 0 {
+			t.Fatal(msgs)
+		}
+		pg.Send(&pgproto3.Query{String: "COPY users TO STDOUT"})
+		if m := pg.Receive(); m.Type != 'N' {
+			t.Fatalf("got %v, want the hold's notice", m)
+		}
+		reqs := broker.List()
+		if len(reqs) != 1 {
+			t.Fatalf("broker has %d requests", len(reqs))
+		}
+		if _, err := broker.Decide(reqs[0].ID, approve.Approver{Kind: approve.KindOIDC, Subject: "sec", Groups: []string{"security"}}, true, ""); err != nil {
+			t.Fatal(err)
+		}
+		msgs := pg.UntilReady()
+		if len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("COPY users TO STDOUT") {
+			t.Fatalf("approved COPY: %v", msgs)
+		}
+		// The session goes on, on goroutines.
+		if msgs := pg.Query("SELECT 'after-hold'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-hold") {
+			t.Fatalf("after the hold: %v", msgs)
+		}
+		if coreLeft.Load() != left+1 {
+			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
+		}
+	})
+
+	t.Run("result rule leaves the core", func(t *testing.T) {
+		left := coreLeft.Load()
+		h, pg := login(t, decodertest.Options{})
+		if msgs := pg.Query("SELECT id FROM big WHERE id <= 100"); len(decodertest.Errors(msgs)) != 0 {
+			t.Fatalf("100 rows: %v", msgs)
+		}
+		// No approver: the hold on row 101 refuses the result after
+		// exactly 100 rows.
+		msgs := pg.Query("SELECT id FROM big")
+		e := wantError(t, msgs, "ERROR", codeInsufficientPrivilege, `"rows/hold/big"`)
+		if rows := strings.Count(decodertest.Types(msgs), "D"); rows != 100 {
+			t.Fatalf("%d rows before the refusal (%s), want 100", rows, e.Message)
+		}
+		h.End()
+		if coreLeft.Load() != left+1 {
+			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
+		}
+	})
+}
