@@ -86,23 +86,48 @@ func (d Decider) CheckResult(ctx context.Context, c *Command, g *ResultGate, row
 
 // decideResult is CheckResult at a row where the result is decided again.
 func (d Decider) decideResult(ctx context.Context, c *Command, g *ResultGate, rows, bytes int64, notify Notify) (refused bool, v enforcer.Verdict) {
+	refused, v, hold := d.DecideResultNow(c, g, rows, bytes)
+	if hold {
+		return d.AwaitResultHold(ctx, c, g, v, rows, notify)
+	}
+	return refused, v
+}
+
+// ResultDue reports whether CheckResult would decide c's result again at
+// these counts (and so might hold it).
+func (d Decider) ResultDue(c *Command, g *ResultGate, rows, bytes int64) bool {
+	return c.Verdict.Decision.AwaitResult && !g.Approved && (rows >= g.nextRows || bytes >= g.nextBytes)
+}
+
+// DecideResultNow is CheckResult at a row where ResultDue, without the
+// wait: when the result must wait for a human, it returns hold and the
+// verdict, and the caller waits with AwaitResultHold where it may block
+// (a protocol running on the relay core leaves it first).
+func (d Decider) DecideResultNow(c *Command, g *ResultGate, rows, bytes int64) (refused bool, v enforcer.Verdict, hold bool) {
 	v = d.Session.DecideResult(&c.Cmd, rows, bytes)
 	g.nextRows, g.nextBytes = d.Session.NextResultCheck(rows, bytes)
 	switch v.Action {
 	case ruleset.Hold:
 		if d.Session.CanHold() {
-			o := d.Session.Hold(ctx, enforcer.HoldRequest{Command: &c.Cmd, Verdict: v, Stage: "result", Rows: rows - 1, Notify: notify})
-			if o.Approved {
-				g.Approved = true
-				return false, v
-			}
-			v.Action = ruleset.Deny
-			v.Decision.Reason = o.Reason
+			return false, v, true
 		}
 	case ruleset.Deny:
 	default:
+		return false, v, false
+	}
+	return true, v, false
+}
+
+// AwaitResultHold waits for the decision on the hold DecideResultNow
+// returned (v) at rows, as CheckResult does.
+func (d Decider) AwaitResultHold(ctx context.Context, c *Command, g *ResultGate, v enforcer.Verdict, rows int64, notify Notify) (refused bool, _ enforcer.Verdict) {
+	o := d.Session.Hold(ctx, enforcer.HoldRequest{Command: &c.Cmd, Verdict: v, Stage: "result", Rows: rows - 1, Notify: notify})
+	if o.Approved {
+		g.Approved = true
 		return false, v
 	}
+	v.Action = ruleset.Deny
+	v.Decision.Reason = o.Reason
 	return true, v
 }
 

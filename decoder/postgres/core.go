@@ -11,9 +11,12 @@ package postgres
 // Nothing on the core's thread may block, so a session leaves the core
 // (Out.Eject) before anything that could:
 //
-//   - a statement whose verdict holds it, or whose rules wait on its
-//     result (result.rows, result.bytes): decided on the core, it is
+//   - a statement whose verdict holds it: decided on the core, it is
 //     resumed on the goroutines with that decision (resume, pre);
+//   - a result that must wait for a human at a row (a hold on
+//     result.rows or result.bytes): decided on the core at that row, the
+//     wait and the row go on on the goroutines (heldRow); results whose
+//     rules deny or allow at a size are decided on the core;
 //   - a session recording queue with less than coreRecordRoom free slots:
 //     Record would wait for the writer;
 //   - a message longer than coreMaxMessage: the core would have to
@@ -36,6 +39,7 @@ import (
 	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/decoder/internal/evloop"
 	"github.com/sluicehq/sluice/decoder/internal/rawio"
+	"github.com/sluicehq/sluice/enforcer"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -294,16 +298,20 @@ func (r *relay) decided(text string) *decoder.Command {
 	return r.decide(text)
 }
 
+// heldRow is a DataRow whose result must wait for a human: decided on
+// the core, waited for on the goroutines, before its body (n bytes, still
+// in the frame reader) is passed or dropped.
+type heldRow struct {
+	it *item
+	n  int
+	v  enforcer.Verdict
+}
+
 // offCore reports whether the client message (typ, body b) just decided
-// as c must leave the core before it goes on: its verdict holds it, or its
-// rules wait on its result. The message is kept, with its decision, for
-// the goroutines to resume with.
+// as c must leave the core before it goes on: its verdict holds it. The
+// message is kept, with its decision, for the goroutines to resume with.
 func (r *relay) offCore(c *decoder.Command, typ byte, b []byte) bool {
-	if r.core == nil {
-		return false
-	}
-	hold := c.Verdict.Action == ruleset.Hold && r.s.p.Session.CanHold()
-	if !hold && (c.Blocked() || !c.Verdict.Decision.AwaitResult) {
+	if r.core == nil || c.Verdict.Action != ruleset.Hold || !r.s.p.Session.CanHold() {
 		return false
 	}
 	r.pre = c

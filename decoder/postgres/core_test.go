@@ -107,18 +107,58 @@ func TestCoreSessions(t *testing.T) {
 		}
 	})
 
-	t.Run("result rule leaves the core", func(t *testing.T) {
-		left := coreLeft.Load()
+	t.Run("result rule without an approver, on the core", func(t *testing.T) {
+		ran, left := coreRan.Load(), coreLeft.Load()
 		h, pg := login(t, decodertest.Options{})
 		if msgs := pg.Query("SELECT id FROM big WHERE id <= 100"); len(decodertest.Errors(msgs)) != 0 {
 			t.Fatalf("100 rows: %v", msgs)
 		}
 		// No approver: the hold on row 101 refuses the result after
-		// exactly 100 rows.
+		// exactly 100 rows, decided on the core.
 		msgs := pg.Query("SELECT id FROM big")
 		e := wantError(t, msgs, "ERROR", codeInsufficientPrivilege, `"rows/hold/big"`)
 		if rows := strings.Count(decodertest.Types(msgs), "D"); rows != 100 {
 			t.Fatalf("%d rows before the refusal (%s), want 100", rows, e.Message)
+		}
+		if msgs := pg.Query("SELECT 'after-refusal'"); len(decodertest.Errors(msgs)) != 0 {
+			t.Fatalf("after the refusal: %v", msgs)
+		}
+		h.End()
+		if coreRan.Load() != ran+1 || coreLeft.Load() != left {
+			t.Fatalf("sessions on the core %d, left it %d; want 1 and 0", coreRan.Load()-ran, coreLeft.Load()-left)
+		}
+	})
+
+	t.Run("result hold leaves the core at its row", func(t *testing.T) {
+		left := coreLeft.Load()
+		broker := approve.NewBroker(approve.Options{})
+		t.Cleanup(func() { broker.Close(context.Background()) })
+		h, pg := login(t, decodertest.Options{Holder: decodertest.BrokerHolder(broker, time.Minute)})
+		pg.Send(&pgproto3.Query{String: "SELECT id FROM big ORDER BY id"})
+		var msgs []decodertest.Msg
+		for {
+			m := pg.Receive()
+			msgs = append(msgs, m)
+			if m.Type == 'N' {
+				break
+			}
+		}
+		if rows := strings.Count(decodertest.Types(msgs), "D"); rows != 100 {
+			t.Fatalf("%d rows before the hold's notice, want 100", rows)
+		}
+		reqs := broker.List()
+		if len(reqs) != 1 {
+			t.Fatalf("broker has %d requests", len(reqs))
+		}
+		if _, err := broker.Decide(reqs[0].ID, approve.Approver{Kind: approve.KindOIDC, Subject: "sec", Groups: []string{"security"}}, true, ""); err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, pg.UntilReady()...)
+		if len(decodertest.Errors(msgs)) != 0 || strings.Count(decodertest.Types(msgs), "D") != 500 {
+			t.Fatalf("approved result: %d rows, %v", strings.Count(decodertest.Types(msgs), "D"), decodertest.Errors(msgs))
+		}
+		if msgs := pg.Query("SELECT 'after-hold'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-hold") {
+			t.Fatalf("after the hold: %v", msgs)
 		}
 		h.End()
 		if coreLeft.Load() != left+1 {

@@ -78,9 +78,10 @@ type relay struct {
 	// core is the session's state on the io_uring core while it runs
 	// there (core.go); resume and pre are the message the goroutines
 	// resume with when it left, and that message's decision.
-	core   *coreSession
-	resume *resumeMsg
-	pre    *decoder.Command
+	core    *coreSession
+	resume  *resumeMsg
+	pre     *decoder.Command
+	heldRow *heldRow
 
 	// Shared: the answers the server owes, in order (the client side
 	// pushes, the server side pops), and mu guarding status.
@@ -707,6 +708,18 @@ func (r *relay) pass(n int) error {
 func (r *relay) serverLoop() error {
 	r.cwMu.Lock()
 	defer r.cwMu.Unlock()
+	if h := r.heldRow; h != nil {
+		// The row the io_uring core stopped at (core.go): its hold is
+		// waited for here.
+		r.heldRow = nil
+		it := h.it
+		if refused, v := r.dec.AwaitResultHold(r.s.ctx, it.c, &it.gate, h.v, it.baseRows+it.rows, r.resultNotice); refused {
+			r.refuseResult(it, denialBody(v))
+		}
+		if err := r.rowBody(it, h.n); err != nil {
+			return err
+		}
+	}
 	for {
 		if r.sr.idle() {
 			if err := r.cw.Flush(); err != nil {
@@ -965,10 +978,28 @@ func (r *relay) dataRow(n int) error {
 		// A rule waits on the result: decide it again at this row when
 		// the counts reach the next point where the verdict can change.
 		// A hold pauses here; a deny or a refused hold refuses the rest.
-		if refused, v := r.dec.CheckResult(r.s.ctx, it.c, &it.gate, it.baseRows+it.rows, it.baseBytes+it.bytes, r.resultNotice); refused {
+		rows, bytes := it.baseRows+it.rows, it.baseBytes+it.bytes
+		if r.core != nil && r.dec.ResultDue(it.c, &it.gate, rows, bytes) {
+			// On the relay core nothing may wait: a hold is waited
+			// for on the goroutines, at this row (see core.go).
+			refused, v, hold := r.dec.DecideResultNow(it.c, &it.gate, rows, bytes)
+			if hold {
+				r.heldRow = &heldRow{it: it, n: n, v: v}
+				return errOffCore
+			}
+			if refused {
+				r.refuseResult(it, denialBody(v))
+			}
+		} else if refused, v := r.dec.CheckResult(r.s.ctx, it.c, &it.gate, rows, bytes, r.resultNotice); refused {
 			r.refuseResult(it, denialBody(v))
 		}
 	}
+	return r.rowBody(it, n)
+}
+
+// rowBody passes, masks or drops a DataRow's body once its result was
+// decided at the row.
+func (r *relay) rowBody(it *item, n int) error {
 	if it.refusal != nil || r.suppress {
 		// Refused: the server is cancelling; drop what it still sends.
 		_, err := r.sr.body(n)
