@@ -165,4 +165,71 @@ func TestCoreSessions(t *testing.T) {
 			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
 		}
 	})
+
+	t.Run("pipelined batch with a held Parse", func(t *testing.T) {
+		left := coreLeft.Load()
+		broker := approve.NewBroker(approve.Options{})
+		t.Cleanup(func() { broker.Close(context.Background()) })
+		h, pg := login(t, decodertest.Options{Holder: decodertest.BrokerHolder(broker, time.Minute)})
+		// One write: an allowed statement, then a batch whose Parse is
+		// held, then another allowed statement. The core stops at the
+		// held Parse; the goroutines carry on with what follows it.
+		pg.Send(&pgproto3.Parse{Query: "SELECT 'first'"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.Parse{Query: "COPY users TO STDOUT"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.Query{String: "SELECT 'last'"})
+		// The first batch's answers and the hold's notice, in either
+		// order (the notice is written as the hold begins, as on the
+		// goroutines).
+		var first []decodertest.Msg
+		for noticed := false; !noticed || strings.Count(decodertest.Types(first), "Z") < 1; {
+			m := pg.Receive()
+			if m.Type == 'N' {
+				noticed = true
+				continue
+			}
+			first = append(first, m)
+		}
+		if decodertest.Types(first) != "12DCZ" {
+			t.Fatalf("first batch: %v", first)
+		}
+		reqs := broker.List()
+		if len(reqs) != 1 {
+			t.Fatalf("broker has %d requests", len(reqs))
+		}
+		if _, err := broker.Decide(reqs[0].ID, approve.Approver{Kind: approve.KindOIDC, Subject: "sec", Groups: []string{"security"}}, true, ""); err != nil {
+			t.Fatal(err)
+		}
+		held := pg.UntilReady()
+		if len(decodertest.Errors(held)) != 0 || strings.Count(decodertest.Types(held), "d") != 2 {
+			t.Fatalf("approved COPY batch: %v", held)
+		}
+		last := pg.UntilReady()
+		if decodertest.Types(last) != "TDCZ" || !h.Tap.Contains("SELECT 'last'") {
+			t.Fatalf("the statement after the held batch: %v", last)
+		}
+		h.End()
+		if coreLeft.Load() != left+1 {
+			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
+		}
+	})
+
+	t.Run("message too long for the core", func(t *testing.T) {
+		left := coreLeft.Load()
+		h, pg := login(t, decodertest.Options{})
+		if msgs := pg.Query("SELECT 'small'"); len(decodertest.Errors(msgs)) != 0 {
+			t.Fatal(msgs)
+		}
+		long := strings.Repeat("x", coreMaxMessage+1000)
+		msgs := pg.Query("SELECT length('" + long + "')")
+		if len(decodertest.Errors(msgs)) != 0 || decodertest.Types(msgs) != "TDCZ" {
+			t.Fatalf("long query: %v", msgs)
+		}
+		if msgs := pg.Query("SELECT 'after-long'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-long") {
+			t.Fatalf("after the long query: %v", msgs)
+		}
+		h.End()
+		if coreLeft.Load() != left+1 {
+			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
+		}
+	})
 }
