@@ -25,8 +25,10 @@ package postgres
 // The session then runs on goroutines to its end, exactly where the core
 // stopped: the frame readers keep what they had buffered, and what the
 // sockets received after the last whole message comes back with them.
-// TLS sessions (either hop), recorded wire bytes (record = "full") and
-// the login always run on goroutines.
+// TLS sessions (either hop) and the login always run on goroutines. At
+// record = "full" the wire tap records on the core what the client sent
+// as each chunk arrives and what it is sent as it is written, as the
+// tapped connection does on the goroutines.
 
 import (
 	"context"
@@ -40,6 +42,7 @@ import (
 	"github.com/sluicehq/sluice/decoder/internal/evloop"
 	"github.com/sluicehq/sluice/decoder/internal/rawio"
 	"github.com/sluicehq/sluice/enforcer"
+	"github.com/sluicehq/sluice/enforcer/record"
 	"github.com/sluicehq/sluice/ruleset"
 )
 
@@ -47,9 +50,15 @@ const (
 	// coreMaxMessage is the longest message handled on the core; the
 	// core buffers a message whole before handling it.
 	coreMaxMessage = 256 << 10
-	// coreRecordRoom is how many recording events a message handled on
-	// the core may need at most.
-	coreRecordRoom = 8
+	// coreRecordRoom is how many free slots the session's recording
+	// queue must have before the core handles a message: the message's
+	// own events (its decision and its end, two) and, at record =
+	// "full", one per wire chunk it causes (a chunk holds up to
+	// record.MaxWireChunk, 1 MiB: the bytes received, and one per
+	// client-bound write, which the 64 KiB frame writers make for every
+	// 64 KiB, of a message of at most coreMaxMessage), with room to
+	// spare. So Record never waits on the core's thread.
+	coreRecordRoom = 16
 )
 
 // useCore: run sessions on the core where it is io_uring's
@@ -120,10 +129,17 @@ type coreWriter struct {
 }
 
 func (w coreWriter) Write(b []byte) (int, error) {
-	w.h.o.Write(w.side, b)
 	if w.side == 0 {
+		if w.h.r.s.tapped {
+			// As the tapped connection's Write: recorded first, and a
+			// recording that fails fails the write.
+			if err := w.h.r.s.tap.Tap(record.DirServerToClient, b); err != nil {
+				return 0, err
+			}
+		}
 		w.h.toClient += int64(len(b))
 	}
+	w.h.o.Write(w.side, b)
 	return len(b), nil
 }
 
@@ -132,8 +148,9 @@ func (w coreWriter) Write(b []byte) (int, error) {
 // io_uring's, the session is not eligible, or it left the core.
 func (r *relay) onCore() (done bool, err error) {
 	s := r.s
-	if !useCore || evloop.Core() != evloop.CoreUring || s.rawClient == nil || s.rawUp == nil || s.cconn != net.Conn(&s.client) || s.upstreamTLS ||
-		s.p.Session.WantsWire() || r.cr.r.Buffered() > 0 || r.sr.r.Buffered() > 0 {
+	plain := s.cconn == net.Conn(&s.client) || s.tapped && !s.tap.Waiting()
+	if !useCore || evloop.Core() != evloop.CoreUring || s.rawClient == nil || s.rawUp == nil || !plain || s.upstreamTLS ||
+		s.clientTLS || r.cr.r.Buffered() > 0 || r.sr.r.Buffered() > 0 || s.p.Session.RecordingRoom() < coreRecordRoom {
 		return false, nil
 	}
 	if err := r.cw.Flush(); err != nil {
@@ -167,7 +184,19 @@ func (r *relay) onCore() (done bool, err error) {
 	// Back to goroutines, on the same sockets.
 	cc := &decoder.CountConn{Conn: rawio.Wrap(res.Client)}
 	s.later = cc
-	s.setCconn(cc)
+	if s.tapped {
+		// What the client sent after the core's last Input is read
+		// from the feed, past the tap: record it now.
+		if err := s.tap.Tap(record.DirClientToServer, res.Rest[0]); err != nil {
+			res.Client.Close()
+			res.Server.Close()
+			s.close()
+			return true, err
+		}
+		s.setCconn(decoder.Tapped(cc, s.tap.Tap))
+	} else {
+		s.setCconn(cc)
+	}
 	s.setUp(rawio.Wrap(res.Server))
 	h.in[0].b = append(h.in[0].b, res.Rest[0]...)
 	h.in[1].b = append(h.in[1].b, res.Rest[1]...)
@@ -184,6 +213,16 @@ func (r *relay) onCore() (done bool, err error) {
 func (h *coreSession) Input(o *evloop.Out, side int, b []byte) {
 	h.o = o
 	h.in[side].b = append(h.in[side].b, b...)
+	if side == 0 && h.r.s.tapped {
+		// As the tapped connection's Read: every chunk, as it arrives.
+		// The queue has room for it: a message is handled only with
+		// coreRecordRoom free slots, and handling it and the writes
+		// after it take fewer.
+		if err := h.r.s.tap.Tap(record.DirClientToServer, b); err != nil {
+			h.settle(err)
+			return
+		}
+	}
 	var err error
 	if side == 0 {
 		err = h.clientMsgs()

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/decoder/decodertest"
 	"github.com/sluicehq/sluice/decoder/internal/evloop"
 	"github.com/sluicehq/sluice/enforcer/approve"
+	"github.com/sluicehq/sluice/enforcer/record"
 )
 
 // coreRules add to engineRules a rule that waits on a result's size.
@@ -230,6 +232,55 @@ func TestCoreSessions(t *testing.T) {
 		h.End()
 		if coreLeft.Load() != left+1 {
 			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
+		}
+	})
+
+	t.Run("record full on the core as on goroutines", func(t *testing.T) {
+		// The same script with the core and without: the recording's
+		// wire bytes from the client are the same, and what the client
+		// was sent holds the same results.
+		wire := func(t *testing.T, onCore bool) (c2s, s2c string) {
+			t.Helper()
+			defer func(v bool) { useCore = v }(useCore)
+			useCore = onCore
+			ran := coreRan.Load()
+			h, pg := login(t, decodertest.Options{Record: record.Full})
+			for i := range 20 {
+				if msgs := pg.Query(fmt.Sprintf("SELECT 'wire-%02d', email FROM users ORDER BY id", i)); len(decodertest.Errors(msgs)) != 0 {
+					t.Fatal(msgs)
+				}
+			}
+			wantError(t, pg.Query("DROP TABLE users"), "ERROR", codeInsufficientPrivilege, `"ci/deny/no-drop"`)
+			h.End()
+			if got := coreRan.Load() - ran; got != map[bool]int64{true: 1, false: 0}[onCore] {
+				t.Fatalf("sessions on the core: %d", got)
+			}
+			var c, s strings.Builder
+			for _, e := range h.Recorder.Events() {
+				if e.Type != record.TypeWire {
+					continue
+				}
+				if e.Dir == record.DirClientToServer {
+					c.Write(e.Data)
+				} else {
+					s.Write(e.Data)
+				}
+			}
+			return c.String(), s.String()
+		}
+		c1, s1 := wire(t, true)
+		c2, s2 := wire(t, false)
+		if c1 != c2 {
+			t.Fatalf("client bytes recorded on the core (%d) differ from the goroutines' (%d)", len(c1), len(c2))
+		}
+		for i := range 20 {
+			w := fmt.Sprintf("wire-%02d", i)
+			if strings.Count(s1, w) != 2 || strings.Count(s2, w) != 2 { // one per row
+				t.Fatalf("%s recorded as sent %d times on the core, %d on goroutines", w, strings.Count(s1, w), strings.Count(s2, w))
+			}
+		}
+		if !strings.Contains(s1, "ci/deny/no-drop") || strings.Count(s1, "two@example.com") != 20 {
+			t.Fatal("the denial or the rows are missing from what the core recorded as sent")
 		}
 	})
 }

@@ -124,6 +124,7 @@ type session struct {
 	// plain socket. coreIn and coreOut count the client's bytes while the
 	// session ran on the core, later its connection after it left.
 	rawClient, rawUp net.Conn
+	tapped           bool // cconn is &client, tapped (record = "full")
 	coreIn, coreOut  int64
 	later            *decoder.CountConn
 }
@@ -203,6 +204,7 @@ func (s *session) run(ctx context.Context) error {
 		}
 		// What the client sent, and what it received after masking.
 		s.setCconn(decoder.Tapped(s.cconn, s.tap.Tap))
+		s.tapped = true
 	}
 
 	// 2. How the session authenticates: with the client's own credentials,

@@ -23,7 +23,10 @@ import (
 // relay is the statement phase: the client-to-server goroutine classifies
 // and decides, the server-to-client goroutine accounts results, masks
 // them and turns the server's error for a substituted statement into the
-// denial.
+// denial. Where the io_uring relay core runs, the same handlers (clientMsg,
+// serverMsg) run on the core's thread instead, a whole message at a time,
+// and the goroutines take over only when a session leaves the core
+// (core.go).
 //
 // The two sides share one queue (ops): for every message sent to the
 // server that the server answers (Parse, Bind, Describe, Execute, Close,
