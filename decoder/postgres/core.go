@@ -269,10 +269,14 @@ func (h *coreSession) whole(fr *frameReader, f *feed) (ok, long bool) {
 	hdr, _ := fr.r.Peek(5) // fills from the feed
 	buffered = fr.r.Buffered()
 	n := int(int32(binary.BigEndian.Uint32(hdr[1:])))
-	if n < 4 || n-4 > fr.max {
+	if n < 4 {
 		return true, false // next reports it
 	}
-	if n-4 > coreMaxMessage {
+	if n-4 > coreMaxMessage || n-4 > fr.max {
+		// Too long for the core, or for the session: a message over
+		// the limit is refused by the goroutines, which read and drop
+		// the rest of it for a while so that its sender, still
+		// writing, reads the refusal instead of a reset.
 		return false, true
 	}
 	return buffered+f.avail() >= n+1, false
