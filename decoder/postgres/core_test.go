@@ -90,13 +90,7 @@ func TestCoreSessions(t *testing.T) {
 		if m := pg.Receive(); m.Type != 'N' {
 			t.Fatalf("got %v, want the hold's notice", m)
 		}
-		reqs := broker.List()
-		if len(reqs) != 1 {
-			t.Fatalf("broker has %d requests", len(reqs))
-		}
-		if _, err := broker.Decide(reqs[0].ID, approve.Approver{Kind: approve.KindOIDC, Subject: "sec", Groups: []string{"security"}}, true, ""); err != nil {
-			t.Fatal(err)
-		}
+		approveOnly(t, broker)
 		msgs := pg.UntilReady()
 		if len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("COPY users TO STDOUT") {
 			t.Fatalf("approved COPY: %v", msgs)
@@ -149,13 +143,7 @@ func TestCoreSessions(t *testing.T) {
 		if rows := strings.Count(decodertest.Types(msgs), "D"); rows != 100 {
 			t.Fatalf("%d rows before the hold's notice, want 100", rows)
 		}
-		reqs := broker.List()
-		if len(reqs) != 1 {
-			t.Fatalf("broker has %d requests", len(reqs))
-		}
-		if _, err := broker.Decide(reqs[0].ID, approve.Approver{Kind: approve.KindOIDC, Subject: "sec", Groups: []string{"security"}}, true, ""); err != nil {
-			t.Fatal(err)
-		}
+		approveOnly(t, broker)
 		msgs = append(msgs, pg.UntilReady()...)
 		if len(decodertest.Errors(msgs)) != 0 || strings.Count(decodertest.Types(msgs), "D") != 500 {
 			t.Fatalf("approved result: %d rows, %v", strings.Count(decodertest.Types(msgs), "D"), decodertest.Errors(msgs))
@@ -195,13 +183,7 @@ func TestCoreSessions(t *testing.T) {
 		if decodertest.Types(first) != "12DCZ" {
 			t.Fatalf("first batch: %v", first)
 		}
-		reqs := broker.List()
-		if len(reqs) != 1 {
-			t.Fatalf("broker has %d requests", len(reqs))
-		}
-		if _, err := broker.Decide(reqs[0].ID, approve.Approver{Kind: approve.KindOIDC, Subject: "sec", Groups: []string{"security"}}, true, ""); err != nil {
-			t.Fatal(err)
-		}
+		approveOnly(t, broker)
 		held := pg.UntilReady()
 		if len(decodertest.Errors(held)) != 0 || strings.Count(decodertest.Types(held), "d") != 2 {
 			t.Fatalf("approved COPY batch: %v", held)
@@ -299,4 +281,17 @@ func TestCoreSessions(t *testing.T) {
 			t.Fatal("the denial or the rows are missing from what the core recorded as sent")
 		}
 	})
+}
+
+// approveOnly approves the one request the broker holds, as a member of
+// the security group.
+func approveOnly(t *testing.T, broker *approve.Broker) {
+	t.Helper()
+	reqs := broker.List()
+	if len(reqs) != 1 {
+		t.Fatalf("broker has %d requests", len(reqs))
+	}
+	if _, err := broker.Decide(reqs[0].ID, approve.Approver{Kind: approve.KindOIDC, Subject: "sec", Groups: []string{"security"}}, true, ""); err != nil {
+		t.Fatal(err)
+	}
 }
