@@ -195,6 +195,19 @@ policy "ci" {
 			if c, s := got[i].String("client_tls") == "true", got[i].String("upstream_tls") == "true"; c != f.client || s != f.server {
 				t.Errorf("%s: flow %d had client_tls=%v upstream_tls=%v, want %v %v: %v", a.name, i, c, s, f.client, f.server, got[i])
 			}
+			// A session that reached its statements: TLS on either hop
+			// keeps it on goroutines; a plaintext one runs on the
+			// io_uring core where the kernel has it enabled.
+			if got[i].String("error") != "" {
+				continue
+			}
+			want := "goroutines"
+			if !f.client && !f.server && uringEnabled() {
+				want = "io_uring"
+			}
+			if rc := got[i].String("relay_core"); rc != want {
+				t.Errorf("%s: flow %d had relay_core=%q, want %q: %v", a.name, i, rc, want, got[i])
+			}
 		}
 	}
 
@@ -246,4 +259,11 @@ func pgFlows(t *testing.T, d *testenv.Daemon) []testenv.LogLine {
 		}
 	}
 	return out
+}
+
+// uringEnabled reports whether this kernel has io_uring enabled for
+// everyone (kernel.io_uring_disabled, Linux 6.6 and later, is 0).
+func uringEnabled() bool {
+	b, err := os.ReadFile("/proc/sys/kernel/io_uring_disabled")
+	return err == nil && strings.TrimSpace(string(b)) == "0"
 }

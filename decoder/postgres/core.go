@@ -148,6 +148,7 @@ func (w coreWriter) Write(b []byte) (int, error) {
 // io_uring's, the session is not eligible, or it left the core.
 func (r *relay) onCore() (done bool, err error) {
 	s := r.s
+	s.relayCore = "goroutines"
 	plain := s.cconn == net.Conn(&s.client) || s.tapped && !s.tap.Waiting()
 	if !useCore || evloop.Core() != evloop.CoreUring || s.rawClient == nil || s.rawUp == nil || !plain || s.upstreamTLS ||
 		s.clientTLS || r.cr.r.Buffered() > 0 || r.sr.r.Buffered() > 0 || s.p.Session.RecordingRoom() < coreRecordRoom {
@@ -170,6 +171,10 @@ func (r *relay) onCore() (done bool, err error) {
 	s.coreIn, s.coreOut = res.In.ClientToServer, h.toClient
 	if res.Taken {
 		coreRan.Add(1)
+		s.relayCore = "io_uring"
+		if res.Ejected {
+			s.relayCore = "io_uring, then goroutines: " + r.leftFor
+		}
 	}
 	if res.Taken && !res.Ejected {
 		s.close()
@@ -282,13 +287,27 @@ func (h *coreSession) whole(fr *frameReader, f *feed) (ok, long bool) {
 	return buffered+f.avail() >= n+1, false
 }
 
+// offCore is errOffCore when the next message (whole: ok; too long for
+// the core: long) must be handled on the goroutines.
+func (h *coreSession) offCore(ok, long bool) error {
+	switch {
+	case long:
+		h.r.leftFor = "a message too long for the core"
+	case ok && h.r.s.p.Session.RecordingRoom() < coreRecordRoom:
+		h.r.leftFor = "the recording queue was nearly full"
+	default:
+		return nil
+	}
+	return errOffCore
+}
+
 // clientMsgs handles the client's whole messages.
 func (h *coreSession) clientMsgs() error {
 	r := h.r
 	for {
 		ok, long := h.whole(r.cr, h.in[0])
-		if long || ok && r.s.p.Session.RecordingRoom() < coreRecordRoom {
-			return errOffCore
+		if off := h.offCore(ok, long); off != nil {
+			return off
 		}
 		if !ok {
 			return nil
@@ -315,8 +334,8 @@ func (h *coreSession) serverMsgs() error {
 	r := h.r
 	for {
 		ok, long := h.whole(r.sr, h.in[1])
-		if long || ok && r.s.p.Session.RecordingRoom() < coreRecordRoom {
-			return errOffCore
+		if off := h.offCore(ok, long); off != nil {
+			return off
 		}
 		if !ok {
 			return nil
@@ -359,5 +378,6 @@ func (r *relay) offCore(c *decoder.Command, typ byte, b []byte) bool {
 	}
 	r.pre = c
 	r.resume = &resumeMsg{typ: typ, body: append([]byte(nil), b...)}
+	r.leftFor = "a statement held for approval"
 	return true
 }

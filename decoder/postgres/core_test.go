@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/decoder/decodertest"
 	"github.com/sluicehq/sluice/decoder/internal/evloop"
 	"github.com/sluicehq/sluice/enforcer/approve"
@@ -70,6 +71,9 @@ func TestCoreSessions(t *testing.T) {
 		if res.Err != nil {
 			t.Fatalf("session: %v", res.Err)
 		}
+		if got := field(res, "relay_core"); got != "io_uring" {
+			t.Errorf("flow log relay_core %q, want io_uring", got)
+		}
 		if coreRan.Load() != ran+1 || coreLeft.Load() != left {
 			t.Fatalf("sessions on the core %d, left it %d; want 1 and 0", coreRan.Load()-ran, coreLeft.Load()-left)
 		}
@@ -98,6 +102,9 @@ func TestCoreSessions(t *testing.T) {
 		// The session goes on, on goroutines.
 		if msgs := pg.Query("SELECT 'after-hold'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-hold") {
 			t.Fatalf("after the hold: %v", msgs)
+		}
+		if got := field(h.End(), "relay_core"); got != "io_uring, then goroutines: a statement held for approval" {
+			t.Errorf("flow log relay_core %q", got)
 		}
 		if coreLeft.Load() != left+1 {
 			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
@@ -212,7 +219,9 @@ func TestCoreSessions(t *testing.T) {
 		if msgs := pg.Query("SELECT 'after-long'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-long") {
 			t.Fatalf("after the long query: %v", msgs)
 		}
-		h.End()
+		if got := field(h.End(), "relay_core"); got != "io_uring, then goroutines: a message too long for the core" {
+			t.Errorf("flow log relay_core %q", got)
+		}
 		if coreLeft.Load() != left+1 {
 			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
 		}
@@ -294,4 +303,14 @@ func approveOnly(t *testing.T, broker *approve.Broker) {
 	if _, err := broker.Decide(reqs[0].ID, approve.Approver{Kind: approve.KindOIDC, Subject: "sec", Groups: []string{"security"}}, true, ""); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// field is the value of key among a Result's flow log fields, as text.
+func field(res decoder.Result, key string) string {
+	for i := 0; i+1 < len(res.Fields); i += 2 {
+		if res.Fields[i] == key {
+			return fmt.Sprint(res.Fields[i+1])
+		}
+	}
+	return ""
 }

@@ -91,7 +91,7 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	st := Stats{decoder.SessionStats{
 		BytesFromClient: n.ClientToServer, BytesToClient: n.ServerToClient,
 		User: s.user, Database: s.database, ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS,
-		ClientUser: s.clientUser, Credential: s.credential,
+		ClientUser: s.clientUser, Credential: s.credential, RelayCore: s.relayCore,
 	}}
 	return st, err
 }
@@ -124,7 +124,8 @@ type session struct {
 	// plain socket. coreIn and coreOut count the client's bytes while the
 	// session ran on the core, later its connection after it left.
 	rawClient, rawUp net.Conn
-	tapped           bool // cconn is &client, tapped (record = "full")
+	tapped           bool   // cconn is &client, tapped (record = "full")
+	relayCore        string // where the statement phase ran (Stats.RelayCore)
 	coreIn, coreOut  int64
 	later            *decoder.CountConn
 }

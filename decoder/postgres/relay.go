@@ -85,6 +85,7 @@ type relay struct {
 	resume  *resumeMsg
 	pre     *decoder.Command
 	heldRow *heldRow
+	leftFor string // why the session left the core
 
 	// Shared: the answers the server owes, in order (the client side
 	// pushes, the server side pops), and mu guarding status.
@@ -988,6 +989,7 @@ func (r *relay) dataRow(n int) error {
 			refused, v, hold := r.dec.DecideResultNow(it.c, &it.gate, rows, bytes)
 			if hold {
 				r.heldRow = &heldRow{it: it, n: n, v: v}
+				r.leftFor = "a result held for approval"
 				return errOffCore
 			}
 			if refused {
