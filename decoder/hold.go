@@ -78,7 +78,7 @@ type ResultGate struct {
 // a refusal (fail closed). It is called from the goroutine that reads the
 // result.
 func (d Decider) CheckResult(ctx context.Context, c *Command, g *ResultGate, rows, bytes int64, notify Notify) (refused bool, v enforcer.Verdict) {
-	if !c.Verdict.Decision.AwaitResult || g.Approved || (rows < g.nextRows && bytes < g.nextBytes) {
+	if !d.ResultDue(c, g, rows, bytes) {
 		return false, v // every row of most results: small enough to inline
 	}
 	return d.decideResult(ctx, c, g, rows, bytes, notify)

@@ -36,7 +36,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"sync/atomic"
 
 	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/decoder/internal/evloop"
@@ -64,10 +63,6 @@ const (
 // useCore: run sessions on the core where it is io_uring's
 // (SLUICE_RELAY_CORE=goroutine or epoll keeps them on goroutines).
 var useCore = os.Getenv("SLUICE_RELAY_CORE") == ""
-
-// coreRan counts the sessions the core took, coreLeft those of them that
-// left it for goroutines; the tests read them.
-var coreRan, coreLeft atomic.Int64
 
 // errOffCore stops the core's handling of a session: it must go on with
 // goroutines.
@@ -170,7 +165,6 @@ func (r *relay) onCore() (done bool, err error) {
 	r.core = nil
 	s.coreIn, s.coreOut = res.In.ClientToServer, h.toClient
 	if res.Taken {
-		coreRan.Add(1)
 		s.relayCore = "io_uring"
 		if res.Ejected {
 			s.relayCore = "io_uring, then goroutines: " + r.leftFor
@@ -208,9 +202,6 @@ func (r *relay) onCore() (done bool, err error) {
 	h.in[0].conn, h.in[1].conn = s.cconn, s.up
 	r.cw.Reset(s.cconn)
 	r.sw.Reset(s.up)
-	if res.Ejected {
-		coreLeft.Add(1)
-	}
 	return false, nil
 }
 

@@ -51,7 +51,6 @@ func TestCoreSessions(t *testing.T) {
 	}
 
 	t.Run("steady state on the core", func(t *testing.T) {
-		ran, left := coreRan.Load(), coreLeft.Load()
 		h, pg := login(t, decodertest.Options{})
 		for i := range 50 {
 			msgs := pg.Query("SELECT count(*) FROM users")
@@ -71,19 +70,13 @@ func TestCoreSessions(t *testing.T) {
 		if res.Err != nil {
 			t.Fatalf("session: %v", res.Err)
 		}
-		if got := field(res, "relay_core"); got != "io_uring" {
-			t.Errorf("flow log relay_core %q, want io_uring", got)
-		}
-		if coreRan.Load() != ran+1 || coreLeft.Load() != left {
-			t.Fatalf("sessions on the core %d, left it %d; want 1 and 0", coreRan.Load()-ran, coreLeft.Load()-left)
-		}
+		wantCore(t, res, "io_uring")
 		if res.BytesFromClient == 0 || res.BytesToClient == 0 {
 			t.Fatalf("byte counts not kept on the core: %+v", res)
 		}
 	})
 
 	t.Run("hold leaves the core", func(t *testing.T) {
-		left := coreLeft.Load()
 		broker := approve.NewBroker(approve.Options{})
 		t.Cleanup(func() { broker.Close(context.Background()) })
 		h, pg := login(t, decodertest.Options{Holder: decodertest.BrokerHolder(broker, time.Minute)})
@@ -103,16 +96,10 @@ func TestCoreSessions(t *testing.T) {
 		if msgs := pg.Query("SELECT 'after-hold'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-hold") {
 			t.Fatalf("after the hold: %v", msgs)
 		}
-		if got := field(h.End(), "relay_core"); got != "io_uring, then goroutines: a statement held for approval" {
-			t.Errorf("flow log relay_core %q", got)
-		}
-		if coreLeft.Load() != left+1 {
-			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
-		}
+		wantCore(t, h.End(), "io_uring, then goroutines: a statement held for approval")
 	})
 
 	t.Run("result rule without an approver, on the core", func(t *testing.T) {
-		ran, left := coreRan.Load(), coreLeft.Load()
 		h, pg := login(t, decodertest.Options{})
 		if msgs := pg.Query("SELECT id FROM big WHERE id <= 100"); len(decodertest.Errors(msgs)) != 0 {
 			t.Fatalf("100 rows: %v", msgs)
@@ -127,14 +114,10 @@ func TestCoreSessions(t *testing.T) {
 		if msgs := pg.Query("SELECT 'after-refusal'"); len(decodertest.Errors(msgs)) != 0 {
 			t.Fatalf("after the refusal: %v", msgs)
 		}
-		h.End()
-		if coreRan.Load() != ran+1 || coreLeft.Load() != left {
-			t.Fatalf("sessions on the core %d, left it %d; want 1 and 0", coreRan.Load()-ran, coreLeft.Load()-left)
-		}
+		wantCore(t, h.End(), "io_uring")
 	})
 
 	t.Run("result hold leaves the core at its row", func(t *testing.T) {
-		left := coreLeft.Load()
 		broker := approve.NewBroker(approve.Options{})
 		t.Cleanup(func() { broker.Close(context.Background()) })
 		h, pg := login(t, decodertest.Options{Holder: decodertest.BrokerHolder(broker, time.Minute)})
@@ -158,14 +141,10 @@ func TestCoreSessions(t *testing.T) {
 		if msgs := pg.Query("SELECT 'after-hold'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-hold") {
 			t.Fatalf("after the hold: %v", msgs)
 		}
-		h.End()
-		if coreLeft.Load() != left+1 {
-			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
-		}
+		wantCore(t, h.End(), "io_uring, then goroutines: a result held for approval")
 	})
 
 	t.Run("pipelined batch with a held Parse", func(t *testing.T) {
-		left := coreLeft.Load()
 		broker := approve.NewBroker(approve.Options{})
 		t.Cleanup(func() { broker.Close(context.Background()) })
 		h, pg := login(t, decodertest.Options{Holder: decodertest.BrokerHolder(broker, time.Minute)})
@@ -199,14 +178,10 @@ func TestCoreSessions(t *testing.T) {
 		if decodertest.Types(last) != "TDCZ" || !h.Tap.Contains("SELECT 'last'") {
 			t.Fatalf("the statement after the held batch: %v", last)
 		}
-		h.End()
-		if coreLeft.Load() != left+1 {
-			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
-		}
+		wantCore(t, h.End(), "io_uring, then goroutines: a statement held for approval")
 	})
 
 	t.Run("message too long for the core", func(t *testing.T) {
-		left := coreLeft.Load()
 		h, pg := login(t, decodertest.Options{})
 		if msgs := pg.Query("SELECT 'small'"); len(decodertest.Errors(msgs)) != 0 {
 			t.Fatal(msgs)
@@ -219,12 +194,7 @@ func TestCoreSessions(t *testing.T) {
 		if msgs := pg.Query("SELECT 'after-long'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-long") {
 			t.Fatalf("after the long query: %v", msgs)
 		}
-		if got := field(h.End(), "relay_core"); got != "io_uring, then goroutines: a message too long for the core" {
-			t.Errorf("flow log relay_core %q", got)
-		}
-		if coreLeft.Load() != left+1 {
-			t.Fatalf("%d sessions left the core, want 1", coreLeft.Load()-left)
-		}
+		wantCore(t, h.End(), "io_uring, then goroutines: a message too long for the core")
 	})
 
 	t.Run("record full on the core as on goroutines", func(t *testing.T) {
@@ -235,7 +205,6 @@ func TestCoreSessions(t *testing.T) {
 			t.Helper()
 			defer func(v bool) { useCore = v }(useCore)
 			useCore = onCore
-			ran := coreRan.Load()
 			h, pg := login(t, decodertest.Options{Record: record.Full})
 			for i := range 20 {
 				if msgs := pg.Query(fmt.Sprintf("SELECT 'wire-%02d', email FROM users ORDER BY id", i)); len(decodertest.Errors(msgs)) != 0 {
@@ -243,10 +212,8 @@ func TestCoreSessions(t *testing.T) {
 				}
 			}
 			wantError(t, pg.Query("DROP TABLE users"), "ERROR", codeInsufficientPrivilege, `"ci/deny/no-drop"`)
-			h.End()
-			if got := coreRan.Load() - ran; got != map[bool]int64{true: 1, false: 0}[onCore] {
-				t.Fatalf("sessions on the core: %d", got)
-			}
+			want := map[bool]string{true: "io_uring", false: "goroutines"}[onCore]
+			wantCore(t, h.End(), want)
 			var c, s strings.Builder
 			for _, e := range h.Recorder.Events() {
 				if e.Type != record.TypeWire {
@@ -305,12 +272,17 @@ func approveOnly(t *testing.T, broker *approve.Broker) {
 	}
 }
 
-// field is the value of key among a Result's flow log fields, as text.
-func field(res decoder.Result, key string) string {
+// wantCore checks where a session's statements ran, as its flow log's
+// relay_core field says.
+func wantCore(t *testing.T, res decoder.Result, want string) {
+	t.Helper()
+	got := ""
 	for i := 0; i+1 < len(res.Fields); i += 2 {
-		if res.Fields[i] == key {
-			return fmt.Sprint(res.Fields[i+1])
+		if res.Fields[i] == "relay_core" {
+			got = fmt.Sprint(res.Fields[i+1])
 		}
 	}
-	return ""
+	if got != want {
+		t.Errorf("relay_core %q, want %q", got, want)
+	}
 }

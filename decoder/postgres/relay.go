@@ -983,20 +983,21 @@ func (r *relay) dataRow(n int) error {
 		// the counts reach the next point where the verdict can change.
 		// A hold pauses here; a deny or a refused hold refuses the rest.
 		rows, bytes := it.baseRows+it.rows, it.baseBytes+it.bytes
-		if r.core != nil && r.dec.ResultDue(it.c, &it.gate, rows, bytes) {
-			// On the relay core nothing may wait: a hold is waited
-			// for on the goroutines, at this row (see core.go).
+		if r.dec.ResultDue(it.c, &it.gate, rows, bytes) {
 			refused, v, hold := r.dec.DecideResultNow(it.c, &it.gate, rows, bytes)
-			if hold {
+			if hold && r.core != nil {
+				// On the relay core nothing may wait: the hold is
+				// waited for on the goroutines, at this row (core.go).
 				r.heldRow = &heldRow{it: it, n: n, v: v}
 				r.leftFor = "a result held for approval"
 				return errOffCore
 			}
+			if hold {
+				refused, v = r.dec.AwaitResultHold(r.s.ctx, it.c, &it.gate, v, rows, r.resultNotice)
+			}
 			if refused {
 				r.refuseResult(it, denialBody(v))
 			}
-		} else if refused, v := r.dec.CheckResult(r.s.ctx, it.c, &it.gate, rows, bytes, r.resultNotice); refused {
-			r.refuseResult(it, denialBody(v))
 		}
 	}
 	return r.rowBody(it, n)

@@ -161,20 +161,17 @@ func Decode(ctx context.Context, client, server net.Conn, h Handler) DecodeResul
 	server.Close()
 	d := &urDecode{h: h}
 	p, err, taken := uringRun(ctx, cfd, sfd, d)
-	if taken && !d.ejected {
-		res.Taken = true
-		res.Counts = Counts{ClientToServer: p.n[0], ServerToClient: p.n[1]}
-		res.In = Counts{ClientToServer: d.in[0], ServerToClient: d.in[1]}
-		res.Err = err
-		return res
-	}
-	// Refused, or ejected: the fds are ours again.
 	res.Taken, res.Ejected = taken, d.ejected
 	if taken {
 		res.Counts = Counts{ClientToServer: p.n[0], ServerToClient: p.n[1]}
 		res.In = Counts{ClientToServer: d.in[0], ServerToClient: d.in[1]}
 		res.Rest = d.rest
 	}
+	if taken && !d.ejected {
+		res.Err = err
+		return res
+	}
+	// Refused, or ejected: the fds are ours again.
 	var cerr, serr error
 	res.Client, cerr = connFromFD(cfd)
 	res.Server, serr = connFromFD(sfd)
@@ -223,21 +220,7 @@ func (c *urCore) decReceived(p *urPair, i int, q urCQE) {
 		}
 	}
 	if !more && !p.end && !p.eof[i] && !d.ending && !d.ejecting {
-		switch {
-		case q.res > 0:
-			c.recv(p, i)
-		case q.res == -int32(unix.ENOBUFS):
-			if len(p.out[1-i]) < urBufs {
-				c.recv(p, i)
-			} else {
-				p.starved[i] = true
-			}
-		case q.res == 0:
-			p.eof[i] = true
-		default:
-			p.eof[i] = true
-			d.cerr[i] = fmt.Errorf("receive: %w", unix.Errno(-q.res))
-		}
+		d.cerr[i] = c.recvEnded(p, i, q.res)
 	}
 	c.deliver(p)
 }

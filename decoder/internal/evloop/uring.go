@@ -533,21 +533,31 @@ func (c *urCore) received(p *urPair, i int, q urCQE) {
 	if more || p.end || p.eof[i] {
 		return
 	}
+	if err := c.recvEnded(p, i, q.res); err != nil {
+		p.fail(err)
+	}
+}
+
+// recvEnded re-arms side i's receive, which the kernel ended with res, or
+// marks it starved (no buffer until one comes back) or over (eof; err is
+// the receive's failure, nil at the end of stream).
+func (c *urCore) recvEnded(p *urPair, i int, res int32) (err error) {
 	switch {
-	case q.res > 0: // the kernel stopped the multishot receive on its own
+	case res > 0: // the kernel stopped the multishot receive on its own
 		c.recv(p, i)
-	case q.res == -int32(unix.ENOBUFS):
+	case res == -int32(unix.ENOBUFS):
 		if len(p.out[1-i]) < urBufs {
 			c.recv(p, i) // a buffer came back after the kernel found none
 		} else {
 			p.starved[i] = true
 		}
-	case q.res == 0:
+	case res == 0:
 		p.eof[i] = true
 	default:
 		p.eof[i] = true
-		p.fail(fmt.Errorf("receive: %w", unix.Errno(-q.res)))
+		err = fmt.Errorf("receive: %w", unix.Errno(-res))
 	}
+	return err
 }
 
 // sent moves side j's queue past what a send wrote and sends the rest; a
