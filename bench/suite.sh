@@ -48,14 +48,23 @@
 #   PPROF=1 ...            # serve sluiced's pprof on 127.0.0.1:6060
 #   PERF_STAT=1 ...        # print the proxy's context switches, CPU migrations
 #                          # and system calls per transaction after each proxied run
+#   BIN=dir ...            # measure the sluiced and sluice built in dir (an
+#                          # older build, say) instead of rebuilding bin/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench: run as root" >&2; exit 1; }
 ROUNDS=${ROUNDS:-3}
 SECONDS_EACH=${SECONDS_EACH:-4}
 IDLE=${IDLE:-1000}
-BIN=${BIN:-bin}
-[ -x "$BIN/sluiced" ] || make build >/dev/null
+if [ -z "${BIN:-}" ]; then
+  # The tree's own code: rebuilt every run (incremental), so a stale
+  # bin/sluiced is never what gets measured.
+  BIN=bin
+  make build >/dev/null
+fi
+if [ ! -x "$BIN/sluiced" ] || [ ! -x "$BIN/sluice" ]; then
+  echo "bench: no sluiced and sluice in $BIN" >&2; exit 1
+fi
 go build -o "$BIN/pgxclient" ./e2e/pgxclient
 [ -n "${FLOOR:-}" ] && go build -o "$BIN/relayfloor" ./bench/relayfloor
 
