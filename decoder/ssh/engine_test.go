@@ -282,6 +282,24 @@ func TestEngineSFTP(t *testing.T) {
 	if _, err := c.Open("/etc/hostname"); err == nil || !errors.Is(err, os.ErrPermission) {
 		t.Fatalf("open /etc/hostname: %v, want permission denied", err)
 	}
+	// The ruleset sees the path the host acts on: relative paths are
+	// resolved, and a NUL byte (where the host's C string would end) is
+	// refused.
+	if _, err := c.Open(strings.Repeat("../", 30) + "etc/hostname"); err == nil || !errors.Is(err, os.ErrPermission) {
+		t.Fatalf("open ../../etc/hostname: %v, want permission denied", err)
+	}
+	if _, err := c.Open("/etc/hostname\x00/../.." + p); err == nil {
+		t.Fatal("open of a path with a NUL byte succeeded")
+	}
+	// A handle opened for reading takes no write.
+	rf, err := c.OpenFile(p, os.O_RDONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rf.Write([]byte("x")); err == nil {
+		t.Fatal("a write on a handle opened for reading succeeded")
+	}
+	rf.Close()
 	if err := c.Remove(p); err != nil {
 		t.Fatal(err)
 	}

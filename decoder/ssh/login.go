@@ -141,6 +141,7 @@ func login(ctx context.Context, f *decoder.Flow, dial decoder.DialFunc, inj *enf
 	if err != nil {
 		return nil, &loginError{"cannot reach the host", err}
 	}
+	up = quickAck(up)
 	up.SetDeadline(time.Now().Add(loginTimeout))
 	conn, chans, reqs, err := ssh.NewClientConn(up, addr, cfg)
 	if err != nil {

@@ -1,17 +1,15 @@
 package ssh
 
 import (
-	"encoding/binary"
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"strings"
+	"path"
+	"strconv"
 	"sync"
 	"time"
 
-	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sluicehq/sluice/decoder"
@@ -19,485 +17,626 @@ import (
 	"github.com/sluicehq/sluice/ruleset"
 )
 
-// SFTP is decoded by terminating it: pkg/sftp's request server speaks to
-// the job's client, and every file operation it receives is decided by
-// the ruleset (sftp.op, sftp.path) and, allowed, made again on the host
-// through pkg/sftp's client, on the host's sftp subsystem. pkg/sftp keeps
-// its packet codec to itself, so relaying the job's packets while reading
-// them is not possible without a codec of Sluice's own; terminating also
-// means nothing the ruleset did not see reaches the host. OpenSSH's scp
-// (9.x) speaks SFTP too, so scp transfers are decided file by file here.
+// SFTP is relayed packet by packet. Sluice reads each of the job's
+// requests and decides every one that names a file by the ruleset
+// (sftp.op, sftp.path); a refused one is answered by Sluice with a
+// permission error and never reaches the host. What is passed on carries
+// its paths made absolute and clean, as the ruleset saw them. Requests on
+// a handle go on only for a handle the host gave this channel for an
+// open the ruleset allowed, and writes only on one opened for writing.
+// A request Sluice does not know is answered as unsupported. The host's
+// answers come back as they are, read for the recording: the handles,
+// the bytes read and written, and each decided operation's outcome.
+// OpenSSH's scp (9.x) speaks SFTP too, so scp transfers are decided file
+// by file here.
 
-// sftp serves an allowed sftp subsystem on the job's channel.
+// maxSFTPPending bounds the requests in flight on one channel (OpenSSH's
+// sftp keeps up to 64, pkg/sftp's client 64 per file).
+const maxSFTPPending = 1024
+
+// maxSFTPHandles bounds the handles open on one channel.
+const maxSFTPHandles = 256
+
+// sftpFlushAt is the size of each direction's write buffer: packets that
+// arrive together are sent together, in as few SSH packets as they fill.
+const sftpFlushAt = 64 << 10
+
+// sftp relays an allowed sftp subsystem between the job's channel and
+// the host's.
 func (sc *sessChan) sftp(c *decoder.Command, up ssh.Channel, upReqs <-chan *ssh.Request) {
 	s := sc.s
 	defer close(sc.relayDone)
 	start := time.Now()
 	go ssh.DiscardRequests(upReqs)
 	go io.Copy(sc.ch.Stderr(), up.Stderr())
-	client, err := sftp.NewClientPipe(up, &packetWriter{w: up})
-	if err != nil {
-		sc.notice("sluice: the host's sftp subsystem did not answer: " + err.Error())
-		up.Close()
-		sc.exit(255)
-		return
+	r := &sftpRelay{
+		decide: func(op, p, target, text string) (*decoder.Command, string) {
+			c := s.command(ruleset.SSHSubsystem, text, reqInfo{channel: sc.num, unmaskable: "SFTP file data"}, func(r *ruleset.SSHRequest) {
+				sc.fill(r)
+				r.Subsystem, r.SFTPOp, r.SFTPPath, r.SFTPTarget = "sftp", op, p, target
+			})
+			if !s.allowed(c, func(_, msg string) { sc.notice(msg) }) {
+				msg := refusal(c)
+				sc.notice(msg)
+				return c, msg
+			}
+			return c, ""
+		},
+		done: func(c *decoder.Command, start time.Time, bytes int64, code string) {
+			s.sess.Done(&c.Cmd, c.Verdict, enforcer.Outcome{Bytes: bytes, Duration: time.Since(start), ErrCode: code,
+				Fields: map[string]string{"channel": sc.num}})
+		},
 	}
-	defer client.Close()
-	home, err := client.RealPath(".")
+	err := r.run(sc.ch, up)
+	status, code := uint32(0), ""
 	if err != nil {
-		home = "/"
-	}
-	h := &sftpHandler{sc: sc, client: client}
-	// The request server closes what it serves when it is done; the
-	// channel must stay open for the exit status, so it gets a Close that
-	// does nothing.
-	rwc := struct {
-		io.Reader
-		io.Writer
-		io.Closer
-	}{sc.ch, &packetWriter{w: sc.ch}, io.NopCloser(nil)}
-	srv := sftp.NewRequestServer(rwc, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
-		sftp.WithStartDirectory(home))
-	err = srv.Serve()
-	srv.Close()
-	status := uint32(0)
-	code := ""
-	if err != nil && !errors.Is(err, io.EOF) {
+		sc.notice("sluice: sftp ended: " + err.Error())
 		status, code = 255, "exit 255"
 	}
 	sc.ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{status}))
 	sc.ch.CloseWrite()
 	sc.ch.Close()
 	up.Close()
-	s.sess.Done(&c.Cmd, c.Verdict, enforcer.Outcome{Bytes: h.total(), Duration: time.Since(start), ErrCode: code,
+	r.wait()
+	s.sess.Done(&c.Cmd, c.Verdict, enforcer.Outcome{Bytes: r.total, Duration: time.Since(start), ErrCode: code,
 		Fields: map[string]string{"channel": sc.st.channel}})
 }
 
-// sftpHandler decides and performs the job's file operations.
-type sftpHandler struct {
-	sc     *sessChan
-	client *sftp.Client
+// sftpRelay is one sftp channel's state: the requests in flight and the
+// handles open, both bounded.
+type sftpRelay struct {
+	// decide decides one operation; it returns the refusal the job is
+	// told, or "". It may wait on a hold.
+	decide func(op, path, target, text string) (*decoder.Command, string)
+	// done records a decided operation's outcome.
+	done func(c *decoder.Command, start time.Time, bytes int64, code string)
 
-	mu    sync.Mutex
-	bytes int64
+	home string // the directory relative paths start from
+
+	// job is the writer towards the job, shared by the host's answers and
+	// Sluice's own.
+	jobMu sync.Mutex
+	job   *bufio.Writer
+
+	mu      sync.Mutex
+	pending map[uint32]sftpPending
+	handles map[string]*sftpHandle
+	opening int           // opens in flight
+	total   int64         // file bytes read and written
+	drained chan struct{} // closed once nothing is in flight, after the job's end
+
+	loops sync.WaitGroup // the two relaying goroutines, once run started them
 }
 
-func (h *sftpHandler) add(n int64) {
-	h.mu.Lock()
-	h.bytes += n
-	h.mu.Unlock()
-}
-
-func (h *sftpHandler) total() int64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.bytes
-}
-
-// decide decides one operation; a refusal is an SFTP permission error
-// naming the rule, and the same sentence on the job's stderr (OpenSSH's
-// sftp and scp show the channel's stderr, not the status message).
-func (h *sftpHandler) decide(op, path, target, text string) (*decoder.Command, error) {
-	s := h.sc.s
-	c := s.command(ruleset.SSHSubsystem, text, reqInfo{channel: h.sc.num, unmaskable: "SFTP file data"}, func(r *ruleset.SSHRequest) {
-		h.sc.fill(r)
-		r.Subsystem, r.SFTPOp, r.SFTPPath, r.SFTPTarget = "sftp", op, path, target
-	})
-	if !s.allowed(c, func(_, msg string) { h.sc.notice(msg) }) {
-		msg := refusal(c)
-		h.sc.notice(msg)
-		return nil, fmt.Errorf("%s: %w", msg, sftp.ErrSSHFxPermissionDenied)
-	}
-	return c, nil
-}
-
-// done records an operation's outcome.
-func (h *sftpHandler) done(c *decoder.Command, start time.Time, bytes int64, err error) {
-	o := enforcer.Outcome{Bytes: bytes, Duration: time.Since(start)}
-	if err != nil {
-		o.ErrCode = "sftp error"
-		var se *sftp.StatusError
-		switch {
-		case errors.As(err, &se):
-			o.ErrCode = fmt.Sprintf("sftp %d", se.Code)
-		case errors.Is(err, fs.ErrNotExist):
-			o.ErrCode = "sftp 2" // SSH_FX_NO_SUCH_FILE, as pkg/sftp's client reports it
-		case errors.Is(err, fs.ErrPermission):
-			o.ErrCode = "sftp 3" // SSH_FX_PERMISSION_DENIED
-		}
-	}
-	o.Fields = map[string]string{"channel": h.sc.num}
-	h.sc.s.sess.Done(&c.Cmd, c.Verdict, o)
-}
-
-// upErr turns the host's answer into the status the job gets: the host's
-// own code and message.
-func upErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	var se *sftp.StatusError
-	if errors.As(err, &se) {
-		return fmt.Errorf("%s: %w", err, se.FxCode())
-	}
-	if errors.Is(err, fs.ErrPermission) {
-		return fmt.Errorf("%s: %w", err, sftp.ErrSSHFxPermissionDenied)
-	}
-	return err
-}
-
-// openText describes an open for the recording: its path and flags.
-func openText(path string, f sftp.FileOpenFlags) string {
-	var fl []string
-	for _, x := range []struct {
-		on   bool
-		name string
-	}{{f.Read, "read"}, {f.Write, "write"}, {f.Append, "append"}, {f.Creat, "create"}, {f.Trunc, "trunc"}, {f.Excl, "excl"}} {
-		if x.on {
-			fl = append(fl, x.name)
-		}
-	}
-	return "open " + path + " (" + strings.Join(fl, ",") + ")"
-}
-
-func osFlags(f sftp.FileOpenFlags) int {
-	var fl int
-	switch {
-	case f.Read && f.Write:
-		fl = os.O_RDWR
-	case f.Write:
-		fl = os.O_WRONLY
-	default:
-		fl = os.O_RDONLY
-	}
-	if f.Append {
-		fl |= os.O_APPEND
-	}
-	if f.Creat {
-		fl |= os.O_CREATE
-	}
-	if f.Trunc {
-		fl |= os.O_TRUNC
-	}
-	if f.Excl {
-		fl |= os.O_EXCL
-	}
-	return fl
-}
-
-// open decides and opens a file on the host for the job's handle.
-func (h *sftpHandler) open(r *sftp.Request) (*hostFile, error) {
-	flags := r.Pflags()
-	if r.Method == "Get" {
-		flags = sftp.FileOpenFlags{Read: true}
-	}
-	// Rules tell reads from writes by the operation: an open that may
-	// change the file (write, append, create, truncate) is a write.
-	op := "read"
-	if flags.Write || flags.Append || flags.Creat || flags.Trunc {
-		op = "write"
-	}
-	c, err := h.decide(op, r.Filepath, "", openText(r.Filepath, flags))
-	if err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	// O_APPEND would make WriteAt fail in pkg/sftp's client; the job's
-	// own offsets are honoured, as a server without append does.
-	fl := osFlags(flags) &^ os.O_APPEND
-	f, err := h.client.OpenFile(r.Filepath, fl)
-	if err != nil {
-		h.done(c, start, 0, err)
-		return nil, upErr(err)
-	}
-	return &hostFile{h: h, f: f, c: c, start: start}, nil
-}
-
-// Fileread serves reads.
-func (h *sftpHandler) Fileread(r *sftp.Request) (io.ReaderAt, error) { return h.open(r) }
-
-// Filewrite serves writes.
-func (h *sftpHandler) Filewrite(r *sftp.Request) (io.WriterAt, error) { return h.open(r) }
-
-// OpenFile serves opens for reading and writing.
-func (h *sftpHandler) OpenFile(r *sftp.Request) (sftp.WriterAtReaderAt, error) { return h.open(r) }
-
-// hostFile is a file open on the host for one of the job's handles.
-type hostFile struct {
-	h     *sftpHandler
-	f     *sftp.File
-	c     *decoder.Command
+// sftpPending is a request in flight.
+type sftpPending struct {
+	typ   byte
+	c     *decoder.Command // a decided operation, or nil
 	start time.Time
-
-	mu    sync.Mutex
-	n     int64
-	err   error
-	close sync.Once
+	h     *sftpHandle // the handle a request is on
+	n     int64       // a write's bytes
+	open  *sftpHandle // what an open's handle will be
 }
 
-func (f *hostFile) count(n int, err error) {
-	f.mu.Lock()
-	f.n += int64(n)
-	if err != nil && err != io.EOF && f.err == nil {
-		f.err = err
-	}
-	f.mu.Unlock()
-	f.h.add(int64(n))
+// sftpHandle is a handle the host gave for an allowed open.
+type sftpHandle struct {
+	key         string
+	c           *decoder.Command
+	start       time.Time
+	path        string
+	dir         bool
+	read, write bool
+	n           int64
+	code        string // the first error on it
 }
 
-func (f *hostFile) ReadAt(b []byte, off int64) (int, error) {
-	n, err := f.f.ReadAt(b, off)
-	f.count(n, err)
-	if err == io.EOF {
-		return n, err
-	}
-	return n, upErr(err)
-}
-
-func (f *hostFile) WriteAt(b []byte, off int64) (int, error) {
-	n, err := f.f.WriteAt(b, off)
-	f.count(n, err)
-	return n, upErr(err)
-}
-
-// Close closes the host's file and records the handle's bytes.
-func (f *hostFile) Close() error {
-	var err error
-	f.close.Do(func() {
-		err = f.f.Close()
-		f.mu.Lock()
-		n, ferr := f.n, f.err
-		f.mu.Unlock()
-		if ferr == nil {
-			ferr = err
-		}
-		f.h.done(f.c, f.start, n, ferr)
-	})
-	return upErr(err)
-}
-
-// Filecmd serves the operations that change the host's files.
-func (h *sftpHandler) Filecmd(r *sftp.Request) error {
-	var op, path, target, text string
-	switch r.Method {
-	case "Setstat":
-		op, path, text = "setstat", r.Filepath, "setstat "+r.Filepath
-	case "Rename", "PosixRename":
-		op, path, target, text = "rename", r.Filepath, r.Target, "rename "+r.Filepath+" -> "+r.Target
-	case "Rmdir":
-		op, path, text = "rmdir", r.Filepath, "rmdir "+r.Filepath
-	case "Mkdir":
-		op, path, text = "mkdir", r.Filepath, "mkdir "+r.Filepath
-	case "Link":
-		op, path, target, text = "link", r.Target, r.Filepath, "link "+r.Target+" -> "+r.Filepath
-	case "Symlink":
-		op, path, target, text = "symlink", r.Target, r.Filepath, "symlink "+r.Target+" -> "+r.Filepath
-	case "Remove":
-		op, path, text = "remove", r.Filepath, "remove "+r.Filepath
-	default:
-		return sftp.ErrSSHFxOpUnsupported
-	}
-	c, err := h.decide(op, path, target, text)
-	if err != nil {
+// run speaks SFTP's start to both sides, then relays until the job ends
+// its side and the host has answered, or either fails. It returns why it
+// failed, or nil.
+func (r *sftpRelay) run(job io.ReadWriter, host io.ReadWriter) error {
+	r.init(job)
+	jr, hr := newFrameReader(job), newFrameReader(host)
+	hw := bufio.NewWriterSize(host, sftpFlushAt)
+	if err := r.start(jr, hr, hw); err != nil {
 		return err
 	}
-	start := time.Now()
-	switch r.Method {
-	case "Setstat":
-		err = h.setstat(r)
-	case "Rename":
-		err = h.client.Rename(r.Filepath, r.Target)
-	case "PosixRename":
-		err = h.client.PosixRename(r.Filepath, r.Target)
-	case "Rmdir":
-		err = h.client.RemoveDirectory(r.Filepath)
-	case "Mkdir":
-		err = h.client.Mkdir(r.Filepath)
-	case "Link":
-		err = h.client.Link(r.Filepath, r.Target)
-	case "Symlink":
-		err = h.client.Symlink(r.Filepath, r.Target)
-	case "Remove":
-		err = h.client.Remove(r.Filepath)
+	hostDone, clientDone := make(chan error, 1), make(chan error, 1)
+	r.loops.Add(2)
+	go func() {
+		defer r.loops.Done()
+		hostDone <- r.hostLoop(hr)
+	}()
+	go func() {
+		defer r.loops.Done()
+		clientDone <- r.clientLoop(jr, hw)
+	}()
+	select {
+	case err := <-clientDone:
+		if err != nil {
+			return err
+		}
+		// The job is done. Once the host has answered everything in
+		// flight (a client waits for its answers before it ends, so usually
+		// nothing is), the channel ends without waiting for the host's
+		// sftp-server to exit.
+		r.mu.Lock()
+		if len(r.pending) > 0 {
+			r.drained = make(chan struct{})
+		}
+		drained := r.drained
+		r.mu.Unlock()
+		if c, ok := host.(interface{ CloseWrite() error }); ok {
+			c.CloseWrite()
+		}
+		if drained == nil {
+			return nil
+		}
+		select {
+		case <-drained:
+			return nil
+		case err := <-hostDone:
+			return err
+		}
+	case err := <-hostDone:
+		if err == nil {
+			err = errors.New("the host's sftp subsystem ended first")
+		}
+		return err
 	}
-	h.done(c, start, 0, err)
-	return upErr(err)
 }
 
-// PosixRename serves posix-rename@openssh.com.
-func (h *sftpHandler) PosixRename(r *sftp.Request) error { return h.Filecmd(r) }
+// init readies the relay's state, with job as the writer towards the job.
+func (r *sftpRelay) init(job io.Writer) {
+	r.pending = map[uint32]sftpPending{}
+	r.handles = map[string]*sftpHandle{}
+	r.job = bufio.NewWriterSize(job, sftpFlushAt)
+}
 
-func (h *sftpHandler) setstat(r *sftp.Request) error {
-	a, fl := r.Attributes(), r.AttrFlags()
-	if fl.Size {
-		if err := h.client.Truncate(r.Filepath, int64(a.Size)); err != nil {
-			return err
+// wait waits for both sides to end (the caller closed both channels)
+// and records what was open or in flight then.
+func (r *sftpRelay) wait() {
+	r.loops.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, h := range r.handles {
+		r.done(h.c, h.start, h.n, "not closed")
+	}
+	for _, p := range r.pending {
+		if p.c != nil {
+			r.done(p.c, p.start, 0, "no answer")
 		}
 	}
-	if fl.UidGid {
-		if err := h.client.Chown(r.Filepath, int(a.UID), int(a.GID)); err != nil {
-			return err
+	r.handles, r.pending = nil, nil
+}
+
+// start reads the job's INIT, starts the host's side itself, learns the
+// session's directory, and answers the job with the host's VERSION
+// without the extensions Sluice does not read.
+func (r *sftpRelay) start(jr, hr *frameReader, hw *bufio.Writer) error {
+	p, err := jr.next()
+	if err != nil {
+		return fmt.Errorf("the job's sftp did not start: %w", err)
+	}
+	if len(p) < 9 || p[4] != fxpInit {
+		return errors.New("the job's sftp did not start with SSH_FXP_INIT")
+	}
+	if v := (&wire{b: p[5:], ok: true}).u32(); v < sftpVersion {
+		return fmt.Errorf("the job's sftp speaks SFTP version %d; Sluice relays version %d", v, sftpVersion)
+	}
+	hw.Write(newPacket(fxpInit, sftpVersion, 0).done())
+	if err := hw.Flush(); err != nil {
+		return err
+	}
+	p, err = hr.next()
+	if err != nil || len(p) < 9 || p[4] != fxpVersion {
+		return fmt.Errorf("the host's sftp subsystem did not answer SSH_FXP_INIT (%v)", err)
+	}
+	w := wire{b: p[5:], ok: true}
+	if v := w.u32(); v < sftpVersion {
+		return fmt.Errorf("the host speaks SFTP version %d; Sluice relays version %d", v, sftpVersion)
+	}
+	version := newPacket(fxpVersion, sftpVersion, len(w.b))
+	for len(w.b) > 0 && w.ok {
+		name, data := w.str(), w.str()
+		if w.ok && sftpExtensions[string(name)] {
+			version = version.str(string(name)).str(string(data))
 		}
 	}
-	if fl.Permissions {
-		if err := h.client.Chmod(r.Filepath, fs.FileMode(a.Mode&0o7777)); err != nil {
+	if !w.ok {
+		return errors.New("the host's SSH_FXP_VERSION is malformed")
+	}
+	hw.Write(newPacket(fxpRealpath, 0, 5).str(".").done())
+	if err := hw.Flush(); err != nil {
+		return err
+	}
+	p, err = hr.next()
+	if err != nil || len(p) < 13 || p[4] != fxpName {
+		return fmt.Errorf("the host's sftp subsystem did not say its directory (%v)", err)
+	}
+	w = wire{b: p[9:], ok: true}
+	if w.u32() < 1 {
+		return errors.New("the host's sftp subsystem did not say its directory")
+	}
+	home := w.str()
+	if !w.ok || len(home) == 0 || home[0] != '/' {
+		return errors.New("the host's sftp subsystem did not say its directory")
+	}
+	if r.home, err = resolvePath("/", home); err != nil {
+		return err
+	}
+	r.job.Write(version.done())
+	return r.job.Flush()
+}
+
+// clientLoop passes the job's requests on, or answers them. It returns
+// nil at the end of the job's input.
+func (r *sftpRelay) clientLoop(jr *frameReader, hw *bufio.Writer) error {
+	for {
+		p, err := jr.next()
+		if err == io.EOF {
+			return hw.Flush()
+		}
+		if err != nil {
 			return err
+		}
+		fwd, reply, err := r.request(p, hw.Flush)
+		if err != nil {
+			return err
+		}
+		if fwd != nil {
+			if _, err := hw.Write(fwd); err != nil {
+				return err
+			}
+		}
+		if reply != nil {
+			if err := r.toJob(reply, true); err != nil {
+				return err
+			}
+		}
+		if !jr.ready() {
+			if err := hw.Flush(); err != nil {
+				return err
+			}
 		}
 	}
-	if fl.Acmodtime {
-		if err := h.client.Chtimes(r.Filepath, time.Unix(int64(a.Atime), 0), time.Unix(int64(a.Mtime), 0)); err != nil {
+}
+
+// hostLoop passes the host's answers on. It returns nil at the end of
+// the host's output.
+func (r *sftpRelay) hostLoop(hr *frameReader) error {
+	for {
+		p, err := hr.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
 			return err
 		}
+		if err := r.response(p); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		drained := r.drained != nil && len(r.pending) == 0
+		r.mu.Unlock()
+		if err := r.toJob(p, drained || !hr.ready()); err != nil {
+			return err
+		}
+		if drained {
+			r.mu.Lock()
+			close(r.drained)
+			r.drained = nil
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (r *sftpRelay) toJob(p []byte, flush bool) error {
+	r.jobMu.Lock()
+	defer r.jobMu.Unlock()
+	if _, err := r.job.Write(p); err != nil {
+		return err
+	}
+	if flush {
+		return r.job.Flush()
 	}
 	return nil
 }
 
-// Filelist serves directory listings and stat.
-func (h *sftpHandler) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
-	switch r.Method {
-	case "List":
-		c, err := h.decide("list", r.Filepath, "", "list "+r.Filepath)
-		if err != nil {
-			return nil, err
+// request reads one of the job's requests. It returns the packet to pass
+// to the host (p itself, or p with its paths resolved), or the answer to
+// give the job instead, or why the channel must end. flush sends what is
+// queued for the host before a decision that may wait on a hold.
+func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, err error) {
+	if len(p) < 9 {
+		return nil, nil, errSFTPMalformed
+	}
+	typ := p[4]
+	w := wire{b: p[5:], ok: true}
+	id := w.u32()
+	fail := func(code uint32, msg string) ([]byte, []byte, error) {
+		return nil, statusPacket(id, code, msg), nil
+	}
+	r.mu.Lock()
+	_, dup := r.pending[id]
+	full := len(r.pending) >= maxSFTPPending
+	r.mu.Unlock()
+	switch {
+	case typ == fxpInit || typ == fxpVersion:
+		return nil, nil, errors.New("a second SSH_FXP_INIT")
+	case dup:
+		return fail(fxFailure, "sluice: request id "+strconv.FormatUint(uint64(id), 10)+" is already in flight")
+	case full:
+		return fail(fxFailure, "sluice: too many SFTP requests in flight")
+	}
+	pend := sftpPending{typ: typ}
+	var ext string
+	if typ == fxpExtended {
+		ext = string(w.str())
+		if !w.ok || !sftpExtensions[ext] {
+			return fail(fxOpUnsupported, "sluice: SFTP extension not relayed")
 		}
-		start := time.Now()
-		fis, err := h.client.ReadDir(r.Filepath)
-		h.done(c, start, 0, err)
-		if err != nil {
-			return nil, upErr(err)
-		}
-		return lister(fis), nil
-	case "Stat":
-		return h.stat("stat", r.Filepath, h.client.Stat)
 	}
-	return nil, sftp.ErrSSHFxOpUnsupported
-}
-
-// Lstat serves lstat.
-func (h *sftpHandler) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
-	return h.stat("stat", r.Filepath, h.client.Lstat)
-}
-
-func (h *sftpHandler) stat(op, path string, fn func(string) (os.FileInfo, error)) (sftp.ListerAt, error) {
-	c, err := h.decide(op, path, "", op+" "+path)
-	if err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	fi, err := fn(path)
-	h.done(c, start, 0, err)
-	if err != nil {
-		return nil, upErr(err)
-	}
-	return lister{fi}, nil
-}
-
-// RealPath resolves a path on the host. It reveals no file content and
-// is what every client asks first, so it is not decided.
-func (h *sftpHandler) RealPath(p string) (string, error) {
-	rp, err := h.client.RealPath(p)
-	return rp, upErr(err)
-}
-
-// Readlink serves readlink.
-func (h *sftpHandler) Readlink(p string) (string, error) {
-	c, err := h.decide("readlink", p, "", "readlink "+p)
-	if err != nil {
-		return "", err
-	}
-	start := time.Now()
-	t, err := h.client.ReadLink(p)
-	h.done(c, start, 0, err)
-	return t, upErr(err)
-}
-
-// lister serves a listing already read.
-type lister []os.FileInfo
-
-func (l lister) ListAt(out []os.FileInfo, off int64) (int, error) {
-	if off >= int64(len(l)) {
-		return 0, io.EOF
-	}
-	n := copy(out, l[off:])
-	if off+int64(n) >= int64(len(l)) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-// maxCoalesce is the largest SFTP packet packetWriter gathers.
-const maxCoalesce = 64 << 10
-
-// packetWriter gathers each SFTP packet into one Write. pkg/sftp writes a
-// packet as its header then its data, two writes that the SSH channel
-// would send as two SSH packets, each encrypted, MACed and written to the
-// socket on its own. It follows the stream's framing (a 4-byte length,
-// then that many bytes) whatever the writes' sizes; a packet larger than
-// maxCoalesce is passed through as it comes.
-type packetWriter struct {
-	w    io.Writer
-	buf  []byte // the packet gathered so far
-	want int    // its size, once its length is known
-	pass int    // bytes of a large packet still to pass through
-}
-
-func (p *packetWriter) Write(b []byte) (int, error) {
-	total := len(b)
-	for len(b) > 0 {
-		if p.pass > 0 {
-			k := min(p.pass, len(b))
-			if _, err := p.w.Write(b[:k]); err != nil {
-				return total - len(b), err
+	// paths resolves the path fields that follow and rebuilds the packet
+	// with them; rest is what follows them, passed as it came.
+	var paths []string
+	resolved := func(n int) bool {
+		for range n {
+			f := w.str()
+			if !w.ok {
+				return false
 			}
-			p.pass -= k
-			b = b[k:]
-			continue
-		}
-		if len(p.buf) == 0 && len(b) >= 4 {
-			// A whole packet in hand is written from b, uncopied.
-			if n := 4 + int(binary.BigEndian.Uint32(b)); n <= len(b) && n <= maxCoalesce {
-				if _, err := p.w.Write(b[:n]); err != nil {
-					return total - len(b), err
-				}
-				b = b[n:]
-				continue
-			}
-		}
-		if len(p.buf) < 4 {
-			k := min(4-len(p.buf), len(b))
-			p.buf = append(p.buf, b[:k]...)
-			b = b[k:]
-			if len(p.buf) < 4 {
-				break
-			}
-			p.want = 4 + int(binary.BigEndian.Uint32(p.buf))
-			if p.want > maxCoalesce {
-				_, err := p.w.Write(p.buf)
-				p.pass, p.buf, p.want = p.want-4, p.buf[:0], 0
-				if err != nil {
-					return total - len(b), err
-				}
-				continue
-			}
-		}
-		k := min(p.want-len(p.buf), len(b))
-		p.buf = append(p.buf, b[:k]...)
-		b = b[k:]
-		if len(p.buf) == p.want {
-			_, err := p.w.Write(p.buf)
-			p.buf, p.want = p.buf[:0], 0
+			rp, err := resolvePath(r.home, f)
 			if err != nil {
-				return total - len(b), err
+				return false
+			}
+			paths = append(paths, rp)
+		}
+		return true
+	}
+	rebuild := func() []byte {
+		q := newPacket(typ, id, len(p))
+		if ext != "" {
+			q = q.str(ext)
+		}
+		for _, s := range paths {
+			q = q.str(s)
+		}
+		return q.raw(w.b).done()
+	}
+	decide := func(op, p, target, text string) string {
+		if err := flush(); err != nil {
+			return "sluice: " + err.Error()
+		}
+		c, refused := r.decide(op, p, target, text)
+		pend.c, pend.start = c, time.Now()
+		return refused
+	}
+	handle := func() *sftpHandle {
+		key := w.str()
+		if !w.ok {
+			return nil
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.handles[string(key)]
+	}
+	badPath := func() ([]byte, []byte, error) {
+		if !w.ok {
+			return nil, nil, errSFTPMalformed
+		}
+		return fail(fxBadMessage, "sluice: a path with a NUL byte is refused")
+	}
+
+	switch {
+	case typ == fxpOpen, typ == fxpOpendir:
+		if !resolved(1) {
+			return badPath()
+		}
+		h := &sftpHandle{path: paths[0], dir: typ == fxpOpendir}
+		op, text := "list", "list "+paths[0]
+		if typ == fxpOpen {
+			flags := w.u32()
+			if !w.ok {
+				return nil, nil, errSFTPMalformed
+			}
+			h.read = flags&fxfRead != 0
+			h.write = flags&(fxfWrite|fxfAppend|fxfCreat|fxfTrunc) != 0
+			op, text = "read", openText(paths[0], flags)
+			if h.write {
+				op = "write"
+			}
+			w.b = p[len(p)-len(w.b)-4:] // the flags and attributes pass as they came
+		}
+		r.mu.Lock()
+		busy := len(r.handles)+r.opening >= maxSFTPHandles
+		r.mu.Unlock()
+		if busy {
+			return fail(fxFailure, "sluice: too many SFTP handles open")
+		}
+		if msg := decide(op, paths[0], "", text); msg != "" {
+			return fail(fxPermissionDenied, msg)
+		}
+		h.c, h.start = pend.c, pend.start
+		pend.open = h
+		fwd = rebuild()
+
+	case typ == fxpClose, typ == fxpFstat, typ == fxpReaddir, typ == fxpRead, typ == fxpWrite, typ == fxpFsetstat,
+		ext == "fstatvfs@openssh.com", ext == "fsync@openssh.com":
+		h := handle()
+		if h == nil {
+			if !w.ok {
+				return nil, nil, errSFTPMalformed
+			}
+			return fail(fxFailure, "sluice: not a handle this channel opened")
+		}
+		pend.h = h
+		switch {
+		case typ == fxpReaddir && !h.dir, (typ == fxpRead || typ == fxpWrite || ext == "fsync@openssh.com") && h.dir:
+			return fail(fxFailure, "sluice: the wrong kind of handle")
+		case typ == fxpRead && !h.read:
+			return fail(fxPermissionDenied, "sluice: "+h.path+" was not opened for reading")
+		case typ == fxpWrite:
+			w.u64()
+			data := w.str()
+			if !w.ok {
+				return nil, nil, errSFTPMalformed
+			}
+			if !h.write {
+				return fail(fxPermissionDenied, "sluice: "+h.path+" was not opened for writing")
+			}
+			pend.n = int64(len(data))
+		case typ == fxpFsetstat:
+			if msg := decide("setstat", h.path, "", "setstat "+h.path); msg != "" {
+				return fail(fxPermissionDenied, msg)
 			}
 		}
+		fwd = p
+
+	case typ == fxpLstat, typ == fxpStat, typ == fxpSetstat, typ == fxpRemove, typ == fxpMkdir, typ == fxpRmdir, typ == fxpReadlink,
+		ext == "statvfs@openssh.com", ext == "lsetstat@openssh.com":
+		if !resolved(1) {
+			return badPath()
+		}
+		op := map[byte]string{fxpLstat: "stat", fxpStat: "stat", fxpSetstat: "setstat", fxpRemove: "remove",
+			fxpMkdir: "mkdir", fxpRmdir: "rmdir", fxpReadlink: "readlink"}[typ]
+		switch ext {
+		case "statvfs@openssh.com":
+			op = "stat"
+		case "lsetstat@openssh.com":
+			op = "setstat"
+		}
+		if msg := decide(op, paths[0], "", op+" "+paths[0]); msg != "" {
+			return fail(fxPermissionDenied, msg)
+		}
+		fwd = rebuild()
+
+	case typ == fxpRename, ext == "posix-rename@openssh.com", ext == "hardlink@openssh.com":
+		if !resolved(2) {
+			return badPath()
+		}
+		from, to := paths[0], paths[1]
+		msg := ""
+		if ext == "hardlink@openssh.com" {
+			// The new name is the operation's path; what it links to, its
+			// target.
+			msg = decide("link", to, from, "link "+to+" -> "+from)
+		} else {
+			msg = decide("rename", from, to, "rename "+from+" -> "+to)
+		}
+		if msg != "" {
+			return fail(fxPermissionDenied, msg)
+		}
+		fwd = rebuild()
+
+	case typ == fxpSymlink:
+		// OpenSSH's sftp-server reads the target first and the link's
+		// name second (its PROTOCOL file, section 4.1). The target is
+		// stored as the job wrote it, so a relative one stays relative;
+		// the ruleset sees where it points from the link's directory.
+		target := w.str()
+		if !w.ok {
+			return nil, nil, errSFTPMalformed
+		}
+		if !resolved(1) {
+			return badPath()
+		}
+		link := paths[0]
+		to, err := resolvePath(path.Dir(link), target)
+		if err != nil {
+			return fail(fxBadMessage, "sluice: a path with a NUL byte is refused")
+		}
+		if msg := decide("symlink", link, to, "symlink "+link+" -> "+to); msg != "" {
+			return fail(fxPermissionDenied, msg)
+		}
+		fwd = newPacket(typ, id, len(p)).str(string(target)).str(link).raw(w.b).done()
+
+	case typ == fxpRealpath, ext == "expand-path@openssh.com":
+		// Resolving a name reveals no file's content, and every client
+		// asks it first: passed on, not decided.
+		fwd = p
+
+	case ext == "limits@openssh.com":
+		fwd = p
+
+	default:
+		return fail(fxOpUnsupported, "sluice: SFTP request type "+strconv.Itoa(int(typ))+" is not relayed")
 	}
-	return total, nil
+	r.mu.Lock()
+	if pend.open != nil {
+		r.opening++
+	}
+	r.pending[id] = pend
+	r.mu.Unlock()
+	return fwd, nil, nil
 }
 
-// Close closes the writer beneath.
-func (p *packetWriter) Close() error {
-	if c, ok := p.w.(io.Closer); ok {
-		return c.Close()
+// response reads one of the host's answers for the recording.
+func (r *sftpRelay) response(p []byte) error {
+	if len(p) < 9 {
+		return errSFTPMalformed
+	}
+	typ := p[4]
+	w := wire{b: p[5:], ok: true}
+	id := w.u32()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pend, ok := r.pending[id]
+	if !ok {
+		return fmt.Errorf("the host answered request %d, which it was not sent", id)
+	}
+	delete(r.pending, id)
+	code := ""
+	if typ == fxpStatus {
+		if c := w.u32(); c != fxOK && !(c == fxEOF && (pend.typ == fxpRead || pend.typ == fxpReaddir)) {
+			code = "sftp " + strconv.FormatUint(uint64(c), 10)
+		}
+	}
+	switch {
+	case pend.open != nil:
+		r.opening--
+		h := pend.open
+		if typ != fxpHandle {
+			if code == "" {
+				code = "sftp: no handle"
+			}
+			r.done(h.c, h.start, 0, code)
+			return nil
+		}
+		key := w.str()
+		if !w.ok {
+			return errSFTPMalformed
+		}
+		if _, dup := r.handles[string(key)]; dup {
+			return errors.New("the host gave a handle that is already open")
+		}
+		h.key = string(key)
+		r.handles[h.key] = h
+	case pend.typ == fxpClose:
+		h := pend.h
+		if r.handles[h.key] == h {
+			delete(r.handles, h.key)
+			if h.code == "" {
+				h.code = code
+			}
+			r.done(h.c, h.start, h.n, h.code)
+		}
+	case pend.typ == fxpRead:
+		if typ == fxpData {
+			n := int64(len(w.str()))
+			pend.h.n += n
+			r.total += n
+		} else if code != "" && pend.h.code == "" {
+			pend.h.code = code
+		}
+	case pend.typ == fxpWrite:
+		if typ == fxpStatus && code == "" {
+			pend.h.n += pend.n
+			r.total += pend.n
+		} else if pend.h.code == "" {
+			pend.h.code = code
+		}
+	case pend.c != nil:
+		r.done(pend.c, pend.start, 0, code)
 	}
 	return nil
 }
