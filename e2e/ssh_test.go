@@ -56,7 +56,7 @@ policy "ci" {
     reason = "database dumps do not leave over ssh"
   }
   deny "system-files" {
-    when   = sftp.op != "" && glob("/etc/*", sftp.path)
+    when   = sftp.op != "" && (glob("/etc/*", sftp.path) || glob("/etc/*", sftp.target))
     reason = "system files stay on the host"
   }
 }
@@ -249,9 +249,10 @@ func TestSSHFileTransfers(t *testing.T) {
 	opts := sshOpts(e.global, "/dev/null")
 	port := e.deploy.Port
 
-	// sftp: put, get, and a get the ruleset refuses by path.
+	// sftp: put, get, a get the ruleset refuses by path, and a symbolic
+	// link into the refused directory, refused by its target.
 	batch := filepath.Join(e.work, "batch")
-	os.WriteFile(batch, []byte("put up.txt sftp-up.txt\nget sftp-up.txt sftp-back.txt\n-get /etc/hostname stolen\n"), 0o644)
+	os.WriteFile(batch, []byte("put up.txt sftp-up.txt\nget sftp-up.txt sftp-back.txt\n-get /etc/hostname stolen\n-ln -s /etc/hostname etclink\n"), 0o644)
 	out, err := e.job(fmt.Sprintf("sftp %s -P %d -b %s %s", opts, port, batch, host))
 	if err != nil || !strings.Contains(out, "denied by rule ci/deny/system-files") {
 		t.Errorf("sftp: %v\n%s", err, out)
@@ -260,6 +261,9 @@ func TestSSHFileTransfers(t *testing.T) {
 	assertFile(t, filepath.Join(e.work, "sftp-back.txt"), payload)
 	if _, err := os.Stat(filepath.Join(e.work, "stolen")); err == nil {
 		t.Error("the refused sftp get wrote a file")
+	}
+	if _, err := os.Lstat(filepath.Join(home, "etclink")); err == nil {
+		t.Error("the refused symbolic link into /etc was made")
 	}
 	// scp: SFTP underneath (OpenSSH 9), and the old protocol (-O), which
 	// is an exec of scp -t.

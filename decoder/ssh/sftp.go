@@ -165,18 +165,23 @@ func (r *sftpRelay) run(job io.ReadWriter, host io.ReadWriter) error {
 		}
 		drained := r.drained
 		r.mu.Unlock()
+		if drained != nil {
+			select {
+			case <-drained:
+			case err := <-hostDone:
+				if err == nil {
+					err = errors.New("the host's sftp subsystem ended with requests unanswered")
+				}
+				return err
+			}
+		}
+		// Only now, with every answer delivered: OpenSSH's sftp-server
+		// exits at the end of its input without reading what it has
+		// buffered.
 		if c, ok := host.(interface{ CloseWrite() error }); ok {
 			c.CloseWrite()
 		}
-		if drained == nil {
-			return nil
-		}
-		select {
-		case <-drained:
-			return nil
-		case err := <-hostDone:
-			return err
-		}
+		return nil
 	case err := <-hostDone:
 		if err == nil {
 			err = errors.New("the host's sftp subsystem ended first")
@@ -202,7 +207,10 @@ func (r *sftpRelay) wait() {
 		r.done(h.c, h.start, h.n, "not closed")
 	}
 	for _, p := range r.pending {
-		if p.c != nil {
+		switch {
+		case p.typ == fxpClose:
+			r.done(p.h.c, p.h.start, p.h.n, "not closed")
+		case p.c != nil:
 			r.done(p.c, p.start, 0, "no answer")
 		}
 	}
@@ -345,7 +353,10 @@ func (r *sftpRelay) toJob(p []byte, flush bool) error {
 // request reads one of the job's requests. It returns the packet to pass
 // to the host (p itself, or p with its paths resolved), or the answer to
 // give the job instead, or why the channel must end. flush sends what is
-// queued for the host before a decision that may wait on a hold.
+// queued for the host before a decision that may wait on a hold. Every
+// field a request carries is read, and a request with a field missing,
+// malformed or left over is answered as a bad message: what the host
+// reads is what the ruleset saw.
 func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, err error) {
 	if len(p) < 9 {
 		return nil, nil, errSFTPMalformed
@@ -367,6 +378,8 @@ func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, er
 		return fail(fxFailure, "sluice: request id "+strconv.FormatUint(uint64(id), 10)+" is already in flight")
 	case full:
 		return fail(fxFailure, "sluice: too many SFTP requests in flight")
+	case len(p) > sftpMaxRequest:
+		return fail(fxFailure, "sluice: an SFTP request over 256 KiB")
 	}
 	pend := sftpPending{typ: typ}
 	var ext string
@@ -376,24 +389,38 @@ func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, er
 			return fail(fxOpUnsupported, "sluice: SFTP extension not relayed")
 		}
 	}
-	// paths resolves the path fields that follow and rebuilds the packet
-	// with them; rest is what follows them, passed as it came.
-	var paths []string
-	resolved := func(n int) bool {
-		for range n {
-			f := w.str()
-			if !w.ok {
-				return false
-			}
-			rp, err := resolvePath(r.home, f)
-			if err != nil {
-				return false
-			}
-			paths = append(paths, rp)
-		}
-		return true
+	malformed := func() ([]byte, []byte, error) {
+		return fail(fxBadMessage, "sluice: a malformed SFTP request")
 	}
-	rebuild := func() []byte {
+	// The fields that follow: a path resolved against the session's
+	// directory, or a handle this channel holds.
+	var paths []string
+	var nulPath bool
+	path1 := func() {
+		f := w.str()
+		if !w.ok {
+			return
+		}
+		rp, err := resolvePath(r.home, f)
+		if err != nil {
+			nulPath = true
+			rp = ""
+		}
+		paths = append(paths, rp)
+	}
+	var h *sftpHandle
+	handle := func() {
+		key := w.str()
+		if !w.ok {
+			return
+		}
+		r.mu.Lock()
+		h = r.handles[string(key)]
+		r.mu.Unlock()
+	}
+	// rebuild is the request with its paths resolved and the fields after
+	// them (from rest on) as they came.
+	rebuild := func(rest []byte) []byte {
 		q := newPacket(typ, id, len(p))
 		if ext != "" {
 			q = q.str(ext)
@@ -401,7 +428,7 @@ func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, er
 		for _, s := range paths {
 			q = q.str(s)
 		}
-		return q.raw(w.b).done()
+		return q.raw(rest).done()
 	}
 	decide := func(op, p, target, text string) string {
 		if err := flush(); err != nil {
@@ -411,41 +438,36 @@ func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, er
 		pend.c, pend.start = c, time.Now()
 		return refused
 	}
-	handle := func() *sftpHandle {
-		key := w.str()
-		if !w.ok {
-			return nil
-		}
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		return r.handles[string(key)]
-	}
-	badPath := func() ([]byte, []byte, error) {
-		if !w.ok {
-			return nil, nil, errSFTPMalformed
-		}
-		return fail(fxBadMessage, "sluice: a path with a NUL byte is refused")
-	}
+	const refusedNUL = "sluice: a path with a NUL byte is refused"
 
 	switch {
 	case typ == fxpOpen, typ == fxpOpendir:
-		if !resolved(1) {
-			return badPath()
-		}
-		h := &sftpHandle{path: paths[0], dir: typ == fxpOpendir}
-		op, text := "list", "list "+paths[0]
+		path1()
+		rest := w.b
+		op, text := "list", ""
+		hd := &sftpHandle{dir: typ == fxpOpendir}
 		if typ == fxpOpen {
 			flags := w.u32()
-			if !w.ok {
-				return nil, nil, errSFTPMalformed
-			}
-			h.read = flags&fxfRead != 0
-			h.write = flags&(fxfWrite|fxfAppend|fxfCreat|fxfTrunc) != 0
-			op, text = "read", openText(paths[0], flags)
-			if h.write {
+			perm := w.attrs()
+			hd.read = flags&fxfRead != 0
+			hd.write = flags&(fxfWrite|fxfAppend|fxfCreat|fxfTrunc) != 0
+			op = "read"
+			if hd.write {
 				op = "write"
 			}
-			w.b = p[len(p)-len(w.b)-4:] // the flags and attributes pass as they came
+			if w.ok && len(paths) == 1 {
+				text = openText(paths[0], flags, perm)
+			}
+		}
+		switch {
+		case !w.end():
+			return malformed()
+		case nulPath:
+			return fail(fxBadMessage, refusedNUL)
+		}
+		hd.path = paths[0]
+		if text == "" {
+			text = "list " + hd.path
 		}
 		r.mu.Lock()
 		busy := len(r.handles)+r.opening >= maxSFTPHandles
@@ -453,38 +475,41 @@ func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, er
 		if busy {
 			return fail(fxFailure, "sluice: too many SFTP handles open")
 		}
-		if msg := decide(op, paths[0], "", text); msg != "" {
+		if msg := decide(op, hd.path, "", text); msg != "" {
 			return fail(fxPermissionDenied, msg)
 		}
-		h.c, h.start = pend.c, pend.start
-		pend.open = h
-		fwd = rebuild()
+		hd.c, hd.start = pend.c, pend.start
+		pend.open = hd
+		fwd = rebuild(rest)
 
 	case typ == fxpClose, typ == fxpFstat, typ == fxpReaddir, typ == fxpRead, typ == fxpWrite, typ == fxpFsetstat,
 		ext == "fstatvfs@openssh.com", ext == "fsync@openssh.com":
-		h := handle()
-		if h == nil {
-			if !w.ok {
-				return nil, nil, errSFTPMalformed
-			}
-			return fail(fxFailure, "sluice: not a handle this channel opened")
+		handle()
+		var n int64
+		switch typ {
+		case fxpRead:
+			w.u64()
+			w.u32()
+		case fxpWrite:
+			w.u64()
+			n = int64(len(w.str()))
+		case fxpFsetstat:
+			w.attrs()
 		}
-		pend.h = h
+		if !w.end() {
+			return malformed()
+		}
+		if h == nil {
+			return fail(fxFailure, "sluice: not a handle this channel has open")
+		}
+		pend.h, pend.n = h, n
 		switch {
 		case typ == fxpReaddir && !h.dir, (typ == fxpRead || typ == fxpWrite || ext == "fsync@openssh.com") && h.dir:
 			return fail(fxFailure, "sluice: the wrong kind of handle")
 		case typ == fxpRead && !h.read:
 			return fail(fxPermissionDenied, "sluice: "+h.path+" was not opened for reading")
-		case typ == fxpWrite:
-			w.u64()
-			data := w.str()
-			if !w.ok {
-				return nil, nil, errSFTPMalformed
-			}
-			if !h.write {
-				return fail(fxPermissionDenied, "sluice: "+h.path+" was not opened for writing")
-			}
-			pend.n = int64(len(data))
+		case typ == fxpWrite && !h.write:
+			return fail(fxPermissionDenied, "sluice: "+h.path+" was not opened for writing")
 		case typ == fxpFsetstat:
 			if msg := decide("setstat", h.path, "", "setstat "+h.path); msg != "" {
 				return fail(fxPermissionDenied, msg)
@@ -493,12 +518,20 @@ func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, er
 		fwd = p
 
 	case typ == fxpLstat, typ == fxpStat, typ == fxpSetstat, typ == fxpRemove, typ == fxpMkdir, typ == fxpRmdir, typ == fxpReadlink,
-		ext == "statvfs@openssh.com", ext == "lsetstat@openssh.com":
-		if !resolved(1) {
-			return badPath()
+		typ == fxpRealpath, ext == "statvfs@openssh.com", ext == "lsetstat@openssh.com":
+		path1()
+		rest := w.b
+		if typ == fxpSetstat || typ == fxpMkdir || ext == "lsetstat@openssh.com" {
+			w.attrs()
+		}
+		switch {
+		case !w.end():
+			return malformed()
+		case nulPath:
+			return fail(fxBadMessage, refusedNUL)
 		}
 		op := map[byte]string{fxpLstat: "stat", fxpStat: "stat", fxpSetstat: "setstat", fxpRemove: "remove",
-			fxpMkdir: "mkdir", fxpRmdir: "rmdir", fxpReadlink: "readlink"}[typ]
+			fxpMkdir: "mkdir", fxpRmdir: "rmdir", fxpReadlink: "readlink", fxpRealpath: "stat"}[typ]
 		switch ext {
 		case "statvfs@openssh.com":
 			op = "stat"
@@ -508,11 +541,42 @@ func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, er
 		if msg := decide(op, paths[0], "", op+" "+paths[0]); msg != "" {
 			return fail(fxPermissionDenied, msg)
 		}
-		fwd = rebuild()
+		fwd = rebuild(rest)
+
+	case ext == "expand-path@openssh.com":
+		// A leading ~ or ~/ is the session's directory; ~user is someone
+		// else's, whose path Sluice does not know, so it is refused.
+		f := w.str()
+		if !w.end() {
+			return malformed()
+		}
+		if len(f) > 0 && f[0] == '~' {
+			if len(f) > 1 && f[1] != '/' {
+				return fail(fxPermissionDenied, "sluice: ~user paths are not relayed")
+			}
+			f = f[1:]
+			if len(f) > 0 {
+				f = f[1:]
+			}
+		}
+		rp, err := resolvePath(r.home, f)
+		if err != nil {
+			return fail(fxBadMessage, refusedNUL)
+		}
+		paths = append(paths, rp)
+		if msg := decide("stat", rp, "", "stat "+rp); msg != "" {
+			return fail(fxPermissionDenied, msg)
+		}
+		fwd = rebuild(nil)
 
 	case typ == fxpRename, ext == "posix-rename@openssh.com", ext == "hardlink@openssh.com":
-		if !resolved(2) {
-			return badPath()
+		path1()
+		path1()
+		switch {
+		case !w.end():
+			return malformed()
+		case nulPath:
+			return fail(fxBadMessage, refusedNUL)
 		}
 		from, to := paths[0], paths[1]
 		msg := ""
@@ -526,7 +590,7 @@ func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, er
 		if msg != "" {
 			return fail(fxPermissionDenied, msg)
 		}
-		fwd = rebuild()
+		fwd = rebuild(nil)
 
 	case typ == fxpSymlink:
 		// OpenSSH's sftp-server reads the target first and the link's
@@ -534,40 +598,57 @@ func (r *sftpRelay) request(p []byte, flush func() error) (fwd, reply []byte, er
 		// stored as the job wrote it, so a relative one stays relative;
 		// the ruleset sees where it points from the link's directory.
 		target := w.str()
-		if !w.ok {
-			return nil, nil, errSFTPMalformed
-		}
-		if !resolved(1) {
-			return badPath()
+		path1()
+		switch {
+		case !w.end():
+			return malformed()
+		case nulPath || bytesHasNUL(target):
+			return fail(fxBadMessage, refusedNUL)
 		}
 		link := paths[0]
-		to, err := resolvePath(path.Dir(link), target)
-		if err != nil {
-			return fail(fxBadMessage, "sluice: a path with a NUL byte is refused")
-		}
+		to, _ := resolvePath(path.Dir(link), target)
 		if msg := decide("symlink", link, to, "symlink "+link+" -> "+to); msg != "" {
 			return fail(fxPermissionDenied, msg)
 		}
-		fwd = newPacket(typ, id, len(p)).str(string(target)).str(link).raw(w.b).done()
-
-	case typ == fxpRealpath, ext == "expand-path@openssh.com":
-		// Resolving a name reveals no file's content, and every client
-		// asks it first: passed on, not decided.
-		fwd = p
+		fwd = newPacket(typ, id, len(p)).str(string(target)).str(link).done()
 
 	case ext == "limits@openssh.com":
+		if !w.end() {
+			return malformed()
+		}
 		fwd = p
 
 	default:
 		return fail(fxOpUnsupported, "sluice: SFTP request type "+strconv.Itoa(int(typ))+" is not relayed")
 	}
+	if len(fwd) > sftpMaxRequest {
+		// Resolving its paths made it longer than the host takes.
+		if pend.c != nil {
+			r.done(pend.c, pend.start, 0, "too long")
+		}
+		return fail(fxFailure, "sluice: an SFTP request over 256 KiB once its paths are resolved")
+	}
 	r.mu.Lock()
 	if pend.open != nil {
 		r.opening++
 	}
+	if typ == fxpClose {
+		// The handle is closed from here on: the host may give its name
+		// to the next open, and nothing more may go on the old one.
+		delete(r.handles, h.key)
+	}
 	r.pending[id] = pend
 	r.mu.Unlock()
 	return fwd, nil, nil
+}
+
+func bytesHasNUL(b []byte) bool {
+	for _, c := range b {
+		if c == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // response reads one of the host's answers for the recording.
@@ -613,13 +694,10 @@ func (r *sftpRelay) response(p []byte) error {
 		r.handles[h.key] = h
 	case pend.typ == fxpClose:
 		h := pend.h
-		if r.handles[h.key] == h {
-			delete(r.handles, h.key)
-			if h.code == "" {
-				h.code = code
-			}
-			r.done(h.c, h.start, h.n, h.code)
+		if h.code == "" {
+			h.code = code
 		}
+		r.done(h.c, h.start, h.n, h.code)
 	case pend.typ == fxpRead:
 		if typ == fxpData {
 			n := int64(len(w.str()))

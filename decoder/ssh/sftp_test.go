@@ -69,18 +69,37 @@ func (h *fakeHost) answer(t *testing.T, p []byte) []byte {
 		flags := uint32(^uint32(0))
 		if typ == fxpOpen {
 			flags = w.u32()
+			w.attrs()
 		}
-		if !w.ok {
+		if !w.end() {
 			t.Fatalf("a malformed open passed on: % x", p)
 		}
 		check(f)
-		h.n++
-		key := "h" + string(rune('a'+h.n%26)) + strings.Repeat("x", h.n/26)
-		h.handles[key] = flags
-		return newPacket(fxpHandle, id, 8).str(key).done()
+		// As OpenSSH's sftp-server, the lowest free slot names the handle,
+		// so a closed handle's name comes back for the next open.
+		for n := 0; ; n++ {
+			key := "h" + string(rune('a'+n%26)) + strings.Repeat("x", n/26)
+			if _, used := h.handles[key]; !used {
+				h.handles[key] = flags
+				return newPacket(fxpHandle, id, 8).str(key).done()
+			}
+		}
 	case typ == fxpRead, typ == fxpWrite, typ == fxpClose, typ == fxpFstat, typ == fxpFsetstat, typ == fxpReaddir,
 		ext == "fsync@openssh.com", ext == "fstatvfs@openssh.com":
 		key := string(w.str())
+		switch typ {
+		case fxpRead:
+			w.u64()
+			w.u32()
+		case fxpWrite:
+			w.u64()
+			w.str()
+		case fxpFsetstat:
+			w.attrs()
+		}
+		if !w.end() {
+			t.Fatalf("a malformed request on a handle passed on: % x", p)
+		}
 		flags, known := h.handles[key]
 		if !known {
 			t.Fatalf("request type %d %q on handle %q, which the host never gave", typ, ext, key)
@@ -100,14 +119,23 @@ func (h *fakeHost) answer(t *testing.T, p []byte) []byte {
 		check([]byte(hostView(path.Dir(hostView(relayHome, link)), target)))
 	case typ == fxpRename, ext == "posix-rename@openssh.com", ext == "hardlink@openssh.com":
 		check(w.str(), w.str())
-	case typ == fxpRealpath, ext == "expand-path@openssh.com", ext == "limits@openssh.com":
+	case ext == "limits@openssh.com":
+	case ext == "expand-path@openssh.com":
+		f := w.str()
+		if !bytes.HasPrefix(f, []byte("/")) {
+			t.Fatalf("expand-path passed on with %q, which the host would expand", f)
+		}
+		check(f)
 	case typ == fxpLstat, typ == fxpStat, typ == fxpSetstat, typ == fxpRemove, typ == fxpMkdir, typ == fxpRmdir, typ == fxpReadlink,
-		ext == "statvfs@openssh.com", ext == "lsetstat@openssh.com":
+		typ == fxpRealpath, ext == "statvfs@openssh.com", ext == "lsetstat@openssh.com":
 		check(w.str())
+		if typ == fxpSetstat || typ == fxpMkdir || ext == "lsetstat@openssh.com" {
+			w.attrs()
+		}
 	default:
 		t.Fatalf("request type %d %q passed on", typ, ext)
 	}
-	if !w.ok {
+	if !w.end() {
 		t.Fatalf("a malformed request passed on: % x", p)
 	}
 	return ok
@@ -223,9 +251,16 @@ func TestSFTPRelayRequests(t *testing.T) {
 		{"rename and links both ways", joinPackets(reqPath(fxpRename, 1, "x", "/etc/cron.d/x"), reqExt(2, "posix-rename@openssh.com", "/etc/passwd", "p"),
 			reqExt(3, "hardlink@openssh.com", "/etc/passwd", "p"), reqPath(fxpSymlink, 4, "../../etc", "link"), reqPath(fxpSymlink, 5, "rel", "/etc/l")),
 			[]uint32{fxPermissionDenied, fxPermissionDenied, fxPermissionDenied, fxPermissionDenied, fxPermissionDenied}},
-		{"handles", joinPackets(reqWrite(1, "ha", "x"), reqOpen(2, "r", fxfRead), reqWrite(3, "hb", "x"), reqHandle(fxpRead, 4, "hb", make([]byte, 12)...),
-			reqPath(fxpOpendir, 5, "."), reqHandle(fxpRead, 6, "hc", make([]byte, 12)...), reqHandle(fxpClose, 7, "hb"), reqHandle(fxpRead, 8, "hb", make([]byte, 12)...)),
+		{"handles", joinPackets(reqWrite(1, "hz", "x"), reqOpen(2, "r", fxfRead), reqWrite(3, "ha", "x"), reqHandle(fxpRead, 4, "ha", make([]byte, 12)...),
+			reqPath(fxpOpendir, 5, "."), reqHandle(fxpRead, 6, "hb", make([]byte, 12)...), reqHandle(fxpClose, 7, "ha"), reqHandle(fxpRead, 8, "ha", make([]byte, 12)...)),
 			[]uint32{fxFailure, fxPermissionDenied, fxFailure, fxFailure}},
+		{"names resolved are decided", joinPackets(reqPath(fxpRealpath, 1, "../../etc"), reqExt(2, "expand-path@openssh.com", "~/../../etc/x"),
+			reqExt(3, "expand-path@openssh.com", "~root/x"), reqExt(4, "expand-path@openssh.com", "~/ok"), reqPath(fxpRealpath, 5, ".")),
+			[]uint32{fxPermissionDenied, fxPermissionDenied, fxPermissionDenied}},
+		{"fields missing or left over", joinPackets(reqPath(fxpStat, 1, "ok", "extra"), newPacket(fxpOpen, 2, 16).str("ok").u32(fxfRead).done(),
+			newPacket(fxpRead, 3, 16).str("ha").u32(0).done(), newPacket(fxpSetstat, 4, 16).str("ok").u32(0x40).done(),
+			newPacket(fxpMkdir, 5, 16).str("ok").u32(attrExtended).u32(1).str("a").done(), reqOpen(6, "ok", fxfRead)),
+			[]uint32{fxBadMessage, fxBadMessage, fxBadMessage, fxBadMessage, fxBadMessage}},
 		{"unknown requests", joinPackets(reqExt(1, "copy-data", "ha"), reqExt(2, "home-directory", "root"), newPacket(99, 3, 0).done()), []uint32{fxOpUnsupported, fxOpUnsupported, fxOpUnsupported}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -258,6 +293,50 @@ func slicesEqual(a, b []uint32) bool {
 		}
 	}
 	return true
+}
+
+// TestSFTPRelayClosedHandle: once the job sends CLOSE, the handle is
+// gone for it, before the host answers: the host gives the freed name to
+// the next open, so a request on the old handle would act on another file.
+func TestSFTPRelayClosedHandle(t *testing.T) {
+	r, _ := newTestRelay(t, io.Discard)
+	nop := func() error { return nil }
+	step := func(p []byte) (fwd, reply []byte) {
+		t.Helper()
+		fwd, reply, err := r.request(p, nop)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fwd, reply
+	}
+	if fwd, _ := step(reqOpen(1, "mine", fxfRead)); fwd == nil {
+		t.Fatal("open refused")
+	}
+	if err := r.response(newPacket(fxpHandle, 1, 8).str("h0").done()); err != nil {
+		t.Fatal(err)
+	}
+	if fwd, _ := step(reqHandle(fxpClose, 2, "h0")); fwd == nil {
+		t.Fatal("close refused")
+	}
+	// The CLOSE is unanswered; the job opens another file for writing,
+	// which the host names h0 again once it has closed the first.
+	if fwd, _ := step(reqOpen(3, "theirs", fxfWrite)); fwd == nil {
+		t.Fatal("second open refused")
+	}
+	for _, p := range [][]byte{reqHandle(fxpFsetstat, 4, "h0", 0, 0, 0, 0), reqWrite(5, "h0", "x"), reqHandle(fxpClose, 6, "h0")} {
+		if fwd, reply := step(p); fwd != nil || reply == nil {
+			t.Fatalf("request type %d on a closed handle was passed on", p[4])
+		}
+	}
+	if err := r.response(statusPacket(2, fxOK, "")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.response(newPacket(fxpHandle, 3, 8).str("h0").done()); err != nil {
+		t.Fatalf("the host's reuse of a closed handle's name: %v", err)
+	}
+	if fwd, _ := step(reqWrite(7, "h0", "x")); fwd == nil {
+		t.Fatal("a write on the new handle was refused")
+	}
 }
 
 // TestSFTPRelayBounds: the requests in flight and the handles open are

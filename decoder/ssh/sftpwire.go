@@ -193,6 +193,60 @@ func (w *wire) str() []byte {
 	return s
 }
 
+// The attribute flags of SFTP version 3's ATTRS.
+const (
+	attrSize      = 0x00000001
+	attrUIDGID    = 0x00000002
+	attrPerm      = 0x00000004
+	attrACModTime = 0x00000008
+	attrExtended  = 0x80000000
+)
+
+// sftpMaxRequest is the longest request passed to the host, its length
+// field included: OpenSSH's sftp-server ends the session at a longer one
+// (SFTP_MAX_MSG_LENGTH is 256 KiB).
+const sftpMaxRequest = 4 + 256<<10
+
+// attrs reads an ATTRS structure. It returns the permission bits when
+// the structure sets them, or -1; flags version 3 does not define make
+// it malformed.
+func (w *wire) attrs() int64 {
+	flags := w.u32()
+	if flags&^(attrSize|attrUIDGID|attrPerm|attrACModTime|attrExtended) != 0 {
+		w.ok = false
+	}
+	perm := int64(-1)
+	if flags&attrSize != 0 {
+		w.u64()
+	}
+	if flags&attrUIDGID != 0 {
+		w.u32()
+		w.u32()
+	}
+	if flags&attrPerm != 0 {
+		perm = int64(w.u32())
+	}
+	if flags&attrACModTime != 0 {
+		w.u32()
+		w.u32()
+	}
+	if flags&attrExtended != 0 {
+		// Each pair takes at least 8 bytes, so the packet's length bounds
+		// the loop.
+		for n := w.u32(); n > 0 && w.ok; n-- {
+			w.str()
+			w.str()
+		}
+	}
+	if !w.ok {
+		return -1
+	}
+	return perm
+}
+
+// end says whether every field read and nothing is left over.
+func (w *wire) end() bool { return w.ok && len(w.b) == 0 }
+
 // packet builds one SFTP packet.
 type packet []byte
 
@@ -235,8 +289,9 @@ func resolvePath(home string, p []byte) (string, error) {
 	return path.Clean(s), nil
 }
 
-// openText describes an open for the recording: its path and flags.
-func openText(p string, flags uint32) string {
+// openText describes an open for the recording: its path, its flags,
+// and the mode it asks a new file to have, if any.
+func openText(p string, flags uint32, perm int64) string {
 	var fl []string
 	for _, x := range []struct {
 		bit  uint32
@@ -245,6 +300,9 @@ func openText(p string, flags uint32) string {
 		if flags&x.bit != 0 {
 			fl = append(fl, x.name)
 		}
+	}
+	if perm >= 0 {
+		fl = append(fl, fmt.Sprintf("mode %04o", perm&0o7777))
 	}
 	return "open " + p + " (" + strings.Join(fl, ",") + ")"
 }
