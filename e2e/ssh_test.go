@@ -174,6 +174,9 @@ func TestSSHExec(t *testing.T) {
 	}
 	// The session certificate Sluice minted names the job, in sshd's log.
 	e.deploy.WaitLog(t, `ID sluice job=github:\S+ repository=acme/api ref=refs/heads/main run_id=77 identity=oidc flow=\d+ credential=deploy`)
+	// OpenSSH's client lists CTR before GCM; Sluice offers it GCM alone,
+	// which costs the proxy a fraction of CTR with an HMAC.
+	e.d.WaitLog(t, "ssh session", func(l testenv.LogLine) bool { return l.String("job_cipher") == "aes128-gcm@openssh.com" })
 
 	marker := filepath.Join(e.work, "dumped")
 	out, err = e.job(e.ssh(host + " 'pg_dump prod > " + marker + "'"))

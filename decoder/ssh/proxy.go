@@ -125,12 +125,14 @@ func (s *session) run(ctx context.Context, cc net.Conn) error {
 		},
 		ServerVersion: version,
 	}
-	cfg.Ciphers = jobCiphers
 	for _, k := range keys {
 		cfg.AddHostKey(k)
 	}
-	cc.SetDeadline(time.Now().Add(loginTimeout))
-	client, chans, reqs, err := ssh.NewServerConn(cc, cfg)
+	deadline := time.Now().Add(loginTimeout)
+	cc.SetDeadline(deadline)
+	jc, ciphers := pickJobCiphers(cc, deadline)
+	cfg.Ciphers = ciphers
+	client, chans, reqs, err := ssh.NewServerConn(jc, cfg)
 	if err != nil {
 		return fmt.Errorf("job's ssh handshake: %w", err)
 	}
@@ -140,11 +142,14 @@ func (s *session) run(ctx context.Context, cc net.Conn) error {
 	s.clientUser = client.User()
 	fields := map[string]string{"client_user": s.clientUser, "user": p.Injection.User, "credential": p.Injection.Name,
 		"host_key": s.hostKey, "client_version": string(client.ClientVersion()), "server_version": string(up.conn.ServerVersion())}
+	if am, ok := client.Conn.(ssh.AlgorithmsConnMetadata); ok {
+		fields["job_cipher"] = am.Algorithms().Read.Cipher
+	}
 	if s.certID != "" {
 		fields["cert_key_id"] = s.certID
 	}
 	s.sess.Record(record.Metadata, record.Event{Type: record.TypeNote, Reason: "ssh login", Fields: fields})
-	p.Log.Info("ssh session", "client_user", s.clientUser, "user", p.Injection.User, "credential", p.Injection.Name, "host_key", s.hostKey, "cert_key_id", s.certID)
+	p.Log.Info("ssh session", "client_user", s.clientUser, "user", p.Injection.User, "credential", p.Injection.Name, "host_key", s.hostKey, "cert_key_id", s.certID, "job_cipher", fields["job_cipher"])
 
 	stop := context.AfterFunc(ctx, func() { client.Close(); up.conn.Close() })
 	defer stop()
@@ -434,7 +439,8 @@ func (s *session) remoteForward(r *ssh.Request, host string, port int, key strin
 	r.Reply(true, payload)
 }
 
-// jobCiphers are the ciphers offered to the job: x/crypto/ssh's, less
+// jobCiphers are the ciphers offered to a job whose client has no GCM
+// (pickJobCiphers): x/crypto/ssh's, less
 // chacha20-poly1305, which OpenSSH's client prefers and x/crypto runs
 // without assembly on amd64 (a third of the proxy's CPU in an scp through
 // it). OpenSSH then takes aes128-ctr (with an encrypt-then-MAC HMAC), and

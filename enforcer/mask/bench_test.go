@@ -126,6 +126,12 @@ func BenchmarkDefaultDetect(b *testing.B) {
 	}{
 		{"bulk-row", []Column{{Name: "id", Type: OIDInt4}, {Name: "email", Type: OIDText}, {Name: "token", Type: OIDText}, {Name: "payload", Type: OIDText}},
 			[]string{"12345", "person12345@example.com", "827ccb0eea8a706c4c34a16891f84e7b", strings.Repeat("x", 120)}},
+		// sysbench's sbtest rows (bench/mysql.sh): an id, k, and c and pad,
+		// groups of 11 random digits joined by dashes, which every
+		// digit-based detector has to look at.
+		{"sysbench-row", []Column{{Name: "id", Type: OIDInt4}, {Name: "k", Type: OIDInt4}, {Name: "c", Type: OIDText}, {Name: "pad", Type: OIDText}},
+			[]string{"5021", "4987", "83868641912-28773972837-60736120486-75867961291-34954843101-50541209574-29567325108-20151813584-08472431726-51324165613",
+				"67847967377-48000963322-62604785301-91415491898-96926520291"}},
 		{"short-values", []Column{{Name: "n", Type: OIDInt8}, {Name: "name", Type: OIDText}, {Name: "ts", Type: OIDText}, {Name: "hex", Type: OIDText}},
 			[]string{"1700000000123", "Alice Smith", "2024-01-15 10:30:00.123+00", "5d41402abc4b2a76b9719d911017c592"}},
 	} {
