@@ -26,6 +26,7 @@ var gateCorpus = []string{
 	"token ghp_R7x2Kq9LmZp4Wt8Yv3Nb6Hd1Fs5Gj0Ac", "sk_live_51H8xYzAbCdEfGh12345678", "550e8400-e29b-41d4-a716-446655440000",
 	"host 10.0.0.5 and 192.168.1.254, fe80::1ff:fe23:4567:890a", "::1", "2001:db8::8a2e:370:7334", "v1.2.3.4", "10:30:00",
 	"2024-01-15 10:30:00 INFO request id=42 path=/api/v1/items status=200",
+	"83868641912-28773972837-60736120486-75867961291-34954843101", "123-45-6789-1 x123-45-6789 -123-45-6789 123-45-67890 123-45-6789",
 }
 
 // gatePieces are fragments random values are built from: every
@@ -58,9 +59,19 @@ func randomValue(rng *rand.Rand) string {
 func checkGates(t *testing.T, m *Masker, v []byte, found map[string]int) {
 	t.Helper()
 	p := profileOf(v)
+	if p.digits >= minRunDigits {
+		if c, ph := runsRef(v); p.cardRun != c || p.phoneRun != ph {
+			t.Fatalf("profile of %q has runs %d and %d, want %d and %d", v, p.cardRun, p.phoneRun, c, ph)
+		}
+	}
 	for name, find := range builtins {
 		spans := find(v, 0, nil)
 		found[name] += len(spans)
+		if ref, ok := refFinders[name]; ok {
+			if want := ref(v, 0, nil); !slices.Equal(spans, want) {
+				t.Fatalf("%s finds %v in %q, its reference %v", name, spans, v, want)
+			}
+		}
 		nd, ok := needs[name]
 		if ok && !nd.met(&p) && len(spans) > 0 {
 			t.Fatalf("%s finds %q in %q, but its need %+v rules out the value (profile %+v)",
