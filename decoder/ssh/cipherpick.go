@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -84,7 +85,7 @@ func clientCiphers(br *bufio.Reader) []string {
 // returns its client-to-server ciphers.
 func kexInitCiphers(br *bufio.Reader) []string {
 	var hdr [5]byte
-	if _, err := readFull(br, hdr[:]); err != nil {
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
 		return nil
 	}
 	n := binary.BigEndian.Uint32(hdr[:4])
@@ -93,7 +94,7 @@ func kexInitCiphers(br *bufio.Reader) []string {
 		return nil
 	}
 	body := make([]byte, n-1)
-	if _, err := readFull(br, body); err != nil {
+	if _, err := io.ReadFull(br, body); err != nil {
 		return nil
 	}
 	payload := body[:len(body)-pad]
@@ -108,18 +109,6 @@ func kexInitCiphers(br *bufio.Reader) []string {
 		return nil
 	}
 	return strings.Split(string(enc), ",")
-}
-
-func readFull(br *bufio.Reader, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := br.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // recorder keeps every byte read through it, up to maxPeek.

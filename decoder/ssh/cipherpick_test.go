@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/ed25519"
 	"crypto/rand"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -104,7 +105,7 @@ func TestPickJobCiphersSilentClient(t *testing.T) {
 		t.Fatalf("version line %q: %v", line, err)
 	}
 	var hdr [6]byte
-	if _, err := readFull(br, hdr[:]); err != nil {
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
 		t.Fatalf("no KEXINIT from the server: %v", err)
 	}
 	if hdr[5] != 20 {

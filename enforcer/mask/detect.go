@@ -487,13 +487,7 @@ func findPhone(b []byte, d int, out []span) []span {
 			blocked = k&phoneBlocks != 0
 			continue
 		}
-		var e int
-		if c == '+' {
-			e = matchE164(b, i)
-		} else {
-			e = matchNANP(b, i)
-		}
-		if e > 0 {
+		if e := matchPhone(b, i); e > 0 {
 			out = append(out, span{i, e, d})
 			i = e - 1
 			c = b[i]
@@ -522,6 +516,15 @@ var phoneKinds = func() (t [256]uint8) {
 	}
 	return t
 }()
+
+// matchPhone returns the end of the phone number that starts at b[i],
+// or 0.
+func matchPhone(b []byte, i int) int {
+	if b[i] == '+' {
+		return matchE164(b, i)
+	}
+	return matchNANP(b, i)
+}
 
 func matchE164(b []byte, i int) int {
 	j := i + 1

@@ -19,13 +19,7 @@ func findPhoneRef(b []byte, d int, out []span) []span {
 		if wordAt(b, i-1) || (i > 0 && (b[i-1] == '+' || b[i-1] == '-' || b[i-1] == '.' || b[i-1] == '/')) {
 			continue
 		}
-		var e int
-		if c == '+' {
-			e = matchE164(b, i)
-		} else {
-			e = matchNANP(b, i)
-		}
-		if e > 0 {
+		if e := matchPhone(b, i); e > 0 {
 			out = append(out, span{i, e, d})
 			i = e - 1
 		}
