@@ -175,6 +175,19 @@ func (u *Uploader) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if err == nil && u.checkpointed[j.sess.ID] {
+			// Run alone uploads checkpoints, so none of this session
+			// can land after this delete. Sessions never checkpointed
+			// need no delete (which on a versioned bucket would leave a
+			// delete marker). Done before the upload is counted, so that
+			// Stats' Uploaded means the store holds the final state.
+			delete(u.checkpointed, j.sess.ID)
+			tctx, cancel := context.WithTimeout(ctx, time.Minute)
+			if err := u.b.DeleteCheckpoint(tctx, j.sess.ID); err != nil && ctx.Err() == nil {
+				log.Warn("deleting the session's checkpoint from the store failed; it stays under active/", "error", err)
+			}
+			cancel()
+		}
 		u.mu.Lock()
 		if err != nil {
 			u.failed++
@@ -203,18 +216,6 @@ func (u *Uploader) Run(ctx context.Context) error {
 		}
 		u.notifyLocked()
 		u.mu.Unlock()
-		if u.checkpointed[j.sess.ID] {
-			// Run alone uploads checkpoints, so none of this session
-			// can land after this delete. Sessions never checkpointed
-			// need no delete (which on a versioned bucket would leave a
-			// delete marker).
-			delete(u.checkpointed, j.sess.ID)
-			tctx, cancel := context.WithTimeout(ctx, time.Minute)
-			if err := u.b.DeleteCheckpoint(tctx, j.sess.ID); err != nil && ctx.Err() == nil {
-				log.Warn("deleting the session's checkpoint from the store failed; it stays under active/", "error", err)
-			}
-			cancel()
-		}
 		delay := time.Since(j.sess.End)
 		log.Info("recording uploaded", "store", u.b.String(), "bytes", sc.Size, "tries", j.tries+1,
 			"delay_after_seal_ms", float64(delay.Microseconds())/1000)
