@@ -42,6 +42,22 @@ type relay struct {
 	rowBuf     []byte
 	valBuf     []byte
 	notify     decoder.Notify
+
+	// ans is the server's answer the relay waits for (answer.go).
+	ans *answer
+
+	// The relay core (core.go): core is set while the session runs
+	// there. What the core left to the goroutines: pre, a decision made
+	// there, for resume, the command it decided; carry (carrySeq), a
+	// server packet of the answer in flight, and held, the verdict that
+	// holds the result at it; leftFor says why (Stats.RelayCore).
+	core     *coreSession
+	pre      *decoder.Command
+	resume   []byte
+	carry    []byte
+	carrySeq byte
+	held     *enforcer.Verdict
+	leftFor  string
 }
 
 // stmt is a prepared statement the server acknowledged.
@@ -98,63 +114,120 @@ func (r *relay) recordClient(b []byte, seq byte) error {
 	return r.s.tap.Tap(record.DirClientToServer, buf)
 }
 
-// run relays commands until either side ends.
+// run relays commands until either side ends: on the relay core where
+// the session can run there (core.go), else, or once it left the core,
+// on this goroutine.
 func (r *relay) run() error {
-	for {
-		b, seq, err := r.cr.next()
-		if err != nil {
-			var pe *ProtocolError
-			if errors.As(err, &pe) {
-				r.fail(codeHandshake, stateHandshake, "sluice: "+pe.Msg)
-				return err
-			}
-			if errClosed(err) {
-				return nil
-			}
+	if done, err := r.onCore(); done {
+		return err
+	}
+	// Where the core stopped: an answer part way, or a command decided
+	// there that waits for a human.
+	if err := r.await(); err != nil {
+		return err
+	}
+	if b := r.resume; b != nil {
+		r.resume = nil
+		if done, err := r.command(b); err != nil || done {
 			return err
 		}
-		if len(b) == 0 {
-			r.fail(codeUnknownCom, stateHandshake, "sluice: an empty command")
-			return &ProtocolError{Msg: "an empty command"}
+	}
+	for {
+		if err := r.await(); err != nil {
+			return err
 		}
-		if b[0] != comChangeUser {
-			if err := r.recordClient(b, seq); err != nil {
-				r.fail(codeConnKilled, stateConnKilled, "sluice: the session cannot be recorded")
-				return err
-			}
-		}
-		done, err := r.command(b)
+		done, err := r.clientPacket()
 		if err != nil || done {
 			return err
 		}
 	}
 }
 
-// command handles one command from the client. done ends the session
-// cleanly (COM_QUIT).
+// clientPacket reads the client's next command and handles it. done ends
+// the session cleanly (COM_QUIT, or the client's end).
+func (r *relay) clientPacket() (done bool, err error) {
+	b, seq, err := r.cr.next()
+	if err != nil {
+		var pe *ProtocolError
+		if errors.As(err, &pe) {
+			r.fail(codeHandshake, stateHandshake, "sluice: "+pe.Msg)
+			return true, err
+		}
+		if errClosed(err) {
+			return true, nil
+		}
+		return true, err
+	}
+	if len(b) == 0 {
+		r.fail(codeUnknownCom, stateHandshake, "sluice: an empty command")
+		return true, &ProtocolError{Msg: "an empty command"}
+	}
+	if b[0] != comChangeUser {
+		if err := r.recordClient(b, seq); err != nil {
+			r.fail(codeConnKilled, stateConnKilled, "sluice: the session cannot be recorded")
+			return true, err
+		}
+	}
+	return r.command(b)
+}
+
+// command handles one command from the client: decided (decideCmd),
+// refused or sent, its answer expected. done ends the session cleanly
+// (COM_QUIT). On the core, a command that must wait (a hold, a
+// COM_CHANGE_USER's login) is left to the goroutines (errOffCore).
 func (r *relay) command(b []byte) (done bool, err error) {
+	if r.core != nil && b[0] == comChangeUser {
+		return false, r.leaveCommand(b, nil, "a COM_CHANGE_USER")
+	}
+	c := r.pre
+	r.pre = nil
+	if c == nil {
+		c = r.decideCmd(b)
+	}
+	if c != nil {
+		if r.core != nil && c.Verdict.Action == ruleset.Hold && r.s.p.Session.CanHold() {
+			return false, r.leaveCommand(b, c, "a statement held for approval")
+		}
+		r.s.decider.AwaitHold(r.s.ctx, c, r.notify)
+		if c.Blocked() {
+			return false, r.deny(c)
+		}
+	}
 	switch b[0] {
 	case comQuit:
 		r.forward(b)
 		return true, nil
 	case comQuery:
-		text := string(b[1:])
-		c := r.decideText(text)
-		if c.Blocked() {
-			return false, r.deny(c)
-		}
-		if err := r.forward(b); err != nil {
-			return false, err
-		}
-		err := r.results(c, false, nil)
-		r.lexingChanged(c)
-		return false, err
+		return false, r.send(b, &answer{kind: ansResults, c: c, lexing: true, done: true})
 	case comStmtPrepare:
-		return false, r.prepare(b)
+		if len(r.stmts) >= maxStatements {
+			r.fail(1461, "42000", fmt.Sprintf("sluice: a session may keep at most %d prepared statements", maxStatements))
+			return false, nil
+		}
+		return false, r.send(b, &answer{kind: ansPrepare, c: c})
 	case comStmtExecute:
-		return false, r.execute(b)
+		st := r.stmtOf(b)
+		if st == nil {
+			return false, r.unknownStmt()
+		}
+		st.cursor = nil
+		if st.c.Blocked() {
+			return false, r.deny(st.c) // never: a blocked statement is never prepared
+		}
+		return false, r.send(b, &answer{kind: ansResults, c: st.c, st: st, binary: true, lexing: true, done: true})
 	case comStmtFetch:
-		return false, r.fetch(b)
+		st := r.stmtOf(b)
+		if st == nil {
+			return false, r.unknownStmt()
+		}
+		if st.cursor == nil {
+			// No cursor the proxy knows the columns of: the rows could
+			// not be masked.
+			r.fail(codeDenied, stateDenied, "sluice: COM_STMT_FETCH without an open cursor")
+			return false, nil
+		}
+		st.cursor.start = time.Now()
+		return false, r.send(b, &answer{kind: ansFetch, c: st.c, st: st, res: st.cursor})
 	case comStmtSendLongData:
 		if r.stmtOf(b) == nil {
 			// No answer is owed for long data: the execute that follows
@@ -173,55 +246,79 @@ func (r *relay) command(b []byte) (done bool, err error) {
 			return false, r.unknownStmt()
 		}
 		st.cursor = nil
-		if err := r.forward(b); err != nil {
-			return false, err
-		}
-		return false, r.single(nil)
-	case comInitDB:
-		// The same as USE db, and decided as such.
-		return false, r.simple(b, "USE "+quoteIdent(string(b[1:])))
+		return false, r.send(b, &answer{kind: ansSingle})
 	case comFieldList:
-		table, _, _ := cstring(append(b[1:len(b):len(b)], 0))
-		return false, r.fieldList(b, "SHOW COLUMNS FROM "+quoteIdent(string(table)))
+		return false, r.send(b, &answer{kind: ansFieldList, c: c})
 	case comProcessInfo:
-		c := r.decideText("SHOW PROCESSLIST")
-		if c.Blocked() {
-			return false, r.deny(c)
-		}
-		if err := r.forward(b); err != nil {
-			return false, err
-		}
-		return false, r.results(c, false, nil)
+		return false, r.send(b, &answer{kind: ansResults, c: c, done: true})
 	case comProcessKill:
-		if len(b) < 5 {
+		if c == nil {
 			return false, r.malformed("COM_PROCESS_KILL")
 		}
-		return false, r.simple(b, "KILL "+strconv.FormatUint(uint64(le32(b[1:])), 10))
-	case comShutdown:
-		return false, r.simple(b, "SHUTDOWN")
-	case comCreateDB:
-		return false, r.simple(b, "CREATE DATABASE "+quoteIdent(string(b[1:])))
-	case comDropDB:
-		return false, r.simple(b, "DROP DATABASE "+quoteIdent(string(b[1:])))
+		return false, r.send(b, &answer{kind: ansSingle, c: c, done: true})
+	case comInitDB, comShutdown, comCreateDB, comDropDB:
+		return false, r.send(b, &answer{kind: ansSingle, c: c, done: true})
 	case comPing, comStatistics, comSetOption:
-		if err := r.forward(b); err != nil {
-			return false, err
-		}
-		return false, r.single(nil)
+		return false, r.send(b, &answer{kind: ansSingle})
 	case comResetConnection:
 		// The server forgets the session's prepared statements.
 		clear(r.stmts)
-		if err := r.forward(b); err != nil {
-			return false, err
-		}
-		return false, r.single(nil)
+		return false, r.send(b, &answer{kind: ansSingle})
 	case comChangeUser:
 		return r.changeUser(b)
 	case comBinlogDump, comBinlogDumpGTID, comRegisterSlave, comTableDump:
-		return false, r.replication(b)
+		// Allowed, it is refused too: a replication stream cannot be
+		// decoded, and the proxy never relays one.
+		r.fail(codeDenied, stateDenied, "sluice: replication streams are not relayed")
+		return false, nil
 	}
 	r.fail(codeUnknownCom, stateHandshake, fmt.Sprintf("sluice: command 0x%02x is not relayed", b[0]))
 	return false, nil
+}
+
+// decideCmd decides the command b as the statement it stands for, without
+// waiting on a hold; nil for the commands that are not decided themselves
+// (an execution is decided at its prepare) and for malformed ones.
+func (r *relay) decideCmd(b []byte) *decoder.Command {
+	switch b[0] {
+	case comQuery, comStmtPrepare:
+		return r.decideText(string(b[1:]))
+	case comInitDB:
+		// The same as USE db, and decided as such.
+		return r.decideText("USE " + quoteIdent(string(b[1:])))
+	case comFieldList:
+		table, _, _ := cstring(append(b[1:len(b):len(b)], 0))
+		return r.decideText("SHOW COLUMNS FROM " + quoteIdent(string(table)))
+	case comProcessInfo:
+		return r.decideText("SHOW PROCESSLIST")
+	case comProcessKill:
+		if len(b) < 5 {
+			return nil
+		}
+		return r.decideText("KILL " + strconv.FormatUint(uint64(le32(b[1:])), 10))
+	case comShutdown:
+		return r.decideText("SHUTDOWN")
+	case comCreateDB:
+		return r.decideText("CREATE DATABASE " + quoteIdent(string(b[1:])))
+	case comDropDB:
+		return r.decideText("DROP DATABASE " + quoteIdent(string(b[1:])))
+	case comBinlogDump, comBinlogDumpGTID, comRegisterSlave, comTableDump:
+		// A request for the binary log (or a table dump).
+		names := map[byte]string{comBinlogDump: "COM_BINLOG_DUMP", comBinlogDumpGTID: "COM_BINLOG_DUMP_GTID",
+			comRegisterSlave: "COM_REGISTER_SLAVE", comTableDump: "COM_TABLE_DUMP"}
+		return r.decide("<"+names[b[0]]+">", ruleset.Statement{Kind: KindReplication, Flags: []string{FlagBinlogDump}}, nil)
+	}
+	return nil
+}
+
+// send sends the client's command b to the server and expects its answer
+// a.
+func (r *relay) send(b []byte, a *answer) error {
+	if err := r.forward(b); err != nil {
+		return err
+	}
+	r.expect(a)
+	return nil
 }
 
 // changeUser relays a COM_CHANGE_USER: a new login on the same
@@ -299,15 +396,15 @@ func sameStatement(a, b ruleset.Statement) bool {
 		slices.Equal(a.Tables, b.Tables) && slices.Equal(a.Functions, b.Functions) && slices.Equal(a.Flags, b.Flags)
 }
 
-// decide makes the command of text and its classification, decides it,
-// and waits on a hold. The caller refuses it when Blocked.
+// decide makes the command of text and its classification and decides
+// it. The caller waits on a hold (AwaitHold), then refuses it when
+// Blocked.
 func (r *relay) decide(text string, st ruleset.Statement, err error) *decoder.Command {
 	if err == nil {
 		st.Text = text
 	}
 	c := &decoder.Command{Cmd: enforcer.Command{Text: text, Statement: st, ClassifyErr: err}}
 	r.s.decider.Decide(c)
-	r.s.decider.AwaitHold(r.s.ctx, c, r.notify)
 	return c
 }
 
@@ -317,19 +414,6 @@ func (r *relay) decideText(text string) *decoder.Command {
 	return r.decide(text, st, err)
 }
 
-// simple decides a command known by the statement it stands for and
-// relays its one-packet answer.
-func (r *relay) simple(b []byte, text string) error {
-	c := r.decideText(text)
-	if c.Blocked() {
-		return r.deny(c)
-	}
-	if err := r.forward(b); err != nil {
-		return err
-	}
-	return r.single(c)
-}
-
 // forward sends a client packet to the server as a new exchange.
 func (r *relay) forward(b []byte) error {
 	r.sw.seq = 0
@@ -337,34 +421,6 @@ func (r *relay) forward(b []byte) error {
 		return err
 	}
 	return r.sw.flush()
-}
-
-// single relays a one-packet answer (OK, ERR, EOF or a string).
-func (r *relay) single(c *decoder.Command) error {
-	start := time.Now()
-	b, _, err := r.sr.next()
-	if err != nil {
-		return r.serverErr(err)
-	}
-	r.cw.seq = 1
-	code := ""
-	if len(b) > 0 {
-		switch b[0] {
-		case 0x00:
-			r.status(okStatus(b))
-		case 0xff:
-			b, code = r.maskErr(c, b)
-		case 0xfe:
-			r.status(eofStatus(b), nil)
-		}
-	}
-	if err := r.cw.write(b); err != nil {
-		return err
-	}
-	if c != nil {
-		r.s.p.Session.Done(&c.Cmd, c.Verdict, enforcer.Outcome{Duration: time.Since(start), ErrCode: code})
-	}
-	return r.cw.flush()
 }
 
 // status notes a server status: the session's NO_BACKSLASH_ESCAPES.
@@ -427,149 +483,6 @@ func (r *relay) serverErr(err error) error {
 		r.fail(codeConnKilled, stateConnKilled, "sluice: lost the connection to the server")
 	}
 	return err
-}
-
-// prepare decides a COM_STMT_PREPARE and relays the server's answer,
-// keeping the statement for its executions.
-func (r *relay) prepare(b []byte) error {
-	text := string(b[1:])
-	c := r.decideText(text)
-	if c.Blocked() {
-		return r.deny(c)
-	}
-	if len(r.stmts) >= maxStatements {
-		r.fail(1461, "42000", fmt.Sprintf("sluice: a session may keep at most %d prepared statements", maxStatements))
-		return nil
-	}
-	if err := r.forward(b); err != nil {
-		return err
-	}
-	p, _, err := r.sr.next()
-	if err != nil {
-		return r.serverErr(err)
-	}
-	r.cw.seq = 1
-	if len(p) > 0 && p[0] == 0xff {
-		p, _ = r.maskErr(c, p)
-		if err := r.cw.write(p); err != nil {
-			return err
-		}
-		return r.cw.flush()
-	}
-	if len(p) < 12 || p[0] != 0x00 {
-		return r.serverErr(&ProtocolError{Msg: "a malformed COM_STMT_PREPARE answer"})
-	}
-	id := le32(p[1:])
-	ncols, nparams := int(le16(p[5:])), int(le16(p[7:]))
-	if err := r.cw.write(p); err != nil {
-		return err
-	}
-	// The parameters' and the columns' definitions, each list ended by
-	// an EOF: passed on as they are (they hold no data).
-	for _, n := range []int{nparams, ncols} {
-		if n == 0 {
-			continue
-		}
-		for i := 0; i <= n; i++ {
-			d, _, err := r.sr.next()
-			if err != nil {
-				return r.serverErr(err)
-			}
-			if err := r.cw.write(d); err != nil {
-				return err
-			}
-		}
-	}
-	r.stmts[id] = &stmt{c: c, nparams: nparams}
-	return r.cw.flush()
-}
-
-// execute relays a COM_STMT_EXECUTE of a statement decided at prepare.
-func (r *relay) execute(b []byte) error {
-	st := r.stmtOf(b)
-	if st == nil {
-		return r.unknownStmt()
-	}
-	st.cursor = nil
-	if st.c.Blocked() {
-		return r.deny(st.c) // never: a blocked statement is never prepared
-	}
-	if err := r.forward(b); err != nil {
-		return err
-	}
-	err := r.results(st.c, true, st)
-	r.lexingChanged(st.c)
-	return err
-}
-
-// fetch relays a COM_STMT_FETCH from an open cursor.
-func (r *relay) fetch(b []byte) error {
-	st := r.stmtOf(b)
-	if st == nil || st.cursor == nil {
-		if st == nil {
-			return r.unknownStmt()
-		}
-		// No cursor the proxy knows the columns of: the rows could not
-		// be masked.
-		r.fail(codeDenied, stateDenied, "sluice: COM_STMT_FETCH without an open cursor")
-		return nil
-	}
-	if err := r.forward(b); err != nil {
-		return err
-	}
-	res := st.cursor
-	res.start = time.Now()
-	r.cw.seq = 1
-	status, err := r.rows(res)
-	if err != nil || res.ended {
-		st.cursor = nil
-		return err
-	}
-	if status&statusCursorExists == 0 {
-		st.cursor = nil
-	}
-	return r.cw.flush()
-}
-
-// fieldList decides a COM_FIELD_LIST and relays its column definitions.
-func (r *relay) fieldList(b []byte, text string) error {
-	c := r.decideText(text)
-	if c.Blocked() {
-		return r.deny(c)
-	}
-	if err := r.forward(b); err != nil {
-		return err
-	}
-	r.cw.seq = 1
-	for {
-		p, _, err := r.sr.next()
-		if err != nil {
-			return r.serverErr(err)
-		}
-		if len(p) > 0 && p[0] == 0xff {
-			p, _ = r.maskErr(c, p)
-		}
-		if err := r.cw.write(p); err != nil {
-			return err
-		}
-		if len(p) == 0 || p[0] == 0xff || isEOF(p) {
-			return r.cw.flush()
-		}
-	}
-}
-
-// replication decides a request for the binary log (or a table dump).
-// The proxy never relays a replication stream: an allowed one is refused
-// too, since it cannot be decoded.
-func (r *relay) replication(b []byte) error {
-	names := map[byte]string{comBinlogDump: "COM_BINLOG_DUMP", comBinlogDumpGTID: "COM_BINLOG_DUMP_GTID",
-		comRegisterSlave: "COM_REGISTER_SLAVE", comTableDump: "COM_TABLE_DUMP"}
-	c := r.decide("<"+names[b[0]]+">", ruleset.Statement{Kind: KindReplication, Flags: []string{FlagBinlogDump}}, nil)
-	if c.Blocked() {
-		return r.deny(c)
-	}
-	r.fail(codeDenied, stateDenied, "sluice: replication streams are not relayed")
-	return nil
 }
 
 // Replication requests' classification.

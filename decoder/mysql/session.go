@@ -83,10 +83,10 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	s.decider = decoder.Decider{Session: p.Session, Masks: p.Masks}
 	defer s.close()
 	err := s.run(ctx)
-	c := s.client.Counts()
+	c := s.counts()
 	return Stats{SessionStats: decoder.SessionStats{BytesFromClient: c.ClientToServer, BytesToClient: c.ServerToClient,
 		User: s.user, Database: s.database, ClientUser: s.clientUser, Credential: s.credential,
-		ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS}, ServerVersion: s.version}, err
+		ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS, RelayCore: s.relayCore}, ServerVersion: s.version}, err
 }
 
 // session is one client connection's state.
@@ -108,6 +108,28 @@ type session struct {
 	connID                 uint32              // the server's id of the session's connection (KILL QUERY names it)
 	inj                    *enforcer.Injection // the credential the session logged in with, if any
 	conns                  decoder.Conns
+
+	// rawUp is the server's socket as dialed, for the relay core
+	// (core.go). coreIn and coreOut count the client's bytes while the
+	// session ran on the core, later its connection after it left.
+	rawUp           net.Conn
+	relayCore       string // where the command phase ran (Stats.RelayCore)
+	coreIn, coreOut int64
+	later           *decoder.CountConn
+}
+
+// counts are the client's bytes, as they crossed the network, over the
+// session's life.
+func (s *session) counts() decoder.Counts {
+	n := s.client.Counts()
+	n.ClientToServer += s.coreIn
+	n.ServerToClient += s.coreOut
+	if s.later != nil {
+		l := s.later.Counts()
+		n.ClientToServer += l.ClientToServer
+		n.ServerToClient += l.ServerToClient
+	}
+	return n
 }
 
 // setCconn and setUp change what close acts on (decoder.Conns): a
@@ -153,6 +175,7 @@ func (s *session) login(ctx context.Context) (*login, error) {
 		s.refuseGreeting(codeConnKilled, "sluice: cannot reach the database: "+err.Error())
 		return nil, err
 	}
+	s.rawUp = up
 	s.setUp(rawio.Wrap(up))
 	s.up.SetReadDeadline(time.Now().Add(loginTimeout))
 	greet, _, err := readPacket(s.up)

@@ -79,43 +79,11 @@ type resumeMsg struct {
 type coreSession struct {
 	r  *relay
 	o  *evloop.Out
-	in [2]*feed
+	in [2]*evloop.Feed
 	// out counts the bytes written to the client (its CountConn counts
 	// them on the goroutines).
 	toClient int64
 }
-
-// feed is a frame reader's source: what the core received, then, once
-// the session left the core, its socket.
-type feed struct {
-	b    []byte
-	off  int
-	conn net.Conn
-}
-
-// errNoData: the core has given nothing more yet. The core handles only
-// whole messages, so a frame reader never meets it mid-message.
-var errNoData = errors.New("no data from the relay core")
-
-func (f *feed) Read(p []byte) (int, error) {
-	if f.off < len(f.b) {
-		n := copy(p, f.b[f.off:])
-		f.off += n
-		if f.off == len(f.b) {
-			f.b, f.off = f.b[:0], 0
-			if cap(f.b) > 2*coreMaxMessage {
-				f.b = nil
-			}
-		}
-		return n, nil
-	}
-	if f.conn != nil {
-		return f.conn.Read(p)
-	}
-	return 0, errNoData
-}
-
-func (f *feed) avail() int { return len(f.b) - f.off }
 
 // coreWriter writes a side's messages through the core.
 type coreWriter struct {
@@ -155,7 +123,7 @@ func (r *relay) onCore() (done bool, err error) {
 	if err := r.sw.Flush(); err != nil {
 		return true, err
 	}
-	h := &coreSession{r: r, in: [2]*feed{{}, {}}}
+	h := &coreSession{r: r, in: [2]*evloop.Feed{{}, {}}}
 	r.cr.r.Reset(h.in[0])
 	r.sr.r.Reset(h.in[1])
 	r.cw.Reset(coreWriter{h, 0})
@@ -197,9 +165,10 @@ func (r *relay) onCore() (done bool, err error) {
 		s.setCconn(cc)
 	}
 	s.setUp(rawio.Wrap(res.Server))
-	h.in[0].b = append(h.in[0].b, res.Rest[0]...)
-	h.in[1].b = append(h.in[1].b, res.Rest[1]...)
-	h.in[0].conn, h.in[1].conn = s.cconn, s.up
+	h.in[0].Add(res.Rest[0])
+	h.in[1].Add(res.Rest[1])
+	h.in[0].Then(s.cconn)
+	h.in[1].Then(s.up)
 	r.cw.Reset(s.cconn)
 	r.sw.Reset(s.up)
 	return false, nil
@@ -208,7 +177,7 @@ func (r *relay) onCore() (done bool, err error) {
 // Input takes what side received and handles every whole message.
 func (h *coreSession) Input(o *evloop.Out, side int, b []byte) {
 	h.o = o
-	h.in[side].b = append(h.in[side].b, b...)
+	h.in[side].Add(b)
 	if side == 0 && h.r.s.tapped {
 		// As the tapped connection's Read: every chunk, as it arrives.
 		// The queue has room for it: a message is handled only with
@@ -257,9 +226,9 @@ var errTerminated = errors.New("terminated")
 
 // whole reports whether fr holds a whole message, and whether the next
 // message is too long to be handled on the core.
-func (h *coreSession) whole(fr *frameReader, f *feed) (ok, long bool) {
+func (h *coreSession) whole(fr *frameReader, f *evloop.Feed) (ok, long bool) {
 	buffered := fr.r.Buffered()
-	if buffered+f.avail() < 5 {
+	if buffered+f.Avail() < 5 {
 		return false, false
 	}
 	hdr, _ := fr.r.Peek(5) // fills from the feed
@@ -275,7 +244,7 @@ func (h *coreSession) whole(fr *frameReader, f *feed) (ok, long bool) {
 		// writing, reads the refusal instead of a reset.
 		return false, true
 	}
-	return buffered+f.avail() >= n+1, false
+	return buffered+f.Avail() >= n+1, false
 }
 
 // offCore is errOffCore when the next message (whole: ok; too long for
