@@ -177,7 +177,9 @@ func (r *relay) clientPacket() (done bool, err error) {
 // COM_CHANGE_USER's login) is left to the goroutines (errOffCore).
 func (r *relay) command(b []byte) (done bool, err error) {
 	if r.core != nil && b[0] == comChangeUser {
-		return false, r.leaveCommand(b, nil, "a COM_CHANGE_USER")
+		err := r.leaveCommand(b, nil, "a COM_CHANGE_USER")
+		clear(b) // it holds a password's proof: only the copy is kept
+		return false, err
 	}
 	c := r.pre
 	r.pre = nil
