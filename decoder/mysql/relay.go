@@ -41,6 +41,8 @@ type relay struct {
 	lastMasker *mask.Masker
 	rowBuf     []byte
 	valBuf     []byte
+	binVals    []binVal // maskBinary's, reused row to row
+	numBuf     []byte   // maskBinary's text of a number
 	notify     decoder.Notify
 
 	// ans is the server's answer the relay waits for (answer.go).

@@ -194,14 +194,17 @@ func (r *relay) maskBinary(res *result, p []byte) ([]byte, error) {
 	}
 	bitmap := p[1 : 1+nb]
 	rest := p[1+nb:]
-	type val struct {
-		v    []byte
-		null bool
-	}
 	var out []byte
 	changedAny := false
-	vals := make([]val, ncol)
-	var text []byte
+	vals := r.binVals[:0]
+	if cap(vals) < ncol {
+		vals = make([]binVal, ncol)
+	}
+	vals = vals[:ncol]
+	clear(vals)
+	r.binVals = vals
+	text := r.numBuf[:0]
+	defer func() { r.numBuf = text[:0] }()
 	for i, k := range res.cols {
 		if bitmap[(i+2)/8]&(1<<((i+2)%8)) != 0 {
 			vals[i].null = true
@@ -218,12 +221,12 @@ func (r *relay) maskBinary(res *result, p []byte) ([]byte, error) {
 		if stringLike(k.typ) {
 			// A value of its own: the row is rebuilt from vals.
 			if mv, mnull, changed = res.plan.Apply(i, v, nil); changed {
-				vals[i] = val{v: mv, null: mnull}
+				vals[i] = binVal{v: mv, null: mnull}
 			}
 		} else {
 			text = numberText(text[:0], k.typ, v)
 			if _, _, changed = res.plan.Apply(i, text, nil); changed && !res.plan.DryRun {
-				vals[i] = val{null: true}
+				vals[i] = binVal{null: true}
 			}
 		}
 		changedAny = changedAny || changed
@@ -250,6 +253,12 @@ func (r *relay) maskBinary(res *result, p []byte) ([]byte, error) {
 	}
 	r.rowBuf = out
 	return out, nil
+}
+
+// binVal is one value of a binary row being masked.
+type binVal struct {
+	v    []byte
+	null bool
 }
 
 // stringLike reports whether a type's binary encoding is a
