@@ -264,8 +264,10 @@ func (r *relay) resultsPacket(a *answer, p []byte, seq byte) (bool, error) {
 			}
 			return false, nil
 		}
-		n, _, _, err := readLenenc(p)
-		if err != nil || n == 0 || n > maxColumns {
+		// The column count is the whole packet: anything after it would
+		// reach the client unread.
+		n, size, _, err := readLenenc(p)
+		if err != nil || n == 0 || n > maxColumns || size != len(p) {
 			return true, r.serverErr(&ProtocolError{Msg: "a malformed column count"})
 		}
 		if err := r.cw.write(p); err != nil {

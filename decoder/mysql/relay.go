@@ -16,12 +16,13 @@ import (
 )
 
 // The command phase is half duplex: the client sends one command, the
-// server answers it whole, then the next command. One goroutine runs it,
-// reading a command, deciding it, and relaying the server's answer
-// before it reads the next; a client that sends commands without waiting
-// has them read and decided one at a time, as the server would. (There
-// is no pipelining to keep apart, unlike PostgreSQL's extended protocol,
-// whose two-loop runner stays in decoder/postgres.)
+// server answers it whole, then the next command. The relay reads a
+// command, decides it, and relays the server's answer packet by packet
+// (answer.go) before it reads the next; a client that sends commands
+// without waiting has them read and decided one at a time, as the server
+// would. (There is no pipelining to keep apart, unlike PostgreSQL's
+// extended protocol, whose two-loop runner stays in decoder/postgres.) It
+// runs on the relay core's thread (core.go), or on one goroutine.
 
 // maxStatements bounds the prepared statements a session keeps; the
 // server's own default bound (max_prepared_stmt_count) is 16382 for the
