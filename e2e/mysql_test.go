@@ -158,3 +158,64 @@ func TestMySQLClient(t *testing.T) {
 		}
 	}
 }
+
+// TestMySQLClientOnCore: a plaintext session (no TLS from the client, none
+// to the server) runs its commands on the io_uring relay core, recorded
+// at the full level there: the same denials and masks reach the unchanged
+// mariadb client, the flow log says relay_core=io_uring, and a held
+// statement takes its session off the core, refused when nobody approves.
+func TestMySQLClientOnCore(t *testing.T) {
+	_, err := exec.LookPath("mariadb")
+	testenv.Need(t, err == nil, "the MariaDB client is not installed (scripts/install-deps.sh installs mariadb-client)")
+	cg := testenv.NewCgroup(t)
+	my := testenv.StartMariaDB(t, testenv.MariaDBOptions{Host: "127.0.0.2"})
+	rules := strings.Replace(myRules(my.HostPort()), `protocol = "mysql"`, `protocol = "mysql"`+"\n  upstream_tls = \"disable\"", 1)
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Cgroup: cg, Rules: rules})
+	run := func(query string) string {
+		t.Helper()
+		args := append(my.ClientArgs(testenv.MariaDBAppUser, testenv.MariaDBAppPassword, query), "--skip-ssl")
+		out, _ := cg.Run(t, args[0], args[1:]...)
+		return out
+	}
+
+	out := run("SELECT id, name, email, ssn FROM people ORDER BY id; DROP TABLE people")
+	if !strings.Contains(out, `ERROR 1227 (42000)`) || !strings.Contains(out, `ci/deny/no-drop`) {
+		t.Errorf("DROP on the core: %q", out)
+	}
+	for _, p := range testenv.MariaDBPeople {
+		if strings.Contains(out, p.Email) || p.SSN[0] != '9' && strings.Contains(out, p.SSN) || !strings.Contains(out, p.Name) {
+			t.Errorf("masking on the core:\n%s", out)
+		}
+	}
+	out = run("DELETE FROM people WHERE id = 1")
+	if !strings.Contains(out, `ERROR 1227 (42000)`) || !strings.Contains(out, `ci/hold/deletes`) {
+		t.Errorf("a held DELETE with no approver: %q", out)
+	}
+	if n := my.Admin(t, "SELECT COUNT(*) FROM app.people"); n != fmt.Sprint(len(testenv.MariaDBPeople)) {
+		t.Errorf("people has %s rows, want %d: a refused statement reached the server", n, len(testenv.MariaDBPeople))
+	}
+	for _, want := range []string{"io_uring", "io_uring, then goroutines: a statement held for approval"} {
+		fl := d.WaitLog(t, "flow", func(l testenv.LogLine) bool {
+			return l.String("protocol") == "mysql" && l.String("relay_core") == want
+		})
+		if fl["client_tls"] != false || fl["upstream_tls"] != false {
+			t.Errorf("flow %v: want plaintext on both hops", fl)
+		}
+	}
+	// Recorded at the full level on the core: the statements and the
+	// client's wire bytes.
+	var id string
+	testenv.WaitFor(t, 10*time.Second, "a sealed mysql session with its statements", func() bool {
+		for _, s := range listSessions(t, d) {
+			if s.Target == "my" && !s.End.IsZero() && s.Statements >= 2 {
+				id = s.ID
+				return true
+			}
+		}
+		return false
+	})
+	if out, err := d.Sluice(t, "export", id, "--socket", d.Socket, "--format", "jsonl"); err != nil ||
+		!strings.Contains(out, `"type":"wire"`) || !strings.Contains(out, "DROP TABLE people") {
+		t.Errorf("export jsonl of the session on the core: %v\n%s", err, out)
+	}
+}
