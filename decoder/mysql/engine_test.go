@@ -101,6 +101,16 @@ func (e *myEnv) harness(t *testing.T, rules string, o decodertest.Options) *deco
 // tlsCfg, when set, makes the client ask for TLS.
 func driver(t *testing.T, h *decodertest.Harness, user, password string, tweak func(*gomysql.Config)) *sql.Conn {
 	t.Helper()
+	c, err := openDriver(t, h, user, password, tweak)
+	if err != nil {
+		t.Fatalf("connect through the proxy as %s: %v", user, err)
+	}
+	return c
+}
+
+// openDriver is driver, returning the login's error.
+func openDriver(t *testing.T, h *decodertest.Harness, user, password string, tweak func(*gomysql.Config)) (*sql.Conn, error) {
+	t.Helper()
 	name := fmt.Sprintf("harness%d", dialers.Add(1))
 	used := atomic.Bool{}
 	gomysql.RegisterDialContext(name, func(ctx context.Context, addr string) (net.Conn, error) {
@@ -126,11 +136,20 @@ func driver(t *testing.T, h *decodertest.Harness, user, password string, tweak f
 	defer cancel()
 	c, err := db.Conn(ctx)
 	if err != nil {
-		t.Fatalf("connect through the proxy as %s: %v", user, err)
+		return nil, err
 	}
 	t.Cleanup(func() { c.Close() })
-	return c
+	return c, nil
 }
+
+// driverEd25519Flake reports the login failure go-sql-driver/mysql makes
+// of one MariaDB client_ed25519 nonce in 256: it drops a last 0x00 byte
+// from every auth switch's data (meant for the NUL that ends a
+// mysql_native_password scramble), and refuses the 31 bytes left with
+// ErrMalformPkt. Sluice's own ed25519 answer (inject.go) takes the first
+// 32 bytes and is not affected; a test that logs in as ed with the
+// driver tries again on this error alone.
+func driverEd25519Flake(err error) bool { return errors.Is(err, gomysql.ErrMalformPkt) }
 
 func ctx10(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -180,12 +199,22 @@ func TestEngineLogin(t *testing.T) {
 		{"native password over TLS on both hops", testenv.MariaDBTLSUser, testenv.MariaDBTLSPassword, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := e.harness(t, engineRules(""), decodertest.Options{})
-			c := driver(t, h, tc.user, tc.password, func(cfg *gomysql.Config) {
-				if tc.tls {
-					cfg.TLS = &tls.Config{RootCAs: e.ca.Pool(), ServerName: "127.0.0.1"}
+			var c *sql.Conn
+			for try := 1; ; try++ {
+				h := e.harness(t, engineRules(""), decodertest.Options{})
+				var err error
+				c, err = openDriver(t, h, tc.user, tc.password, func(cfg *gomysql.Config) {
+					if tc.tls {
+						cfg.TLS = &tls.Config{RootCAs: e.ca.Pool(), ServerName: "127.0.0.1"}
+					}
+				})
+				if err == nil {
+					break
 				}
-			})
+				if tc.user != testenv.MariaDBEdUser || !driverEd25519Flake(err) || try == 4 {
+					t.Fatalf("connect through the proxy as %s: %v", tc.user, err)
+				}
+			}
 			got := names(t, c, "SELECT name FROM people ORDER BY id")
 			if len(got) != len(testenv.MariaDBPeople) || got[0] != testenv.MariaDBPeople[0].Name {
 				t.Fatalf("people: %q", got)

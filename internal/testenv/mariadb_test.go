@@ -113,6 +113,14 @@ func TestMariaDB(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			db := mariadbConn(t, my, c.user, c.password, c.tls)
+			// go-sql-driver/mysql drops a last 0x00 byte from an auth
+			// switch's data, so one client_ed25519 nonce in 256 fails its
+			// login with ErrMalformPkt: that error alone is tried again.
+			for try := 1; c.user == testenv.MariaDBEdUser && try <= 4; try++ {
+				if err := db.Ping(); !errors.Is(err, mysql.ErrMalformPkt) {
+					break
+				}
+			}
 			checkPeople(t, db)
 			var name, cipher string
 			if err := db.QueryRow("SHOW SESSION STATUS LIKE 'Ssl_cipher'").Scan(&name, &cipher); err != nil {
