@@ -86,3 +86,26 @@ func (c *CountConn) Write(b []byte) (int, error) {
 func (c *CountConn) Counts() Counts {
 	return Counts{ClientToServer: c.read, ServerToClient: c.written}
 }
+
+// ClientCounts are a decoded session's client bytes over its life when it
+// may run on the relay core for a while: its connection's counts until
+// then (Before), the core's (Core), and, once it left the core, the new
+// connection's (After).
+type ClientCounts struct {
+	Before *CountConn
+	Core   Counts
+	After  *CountConn
+}
+
+// Counts adds them up.
+func (c *ClientCounts) Counts() Counts {
+	n := c.Before.Counts()
+	n.ClientToServer += c.Core.ClientToServer
+	n.ServerToClient += c.Core.ServerToClient
+	if c.After != nil {
+		a := c.After.Counts()
+		n.ClientToServer += a.ClientToServer
+		n.ServerToClient += a.ServerToClient
+	}
+	return n
+}

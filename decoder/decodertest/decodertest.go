@@ -579,3 +579,18 @@ func BrokerHolder(b *approve.Broker, timeout time.Duration) func(context.Context
 		return enforcer.HoldOutcome{Approved: out.Approved, Reason: out.Reason}
 	}
 }
+
+// WantRelayCore checks where a session's steady state ran: its flow-log
+// field relay_core (decoder.SessionStats.RelayCore).
+func WantRelayCore(t testing.TB, res decoder.Result, want string) {
+	t.Helper()
+	got := ""
+	for i := 0; i+1 < len(res.Fields); i += 2 {
+		if res.Fields[i] == "relay_core" {
+			got = fmt.Sprint(res.Fields[i+1])
+		}
+	}
+	if got != want {
+		t.Errorf("relay_core %q, want %q", got, want)
+	}
+}

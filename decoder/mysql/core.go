@@ -119,7 +119,7 @@ func (r *relay) onCore() (done bool, err error) {
 	r.core = h
 	res := evloop.Decode(s.ctx, s.p.Client, s.rawUp, h)
 	r.core = nil
-	s.coreIn, s.coreOut = res.In.ClientToServer, h.toClient
+	s.coreCounts = decoder.Counts{ClientToServer: res.In.ClientToServer, ServerToClient: h.toClient}
 	if res.Taken {
 		s.relayCore = "io_uring"
 		if res.Ejected {

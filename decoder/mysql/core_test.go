@@ -22,21 +22,6 @@ import (
 	"github.com/sluicehq/sluice/internal/testenv"
 )
 
-// wantCore checks where the session's command phase ran (its flow-log
-// field relay_core).
-func wantCore(t *testing.T, res decoder.Result, want string) {
-	t.Helper()
-	got := ""
-	for i := 0; i+1 < len(res.Fields); i += 2 {
-		if res.Fields[i] == "relay_core" {
-			got = fmt.Sprint(res.Fields[i+1])
-		}
-	}
-	if got != want {
-		t.Errorf("relay_core %q, want %q", got, want)
-	}
-}
-
 // endDriver ends a driver session with COM_QUIT and waits for it.
 func endDriver(h *decodertest.Harness, c interface {
 	Raw(func(any) error) error
@@ -104,7 +89,7 @@ func TestCoreSessions(t *testing.T) {
 		if h.Tap.Contains("DROP TABLE") {
 			t.Fatal("a denied statement reached the server")
 		}
-		wantCore(t, res, "io_uring")
+		decodertest.WantRelayCore(t, res, "io_uring")
 		if res.BytesFromClient == 0 || res.BytesToClient == 0 {
 			t.Fatalf("byte counts not kept on the core: %+v", res)
 		}
@@ -120,16 +105,7 @@ func TestCoreSessions(t *testing.T) {
 			if args != nil {
 				q += " WHERE id > ?"
 			}
-			rows, err := c.QueryContext(ctx10(t), q, args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			n := 0
-			for rows.Next() {
-				n++
-			}
-			err = rows.Err()
-			rows.Close()
+			n, err := countRows(t, c, q, args...)
 			if n != 1 {
 				t.Fatalf("%d rows before the refusal, want 1", n)
 			}
@@ -138,7 +114,7 @@ func TestCoreSessions(t *testing.T) {
 		if got := names(t, c, "SELECT name FROM people WHERE id = 1"); len(got) != 1 {
 			t.Fatalf("after the refusal: %q", got)
 		}
-		wantCore(t, endDriver(h, c), "io_uring")
+		decodertest.WantRelayCore(t, endDriver(h, c), "io_uring")
 	})
 
 	t.Run("hold before a statement leaves the core", func(t *testing.T) {
@@ -151,7 +127,7 @@ func TestCoreSessions(t *testing.T) {
 		if got := names(t, c, "SELECT name FROM people WHERE id = 1"); len(got) != 1 || !h.Tap.Contains("DELETE FROM people WHERE id = 3") {
 			t.Fatalf("after the hold: %q", got)
 		}
-		wantCore(t, endDriver(h, c), "io_uring, then goroutines: a statement held for approval")
+		decodertest.WantRelayCore(t, endDriver(h, c), "io_uring, then goroutines: a statement held for approval")
 	})
 
 	t.Run("result hold leaves the core at its row", func(t *testing.T) {
@@ -163,7 +139,7 @@ func TestCoreSessions(t *testing.T) {
 		if got := names(t, c, "SELECT name FROM people WHERE id = ?", 2); len(got) != 1 {
 			t.Fatalf("after the hold: %q", got)
 		}
-		wantCore(t, endDriver(h, c), "io_uring, then goroutines: a result held for approval")
+		decodertest.WantRelayCore(t, endDriver(h, c), "io_uring, then goroutines: a result held for approval")
 	})
 
 	t.Run("LOCAL INFILE leaves the core", func(t *testing.T) {
@@ -180,7 +156,7 @@ func TestCoreSessions(t *testing.T) {
 		if got := names(t, c, "SELECT name FROM people WHERE id = 60"); len(got) != 1 || got[0] != "Core Person" {
 			t.Fatalf("the loaded row: %q", got)
 		}
-		wantCore(t, endDriver(h, c), "io_uring, then goroutines: a LOAD DATA LOCAL INFILE request")
+		decodertest.WantRelayCore(t, endDriver(h, c), "io_uring, then goroutines: a LOAD DATA LOCAL INFILE request")
 	})
 
 	t.Run("packet too long for the core", func(t *testing.T) {
@@ -194,7 +170,7 @@ func TestCoreSessions(t *testing.T) {
 		if got := names(t, c, "SELECT 'after-long'"); len(got) != 1 {
 			t.Fatalf("after the long query: %q", got)
 		}
-		wantCore(t, endDriver(h, c), "io_uring, then goroutines: a packet too long for the core")
+		decodertest.WantRelayCore(t, endDriver(h, c), "io_uring, then goroutines: a packet too long for the core")
 	})
 }
 
@@ -262,8 +238,8 @@ func TestCoreSameAsGoroutines(t *testing.T) {
 	}
 	onCore, coreRes := run(true)
 	onGo, goRes := run(false)
-	wantCore(t, coreRes, "io_uring")
-	wantCore(t, goRes, "goroutines")
+	decodertest.WantRelayCore(t, coreRes, "io_uring")
+	decodertest.WantRelayCore(t, goRes, "goroutines")
 	if !bytes.Equal(onCore, onGo) {
 		t.Fatalf("the client got %d bytes on the core and %d on goroutines:\ncore: %q\ngoroutines: %q", len(onCore), len(onGo), onCore, onGo)
 	}

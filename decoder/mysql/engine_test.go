@@ -151,6 +151,22 @@ func openDriver(t *testing.T, h *decodertest.Harness, user, password string, twe
 // driver tries again on this error alone.
 func driverEd25519Flake(err error) bool { return errors.Is(err, gomysql.ErrMalformPkt) }
 
+// countRows runs a query and reads its rows: how many came, and the
+// error that ended them.
+func countRows(t *testing.T, c *sql.Conn, q string, args ...any) (int, error) {
+	t.Helper()
+	rows, err := c.QueryContext(ctx10(t), q, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	return n, rows.Err()
+}
+
 func ctx10(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
@@ -369,16 +385,7 @@ func TestEngineResultRefused(t *testing.T) {
 		if args != nil {
 			q += " WHERE id > ?"
 		}
-		rows, err := c.QueryContext(ctx10(t), q, args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for rows.Next() {
-			n++
-		}
-		err = rows.Err()
-		rows.Close()
+		n, err := countRows(t, c, q, args...)
 		if n > 1 {
 			t.Fatalf("%d rows passed a hold at the second row with no approver", n)
 		}

@@ -110,26 +110,19 @@ type session struct {
 	conns                  decoder.Conns
 
 	// rawUp is the server's socket as dialed, for the relay core
-	// (core.go). coreIn and coreOut count the client's bytes while the
+	// (core.go). coreCounts counts the client's bytes while the
 	// session ran on the core, later its connection after it left.
-	rawUp           net.Conn
-	relayCore       string // where the command phase ran (Stats.RelayCore)
-	coreIn, coreOut int64
-	later           *decoder.CountConn
+	rawUp      net.Conn
+	relayCore  string // where the command phase ran (Stats.RelayCore)
+	coreCounts decoder.Counts
+	later      *decoder.CountConn
 }
 
 // counts are the client's bytes, as they crossed the network, over the
 // session's life.
 func (s *session) counts() decoder.Counts {
-	n := s.client.Counts()
-	n.ClientToServer += s.coreIn
-	n.ServerToClient += s.coreOut
-	if s.later != nil {
-		l := s.later.Counts()
-		n.ClientToServer += l.ClientToServer
-		n.ServerToClient += l.ServerToClient
-	}
-	return n
+	c := decoder.ClientCounts{Before: &s.client, Core: s.coreCounts, After: s.later}
+	return c.Counts()
 }
 
 // setCconn and setUp change what close acts on (decoder.Conns): a

@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/decoder/decodertest"
 	"github.com/sluicehq/sluice/decoder/internal/evloop"
 	"github.com/sluicehq/sluice/enforcer/approve"
@@ -70,7 +69,7 @@ func TestCoreSessions(t *testing.T) {
 		if res.Err != nil {
 			t.Fatalf("session: %v", res.Err)
 		}
-		wantCore(t, res, "io_uring")
+		decodertest.WantRelayCore(t, res, "io_uring")
 		if res.BytesFromClient == 0 || res.BytesToClient == 0 {
 			t.Fatalf("byte counts not kept on the core: %+v", res)
 		}
@@ -96,7 +95,7 @@ func TestCoreSessions(t *testing.T) {
 		if msgs := pg.Query("SELECT 'after-hold'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-hold") {
 			t.Fatalf("after the hold: %v", msgs)
 		}
-		wantCore(t, h.End(), "io_uring, then goroutines: a statement held for approval")
+		decodertest.WantRelayCore(t, h.End(), "io_uring, then goroutines: a statement held for approval")
 	})
 
 	t.Run("result rule without an approver, on the core", func(t *testing.T) {
@@ -114,7 +113,7 @@ func TestCoreSessions(t *testing.T) {
 		if msgs := pg.Query("SELECT 'after-refusal'"); len(decodertest.Errors(msgs)) != 0 {
 			t.Fatalf("after the refusal: %v", msgs)
 		}
-		wantCore(t, h.End(), "io_uring")
+		decodertest.WantRelayCore(t, h.End(), "io_uring")
 	})
 
 	t.Run("result hold leaves the core at its row", func(t *testing.T) {
@@ -141,7 +140,7 @@ func TestCoreSessions(t *testing.T) {
 		if msgs := pg.Query("SELECT 'after-hold'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-hold") {
 			t.Fatalf("after the hold: %v", msgs)
 		}
-		wantCore(t, h.End(), "io_uring, then goroutines: a result held for approval")
+		decodertest.WantRelayCore(t, h.End(), "io_uring, then goroutines: a result held for approval")
 	})
 
 	t.Run("pipelined batch with a held Parse", func(t *testing.T) {
@@ -178,7 +177,7 @@ func TestCoreSessions(t *testing.T) {
 		if decodertest.Types(last) != "TDCZ" || !h.Tap.Contains("SELECT 'last'") {
 			t.Fatalf("the statement after the held batch: %v", last)
 		}
-		wantCore(t, h.End(), "io_uring, then goroutines: a statement held for approval")
+		decodertest.WantRelayCore(t, h.End(), "io_uring, then goroutines: a statement held for approval")
 	})
 
 	t.Run("message too long for the core", func(t *testing.T) {
@@ -194,7 +193,7 @@ func TestCoreSessions(t *testing.T) {
 		if msgs := pg.Query("SELECT 'after-long'"); len(decodertest.Errors(msgs)) != 0 || !h.Tap.Contains("after-long") {
 			t.Fatalf("after the long query: %v", msgs)
 		}
-		wantCore(t, h.End(), "io_uring, then goroutines: a message too long for the core")
+		decodertest.WantRelayCore(t, h.End(), "io_uring, then goroutines: a message too long for the core")
 	})
 
 	t.Run("record full on the core as on goroutines", func(t *testing.T) {
@@ -213,7 +212,7 @@ func TestCoreSessions(t *testing.T) {
 			}
 			wantError(t, pg.Query("DROP TABLE users"), "ERROR", codeInsufficientPrivilege, `"ci/deny/no-drop"`)
 			want := map[bool]string{true: "io_uring", false: "goroutines"}[onCore]
-			wantCore(t, h.End(), want)
+			decodertest.WantRelayCore(t, h.End(), want)
 			var c, s strings.Builder
 			for _, e := range h.Recorder.Events() {
 				if e.Type != record.TypeWire {
@@ -269,20 +268,5 @@ func approveOnly(t *testing.T, broker *approve.Broker) {
 	}
 	if _, err := broker.Decide(reqs[0].ID, approve.Approver{Kind: approve.KindOIDC, Subject: "sec", Groups: []string{"security"}}, true, ""); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// wantCore checks where a session's statements ran, as its flow log's
-// relay_core field says.
-func wantCore(t *testing.T, res decoder.Result, want string) {
-	t.Helper()
-	got := ""
-	for i := 0; i+1 < len(res.Fields); i += 2 {
-		if res.Fields[i] == "relay_core" {
-			got = fmt.Sprint(res.Fields[i+1])
-		}
-	}
-	if got != want {
-		t.Errorf("relay_core %q, want %q", got, want)
 	}
 }

@@ -121,27 +121,20 @@ type session struct {
 
 	// rawClient and rawUp are the two sockets as dialed and accepted, for
 	// the relay core (core.go); rawUp is nil when the server hop is not a
-	// plain socket. coreIn and coreOut count the client's bytes while the
+	// plain socket. coreCounts counts the client's bytes while the
 	// session ran on the core, later its connection after it left.
 	rawClient, rawUp net.Conn
 	tapped           bool   // cconn is &client, tapped (record = "full")
 	relayCore        string // where the statement phase ran (Stats.RelayCore)
-	coreIn, coreOut  int64
+	coreCounts       decoder.Counts
 	later            *decoder.CountConn
 }
 
 // counts are the client's bytes, as they crossed the network, over the
 // session's life.
 func (s *session) counts() decoder.Counts {
-	n := s.client.Counts()
-	n.ClientToServer += s.coreIn
-	n.ServerToClient += s.coreOut
-	if s.later != nil {
-		l := s.later.Counts()
-		n.ClientToServer += l.ClientToServer
-		n.ServerToClient += l.ServerToClient
-	}
-	return n
+	c := decoder.ClientCounts{Before: &s.client, Core: s.coreCounts, After: s.later}
+	return c.Counts()
 }
 
 // setCconn and setUp change what close acts on (decoder.Conns): a
