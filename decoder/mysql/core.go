@@ -162,6 +162,14 @@ func (r *relay) onCore() (done bool, err error) {
 func (h *coreSession) Input(o *evloop.Out, side int, b []byte) {
 	h.o = o
 	h.in[side].Add(b)
+	if side == 0 && h.r.ans != nil && h.in[0].Avail() > coreMaxPacket+4 {
+		// The client sends ahead of an answer in flight: the goroutines
+		// stop reading it until the answer ends, so TCP stops it; the
+		// core would have to buffer all of it.
+		h.r.leftFor = "the client sent more than a packet ahead of an answer"
+		h.settle(errOffCore)
+		return
+	}
 	h.settle(h.handle())
 }
 
