@@ -273,7 +273,7 @@ func (r *relay) resultsPacket(a *answer, p []byte, seq byte) (bool, error) {
 		if err := r.cw.write(p); err != nil {
 			return true, err
 		}
-		a.res = &result{c: a.c, binary: a.binary, start: a.start}
+		a.res = &result{c: a.c, binary: a.binary}
 		// The definitions name the columns' origins, which only a masked
 		// result needs (maskRow); others pass them on unread.
 		if a.c.Masker != nil {

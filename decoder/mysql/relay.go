@@ -231,7 +231,6 @@ func (r *relay) command(b []byte) (done bool, err error) {
 			r.fail(codeDenied, stateDenied, "sluice: COM_STMT_FETCH without an open cursor")
 			return false, nil
 		}
-		st.cursor.start = time.Now()
 		return false, r.send(b, &answer{kind: ansFetch, c: st.c, st: st, res: st.cursor})
 	case comStmtSendLongData:
 		if r.stmtOf(b) == nil {

@@ -3,7 +3,6 @@ package mysql
 import (
 	"math"
 	"strconv"
-	"time"
 
 	"github.com/sluicehq/sluice/decoder"
 	"github.com/sluicehq/sluice/enforcer/mask"
@@ -31,7 +30,6 @@ type result struct {
 	gate   decoder.ResultGate
 	rows   int64
 	bytes  int64
-	start  time.Time
 	code   string // the server's error, if one ended it
 	// ended is set when the whole answer ended with the result (an ERR,
 	// or a refusal after which the rest was dropped).
