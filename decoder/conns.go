@@ -37,6 +37,19 @@ func (cs *Conns) set(slot *net.Conn, c net.Conn) net.Conn {
 	return c
 }
 
+// DetachServer takes the server hop out, so Close leaves it open (a
+// connection going back to a pool). It reports false when Close already
+// ran: the connection is closed then.
+func (cs *Conns) DetachServer() bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closed {
+		return false
+	}
+	cs.server = nil
+	return true
+}
+
 // Close closes both hops, once; later calls do nothing.
 func (cs *Conns) Close() {
 	cs.once.Do(func() {

@@ -31,6 +31,13 @@ func (q *Owed[T]) Push(vs ...T) {
 	q.mu.Unlock()
 }
 
+// Len is how many values are owed.
+func (q *Owed[T]) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.vals)
+}
+
 // Front returns the value at the front and true, or the zero value and
 // false when nothing is owed. Consumer only.
 func (q *Owed[T]) Front() (T, bool) {

@@ -38,6 +38,7 @@ var targetSchema = &hcl.BodySchema{
 		{Name: "resolve_every"},
 		{Name: "undecoded"},
 		{Name: "known_hosts"},
+		{Name: "upstream_pool"},
 		{Name: "description"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{{Type: "credential", LabelNames: []string{"name"}}},
@@ -310,11 +311,38 @@ func (c *compiler) target(b *hcl.Block) {
 	for _, cb := range content.Blocks {
 		c.credential(t, cb)
 	}
+	if a := content.Attributes["upstream_pool"]; a != nil {
+		c.upstreamPool(t, a)
+	}
 	if t.Protocol == ProtoSSH && len(t.Credentials) > 0 && knownHosts == nil {
 		c.errorf(b.DefRange, "Missing known_hosts", "Target %s injects credentials, so Sluice logs in to its hosts itself and must check their host keys as ssh would. Set known_hosts to an OpenSSH known_hosts file holding the hosts' keys, or a @cert-authority line for their host CA, such as known_hosts = \"/etc/sluice/known_hosts\" (ssh-keyscan HOST prints a host's keys: check their fingerprints before you add them).", t.Name)
 	}
 	c.rs.targets = append(c.rs.targets, t)
 	c.rs.byName[name] = t
+}
+
+// MaxUpstreamPool bounds a target's upstream_pool.
+const MaxUpstreamPool = 64
+
+// upstreamPool compiles a target's upstream_pool: how many idle server
+// connections Sluice keeps per job and credential, for postgres targets
+// that inject credentials (Sluice then owns the login, so a connection it
+// logged in can serve the same job's next session after a reset).
+func (c *compiler) upstreamPool(t *Target, a *hcl.Attribute) {
+	n, ok := c.number(a)
+	if !ok {
+		return
+	}
+	switch {
+	case t.Protocol != ProtoPostgres:
+		c.errorf(a.NameRange, "upstream_pool not supported", "upstream_pool keeps PostgreSQL server connections for reuse; a %s target cannot set it. Remove it.", t.Protocol)
+	case len(t.Credentials) == 0:
+		c.errorf(a.NameRange, "upstream_pool without credentials", "Target %s relays its clients' own logins, so Sluice cannot reuse a server connection for another session: it would skip that session's authentication. upstream_pool needs credential blocks (Sluice then logs in itself); remove it, or add credentials.", t.Name)
+	case n < 0 || n > MaxUpstreamPool:
+		c.errorf(a.Expr.Range(), "upstream_pool out of range", "upstream_pool is how many idle server connections Sluice keeps per job and credential, from 0 (none, the default) to %d; got %d.", MaxUpstreamPool, n)
+	default:
+		t.UpstreamPool = int(n)
+	}
 }
 
 // upstreamCA compiles a target's upstream_ca: the absolute path of the

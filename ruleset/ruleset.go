@@ -154,6 +154,12 @@ type Target struct {
 	// itself. Required on an ssh target with credentials; empty on other
 	// protocols, which may not set it.
 	KnownHosts string
+	// UpstreamPool is, for postgres targets with Credentials, how many
+	// idle server connections the proxy keeps per job, credential and
+	// startup parameters, to serve that job's next sessions without a new
+	// login (each is reset with DISCARD ALL first). 0, the default, keeps
+	// none.
+	UpstreamPool int
 	// Range is where the target block is defined.
 	Range hcl.Range
 }

@@ -8,26 +8,35 @@ import (
 )
 
 // Cancels maps the cancel keys (BackendKeyData) of live sessions to the
-// upstream that issued them, so a CancelRequest, which arrives on a new
-// connection, reaches the backend it names and no other. Keys are relayed
-// to clients unchanged. It is safe for concurrent use.
+// upstream that issued them and the server's own CancelRequest, so a
+// CancelRequest, which arrives on a new connection, reaches the backend
+// it names and no other. Keys are relayed to clients unchanged, except on
+// pooled targets, whose clients get keys of Sluice's own (pool.go). It is
+// safe for concurrent use.
 type Cancels struct {
 	mu   sync.Mutex
-	keys map[string]func(context.Context) (net.Conn, error)
+	keys map[string]cancelTo
+}
+
+// cancelTo is where a key's CancelRequest goes: the server's own packet,
+// sent on a new connection from dial.
+type cancelTo struct {
+	dial   func(context.Context) (net.Conn, error)
+	packet []byte
 }
 
 // NewCancels returns an empty registry.
 func NewCancels() *Cancels {
-	return &Cancels{keys: map[string]func(context.Context) (net.Conn, error){}}
+	return &Cancels{keys: map[string]cancelTo{}}
 }
 
 func cancelKey(pid uint32, secret []byte) string {
 	return string([]byte{byte(pid >> 24), byte(pid >> 16), byte(pid >> 8), byte(pid)}) + string(secret)
 }
 
-func (c *Cancels) add(key string, dial func(context.Context) (net.Conn, error)) {
+func (c *Cancels) add(key string, dial func(context.Context) (net.Conn, error), packet []byte) {
 	c.mu.Lock()
-	c.keys[key] = dial
+	c.keys[key] = cancelTo{dial, packet}
 	c.mu.Unlock()
 }
 
@@ -37,16 +46,17 @@ func (c *Cancels) remove(key string) {
 	c.mu.Unlock()
 }
 
-// forward sends a raw CancelRequest packet (length included) to the
-// upstream whose session issued the key. It reports whether the key was
-// known. As PostgreSQL does, nothing is answered to the requester.
-func (c *Cancels) forward(ctx context.Context, key string, packet []byte) bool {
+// forward sends the server's CancelRequest for the session that gave out
+// key to its upstream. It reports whether the key was known. As
+// PostgreSQL does, nothing is answered to the requester.
+func (c *Cancels) forward(ctx context.Context, key string) bool {
 	c.mu.Lock()
-	dial, ok := c.keys[key]
+	to, ok := c.keys[key]
 	c.mu.Unlock()
 	if !ok {
 		return false
 	}
+	dial, packet := to.dial, to.packet
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	up, err := dial(ctx)

@@ -134,7 +134,7 @@ func (r *relay) onCore() (done bool, err error) {
 	s.coreCounts = decoder.Counts{ClientToServer: res.In.ClientToServer, ServerToClient: h.toClient}
 	if res.Taken {
 		s.relayCore = "io_uring"
-		if res.Ejected {
+		if res.Ejected && !r.release {
 			s.relayCore = "io_uring, then goroutines: " + r.leftFor
 		}
 	}
@@ -164,7 +164,11 @@ func (r *relay) onCore() (done bool, err error) {
 	} else {
 		s.setCconn(cc)
 	}
+	s.rawUp = res.Server
 	s.setUp(rawio.Wrap(res.Server))
+	if r.release && len(res.Rest[1]) > 0 {
+		s.noPool("the server sent more after the session's end")
+	}
 	h.in[0].Add(res.Rest[0])
 	h.in[1].Add(res.Rest[1])
 	h.in[0].Then(s.cconn)
@@ -282,6 +286,12 @@ func (h *coreSession) clientMsgs() error {
 		}
 		if err != nil {
 			return r.endClient(err)
+		}
+		if done && r.release {
+			// The server connection goes back to the pool: the
+			// goroutines get the sockets back to release it.
+			r.leftFor = "released"
+			return errOffCore
 		}
 		if done {
 			return errTerminated

@@ -64,6 +64,13 @@ type Params struct {
 	// DefaultMaxMessage.
 	MaxMessage int
 	Log        hclog.Logger
+	// Pool keeps server connections for reuse (pool.go), up to PoolSize
+	// idle ones per key, for sessions with an injected credential; the
+	// flow's part of the key is PoolScope. A nil Pool or a PoolSize of 0
+	// keeps none.
+	Pool      *Pool
+	PoolSize  int
+	PoolScope string
 }
 
 // Stats are a session's totals, for the flow log.
@@ -91,7 +98,7 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	st := Stats{decoder.SessionStats{
 		BytesFromClient: n.ClientToServer, BytesToClient: n.ServerToClient,
 		User: s.user, Database: s.database, ClientTLS: s.clientTLS, UpstreamTLS: s.upstreamTLS,
-		ClientUser: s.clientUser, Credential: s.credential, RelayCore: s.relayCore,
+		ClientUser: s.clientUser, Credential: s.credential, RelayCore: s.relayCore, UpstreamPool: s.poolNote(),
 	}}
 	return st, err
 }
@@ -128,6 +135,47 @@ type session struct {
 	relayCore        string // where the statement phase ran (Stats.RelayCore)
 	coreCounts       decoder.Counts
 	later            *decoder.CountConn
+
+	// Pooling (pool.go): the session's server connection may come from
+	// the pool and go back to it. params and backend are the server's
+	// ParameterStatus values and BackendKeyData, born the time of its
+	// login; reused says it came from the pool, released that it went
+	// back (to be reset), kept why it did not.
+	pooling  bool
+	poolKey  PoolKey
+	params   []param
+	backend  []byte
+	born     time.Time
+	reused   bool
+	released bool
+	kept     string
+}
+
+// poolNote is the flow log's upstream_pool: how the session's server
+// connection was got and left, on pooled targets.
+func (s *session) poolNote() string {
+	if !s.pooling {
+		return ""
+	}
+	got := "new"
+	if s.reused {
+		got = "reused"
+	}
+	switch {
+	case s.released:
+		return got + ", released"
+	case s.kept != "":
+		return got + ", closed: " + s.kept
+	}
+	return got + ", closed"
+}
+
+// noPool says the session's server connection must not be pooled, and
+// why (the first reason stays).
+func (s *session) noPool(why string) {
+	if s.kept == "" {
+		s.kept = why
+	}
 }
 
 // counts are the client's bytes, as they crossed the network, over the
@@ -153,7 +201,7 @@ func (s *session) registerCancelKey(k string) {
 		return
 	}
 	s.cancelKey = k
-	s.p.Cancels.add(k, s.p.Dial)
+	s.p.Cancels.add(k, s.p.Dial, s.cancelPacket)
 }
 
 // close ends the session's connections and forgets its cancel key. It is
@@ -218,6 +266,34 @@ func (s *session) run(ctx context.Context) error {
 			return err
 		}
 		defer wipe()
+		if s.p.Pool != nil && s.p.PoolSize > 0 && s.p.PoolScope != "" {
+			s.pooling = true
+			if s.poolKey, err = s.p.Pool.keyFor(s.p.PoolScope, inj.Name, inj.User, secret, startup); err != nil {
+				return err
+			}
+		}
+	}
+
+	// 3a. A server connection from the pool, when one serves this
+	// session: the client gets what a login would have sent.
+	if s.pooling && s.up == nil {
+		if sc := s.p.Pool.take(s.poolKey); sc != nil {
+			s.reused = true
+			if sc.plain {
+				s.rawUp = sc.conn
+				s.setUp(rawio.Wrap(sc.conn))
+			} else {
+				s.setUp(sc.conn)
+			}
+			s.upstreamTLS, s.params, s.born = sc.tls, sc.params, sc.born
+			cw := bufio.NewWriterSize(s.cconn, bufSize)
+			cr := newFrameReader(s.cconn, s.p.MaxMessage)
+			if err := s.pooledLogin(inj, sc, cr, cw); err != nil {
+				return err
+			}
+			r := &relay{s: s, cr: cr, cw: cw, sw: bufio.NewWriterSize(s.up, bufSize), sr: newFrameReader(s.up, s.p.MaxMessage), status: 'I'}
+			return r.run()
+		}
 	}
 
 	// 3. Connect upstream (if negotiation did not already) and send the
@@ -226,6 +302,7 @@ func (s *session) run(ctx context.Context) error {
 		s.refuse(codeConnectionFailure, "sluice: cannot reach the database: "+err.Error())
 		return err
 	}
+	s.born = time.Now()
 	cw := bufio.NewWriterSize(s.cconn, bufSize)
 	cr := newFrameReader(s.cconn, s.p.MaxMessage)
 	sw := bufio.NewWriterSize(s.up, bufSize)
@@ -317,8 +394,7 @@ func (s *session) negotiate(ctx context.Context) ([]byte, error) {
 			if err := cr.Decode(pkt); err != nil {
 				return nil, fmt.Errorf("decode cancel request: %w", err)
 			}
-			full := append(binary.BigEndian.AppendUint32(nil, uint32(len(pkt)+4)), pkt...)
-			known := s.p.Cancels != nil && s.p.Cancels.forward(ctx, cancelKey(cr.ProcessID, cr.SecretKey), full)
+			known := s.p.Cancels != nil && s.p.Cancels.forward(ctx, cancelKey(cr.ProcessID, cr.SecretKey))
 			s.p.Log.Info("cancel request", "backend_pid", cr.ProcessID, "known_session", known)
 			return nil, nil
 		case pgproto3.ProtocolVersion30, pgproto3.ProtocolVersion32:
@@ -636,8 +712,14 @@ func (s *session) passStartup(typ byte, n int, cw *bufio.Writer, sr *frameReader
 		if err != nil {
 			return 0, false, err
 		}
-		s.backendKey(b)
-		return 0, false, writeMsg(cw, 'K', b)
+		return 0, false, writeMsg(cw, 'K', s.backendKey(b))
+	case 'S':
+		b, err := sr.body(n)
+		if err != nil {
+			return 0, false, err
+		}
+		s.paramStatus(b)
+		return 0, false, writeMsg(cw, 'S', b)
 	case 'Z':
 		b, err := sr.body(n)
 		if err != nil || len(b) != 1 {
@@ -648,8 +730,47 @@ func (s *session) passStartup(typ byte, n int, cw *bufio.Writer, sr *frameReader
 		}
 		return b[0], true, cw.Flush()
 	default:
+		// A notice, or NegotiateProtocolVersion: a reused connection
+		// could not say them again.
+		s.noPool(fmt.Sprintf("the server's login sent message %q", typ))
 		return 0, false, sr.forward(cw, n)
 	}
+}
+
+// paramStatus keeps a ParameterStatus the server sent, for the clients
+// of the connection once pooled.
+func (s *session) paramStatus(b []byte) {
+	if !s.pooling {
+		return
+	}
+	var ok bool
+	if s.params, ok = setParam(s.params, b); !ok {
+		s.noPool("the server reported too many parameters")
+	}
+}
+
+// pooledLogin answers the client's StartupMessage for a session on a
+// pooled connection: AuthenticationOk, the server's parameters, a cancel
+// key of the session's own and ReadyForQuery, as a login would have.
+func (s *session) pooledLogin(inj *enforcer.Injection, sc *serverConn, cr *frameReader, cw *bufio.Writer) error {
+	if err := s.openTap(cr, cw); err != nil {
+		return err
+	}
+	writeMsg(cw, 'R', []byte{0, 0, 0, authOK})
+	for _, p := range s.params {
+		b := append(append(append(append([]byte(nil), p.name...), 0), p.value...), 0)
+		writeMsg(cw, 'S', b)
+	}
+	if sc.backend != nil {
+		writeMsg(cw, 'K', s.backendKey(sc.backend))
+	}
+	writeMsg(cw, 'Z', []byte{'I'})
+	if err := cw.Flush(); err != nil {
+		return err
+	}
+	s.p.Log.Info("reused a server connection logged in with an injected credential", "credential", inj.Name, "db_user", inj.User,
+		"rule", inj.Rule, "login_age", time.Since(sc.born).Round(time.Millisecond).String(), "upstream_tls", s.upstreamTLS)
+	return nil
 }
 
 // authRequest reads the body of an Authentication message from the server

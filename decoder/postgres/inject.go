@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/md5"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
@@ -218,14 +219,27 @@ func md5Password(password []byte, user string, salt []byte) []byte {
 	return append(out, 0)
 }
 
-// backendKey registers the session's BackendKeyData for cancel requests.
-func (s *session) backendKey(b []byte) {
+// backendKey registers the server's BackendKeyData body b for cancel
+// requests and returns the body the client gets: b itself, or on a pooled
+// target a key of Sluice's own (the same length) that maps to b while the
+// session lives, so that the key cancels nothing once the connection
+// serves another session.
+func (s *session) backendKey(b []byte) []byte {
 	if len(b) < 8 {
-		return
+		return b
 	}
 	cr := pgproto3.CancelRequest{ProcessID: binary.BigEndian.Uint32(b), SecretKey: append([]byte(nil), b[4:]...)}
 	s.cancelPacket, _ = cr.Encode(nil)
-	s.registerCancelKey(cancelKey(cr.ProcessID, cr.SecretKey))
+	if !s.pooling {
+		s.registerCancelKey(cancelKey(cr.ProcessID, cr.SecretKey))
+		return b
+	}
+	s.backend = append([]byte(nil), b...)
+	own := make([]byte, len(b))
+	rand.Read(own)
+	own[0] &= 0x7f // a positive process ID, as the server's are
+	s.registerCancelKey(cancelKey(binary.BigEndian.Uint32(own), own[4:]))
+	return own
 }
 
 // fatalDetail writes a FATAL ErrorResponse with a detail and flushes.

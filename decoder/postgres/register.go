@@ -24,12 +24,13 @@ func init() {
 }
 
 // newHandler serves flows to postgres targets. The classification cache,
-// the cancel-key registry and the maskers are shared by every session of
-// the daemon; client TLS is terminated with the daemon CA's leaf
-// certificates.
+// the cancel-key registry, the pool of server connections and the maskers
+// are shared by every session of the daemon; client TLS is terminated
+// with the daemon CA's leaf certificates.
 func newHandler(env decoder.Env) decoder.Handler {
 	cache := NewCache(0)
 	cancels := NewCancels()
+	pool := NewPool()
 	masks := mask.NewCache(env.MaskKey)
 	var clientTLS = env.ClientTLS
 	if clientTLS != nil {
@@ -49,6 +50,9 @@ func newHandler(env decoder.Env) decoder.Handler {
 			Masks:      masks,
 			MaxMessage: env.MaxMessage,
 			Log:        flog,
+			Pool:       pool,
+			PoolSize:   f.Target.UpstreamPool,
+			PoolScope:  PoolScope(f, up),
 		})
 		return st.Result(sess, err)
 	})

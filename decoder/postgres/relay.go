@@ -87,6 +87,10 @@ type relay struct {
 	heldRow *heldRow
 	leftFor string // why the session left the core
 
+	// release: the client ended with Terminate while the session was
+	// idle, and the server connection goes back to the pool (pool.go).
+	release bool
+
 	// Shared: the answers the server owes, in order (the client side
 	// pushes, the server side pops), and mu guarding status.
 	ops decoder.Owed[*op]
@@ -242,14 +246,27 @@ func (r *relay) run() error {
 	if done, err := r.onCore(); done {
 		return err
 	}
+	if r.release {
+		// Terminated on the core, which gave the sockets back.
+		r.releaseServer()
+		return nil
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- r.serverLoop() }()
 	cerr := r.clientLoop()
 	if cerr != nil {
 		// Unblock the server side.
 		r.s.up.Close()
+	} else if r.release {
+		// Stop the server side where it waits for the server, with the
+		// connection open.
+		r.s.up.SetReadDeadline(time.Unix(1, 0))
 	}
 	serr := <-errc
+	if r.release && cerr == nil {
+		r.releaseServer()
+		return nil
+	}
 	r.s.close()
 	if cerr != nil && !isEOF(cerr) {
 		return cerr
@@ -321,6 +338,10 @@ func (r *relay) clientMsg(typ byte, n int) (done bool, err error) {
 	case 'F':
 		err = r.functionCall(n)
 	case 'X':
+		if r.keepServer() {
+			_, err := r.cr.body(n)
+			return true, err
+		}
 		return true, r.cr.forward(r.sw, n)
 	case 'D':
 		err = r.describe(n)
@@ -776,6 +797,14 @@ func (r *relay) serverMsg(typ byte, n int) (err error) {
 		err = r.notice(n)
 	case 'S', 'A':
 		// Parameter status and notifications: never suppressed.
+		if typ == 'S' && r.s.pooling {
+			var b []byte
+			if b, err = r.sr.body(n); err == nil {
+				r.s.paramStatus(b)
+				err = writeMsg(r.cw, 'S', b)
+			}
+			return r.serverErr(err)
+		}
 		err = r.serverErr(r.sr.forward(r.cw, n))
 	default:
 		err = r.pass(n)
@@ -1286,4 +1315,54 @@ func errorField(b []byte, field byte) string {
 		b = rest
 	}
 	return ""
+}
+
+// keepServer reports whether the server connection goes back to the pool
+// at the client's Terminate (which the server then never gets): only on a
+// pooled session that is idle, with no answer owed. Anything the check
+// cannot see (a reply racing the Terminate) the reset catches: it needs
+// the connection idle and quiet (pool.go).
+func (r *relay) keepServer() bool {
+	s := r.s
+	if !s.pooling {
+		return false
+	}
+	r.mu.Lock()
+	status := r.status
+	r.mu.Unlock()
+	switch {
+	case s.kept != "":
+	case status != 'I':
+		s.noPool(fmt.Sprintf("the client ended in transaction status %q", status))
+	case r.ops.Len() > 0 || r.openBatch:
+		s.noPool("the client ended with answers owed")
+	default:
+		r.release = true
+	}
+	return r.release
+}
+
+// releaseServer ends a session whose client terminated while idle: the
+// client's connection is closed and the server's, stopped where the
+// server had nothing more to say, goes to the pool to be reset.
+func (r *relay) releaseServer() {
+	s := r.s
+	up := s.up
+	if r.sr.r.Buffered() > 0 {
+		s.noPool("the server sent more after the session's end")
+	}
+	if s.kept != "" {
+		s.close()
+		return
+	}
+	up.SetReadDeadline(time.Time{})
+	if !s.conns.DetachServer() {
+		return // closed already: the session's context ended
+	}
+	s.close()
+	conn := unwrapConn(up)
+	_, plain := conn.(*net.TCPConn)
+	s.released = true
+	s.p.Pool.release(&serverConn{key: s.poolKey, conn: conn, plain: plain, tls: s.upstreamTLS,
+		params: s.params, backend: s.backend, born: s.born}, s.p.PoolSize, s.p.Log)
 }

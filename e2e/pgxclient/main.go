@@ -22,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|pipelined|ssl|flood N [SESSIONS]|idle N")
+		fmt.Fprintln(os.Stderr, "usage: pgxclient DSN deny|cancel|oversize|malformed|mask|pipelined|keys|ssl|flood N [SESSIONS]|idle N")
 		os.Exit(2)
 	}
 	ctx := context.Background()
@@ -70,6 +70,12 @@ func main() {
 		}
 		denied, err := flood(ctx, os.Args[1], conn, n, sessions)
 		report("flood", fmt.Sprint(denied), err)
+	case "keys":
+		// The backend's process ID, and the one in the cancel key the
+		// client was given.
+		var pid uint32
+		err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid)
+		report("keys", fmt.Sprint(pid, " ", conn.PgConn().PID()), err)
 	case "ssl":
 		// Whether the server hop of this session is encrypted.
 		var ssl bool
