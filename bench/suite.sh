@@ -17,6 +17,9 @@
 #   commands   through Sluice's PostgreSQL or MySQL target, default ruleset, record = "commands"
 #   masks      the same plus a mask rule on a column of every result
 #   full       the default ruleset with record = "full"
+#   pooled     (C only) as commands, through a target that injects a
+#              credential and keeps its server connections (upstream_pool),
+#              run as a CI job with a verified identity (bench/pool.sh)
 # PostgreSQL workloads are pgbench's; MySQL ones are sysbench's
 # oltp_point_select and oltp_read_only (direct, opaque and commands only).
 # SSH workloads are scp of a 200 MB file and 500 sequential ssh execs
@@ -76,6 +79,8 @@ go build -o "$BIN/pgxclient" ./e2e/pgxclient
 . bench/ssh.sh
 # shellcheck source=bench/k8s.sh
 . bench/k8s.sh
+# shellcheck source=bench/pool.sh
+. bench/pool.sh
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX); chmod 755 "$work"
 name="bench$$"; cgroup="sluice-bench-$$"
 mount=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
@@ -95,6 +100,7 @@ cleanup() {
   my_stop
   ssh_stop
   k8s_stop
+  pool_stop
   rmdir "$mount/$cgroup" 2>/dev/null
   rm -rf "$work"
 }
@@ -105,7 +111,7 @@ trap 'exit 1' INT TERM
 chown postgres "$work"
 su postgres -s /bin/sh -c "$pgbin/initdb -D $work/pg -U postgres -A trust --no-sync >/dev/null"
 printf 'local all all trust\nhost all all 0.0.0.0/0 trust\n' > "$work/pg/pg_hba.conf"
-su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -l $work/pg.log -w -o '-p $pg_port -k $work -c listen_addresses=127.0.0.2,127.0.0.3 -c max_connections=1200 -c shared_buffers=128MB -c fsync=off' start >/dev/null"
+su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $work/pg -l $work/pg.log -w -o '-p $pg_port -k $work -c listen_addresses=127.0.0.2,127.0.0.3,127.0.0.12 -c max_connections=1200 -c shared_buffers=128MB -c fsync=off' start >/dev/null"
 psql_admin() { psql -X -q -h "$work" -p "$pg_port" -U postgres "$@" postgres; }
 pgbench -i -s 10 -q -h "$work" -p "$pg_port" -U postgres postgres >/dev/null 2>&1
 psql_admin -c "create table people as select i as id, 'Person '||i as name, 'person'||i||'@example.com' as email from generate_series(1, 100) i;
@@ -142,6 +148,8 @@ if my_wanted; then my_start "$pg_port" "$proxy_port" "$bouncer_port"; fi
 if ssh_wanted; then ssh_start "$pg_port" "$proxy_port" "$bouncer_port" "$my_port"; fi
 # The Kubernetes API server (bench/k8s.sh), when the Kubernetes workload runs.
 if k8s_wanted; then k8s_start; fi
+# The pooled mode's credential, job and issuer (bench/pool.sh).
+if pool_wanted; then pool_start; fi
 
 if [ -n "${FLOOR:-}" ]; then
   # The relays keep sluiced's runtime setting (cmd/sluiced/sysmon.go).
@@ -167,6 +175,7 @@ ruleset() { # record level, extra mask block
   printf 'target "opaque" {\n  protocol = "tcp"\n  address  = ["127.0.0.3:%s"]\n}\n' "$pg_port"
   ssh_ruleset "$1"
   k8s_ruleset "$1"
+  pool_ruleset "$1"
   if [ "$2" = masks ]; then
     printf 'policy "bench-masks" {\n  targets = ["postgres"]\n  mask "columns" {\n    columns = ["people.email", "wide.email", "pgbench_accounts.filler"]\n    using   = "hash"\n  }\n}\n'
   fi
@@ -176,12 +185,13 @@ current="commands none"
 start_sluiced
 if ssh_wanted; then ssh_identity; fi
 if k8s_wanted; then k8s_identity; fi
+if pool_wanted; then pool_identity; fi
 
 generation() { "$BIN/sluice" status --json --socket "$work/sluiced.sock" | awk -F': ' '/"generation"/ { gsub(/,/, "", $2); print $2; exit }'; }
 use_rules() { # mode (called in this shell, never in a subshell: it keeps $current)
   local want
   case "$1" in
-    commands|opaque) want="commands none" ;;
+    commands|opaque|pooled) want="commands none" ;;
     masks) want="commands masks" ;;
     full) want="full none" ;;
     *) return ;;
@@ -235,6 +245,7 @@ run() {
     floor-uring) host=127.0.0.11; port=$floor_port; pid=$floor_uring_pid ;;
     opaque) host=127.0.0.3; wrap=("$BIN/sluice" run --cgroup "$cgroup" --); pid=$sluiced_pid ;;
     commands|masks|full) wrap=("$BIN/sluice" run --cgroup "$cgroup" --); pid=$sluiced_pid ;;
+    pooled) host=$pool_host; wrap=(pool_job); pid=$sluiced_pid ;;
   esac
   local before=0 after=0 out
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
@@ -293,7 +304,7 @@ for mode in simple extended prepared; do
     bench_workload "S-$mode-$c" "$ALL" -S -M "$mode" -c "$c" -j "$c"
   done
 done
-bench_workload "C" "direct pgbouncer opaque commands" -S -C -M simple -c 1
+bench_workload "C" "direct pgbouncer opaque commands pooled" -S -C -M simple -c 1
 bench_workload "people" "direct commands masks" -f "$work/people.sql" -M prepared -c 1
 bench_workload "wide" "direct pgbouncer commands masks" -f "$work/wide.sql" -M prepared -c 1
 for c in 1 8; do
@@ -324,7 +335,7 @@ for mode in simple extended prepared; do
     table "S-$mode-$c" "pgbench -S -M $mode -c $c" TPS "$ALL"
   done
 done
-table C "pgbench -S -C (a new connection per transaction: interception, origin lookup, identity lookup)" TPS "direct pgbouncer opaque commands"
+table C "pgbench -S -C (a new connection per transaction: interception, origin lookup, identity lookup; pooled: an injected credential, verified identity, upstream_pool)" TPS "direct pgbouncer opaque commands pooled"
 table people "100-row result, people.email masked in 'masks'" TPS "direct commands masks"
 table wide "bulk read: SELECT * FROM wide (20,000 rows), MB/s of values" "MB/s" "direct pgbouncer commands masks" "$(awk -v b="$wide_bytes" 'BEGIN { print b / 1e6 }')"
 for c in 1; do

@@ -305,3 +305,73 @@ target "pinned" {
 		})
 	}
 }
+
+// TestUpstreamPool: upstream_pool belongs to postgres targets that inject
+// credentials (Sluice owns their logins), and is bounded.
+func TestUpstreamPool(t *testing.T) {
+	rs := mustParse(t, map[string]string{"p.hcl": `
+target "pooled" {
+  protocol      = "postgres"
+  address       = ["10.0.0.5:5432"]
+  upstream_pool = 8
+  credential "app" {
+    user     = "app"
+    password_env = "APP_PASSWORD"
+    policies = ["*"]
+  }
+}
+target "plain" {
+  protocol = "postgres"
+  address  = ["10.0.0.6:5432"]
+}
+`})
+	if got := rs.Target("pooled").UpstreamPool; got != 8 {
+		t.Errorf("pooled: UpstreamPool %d, want 8", got)
+	}
+	if got := rs.Target("plain").UpstreamPool; got != 0 {
+		t.Errorf("plain: UpstreamPool %d, want 0 (the default)", got)
+	}
+	const cred = `
+  credential "app" {
+    user         = "app"
+    password_env = "APP_PASSWORD"
+    policies     = ["*"]
+  }
+}`
+	tests := []struct {
+		name, src, summary, detail string
+		line, col                  int
+	}{
+		{"no credentials", `target "t" {
+  protocol      = "postgres"
+  address       = ["*:5432"]
+  upstream_pool = 4
+}`, "upstream_pool without credentials", "Target t relays its clients' own logins", 4, 3},
+		{"on mysql", `target "t" {
+  protocol      = "mysql"
+  address       = ["*:3306"]
+  upstream_pool = 4` + cred, "upstream_pool not supported", "a mysql target cannot set it", 4, 3},
+		{"negative", `target "t" {
+  protocol      = "postgres"
+  address       = ["*:5432"]
+  upstream_pool = -1` + cred, "upstream_pool out of range", "from 0 (none, the default) to 64; got -1", 4, 19},
+		{"too many", `target "t" {
+  protocol      = "postgres"
+  address       = ["*:5432"]
+  upstream_pool = 65` + cred, "upstream_pool out of range", "got 65", 4, 19},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, diags := Parse(map[string][]byte{"p.hcl": []byte(tt.src)})
+			errs := errorsOf(diags)
+			if len(errs) != 1 {
+				t.Fatalf("got %d errors, want 1: %v", len(errs), diags)
+			}
+			d := errs[0]
+			if d.Summary != tt.summary || !strings.Contains(d.Detail, tt.detail) || d.Subject == nil || d.Subject.Filename != "p.hcl" ||
+				d.Subject.Start.Line != tt.line || d.Subject.Start.Column != tt.col {
+				t.Errorf("got %q (%s) at %v, want %q containing %q at p.hcl:%d:%d", d.Summary, d.Detail, d.Subject, tt.summary, tt.detail, tt.line, tt.col)
+			}
+		})
+	}
+}
