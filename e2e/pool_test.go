@@ -106,13 +106,14 @@ policy "ci" {
 		}
 		return res
 	}
-	psql := func(queries ...string) string {
-		cmd := fmt.Sprintf("psql -X -w -v ON_ERROR_STOP=1 'host=%s port=%d user=whoever dbname=postgres sslmode=disable' -At", pg.Host, pg.Port)
+	psqlSSL := func(sslmode string, queries ...string) string {
+		cmd := fmt.Sprintf("psql -X -w -v ON_ERROR_STOP=1 'host=%s port=%d user=whoever dbname=postgres sslmode=%s' -At", pg.Host, pg.Port, sslmode)
 		for _, q := range queries {
 			cmd += fmt.Sprintf(" -c %q", q)
 		}
 		return cmd
 	}
+	psql := func(queries ...string) string { return psqlSSL("disable", queries...) }
 	// pooled waits until n connections have been reset and pooled since
 	// the daemon started.
 	pooled := func(n int) {
@@ -151,8 +152,10 @@ policy "ci" {
 	out := job("acme/api", []string{
 		// 0: the first session logs in and leaves state behind.
 		psql("SET work_mem = '7MB'", "PREPARE p AS SELECT 1", "CREATE TEMP TABLE scratch (x int)", "SELECT pg_advisory_lock(42)", "SELECT pg_backend_pid()"),
-		// 1: the next session gets the same backend, clean.
-		psql(clean),
+		// 1: the next session gets the same backend, clean; its client
+		// asks for TLS (psql's default), which the target's upstream_tls
+		// = "disable" answers without a new server connection.
+		psqlSSL("prefer", clean),
 		// 2, 3: pgx, whose startup parameters differ from psql's, gets a
 		// connection of its own; on its reuse, the cancel key is
 		// Sluice's own, and cancel stops the backend's query.

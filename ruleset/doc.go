@@ -18,6 +18,7 @@
 //	  upstream_ca   = "/etc/sluice/ca/prod-db.pem" # verify against this CA, not the system roots
 //	  resolve_every = "1m"           # how often hostnames are re-resolved
 //	  undecoded     = "refuse"       # while not decoded: "refuse" (default) or "relay"
+//	  upstream_pool = 4              # postgres with credentials: idle server connections kept per job (default 0)
 //	}
 //
 //	target "deploy" {

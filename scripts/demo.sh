@@ -485,10 +485,13 @@ policy "ci-jobs-mariadb" {
 }
 
 # The same server on 127.0.0.3 holds its credentials itself: jobs of
-# acme/api on main authenticate as app without knowing its password.
+# acme/api on main authenticate as app without knowing its password. Sluice
+# makes those logins, so it keeps up to two of their server connections per
+# job for the job's next sessions (reset with DISCARD ALL in between).
 target "vault-db" {
-  protocol = "postgres"
-  address  = ["127.0.0.3:$pg_port"]
+  protocol      = "postgres"
+  address       = ["127.0.0.3:$pg_port"]
+  upstream_pool = 2
 
   credential "app" {
     user          = "app"
@@ -812,6 +815,11 @@ job "psql -X -h 127.0.0.3 -p $pg_port -U whoever -d postgres -c 'select current_
 log_line "authenticated with an injected credential"
 echo "-- the same psql outside a CI job (no verified identity):"
 run_job psql -X -h 127.0.0.3 -p "$pg_port" -U app -d postgres -Atc "select 1" || echo "(refused: without a verified CI identity no policy covers this connection)"
+echo "-- the same job's next two sessions reuse that server connection, reset in between (upstream_pool):"
+printf '$ psql ... -c "set work_mem = '"'"'64MB'"'"'" -c "select pg_backend_pid(), current_setting('"'"'work_mem'"'"')"; psql ... -c "select pg_backend_pid(), current_setting('"'"'work_mem'"'"')"   (one job)\n'
+job "psql -X -h 127.0.0.3 -p $pg_port -U whoever -d postgres -c \"set work_mem = '64MB'\" -c \"select pg_backend_pid(), current_setting('work_mem')\"; psql -X -h 127.0.0.3 -p $pg_port -U whoever -d postgres -c \"select pg_backend_pid(), current_setting('work_mem')\""
+log_line "server connection pooled"
+log_line flow '"upstream_pool":"reused, released"' | grep -o '"upstream_pool":"[^"]*"'
 if grep -rqF "$app_secret" "$work/sluiced.log" "$work/data"; then echo "demo: the secret leaked into the log or the recordings" >&2; exit 1; fi
 echo "the app password appears in no log line and no recording"
 

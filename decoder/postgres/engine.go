@@ -277,7 +277,7 @@ func (s *session) run(ctx context.Context) error {
 	// 3a. A server connection from the pool, when one serves this
 	// session: the client gets what a login would have sent.
 	if s.pooling && s.up == nil {
-		if sc := s.p.Pool.take(s.poolKey); sc != nil {
+		if sc := s.p.Pool.take(s.poolKey, s.clientTLS); sc != nil {
 			s.reused = true
 			if sc.plain {
 				s.rawUp = sc.conn
@@ -303,6 +303,15 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	s.born = time.Now()
+	if s.pooling && s.p.Upstream.Attempt && !s.p.Upstream.Required {
+		s.p.Pool.sawTLS(s.p.PoolScope, s.upstreamTLS)
+	}
+	if s.clientTLS && !s.upstreamTLS {
+		// The client was told the server offers TLS (what the last login
+		// of this scope found), and it no longer does.
+		s.refuse(codeConnectionFailure, "sluice: the database no longer offers TLS; connect again")
+		return errors.New("the server no longer offers TLS, and the client was offered it")
+	}
 	cw := bufio.NewWriterSize(s.cconn, bufSize)
 	cr := newFrameReader(s.cconn, s.p.MaxMessage)
 	sw := bufio.NewWriterSize(s.up, bufSize)
@@ -451,6 +460,25 @@ func (s *session) checkStartupParams(params map[string]string) error {
 // server accepted it. A client that requires TLS therefore fails or
 // succeeds as it would have directly.
 func (s *session) negotiateTLS(ctx context.Context) error {
+	if tlsUp, known := s.upstreamTLSKnown(); known {
+		// A pooled target: the answer comes from the target's mode (or
+		// the last login of this scope), and the server connection,
+		// maybe a pooled one, once the StartupMessage names the key.
+		if !tlsUp || s.p.ClientTLS == nil || s.clientTLS {
+			_, err := s.cconn.Write([]byte{'N'})
+			return err
+		}
+		if _, err := s.cconn.Write([]byte{'S'}); err != nil {
+			return err
+		}
+		tc, err := decoder.ServerHandshake(ctx, s.cconn, s.p.ClientTLS)
+		if err != nil {
+			return err
+		}
+		s.setCconn(tc)
+		s.clientTLS = true
+		return nil
+	}
 	if err := s.connectUpstream(ctx); err != nil {
 		s.cconn.Write([]byte{'N'})
 		return err
@@ -469,6 +497,24 @@ func (s *session) negotiateTLS(ctx context.Context) error {
 	s.setCconn(tc)
 	s.clientTLS = true
 	return nil
+}
+
+// upstreamTLSKnown reports, for a pooled target, whether the server hop
+// will be TLS, when that is known without a server connection: never with
+// upstream_tls disable, always with require and the verify modes (or the
+// session fails), and with prefer as the last login of the flow's scope
+// found it.
+func (s *session) upstreamTLSKnown() (tlsUp, known bool) {
+	if s.p.Pool == nil || s.p.PoolSize <= 0 || s.p.PoolScope == "" {
+		return false, false
+	}
+	switch u := s.p.Upstream; {
+	case !u.Attempt:
+		return false, true
+	case u.Required:
+		return true, true
+	}
+	return s.p.Pool.tlsSeen(s.p.PoolScope)
 }
 
 // connectUpstream dials the server and negotiates TLS per the target's

@@ -7,8 +7,8 @@ package postgres
 // without a new login, as PgBouncer's session pooling does.
 //
 // What a connection may be reused for is its key: a keyed hash of the
-// flow's scope (target and its upstream settings, destination, the job's
-// verified claims and cgroup), the credential's name, user and secret,
+// flow's scope (target and its upstream settings, destination, the CI
+// job with its verified claims and cgroup), the credential's name, user and secret,
 // and the StartupMessage as sent to the server. So a connection never
 // crosses jobs, credentials (a rotated secret is a new key) or startup
 // parameters, and a session on a reused connection starts from the same
@@ -85,6 +85,11 @@ type PoolKey [sha256.Size]byte
 type Pool struct {
 	seed []byte
 
+	// tls remembers, per flow scope of a target with upstream_tls
+	// prefer, whether its last login found TLS; cleared when full.
+	tlsMu sync.Mutex
+	tls   map[string]bool
+
 	mu       sync.Mutex
 	keys     map[PoolKey]*poolKeyed
 	n        int // idle connections, every key
@@ -107,7 +112,29 @@ type poolKeyed struct {
 func NewPool() *Pool {
 	seed := make([]byte, 32)
 	rand.Read(seed)
-	return &Pool{seed: seed, keys: map[PoolKey]*poolKeyed{}, max: poolMaxIdle, idleFor: poolIdle, lifetime: poolLifetime, wait: poolWait}
+	return &Pool{seed: seed, tls: map[string]bool{}, keys: map[PoolKey]*poolKeyed{}, max: poolMaxIdle, idleFor: poolIdle, lifetime: poolLifetime, wait: poolWait}
+}
+
+// maxTLSSeen bounds the scopes whose TLS outcome the pool remembers.
+const maxTLSSeen = 1024
+
+// tlsSeen reports whether the last login of scope found TLS, if one was
+// seen.
+func (p *Pool) tlsSeen(scope string) (tlsUp, seen bool) {
+	p.tlsMu.Lock()
+	defer p.tlsMu.Unlock()
+	tlsUp, seen = p.tls[scope]
+	return tlsUp, seen
+}
+
+// sawTLS remembers whether a login of scope found TLS.
+func (p *Pool) sawTLS(scope string, tlsUp bool) {
+	p.tlsMu.Lock()
+	defer p.tlsMu.Unlock()
+	if _, ok := p.tls[scope]; !ok && len(p.tls) >= maxTLSSeen {
+		clear(p.tls)
+	}
+	p.tls[scope] = tlsUp
 }
 
 // Idle is how many connections wait in the pool.
@@ -154,16 +181,16 @@ func (p *Pool) keyFor(scope, name, user string, secret, startup []byte) (PoolKey
 
 // PoolScope is the part of a pool key that comes from the flow: its
 // target with the settings of the server hop, its destination, and the
-// job (verified claims and cgroup). A flow without a pooled target gets
-// "".
+// job (the CI job the identity resolver found, its verified claims and
+// its cgroup). A flow without a pooled target gets "".
 func PoolScope(f *decoder.Flow, up decoder.UpstreamSettings) string {
 	t := f.Target
 	if t == nil || t.UpstreamPool <= 0 {
 		return ""
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "target=%q tls=%q ca=%q attempt=%t required=%t dest=%s level=%q cgroup=%q",
-		t.Name, t.UpstreamTLS, t.UpstreamCA, up.Attempt, up.Required, f.Dest, f.Facts.Identity.Level, f.Facts.Process.Cgroup)
+	fmt.Fprintf(&b, "target=%q tls=%q ca=%q attempt=%t required=%t dest=%s level=%q job=%q cgroup=%q",
+		t.Name, t.UpstreamTLS, t.UpstreamCA, up.Attempt, up.Required, f.Dest, f.Facts.Identity.Level, f.Identity.Job, f.Facts.Process.Cgroup)
 	if up.Config != nil {
 		fmt.Fprintf(&b, " server_name=%q insecure=%t", up.Config.ServerName, up.Config.InsecureSkipVerify)
 	}
@@ -196,11 +223,11 @@ type serverConn struct {
 	timer   *time.Timer
 }
 
-// take returns a pooled connection for k that is still fit to serve, or
-// nil. A connection of k being reset is waited for, up to p.wait: a
-// client that opens a connection per transaction comes back before the
-// reset of its last one is done.
-func (p *Pool) take(k PoolKey) *serverConn {
+// take returns a pooled connection for k that is still fit to serve (a
+// TLS one when needTLS), or nil. A connection of k being reset is waited
+// for, up to p.wait: a client that opens a connection per transaction
+// comes back before the reset of its last one is done.
+func (p *Pool) take(k PoolKey, needTLS bool) *serverConn {
 	deadline := time.Now().Add(p.wait)
 	for {
 		p.mu.Lock()
@@ -232,7 +259,7 @@ func (p *Pool) take(k PoolKey) *serverConn {
 		p.n--
 		p.mu.Unlock()
 		sc.timer.Stop() // an expiry already running finds it gone
-		if time.Since(sc.born) < p.lifetime && sc.quiet() {
+		if time.Since(sc.born) < p.lifetime && (sc.tls || !needTLS) && sc.quiet() {
 			return sc
 		}
 		sc.conn.Close()

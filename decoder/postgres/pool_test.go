@@ -118,10 +118,10 @@ func TestPoolTake(t *testing.T) {
 	sc := poolLogin(t, pg, k1)
 	pid := simple(t, sc, "SELECT pg_backend_pid()")[0]
 	p.release(sc, 2, log)
-	if got := p.take(k2); got != nil {
+	if got := p.take(k2, false); got != nil {
 		t.Fatal("another key got the connection")
 	}
-	got := p.take(k1) // waits for the reset
+	got := p.take(k1, false) // waits for the reset
 	if got == nil {
 		t.Fatal("the released connection was not served")
 	}
@@ -145,7 +145,7 @@ func TestPoolTake(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if got := p.take(k1); got != nil {
+	if got := p.take(k1, false); got != nil {
 		t.Error("a connection the server ended was served")
 	}
 	if p.Idle() != 0 {
@@ -179,7 +179,7 @@ func TestPoolTake(t *testing.T) {
 	p.mu.Lock()
 	p.idleFor = 20 * time.Millisecond
 	p.mu.Unlock()
-	a, b := p.take(k1), p.take(k1)
+	a, b := p.take(k1, false), p.take(k1, false)
 	if a == nil || b == nil {
 		t.Fatal("the two pooled connections were not served")
 	}
@@ -198,7 +198,7 @@ func TestPoolTake(t *testing.T) {
 	old := poolLogin(t, pg, k1)
 	old.born = time.Now().Add(-poolLifetime)
 	p.release(old, 2, log)
-	if got := p.take(k1); got != nil {
+	if got := p.take(k1, false); got != nil {
 		t.Error("a connection past its lifetime was served")
 	}
 }
