@@ -92,6 +92,7 @@ func Serve(ctx context.Context, p Params) (Stats, error) {
 	}
 	s := &session{p: p, client: decoder.CountConn{Conn: rawio.Wrap(p.Client)}, rawClient: p.Client}
 	s.tap.Session = p.Session
+	defer s.freeBuffers() // after close
 	defer s.close()
 	err := s.run(ctx)
 	n := s.counts()
@@ -149,6 +150,51 @@ type session struct {
 	reused   bool
 	released bool
 	kept     string
+
+	// readers and writers are the session's buffers, from the pools
+	// (frameReader, writer), given back when Serve ends.
+	readers []*bufio.Reader
+	writers []*bufio.Writer
+}
+
+// The statement relay's buffers (bufSize each, four a session) come from
+// pools and go back when Serve returns, when every goroutine of the
+// session has ended (relay.run waits for its server side; a hold's notice
+// is written before the hold waits): a connection per transaction would
+// otherwise allocate 256 KiB each time, and the garbage collector would
+// run for it.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}
+)
+
+// frameReader returns a frame reader of r with a pooled buffer.
+func (s *session) frameReader(r io.Reader) *frameReader {
+	b := readerPool.Get().(*bufio.Reader)
+	b.Reset(r)
+	s.readers = append(s.readers, b)
+	return &frameReader{r: b, max: s.p.MaxMessage}
+}
+
+// writer returns a buffered writer to w with a pooled buffer.
+func (s *session) writer(w io.Writer) *bufio.Writer {
+	b := writerPool.Get().(*bufio.Writer)
+	b.Reset(w)
+	s.writers = append(s.writers, b)
+	return b
+}
+
+// freeBuffers gives the session's buffers back to their pools.
+func (s *session) freeBuffers() {
+	for _, b := range s.readers {
+		b.Reset(nil)
+		readerPool.Put(b)
+	}
+	for _, b := range s.writers {
+		b.Reset(nil)
+		writerPool.Put(b)
+	}
+	s.readers, s.writers = nil, nil
 }
 
 // poolNote is the flow log's upstream_pool: how the session's server
@@ -286,12 +332,12 @@ func (s *session) run(ctx context.Context) error {
 				s.setUp(sc.conn)
 			}
 			s.upstreamTLS, s.params, s.born = sc.tls, sc.params, sc.born
-			cw := bufio.NewWriterSize(s.cconn, bufSize)
-			cr := newFrameReader(s.cconn, s.p.MaxMessage)
+			cw := s.writer(s.cconn)
+			cr := s.frameReader(s.cconn)
 			if err := s.pooledLogin(inj, sc, cr, cw); err != nil {
 				return err
 			}
-			r := &relay{s: s, cr: cr, cw: cw, sw: bufio.NewWriterSize(s.up, bufSize), sr: newFrameReader(s.up, s.p.MaxMessage), status: 'I'}
+			r := &relay{s: s, cr: cr, cw: cw, sw: s.writer(s.up), sr: s.frameReader(s.up), status: 'I'}
 			return r.run()
 		}
 	}
@@ -312,10 +358,10 @@ func (s *session) run(ctx context.Context) error {
 		s.refuse(codeConnectionFailure, "sluice: the database no longer offers TLS; connect again")
 		return errors.New("the server no longer offers TLS, and the client was offered it")
 	}
-	cw := bufio.NewWriterSize(s.cconn, bufSize)
-	cr := newFrameReader(s.cconn, s.p.MaxMessage)
-	sw := bufio.NewWriterSize(s.up, bufSize)
-	sr := newFrameReader(s.up, s.p.MaxMessage)
+	cw := s.writer(s.cconn)
+	cr := s.frameReader(s.cconn)
+	sw := s.writer(s.up)
+	sr := s.frameReader(s.up)
 	var l [4]byte
 	binary.BigEndian.PutUint32(l[:], uint32(len(startup)+4))
 	sw.Write(l[:])
