@@ -5,10 +5,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -155,6 +159,11 @@ func newRecorder(cfg *Config, log hclog.Logger) (*recorder, error) {
 	} else if n > 0 {
 		log.Warn("sessions of the previous daemon were not sealed; marked interrupted", "sessions", n)
 	}
+	if n, err := recoverUnindexed(idx, dir, time.Now()); err != nil {
+		log.Warn("looking for recordings missing from the index failed", "error", err)
+	} else if n > 0 {
+		log.Warn("recordings of the previous daemon missing from the index (it stopped before their entries were committed) indexed as interrupted", "sessions", n)
+	}
 	lv, err := newLive(cfg.Live, log.Named("live"))
 	if err != nil {
 		idx.Close()
@@ -245,7 +254,15 @@ func (r *recorder) open(ctx context.Context, f *interceptor.Flow, connect rulese
 		w.Close()
 		return nil, nil, err
 	}
-	if err := r.index.Put(idx); err != nil {
+	// The session's entry is committed without the flow waiting for the
+	// disk (DESIGN: nothing on the query path waits on disk); it shares
+	// the commit of the sessions around it. A failed commit fails the
+	// session's recording, so every later command is denied. A crash
+	// before the commit leaves a recording the next daemon indexes
+	// (recoverUnindexed).
+	if err := r.index.PutAsync(idx, func(err error) {
+		sess.FailRecording(fmt.Errorf("index session: %w", err))
+	}); err != nil {
 		w.Close()
 		return nil, nil, fmt.Errorf("index session: %w", err)
 	}
@@ -383,4 +400,82 @@ func (r *recorder) Close() error {
 		r.pool.Close()
 	}
 	return r.index.Close()
+}
+
+// recoverUnindexed indexes the recordings of the last two days (UTC)
+// that have no index entry, as interrupted (or sealed, when their seal
+// was written): a daemon that crashed in the
+// few milliseconds between a session's start and the commit of its entry
+// (open does not wait for it) leaves one. The entry is rebuilt from the
+// recording's header and its session_start event; a file too short for
+// them gets the header's fields only. It returns how many it indexed.
+func recoverUnindexed(idx *store.Store, dir string, now time.Time) (int, error) {
+	n := 0
+	for _, day := range []time.Time{now.Add(-24 * time.Hour), now} {
+		paths, err := filepath.Glob(filepath.Join(filepath.Dir(record.PathFor(dir, "x", day)), "*.rec"))
+		if err != nil {
+			return n, err
+		}
+		for _, path := range paths {
+			id := strings.TrimSuffix(filepath.Base(path), ".rec")
+			if _, err := idx.Get(id); !errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			sess, err := entryOf(path, id)
+			if err != nil {
+				continue // not a recording this daemon can read: left for verify
+			}
+			if err := idx.Put(sess); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
+}
+
+// entryOf rebuilds a session's index entry from its recording.
+func entryOf(path, id string) (*store.Session, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rd, err := record.NewReader(f, nil)
+	if err != nil {
+		return nil, err
+	}
+	h := rd.Header()
+	if h.Session != id {
+		return nil, fmt.Errorf("recording %s holds session %q", path, h.Session)
+	}
+	sess := &store.Session{ID: id, Path: path, Start: h.Start, Status: store.StatusInterrupted}
+	if fi, err := f.Stat(); err == nil {
+		sess.Bytes = fi.Size()
+	}
+	ev, err := rd.Next()
+	if err == nil && ev.Type == record.TypeSessionStart {
+		fillFromStart(sess, ev.Fields)
+	}
+	// Read to the end: a recording whose seal was written is sealed.
+	for err == nil {
+		_, err = rd.Next()
+	}
+	if errors.Is(err, io.EOF) && rd.Result().Status == record.StatusSealed {
+		sess.Status = store.StatusSealed
+	}
+	return sess, nil
+}
+
+// fillFromStart sets an entry's fields from its session_start event.
+func fillFromStart(sess *store.Session, fl map[string]string) {
+	num := func(k string) uint32 {
+		v, _ := strconv.ParseUint(fl[k], 10, 32)
+		return uint32(v)
+	}
+	sess.Target, sess.Protocol, sess.OrigDst = fl["target"], fl["protocol"], fl["orig_dst"]
+	sess.PID, sess.UID, sess.Comm, sess.Exe = num("pid"), num("uid"), fl["comm"], fl["exe"]
+	sess.IdentityLevel, sess.Level = fl["identity.level"], fl["record_level"]
+	sess.Repository, sess.Ref, sess.RunID, sess.Actor = fl["claim.repository"], fl["claim.ref"], fl["claim.run_id"], fl["claim.actor"]
+	sess.Container, sess.Image = fl["container.id"], fl["container.image"]
 }

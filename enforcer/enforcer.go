@@ -260,6 +260,17 @@ func (s *Session) Record(level record.Level, e record.Event) error {
 	return nil
 }
 
+// FailRecording makes the session's recording failed for good, as a
+// failed Record does (every later Decide denies), for a failure found
+// outside Record: the session's index entry could not be committed. The
+// first failure stays.
+func (s *Session) FailRecording(err error) {
+	err = errors.Join(ErrRecording, err)
+	if s.recErr.CompareAndSwap(nil, &err) {
+		s.log.Error("session recording failed; denying every further command", "error", err)
+	}
+}
+
 // RecordingFailed returns the recording error, if any.
 func (s *Session) RecordingFailed() error {
 	if p := s.recErr.Load(); p != nil {

@@ -130,7 +130,7 @@ func TestPutDeferredSharesCommit(t *testing.T) {
 	testenv.WaitFor(t, 10*time.Second, "the deferred entries to queue", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return len(s.queue) == n
+		return len(s.pending) == n
 	})
 	before := s.commits.Load()
 	if err := s.Put(entry(n)); err != nil {
@@ -164,7 +164,7 @@ func TestPutDeferredAloneAndClose(t *testing.T) {
 	testenv.WaitFor(t, 10*time.Second, "the deferred entry to queue", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return len(s.queue) == 1
+		return len(s.pending) == 1
 	})
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -204,5 +204,49 @@ func TestBadEntryFailsAlone(t *testing.T) {
 	}
 	if _, err := s.Get(entry(1).ID); err != nil {
 		t.Error(err)
+	}
+}
+
+// PutAsync returns before the commit, keeps the order of the calls with
+// the Puts after it (a session's start, then its end), and reports a
+// failed commit to onErr.
+func TestPutAsync(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	start := entry(1)
+	if err := s.PutAsync(start, func(err error) { t.Errorf("commit failed: %v", err) }); err != nil {
+		t.Fatal(err)
+	}
+	// Changes after the call are not part of the queued entry.
+	start.Status = "changed after PutAsync"
+	end := entry(1)
+	end.Status = StatusSealed
+	if err := s.PutDeferred(end); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(end.ID)
+	if err != nil || got.Status != StatusSealed {
+		t.Fatalf("after the start and the end: %+v %v, want the end's sealed entry", got, err)
+	}
+	if err := s.PutAsync(&Session{}, nil); err == nil {
+		t.Error("an entry without an ID was queued")
+	}
+
+	// A commit that fails calls onErr: the file is read-only.
+	failed := make(chan error, 1)
+	s.db.Close()
+	if err := s.PutAsync(entry(2), func(err error) { failed <- err }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-failed:
+		if err == nil {
+			t.Error("onErr got nil")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a failed commit did not call onErr within 5s")
 	}
 }

@@ -82,10 +82,10 @@ type Store struct {
 	db  *bolt.DB
 	dir string
 
-	// The commit queue, owned by run; mu guards queue, urgent and
+	// The commit queue, owned by run; mu guards pending, urgent and
 	// closed. kick (capacity 1) wakes run.
 	mu      sync.Mutex
-	queue   []*put
+	pending []*put
 	urgent  bool // a Put (not a PutDeferred) is queued
 	closed  bool
 	kick    chan struct{}
@@ -100,6 +100,7 @@ type put struct {
 	at       time.Time
 	urgent   bool       // Put, not PutDeferred
 	done     chan error // capacity 1
+	onErr    func(error) // PutAsync's
 }
 
 // DeferDelay is how long PutDeferred's entry may wait in the queue for a
@@ -161,32 +162,59 @@ func (s *Store) Put(sess *Session) error { return s.enqueue(sess, true) }
 // to DeferDelay for another Put to share it.
 func (s *Store) PutDeferred(sess *Session) error { return s.enqueue(sess, false) }
 
-func (s *Store) enqueue(sess *Session, urgent bool) error {
-	b, err := json.Marshal(sess)
+// PutAsync is Put for a writer that goes on without waiting: sess is
+// queued (encoded now, so later changes to it are not seen) in the order
+// of the calls, and committed as Put's entries are; a failed commit calls
+// onErr (nil: ignored) on the committer's goroutine, which it must not
+// block. An entry that cannot be queued (closed, invalid) is refused at
+// once.
+func (s *Store) PutAsync(sess *Session, onErr func(error)) error {
+	p, err := s.queue(sess, true)
 	if err != nil {
 		return err
+	}
+	p.onErr = onErr
+	s.mu.Unlock()
+	s.wake()
+	return nil
+}
+
+func (s *Store) enqueue(sess *Session, urgent bool) error {
+	p, err := s.queue(sess, urgent)
+	if err != nil {
+		return err
+	}
+	s.mu.Unlock()
+	s.wake()
+	return <-p.done
+}
+
+// queue encodes and queues sess, and returns with s.mu held (the caller
+// may finish the put before the committer can see it) unless it fails.
+func (s *Store) queue(sess *Session, urgent bool) (*put, error) {
+	b, err := json.Marshal(sess)
+	if err != nil {
+		return nil, err
 	}
 	// What bbolt would refuse is refused here, so that one bad entry
 	// cannot fail the commit it shares with others.
 	switch {
 	case sess.ID == "":
-		return bolt.ErrKeyRequired
+		return nil, bolt.ErrKeyRequired
 	case len(sess.ID) > bolt.MaxKeySize:
-		return bolt.ErrKeyTooLarge
+		return nil, bolt.ErrKeyTooLarge
 	case len(b) > bolt.MaxValueSize:
-		return bolt.ErrValueTooLarge
+		return nil, bolt.ErrValueTooLarge
 	}
 	p := &put{key: []byte(sess.ID), val: b, at: time.Now(), urgent: urgent, done: make(chan error, 1)}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return ErrClosed
+		return nil, ErrClosed
 	}
-	s.queue = append(s.queue, p)
+	s.pending = append(s.pending, p)
 	s.urgent = s.urgent || urgent
-	s.mu.Unlock()
-	s.wake()
-	return <-p.done
+	return p, nil
 }
 
 func (s *Store) wake() {
@@ -205,10 +233,10 @@ func (s *Store) run() {
 	timer.Stop()
 	for {
 		s.mu.Lock()
-		n, urgent, closed := len(s.queue), s.urgent, s.closed
+		n, urgent, closed := len(s.pending), s.urgent, s.closed
 		var due time.Time
 		if n > 0 {
-			due = s.queue[0].at.Add(s.delay)
+			due = s.pending[0].at.Add(s.delay)
 		}
 		s.mu.Unlock()
 		var wait <-chan time.Time
@@ -235,23 +263,31 @@ func (s *Store) run() {
 // transaction of its own, so that every Put gets its own error.
 func (s *Store) commit() {
 	s.mu.Lock()
-	batch := s.queue
+	batch := s.pending
 	if len(batch) > maxBatch {
 		batch = batch[:maxBatch:maxBatch]
 	}
-	s.queue = s.queue[len(batch):]
-	s.urgent = slices.ContainsFunc(s.queue, func(p *put) bool { return p.urgent })
+	s.pending = s.pending[len(batch):]
+	s.urgent = slices.ContainsFunc(s.pending, func(p *put) bool { return p.urgent })
 	s.mu.Unlock()
 	err := s.putAll(batch)
 	if err != nil && len(batch) > 1 {
 		for _, p := range batch {
-			p.done <- s.putAll([]*put{p})
+			p.finish(s.putAll([]*put{p}))
 		}
 		return
 	}
 	for _, p := range batch {
-		p.done <- err
+		p.finish(err)
 	}
+}
+
+// finish reports a put's outcome to its waiter, or to its onErr.
+func (p *put) finish(err error) {
+	if err != nil && p.onErr != nil {
+		p.onErr(err)
+	}
+	p.done <- err
 }
 
 func (s *Store) putAll(batch []*put) error {
