@@ -98,8 +98,8 @@ type Store struct {
 type put struct {
 	key, val []byte
 	at       time.Time
-	urgent   bool       // Put, not PutDeferred
-	done     chan error // capacity 1
+	urgent   bool        // Put, not PutDeferred
+	done     chan error  // capacity 1
 	onErr    func(error) // PutAsync's
 }
 
