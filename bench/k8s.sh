@@ -62,19 +62,9 @@ k8s_start() {
   k8s_version=$("$KUBECTL" --kubeconfig "$KUBE_ADMIN" version -o json | awk -F'"' '/"gitVersion"/ { v = $4 } END { print v }')
 
   if [ -z "${ISSUER_URL:-}" ]; then
-    # The OIDC issuer, standing in for GitHub's; its tokens name acme/api.
-    go build -o "$k8s_dir/demoissuer" ./e2e/demoissuer
-    "$k8s_dir/demoissuer" -dir "$k8s_dir" -claims '{"sub":"repo:acme/api:ref:refs/heads/main","repository":"acme/api","ref":"refs/heads/main","run_id":"1","actor":"bench"}' \
-      > "$k8s_dir/issuer.env" 2>&1 &
-    k8s_issuer_pid=$!
-    for _ in $(seq 200); do
-      [ -s "$k8s_dir/issuer.env" ] && break
-      kill -0 "$k8s_issuer_pid" 2>/dev/null || break
-      sleep 0.05
-    done
-    grep -q '^ISSUER_URL=' "$k8s_dir/issuer.env" || { echo "bench: the OIDC issuer did not start:" >&2; cat "$k8s_dir/issuer.env" >&2; exit 1; }
-    # ISSUER_URL, ISSUER_CA, TOKEN_URL and REQUEST_TOKEN.
-    eval "$(head -1 "$k8s_dir/issuer.env")"
+    # The OIDC issuer, standing in for GitHub's (bench/lib.sh).
+    issuer_start "$k8s_dir"
+    k8s_issuer_pid=$issuer_pid
   fi
   cp /bin/sh "$k8s_dir/Runner.Worker"
 }
@@ -121,23 +111,7 @@ HCL
 # the daemon restarted), then writes the job's kubeconfig with sluice
 # kubeconfig: Sluice's CA (the daemon's data dir) and TLS server name.
 k8s_identity() {
-  if ! ssh_wanted; then
-    cat >> "$work/sluiced.hcl" <<HCL
-identity {
-  issuer "$ISSUER_URL" {
-    audience = "sluice"
-  }
-  token_host_allowlist = ["127.0.0.1"]
-  ca_file              = "$ISSUER_CA"
-}
-HCL
-    kill "$sluiced_pid"; wait "$sluiced_pid" || true
-    "$BIN/sluiced" --config "$work/sluiced.hcl" > "$work/sluiced.log" 2>&1 &
-    sluiced_pid=$!
-    for _ in $(seq 100); do "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 && break; sleep 0.1; done
-    "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 ||
-      { echo "bench: sluiced did not answer after the restart; see $work/sluiced.log" >&2; exit 1; }
-  fi
+  ssh_wanted || identity_restart
   local out
   out=$("$BIN/sluice" kubeconfig --server "$KUBE_URL" --data-dir "$work/data" --namespace app -o "$k8s_dir/kubeconfig" 2>&1) ||
     { echo "bench: sluice kubeconfig failed:" >&2; echo "$out" >&2; exit 1; }

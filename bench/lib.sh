@@ -43,3 +43,43 @@ HCL
   echo "bench: sluiced did not answer; see $work/sluiced.log" >&2
   exit 1
 }
+
+# issuer_start DIR: builds e2e/demoissuer into DIR and starts it, standing
+# in for GitHub's OIDC issuer (its tokens name acme/api, main, run 1); sets
+# issuer_pid and the issuer's ISSUER_URL, ISSUER_CA, TOKEN_URL and
+# REQUEST_TOKEN. The caller stops it by its pid.
+issuer_start() {
+  local d=$1
+  go build -o "$d/demoissuer" ./e2e/demoissuer
+  "$d/demoissuer" -dir "$d" -claims '{"sub":"repo:acme/api:ref:refs/heads/main","repository":"acme/api","ref":"refs/heads/main","run_id":"1","actor":"bench"}' \
+    > "$d/issuer.env" 2>&1 &
+  issuer_pid=$!
+  for _ in $(seq 200); do
+    [ -s "$d/issuer.env" ] && break
+    kill -0 "$issuer_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  grep -q '^ISSUER_URL=' "$d/issuer.env" || { echo "bench: the OIDC issuer did not start:" >&2; cat "$d/issuer.env" >&2; exit 1; }
+  eval "$(head -1 "$d/issuer.env")"
+}
+
+# identity_restart gives the running sluiced the identity block that
+# trusts the issuer: the daemon reads its config only at start, so the
+# block is appended and the daemon restarted (sets sluiced_pid).
+identity_restart() {
+  cat >> "$work/sluiced.hcl" <<HCL
+identity {
+  issuer "$ISSUER_URL" {
+    audience = "sluice"
+  }
+  token_host_allowlist = ["127.0.0.1"]
+  ca_file              = "$ISSUER_CA"
+}
+HCL
+  kill "$sluiced_pid"; wait "$sluiced_pid" || true
+  "$BIN/sluiced" --config "$work/sluiced.hcl" > "$work/sluiced.log" 2>&1 &
+  sluiced_pid=$!
+  for _ in $(seq 100); do "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 && break; sleep 0.1; done
+  "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 ||
+    { echo "bench: sluiced did not answer after the restart; see $work/sluiced.log" >&2; exit 1; }
+}

@@ -27,18 +27,8 @@ pool_start() {
   printf 'bench-pool-password\n' > "$pool_dir/password"
   chmod 600 "$pool_dir/password"
   if [ -z "${ISSUER_URL:-}" ]; then
-    go build -o "$pool_dir/demoissuer" ./e2e/demoissuer
-    "$pool_dir/demoissuer" -dir "$pool_dir" -claims '{"sub":"repo:acme/api:ref:refs/heads/main","repository":"acme/api","ref":"refs/heads/main","run_id":"1","actor":"bench"}' \
-      > "$pool_dir/issuer.env" 2>&1 &
-    pool_issuer_pid=$!
-    for _ in $(seq 200); do
-      [ -s "$pool_dir/issuer.env" ] && break
-      kill -0 "$pool_issuer_pid" 2>/dev/null || break
-      sleep 0.05
-    done
-    grep -q '^ISSUER_URL=' "$pool_dir/issuer.env" || { echo "bench: the OIDC issuer did not start:" >&2; cat "$pool_dir/issuer.env" >&2; exit 1; }
-    # ISSUER_URL, ISSUER_CA, TOKEN_URL and REQUEST_TOKEN.
-    eval "$(head -1 "$pool_dir/issuer.env")"
+    issuer_start "$pool_dir"
+    pool_issuer_pid=$issuer_pid
   fi
   cp /bin/sh "$pool_dir/Runner.Worker"
 }
@@ -76,27 +66,12 @@ HCL
 }
 
 # pool_identity gives the running sluiced the identity block that trusts
-# the issuer, unless bench/ssh.sh or bench/k8s.sh did (the daemon reads
-# its config only at start, so the block is appended and the daemon
-# restarted).
+# the issuer (bench/lib.sh's identity_restart), unless bench/ssh.sh or
+# bench/k8s.sh did.
 pool_identity() {
   ssh_wanted && return 0
   k8s_wanted && return 0
-  cat >> "$work/sluiced.hcl" <<HCL
-identity {
-  issuer "$ISSUER_URL" {
-    audience = "sluice"
-  }
-  token_host_allowlist = ["127.0.0.1"]
-  ca_file              = "$ISSUER_CA"
-}
-HCL
-  kill "$sluiced_pid"; wait "$sluiced_pid" || true
-  "$BIN/sluiced" --config "$work/sluiced.hcl" > "$work/sluiced.log" 2>&1 &
-  sluiced_pid=$!
-  for _ in $(seq 100); do "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 && break; sleep 0.1; done
-  "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 ||
-    { echo "bench: sluiced did not answer after the restart; see $work/sluiced.log" >&2; exit 1; }
+  identity_restart
 }
 
 # pool_job: the command prefix that runs a command as a GitHub job of

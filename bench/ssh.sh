@@ -101,19 +101,9 @@ CONF
     { echo "bench: sshd did not listen on $ssh_host:$ssh_port:" >&2; cat "$d/sshd.log" >&2; exit 1; }
   ssh_sshd_ns=$(readlink "/proc/$ssh_sshd_pid/ns/mnt")
 
-  # The OIDC issuer, standing in for GitHub's; its tokens name acme/api.
-  go build -o "$d/demoissuer" ./e2e/demoissuer
-  "$d/demoissuer" -dir "$d" -claims '{"sub":"repo:acme/api:ref:refs/heads/main","repository":"acme/api","ref":"refs/heads/main","run_id":"1","actor":"bench"}' \
-    > "$d/issuer.env" 2>&1 &
-  ssh_issuer_pid=$!
-  for _ in $(seq 200); do
-    [ -s "$d/issuer.env" ] && break
-    kill -0 "$ssh_issuer_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  grep -q '^ISSUER_URL=' "$d/issuer.env" || { echo "bench: the OIDC issuer did not start:" >&2; cat "$d/issuer.env" >&2; exit 1; }
-  # ISSUER_URL, ISSUER_CA, TOKEN_URL and REQUEST_TOKEN.
-  eval "$(head -1 "$d/issuer.env")"
+  # The OIDC issuer, standing in for GitHub's (bench/lib.sh).
+  issuer_start "$d"
+  ssh_issuer_pid=$issuer_pid
   cp /bin/sh "$d/Runner.Worker"
 
   head -c "$ssh_bytes" /dev/urandom > "$d/payload"
@@ -169,21 +159,7 @@ HCL
 # and start_sluiced (bench/lib.sh) writes no identity block, so the block
 # is appended and the daemon restarted.
 ssh_identity() {
-  cat >> "$work/sluiced.hcl" <<HCL
-identity {
-  issuer "$ISSUER_URL" {
-    audience = "sluice"
-  }
-  token_host_allowlist = ["127.0.0.1"]
-  ca_file              = "$ISSUER_CA"
-}
-HCL
-  kill "$sluiced_pid"; wait "$sluiced_pid" || true
-  "$BIN/sluiced" --config "$work/sluiced.hcl" > "$work/sluiced.log" 2>&1 &
-  sluiced_pid=$!
-  for _ in $(seq 100); do "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 && break; sleep 0.1; done
-  "$BIN/sluice" status --socket "$work/sluiced.sock" >/dev/null 2>&1 ||
-    { echo "bench: sluiced did not answer after the restart; see $work/sluiced.log" >&2; exit 1; }
+  identity_restart
   # What sluice install puts in /etc/ssh/ssh_known_hosts, in a file of the
   # bench's: the job's ssh reads it as its GlobalKnownHostsFile.
   "$BIN/sluice" ssh-ca --config "$work/sluiced.hcl" 2>/dev/null | awk 'NR == 1' > "$ssh_dir/sluice_known_hosts"

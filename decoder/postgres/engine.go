@@ -506,30 +506,18 @@ func (s *session) checkStartupParams(params map[string]string) error {
 // server accepted it. A client that requires TLS therefore fails or
 // succeeds as it would have directly.
 func (s *session) negotiateTLS(ctx context.Context) error {
-	if tlsUp, known := s.upstreamTLSKnown(); known {
-		// A pooled target: the answer comes from the target's mode (or
-		// the last login of this scope), and the server connection,
-		// maybe a pooled one, once the StartupMessage names the key.
-		if !tlsUp || s.p.ClientTLS == nil || s.clientTLS {
-			_, err := s.cconn.Write([]byte{'N'})
+	tlsUp, known := s.upstreamTLSKnown()
+	if !known {
+		if err := s.connectUpstream(ctx); err != nil {
+			s.cconn.Write([]byte{'N'})
 			return err
 		}
-		if _, err := s.cconn.Write([]byte{'S'}); err != nil {
-			return err
-		}
-		tc, err := decoder.ServerHandshake(ctx, s.cconn, s.p.ClientTLS)
-		if err != nil {
-			return err
-		}
-		s.setCconn(tc)
-		s.clientTLS = true
-		return nil
+		tlsUp = s.upstreamTLS
 	}
-	if err := s.connectUpstream(ctx); err != nil {
-		s.cconn.Write([]byte{'N'})
-		return err
-	}
-	if !s.upstreamTLS || s.p.ClientTLS == nil || s.clientTLS {
+	// On a pooled target whose answer is known, the server connection
+	// (maybe a pooled one) waits for the StartupMessage, which names its
+	// key.
+	if !tlsUp || s.p.ClientTLS == nil || s.clientTLS {
 		_, err := s.cconn.Write([]byte{'N'})
 		return err
 	}
