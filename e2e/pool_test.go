@@ -118,22 +118,15 @@ policy "ci" {
 	// the daemon started.
 	pooled := func(n int) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		testenv.WaitFor(t, 5*time.Second, fmt.Sprintf("%d server connections pooled", n), func() bool {
 			got := 0
 			for _, l := range d.Logs(t) {
 				if l.Message() == "server connection pooled" {
 					got++
 				}
 			}
-			if got >= n {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d server connections pooled within 5s, want %d", got, n)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return got >= n
+		})
 	}
 	// flows are the flow log's upstream_pool fields, in order.
 	flows := func() []string {
@@ -178,13 +171,9 @@ policy "ci" {
 			// End every backend of the role (the pooled one alone), and
 			// wait until the server has.
 			pg.Admin(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app'")
-			deadline := time.Now().Add(5 * time.Second)
-			for strings.TrimSpace(pg.Admin(t, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")) != "0" {
-				if time.Now().After(deadline) {
-					t.Fatal("the pooled backend did not end within 5s")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			testenv.WaitFor(t, 5*time.Second, "the pooled backend to end", func() bool {
+				return pg.Admin(t, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'") == "0"
+			})
 		}
 	})
 	pid1 := lastLine(out[0])
@@ -212,13 +201,8 @@ policy "ci" {
 
 	want := []string{"new, released", "reused, released", "new, released", "reused, released",
 		"reused, closed: the client ended in transaction status 'T'", "new, released", "new, released", "new, released"}
-	deadline := time.Now().Add(5 * time.Second)
-	got := flows()
-	for len(got) < len(want) && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-		got = flows()
-	}
-	if strings.Join(got, "|") != strings.Join(want, "|") {
+	testenv.WaitFor(t, 5*time.Second, fmt.Sprintf("%d flow lines", len(want)), func() bool { return len(flows()) >= len(want) })
+	if got := flows(); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("flow log upstream_pool:\n got %q\nwant %q", got, want)
 	}
 }
