@@ -412,7 +412,7 @@ func (r *recorder) Close() error {
 func recoverUnindexed(idx *store.Store, dir string, now time.Time) (int, error) {
 	n := 0
 	for _, day := range []time.Time{now.Add(-24 * time.Hour), now} {
-		paths, err := filepath.Glob(filepath.Join(filepath.Dir(record.PathFor(dir, "x", day)), "*.rec"))
+		paths, err := filepath.Glob(filepath.Join(record.DayDir(dir, day), "*.rec"))
 		if err != nil {
 			return n, err
 		}

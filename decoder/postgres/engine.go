@@ -302,8 +302,10 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	var secret []byte
+	var sc *serverConn // a pooled server connection serving the session
 	if inj != nil {
-		if startup, err = rewriteStartup(startup, inj.User); err != nil {
+		var sm *pgproto3.StartupMessage
+		if startup, sm, err = rewriteStartup(startup, inj.User); err != nil {
 			return err
 		}
 		s.clientUser, s.user, s.credential = s.user, inj.User, inj.Name
@@ -314,69 +316,67 @@ func (s *session) run(ctx context.Context) error {
 		defer wipe()
 		if s.p.Pool != nil && s.p.PoolSize > 0 && s.p.PoolScope != "" {
 			s.pooling = true
-			if s.poolKey, err = s.p.Pool.keyFor(s.p.PoolScope, inj.Name, inj.User, secret, startup); err != nil {
-				return err
+			s.poolKey = s.p.Pool.keyFor(s.p.PoolScope, inj.Name, inj.User, secret, sm)
+			if s.up == nil {
+				sc = s.p.Pool.take(s.poolKey, s.clientTLS)
 			}
 		}
 	}
 
-	// 3a. A server connection from the pool, when one serves this
-	// session: the client gets what a login would have sent.
-	if s.pooling && s.up == nil {
-		if sc := s.p.Pool.take(s.poolKey, s.clientTLS); sc != nil {
-			s.reused = true
-			if sc.plain {
-				s.rawUp = sc.conn
-				s.setUp(rawio.Wrap(sc.conn))
-			} else {
-				s.setUp(sc.conn)
-			}
-			s.upstreamTLS, s.params, s.born = sc.tls, sc.params, sc.born
-			cw := s.writer(s.cconn)
-			cr := s.frameReader(s.cconn)
-			if err := s.pooledLogin(inj, sc, cr, cw); err != nil {
-				return err
-			}
-			r := &relay{s: s, cr: cr, cw: cw, sw: s.writer(s.up), sr: s.frameReader(s.up), status: 'I'}
-			return r.run()
+	// 3. The server connection: from the pool (pool.go), or connected
+	// now (if negotiation did not already).
+	if sc != nil {
+		s.reused = true
+		if sc.plain {
+			s.rawUp = sc.conn
+			s.setUp(rawio.Wrap(sc.conn))
+		} else {
+			s.setUp(sc.conn)
 		}
-	}
-
-	// 3. Connect upstream (if negotiation did not already) and send the
-	// StartupMessage: as the client wrote it, or with the injected user.
-	if err := s.connectUpstream(ctx); err != nil {
-		s.refuse(codeConnectionFailure, "sluice: cannot reach the database: "+err.Error())
-		return err
-	}
-	s.born = time.Now()
-	if s.pooling && s.p.Upstream.Attempt && !s.p.Upstream.Required {
-		s.p.Pool.sawTLS(s.p.PoolScope, s.upstreamTLS)
-	}
-	if s.clientTLS && !s.upstreamTLS {
-		// The client was told the server offers TLS (what the last login
-		// of this scope found), and it no longer does.
-		s.refuse(codeConnectionFailure, "sluice: the database no longer offers TLS; connect again")
-		return errors.New("the server no longer offers TLS, and the client was offered it")
+		s.upstreamTLS, s.params, s.born = sc.tls, sc.params, sc.born
+	} else {
+		if err := s.connectUpstream(ctx); err != nil {
+			s.refuse(codeConnectionFailure, "sluice: cannot reach the database: "+err.Error())
+			return err
+		}
+		s.born = time.Now()
+		if s.pooling && s.p.Upstream.Attempt && !s.p.Upstream.Required {
+			s.p.Pool.sawTLS(s.p.PoolScope, s.upstreamTLS)
+		}
+		if s.clientTLS && !s.upstreamTLS {
+			// The client was told the server offers TLS (what the last
+			// login of this scope found), and it no longer does.
+			s.refuse(codeConnectionFailure, "sluice: the database no longer offers TLS; connect again")
+			return errors.New("the server no longer offers TLS, and the client was offered it")
+		}
 	}
 	cw := s.writer(s.cconn)
 	cr := s.frameReader(s.cconn)
 	sw := s.writer(s.up)
 	sr := s.frameReader(s.up)
-	var l [4]byte
-	binary.BigEndian.PutUint32(l[:], uint32(len(startup)+4))
-	sw.Write(l[:])
-	sw.Write(startup)
-	if err := sw.Flush(); err != nil {
-		return fmt.Errorf("send startup: %w", err)
-	}
 
-	// 4. Authentication, relayed until the server is ready, or answered
-	// by the proxy with the injected credential.
+	// 4. The login: on a pooled connection, what a login would have sent
+	// the client; else the StartupMessage (as the client wrote it, or with
+	// the injected user) and the authentication, relayed until the
+	// server is ready, or answered by the proxy with the injected
+	// credential.
 	var status byte
-	if inj != nil {
-		status, err = s.injectAuth(inj, secret, cr, cw, sr, sw)
-	} else {
-		status, err = s.authenticate(cr, cw, sr, sw)
+	switch {
+	case sc != nil:
+		status, err = 'I', s.pooledLogin(inj, sc, cr, cw)
+	default:
+		var l [4]byte
+		binary.BigEndian.PutUint32(l[:], uint32(len(startup)+4))
+		sw.Write(l[:])
+		sw.Write(startup)
+		if err := sw.Flush(); err != nil {
+			return fmt.Errorf("send startup: %w", err)
+		}
+		if inj != nil {
+			status, err = s.injectAuth(inj, secret, cr, cw, sr, sw)
+		} else {
+			status, err = s.authenticate(cr, cw, sr, sw)
+		}
 	}
 	if err != nil {
 		return err

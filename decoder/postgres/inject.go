@@ -55,14 +55,14 @@ func (s *session) injection() (*enforcer.Injection, error) {
 	return nil, err
 }
 
-// rewriteStartup returns the StartupMessage body with user replaced. When
-// the client named no database, PostgreSQL would use the user name; the
-// database is then set to the client's user name, so the session goes to
-// the database the client meant.
-func rewriteStartup(pkt []byte, user string) ([]byte, error) {
+// rewriteStartup returns the StartupMessage body with user replaced, and
+// the message it encodes. When the client named no database, PostgreSQL
+// would use the user name; the database is then set to the client's user
+// name, so the session goes to the database the client meant.
+func rewriteStartup(pkt []byte, user string) ([]byte, *pgproto3.StartupMessage, error) {
 	var sm pgproto3.StartupMessage
 	if err := sm.Decode(pkt); err != nil {
-		return nil, fmt.Errorf("decode startup: %w", err)
+		return nil, nil, fmt.Errorf("decode startup: %w", err)
 	}
 	params := make(map[string]string, len(sm.Parameters)+1)
 	for k, v := range sm.Parameters {
@@ -75,9 +75,9 @@ func rewriteStartup(pkt []byte, user string) ([]byte, error) {
 	sm.Parameters = params
 	b, err := sm.Encode(nil)
 	if err != nil {
-		return nil, fmt.Errorf("encode startup: %w", err)
+		return nil, nil, fmt.Errorf("encode startup: %w", err)
 	}
-	return b[4:], nil
+	return b[4:], &sm, nil
 }
 
 // injectAuth authenticates to the server with the injected credential and

@@ -162,11 +162,7 @@ func (p *Pool) key(parts ...[]byte) PoolKey {
 // keyFor is the key of a session: the flow's scope, the credential's
 // name, user and secret, and the StartupMessage as sent upstream (its
 // protocol version and its parameters in sorted order).
-func (p *Pool) keyFor(scope, name, user string, secret, startup []byte) (PoolKey, error) {
-	var sm pgproto3.StartupMessage
-	if err := sm.Decode(startup); err != nil {
-		return PoolKey{}, fmt.Errorf("decode startup: %w", err)
-	}
+func (p *Pool) keyFor(scope, name, user string, secret []byte, sm *pgproto3.StartupMessage) PoolKey {
 	names := make([]string, 0, len(sm.Parameters))
 	for k := range sm.Parameters {
 		names = append(names, k)
@@ -176,7 +172,7 @@ func (p *Pool) keyFor(scope, name, user string, secret, startup []byte) (PoolKey
 	for _, k := range names {
 		parts = append(parts, []byte(k), []byte(sm.Parameters[k]))
 	}
-	return p.key(parts...), nil
+	return p.key(parts...)
 }
 
 // PoolScope is the part of a pool key that comes from the flow: its
@@ -417,7 +413,8 @@ func (sc *serverConn) reset() error {
 		}
 		switch typ {
 		case 'S':
-			if !sc.setParam(b) {
+			var ok bool
+			if sc.params, ok = setParam(sc.params, b); !ok {
 				return errors.New("too many parameters")
 			}
 		case 'N', 'A':
@@ -446,14 +443,8 @@ func (sc *serverConn) reset() error {
 }
 
 // setParam keeps a ParameterStatus body (name and value, each
-// NUL-terminated): a new value for a known name, else a new name. It
-// reports false past the bounds.
-func (sc *serverConn) setParam(b []byte) bool {
-	var ok bool
-	sc.params, ok = setParam(sc.params, b)
-	return ok
-}
-
+// NUL-terminated) in ps: a new value for a known name, else a new name.
+// It reports false past the bounds.
 func setParam(ps []param, b []byte) ([]param, bool) {
 	name, rest, err := cstring(b)
 	if err != nil {

@@ -131,20 +131,11 @@ func TestPoolTake(t *testing.T) {
 
 	// Ended by the server while pooled: closed, not served.
 	p.release(got, 2, log)
-	deadline := time.Now().Add(5 * time.Second)
-	for p.Idle() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the connection was not pooled within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 5*time.Second, "the connection to be pooled", func() bool { return p.Idle() == 1 })
 	pg.Admin(t, "SELECT pg_terminate_backend("+pid+")")
-	for strings.TrimSpace(pg.Admin(t, "SELECT count(*) FROM pg_stat_activity WHERE pid = "+pid)) != "0" {
-		if time.Now().After(deadline) {
-			t.Fatal("the backend did not end within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 5*time.Second, "the backend to end", func() bool {
+		return pg.Admin(t, "SELECT count(*) FROM pg_stat_activity WHERE pid = "+pid) == "0"
+	})
 	if got := p.take(k1, false); got != nil {
 		t.Error("a connection the server ended was served")
 	}
@@ -155,20 +146,13 @@ func TestPoolTake(t *testing.T) {
 	// At most size idle per key: the third of three is closed.
 	waitIdle := func(n int) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		testenv.WaitFor(t, 5*time.Second, fmt.Sprintf("%d idle connections and no reset running", n), func() bool {
 			p.mu.Lock()
 			e := p.keys[k1]
 			resetting := e != nil && e.resetting > 0
 			p.mu.Unlock()
-			if !resetting && p.Idle() == n {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d idle, want %d", p.Idle(), n)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return !resetting && p.Idle() == n
+		})
 	}
 	for range 3 {
 		p.release(poolLogin(t, pg, k1), 2, log)
@@ -218,12 +202,14 @@ func TestPoolKey(t *testing.T) {
 		}
 		return b[4:]
 	}
+	// key is the key of the session whose client sent startup s, as run
+	// makes it: from the message rewriteStartup decoded and re-encoded.
 	key := func(scope, secret string, s []byte) PoolKey {
-		k, err := p.keyFor(scope, "app", "app", []byte(secret), s)
+		_, sm, err := rewriteStartup(s, "app")
 		if err != nil {
 			t.Fatal(err)
 		}
-		return k
+		return p.keyFor(scope, "app", "app", []byte(secret), sm)
 	}
 	base := startup("user", "app", "database", "db", "application_name", "psql")
 	k := key("job", "s3cret", base)

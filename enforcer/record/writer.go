@@ -533,7 +533,13 @@ func (w *Writer) finish() error {
 // PathFor returns where Create puts the recording of session sessionID
 // started at start: dir/YYYY-MM-DD/sessionID.rec, with start's UTC date.
 func PathFor(dir, sessionID string, start time.Time) string {
-	return filepath.Join(dir, start.UTC().Format(time.DateOnly), sessionID+".rec")
+	return filepath.Join(DayDir(dir, start), sessionID+".rec")
+}
+
+// DayDir is the directory under dir of the recordings of sessions started
+// on t's UTC date.
+func DayDir(dir string, t time.Time) string {
+	return filepath.Join(dir, t.UTC().Format(time.DateOnly))
 }
 
 // Find returns the path of session sessionID's recording under dir.

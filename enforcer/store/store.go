@@ -169,29 +169,20 @@ func (s *Store) PutDeferred(sess *Session) error { return s.enqueue(sess, false)
 // block. An entry that cannot be queued (closed, invalid) is refused at
 // once.
 func (s *Store) PutAsync(sess *Session, onErr func(error)) error {
-	p, err := s.queue(sess, true)
-	if err != nil {
-		return err
-	}
-	p.onErr = onErr
-	s.mu.Unlock()
-	s.wake()
-	return nil
+	_, err := s.queue(sess, true, onErr)
+	return err
 }
 
 func (s *Store) enqueue(sess *Session, urgent bool) error {
-	p, err := s.queue(sess, urgent)
+	p, err := s.queue(sess, urgent, nil)
 	if err != nil {
 		return err
 	}
-	s.mu.Unlock()
-	s.wake()
 	return <-p.done
 }
 
-// queue encodes and queues sess, and returns with s.mu held (the caller
-// may finish the put before the committer can see it) unless it fails.
-func (s *Store) queue(sess *Session, urgent bool) (*put, error) {
+// queue encodes sess, queues it for the committer and wakes it.
+func (s *Store) queue(sess *Session, urgent bool, onErr func(error)) (*put, error) {
 	b, err := json.Marshal(sess)
 	if err != nil {
 		return nil, err
@@ -206,7 +197,7 @@ func (s *Store) queue(sess *Session, urgent bool) (*put, error) {
 	case len(b) > bolt.MaxValueSize:
 		return nil, bolt.ErrValueTooLarge
 	}
-	p := &put{key: []byte(sess.ID), val: b, at: time.Now(), urgent: urgent, done: make(chan error, 1)}
+	p := &put{key: []byte(sess.ID), val: b, at: time.Now(), urgent: urgent, done: make(chan error, 1), onErr: onErr}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -214,6 +205,8 @@ func (s *Store) queue(sess *Session, urgent bool) (*put, error) {
 	}
 	s.pending = append(s.pending, p)
 	s.urgent = s.urgent || urgent
+	s.mu.Unlock()
+	s.wake()
 	return p, nil
 }
 
